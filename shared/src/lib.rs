@@ -1,0 +1,36 @@
+//! The contract between the Tandem VMM (`host/`) and the Tandem unikernel (`guest/`).
+//!
+//! Both sides compile this crate, so every address, structure and message that
+//! crosses the VM boundary is defined exactly once:
+//!
+//! - [`layout`]: where everything lives in guest-physical memory.
+//! - [`bootinfo`]: the boot-info block the app starts with (a `repr(C)` header
+//!   followed by a `postcard` body).
+//! - [`hypercall`]: the I/O ports and the `postcard` request/reply messages.
+//! - [`trace`]: the boot phases stamped by both sides on one clock.
+//! - [`cpu`]: builders for page tables, GDT, TSS and IDT that write into plain
+//!   byte buffers, so the VMM and the guest's own trampolines build the same state.
+//! - [`note`]: the ELF note through which an image declares its ABI version.
+//!
+//! Compatibility rules: [`ABI_VERSION`] is bumped on every material change;
+//! `postcard` messages only grow at the end (new enum variants and fields are
+//! appended, never reordered); golden-bytes tests pin every encoding.
+#![no_std]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod bootinfo;
+pub mod checksum;
+pub mod cpu;
+pub mod hypercall;
+pub mod layout;
+pub mod note;
+pub mod trace;
+
+/// Version of the contract. The guest embeds it in its ELF note and in the
+/// boot-info header; the host refuses an image of another version before it
+/// boots, and the guest refuses a boot-info block of another version.
+pub const ABI_VERSION: u32 = 1;

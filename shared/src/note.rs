@@ -1,0 +1,69 @@
+//! The ELF note through which a Tandem image declares its ABI.
+//!
+//! The guest library emits one note of type [`NT_TANDEM_ABI`] with name
+//! [`NOTE_NAME`] in a `PT_NOTE` segment. Its descriptor is [`AbiNote`]. The
+//! host reads it before loading anything and refuses an image of another
+//! ABI version, naming both versions.
+
+/// Note name, NUL-terminated (`namesz` = 7).
+pub const NOTE_NAME: &[u8] = b"Tandem\0";
+/// Note type of the ABI note.
+pub const NT_TANDEM_ABI: u32 = 1;
+/// Size of the note descriptor in bytes.
+pub const NOTE_DESC_SIZE: usize = 16;
+/// Distance between two exception entry stubs.
+pub const EXCEPTION_STUB_STRIDE: u64 = 16;
+/// Number of exception vectors with stubs (the architectural exceptions).
+pub const EXCEPTION_VECTORS: u64 = 32;
+
+/// The note descriptor. Little-endian, fields only appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct AbiNote {
+    /// [`ABI_VERSION`](crate::ABI_VERSION) the image was built against.
+    pub abi_version: u32,
+    /// Reserved, 0.
+    pub flags: u32,
+    /// Guest address of the stub for vector 0; stub `v` is at
+    /// `exception_stubs + v * EXCEPTION_STUB_STRIDE`.
+    pub exception_stubs: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<AbiNote>() == NOTE_DESC_SIZE);
+
+impl AbiNote {
+    /// Parses a descriptor; `None` if it is shorter than [`NOTE_DESC_SIZE`].
+    /// Longer descriptors are accepted (fields appended by later versions).
+    pub fn parse(desc: &[u8]) -> Option<Self> {
+        let d: &[u8; NOTE_DESC_SIZE] = desc.get(..NOTE_DESC_SIZE)?.try_into().ok()?;
+        let mut q = [0u8; 8];
+        q.copy_from_slice(&d[8..16]);
+        Some(Self {
+            abi_version: u32::from_le_bytes([d[0], d[1], d[2], d[3]]),
+            flags: u32::from_le_bytes([d[4], d[5], d[6], d[7]]),
+            exception_stubs: u64::from_le_bytes(q),
+        })
+    }
+
+    /// The descriptor's bytes.
+    pub fn to_bytes(&self) -> [u8; NOTE_DESC_SIZE] {
+        let mut b = [0u8; NOTE_DESC_SIZE];
+        b[0..4].copy_from_slice(&self.abi_version.to_le_bytes());
+        b[4..8].copy_from_slice(&self.flags.to_le_bytes());
+        b[8..16].copy_from_slice(&self.exception_stubs.to_le_bytes());
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_short() {
+        let n = AbiNote { abi_version: 1, flags: 0, exception_stubs: 0x20_1000 };
+        assert_eq!(AbiNote::parse(&n.to_bytes()), Some(n));
+        assert_eq!(AbiNote::parse(&n.to_bytes()[..15]), None);
+        assert_eq!(n.to_bytes(), [1, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0x20, 0, 0, 0, 0, 0]);
+    }
+}
