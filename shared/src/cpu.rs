@@ -83,6 +83,7 @@ pub const fn leaf_flags(access: Access) -> u64 {
         Access::UserRead => base | USER | NO_EXECUTE,
         Access::UserReadWrite => base | USER | WRITABLE | NO_EXECUTE,
         Access::UserReadExecute => base | USER,
+        Access::KernelReadExecute => base,
     }
 }
 
@@ -115,6 +116,8 @@ pub struct SegmentMap {
     pub write: bool,
     /// Executable.
     pub exec: bool,
+    /// Accessible from CPL3 (false for the kernel segment).
+    pub user: bool,
 }
 
 /// Builds the identity-mapped page tables of a guest with `mem_size` bytes of
@@ -175,7 +178,10 @@ pub fn build_page_tables(
         while page < seg.end {
             let slot = pt_area::PT_IMAGE + ((page - layout::IMAGE_ADDR) / PAGE_SIZE) as usize * 8;
             let old = u64::from_le_bytes(out[slot..slot + 8].try_into().unwrap_or([0; 8]));
-            let mut flags = PRESENT | USER | ACCESSED | DIRTY;
+            let mut flags = PRESENT | ACCESSED | DIRTY;
+            if seg.user || old & USER != 0 {
+                flags |= USER;
+            }
             // A page shared by two segments gets the union of their rights.
             let was_exec = old & PRESENT != 0 && old & NO_EXECUTE == 0;
             if seg.write || old & WRITABLE != 0 {
@@ -310,8 +316,8 @@ mod tests {
     fn page_tables_map_layout() {
         let mut buf = [0u8; pt_area::SIZE];
         let segs = [
-            SegmentMap { start: IMAGE_ADDR, end: IMAGE_ADDR + 0x1800, write: false, exec: true },
-            SegmentMap { start: IMAGE_ADDR + 0x2000, end: IMAGE_ADDR + 0x3000, write: true, exec: false },
+            SegmentMap { start: IMAGE_ADDR, end: IMAGE_ADDR + 0x1800, write: false, exec: true, user: true },
+            SegmentMap { start: IMAGE_ADDR + 0x2000, end: IMAGE_ADDR + 0x3000, write: true, exec: false, user: true },
         ];
         build_page_tables(&mut buf, 64 << 20, &segs).unwrap();
         assert_eq!(entry(&buf, 0) & !0xFFF, PAGE_TABLES_ADDR + pt_area::PDPT as u64);
@@ -340,7 +346,7 @@ mod tests {
         assert_eq!(build_page_tables(&mut buf, MIN_MEM_SIZE - LARGE_PAGE_SIZE, &[]), Err(BuildError::BadMemorySize(MIN_MEM_SIZE - LARGE_PAGE_SIZE)));
         assert!(build_page_tables(&mut buf, (64 << 20) + 4096, &[]).is_err());
         assert!(build_page_tables(&mut buf, MAX_MEM_SIZE + LARGE_PAGE_SIZE, &[]).is_err());
-        let seg = SegmentMap { start: IMAGE_END - 0x1000, end: IMAGE_END + 1, write: false, exec: false };
+        let seg = SegmentMap { start: IMAGE_END - 0x1000, end: IMAGE_END + 1, write: false, exec: false, user: true };
         assert!(matches!(build_page_tables(&mut buf, 64 << 20, &[seg]), Err(BuildError::SegmentOutsideImage { .. })));
         assert_eq!(build_page_tables(&mut buf[..100], 64 << 20, &[]), Err(BuildError::BufferTooSmall));
         // The largest memory maps all four page directories.

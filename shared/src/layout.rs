@@ -130,6 +130,8 @@ pub enum Access {
     UserReadWrite,
     /// User read and execute.
     UserReadExecute,
+    /// Supervisor read and execute (the guest's CPL0 exception entry code).
+    KernelReadExecute,
 }
 
 /// One region of the fixed low layout.

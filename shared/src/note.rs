@@ -11,6 +11,10 @@ pub const NOTE_NAME: &[u8] = b"Tandem\0";
 pub const NT_TANDEM_ABI: u32 = 1;
 /// Size of the note descriptor in bytes.
 pub const NOTE_DESC_SIZE: usize = 16;
+/// `p_flags` bit (in the OS-specific range) marking the segment that holds the
+/// guest's CPL0 code: the host maps it supervisor-only, so it runs with SMEP
+/// and an app cannot read or patch it.
+pub const PF_TANDEM_KERNEL: u32 = 0x0010_0000;
 /// Distance between two exception entry stubs.
 pub const EXCEPTION_STUB_STRIDE: u64 = 16;
 /// Number of exception vectors with stubs (the architectural exceptions).

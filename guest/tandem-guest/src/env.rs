@@ -1,0 +1,116 @@
+//! What the app sees of its machine: command line, boot info, boot time,
+//! and the calls that end or announce its life (`exit`, `ready`).
+
+use core::cell::UnsafeCell;
+use core::mem::MaybeUninit;
+use core::time::Duration;
+
+use tandem_abi::bootinfo::BootInfo;
+use tandem_abi::hypercall::{HypercallPort, Reply, Request};
+use tandem_abi::trace::Phase;
+
+use crate::{hypercall, time, trace};
+
+/// The app's view of its VM, built from the checked boot-info block.
+pub struct Env {
+    info: BootInfo,
+}
+
+struct EnvCell(UnsafeCell<MaybeUninit<Env>>);
+
+// SAFETY: the guest runs one vCPU with interrupts off; the cell is written
+// once, in `init`, before the app starts, and only read afterwards.
+unsafe impl Sync for EnvCell {}
+
+static ENV: EnvCell = EnvCell(UnsafeCell::new(MaybeUninit::uninit()));
+
+pub(crate) fn init(info: BootInfo) -> &'static Env {
+    // SAFETY: called once from the entry path before any reader exists (see EnvCell).
+    unsafe { (*ENV.0.get()).write(Env { info }) }
+}
+
+impl Env {
+    /// The whole command line.
+    pub fn cmdline(&self) -> &str {
+        &self.info.cmdline
+    }
+
+    /// The command line split on whitespace.
+    pub fn args(&self) -> impl Iterator<Item = &str> {
+        self.info.cmdline.split_whitespace()
+    }
+
+    /// The checked boot-info block.
+    pub fn boot_info(&self) -> &BootInfo {
+        &self.info
+    }
+
+    /// The VM's generation: changes on every restore or clone (reseed on change).
+    pub fn generation(&self) -> u64 {
+        self.info.generation
+    }
+
+    /// Time from the VMM's start to the app's `main`, on the TSC.
+    pub fn boot_time(&self) -> Duration {
+        let main = trace::get(Phase::AppMain);
+        time::ticks_to_duration(main.saturating_sub(self.info.host.vmm_start))
+    }
+
+    /// Time from the guest's first instruction to the app's `main`.
+    pub fn guest_init_time(&self) -> Duration {
+        let main = trace::get(Phase::AppMain);
+        time::ticks_to_duration(main.saturating_sub(trace::get(Phase::FirstInstruction)))
+    }
+
+    /// The host's wall clock, in nanoseconds since the Unix epoch (one VM exit).
+    pub fn wall_clock_nanos(&self) -> Option<u64> {
+        match hypercall::call_with_reply(&Request::WallClock { reply: hypercall::reply_buf() })? {
+            Reply::WallClock { unix_nanos, .. } => Some(unix_nanos),
+        }
+    }
+}
+
+/// Tells the host the app is ready to serve (flushes the console too).
+pub fn ready() {
+    trace::stamp(Phase::AppReady);
+    hypercall::call(&Request::Ready);
+}
+
+/// Stops the VM with `code` (0 is success). The host drains the console first.
+pub fn exit(code: u8) -> ! {
+    hypercall::out(HypercallPort::Exit, u32::from(code));
+    // The host never resumes a VM that exited; should it, stop here.
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// What `main` may return.
+pub trait Termination {
+    /// The exit code it stands for.
+    fn exit_code(self) -> u8;
+}
+
+impl Termination for () {
+    fn exit_code(self) -> u8 {
+        0
+    }
+}
+
+impl Termination for u8 {
+    fn exit_code(self) -> u8 {
+        self
+    }
+}
+
+impl<E: core::fmt::Display> Termination for Result<(), E> {
+    fn exit_code(self) -> u8 {
+        match self {
+            Ok(()) => 0,
+            Err(e) => {
+                crate::println!("error: {e}");
+                1
+            }
+        }
+    }
+}
