@@ -1,0 +1,56 @@
+//! The Tandem VMM as a library: open KVM once ([`Hypervisor`]), check an
+//! image once ([`Image`]), then build and run any number of VMs from them
+//! ([`VmBuilder`]).
+//!
+//! ```no_run
+//! use tandem::{ConsoleSink, ExitStatus, Hypervisor, Image, VmBuilder};
+//!
+//! let hv = Hypervisor::open()?;
+//! let image = Image::from_file("guest/target/x86_64-unknown-none/release/hello".as_ref())?;
+//! let report = VmBuilder::new(&hv, &image).console(ConsoleSink::Stdout).run()?;
+//! assert_eq!(report.status, ExitStatus::Exited(0));
+//! eprintln!("{}", report.trace.summary());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![warn(missing_docs)]
+
+pub mod arch;
+pub mod console;
+pub mod hypercall;
+pub mod image;
+pub mod kvm;
+pub mod memory;
+pub mod trace;
+pub mod vm;
+
+pub use console::ConsoleSink;
+pub use image::{Image, ImageError};
+pub use kvm::{Hypervisor, KvmError};
+pub use trace::BootTrace;
+pub use vm::{ExitStatus, RunReport, RunStats, Vm, VmBuilder, VmConfig, VmError};
+
+/// Process exit codes of the `tandem` binary beyond the guest's own (0–255
+/// pass through). Chosen at the top of the range, like `timeout(1)` and
+/// container runtimes.
+pub mod exit_code {
+    /// The guest crashed (triple fault, halt, unexpected exit).
+    pub const CRASHED: u8 = 122;
+    /// The guest broke the hypercall protocol.
+    pub const PROTOCOL: u8 = 123;
+    /// The run exceeded `--timeout`.
+    pub const TIMEOUT: u8 = 124;
+    /// The VMM could not start the guest (bad image, options, KVM).
+    pub const VMM_ERROR: u8 = 125;
+}
+
+impl ExitStatus {
+    /// The process exit code this status stands for.
+    pub fn code(&self) -> u8 {
+        match self {
+            ExitStatus::Exited(c) => *c,
+            ExitStatus::ProtocolViolation(_) => exit_code::PROTOCOL,
+            ExitStatus::Crashed(_) => exit_code::CRASHED,
+            ExitStatus::TimedOut(_) => exit_code::TIMEOUT,
+        }
+    }
+}

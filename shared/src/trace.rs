@@ -106,6 +106,8 @@ impl KernelStats {
     pub const CPL0_ENTRIES: u64 = 0;
     /// Offset of the "already reporting a fault" flag (nested faults exit at once).
     pub const IN_FAULT: u64 = 8;
+    /// Offset of the number of CPL0 entries before the app's `main` was stamped.
+    pub const CPL0_BEFORE_MAIN: u64 = 16;
 }
 
 #[cfg(test)]

@@ -9,9 +9,9 @@
 //! through the exit port.
 
 use tandem_abi::hypercall::{HypercallPort, EXIT_EXCEPTION};
-use tandem_abi::layout::{selector, FAULT_STACK_TOP, KSTATS_ADDR};
+use tandem_abi::layout::{selector, FAULT_STACK_TOP, KSTATS_ADDR, TRACE_ADDR};
 use tandem_abi::note::{EXCEPTION_STUB_STRIDE, NOTE_DESC_SIZE, NT_TANDEM_ABI};
-use tandem_abi::trace::KernelStats;
+use tandem_abi::trace::{KernelStats, Phase};
 use tandem_abi::ABI_VERSION;
 
 const _: () = assert!(EXCEPTION_STUB_STRIDE == 16);
@@ -41,6 +41,10 @@ core::arch::global_asm!(
     "tandem_exception_common:",
     // Stack: vector, error code, then the CPU's frame (rip, cs, rflags, rsp, ss).
     "lock inc qword ptr [{entries}]",
+    "cmp qword ptr [{main_stamp}], 0",
+    "jne 1f",
+    "lock inc qword ptr [{before_main}]",
+    "1:",
     "cmp qword ptr [{in_fault}], 0",
     "jne 2f",
     "mov qword ptr [{in_fault}], 1",
@@ -81,6 +85,8 @@ core::arch::global_asm!(
     ".popsection",
     entries = const KSTATS_ADDR + KernelStats::CPL0_ENTRIES,
     in_fault = const KSTATS_ADDR + KernelStats::IN_FAULT,
+    before_main = const KSTATS_ADDR + KernelStats::CPL0_BEFORE_MAIN,
+    main_stamp = const TRACE_ADDR + Phase::AppMain.offset(),
     report = sym tandem_fault_report,
     user_cs = const selector::USER_CODE,
     user_ss = const selector::USER_DATA,

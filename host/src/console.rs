@@ -1,0 +1,110 @@
+//! Where a guest's console text goes, with a cap on how much a guest may
+//! write (a flooding guest cannot fill the host's disk or memory).
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+/// Default cap on console bytes per VM.
+pub const DEFAULT_CONSOLE_LIMIT: u64 = 64 << 20;
+
+/// The destination of a VM's console.
+#[derive(Debug, Clone)]
+pub enum ConsoleSink {
+    /// The VMM's stdout, with terminal control bytes escaped.
+    Stdout,
+    /// Kept in memory (tests, benchmarks, embedding).
+    Capture(Arc<Mutex<Vec<u8>>>),
+    /// Thrown away.
+    Discard,
+}
+
+/// A VM's console: its sink and how much it has written.
+#[derive(Debug)]
+pub struct Console {
+    sink: ConsoleSink,
+    written: u64,
+    limit: u64,
+    cut_off: bool,
+}
+
+impl Console {
+    /// A console writing to `sink`, at most `limit` bytes.
+    pub fn new(sink: ConsoleSink, limit: u64) -> Self {
+        Self { sink, written: 0, limit, cut_off: false }
+    }
+
+    /// Bytes accepted so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Whether output was cut off at the limit.
+    pub fn cut_off(&self) -> bool {
+        self.cut_off
+    }
+
+    /// Writes guest bytes (already copied out of guest memory).
+    pub fn write(&mut self, bytes: &[u8]) {
+        let room = self.limit.saturating_sub(self.written);
+        let take = bytes.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let bytes = &bytes[..take];
+        if take < bytes.len() || (room == 0 && !bytes.is_empty()) {
+            self.cut_off = true;
+        }
+        self.written += take as u64;
+        match &self.sink {
+            ConsoleSink::Stdout => {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&escape(bytes));
+                let _ = out.flush();
+            }
+            ConsoleSink::Capture(buf) => {
+                if let Ok(mut b) = buf.lock() {
+                    b.extend_from_slice(bytes);
+                }
+            }
+            ConsoleSink::Discard => {}
+        }
+    }
+}
+
+/// Escapes control bytes other than newline, tab and carriage return, so a
+/// guest cannot drive the user's terminal.
+fn escape(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let bad = |b: u8| (b < 0x20 && !matches!(b, b'\n' | b'\t' | b'\r')) || b == 0x7F;
+    if !bytes.iter().any(|&b| bad(b)) {
+        return bytes.into();
+    }
+    let mut out = Vec::with_capacity(bytes.len() + 16);
+    for &b in bytes {
+        if bad(b) {
+            out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
+        } else {
+            out.push(b);
+        }
+    }
+    out.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_terminal_controls() {
+        assert_eq!(&*escape(b"hi\n"), b"hi\n");
+        assert_eq!(&*escape(b"\x1b[2J"), b"\\x1b[2J");
+    }
+
+    #[test]
+    fn cuts_off_at_limit() {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let mut c = Console::new(ConsoleSink::Capture(buf.clone()), 5);
+        c.write(b"abc");
+        c.write(b"defg");
+        assert_eq!(&*buf.lock().unwrap(), b"abcde");
+        assert!(c.cut_off());
+        c.write(b"x");
+        assert_eq!(c.written(), 5);
+    }
+}

@@ -1,0 +1,422 @@
+//! Tandem images: ELF64 executables for x86_64 with a Tandem ABI note.
+//!
+//! An image is parsed and checked once ([`Image::parse`]) and can then be
+//! loaded into any number of VMs. Every offset, size and address in the file
+//! is checked with overflow-safe arithmetic before use: the image is as
+//! untrusted as the guest.
+
+use std::path::Path;
+
+use tandem_abi::cpu::SegmentMap;
+use tandem_abi::layout::{IMAGE_ADDR, IMAGE_END};
+use tandem_abi::note::{AbiNote, NOTE_NAME, NT_TANDEM_ABI, PF_TANDEM_KERNEL};
+use tandem_abi::ABI_VERSION;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+const EHDR_SIZE: usize = 64;
+const PHDR_SIZE: usize = 56;
+const PT_LOAD: u32 = 1;
+const PT_NOTE: u32 = 4;
+const PF_X: u32 = 1;
+const PF_W: u32 = 2;
+const EM_X86_64: u16 = 62;
+const ET_EXEC: u16 = 2;
+/// Images larger than this are refused before parsing.
+pub const MAX_IMAGE_FILE: u64 = 64 << 20;
+const MAX_PHDRS: usize = 64;
+
+/// Why an image was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The file could not be read.
+    #[error("cannot read image {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Larger than [`MAX_IMAGE_FILE`].
+    #[error("image is {0} bytes, larger than the {MAX_IMAGE_FILE}-byte limit")]
+    TooLarge(u64),
+    /// No ELF magic.
+    #[error("not an ELF file (bad magic)")]
+    NotElf,
+    /// Cut short.
+    #[error("image is truncated: {0}")]
+    Truncated(&'static str),
+    /// Not ELF64 little-endian x86_64 executable.
+    #[error("unsupported ELF: {0}")]
+    Unsupported(String),
+    /// No Tandem ABI note.
+    #[error("image has no Tandem ABI note: is it built with tandem-guest?")]
+    NoAbiNote,
+    /// The ABI note is malformed.
+    #[error("image's Tandem ABI note is malformed")]
+    BadAbiNote,
+    /// Built against another ABI version.
+    #[error("image was built for Tandem ABI version {found}, this VMM speaks version {expected}")]
+    AbiMismatch {
+        /// Version in the image.
+        found: u32,
+        /// Version of this VMM.
+        expected: u32,
+    },
+    /// A segment's file range is outside the file.
+    #[error("segment {index} file range {offset:#x}+{size:#x} lies outside the {file_len}-byte file")]
+    SegmentOutsideFile {
+        /// Program header index.
+        index: usize,
+        /// File offset.
+        offset: u64,
+        /// File size.
+        size: u64,
+        /// File length.
+        file_len: usize,
+    },
+    /// A segment would be loaded outside the image region.
+    #[error(
+        "segment {index} at {start:#x}..{end:#x} lies outside the image region {IMAGE_ADDR:#x}..{IMAGE_END:#x}"
+    )]
+    SegmentOutsideRegion {
+        /// Program header index.
+        index: usize,
+        /// First address.
+        start: u64,
+        /// One past the last.
+        end: u64,
+    },
+    /// A segment's file size exceeds its memory size.
+    #[error("segment {0} has a file size larger than its memory size")]
+    BadSegmentSize(usize),
+    /// Two segments overlap.
+    #[error("segments {0} and {1} overlap")]
+    Overlap(usize, usize),
+    /// No loadable segment.
+    #[error("image has no loadable segment")]
+    NoSegments,
+    /// The entry point is not inside an executable user segment.
+    #[error("entry point {0:#x} is not inside an executable segment of the image")]
+    BadEntry(u64),
+    /// The exception stubs are not inside the kernel segment.
+    #[error("exception stubs at {0:#x} are not inside the image's kernel segment")]
+    BadStubs(u64),
+}
+
+/// One loadable segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    /// Guest-physical load address.
+    pub addr: u64,
+    /// Bytes in memory (the tail past `data` is zero).
+    pub mem_size: u64,
+    /// Bytes from the file.
+    pub data: Vec<u8>,
+    /// Writable.
+    pub write: bool,
+    /// Executable.
+    pub exec: bool,
+    /// The guest's CPL0 code (mapped supervisor-only).
+    pub kernel: bool,
+}
+
+/// A checked Tandem image, ready to load into any number of VMs.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// Entry point (Tandem PV entry, CPL3).
+    pub entry: u64,
+    /// Loadable segments.
+    pub segments: Vec<Segment>,
+    /// The ABI note.
+    pub note: AbiNote,
+    /// Size of the file.
+    pub file_size: usize,
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut q = [0u8; 8];
+    q.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(q)
+}
+
+/// `bytes[offset..offset + len]`, or `None` if any part is outside.
+fn range(bytes: &[u8], offset: u64, len: u64) -> Option<&[u8]> {
+    let start = usize::try_from(offset).ok()?;
+    let end = start.checked_add(usize::try_from(len).ok()?)?;
+    bytes.get(start..end)
+}
+
+impl Image {
+    /// Reads and checks an image file.
+    pub fn from_file(path: &Path) -> Result<Self, ImageError> {
+        let read_err = |source| ImageError::Read { path: path.display().to_string(), source };
+        let len = std::fs::metadata(path).map_err(read_err)?.len();
+        if len > MAX_IMAGE_FILE {
+            return Err(ImageError::TooLarge(len));
+        }
+        let bytes = std::fs::read(path).map_err(read_err)?;
+        Self::parse(&bytes)
+    }
+
+    /// Checks an image held in memory.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ImageError> {
+        if bytes.len() as u64 > MAX_IMAGE_FILE {
+            return Err(ImageError::TooLarge(bytes.len() as u64));
+        }
+        if bytes.len() < 4 || &bytes[..4] != b"\x7fELF" {
+            return Err(ImageError::NotElf);
+        }
+        let eh = bytes.get(..EHDR_SIZE).ok_or(ImageError::Truncated("ELF header"))?;
+        if eh[4] != 2 {
+            return Err(ImageError::Unsupported("not a 64-bit ELF (EI_CLASS)".into()));
+        }
+        if eh[5] != 1 {
+            return Err(ImageError::Unsupported("not little-endian (EI_DATA)".into()));
+        }
+        let machine = u16_at(eh, 18);
+        if machine != EM_X86_64 {
+            return Err(ImageError::Unsupported(format!(
+                "built for machine {machine}, not x86_64 ({EM_X86_64})"
+            )));
+        }
+        let kind = u16_at(eh, 16);
+        if kind != ET_EXEC {
+            return Err(ImageError::Unsupported(format!(
+                "ELF type {kind} is not a fixed-address executable (ET_EXEC)"
+            )));
+        }
+        let entry = u64_at(eh, 24);
+        let phoff = u64_at(eh, 32);
+        let phentsize = usize::from(u16_at(eh, 54));
+        let phnum = usize::from(u16_at(eh, 56));
+        if phentsize != PHDR_SIZE {
+            return Err(ImageError::Unsupported(format!("program header size {phentsize}")));
+        }
+        if phnum == 0 || phnum > MAX_PHDRS {
+            return Err(ImageError::Unsupported(format!("{phnum} program headers")));
+        }
+        let phdrs = range(bytes, phoff, (phnum * PHDR_SIZE) as u64)
+            .ok_or(ImageError::Truncated("program headers"))?;
+
+        let mut segments = Vec::new();
+        let mut note = None;
+        for index in 0..phnum {
+            let ph = &phdrs[index * PHDR_SIZE..(index + 1) * PHDR_SIZE];
+            let (p_type, flags) = (u32_at(ph, 0), u32_at(ph, 4));
+            let (offset, vaddr) = (u64_at(ph, 8), u64_at(ph, 16));
+            let (filesz, memsz) = (u64_at(ph, 32), u64_at(ph, 40));
+            let file_range = || {
+                range(bytes, offset, filesz).ok_or(ImageError::SegmentOutsideFile {
+                    index,
+                    offset,
+                    size: filesz,
+                    file_len: bytes.len(),
+                })
+            };
+            match p_type {
+                PT_LOAD => {
+                    if filesz > memsz {
+                        return Err(ImageError::BadSegmentSize(index));
+                    }
+                    let end = vaddr.checked_add(memsz);
+                    match end {
+                        Some(end) if vaddr >= IMAGE_ADDR && end <= IMAGE_END => {}
+                        _ => {
+                            return Err(ImageError::SegmentOutsideRegion {
+                                index,
+                                start: vaddr,
+                                end: end.unwrap_or(u64::MAX),
+                            })
+                        }
+                    }
+                    if memsz == 0 {
+                        continue;
+                    }
+                    segments.push((
+                        index,
+                        Segment {
+                            addr: vaddr,
+                            mem_size: memsz,
+                            data: file_range()?.to_vec(),
+                            write: flags & PF_W != 0,
+                            exec: flags & PF_X != 0,
+                            kernel: flags & PF_TANDEM_KERNEL != 0,
+                        },
+                    ));
+                }
+                PT_NOTE => {
+                    if let Some(n) = find_abi_note(file_range()?)? {
+                        note = Some(n);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let note = note.ok_or(ImageError::NoAbiNote)?;
+        if note.abi_version != ABI_VERSION {
+            return Err(ImageError::AbiMismatch { found: note.abi_version, expected: ABI_VERSION });
+        }
+        if segments.is_empty() {
+            return Err(ImageError::NoSegments);
+        }
+        segments.sort_by_key(|(_, s)| s.addr);
+        for pair in segments.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            if a.1.addr + a.1.mem_size > b.1.addr {
+                return Err(ImageError::Overlap(a.0, b.0));
+            }
+        }
+        let segments: Vec<Segment> = segments.into_iter().map(|(_, s)| s).collect();
+        let inside = |addr: u64, want_kernel: bool| {
+            segments.iter().any(|s| {
+                s.exec && s.kernel == want_kernel && addr >= s.addr && addr < s.addr + s.mem_size
+            })
+        };
+        if !inside(entry, false) {
+            return Err(ImageError::BadEntry(entry));
+        }
+        let stubs = note.exception_stubs;
+        let stubs_end = stubs.checked_add(
+            tandem_abi::note::EXCEPTION_VECTORS * tandem_abi::note::EXCEPTION_STUB_STRIDE - 1,
+        );
+        if !inside(stubs, true) || !stubs_end.is_some_and(|e| inside(e, true)) {
+            return Err(ImageError::BadStubs(stubs));
+        }
+        Ok(Image { entry, segments, note, file_size: bytes.len() })
+    }
+
+    /// Page permissions of the segments, for the page-table builder.
+    pub fn segment_maps(&self) -> Vec<SegmentMap> {
+        self.segments
+            .iter()
+            .map(|s| SegmentMap {
+                start: s.addr,
+                end: s.addr + s.mem_size,
+                write: s.write,
+                exec: s.exec,
+                user: !s.kernel,
+            })
+            .collect()
+    }
+
+    /// Bytes the image occupies in memory (sum of segment sizes).
+    pub fn loaded_size(&self) -> u64 {
+        self.segments.iter().map(|s| s.mem_size).sum()
+    }
+
+    /// Copies the segments into guest memory. Memory past each segment's file
+    /// bytes is left as found: freshly mapped guest memory is zero.
+    pub fn load(&self, mem: &GuestMemoryMmap) -> Result<(), vm_memory::GuestMemoryError> {
+        for s in &self.segments {
+            mem.write_slice(&s.data, GuestAddress(s.addr))?;
+        }
+        Ok(())
+    }
+}
+
+/// Walks the notes of a `PT_NOTE` segment; returns the Tandem ABI note if present.
+fn find_abi_note(mut notes: &[u8]) -> Result<Option<AbiNote>, ImageError> {
+    let align4 = |n: usize| n.checked_add(3).map(|v| v & !3);
+    while notes.len() >= 12 {
+        let namesz = u32_at(notes, 0) as usize;
+        let descsz = u32_at(notes, 4) as usize;
+        let kind = u32_at(notes, 8);
+        let name_end = align4(namesz).and_then(|n| n.checked_add(12)).ok_or(ImageError::BadAbiNote)?;
+        let desc_end = align4(descsz).and_then(|d| d.checked_add(name_end)).ok_or(ImageError::BadAbiNote)?;
+        let name = notes.get(12..12 + namesz).ok_or(ImageError::Truncated("note name"))?;
+        let desc = notes.get(name_end..name_end + descsz).ok_or(ImageError::Truncated("note descriptor"))?;
+        if name == NOTE_NAME && kind == NT_TANDEM_ABI {
+            return AbiNote::parse(desc).map(Some).ok_or(ImageError::BadAbiNote);
+        }
+        notes = notes.get(desc_end..).unwrap_or(&[]);
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal valid image: kernel segment, code segment, ABI note.
+    pub(crate) fn tiny_image(abi: u32) -> Vec<u8> {
+        let mut f = vec![0u8; 0x3000];
+        f[..4].copy_from_slice(b"\x7fELF");
+        f[4] = 2;
+        f[5] = 1;
+        f[6] = 1;
+        f[16..18].copy_from_slice(&ET_EXEC.to_le_bytes());
+        f[18..20].copy_from_slice(&EM_X86_64.to_le_bytes());
+        f[24..32].copy_from_slice(&0x20_1000u64.to_le_bytes());
+        f[32..40].copy_from_slice(&64u64.to_le_bytes());
+        f[54..56].copy_from_slice(&(PHDR_SIZE as u16).to_le_bytes());
+        f[56..58].copy_from_slice(&3u16.to_le_bytes());
+        let mut ph = |i: usize, t: u32, flags: u32, off: u64, addr: u64, size: u64| {
+            let at = 64 + i * PHDR_SIZE;
+            f[at..at + 4].copy_from_slice(&t.to_le_bytes());
+            f[at + 4..at + 8].copy_from_slice(&flags.to_le_bytes());
+            f[at + 8..at + 16].copy_from_slice(&off.to_le_bytes());
+            f[at + 16..at + 24].copy_from_slice(&addr.to_le_bytes());
+            f[at + 32..at + 40].copy_from_slice(&size.to_le_bytes());
+            f[at + 40..at + 48].copy_from_slice(&size.to_le_bytes());
+        };
+        ph(0, PT_LOAD, 5 | PF_TANDEM_KERNEL, 0x1000, 0x20_0000, 0x400);
+        ph(1, PT_LOAD, 5, 0x2000, 0x20_1000, 0x100);
+        ph(2, PT_NOTE, 4, 0x400, 0, 36);
+        let note = AbiNote { abi_version: abi, flags: 0, exception_stubs: 0x20_0000 };
+        let n = &mut f[0x400..0x400 + 36];
+        n[0..4].copy_from_slice(&7u32.to_le_bytes());
+        n[4..8].copy_from_slice(&16u32.to_le_bytes());
+        n[8..12].copy_from_slice(&NT_TANDEM_ABI.to_le_bytes());
+        n[12..19].copy_from_slice(NOTE_NAME);
+        n[20..36].copy_from_slice(&note.to_bytes());
+        f
+    }
+
+    #[test]
+    fn parses_tiny_image() {
+        let img = Image::parse(&tiny_image(ABI_VERSION)).unwrap();
+        assert_eq!(img.entry, 0x20_1000);
+        assert_eq!(img.segments.len(), 2);
+        assert!(img.segments[0].kernel);
+    }
+
+    #[test]
+    fn refuses_other_abi() {
+        assert!(matches!(
+            Image::parse(&tiny_image(ABI_VERSION + 1)),
+            Err(ImageError::AbiMismatch { found, expected }) if found == ABI_VERSION + 1 && expected == ABI_VERSION
+        ));
+    }
+
+    #[test]
+    fn every_truncation_is_refused_without_panic() {
+        let img = tiny_image(ABI_VERSION);
+        for cut in 0..img.len() {
+            let _ = Image::parse(&img[..cut]);
+        }
+        assert!(Image::parse(&img[..0x2000]).is_err());
+    }
+
+    #[test]
+    fn random_mutations_never_panic() {
+        let base = tiny_image(ABI_VERSION);
+        let mut s: u64 = 0x1234_5678_9ABC_DEF1;
+        for _ in 0..20_000 {
+            let mut img = base.clone();
+            for _ in 0..4 {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                let at = (s % 0x460) as usize;
+                img[at] = (s >> 32) as u8;
+            }
+            let _ = Image::parse(&img);
+        }
+    }
+}

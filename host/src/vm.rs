@@ -1,0 +1,555 @@
+//! A Tandem VM: built from a checked [`Image`], booted straight into the
+//! app at CPL3, and run until it exits, breaks the protocol, crashes or times out.
+//!
+//! The order of setup follows what these machines taught us: guest memory
+//! is registered before the vCPU exists (adding a slot later waits on
+//! `synchronize_srcu`), no PIT and no in-kernel interrupt controller are
+//! created, and everything the guest needs is written before its first
+//! instruction.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use kvm_bindings::{kvm_msr_entry, kvm_userspace_memory_region, Msrs};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use tandem_abi::bootinfo::{
+    BootInfo, BootPath, CpuInfo, HostStamps, MemKind, MemRegion, ENTROPY_SIZE,
+};
+use tandem_abi::layout;
+use tandem_abi::trace::{KernelStats, Phase};
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::arch::{self, ArchError};
+use crate::console::{Console, ConsoleSink, DEFAULT_CONSOLE_LIMIT};
+use crate::hypercall::{self, Action, HypercallError};
+use crate::image::Image;
+use crate::kvm::{Hypervisor, KvmError};
+use crate::memory::{GuestRam, MemoryError};
+use crate::trace::{rdtsc, BootTrace};
+
+/// Why a VM could not be set up or run.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// KVM refused something.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    /// Guest memory could not be set up.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// The CPU structures could not be written.
+    #[error(transparent)]
+    Arch(#[from] ArchError),
+    /// The configuration is not valid.
+    #[error("invalid VM configuration: {0}")]
+    Config(String),
+    /// Guest memory refused a write during setup.
+    #[error("cannot write guest memory: {0}")]
+    GuestMemory(#[from] vm_memory::GuestMemoryError),
+}
+
+fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm(KvmError::Ioctl { what, source })
+}
+
+/// How a VM run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// The guest exited with this code.
+    Exited(u8),
+    /// The guest broke the hypercall protocol.
+    ProtocolViolation(HypercallError),
+    /// The guest crashed (triple fault, halt, unexpected exit).
+    Crashed(String),
+    /// The run exceeded its timeout.
+    TimedOut(Duration),
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exited(code) => write!(f, "guest exited with code {code}"),
+            Self::ProtocolViolation(e) => write!(f, "guest broke the hypercall protocol: {e}"),
+            Self::Crashed(why) => write!(f, "guest crashed: {why}"),
+            Self::TimedOut(d) => write!(f, "guest timed out after {d:?}"),
+        }
+    }
+}
+
+/// Counts that do not depend on the machine's speed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// VM exits during the run.
+    pub exits: u64,
+    /// VM exits before the app's `main`.
+    pub exits_before_main: u64,
+    /// Guest CPL0 entries (exceptions) during the run.
+    pub cpl0_entries: u64,
+    /// Guest CPL0 entries before the app's `main`.
+    pub cpl0_entries_before_main: u64,
+    /// Console bytes the guest wrote.
+    pub console_bytes: u64,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// How it ended.
+    pub status: ExitStatus,
+    /// Its boot trace.
+    pub trace: BootTrace,
+    /// Its counts.
+    pub stats: RunStats,
+}
+
+/// What a VM is given.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Guest memory in bytes (a multiple of 2 MiB).
+    pub mem_size: u64,
+    /// The app's command line.
+    pub cmdline: String,
+    /// Stop the VM after this long.
+    pub timeout: Option<Duration>,
+    /// Where the console goes.
+    pub console: ConsoleSink,
+    /// Most console bytes accepted.
+    pub console_limit: u64,
+    /// Back guest memory with transparent huge pages.
+    pub huge_pages: bool,
+    /// Identity handed to the guest.
+    pub vm_id: u64,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        Self {
+            mem_size: layout::DEFAULT_MEM_SIZE,
+            cmdline: String::new(),
+            timeout: None,
+            console: ConsoleSink::Stdout,
+            console_limit: DEFAULT_CONSOLE_LIMIT,
+            huge_pages: true,
+            vm_id: 0,
+        }
+    }
+}
+
+/// Builds and boots VMs from one image.
+///
+/// ```no_run
+/// use tandem::{ConsoleSink, Hypervisor, Image, VmBuilder};
+/// let hv = Hypervisor::open()?;
+/// let image = Image::from_file("hello".as_ref())?;
+/// let report = VmBuilder::new(&hv, &image).cmdline("a b").console(ConsoleSink::Discard).run()?;
+/// println!("{}", report.status);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct VmBuilder<'a> {
+    hv: &'a Hypervisor,
+    image: &'a Image,
+    config: VmConfig,
+    start_tsc: u64,
+}
+
+impl<'a> VmBuilder<'a> {
+    /// A builder with the default configuration; the boot clock starts now.
+    pub fn new(hv: &'a Hypervisor, image: &'a Image) -> Self {
+        Self { hv, image, config: VmConfig::default(), start_tsc: rdtsc() }
+    }
+    /// Uses `config` whole.
+    pub fn config(mut self, config: VmConfig) -> Self {
+        self.config = config;
+        self
+    }
+    /// Guest memory size in bytes.
+    pub fn mem_size(mut self, bytes: u64) -> Self {
+        self.config.mem_size = bytes;
+        self
+    }
+    /// The app's command line.
+    pub fn cmdline(mut self, cmdline: impl Into<String>) -> Self {
+        self.config.cmdline = cmdline.into();
+        self
+    }
+    /// Stop after this long.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.config.timeout = Some(timeout);
+        self
+    }
+    /// Where the console goes.
+    pub fn console(mut self, sink: ConsoleSink) -> Self {
+        self.config.console = sink;
+        self
+    }
+    /// Counts the boot from `tsc` (for example the process start) instead of now.
+    pub fn started_at(mut self, tsc: u64) -> Self {
+        self.start_tsc = tsc;
+        self
+    }
+
+    /// Creates the VM, ready to run.
+    pub fn build(self) -> Result<Vm, VmError> {
+        Vm::create(self.hv, self.image, self.config, self.start_tsc)
+    }
+
+    /// Creates the VM and runs it to the end.
+    pub fn run(self) -> Result<RunReport, VmError> {
+        self.build()?.run()
+    }
+}
+
+/// A VM with one vCPU, ready to run.
+pub struct Vm {
+    // Field order is drop order: vCPU, VM, then guest memory.
+    vcpu: VcpuFd,
+    _vm: VmFd,
+    ram: GuestRam,
+    config: VmConfig,
+    trace: BootTrace,
+    /// Guest TSC minus host TSC.
+    tsc_offset: i64,
+}
+
+fn check_config(config: &VmConfig) -> Result<(), VmError> {
+    let m = config.mem_size;
+    if m < layout::MIN_MEM_SIZE {
+        return Err(VmError::Config(format!(
+            "{} MiB of memory is too little: Tandem needs at least {} MiB (layout {} MiB + 2 MiB heap)",
+            m >> 20,
+            layout::MIN_MEM_SIZE >> 20,
+            layout::HEAP_ADDR >> 20
+        )));
+    }
+    if m > layout::MAX_MEM_SIZE {
+        return Err(VmError::Config(format!(
+            "{} MiB of memory is more than the {} MiB Tandem maps",
+            m >> 20,
+            layout::MAX_MEM_SIZE >> 20
+        )));
+    }
+    if m % layout::LARGE_PAGE_SIZE != 0 {
+        return Err(VmError::Config(format!("memory size {m} is not a multiple of 2 MiB")));
+    }
+    if config.cmdline.len() > tandem_abi::bootinfo::MAX_CMDLINE {
+        return Err(VmError::Config(format!(
+            "command line of {} bytes exceeds {} bytes",
+            config.cmdline.len(),
+            tandem_abi::bootinfo::MAX_CMDLINE
+        )));
+    }
+    Ok(())
+}
+
+const MSR_IA32_TSC: u32 = 0x10;
+
+impl Vm {
+    fn create(
+        hv: &Hypervisor,
+        image: &Image,
+        config: VmConfig,
+        start_tsc: u64,
+    ) -> Result<Self, VmError> {
+        check_config(&config)?;
+        let mut trace = BootTrace::new(0);
+        trace.set(Phase::VmmStart, start_tsc);
+        trace.stamp(Phase::KvmReady);
+
+        let vm = hv.kvm().create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
+        trace.stamp(Phase::VmCreated);
+
+        let ram = GuestRam::new(config.mem_size, config.huge_pages)?;
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: ram.size(),
+            userspace_addr: ram.host_addr(),
+        };
+        // SAFETY: the region is a live mapping of `ram.size()` bytes owned by
+        // `ram`, which this struct drops after the VM fd (field order).
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+        trace.stamp(Phase::MemoryMapped);
+
+        let vcpu = vm.create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))?;
+        let tsc_khz = hv.tsc_khz(&vcpu)?;
+        trace.set_tsc_khz(u64::from(tsc_khz));
+        let tsc_offset = guest_tsc_offset(&vcpu)?;
+
+        image.load(&ram.mem)?;
+        arch::write_structures(
+            &ram.mem,
+            config.mem_size,
+            &image.segment_maps(),
+            image.note.exception_stubs,
+        )?;
+        let to_guest = |host: u64| host.wrapping_add_signed(tsc_offset);
+        let info = boot_info(hv, &config, tsc_khz, to_guest(start_tsc), to_guest(rdtsc()));
+        let mut block = [0u8; layout::BOOT_INFO_MAX as usize];
+        let n = info
+            .encode(&mut block)
+            .map_err(|e| VmError::Config(format!("boot-info block: {e}")))?;
+        ram.mem.write_slice(&block[..n], GuestAddress(layout::BOOT_INFO_ADDR))?;
+        trace.stamp(Phase::ImageLoaded);
+
+        vcpu.set_cpuid2(hv.supported_cpuid()).map_err(ioctl("KVM_SET_CPUID2"))?;
+        let smep = hv.cpuid_leaf(7).is_some_and(|l| l.ebx & (1 << 7) != 0);
+        let sregs = vcpu.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
+        vcpu.set_sregs(&arch::user_mode_sregs(sregs, smep)).map_err(ioctl("KVM_SET_SREGS"))?;
+        vcpu.set_regs(&arch::entry_regs(image.entry)).map_err(ioctl("KVM_SET_REGS"))?;
+        trace.stamp(Phase::VcpuReady);
+
+        Ok(Self { vcpu, _vm: vm, ram, config, trace, tsc_offset })
+    }
+
+    /// Guest memory (for inspection by tests and tools).
+    pub fn memory(&self) -> &vm_memory::GuestMemoryMmap {
+        &self.ram.mem
+    }
+
+    /// Runs the guest until it stops. Protocol violations, crashes and
+    /// timeouts are reported in [`RunReport::status`], not as errors: they end
+    /// this VM and nothing else.
+    pub fn run(mut self) -> Result<RunReport, VmError> {
+        let mut console = Console::new(self.config.console.clone(), self.config.console_limit);
+        let mut stats = RunStats::default();
+        let watchdog = self.config.timeout.map(Watchdog::start);
+        let mem_size = self.config.mem_size;
+        let status = loop {
+            let main_stamp = GuestAddress(layout::TRACE_ADDR + Phase::AppMain.offset());
+            let exit = self.vcpu.run();
+            let main_reached = self.ram.mem.read_obj::<u64>(main_stamp).unwrap_or(0) != 0;
+            if exit.is_ok() {
+                stats.exits += 1;
+                if !main_reached {
+                    stats.exits_before_main += 1;
+                }
+            }
+            // Copy what the exit carries before touching anything else.
+            let event = match exit {
+                Ok(VcpuExit::IoOut(port, data)) => Event::Out(port, copy4(data)),
+                Ok(VcpuExit::IoIn(port, _)) => Event::In(port),
+                Ok(VcpuExit::Shutdown) => {
+                    Event::Crash("triple fault (the guest could not handle an exception)".into())
+                }
+                Ok(VcpuExit::Hlt) => Event::Crash("the guest halted".into()),
+                Ok(VcpuExit::MmioRead(addr, _)) | Ok(VcpuExit::MmioWrite(addr, _)) => {
+                    Event::Crash(format!("access to unbacked guest-physical address {addr:#x}"))
+                }
+                Ok(VcpuExit::FailEntry(reason, _)) => {
+                    Event::Crash(format!("KVM could not enter the guest (reason {reason:#x})"))
+                }
+                Ok(VcpuExit::InternalError) => Event::Crash("KVM internal error".into()),
+                Ok(other) => Event::Crash(format!("unexpected VM exit {other:?}")),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Event::Interrupted,
+                Err(e) => {
+                    break ExitStatus::Crashed(format!("KVM_RUN failed: {e}"));
+                }
+            };
+            if let Event::Interrupted = event {
+                if let Some(w) = &watchdog {
+                    if w.fired() {
+                        break ExitStatus::TimedOut(w.timeout);
+                    }
+                }
+                continue;
+            }
+            // Every exit drains the console: print! needs no exit of its own.
+            match hypercall::drain_console(&self.ram.mem) {
+                Ok(text) => console.write(&text),
+                Err(e) => break ExitStatus::ProtocolViolation(e),
+            }
+            match event {
+                Event::Out(port, (data, len)) => {
+                    let tsc_offset = self.tsc_offset;
+                    let wall = move || wall_clock(tsc_offset);
+                    match hypercall::serve(&self.ram.mem, mem_size, port, &data[..len], wall) {
+                        Ok(Action::Continue) | Ok(Action::Ready) => {}
+                        Ok(Action::Exit(code)) => break ExitStatus::Exited(code),
+                        Err(e) => break ExitStatus::ProtocolViolation(e),
+                    }
+                }
+                Event::In(port) => {
+                    let e = match tandem_abi::hypercall::HypercallPort::try_from(port) {
+                        Ok(_) => HypercallError::PortRead(port),
+                        Err(port) => HypercallError::UnknownPort(port),
+                    };
+                    break ExitStatus::ProtocolViolation(e);
+                }
+                Event::Crash(why) => break ExitStatus::Crashed(why),
+                Event::Interrupted => unreachable!("handled above"),
+            }
+        };
+        self.trace.stamp(Phase::Exit);
+        drop(watchdog);
+        stats.console_bytes = console.written();
+        self.collect_guest_trace(&mut stats);
+        Ok(RunReport { status, trace: self.trace, stats })
+    }
+
+    fn guest_stamp(&self, phase: Phase) -> u64 {
+        self.ram.mem.read_obj(GuestAddress(layout::TRACE_ADDR + phase.offset())).unwrap_or(0)
+    }
+
+    fn collect_guest_trace(&mut self, stats: &mut RunStats) {
+        let lo = self.trace.get(Phase::VmmStart).unwrap_or(0);
+        let hi = self.trace.get(Phase::Exit).unwrap_or(u64::MAX);
+        for phase in Phase::ALL.into_iter().filter(|p| p.stamped_by_guest()) {
+            let guest = self.guest_stamp(phase);
+            let host = guest.wrapping_add_signed(-self.tsc_offset);
+            // Stamps are the guest's word: keep only those that fall inside the run.
+            if guest != 0 && host >= lo && host <= hi {
+                self.trace.set(phase, host);
+            }
+        }
+        let kstat = |off: u64| -> u64 {
+            self.ram.mem.read_obj(GuestAddress(layout::KSTATS_ADDR + off)).unwrap_or(0)
+        };
+        stats.cpl0_entries = kstat(KernelStats::CPL0_ENTRIES);
+        stats.cpl0_entries_before_main = kstat(KernelStats::CPL0_BEFORE_MAIN);
+    }
+}
+
+enum Event {
+    Out(u16, ([u8; 8], usize)),
+    In(u16),
+    Crash(String),
+    Interrupted,
+}
+
+fn copy4(data: &[u8]) -> ([u8; 8], usize) {
+    let mut out = [0u8; 8];
+    let n = data.len().min(8);
+    out[..n].copy_from_slice(&data[..n]);
+    (out, n)
+}
+
+/// Guest TSC minus host TSC (zero where the guest TSC is the host's, as under PVM).
+fn guest_tsc_offset(vcpu: &VcpuFd) -> Result<i64, VmError> {
+    let mut msrs = Msrs::from_entries(&[kvm_msr_entry { index: MSR_IA32_TSC, ..Default::default() }])
+        .map_err(|e| VmError::Config(format!("MSR list: {e:?}")))?;
+    let before = rdtsc();
+    let n = vcpu.get_msrs(&mut msrs).map_err(ioctl("KVM_GET_MSRS"))?;
+    let after = rdtsc();
+    if n != 1 {
+        return Ok(0);
+    }
+    let host = before + (after - before) / 2;
+    let guest = msrs.as_slice()[0].data;
+    Ok(guest.wrapping_sub(host) as i64)
+}
+
+fn wall_clock(tsc_offset: i64) -> (u64, u64) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    (nanos, rdtsc().wrapping_add_signed(tsc_offset))
+}
+
+fn boot_info(
+    hv: &Hypervisor,
+    config: &VmConfig,
+    tsc_khz: u32,
+    vmm_start: u64,
+    vcpu_ready: u64,
+) -> BootInfo {
+    let mut memory = heapless::Vec::new();
+    let heap = MemRegion {
+        start: layout::HEAP_ADDR,
+        len: layout::heap_size(config.mem_size),
+        kind: MemKind::Usable,
+    };
+    // Two entries always fit MAX_MEM_REGIONS.
+    let _ = memory.push(MemRegion { start: 0, len: layout::HEAP_ADDR, kind: MemKind::Reserved });
+    let _ = memory.push(heap);
+    let leaf1 = hv.cpuid_leaf(1);
+    let mut entropy = [0u8; ENTROPY_SIZE];
+    fill_random(&mut entropy);
+    BootInfo {
+        boot_path: BootPath::TandemPv,
+        memory,
+        heap,
+        // Length checked in check_config.
+        cmdline: heapless::String::try_from(config.cmdline.as_str()).unwrap_or_default(),
+        cpu: CpuInfo {
+            count: 1,
+            tsc_khz: u64::from(tsc_khz),
+            features_ecx: leaf1.map_or(0, |l| l.ecx),
+            features_edx: leaf1.map_or(0, |l| l.edx),
+        },
+        host: HostStamps { vmm_start, vcpu_ready },
+        vm_id: config.vm_id,
+        generation: 0,
+        devices: heapless::Vec::new(),
+        entropy,
+    }
+}
+
+fn fill_random(buf: &mut [u8]) {
+    // SAFETY: getrandom writes at most `buf.len()` bytes into `buf`.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), libc::GRND_NONBLOCK) };
+    if n != buf.len() as isize {
+        // Entropy is a seed, not a key: fall back to the TSC rather than fail the boot.
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (rdtsc() >> (i % 8)) as u8;
+        }
+    }
+}
+
+/// Stops a run after its timeout by signalling the vCPU thread out of `KVM_RUN`.
+struct Watchdog {
+    timeout: Duration,
+    fired: Arc<AtomicBool>,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+impl Watchdog {
+    fn start(timeout: Duration) -> Self {
+        static REGISTER: Once = Once::new();
+        REGISTER.call_once(|| {
+            // A no-op handler: its only job is to make KVM_RUN return EINTR.
+            let _ = vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler);
+        });
+        // SAFETY: pthread_self has no preconditions.
+        let target = unsafe { libc::pthread_self() };
+        let fired = Arc::new(AtomicBool::new(false));
+        let (stop, rx) = mpsc::channel::<()>();
+        let flag = fired.clone();
+        let thread = std::thread::spawn(move || {
+            if rx.recv_timeout(timeout) != Err(mpsc::RecvTimeoutError::Timeout) {
+                return;
+            }
+            flag.store(true, Ordering::SeqCst);
+            // Kick until the run loop notices (a kick between two KVM_RUNs is lost).
+            while rx.recv_timeout(Duration::from_millis(2)) == Err(mpsc::RecvTimeoutError::Timeout) {
+                // SAFETY: `target` is the vCPU thread, alive until it drops this
+                // watchdog, which closes the channel and ends this loop first.
+                unsafe { libc::pthread_kill(target, kick_signal()) };
+            }
+        });
+        Self { timeout, fired, stop: Some(stop), thread: Some(thread) }
+    }
+
+    fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

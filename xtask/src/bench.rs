@@ -1,0 +1,317 @@
+//! `cargo xtask bench`: boot figures for the `hello` app, in process (from
+//! the `bench` example of the host crate) and as whole processes, side by side
+//! with a baseline process that only creates a VM and runs one instruction.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::{json, Map, Value};
+
+use crate::project::{self, Profile, Project};
+use crate::stats::{round3, Summary};
+use crate::table::Table;
+use crate::{elf, guest, host};
+
+const APP: &str = "hello";
+const EXAMPLE: &str = "bench";
+
+pub struct Options {
+    pub runs: usize,
+    pub warmup: usize,
+    pub json: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            runs: 200,
+            warmup: 3,
+            json: None,
+        }
+    }
+}
+
+pub fn bench(project: &Project, opts: &Options) -> Result<()> {
+    ensure!(opts.runs > 0, "--runs must be at least 1");
+    project::require_kvm()?;
+    guest::build(project)?;
+    host::build(project, Profile::Release, true)?;
+
+    let image = guest::image(project, APP)?;
+    let tandem = project.host_bin(Profile::Release);
+    let example = project.host_example(Profile::Release, EXAMPLE);
+    for bin in [&tandem, &example] {
+        ensure!(bin.is_file(), "{} was not built", bin.display());
+    }
+
+    let size = image_size(&image)?;
+    let in_process = in_process(&example, &image, opts.runs)?;
+    let whole = whole_process(&tandem, &example, &image, opts)?;
+
+    let report = json!({
+        "app": APP,
+        "unix_time": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "machine": machine(),
+        "image": {
+            "path": project.show(&image),
+            "file_bytes": size.file_bytes,
+            "load_segments": size.load.segments,
+            "load_file_bytes": size.load.file_bytes,
+            "load_mem_bytes": size.load.mem_bytes,
+        },
+        "whole_process_ms": whole.to_json(project, &tandem, &example, &image),
+        "in_process": in_process,
+    });
+
+    print_report(project, &image, &size, &whole, &report, opts);
+
+    let out = opts
+        .json
+        .clone()
+        .unwrap_or_else(|| project.target_dir().join("bench").join("boot.json"));
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let text = serde_json::to_string_pretty(&report)? + "\n";
+    std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
+    println!("\nwrote {}", project.show(&out));
+    Ok(())
+}
+
+struct ImageSize {
+    file_bytes: u64,
+    load: elf::LoadSize,
+}
+
+fn image_size(image: &Path) -> Result<ImageSize> {
+    let bytes = std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
+    let load = elf::load_size(&bytes).with_context(|| format!("parsing {}", image.display()))?;
+    Ok(ImageSize {
+        file_bytes: u64::try_from(bytes.len())?,
+        load,
+    })
+}
+
+/// Runs the host crate's `bench` example, which measures inside one process
+/// and prints a JSON object; it is passed through as is.
+fn in_process(example: &Path, image: &Path, runs: usize) -> Result<Value> {
+    let mut cmd = Command::new(example);
+    cmd.arg("--image")
+        .arg(image)
+        .args(["--runs", &runs.to_string()])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit());
+    project::echo(&cmd);
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {}", example.display()))?;
+    project::check(out.status, "the in-process benchmark (examples/bench)")?;
+    let value: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "examples/bench did not print a JSON object on stdout; it printed:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })?;
+    ensure!(
+        value.is_object(),
+        "examples/bench printed JSON that is not an object: {value}"
+    );
+    Ok(value)
+}
+
+struct WholeProcess {
+    tandem: Summary,
+    baseline: Summary,
+    warmup: usize,
+}
+
+impl WholeProcess {
+    fn ratio(&self) -> f64 {
+        self.tandem.median / self.baseline.median
+    }
+
+    fn to_json(&self, project: &Project, tandem: &Path, example: &Path, image: &Path) -> Value {
+        json!({
+            "warmup": self.warmup,
+            "tandem": self.tandem.to_json(),
+            "baseline_process": self.baseline.to_json(),
+            "ratio_median": round3(self.ratio()),
+            "tandem_command": format!("{} run {}", project.show(tandem), project.show(image)),
+            "baseline_command": format!("{} --baseline-process", project.show(example)),
+        })
+    }
+}
+
+/// Times `tandem run IMAGE` and the baseline process, alternating one run of
+/// each so that noise on the machine hits both alike.
+fn whole_process(
+    tandem: &Path,
+    example: &Path,
+    image: &Path,
+    opts: &Options,
+) -> Result<WholeProcess> {
+    let mut run_tandem = Command::new(tandem);
+    run_tandem.arg("run").arg(image);
+    let mut run_baseline = Command::new(example);
+    run_baseline.arg("--baseline-process");
+    for cmd in [&mut run_tandem, &mut run_baseline] {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+    }
+    eprintln!(
+        "timing {} whole-process runs each of `tandem run {APP}` and the baseline \
+         (after {} warm-up runs)",
+        opts.runs, opts.warmup
+    );
+
+    for _ in 0..opts.warmup {
+        time(&mut run_tandem, "tandem run")?;
+        time(&mut run_baseline, "the baseline process")?;
+    }
+    let mut a = Vec::with_capacity(opts.runs);
+    let mut b = Vec::with_capacity(opts.runs);
+    for _ in 0..opts.runs {
+        a.push(time(&mut run_tandem, "tandem run")?);
+        b.push(time(&mut run_baseline, "the baseline process")?);
+    }
+    Ok(WholeProcess {
+        tandem: Summary::of(&a).context("no samples")?,
+        baseline: Summary::of(&b).context("no samples")?,
+        warmup: opts.warmup,
+    })
+}
+
+/// Wall time of one run, spawn to reaped, in milliseconds.
+fn time(cmd: &mut Command, what: &str) -> Result<f64> {
+    let start = Instant::now();
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {what} ({:?})", cmd.get_program()))?;
+    let elapsed = start.elapsed();
+    if !status.success() {
+        bail!(
+            "{what} failed during the benchmark ({}); its output is hidden while timing, \
+             run it by hand to see why (for tandem: `cargo xtask run {APP}`)",
+            project::describe(status)
+        );
+    }
+    Ok(elapsed.as_secs_f64() * 1000.0)
+}
+
+/// Facts about the machine, so results from different hosts are not mixed up.
+fn machine() -> Value {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    json!({ "kernel": kernel, "cpu": cpu, "cpus": cpus })
+}
+
+fn print_report(
+    project: &Project,
+    image: &Path,
+    size: &ImageSize,
+    whole: &WholeProcess,
+    report: &Value,
+    opts: &Options,
+) {
+    println!();
+    println!("Tandem boot benchmark: `{APP}`, {} runs", opts.runs);
+    println!();
+    let mut t = Table::new(["image", "bytes"]);
+    t.row([
+        format!("{} (file)", project.show(image)),
+        size.file_bytes.to_string(),
+    ]);
+    t.row([
+        format!("PT_LOAD file bytes ({} segments)", size.load.segments),
+        size.load.file_bytes.to_string(),
+    ]);
+    t.row([
+        "PT_LOAD memory bytes".to_owned(),
+        size.load.mem_bytes.to_string(),
+    ]);
+    t.print();
+    println!();
+
+    let mut t = Table::new(["whole process (ms)", "median", "p10", "p90", "min"]);
+    for (name, s) in [
+        (format!("tandem run {APP}"), whole.tandem),
+        ("baseline (VM + 1 instruction)".to_owned(), whole.baseline),
+    ] {
+        t.row([
+            name,
+            format!("{:.3}", s.median),
+            format!("{:.3}", s.p10),
+            format!("{:.3}", s.p90),
+            format!("{:.3}", s.min),
+        ]);
+    }
+    t.print();
+    println!("ratio of medians, tandem / baseline: {:.2}", whole.ratio());
+    println!();
+
+    let mut fields = Vec::new();
+    flatten("", &report["in_process"], &mut fields);
+    let mut t = Table::new(["in process (examples/bench)", "value"]);
+    for (key, value) in fields {
+        t.row([key, value]);
+    }
+    t.print();
+}
+
+/// Numeric leaves of a JSON object as dotted keys, in key order.
+fn flatten(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) {
+    match value {
+        Value::Object(map) => flatten_map(prefix, map, out),
+        Value::Number(n) => {
+            let shown = match (n.as_i64(), n.as_f64()) {
+                (Some(i), _) => i.to_string(),
+                (None, Some(f)) => format!("{f:.3}"),
+                (None, None) => n.to_string(),
+            };
+            out.push((prefix.to_owned(), shown));
+        }
+        _ => {}
+    }
+}
+
+fn flatten_map(prefix: &str, map: &Map<String, Value>, out: &mut Vec<(String, String)>) {
+    for (key, value) in map {
+        let key = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        flatten(&key, value, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flattens_numbers_only() {
+        let v = json!({"a": {"median": 1.5, "n": 3}, "b": 7, "c": "text", "d": [1, 2]});
+        let mut out = Vec::new();
+        flatten("", &v, &mut out);
+        let keys: Vec<&str> = out.iter().map(|(k, _)| k.as_str()).collect();
+        assert!(keys.contains(&"a.median") && keys.contains(&"a.n") && keys.contains(&"b"));
+        assert_eq!(out.len(), 3);
+    }
+}
