@@ -1,4 +1,4 @@
-//! Guest memory: one anonymous mapping, 2 MiB aligned and backed by
+//! Guest memory: one anonymous mapping, 2 MiB aligned, its heap backed by
 //! transparent huge pages (first touch of a 4 KiB page costs about 4 µs under
 //! PVM, far less per byte with huge pages), wrapped in `vm-memory` so every
 //! access the VMM makes is bounds-checked.
@@ -84,9 +84,16 @@ impl GuestRam {
             }
         }
         let mapping = Arc::new(Mapping { addr: aligned as *mut libc::c_void, len });
-        if huge_pages {
-            // SAFETY: advice on our own mapping; failure only loses the hint.
-            unsafe { libc::madvise(mapping.addr, len, libc::MADV_HUGEPAGE) };
+        // The fixed layout and the image (below HEAP_ADDR) are touched a few
+        // pages at a time: 4 KiB pages there, so a boot does not zero whole
+        // 2 MiB pages it barely uses. The heap gets huge pages when asked.
+        let low = (tandem_abi::layout::HEAP_ADDR as usize).min(len);
+        // SAFETY: advice on ranges of our own mapping; failure only loses the hint.
+        unsafe {
+            libc::madvise(mapping.addr, low, libc::MADV_NOHUGEPAGE);
+            if huge_pages && len > low {
+                libc::madvise(mapping.addr.byte_add(low), len - low, libc::MADV_HUGEPAGE);
+            }
         }
         // SAFETY: `aligned..aligned+len` is a valid anonymous mapping with these
         // prot and flags, owned by `mapping`, which outlives the region.

@@ -29,6 +29,11 @@ fn read_level() -> u64 {
     if level > CONSOLE_CAPACITY { 0 } else { level }
 }
 
+/// Starts the flush clock at boot, so the first lines batch like the rest.
+pub(crate) fn init(now_tsc: u64) {
+    LAST_FLUSH_TSC.store(now_tsc, Ordering::Relaxed);
+}
+
 /// Forces the buffered text out (one VM exit).
 pub fn flush() {
     hypercall::call(&Request::Flush);

@@ -59,6 +59,7 @@ extern "C" fn rust_start(boot_info_addr: u64, first_tsc: u64) -> ! {
     };
     let env = env::init(info);
     time::init(env.boot_info().cpu.tsc_khz);
+    console::init(first_tsc);
     trace::stamp(Phase::EarlyInit);
     heap::init(&env.boot_info().heap);
     trace::stamp(Phase::HeapReady);
