@@ -47,10 +47,10 @@ impl Console {
     pub fn write(&mut self, bytes: &[u8]) {
         let room = self.limit.saturating_sub(self.written);
         let take = bytes.len().min(usize::try_from(room).unwrap_or(usize::MAX));
-        let bytes = &bytes[..take];
-        if take < bytes.len() || (room == 0 && !bytes.is_empty()) {
+        if take < bytes.len() {
             self.cut_off = true;
         }
+        let bytes = &bytes[..take];
         self.written += take as u64;
         match &self.sink {
             ConsoleSink::Stdout => {
