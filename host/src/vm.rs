@@ -292,6 +292,7 @@ impl Vm {
             .encode(&mut block)
             .map_err(|e| VmError::Config(format!("boot-info block: {e}")))?;
         ram.mem.write_slice(&block[..n], GuestAddress(layout::BOOT_INFO_ADDR))?;
+        prefault(&ram.mem, image)?;
         trace.stamp(Phase::ImageLoaded);
 
         vcpu.set_cpuid2(hv.supported_cpuid()).map_err(ioctl("KVM_SET_CPUID2"))?;
@@ -410,6 +411,43 @@ impl Vm {
         stats.cpl0_entries = kstat(KernelStats::CPL0_ENTRIES);
         stats.cpl0_entries_before_main = kstat(KernelStats::CPL0_BEFORE_MAIN);
     }
+}
+
+/// Pages the guest touches on its way to `main` (and on its exception
+/// path) that the loader did not write. Under PVM a guest's first touch of a
+/// page the host never touched costs about 21 µs (a host page fault behind a
+/// shadow-MMU fault); after the host has touched it, about 3 µs. Writing
+/// zeros to fresh memory changes nothing the guest can see.
+const PREFAULT: &[(u64, u64)] = &[
+    (layout::STACK_TOP - 4 * layout::PAGE_SIZE, layout::STACK_TOP),
+    (layout::KSTATS_ADDR, layout::KSTATS_ADDR + layout::PAGE_SIZE),
+    (layout::TRACE_ADDR, layout::CONSOLE_ADDR + layout::PAGE_SIZE),
+    (layout::RSP0_TOP - layout::PAGE_SIZE, layout::RSP0_TOP),
+    (layout::FAULT_STACK_TOP - layout::PAGE_SIZE, layout::FAULT_STACK_TOP),
+];
+
+fn prefault(mem: &vm_memory::GuestMemoryMmap, image: &Image) -> Result<(), VmError> {
+    let touch = |start: u64, end: u64| -> Result<(), VmError> {
+        let mut page = start & !(layout::PAGE_SIZE - 1);
+        while page < end {
+            mem.write_obj(0u64, GuestAddress(page))?;
+            page += layout::PAGE_SIZE;
+        }
+        Ok(())
+    };
+    for &(start, end) in PREFAULT {
+        touch(start, end)?;
+    }
+    // Zero-filled segment tails (.bss) that the file did not cover.
+    for seg in &image.segments {
+        let file_end = seg.addr + seg.data.len() as u64;
+        let mem_end = seg.addr + seg.mem_size;
+        if mem_end > file_end {
+            let first = (file_end + layout::PAGE_SIZE - 1) & !(layout::PAGE_SIZE - 1);
+            touch(first, mem_end)?;
+        }
+    }
+    Ok(())
 }
 
 enum Event {
