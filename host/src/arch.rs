@@ -41,7 +41,14 @@ pub fn write_structures(
 ) -> Result<(), ArchError> {
     let mut pt = [0u8; cpu::pt_area::SIZE];
     cpu::build_page_tables(&mut pt, mem_size, segments).map_err(ArchError::Build)?;
-    mem.write_slice(&pt, GuestAddress(layout::PAGE_TABLES_ADDR))?;
+    // Guest memory is fresh and zero: write only the tables in use, so the
+    // host faults in no page it does not need.
+    for (i, table) in pt.chunks(layout::PAGE_SIZE as usize).enumerate() {
+        if table.iter().any(|&b| b != 0) {
+            let at = layout::PAGE_TABLES_ADDR + i as u64 * layout::PAGE_SIZE;
+            mem.write_slice(table, GuestAddress(at))?;
+        }
+    }
 
     mem.write_slice(&cpu::gdt_bytes(layout::TSS_ADDR, cpu::TSS_LIMIT), GuestAddress(layout::GDT_ADDR))?;
 

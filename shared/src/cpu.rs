@@ -233,9 +233,12 @@ pub fn gdt_bytes(tss_base: u64, tss_limit: u32) -> [u8; GDT_ENTRIES * 8] {
 
 /// Size of the 64-bit TSS proper.
 pub const TSS_SIZE: usize = 104;
-/// Size of the I/O permission bitmap (one bit per port), plus the required
-/// all-ones terminating byte.
-pub const IO_BITMAP_SIZE: usize = 8192 + 1;
+/// Size of the I/O permission bitmap: one bit per port up to the last
+/// hypercall port, plus the required all-ones terminating byte. Ports past
+/// the TSS limit are denied by the CPU, so the bitmap stops there (one page
+/// instead of three for the host to write and the guest to map).
+pub const IO_BITMAP_SIZE: usize =
+    (HypercallPort::FIRST as usize + HypercallPort::SPAN as usize).div_ceil(8) + 1;
 /// Bytes of TSS and bitmap together.
 pub const TSS_TOTAL: usize = TSS_SIZE + IO_BITMAP_SIZE;
 /// The TSS limit for its descriptor.
@@ -358,8 +361,9 @@ mod tests {
     fn gdt_golden() {
         let g = gdt(0x2000, TSS_LIMIT);
         assert_eq!(g[1], 0x00AF_9A00_0000_FFFF);
-        // TSS descriptor: limit 0x2068, base 0x2000, type 0x89.
-        assert_eq!(g[5], 0x0000_8900_2000_2068);
+        // TSS descriptor: limit 0x229 (104 + 449 bitmap bytes + terminator - 1), base 0x2000, type 0x89.
+        assert_eq!(TSS_LIMIT, 0x229);
+        assert_eq!(g[5], 0x0000_8900_2000_0229);
         assert_eq!(g[6], 0);
     }
 
@@ -371,10 +375,13 @@ mod tests {
         assert_eq!(entry(&buf, 36), IST1_TOP);
         let bitmap = &buf[TSS_SIZE..];
         let open = |p: u16| bitmap[usize::from(p / 8)] & (1 << (p % 8)) == 0;
-        for p in 0..=u16::MAX {
+        let covered = ((IO_BITMAP_SIZE - 1) * 8) as u16;
+        for p in 0..covered {
             let expected = (HypercallPort::FIRST..HypercallPort::FIRST + HypercallPort::SPAN).contains(&p);
             assert_eq!(open(p), expected, "port {p:#x}");
         }
+        // Every port past the bitmap is past the TSS limit, hence denied.
+        assert_eq!(TSS_SIZE + (covered as usize) / 8, TSS_LIMIT as usize);
         assert_eq!(*bitmap.last().unwrap(), 0xFF);
     }
 
