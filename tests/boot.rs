@@ -7,8 +7,16 @@ use tandem_tests::{boot_in_process, hypervisor, run_app};
 fn hello_greets_shows_cmdline_and_exits_0() {
     let run = run_app("hello", &["--cmdline", "alpha beta=2"]);
     assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
-    assert!(run.stdout.contains("Hello from Tandem!"), "stdout: {}", run.stdout);
-    assert!(run.stdout.contains(r#"command line: "alpha beta=2""#), "stdout: {}", run.stdout);
+    assert!(
+        run.stdout.contains("Hello from Tandem!"),
+        "stdout: {}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains(r#"command line: "alpha beta=2""#),
+        "stdout: {}",
+        run.stdout
+    );
     assert!(run.stdout.contains("booted in "), "stdout: {}", run.stdout);
     // The summary line on stderr.
     assert!(run.stderr.contains("main at"), "stderr: {}", run.stderr);
@@ -21,7 +29,11 @@ fn hello_in_process_reaches_main_without_cpl0_or_exits() {
     assert_eq!(report.status, ExitStatus::Exited(0));
     assert!(console.starts_with("Hello from Tandem!\n"), "{console}");
     assert_eq!(report.stats.exits_before_main, 0, "{:?}", report.stats);
-    assert_eq!(report.stats.cpl0_entries_before_main, 0, "{:?}", report.stats);
+    assert_eq!(
+        report.stats.cpl0_entries_before_main, 0,
+        "{:?}",
+        report.stats
+    );
     assert_eq!(report.stats.cpl0_entries, 0, "{:?}", report.stats);
     assert!(report.stats.exits <= 2, "{:?}", report.stats);
 }
@@ -41,16 +53,34 @@ fn panic_reports_message_and_location_and_exits_101() {
     let run = run_app("panic", &[]);
     assert_eq!(run.code, Some(101), "stderr: {}", run.stderr);
     assert!(run.stdout.contains("about to panic"), "{}", run.stdout);
-    assert!(run.stdout.contains("panicked at apps/src/bin/panic.rs:"), "{}", run.stdout);
-    assert!(run.stdout.contains("deliberate panic: the answer is 42"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("panicked at apps/src/bin/panic.rs:"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("deliberate panic: the answer is 42"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
 fn page_fault_reports_address_and_exits_102() {
     let run = run_app("pagefault", &["--cmdline", "unmapped"]);
     assert_eq!(run.code, Some(102), "stderr: {}", run.stderr);
-    assert!(run.stdout.contains("CPU exception: page fault (#PF, vector 14)"), "{}", run.stdout);
-    assert!(run.stdout.contains("faulting address 0xdead0000 (read, not-present page)"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("CPU exception: page fault (#PF, vector 14)"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("faulting address 0xdead0000 (read, not-present page)"),
+        "{}",
+        run.stdout
+    );
     assert!(run.stdout.contains("at rip 0x2"), "{}", run.stdout);
 }
 
@@ -58,24 +88,43 @@ fn page_fault_reports_address_and_exits_102() {
 fn null_read_faults() {
     let run = run_app("pagefault", &["--cmdline", "null"]);
     assert_eq!(run.code, Some(102));
-    assert!(run.stdout.contains("faulting address 0x0 (read, not-present page)"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("faulting address 0x0 (read, not-present page)"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
 fn app_cannot_write_kernel_structures() {
     let run = run_app("pagefault", &["--cmdline", "kernel-write"]);
     assert_eq!(run.code, Some(102));
-    assert!(run.stdout.contains("faulting address 0x1000 (write, protection violation)"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("faulting address 0x1000 (write, protection violation)"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
 fn invalid_opcode_and_forbidden_port_are_reported() {
     let run = run_app("pagefault", &["--cmdline", "ud"]);
     assert_eq!(run.code, Some(102));
-    assert!(run.stdout.contains("invalid opcode (#UD, vector 6)"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("invalid opcode (#UD, vector 6)"),
+        "{}",
+        run.stdout
+    );
     let run = run_app("pagefault", &["--cmdline", "forbidden-port"]);
     assert_eq!(run.code, Some(102));
-    assert!(run.stdout.contains("general protection fault (#GP, vector 13)"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("general protection fault (#GP, vector 13)"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
@@ -90,7 +139,13 @@ fn exception_costs_one_cpl0_entry() {
 #[test]
 fn heap_serves_vec_string_btreemap_and_large_blocks() {
     let run = run_app("heap", &[]);
-    assert_eq!(run.code, Some(0), "stdout: {} stderr: {}", run.stdout, run.stderr);
+    assert_eq!(
+        run.code,
+        Some(0),
+        "stdout: {} stderr: {}",
+        run.stdout,
+        run.stderr
+    );
     assert!(run.stdout.contains("heap ok:"), "{}", run.stdout);
     assert!(run.stdout.contains("map total 37492500"), "{}", run.stdout);
 }
@@ -99,7 +154,11 @@ fn heap_serves_vec_string_btreemap_and_large_blocks() {
 fn out_of_memory_panics_cleanly() {
     let run = run_app("heap", &["--cmdline", "oom", "--mem", "16M"]);
     assert_eq!(run.code, Some(101), "stderr: {}", run.stderr);
-    assert!(run.stdout.contains("memory allocation of"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("memory allocation of"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
@@ -126,6 +185,10 @@ fn help_documents_run_options() {
     let out = tandem_tests::tandem(&["run", "--help"]);
     assert_eq!(out.code, Some(0));
     for opt in ["--mem", "--cmdline", "--trace", "--timeout", "--json"] {
-        assert!(out.stdout.contains(opt), "--help lacks {opt}: {}", out.stdout);
+        assert!(
+            out.stdout.contains(opt),
+            "--help lacks {opt}: {}",
+            out.stdout
+        );
     }
 }

@@ -10,13 +10,25 @@ const CASES: &[(&str, &str)] = &[
     ("unknown-port", "access to unknown I/O port 0xe02"),
     ("bad-width", "written with 1 bytes, expected 4"),
     ("port-read", "read from hypercall port 0xe00"),
-    ("outside-memory", "request at 0xfffffff0 (+4 bytes) lies outside guest memory"),
-    ("huge-length", "request length 4294967295 is outside 1..=4096"),
+    (
+        "outside-memory",
+        "request at 0xfffffff0 (+4 bytes) lies outside guest memory",
+    ),
+    (
+        "huge-length",
+        "request length 4294967295 is outside 1..=4096",
+    ),
     ("zero-length", "request length 0 is outside"),
     ("garbage", "request does not decode"),
     ("trailing", "request has 2 trailing bytes"),
-    ("reply-kernel", "reply buffer at 0x6000 (+64 bytes) is not app-writable memory"),
-    ("reply-outside", "reply buffer at 0xffff0000 (+64 bytes) is not app-writable memory"),
+    (
+        "reply-kernel",
+        "reply buffer at 0x6000 (+64 bytes) is not app-writable memory",
+    ),
+    (
+        "reply-outside",
+        "reply buffer at 0xffff0000 (+64 bytes) is not app-writable memory",
+    ),
     ("reply-small", "reply buffer of 3 bytes"),
     ("console-level", "console fill level 4294967295 exceeds"),
 ];
@@ -27,11 +39,16 @@ fn each_bad_request_is_refused_with_a_clear_error() {
         let run = run_app("hostile", &["--cmdline", case]);
         assert_eq!(run.code, Some(123), "{case}: stderr {}", run.stderr);
         assert!(
-            run.stderr.contains("guest broke the hypercall protocol") && run.stderr.contains(message),
+            run.stderr.contains("guest broke the hypercall protocol")
+                && run.stderr.contains(message),
             "{case}: expected {message:?} in stderr: {}",
             run.stderr
         );
-        assert!(!run.stdout.contains("the host accepted a bad request"), "{case}: {}", run.stdout);
+        assert!(
+            !run.stdout.contains("the host accepted a bad request"),
+            "{case}: {}",
+            run.stdout
+        );
     }
 }
 
@@ -46,7 +63,10 @@ fn host_stays_healthy_after_hostile_vms() {
             other => panic!("{case}: expected a protocol violation, got {other:?}: {console}"),
         }
         // The console written before the bad call still came through.
-        assert!(console.contains(&format!("hostile: {case}")) || *case == "console-level", "{console}");
+        assert!(
+            console.contains(&format!("hostile: {case}")) || *case == "console-level",
+            "{console}"
+        );
     }
     assert!(seen.contains(&HypercallError::Decode(DecodeError::TrailingBytes(2))));
     assert!(seen.contains(&HypercallError::UnknownPort(0xE02)));

@@ -39,7 +39,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 
 /// Offsets of the program headers of type `p_type`.
 fn phdrs(elf: &[u8], p_type: u32) -> Vec<usize> {
-    let phoff = u64_at(elf, 32) as usize;
+    let phoff = usize::try_from(u64_at(elf, 32)).unwrap();
     (0..u16_at(elf, 56))
         .map(|i| phoff + i * 56)
         .filter(|&at| u32::from_le_bytes(elf[at..at + 4].try_into().unwrap()) == p_type)
@@ -50,30 +50,55 @@ fn refused(image: &str, extra: &[&str], message: &str) {
     let mut args = vec!["run", image];
     args.extend_from_slice(extra);
     let run = tandem(&args);
-    assert_eq!(run.code, Some(125), "expected exit 125 for {message:?}; stderr: {}", run.stderr);
-    assert!(run.stderr.contains(message), "expected {message:?} in stderr: {}", run.stderr);
+    assert_eq!(
+        run.code,
+        Some(125),
+        "expected exit 125 for {message:?}; stderr: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(message),
+        "expected {message:?} in stderr: {}",
+        run.stderr
+    );
     assert!(run.stdout.is_empty(), "nothing may boot: {}", run.stdout);
 }
 
 #[test]
 fn not_an_elf() {
     let s = Scratch::new("notelf");
-    refused(&s.write("text", b"#!/bin/sh\necho hi\n"), &[], "not an ELF file");
+    refused(
+        &s.write("text", b"#!/bin/sh\necho hi\n"),
+        &[],
+        "not an ELF file",
+    );
     refused(&s.write("empty", b""), &[], "not an ELF file");
 }
 
 #[test]
 fn missing_file() {
-    refused("/nonexistent/tandem-image", &[], "cannot read image /nonexistent/tandem-image");
+    refused(
+        "/nonexistent/tandem-image",
+        &[],
+        "cannot read image /nonexistent/tandem-image",
+    );
 }
 
 #[test]
 fn truncated() {
     let s = Scratch::new("trunc");
     let img = hello();
-    refused(&s.write("head", &img[..40]), &[], "image is truncated: ELF header");
+    refused(
+        &s.write("head", &img[..40]),
+        &[],
+        "image is truncated: ELF header",
+    );
     // Cut inside the loadable segments.
-    refused(&s.write("half", &img[..img.len() / 4]), &[], "lies outside the");
+    refused(
+        &s.write("half", &img[..img.len() / 4]),
+        &[],
+        "lies outside the",
+    );
 }
 
 #[test]
@@ -81,7 +106,11 @@ fn another_machine() {
     let s = Scratch::new("machine");
     let mut img = hello();
     img[18..20].copy_from_slice(&183u16.to_le_bytes()); // EM_AARCH64
-    refused(&s.write("arm", &img), &[], "built for machine 183, not x86_64");
+    refused(
+        &s.write("arm", &img),
+        &[],
+        "built for machine 183, not x86_64",
+    );
     let mut img = hello();
     img[4] = 1; // ELFCLASS32
     refused(&s.write("elf32", &img), &[], "not a 64-bit ELF");
@@ -92,7 +121,7 @@ fn another_abi_version() {
     let s = Scratch::new("abi");
     let mut img = hello();
     let note = phdrs(&img, 4)[0];
-    let off = u64_at(&img, note + 8) as usize;
+    let off = usize::try_from(u64_at(&img, note + 8)).unwrap();
     // The Tandem note: 12-byte header, "Tandem\0" padded to 8, then abi_version.
     assert_eq!(&img[off + 12..off + 18], b"Tandem");
     let v = tandem_abi::ABI_VERSION + 41;
@@ -100,7 +129,10 @@ fn another_abi_version() {
     refused(
         &s.write("abi", &img),
         &[],
-        &format!("built for Tandem ABI version {v}, this VMM speaks version {}", tandem_abi::ABI_VERSION),
+        &format!(
+            "built for Tandem ABI version {v}, this VMM speaks version {}",
+            tandem_abi::ABI_VERSION
+        ),
     );
     // And with no note at all.
     let mut img = hello();
@@ -114,7 +146,11 @@ fn segment_outside_memory() {
     let mut img = hello();
     let load = *phdrs(&img, 1).last().unwrap();
     img[load + 16..load + 24].copy_from_slice(&0x10_0000_0000u64.to_le_bytes());
-    refused(&s.write("far", &img), &[], "lies outside the image region 0x200000..0x400000");
+    refused(
+        &s.write("far", &img),
+        &[],
+        "lies outside the image region 0x200000..0x400000",
+    );
     let mut img = hello();
     let load = phdrs(&img, 1)[0];
     img[load + 16..load + 24].copy_from_slice(&0x1000u64.to_le_bytes()); // over the GDT
@@ -126,7 +162,11 @@ fn entry_outside_image() {
     let s = Scratch::new("entry");
     let mut img = hello();
     img[24..32].copy_from_slice(&0x100u64.to_le_bytes());
-    refused(&s.write("entry", &img), &[], "entry point 0x100 is not inside an executable segment");
+    refused(
+        &s.write("entry", &img),
+        &[],
+        "entry point 0x100 is not inside an executable segment",
+    );
 }
 
 #[test]
@@ -135,12 +175,21 @@ fn too_little_or_bad_memory() {
     let hello = hello.to_str().unwrap();
     refused(hello, &["--mem", "2M"], "2 MiB of memory is too little");
     refused(hello, &["--mem", "65M"], "not a multiple of 2 MiB");
-    refused(hello, &["--mem", "8G"], "more than the 4096 MiB Tandem maps");
+    refused(
+        hello,
+        &["--mem", "8G"],
+        "more than the 4096 MiB Tandem maps",
+    );
 }
 
 #[test]
 fn bad_options_are_usage_errors() {
-    let run = tandem(&["run", image_path("hello").to_str().unwrap(), "--mem", "lots"]);
+    let run = tandem(&[
+        "run",
+        image_path("hello").to_str().unwrap(),
+        "--mem",
+        "lots",
+    ]);
     assert_eq!(run.code, Some(2), "{}", run.stderr);
     assert!(run.stderr.contains("not a size"), "{}", run.stderr);
 }

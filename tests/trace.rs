@@ -30,7 +30,10 @@ fn trace_file_is_valid_json_with_phases_in_order() {
     for e in &events {
         let ts = e["ts"].as_f64().unwrap();
         let dur = e["dur"].as_f64().unwrap();
-        assert!(dur >= 0.0 && ts + 1e-6 >= last_end, "event {e} goes back in time");
+        assert!(
+            dur >= 0.0 && ts + 1e-6 >= last_end,
+            "event {e} goes back in time"
+        );
         last_end = ts + dur;
     }
     assert!(events.iter().any(|e| e["cat"] == "guest"));

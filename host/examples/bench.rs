@@ -38,7 +38,11 @@ fn baseline(kvm: &Kvm, page: &mut [u8]) -> f64 {
     sregs.cs.base = 0;
     sregs.cs.selector = 0;
     vcpu.set_sregs(&sregs).expect("sregs");
-    let regs = kvm_bindings::kvm_regs { rip: 0x1000, rflags: 2, ..Default::default() };
+    let regs = kvm_bindings::kvm_regs {
+        rip: 0x1000,
+        rflags: 2,
+        ..Default::default()
+    };
     vcpu.set_regs(&regs).expect("regs");
     match vcpu.run() {
         Ok(VcpuExit::Hlt) => {}
@@ -53,6 +57,8 @@ struct Page([u8; 4096]);
 
 fn stats(mut v: Vec<f64>) -> Value {
     v.sort_by(f64::total_cmp);
+    // `q` is in 0..=1, so the rounded index lies in 0..len.
+    #[allow(clippy::cast_possible_truncation)]
     let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
     let r = |x: f64| (x * 10.0).round() / 10.0;
     json!({"median": r(at(0.5)), "p10": r(at(0.1)), "p90": r(at(0.9)), "min": r(v[0]), "n": v.len()})
@@ -73,7 +79,10 @@ fn main() {
         return;
     }
     let value = |flag: &str| {
-        args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned()
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
     };
     let image_path = value("--image").expect("usage: bench --image PATH [--runs N]");
     let runs: usize = value("--runs").map_or(200, |r| r.parse().expect("--runs N"));
@@ -90,7 +99,11 @@ fn main() {
             .run()
             .expect("boot");
         let wall = t.elapsed().as_secs_f64() * 1e6;
-        assert_eq!(report.status, ExitStatus::Exited(0), "the benchmark image must exit 0");
+        assert_eq!(
+            report.status,
+            ExitStatus::Exited(0),
+            "the benchmark image must exit 0"
+        );
         (report, wall)
     };
 

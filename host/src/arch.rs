@@ -43,14 +43,20 @@ pub fn write_structures(
     cpu::build_page_tables(&mut pt, mem_size, segments).map_err(ArchError::Build)?;
     // Guest memory is fresh and zero: write only the tables in use, so the
     // host faults in no page it does not need.
-    for (i, table) in pt.chunks(layout::PAGE_SIZE as usize).enumerate() {
+    // PAGE_SIZE is 4 KiB, which fits any usize.
+    #[allow(clippy::cast_possible_truncation)]
+    let page_size = layout::PAGE_SIZE as usize;
+    for (i, table) in pt.chunks(page_size).enumerate() {
         if table.iter().any(|&b| b != 0) {
             let at = layout::PAGE_TABLES_ADDR + i as u64 * layout::PAGE_SIZE;
             mem.write_slice(table, GuestAddress(at))?;
         }
     }
 
-    mem.write_slice(&cpu::gdt_bytes(layout::TSS_ADDR, cpu::TSS_LIMIT), GuestAddress(layout::GDT_ADDR))?;
+    mem.write_slice(
+        &cpu::gdt_bytes(layout::TSS_ADDR, cpu::TSS_LIMIT),
+        GuestAddress(layout::GDT_ADDR),
+    )?;
 
     let mut tss = [0u8; cpu::TSS_TOTAL];
     cpu::build_tss(&mut tss).map_err(ArchError::Build)?;
@@ -61,6 +67,14 @@ pub fn write_structures(
     mem.write_slice(&idt, GuestAddress(layout::IDT_ADDR))?;
     Ok(())
 }
+
+// GDTR and IDTR hold 16-bit limits. Both tables are at most 64 KiB (asserted
+// here), so the casts below cannot truncate.
+const _: () = assert!(cpu::GDT_ENTRIES * 8 <= 1 << 16 && cpu::IDT_SIZE <= 1 << 16);
+#[allow(clippy::cast_possible_truncation)]
+const GDT_LIMIT: u16 = (cpu::GDT_ENTRIES * 8 - 1) as u16;
+#[allow(clippy::cast_possible_truncation)]
+const IDT_LIMIT: u16 = (cpu::IDT_SIZE - 1) as u16;
 
 fn segment(selector: u16, code: bool) -> kvm_segment {
     kvm_segment {
@@ -106,9 +120,9 @@ pub fn user_mode_sregs(mut sregs: kvm_sregs, smep: bool) -> kvm_sregs {
         padding: 0,
     };
     sregs.gdt.base = layout::GDT_ADDR;
-    sregs.gdt.limit = (cpu::GDT_ENTRIES * 8 - 1) as u16;
+    sregs.gdt.limit = GDT_LIMIT;
     sregs.idt.base = layout::IDT_ADDR;
-    sregs.idt.limit = (cpu::IDT_SIZE - 1) as u16;
+    sregs.idt.limit = IDT_LIMIT;
     sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
     sregs.cr3 = layout::PAGE_TABLES_ADDR;
     sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT | if smep { CR4_SMEP } else { 0 };

@@ -30,7 +30,12 @@ pub struct Console {
 impl Console {
     /// A console writing to `sink`, at most `limit` bytes.
     pub fn new(sink: ConsoleSink, limit: u64) -> Self {
-        Self { sink, written: 0, limit, cut_off: false }
+        Self {
+            sink,
+            written: 0,
+            limit,
+            cut_off: false,
+        }
     }
 
     /// Bytes accepted so far.

@@ -80,7 +80,8 @@ fn read_guest<'a>(
     let len = buf.len() as u64;
     let outside = || HypercallError::OutsideMemory { what, addr, len };
     addr.checked_add(buf.len() as u64).ok_or_else(outside)?;
-    mem.read_slice(buf, GuestAddress(addr)).map_err(|_| outside())?;
+    mem.read_slice(buf, GuestAddress(addr))
+        .map_err(|_| outside())?;
     Ok(buf)
 }
 
@@ -88,10 +89,14 @@ fn read_guest<'a>(
 /// (hypercall, trace and console buffers, stacks, heap), so a guest cannot
 /// use the host to write its own supervisor-only structures.
 pub fn app_writable(addr: u64, len: u64, mem_size: u64) -> bool {
-    let Some(end) = addr.checked_add(len) else { return false };
+    let Some(end) = addr.checked_add(len) else {
+        return false;
+    };
     let within = |start: u64, stop: u64| addr >= start && end <= stop;
-    within(layout::TRACE_ADDR, layout::CONSOLE_ADDR + layout::CONSOLE_SIZE)
-        || within(layout::FAULT_STACK_ADDR, layout::FAULT_STACK_TOP)
+    within(
+        layout::TRACE_ADDR,
+        layout::CONSOLE_ADDR + layout::CONSOLE_SIZE,
+    ) || within(layout::FAULT_STACK_ADDR, layout::FAULT_STACK_TOP)
         || within(layout::STACK_ADDR, layout::STACK_TOP)
         || within(layout::HEAP_ADDR, mem_size)
 }
@@ -105,12 +110,17 @@ pub fn serve(
     wall_clock: impl FnOnce() -> (u64, u64),
 ) -> Result<Action, HypercallError> {
     let port = HypercallPort::try_from(port).map_err(HypercallError::UnknownPort)?;
-    let value: [u8; 4] = data
-        .try_into()
-        .map_err(|_| HypercallError::BadWidth { port: port as u16, size: data.len() })?;
+    let value: [u8; 4] = data.try_into().map_err(|_| HypercallError::BadWidth {
+        port: port as u16,
+        size: data.len(),
+    })?;
     let value = u32::from_le_bytes(value);
     match port {
-        HypercallPort::Exit => Ok(Action::Exit(value as u8)),
+        HypercallPort::Exit => {
+            // The exit code is the low byte of the value, as for a process exit status.
+            let [code, ..] = value.to_le_bytes();
+            Ok(Action::Exit(code))
+        }
         HypercallPort::Request => serve_request(mem, mem_size, u64::from(value), wall_clock),
     }
 }
@@ -149,23 +159,34 @@ fn write_reply(
     let mut out = [0u8; MAX_REPLY as usize];
     // Replies are small fixed-size messages; they always encode.
     let n = reply.encode_record(&mut out).unwrap_or(0);
-    let min = n as u32;
+    // `n` is at most MAX_REPLY; a reply too long for a u32 would fit no buffer.
+    let min = u32::try_from(n).unwrap_or(u32::MAX);
     if buf.len < min || buf.len > MAX_REPLY {
         return Err(HypercallError::ReplyBufferSize { len: buf.len, min });
     }
     if !app_writable(buf.addr, u64::from(buf.len), mem_size) {
-        return Err(HypercallError::ReplyNotWritable { addr: buf.addr, len: u64::from(buf.len) });
+        return Err(HypercallError::ReplyNotWritable {
+            addr: buf.addr,
+            len: u64::from(buf.len),
+        });
     }
-    mem.write_slice(&out[..n], GuestAddress(buf.addr)).map_err(|_| {
-        HypercallError::OutsideMemory { what: "reply buffer", addr: buf.addr, len: u64::from(buf.len) }
-    })
+    mem.write_slice(&out[..n], GuestAddress(buf.addr))
+        .map_err(|_| HypercallError::OutsideMemory {
+            what: "reply buffer",
+            addr: buf.addr,
+            len: u64::from(buf.len),
+        })
 }
 
 /// Copies out and empties the console buffer; returns its text.
 pub fn drain_console(mem: &GuestMemoryMmap) -> Result<Vec<u8>, HypercallError> {
     let level: u32 = mem
         .read_obj(GuestAddress(layout::CONSOLE_ADDR))
-        .map_err(|_| HypercallError::OutsideMemory { what: "console", addr: layout::CONSOLE_ADDR, len: 4 })?;
+        .map_err(|_| HypercallError::OutsideMemory {
+            what: "console",
+            addr: layout::CONSOLE_ADDR,
+            len: 4,
+        })?;
     if level == 0 {
         return Ok(Vec::new());
     }
@@ -173,9 +194,18 @@ pub fn drain_console(mem: &GuestMemoryMmap) -> Result<Vec<u8>, HypercallError> {
         return Err(HypercallError::ConsoleLevel(level));
     }
     let mut text = vec![0u8; level as usize];
-    read_guest(mem, layout::CONSOLE_ADDR + layout::CONSOLE_DATA_OFFSET, &mut text, "console")?;
+    read_guest(
+        mem,
+        layout::CONSOLE_ADDR + layout::CONSOLE_DATA_OFFSET,
+        &mut text,
+        "console",
+    )?;
     mem.write_obj(0u32, GuestAddress(layout::CONSOLE_ADDR))
-        .map_err(|_| HypercallError::OutsideMemory { what: "console", addr: layout::CONSOLE_ADDR, len: 4 })?;
+        .map_err(|_| HypercallError::OutsideMemory {
+            what: "console",
+            addr: layout::CONSOLE_ADDR,
+            len: 4,
+        })?;
     Ok(text)
 }
 
@@ -184,7 +214,8 @@ mod tests {
     use super::*;
 
     fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), layout::MIN_MEM_SIZE as usize)]).unwrap()
+        let size = usize::try_from(layout::MIN_MEM_SIZE).unwrap();
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).unwrap()
     }
 
     fn put(mem: &GuestMemoryMmap, addr: u64, req: &Request) {
@@ -202,52 +233,104 @@ mod tests {
     fn serves_valid_requests() {
         let m = mem();
         put(&m, layout::HYPERCALL_ADDR, &Request::Exit { code: 7 });
-        let a = layout::HYPERCALL_ADDR as u32;
-        assert_eq!(serve(&m, SIZE, 0xE00, &a.to_le_bytes(), clock), Ok(Action::Exit(7)));
-        assert_eq!(serve(&m, SIZE, 0xE04, &3u32.to_le_bytes(), clock), Ok(Action::Exit(3)));
-        let reply = GuestBuf { addr: layout::HYPERCALL_ADDR + 0x1000, len: 64 };
+        let a = u32::try_from(layout::HYPERCALL_ADDR).unwrap();
+        assert_eq!(
+            serve(&m, SIZE, 0xE00, &a.to_le_bytes(), clock),
+            Ok(Action::Exit(7))
+        );
+        assert_eq!(
+            serve(&m, SIZE, 0xE04, &3u32.to_le_bytes(), clock),
+            Ok(Action::Exit(3))
+        );
+        let reply = GuestBuf {
+            addr: layout::HYPERCALL_ADDR + 0x1000,
+            len: 64,
+        };
         put(&m, layout::HYPERCALL_ADDR, &Request::WallClock { reply });
-        assert_eq!(serve(&m, SIZE, 0xE00, &a.to_le_bytes(), clock), Ok(Action::Continue));
+        assert_eq!(
+            serve(&m, SIZE, 0xE00, &a.to_le_bytes(), clock),
+            Ok(Action::Continue)
+        );
         let mut out = [0u8; 16];
         m.read_slice(&mut out, GuestAddress(reply.addr)).unwrap();
-        assert_eq!(Reply::decode_record(&out), Ok(Reply::WallClock { unix_nanos: 5, tsc: 6 }));
+        assert_eq!(
+            Reply::decode_record(&out),
+            Ok(Reply::WallClock {
+                unix_nanos: 5,
+                tsc: 6
+            })
+        );
     }
 
     #[test]
     fn refuses_hostile_requests() {
         let m = mem();
-        let a = layout::HYPERCALL_ADDR as u32;
-        assert_eq!(serve(&m, SIZE, 0x3F8, &[0], clock), Err(HypercallError::UnknownPort(0x3F8)));
-        assert!(matches!(serve(&m, SIZE, 0xE00, &[0], clock), Err(HypercallError::BadWidth { .. })));
+        let a = u32::try_from(layout::HYPERCALL_ADDR).unwrap();
+        assert_eq!(
+            serve(&m, SIZE, 0x3F8, &[0], clock),
+            Err(HypercallError::UnknownPort(0x3F8))
+        );
+        assert!(matches!(
+            serve(&m, SIZE, 0xE00, &[0], clock),
+            Err(HypercallError::BadWidth { .. })
+        ));
         assert!(matches!(
             serve(&m, SIZE, 0xE00, &u32::MAX.to_le_bytes(), clock),
             Err(HypercallError::OutsideMemory { .. })
         ));
         // Length prefix too large.
-        m.write_obj(MAX_REQUEST + 1, GuestAddress(layout::HYPERCALL_ADDR)).unwrap();
-        assert!(matches!(serve(&m, SIZE, 0xE00, &a.to_le_bytes(), clock), Err(HypercallError::Decode(DecodeError::BadLength(_)))));
+        m.write_obj(MAX_REQUEST + 1, GuestAddress(layout::HYPERCALL_ADDR))
+            .unwrap();
+        assert!(matches!(
+            serve(&m, SIZE, 0xE00, &a.to_le_bytes(), clock),
+            Err(HypercallError::Decode(DecodeError::BadLength(_)))
+        ));
         // Body running past the end of memory.
-        let last = (SIZE - 8) as u32;
+        let last = u32::try_from(SIZE - 8).unwrap();
         m.write_obj(64u32, GuestAddress(u64::from(last))).unwrap();
-        assert!(matches!(serve(&m, SIZE, 0xE00, &last.to_le_bytes(), clock), Err(HypercallError::OutsideMemory { .. })));
+        assert!(matches!(
+            serve(&m, SIZE, 0xE00, &last.to_le_bytes(), clock),
+            Err(HypercallError::OutsideMemory { .. })
+        ));
         // Reply aimed at the page tables.
-        let reply = GuestBuf { addr: layout::PAGE_TABLES_ADDR, len: 64 };
+        let reply = GuestBuf {
+            addr: layout::PAGE_TABLES_ADDR,
+            len: 64,
+        };
         put(&m, layout::HYPERCALL_ADDR, &Request::WallClock { reply });
-        assert!(matches!(serve(&m, SIZE, 0xE00, &a.to_le_bytes(), clock), Err(HypercallError::ReplyNotWritable { .. })));
+        assert!(matches!(
+            serve(&m, SIZE, 0xE00, &a.to_le_bytes(), clock),
+            Err(HypercallError::ReplyNotWritable { .. })
+        ));
         // Reply buffer too small.
-        let reply = GuestBuf { addr: layout::HEAP_ADDR, len: 2 };
+        let reply = GuestBuf {
+            addr: layout::HEAP_ADDR,
+            len: 2,
+        };
         put(&m, layout::HYPERCALL_ADDR, &Request::WallClock { reply });
-        assert!(matches!(serve(&m, SIZE, 0xE00, &a.to_le_bytes(), clock), Err(HypercallError::ReplyBufferSize { .. })));
+        assert!(matches!(
+            serve(&m, SIZE, 0xE00, &a.to_le_bytes(), clock),
+            Err(HypercallError::ReplyBufferSize { .. })
+        ));
         // Console level beyond capacity.
-        m.write_obj(u32::MAX, GuestAddress(layout::CONSOLE_ADDR)).unwrap();
-        assert_eq!(drain_console(&m), Err(HypercallError::ConsoleLevel(u32::MAX)));
+        m.write_obj(u32::MAX, GuestAddress(layout::CONSOLE_ADDR))
+            .unwrap();
+        assert_eq!(
+            drain_console(&m),
+            Err(HypercallError::ConsoleLevel(u32::MAX))
+        );
     }
 
     #[test]
     fn drains_console() {
         let m = mem();
-        m.write_obj(3u32, GuestAddress(layout::CONSOLE_ADDR)).unwrap();
-        m.write_slice(b"hi\n", GuestAddress(layout::CONSOLE_ADDR + layout::CONSOLE_DATA_OFFSET)).unwrap();
+        m.write_obj(3u32, GuestAddress(layout::CONSOLE_ADDR))
+            .unwrap();
+        m.write_slice(
+            b"hi\n",
+            GuestAddress(layout::CONSOLE_ADDR + layout::CONSOLE_DATA_OFFSET),
+        )
+        .unwrap();
         assert_eq!(drain_console(&m).unwrap(), b"hi\n");
         assert_eq!(drain_console(&m).unwrap(), b"");
     }

@@ -63,7 +63,9 @@ pub enum ImageError {
         expected: u32,
     },
     /// A segment's file range is outside the file.
-    #[error("segment {index} file range {offset:#x}+{size:#x} lies outside the {file_len}-byte file")]
+    #[error(
+        "segment {index} file range {offset:#x}+{size:#x} lies outside the {file_len}-byte file"
+    )]
     SegmentOutsideFile {
         /// Program header index.
         index: usize,
@@ -155,7 +157,10 @@ fn range(bytes: &[u8], offset: u64, len: u64) -> Option<&[u8]> {
 impl Image {
     /// Reads and checks an image file.
     pub fn from_file(path: &Path) -> Result<Self, ImageError> {
-        let read_err = |source| ImageError::Read { path: path.display().to_string(), source };
+        let read_err = |source| ImageError::Read {
+            path: path.display().to_string(),
+            source,
+        };
         let len = std::fs::metadata(path).map_err(read_err)?.len();
         if len > MAX_IMAGE_FILE {
             return Err(ImageError::TooLarge(len));
@@ -172,12 +177,18 @@ impl Image {
         if bytes.len() < 4 || &bytes[..4] != b"\x7fELF" {
             return Err(ImageError::NotElf);
         }
-        let eh = bytes.get(..EHDR_SIZE).ok_or(ImageError::Truncated("ELF header"))?;
+        let eh = bytes
+            .get(..EHDR_SIZE)
+            .ok_or(ImageError::Truncated("ELF header"))?;
         if eh[4] != 2 {
-            return Err(ImageError::Unsupported("not a 64-bit ELF (EI_CLASS)".into()));
+            return Err(ImageError::Unsupported(
+                "not a 64-bit ELF (EI_CLASS)".into(),
+            ));
         }
         if eh[5] != 1 {
-            return Err(ImageError::Unsupported("not little-endian (EI_DATA)".into()));
+            return Err(ImageError::Unsupported(
+                "not little-endian (EI_DATA)".into(),
+            ));
         }
         let machine = u16_at(eh, 18);
         if machine != EM_X86_64 {
@@ -196,7 +207,9 @@ impl Image {
         let phentsize = usize::from(u16_at(eh, 54));
         let phnum = usize::from(u16_at(eh, 56));
         if phentsize != PHDR_SIZE {
-            return Err(ImageError::Unsupported(format!("program header size {phentsize}")));
+            return Err(ImageError::Unsupported(format!(
+                "program header size {phentsize}"
+            )));
         }
         if phnum == 0 || phnum > MAX_PHDRS {
             return Err(ImageError::Unsupported(format!("{phnum} program headers")));
@@ -260,7 +273,10 @@ impl Image {
         }
         let note = note.ok_or(ImageError::NoAbiNote)?;
         if note.abi_version != ABI_VERSION {
-            return Err(ImageError::AbiMismatch { found: note.abi_version, expected: ABI_VERSION });
+            return Err(ImageError::AbiMismatch {
+                found: note.abi_version,
+                expected: ABI_VERSION,
+            });
         }
         if segments.is_empty() {
             return Err(ImageError::NoSegments);
@@ -288,7 +304,12 @@ impl Image {
         if !inside(stubs, true) || !stubs_end.is_some_and(|e| inside(e, true)) {
             return Err(ImageError::BadStubs(stubs));
         }
-        Ok(Image { entry, segments, note, file_size: bytes.len() })
+        Ok(Image {
+            entry,
+            segments,
+            note,
+            file_size: bytes.len(),
+        })
     }
 
     /// Page permissions of the segments, for the page-table builder.
@@ -327,10 +348,18 @@ fn find_abi_note(mut notes: &[u8]) -> Result<Option<AbiNote>, ImageError> {
         let namesz = u32_at(notes, 0) as usize;
         let descsz = u32_at(notes, 4) as usize;
         let kind = u32_at(notes, 8);
-        let name_end = align4(namesz).and_then(|n| n.checked_add(12)).ok_or(ImageError::BadAbiNote)?;
-        let desc_end = align4(descsz).and_then(|d| d.checked_add(name_end)).ok_or(ImageError::BadAbiNote)?;
-        let name = notes.get(12..12 + namesz).ok_or(ImageError::Truncated("note name"))?;
-        let desc = notes.get(name_end..name_end + descsz).ok_or(ImageError::Truncated("note descriptor"))?;
+        let name_end = align4(namesz)
+            .and_then(|n| n.checked_add(12))
+            .ok_or(ImageError::BadAbiNote)?;
+        let desc_end = align4(descsz)
+            .and_then(|d| d.checked_add(name_end))
+            .ok_or(ImageError::BadAbiNote)?;
+        let name = notes
+            .get(12..12 + namesz)
+            .ok_or(ImageError::Truncated("note name"))?;
+        let desc = notes
+            .get(name_end..name_end + descsz)
+            .ok_or(ImageError::Truncated("note descriptor"))?;
         if name == NOTE_NAME && kind == NT_TANDEM_ABI {
             return AbiNote::parse(desc).map(Some).ok_or(ImageError::BadAbiNote);
         }
@@ -354,7 +383,7 @@ mod tests {
         f[18..20].copy_from_slice(&EM_X86_64.to_le_bytes());
         f[24..32].copy_from_slice(&0x20_1000u64.to_le_bytes());
         f[32..40].copy_from_slice(&64u64.to_le_bytes());
-        f[54..56].copy_from_slice(&(PHDR_SIZE as u16).to_le_bytes());
+        f[54..56].copy_from_slice(&u16::try_from(PHDR_SIZE).unwrap().to_le_bytes());
         f[56..58].copy_from_slice(&3u16.to_le_bytes());
         let mut ph = |i: usize, t: u32, flags: u32, off: u64, addr: u64, size: u64| {
             let at = 64 + i * PHDR_SIZE;
@@ -368,7 +397,11 @@ mod tests {
         ph(0, PT_LOAD, 5 | PF_TANDEM_KERNEL, 0x1000, 0x20_0000, 0x400);
         ph(1, PT_LOAD, 5, 0x2000, 0x20_1000, 0x100);
         ph(2, PT_NOTE, 4, 0x400, 0, 36);
-        let note = AbiNote { abi_version: abi, flags: 0, exception_stubs: 0x20_0000 };
+        let note = AbiNote {
+            abi_version: abi,
+            flags: 0,
+            exception_stubs: 0x20_0000,
+        };
         let n = &mut f[0x400..0x400 + 36];
         n[0..4].copy_from_slice(&7u32.to_le_bytes());
         n[4..8].copy_from_slice(&16u32.to_le_bytes());
@@ -414,7 +447,7 @@ mod tests {
                 s ^= s >> 7;
                 s ^= s << 17;
                 let at = (s % 0x460) as usize;
-                img[at] = (s >> 32) as u8;
+                img[at] = s.to_le_bytes()[4]; // bits 32..40
             }
             let _ = Image::parse(&img);
         }

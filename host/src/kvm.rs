@@ -34,7 +34,9 @@ pub struct Hypervisor {
 
 impl std::fmt::Debug for Hypervisor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hypervisor").field("tsc_khz", &self.tsc_khz.get()).finish()
+        f.debug_struct("Hypervisor")
+            .field("tsc_khz", &self.tsc_khz.get())
+            .finish()
     }
 }
 
@@ -47,8 +49,15 @@ impl Hypervisor {
         }
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(|source| KvmError::Ioctl { what: "KVM_GET_SUPPORTED_CPUID", source })?;
-        Ok(Self { kvm, cpuid, tsc_khz: OnceLock::new() })
+            .map_err(|source| KvmError::Ioctl {
+                what: "KVM_GET_SUPPORTED_CPUID",
+                source,
+            })?;
+        Ok(Self {
+            kvm,
+            cpuid,
+            tsc_khz: OnceLock::new(),
+        })
     }
 
     /// The KVM system handle.
@@ -63,7 +72,11 @@ impl Hypervisor {
 
     /// Leaf `function` (subleaf 0) of the supported CPUID.
     pub fn cpuid_leaf(&self, function: u32) -> Option<kvm_bindings::kvm_cpuid_entry2> {
-        self.cpuid.as_slice().iter().find(|e| e.function == function && e.index == 0).copied()
+        self.cpuid
+            .as_slice()
+            .iter()
+            .find(|e| e.function == function && e.index == 0)
+            .copied()
     }
 
     /// TSC frequency, learnt from the first vCPU and reused.
@@ -71,9 +84,10 @@ impl Hypervisor {
         if let Some(khz) = self.tsc_khz.get() {
             return Ok(*khz);
         }
-        let khz = vcpu
-            .get_tsc_khz()
-            .map_err(|source| KvmError::Ioctl { what: "KVM_GET_TSC_KHZ", source })?;
+        let khz = vcpu.get_tsc_khz().map_err(|source| KvmError::Ioctl {
+            what: "KVM_GET_TSC_KHZ",
+            source,
+        })?;
         Ok(*self.tsc_khz.get_or_init(|| khz))
     }
 }

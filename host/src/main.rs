@@ -59,7 +59,9 @@ fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a size (try 64M)"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (try 64M)"))?;
     let shift = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,
@@ -67,21 +69,30 @@ fn parse_size(s: &str) -> Result<u64, String> {
         "g" | "gb" | "gib" => 30,
         other => return Err(format!("unknown size unit '{other}' (use K, M or G)")),
     };
-    n.checked_mul(1 << shift).ok_or_else(|| format!("'{s}' is too large"))
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("'{s}' is too large"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration (try 10s)"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (try 10s)"))?;
     let secs = match unit {
         "" | "s" => n,
         "ms" => n / 1e3,
         "us" => n / 1e6,
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
-        other => return Err(format!("unknown duration unit '{other}' (use ms, s, m or h)")),
+        other => {
+            return Err(format!(
+                "unknown duration unit '{other}' (use ms, s, m or h)"
+            ))
+        }
     };
     Duration::try_from_secs_f64(secs).map_err(|e| format!("'{s}': {e}"))
 }
@@ -111,7 +122,10 @@ fn run(args: RunArgs, start: u64) -> Result<u8> {
         console: ConsoleSink::Stdout,
         ..VmConfig::default()
     };
-    let report = VmBuilder::new(&hv, &image).config(config).started_at(start).run()?;
+    let report = VmBuilder::new(&hv, &image)
+        .config(config)
+        .started_at(start)
+        .run()?;
 
     if let Some(path) = &args.trace {
         let json = serde_json::to_string_pretty(&report.trace.to_chrome_json())?;

@@ -61,6 +61,8 @@ impl GuestRam {
     /// With `huge_pages`, asks for transparent huge pages.
     pub fn new(size: u64, huge_pages: bool) -> Result<Self, MemoryError> {
         let len = usize::try_from(size).map_err(|_| MemoryError::Region("size".into()))?;
+        // LARGE_PAGE_SIZE is 2 MiB, which fits any usize.
+        #[allow(clippy::cast_possible_truncation)]
         let align = LARGE_PAGE_SIZE as usize;
         let reserve = len + align;
         let prot = libc::PROT_READ | libc::PROT_WRITE;
@@ -68,7 +70,10 @@ impl GuestRam {
         // SAFETY: a fresh anonymous mapping at an address of the kernel's choosing.
         let raw = unsafe { libc::mmap(std::ptr::null_mut(), reserve, prot, flags, -1, 0) };
         if raw == libc::MAP_FAILED {
-            return Err(MemoryError::Mmap { size, source: std::io::Error::last_os_error() });
+            return Err(MemoryError::Mmap {
+                size,
+                source: std::io::Error::last_os_error(),
+            });
         }
         let start = raw as usize;
         let aligned = (start + align - 1) & !(align - 1);
@@ -83,10 +88,15 @@ impl GuestRam {
                 libc::munmap((aligned + len) as *mut libc::c_void, tail);
             }
         }
-        let mapping = Arc::new(Mapping { addr: aligned as *mut libc::c_void, len });
+        let mapping = Arc::new(Mapping {
+            addr: aligned as *mut libc::c_void,
+            len,
+        });
         // The fixed layout and the image (below HEAP_ADDR) are touched a few
         // pages at a time: 4 KiB pages there, so a boot does not zero whole
         // 2 MiB pages it barely uses. The heap gets huge pages when asked.
+        // HEAP_ADDR is 4 MiB, which fits any usize.
+        #[allow(clippy::cast_possible_truncation)]
         let low = (tandem_abi::layout::HEAP_ADDR as usize).min(len);
         // SAFETY: advice on ranges of our own mapping; failure only loses the hint.
         unsafe {

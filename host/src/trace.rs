@@ -25,7 +25,10 @@ pub struct BootTrace {
 impl BootTrace {
     /// An empty trace for a TSC of `tsc_khz`.
     pub fn new(tsc_khz: u64) -> Self {
-        Self { tsc_khz, stamps: [None; Phase::COUNT] }
+        Self {
+            tsc_khz,
+            stamps: [None; Phase::COUNT],
+        }
     }
 
     /// Records `phase` at host TSC `tsc` (0 = not reached).
@@ -74,8 +77,10 @@ impl BootTrace {
 
     /// Reached phases in time order, with microseconds since VMM start.
     pub fn reached(&self) -> Vec<(Phase, f64)> {
-        let mut v: Vec<_> =
-            Phase::ALL.iter().filter_map(|&p| self.micros(p).map(|us| (p, us))).collect();
+        let mut v: Vec<_> = Phase::ALL
+            .iter()
+            .filter_map(|&p| self.micros(p).map(|us| (p, us)))
+            .collect();
         v.sort_by(|a, b| a.1.total_cmp(&b.1));
         v
     }
@@ -108,8 +113,19 @@ impl BootTrace {
         let mut out = String::from("phase                  side     at (us)   delta (us)\n");
         let mut prev = 0.0;
         for (p, us) in self.reached() {
-            let side = if p.stamped_by_guest() { "guest" } else { "host" };
-            let _ = writeln!(out, "{:<22} {:<6} {:>10.1} {:>12.1}", p.name(), side, us, us - prev);
+            let side = if p.stamped_by_guest() {
+                "guest"
+            } else {
+                "host"
+            };
+            let _ = writeln!(
+                out,
+                "{:<22} {:<6} {:>10.1} {:>12.1}",
+                p.name(),
+                side,
+                us,
+                us - prev
+            );
             prev = us;
         }
         out
@@ -173,7 +189,10 @@ mod tests {
         assert_eq!(t.micros(Phase::AppMain), Some(9.0));
         let json = t.to_chrome_json();
         let events = json["traceEvents"].as_array().unwrap();
-        assert_eq!(events.iter().filter(|e| e["ph"] == "X").count(), Phase::COUNT - 1);
+        assert_eq!(
+            events.iter().filter(|e| e["ph"] == "X").count(),
+            Phase::COUNT - 1
+        );
         assert!(t.summary().contains("main at 9 us"));
     }
 }

@@ -156,7 +156,12 @@ pub struct VmBuilder<'a> {
 impl<'a> VmBuilder<'a> {
     /// A builder with the default configuration; the boot clock starts now.
     pub fn new(hv: &'a Hypervisor, image: &'a Image) -> Self {
-        Self { hv, image, config: VmConfig::default(), start_tsc: rdtsc() }
+        Self {
+            hv,
+            image,
+            config: VmConfig::default(),
+            start_tsc: rdtsc(),
+        }
     }
     /// Uses `config` whole.
     pub fn config(mut self, config: VmConfig) -> Self {
@@ -229,8 +234,10 @@ fn check_config(config: &VmConfig) -> Result<(), VmError> {
             layout::MAX_MEM_SIZE >> 20
         )));
     }
-    if m % layout::LARGE_PAGE_SIZE != 0 {
-        return Err(VmError::Config(format!("memory size {m} is not a multiple of 2 MiB")));
+    if !m.is_multiple_of(layout::LARGE_PAGE_SIZE) {
+        return Err(VmError::Config(format!(
+            "memory size {m} is not a multiple of 2 MiB"
+        )));
     }
     if config.cmdline.len() > tandem_abi::bootinfo::MAX_CMDLINE {
         return Err(VmError::Config(format!(
@@ -287,22 +294,35 @@ impl Vm {
         )?;
         let to_guest = |host: u64| host.wrapping_add_signed(tsc_offset);
         let info = boot_info(hv, &config, tsc_khz, to_guest(start_tsc), to_guest(rdtsc()));
+        // BOOT_INFO_MAX is 8 KiB, which fits any usize.
+        #[allow(clippy::cast_possible_truncation)]
         let mut block = [0u8; layout::BOOT_INFO_MAX as usize];
         let n = info
             .encode(&mut block)
             .map_err(|e| VmError::Config(format!("boot-info block: {e}")))?;
-        ram.mem.write_slice(&block[..n], GuestAddress(layout::BOOT_INFO_ADDR))?;
+        ram.mem
+            .write_slice(&block[..n], GuestAddress(layout::BOOT_INFO_ADDR))?;
         prefault(&ram.mem, image)?;
         trace.stamp(Phase::ImageLoaded);
 
-        vcpu.set_cpuid2(hv.supported_cpuid()).map_err(ioctl("KVM_SET_CPUID2"))?;
+        vcpu.set_cpuid2(hv.supported_cpuid())
+            .map_err(ioctl("KVM_SET_CPUID2"))?;
         let smep = hv.cpuid_leaf(7).is_some_and(|l| l.ebx & (1 << 7) != 0);
         let sregs = vcpu.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
-        vcpu.set_sregs(&arch::user_mode_sregs(sregs, smep)).map_err(ioctl("KVM_SET_SREGS"))?;
-        vcpu.set_regs(&arch::entry_regs(image.entry)).map_err(ioctl("KVM_SET_REGS"))?;
+        vcpu.set_sregs(&arch::user_mode_sregs(sregs, smep))
+            .map_err(ioctl("KVM_SET_SREGS"))?;
+        vcpu.set_regs(&arch::entry_regs(image.entry))
+            .map_err(ioctl("KVM_SET_REGS"))?;
         trace.stamp(Phase::VcpuReady);
 
-        Ok(Self { vcpu, _vm: vm, ram, config, trace, tsc_offset })
+        Ok(Self {
+            vcpu,
+            _vm: vm,
+            ram,
+            config,
+            trace,
+            tsc_offset,
+        })
     }
 
     /// Guest memory (for inspection by tests and tools).
@@ -336,15 +356,17 @@ impl Vm {
                     Event::Crash("triple fault (the guest could not handle an exception)".into())
                 }
                 Ok(VcpuExit::Hlt) => Event::Crash("the guest halted".into()),
-                Ok(VcpuExit::MmioRead(addr, _)) | Ok(VcpuExit::MmioWrite(addr, _)) => {
-                    Event::Crash(format!("access to unbacked guest-physical address {addr:#x}"))
-                }
-                Ok(VcpuExit::FailEntry(reason, _)) => {
-                    Event::Crash(format!("KVM could not enter the guest (reason {reason:#x})"))
-                }
+                Ok(VcpuExit::MmioRead(addr, _)) | Ok(VcpuExit::MmioWrite(addr, _)) => Event::Crash(
+                    format!("access to unbacked guest-physical address {addr:#x}"),
+                ),
+                Ok(VcpuExit::FailEntry(reason, _)) => Event::Crash(format!(
+                    "KVM could not enter the guest (reason {reason:#x})"
+                )),
                 Ok(VcpuExit::InternalError) => Event::Crash("KVM internal error".into()),
                 Ok(other) => Event::Crash(format!("unexpected VM exit {other:?}")),
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Event::Interrupted,
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    Event::Interrupted
+                }
                 Err(e) => {
                     break ExitStatus::Crashed(format!("KVM_RUN failed: {e}"));
                 }
@@ -387,11 +409,18 @@ impl Vm {
         drop(watchdog);
         stats.console_bytes = console.written();
         self.collect_guest_trace(&mut stats);
-        Ok(RunReport { status, trace: self.trace, stats })
+        Ok(RunReport {
+            status,
+            trace: self.trace,
+            stats,
+        })
     }
 
     fn guest_stamp(&self, phase: Phase) -> u64 {
-        self.ram.mem.read_obj(GuestAddress(layout::TRACE_ADDR + phase.offset())).unwrap_or(0)
+        self.ram
+            .mem
+            .read_obj(GuestAddress(layout::TRACE_ADDR + phase.offset()))
+            .unwrap_or(0)
     }
 
     fn collect_guest_trace(&mut self, stats: &mut RunStats) {
@@ -406,7 +435,10 @@ impl Vm {
             }
         }
         let kstat = |off: u64| -> u64 {
-            self.ram.mem.read_obj(GuestAddress(layout::KSTATS_ADDR + off)).unwrap_or(0)
+            self.ram
+                .mem
+                .read_obj(GuestAddress(layout::KSTATS_ADDR + off))
+                .unwrap_or(0)
         };
         stats.cpl0_entries = kstat(KernelStats::CPL0_ENTRIES);
         stats.cpl0_entries_before_main = kstat(KernelStats::CPL0_BEFORE_MAIN);
@@ -418,7 +450,10 @@ impl Vm {
 /// share one prefetch group. (The stack's first pages and the exception
 /// path are left alone: completing their groups costs the host more than
 /// the guest faults it saves.)
-const HOT: &[(u64, u64)] = &[(layout::BOOT_INFO_ADDR, layout::CONSOLE_ADDR + layout::PAGE_SIZE)];
+const HOT: &[(u64, u64)] = &[(
+    layout::BOOT_INFO_ADDR,
+    layout::CONSOLE_ADDR + layout::PAGE_SIZE,
+)];
 
 /// KVM's shadow MMU maps up to 8 neighbouring pages (an aligned 32 KiB
 /// group) on each guest page fault, but stops at the first neighbour whose
@@ -433,7 +468,10 @@ fn prefault(mem: &vm_memory::GuestMemoryMmap, image: &Image) -> Result<(), VmErr
         layout::LOW_REGIONS
             .iter()
             .any(|r| r.access != layout::Access::None && page >= r.start && page < r.end)
-            || image.segments.iter().any(|s| page >= s.addr & !(layout::PAGE_SIZE - 1) && page < s.addr + s.mem_size)
+            || image
+                .segments
+                .iter()
+                .any(|s| page >= s.addr & !(layout::PAGE_SIZE - 1) && page < s.addr + s.mem_size)
     };
     let touch_groups = |start: u64, end: u64| -> Result<(), VmError> {
         let mut page = start & !(PREFETCH_GROUP - 1);
@@ -474,8 +512,11 @@ fn copy4(data: &[u8]) -> ([u8; 8], usize) {
 
 /// Guest TSC minus host TSC (zero where the guest TSC is the host's, as under PVM).
 fn guest_tsc_offset(vcpu: &VcpuFd) -> Result<i64, VmError> {
-    let mut msrs = Msrs::from_entries(&[kvm_msr_entry { index: MSR_IA32_TSC, ..Default::default() }])
-        .map_err(|e| VmError::Config(format!("MSR list: {e:?}")))?;
+    let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+        index: MSR_IA32_TSC,
+        ..Default::default()
+    }])
+    .map_err(|e| VmError::Config(format!("MSR list: {e:?}")))?;
     let before = rdtsc();
     let n = vcpu.get_msrs(&mut msrs).map_err(ioctl("KVM_GET_MSRS"))?;
     let after = rdtsc();
@@ -509,7 +550,11 @@ fn boot_info(
         kind: MemKind::Usable,
     };
     // Two entries always fit MAX_MEM_REGIONS.
-    let _ = memory.push(MemRegion { start: 0, len: layout::HEAP_ADDR, kind: MemKind::Reserved });
+    let _ = memory.push(MemRegion {
+        start: 0,
+        len: layout::HEAP_ADDR,
+        kind: MemKind::Reserved,
+    });
     let _ = memory.push(heap);
     let leaf1 = hv.cpuid_leaf(1);
     let mut entropy = [0u8; ENTROPY_SIZE];
@@ -526,7 +571,10 @@ fn boot_info(
             features_ecx: leaf1.map_or(0, |l| l.ecx),
             features_edx: leaf1.map_or(0, |l| l.edx),
         },
-        host: HostStamps { vmm_start, vcpu_ready },
+        host: HostStamps {
+            vmm_start,
+            vcpu_ready,
+        },
         vm_id: config.vm_id,
         generation: 0,
         devices: heapless::Vec::new(),
@@ -540,7 +588,10 @@ fn fill_random(buf: &mut [u8]) {
     if n != buf.len() as isize {
         // Entropy is a seed, not a key: fall back to the TSC rather than fail the boot.
         for (i, b) in buf.iter_mut().enumerate() {
-            *b = (rdtsc() >> (i % 8)) as u8;
+            // Keeping only the low byte is the point.
+            #[allow(clippy::cast_possible_truncation)]
+            let byte = (rdtsc() >> (i % 8)) as u8;
+            *b = byte;
         }
     }
 }
@@ -577,13 +628,19 @@ impl Watchdog {
             }
             flag.store(true, Ordering::SeqCst);
             // Kick until the run loop notices (a kick between two KVM_RUNs is lost).
-            while rx.recv_timeout(Duration::from_millis(2)) == Err(mpsc::RecvTimeoutError::Timeout) {
+            while rx.recv_timeout(Duration::from_millis(2)) == Err(mpsc::RecvTimeoutError::Timeout)
+            {
                 // SAFETY: `target` is the vCPU thread, alive until it drops this
                 // watchdog, which closes the channel and ends this loop first.
                 unsafe { libc::pthread_kill(target, kick_signal()) };
             }
         });
-        Self { timeout, fired, stop: Some(stop), thread: Some(thread) }
+        Self {
+            timeout,
+            fired,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
     }
 
     fn fired(&self) -> bool {

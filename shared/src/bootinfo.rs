@@ -17,6 +17,8 @@ pub const BOOT_INFO_MAGIC: u32 = u32::from_le_bytes(*b"TNDM");
 /// Size of [`BootInfoHeader`] in bytes.
 pub const HEADER_SIZE: usize = 16;
 /// Largest body that fits the reserved area.
+// BOOT_INFO_MAX is 0x2000, which fits any usize.
+#[allow(clippy::cast_possible_truncation)]
 pub const MAX_BODY: usize = BOOT_INFO_MAX as usize - HEADER_SIZE;
 /// Most memory-map entries carried.
 pub const MAX_MEM_REGIONS: usize = 32;
@@ -61,7 +63,12 @@ impl BootInfoHeader {
             .and_then(|s| s.try_into().ok())
             .ok_or(BootInfoError::Truncated)?;
         let word = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        Ok(Self { magic: word(0), abi_version: word(4), body_len: word(8), checksum: word(12) })
+        Ok(Self {
+            magic: word(0),
+            abi_version: word(4),
+            body_len: word(8),
+            checksum: word(12),
+        })
     }
 }
 
@@ -220,7 +227,8 @@ impl BootInfo {
         }
         let (head, rest) = out.split_at_mut(HEADER_SIZE);
         let limit = rest.len().min(MAX_BODY);
-        let body = postcard::to_slice(self, &mut rest[..limit]).map_err(|_| BootInfoError::NoSpace)?;
+        let body =
+            postcard::to_slice(self, &mut rest[..limit]).map_err(|_| BootInfoError::NoSpace)?;
         let body_len = body.len();
         let header = BootInfoHeader {
             magic: BOOT_INFO_MAGIC,
@@ -249,10 +257,15 @@ impl BootInfo {
         if len > MAX_BODY {
             return Err(BootInfoError::TooLarge(header.body_len));
         }
-        let body = bytes.get(HEADER_SIZE..HEADER_SIZE + len).ok_or(BootInfoError::Truncated)?;
+        let body = bytes
+            .get(HEADER_SIZE..HEADER_SIZE + len)
+            .ok_or(BootInfoError::Truncated)?;
         let computed = crc32(body);
         if computed != header.checksum {
-            return Err(BootInfoError::BadChecksum { stored: header.checksum, computed });
+            return Err(BootInfoError::BadChecksum {
+                stored: header.checksum,
+                computed,
+            });
         }
         match postcard::take_from_bytes::<BootInfo>(body) {
             Ok((info, [])) => Ok(info),
@@ -270,17 +283,44 @@ impl BootInfo {
 mod tests {
     use super::*;
 
+    /// The whole reserved area, header included.
+    const AREA: usize = HEADER_SIZE + MAX_BODY;
+
     pub(crate) fn sample() -> BootInfo {
         let mut memory = Vec::new();
-        memory.push(MemRegion { start: 0, len: 0x40_0000, kind: MemKind::Reserved }).unwrap();
-        memory.push(MemRegion { start: 0x40_0000, len: 0x3C0_0000, kind: MemKind::Usable }).unwrap();
+        memory
+            .push(MemRegion {
+                start: 0,
+                len: 0x40_0000,
+                kind: MemKind::Reserved,
+            })
+            .unwrap();
+        memory
+            .push(MemRegion {
+                start: 0x40_0000,
+                len: 0x3C0_0000,
+                kind: MemKind::Usable,
+            })
+            .unwrap();
         BootInfo {
             boot_path: BootPath::TandemPv,
             memory,
-            heap: MemRegion { start: 0x40_0000, len: 0x3C0_0000, kind: MemKind::Usable },
+            heap: MemRegion {
+                start: 0x40_0000,
+                len: 0x3C0_0000,
+                kind: MemKind::Usable,
+            },
             cmdline: String::try_from("hello world").unwrap(),
-            cpu: CpuInfo { count: 1, tsc_khz: 2_000_000, features_ecx: 0x8000_0000, features_edx: 0x1 },
-            host: HostStamps { vmm_start: 100, vcpu_ready: 200 },
+            cpu: CpuInfo {
+                count: 1,
+                tsc_khz: 2_000_000,
+                features_ecx: 0x8000_0000,
+                features_edx: 0x1,
+            },
+            host: HostStamps {
+                vmm_start: 100,
+                vcpu_ready: 200,
+            },
             vm_id: 7,
             generation: 1,
             devices: Vec::new(),
@@ -291,7 +331,7 @@ mod tests {
     #[test]
     fn round_trip() {
         let info = sample();
-        let mut buf = [0u8; BOOT_INFO_MAX as usize];
+        let mut buf = [0u8; AREA];
         let n = info.encode(&mut buf).unwrap();
         assert_eq!(BootInfo::decode(&buf[..n]).unwrap(), info);
         // Bytes past the block are ignored.
@@ -305,8 +345,8 @@ mod tests {
         // Pins the encoding: any change to field order or types changes these
         // bytes and must come with an ABI_VERSION bump.
         let expected: &[u8] = &[
-            0x54, 0x4e, 0x44, 0x4d, 0x01, 0x00, 0x00, 0x00, 0x56, 0x00, 0x00, 0x00, 0xce, 0xd0, 0xfe,
-            0x72, // header
+            0x54, 0x4e, 0x44, 0x4d, 0x01, 0x00, 0x00, 0x00, 0x56, 0x00, 0x00, 0x00, 0xce, 0xd0,
+            0xfe, 0x72, // header
             0x00, // boot_path = TandemPv
             0x02, 0x00, 0x80, 0x80, 0x80, 0x02, 0x01, 0x80, 0x80, 0x80, 0x02, 0x80, 0x80, 0x80,
             0x1e, 0x00, // memory
@@ -322,40 +362,55 @@ mod tests {
 
     #[test]
     fn refuses_bad_headers() {
-        let mut buf = [0u8; BOOT_INFO_MAX as usize];
+        let mut buf = [0u8; AREA];
         let n = sample().encode(&mut buf).unwrap();
 
         let mut bad = buf;
         bad[0] ^= 1;
-        assert!(matches!(BootInfo::decode(&bad), Err(BootInfoError::BadMagic(_))));
+        assert!(matches!(
+            BootInfo::decode(&bad),
+            Err(BootInfoError::BadMagic(_))
+        ));
 
         let mut bad = buf;
         bad[4] = 2;
         assert_eq!(
             BootInfo::decode(&bad),
-            Err(BootInfoError::VersionMismatch { found: 2, expected: ABI_VERSION })
+            Err(BootInfoError::VersionMismatch {
+                found: 2,
+                expected: ABI_VERSION
+            })
         );
 
         let mut bad = buf;
         bad[HEADER_SIZE + 3] ^= 0x40;
-        assert!(matches!(BootInfo::decode(&bad), Err(BootInfoError::BadChecksum { .. })));
+        assert!(matches!(
+            BootInfo::decode(&bad),
+            Err(BootInfoError::BadChecksum { .. })
+        ));
 
         let mut bad = buf;
         bad[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(BootInfo::decode(&bad), Err(BootInfoError::TooLarge(u32::MAX)));
+        assert_eq!(
+            BootInfo::decode(&bad),
+            Err(BootInfoError::TooLarge(u32::MAX))
+        );
 
         for cut in 0..n {
-            assert!(BootInfo::decode(&buf[..cut]).is_err(), "accepted a block cut at {cut}");
+            assert!(
+                BootInfo::decode(&buf[..cut]).is_err(),
+                "accepted a block cut at {cut}"
+            );
         }
     }
 
     #[test]
     fn trailing_body_bytes_are_refused() {
-        let mut buf = [0u8; BOOT_INFO_MAX as usize];
+        let mut buf = [0u8; AREA];
         let n = sample().encode(&mut buf).unwrap();
         // Extend the body by one byte and fix the checksum: the decoder must
         // still refuse it (trailing bytes).
-        let body_len = (n - HEADER_SIZE + 1) as u32;
+        let body_len = u32::try_from(n - HEADER_SIZE + 1).unwrap();
         buf[8..12].copy_from_slice(&body_len.to_le_bytes());
         let crc = crc32(&buf[HEADER_SIZE..n + 1]);
         buf[12..16].copy_from_slice(&crc.to_le_bytes());
@@ -363,6 +418,8 @@ mod tests {
     }
 
     #[test]
+    // Keeping the low byte of the generator's output is the point.
+    #[allow(clippy::cast_possible_truncation)]
     fn random_bodies_never_panic() {
         // xorshift: deterministic, no dependency.
         let mut s: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -374,14 +431,14 @@ mod tests {
         };
         let mut buf = [0u8; 600];
         for _ in 0..20_000 {
-            let len = (next() % (600 - HEADER_SIZE as u64)) as usize;
+            let len = usize::try_from(next() % (600 - HEADER_SIZE as u64)).unwrap();
             for b in buf[HEADER_SIZE..HEADER_SIZE + len].iter_mut() {
                 *b = next() as u8;
             }
             let header = BootInfoHeader {
                 magic: BOOT_INFO_MAGIC,
                 abi_version: ABI_VERSION,
-                body_len: len as u32,
+                body_len: u32::try_from(len).unwrap(),
                 checksum: crc32(&buf[HEADER_SIZE..HEADER_SIZE + len]),
             };
             buf[..HEADER_SIZE].copy_from_slice(&header.to_bytes());
@@ -398,7 +455,7 @@ mod tests {
         }
         let mut small = [0u8; 512];
         assert_eq!(info.encode(&mut small), Err(BootInfoError::NoSpace));
-        let mut buf = [0u8; BOOT_INFO_MAX as usize];
+        let mut buf = [0u8; AREA];
         let n = info.encode(&mut buf).unwrap();
         assert_eq!(BootInfo::decode(&buf[..n]).unwrap(), info);
     }

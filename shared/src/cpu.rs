@@ -133,20 +133,22 @@ pub fn build_page_tables(
     segments: &[SegmentMap],
 ) -> Result<(), BuildError> {
     use pte::*;
-    if mem_size < layout::MIN_MEM_SIZE
-        || mem_size > layout::MAX_MEM_SIZE
-        || mem_size % LARGE_PAGE_SIZE != 0
+    if !(layout::MIN_MEM_SIZE..=layout::MAX_MEM_SIZE).contains(&mem_size)
+        || !mem_size.is_multiple_of(LARGE_PAGE_SIZE)
     {
         return Err(BuildError::BadMemorySize(mem_size));
     }
-    let out = out.get_mut(..pt_area::SIZE).ok_or(BuildError::BufferTooSmall)?;
+    let out = out
+        .get_mut(..pt_area::SIZE)
+        .ok_or(BuildError::BufferTooSmall)?;
     out.fill(0);
     let base = layout::PAGE_TABLES_ADDR;
-    let table = |off: usize| base + off as u64 | PRESENT | WRITABLE | USER | ACCESSED;
+    let table = |off: usize| (base + off as u64) | PRESENT | WRITABLE | USER | ACCESSED;
 
     put_u64(out, pt_area::PML4, table(pt_area::PDPT))?;
     let gib = 1u64 << 30;
-    let pds = mem_size.div_ceil(gib) as usize;
+    let pds =
+        usize::try_from(mem_size.div_ceil(gib)).map_err(|_| BuildError::BadMemorySize(mem_size))?;
     for i in 0..pds {
         put_u64(out, pt_area::PDPT + i * 8, table(pt_area::PD + i * 0x1000))?;
     }
@@ -165,14 +167,21 @@ pub fn build_page_tables(
         let flags = leaf_flags(region.access);
         let mut page = region.start;
         while page < region.end {
-            put_u64(out, pt_area::PT_LOW + (page / PAGE_SIZE) as usize * 8, page | flags)?;
+            put_u64(
+                out,
+                pt_area::PT_LOW + (page / PAGE_SIZE) as usize * 8,
+                page | flags,
+            )?;
             page += PAGE_SIZE;
         }
     }
 
     for seg in segments {
         if seg.start < layout::IMAGE_ADDR || seg.end > layout::IMAGE_END || seg.start > seg.end {
-            return Err(BuildError::SegmentOutsideImage { start: seg.start, end: seg.end });
+            return Err(BuildError::SegmentOutsideImage {
+                start: seg.start,
+                end: seg.end,
+            });
         }
         let mut page = seg.start & !(PAGE_SIZE - 1);
         while page < seg.end {
@@ -242,6 +251,8 @@ pub const IO_BITMAP_SIZE: usize =
 /// Bytes of TSS and bitmap together.
 pub const TSS_TOTAL: usize = TSS_SIZE + IO_BITMAP_SIZE;
 /// The TSS limit for its descriptor.
+// TSS_TOTAL is at most TSS_AREA_SIZE (0x3000, asserted below), so it fits a u32.
+#[allow(clippy::cast_possible_truncation)]
 pub const TSS_LIMIT: u32 = TSS_TOTAL as u32 - 1;
 
 const _: () = assert!(TSS_TOTAL as u64 <= layout::TSS_AREA_SIZE);
@@ -257,7 +268,8 @@ pub fn build_tss(out: &mut [u8]) -> Result<(), BuildError> {
     put_u64(out, 4, layout::RSP0_TOP)?;
     put_u64(out, 36, layout::IST1_TOP)?;
     put_u64(out, 44, layout::IST2_TOP)?;
-    out[102..104].copy_from_slice(&(TSS_SIZE as u16).to_le_bytes());
+    // I/O map base: the bitmap starts right after the TSS (104 fits the 16-bit field).
+    out[102..104].copy_from_slice(&TSS_SIZE.to_le_bytes()[..2]);
     let bitmap = &mut out[TSS_SIZE..];
     bitmap.fill(0xFF);
     for port in HypercallPort::FIRST..HypercallPort::FIRST + HypercallPort::SPAN {
@@ -273,13 +285,14 @@ pub const IDT_SIZE: usize = 256 * 16;
 
 /// A 64-bit interrupt gate to `handler` in the kernel code segment.
 pub fn idt_gate(handler: u64, ist: u8, dpl: u8) -> [u8; 16] {
+    let h = handler.to_le_bytes();
     let mut g = [0u8; 16];
-    g[0..2].copy_from_slice(&(handler as u16).to_le_bytes());
+    g[0..2].copy_from_slice(&h[0..2]); // offset bits 0..16
     g[2..4].copy_from_slice(&layout::selector::KERNEL_CODE.to_le_bytes());
     g[4] = ist & 0x7;
     g[5] = 0x80 | ((dpl & 3) << 5) | 0xE; // present, DPL, interrupt gate
-    g[6..8].copy_from_slice(&((handler >> 16) as u16).to_le_bytes());
-    g[8..12].copy_from_slice(&((handler >> 32) as u32).to_le_bytes());
+    g[6..8].copy_from_slice(&h[2..4]); // offset bits 16..32
+    g[8..12].copy_from_slice(&h[4..8]); // offset bits 32..64
     g
 }
 
@@ -298,10 +311,12 @@ pub const fn ist_for_vector(vector: u64) -> u8 {
 pub fn build_idt(out: &mut [u8], stubs: u64) -> Result<(), BuildError> {
     let out = out.get_mut(..IDT_SIZE).ok_or(BuildError::BufferTooSmall)?;
     out.fill(0);
-    for v in 0..EXCEPTION_VECTORS {
-        let gate = idt_gate(stubs + v * EXCEPTION_STUB_STRIDE, ist_for_vector(v), 0);
-        let at = v as usize * 16;
-        out[at..at + 16].copy_from_slice(&gate);
+    for (v, slot) in (0..EXCEPTION_VECTORS).zip(out.chunks_exact_mut(16)) {
+        slot.copy_from_slice(&idt_gate(
+            stubs + v * EXCEPTION_STUB_STRIDE,
+            ist_for_vector(v),
+            0,
+        ));
     }
     Ok(())
 }
@@ -319,26 +334,62 @@ mod tests {
     fn page_tables_map_layout() {
         let mut buf = [0u8; pt_area::SIZE];
         let segs = [
-            SegmentMap { start: IMAGE_ADDR, end: IMAGE_ADDR + 0x1800, write: false, exec: true, user: true },
-            SegmentMap { start: IMAGE_ADDR + 0x2000, end: IMAGE_ADDR + 0x3000, write: true, exec: false, user: true },
+            SegmentMap {
+                start: IMAGE_ADDR,
+                end: IMAGE_ADDR + 0x1800,
+                write: false,
+                exec: true,
+                user: true,
+            },
+            SegmentMap {
+                start: IMAGE_ADDR + 0x2000,
+                end: IMAGE_ADDR + 0x3000,
+                write: true,
+                exec: false,
+                user: true,
+            },
         ];
         build_page_tables(&mut buf, 64 << 20, &segs).unwrap();
-        assert_eq!(entry(&buf, 0) & !0xFFF, PAGE_TABLES_ADDR + pt_area::PDPT as u64);
+        assert_eq!(
+            entry(&buf, 0) & !0xFFF,
+            PAGE_TABLES_ADDR + pt_area::PDPT as u64
+        );
         // Null page unmapped, GDT kernel read-only, boot info user read-only.
         assert_eq!(entry(&buf, pt_area::PT_LOW), 0);
         let gdt = entry(&buf, pt_area::PT_LOW + 8);
-        assert_eq!(gdt & (pte::USER | pte::WRITABLE | pte::PRESENT), pte::PRESENT);
-        let bi = entry(&buf, pt_area::PT_LOW + (BOOT_INFO_ADDR / PAGE_SIZE) as usize * 8);
+        assert_eq!(
+            gdt & (pte::USER | pte::WRITABLE | pte::PRESENT),
+            pte::PRESENT
+        );
+        let bi = entry(
+            &buf,
+            pt_area::PT_LOW + (BOOT_INFO_ADDR / PAGE_SIZE) as usize * 8,
+        );
         assert_eq!(bi & (pte::USER | pte::WRITABLE), pte::USER);
         // Stack guard unmapped.
-        assert_eq!(entry(&buf, pt_area::PT_LOW + ((STACK_ADDR - PAGE_SIZE) / PAGE_SIZE) as usize * 8), 0);
+        assert_eq!(
+            entry(
+                &buf,
+                pt_area::PT_LOW + ((STACK_ADDR - PAGE_SIZE) / PAGE_SIZE) as usize * 8
+            ),
+            0
+        );
         // Image: two code pages executable, gap unmapped, data writable NX.
         let code = entry(&buf, pt_area::PT_IMAGE + 8);
-        assert_eq!(code & (pte::NO_EXECUTE | pte::WRITABLE | pte::USER), pte::USER);
-        assert_eq!(entry(&buf, pt_area::PT_IMAGE + 16), IMAGE_ADDR + 0x2000 | leaf_flags(Access::UserReadWrite));
+        assert_eq!(
+            code & (pte::NO_EXECUTE | pte::WRITABLE | pte::USER),
+            pte::USER
+        );
+        assert_eq!(
+            entry(&buf, pt_area::PT_IMAGE + 16),
+            (IMAGE_ADDR + 0x2000) | leaf_flags(Access::UserReadWrite)
+        );
         assert_eq!(entry(&buf, pt_area::PT_IMAGE + 24), 0);
         // Heap: 2 MiB pages to the end of memory and no further.
-        assert_eq!(entry(&buf, pt_area::PD + 16), HEAP_ADDR | leaf_flags(Access::UserReadWrite) | pte::HUGE);
+        assert_eq!(
+            entry(&buf, pt_area::PD + 16),
+            HEAP_ADDR | leaf_flags(Access::UserReadWrite) | pte::HUGE
+        );
         assert_ne!(entry(&buf, pt_area::PD + 31 * 8), 0);
         assert_eq!(entry(&buf, pt_area::PD + 32 * 8), 0);
     }
@@ -346,12 +397,27 @@ mod tests {
     #[test]
     fn page_tables_refuse_bad_input() {
         let mut buf = [0u8; pt_area::SIZE];
-        assert_eq!(build_page_tables(&mut buf, MIN_MEM_SIZE - LARGE_PAGE_SIZE, &[]), Err(BuildError::BadMemorySize(MIN_MEM_SIZE - LARGE_PAGE_SIZE)));
+        assert_eq!(
+            build_page_tables(&mut buf, MIN_MEM_SIZE - LARGE_PAGE_SIZE, &[]),
+            Err(BuildError::BadMemorySize(MIN_MEM_SIZE - LARGE_PAGE_SIZE))
+        );
         assert!(build_page_tables(&mut buf, (64 << 20) + 4096, &[]).is_err());
         assert!(build_page_tables(&mut buf, MAX_MEM_SIZE + LARGE_PAGE_SIZE, &[]).is_err());
-        let seg = SegmentMap { start: IMAGE_END - 0x1000, end: IMAGE_END + 1, write: false, exec: false, user: true };
-        assert!(matches!(build_page_tables(&mut buf, 64 << 20, &[seg]), Err(BuildError::SegmentOutsideImage { .. })));
-        assert_eq!(build_page_tables(&mut buf[..100], 64 << 20, &[]), Err(BuildError::BufferTooSmall));
+        let seg = SegmentMap {
+            start: IMAGE_END - 0x1000,
+            end: IMAGE_END + 1,
+            write: false,
+            exec: false,
+            user: true,
+        };
+        assert!(matches!(
+            build_page_tables(&mut buf, 64 << 20, &[seg]),
+            Err(BuildError::SegmentOutsideImage { .. })
+        ));
+        assert_eq!(
+            build_page_tables(&mut buf[..100], 64 << 20, &[]),
+            Err(BuildError::BufferTooSmall)
+        );
         // The largest memory maps all four page directories.
         build_page_tables(&mut buf, MAX_MEM_SIZE, &[]).unwrap();
         assert_ne!(entry(&buf, pt_area::PD + 4 * 0x1000 - 8), 0);
@@ -375,9 +441,10 @@ mod tests {
         assert_eq!(entry(&buf, 36), IST1_TOP);
         let bitmap = &buf[TSS_SIZE..];
         let open = |p: u16| bitmap[usize::from(p / 8)] & (1 << (p % 8)) == 0;
-        let covered = ((IO_BITMAP_SIZE - 1) * 8) as u16;
+        let covered = u16::try_from((IO_BITMAP_SIZE - 1) * 8).unwrap();
         for p in 0..covered {
-            let expected = (HypercallPort::FIRST..HypercallPort::FIRST + HypercallPort::SPAN).contains(&p);
+            let expected =
+                (HypercallPort::FIRST..HypercallPort::FIRST + HypercallPort::SPAN).contains(&p);
             assert_eq!(open(p), expected, "port {p:#x}");
         }
         // Every port past the bitmap is past the TSS limit, hence denied.
@@ -388,10 +455,16 @@ mod tests {
     #[test]
     fn idt_gate_golden() {
         let g = idt_gate(0x1234_5678_9ABC_DEF0, 1, 0);
-        assert_eq!(g, [0xF0, 0xDE, 0x08, 0x00, 0x01, 0x8E, 0xBC, 0x9A, 0x78, 0x56, 0x34, 0x12, 0, 0, 0, 0]);
+        assert_eq!(
+            g,
+            [0xF0, 0xDE, 0x08, 0x00, 0x01, 0x8E, 0xBC, 0x9A, 0x78, 0x56, 0x34, 0x12, 0, 0, 0, 0]
+        );
         let mut idt = [0u8; IDT_SIZE];
         build_idt(&mut idt, 0x20_0000).unwrap();
-        assert_eq!(&idt[14 * 16..14 * 16 + 2], &(0x20_0000u64 + 14 * 16) .to_le_bytes()[..2]);
+        assert_eq!(
+            &idt[14 * 16..14 * 16 + 2],
+            &(0x20_0000u64 + 14 * 16).to_le_bytes()[..2]
+        );
         assert_eq!(idt[8 * 16 + 4], 1);
         assert_eq!(idt[32 * 16 + 5], 0);
     }

@@ -170,7 +170,9 @@ impl Reply {
         if len == 0 || len > MAX_REPLY {
             return Err(DecodeError::BadLength(len));
         }
-        let body = record.get(4..4 + len as usize).ok_or(DecodeError::Truncated)?;
+        let body = record
+            .get(4..4 + len as usize)
+            .ok_or(DecodeError::Truncated)?;
         match postcard::take_from_bytes::<Reply>(body) {
             Ok((reply, [])) => Ok(reply),
             Ok((_, rest)) => Err(DecodeError::TrailingBytes(rest.len())),
@@ -208,7 +210,12 @@ mod tests {
             (Request::Exit { code: 42 }, &[2, 0, 0, 0, 1, 42]),
             (Request::Ready, &[1, 0, 0, 0, 2]),
             (
-                Request::WallClock { reply: GuestBuf { addr: 0x13000, len: 64 } },
+                Request::WallClock {
+                    reply: GuestBuf {
+                        addr: 0x13000,
+                        len: 64,
+                    },
+                },
                 &[5, 0, 0, 0, 3, 0x80, 0xe0, 0x04, 64],
             ),
         ];
@@ -219,14 +226,28 @@ mod tests {
             assert_eq!(Request::decode(&buf[4..4 + len as usize]), Ok(req));
         }
         let mut out = [0u8; 32];
-        let n = Reply::WallClock { unix_nanos: 1, tsc: 2 }.encode_record(&mut out).unwrap();
+        let n = Reply::WallClock {
+            unix_nanos: 1,
+            tsc: 2,
+        }
+        .encode_record(&mut out)
+        .unwrap();
         assert_eq!(&out[..n], &[3, 0, 0, 0, 0, 1, 2]);
-        assert_eq!(Reply::decode_record(&out[..n]), Ok(Reply::WallClock { unix_nanos: 1, tsc: 2 }));
+        assert_eq!(
+            Reply::decode_record(&out[..n]),
+            Ok(Reply::WallClock {
+                unix_nanos: 1,
+                tsc: 2
+            })
+        );
     }
 
     #[test]
     fn refuses_bad_records() {
-        assert_eq!(Request::body_len([0, 0, 0, 0]), Err(DecodeError::BadLength(0)));
+        assert_eq!(
+            Request::body_len([0, 0, 0, 0]),
+            Err(DecodeError::BadLength(0))
+        );
         assert_eq!(
             Request::body_len((MAX_REQUEST + 1).to_le_bytes()),
             Err(DecodeError::BadLength(MAX_REQUEST + 1))
@@ -234,8 +255,14 @@ mod tests {
         assert_eq!(Request::decode(&[]), Err(DecodeError::Malformed));
         assert_eq!(Request::decode(&[200]), Err(DecodeError::Malformed));
         assert_eq!(Request::decode(&[1]), Err(DecodeError::Malformed)); // Exit without code
-        assert_eq!(Request::decode(&[0, 9, 9]), Err(DecodeError::TrailingBytes(2)));
-        assert_eq!(Reply::decode_record(&[5, 0, 0, 0, 0]), Err(DecodeError::Truncated));
+        assert_eq!(
+            Request::decode(&[0, 9, 9]),
+            Err(DecodeError::TrailingBytes(2))
+        );
+        assert_eq!(
+            Reply::decode_record(&[5, 0, 0, 0, 0]),
+            Err(DecodeError::Truncated)
+        );
         assert_eq!(Reply::decode_record(&[1, 0]), Err(DecodeError::Truncated));
     }
 
@@ -249,7 +276,7 @@ mod tests {
             s ^= s << 17;
             let len = (s % 40) as usize;
             for (i, b) in buf.iter_mut().enumerate() {
-                *b = (s >> (i % 8 * 8)) as u8 ^ i as u8;
+                *b = s.to_le_bytes()[i % 8] ^ u8::try_from(i).unwrap();
             }
             let _ = Request::decode(&buf[..len]);
             let _ = Reply::decode_record(&buf[..len]);

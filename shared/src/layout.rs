@@ -148,13 +148,41 @@ pub struct Region {
 /// The fixed regions below [`IMAGE_ADDR`], in address order, with what the
 /// page tables grant. Anything not listed is unmapped.
 pub const LOW_REGIONS: &[Region] = &[
-    Region { start: GDT_ADDR, end: KSTATS_ADDR, access: Access::KernelRead },
-    Region { start: KSTATS_ADDR, end: BOOT_INFO_ADDR, access: Access::KernelReadWrite },
-    Region { start: BOOT_INFO_ADDR, end: TRACE_ADDR, access: Access::UserRead },
-    Region { start: TRACE_ADDR, end: CONSOLE_ADDR + CONSOLE_SIZE, access: Access::UserReadWrite },
-    Region { start: KERNEL_STACKS_ADDR, end: IST2_TOP, access: Access::KernelReadWrite },
-    Region { start: FAULT_STACK_ADDR, end: FAULT_STACK_TOP, access: Access::UserReadWrite },
-    Region { start: STACK_ADDR, end: STACK_TOP, access: Access::UserReadWrite },
+    Region {
+        start: GDT_ADDR,
+        end: KSTATS_ADDR,
+        access: Access::KernelRead,
+    },
+    Region {
+        start: KSTATS_ADDR,
+        end: BOOT_INFO_ADDR,
+        access: Access::KernelReadWrite,
+    },
+    Region {
+        start: BOOT_INFO_ADDR,
+        end: TRACE_ADDR,
+        access: Access::UserRead,
+    },
+    Region {
+        start: TRACE_ADDR,
+        end: CONSOLE_ADDR + CONSOLE_SIZE,
+        access: Access::UserReadWrite,
+    },
+    Region {
+        start: KERNEL_STACKS_ADDR,
+        end: IST2_TOP,
+        access: Access::KernelReadWrite,
+    },
+    Region {
+        start: FAULT_STACK_ADDR,
+        end: FAULT_STACK_TOP,
+        access: Access::UserReadWrite,
+    },
+    Region {
+        start: STACK_ADDR,
+        end: STACK_TOP,
+        access: Access::UserReadWrite,
+    },
 ];
 
 const _: () = {
@@ -167,7 +195,7 @@ const _: () = {
     assert!(IST2_TOP <= FAULT_STACK_ADDR);
     assert!(FAULT_STACK_TOP < STACK_ADDR - PAGE_SIZE);
     assert!(STACK_TOP == IMAGE_ADDR);
-    assert!(IMAGE_END % LARGE_PAGE_SIZE == 0);
+    assert!(IMAGE_END.is_multiple_of(LARGE_PAGE_SIZE));
     // Every address handed to the guest fits the 32-bit hypercall argument.
     assert!(MAX_MEM_SIZE <= 1 << 32);
 };

@@ -65,9 +65,16 @@ mod tests {
 
     #[test]
     fn round_trip_and_short() {
-        let n = AbiNote { abi_version: 1, flags: 0, exception_stubs: 0x20_1000 };
+        let n = AbiNote {
+            abi_version: 1,
+            flags: 0,
+            exception_stubs: 0x20_1000,
+        };
         assert_eq!(AbiNote::parse(&n.to_bytes()), Some(n));
         assert_eq!(AbiNote::parse(&n.to_bytes()[..15]), None);
-        assert_eq!(n.to_bytes(), [1, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0x20, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            n.to_bytes(),
+            [1, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0x20, 0, 0, 0, 0, 0]
+        );
     }
 }

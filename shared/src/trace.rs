@@ -118,7 +118,7 @@ mod tests {
     fn numbers_are_dense_and_round_trip() {
         for (i, p) in Phase::ALL.iter().enumerate() {
             assert_eq!(*p as usize, i);
-            assert_eq!(Phase::try_from(i as u8), Ok(*p));
+            assert_eq!(Phase::try_from(u8::try_from(i).unwrap()), Ok(*p));
         }
         assert_eq!(Phase::ALL.len(), Phase::COUNT);
         assert_eq!(Phase::try_from(12), Err(12));

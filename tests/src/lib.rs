@@ -10,12 +10,19 @@ use std::sync::{Arc, Mutex};
 use tandem::{ConsoleSink, Hypervisor, Image, RunReport, VmBuilder};
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 /// Fails the test unless `/dev/kvm` can be opened.
 pub fn require_kvm() {
-    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         panic!("these tests boot real VMs and need /dev/kvm, which cannot be opened: {e}");
     }
 }
@@ -70,7 +77,11 @@ impl From<Output> for CliRun {
 /// Runs `tandem` with `args`.
 pub fn tandem(args: &[&str]) -> CliRun {
     require_kvm();
-    Command::new(tandem_bin()).args(args).output().expect("cannot start tandem").into()
+    Command::new(tandem_bin())
+        .args(args)
+        .output()
+        .expect("cannot start tandem")
+        .into()
 }
 
 /// Runs `tandem run APP [extra args]` with a 30 s safety timeout.

@@ -26,7 +26,11 @@ fn read_level() -> u64 {
     // run; the host only changes it while the vCPU is stopped in an exit.
     let level = u64::from(unsafe { fill_level().read_volatile() });
     // A level past the capacity can only come from a stray app write: start over.
-    if level > CONSOLE_CAPACITY { 0 } else { level }
+    if level > CONSOLE_CAPACITY {
+        0
+    } else {
+        level
+    }
 }
 
 /// Starts the flush clock at boot, so the first lines batch like the rest.

@@ -64,7 +64,9 @@ impl Env {
 
     /// The host's wall clock, in nanoseconds since the Unix epoch (one VM exit).
     pub fn wall_clock_nanos(&self) -> Option<u64> {
-        match hypercall::call_with_reply(&Request::WallClock { reply: hypercall::reply_buf() })? {
+        match hypercall::call_with_reply(&Request::WallClock {
+            reply: hypercall::reply_buf(),
+        })? {
             Reply::WallClock { unix_nanos, .. } => Some(unix_nanos),
         }
     }

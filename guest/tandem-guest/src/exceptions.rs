@@ -20,10 +20,23 @@ const _: () = assert!(EXCEPTION_STUB_STRIDE == 16);
 /// (8, 10-14, 17, 21, 29, 30) skip the dummy push.
 macro_rules! stub {
     (err $v:literal) => {
-        concat!(".balign 16\n", "push ", $v, "\n", "jmp tandem_exception_common\n")
+        concat!(
+            ".balign 16\n",
+            "push ",
+            $v,
+            "\n",
+            "jmp tandem_exception_common\n"
+        )
     };
     ($v:literal) => {
-        concat!(".balign 16\n", "push 0\n", "push ", $v, "\n", "jmp tandem_exception_common\n")
+        concat!(
+            ".balign 16\n",
+            "push 0\n",
+            "push ",
+            $v,
+            "\n",
+            "jmp tandem_exception_common\n"
+        )
     };
 }
 
@@ -128,14 +141,25 @@ fn exception_name(vector: u64) -> (&'static str, &'static str) {
 /// Reports a CPU exception at CPL3 and stops the VM with
 /// [`EXIT_EXCEPTION`]. Entered by `iretq` from the CPL0 stubs, never called.
 #[unsafe(no_mangle)]
-extern "C" fn tandem_fault_report(vector: u64, error: u64, rip: u64, cr2: u64, cs: u64, rsp: u64) -> ! {
+extern "C" fn tandem_fault_report(
+    vector: u64,
+    error: u64,
+    rip: u64,
+    cr2: u64,
+    cs: u64,
+    rsp: u64,
+) -> ! {
     let (mnemonic, name) = exception_name(vector);
     let ring = cs & 3;
     crate::console::_print(format_args!(
         "\nCPU exception: {name} ({mnemonic}, vector {vector}) at rip {rip:#x} (ring {ring}), error code {error:#x}"
     ));
     if vector == 14 {
-        let what = if error & 1 == 0 { "not-present page" } else { "protection violation" };
+        let what = if error & 1 == 0 {
+            "not-present page"
+        } else {
+            "protection violation"
+        };
         let access = if error & 0x10 != 0 {
             "instruction fetch"
         } else if error & 2 != 0 {

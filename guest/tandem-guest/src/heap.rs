@@ -25,7 +25,10 @@ impl LazyHeap {
         }
         let mut heap = self.heap.lock();
         if !self.ready.load(Ordering::Relaxed) {
-            let (start, len) = (self.start.load(Ordering::Relaxed), self.len.load(Ordering::Relaxed));
+            let (start, len) = (
+                self.start.load(Ordering::Relaxed),
+                self.len.load(Ordering::Relaxed),
+            );
             if len != 0 {
                 // SAFETY: the VMM hands the heap region to the app alone: it is
                 // mapped user read-write, lies outside the image, stacks and

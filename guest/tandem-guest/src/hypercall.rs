@@ -1,7 +1,7 @@
 //! The hypercall client: encode a request into the hypercall buffer, one
 //! `out` of its address to the request port, one VM exit.
 
-use tandem_abi::hypercall::{HypercallPort, Reply, Request, GuestBuf};
+use tandem_abi::hypercall::{GuestBuf, HypercallPort, Reply, Request};
 use tandem_abi::layout::{HYPERCALL_ADDR, HYPERCALL_SIZE};
 use x86_64::instructions::port::Port;
 
@@ -43,7 +43,10 @@ pub fn call(req: &Request) {
 
 /// Where a request should ask for its reply.
 pub fn reply_buf() -> GuestBuf {
-    GuestBuf { addr: REPLY_ADDR, len: REPLY_SIZE as u32 }
+    GuestBuf {
+        addr: REPLY_ADDR,
+        len: REPLY_SIZE as u32,
+    }
 }
 
 /// Sends `req` (which names [`reply_buf`]) and decodes the host's reply.

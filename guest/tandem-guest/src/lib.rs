@@ -41,7 +41,9 @@ pub mod prelude {
     pub use crate::env::{exit, ready, Env};
     pub use crate::time::Instant;
     pub use crate::{print, println};
-    pub use alloc::{borrow::ToOwned, boxed::Box, format, string::String, string::ToString, vec, vec::Vec};
+    pub use alloc::{
+        borrow::ToOwned, boxed::Box, format, string::String, string::ToString, vec, vec::Vec,
+    };
 }
 
 /// Declares the app's entry point: a function taking `&Env` and returning

@@ -13,7 +13,11 @@ tandem_guest::entry!(main);
 fn main(env: &Env) -> u8 {
     if env.args().next() == Some("oom") {
         let heap = env.boot_info().heap.len as usize;
-        println!("allocating {} MiB from a {} MiB heap", (heap * 2) >> 20, heap >> 20);
+        println!(
+            "allocating {} MiB from a {} MiB heap",
+            (heap * 2) >> 20,
+            heap >> 20
+        );
         let v: Vec<u8> = vec![1; heap * 2];
         println!("allocated {} bytes?", v.len());
         return 1;
@@ -28,7 +32,7 @@ fn main(env: &Env) -> u8 {
         seed ^= seed << 17;
         let len = (seed % 64) as usize + 1;
         boxes.push(vec![i; len]);
-        if seed % 3 == 0 && !boxes.is_empty() {
+        if seed.is_multiple_of(3) && !boxes.is_empty() {
             let at = (seed as usize / 3) % boxes.len();
             let gone = boxes.swap_remove(at);
             assert!(gone.iter().all(|&x| x == gone[0]), "heap corrupted a block");

@@ -14,7 +14,9 @@ tandem_guest::entry!(main);
 fn put(bytes: &[u8]) {
     // SAFETY: the hypercall buffer is user read-write and owned by the guest
     // library, which is not using it now; the writes stay inside it.
-    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), HYPERCALL_ADDR as *mut u8, bytes.len()) };
+    unsafe {
+        core::ptr::copy_nonoverlapping(bytes.as_ptr(), HYPERCALL_ADDR as *mut u8, bytes.len())
+    };
 }
 
 fn request(req: &Request) {
@@ -52,12 +54,16 @@ fn main(env: &Env) -> u8 {
         "unknown-port" => unsafe_out32(0xE02, at),
         "bad-width" => {
             // SAFETY: a 1-byte write to an open hypercall port; the host refuses it.
-            unsafe { core::arch::asm!("out dx, al", in("dx") HypercallPort::Request as u16, in("al") 0u8) };
+            unsafe {
+                core::arch::asm!("out dx, al", in("dx") HypercallPort::Request as u16, in("al") 0u8)
+            };
         }
         "port-read" => {
             let v: u32;
             // SAFETY: a read from an open hypercall port; the host refuses it.
-            unsafe { core::arch::asm!("in eax, dx", in("dx") HypercallPort::Request as u16, out("eax") v) };
+            unsafe {
+                core::arch::asm!("in eax, dx", in("dx") HypercallPort::Request as u16, out("eax") v)
+            };
             println!("read {v}");
         }
         "outside-memory" => hypercall::send_raw(0xFFFF_FFF0),
@@ -78,15 +84,30 @@ fn main(env: &Env) -> u8 {
             hypercall::send_raw(at);
         }
         "reply-kernel" => {
-            request(&Request::WallClock { reply: GuestBuf { addr: PAGE_TABLES_ADDR, len: 64 } });
+            request(&Request::WallClock {
+                reply: GuestBuf {
+                    addr: PAGE_TABLES_ADDR,
+                    len: 64,
+                },
+            });
             hypercall::send_raw(at);
         }
         "reply-outside" => {
-            request(&Request::WallClock { reply: GuestBuf { addr: 0xFFFF_0000, len: 64 } });
+            request(&Request::WallClock {
+                reply: GuestBuf {
+                    addr: 0xFFFF_0000,
+                    len: 64,
+                },
+            });
             hypercall::send_raw(at);
         }
         "reply-small" => {
-            request(&Request::WallClock { reply: GuestBuf { addr: HYPERCALL_ADDR + 0x1000, len: 3 } });
+            request(&Request::WallClock {
+                reply: GuestBuf {
+                    addr: HYPERCALL_ADDR + 0x1000,
+                    len: 3,
+                },
+            });
             hypercall::send_raw(at);
         }
         "console-level" => {

@@ -13,22 +13,38 @@ tandem_guest::entry!(main);
 fn main(env: &Env) -> u8 {
     let case = env.args().next().unwrap_or("unmapped");
     println!("faulting on purpose: {case}");
-    // SAFETY (all cases): each access is meant to fault; the CPU stops it
-    // before it has any effect and the guest's exception path ends the VM.
+    // Each access below is meant to fault: the CPU stops it before it has any
+    // effect and the guest's exception path ends the VM.
     match case {
         "unmapped" => {
+            // SAFETY: 0xDEAD_0000 lies past the guest memory this app is run
+            // with, so the read faults before it returns; the exception path
+            // ends the VM.
             let v = unsafe { core::ptr::read_volatile(0xDEAD_0000 as *const u64) };
             println!("read {v}");
         }
         "null" => {
+            // SAFETY: page 0 is unmapped (null guard), so the read faults
+            // before it returns; the exception path ends the VM.
             let v = unsafe { core::ptr::read_volatile(core::ptr::null::<u64>()) };
             println!("read {v}");
         }
-        "kernel-write" => unsafe { core::ptr::write_volatile(GDT_ADDR as *mut u64, 0) },
-        "ud" => unsafe { core::arch::asm!("ud2") },
-        "forbidden-port" => unsafe {
-            core::arch::asm!("out dx, al", in("dx") 0x3F8u16, in("al") b'x');
-        },
+        "kernel-write" => {
+            // SAFETY: the GDT page is supervisor read-only, so this CPL3 write
+            // faults before it changes anything; the exception path ends the VM.
+            unsafe { core::ptr::write_volatile(GDT_ADDR as *mut u64, 0) }
+        }
+        "ud" => {
+            // SAFETY: `ud2` raises #UD and touches no memory or registers; the
+            // exception path ends the VM.
+            unsafe { core::arch::asm!("ud2") }
+        }
+        "forbidden-port" => {
+            // SAFETY: the TSS I/O bitmap denies port 0x3F8 at CPL3, so the
+            // `out` raises #GP before it reaches the port; the exception path
+            // ends the VM.
+            unsafe { core::arch::asm!("out dx, al", in("dx") 0x3F8u16, in("al") b'x') }
+        }
         other => {
             println!("unknown case {other}");
             return 2;
