@@ -2,14 +2,21 @@
 //! image once ([`Image`]), then build and run any number of VMs from them
 //! ([`VmBuilder`]).
 //!
-//! ```no_run
-//! use tandem::{ConsoleSink, ExitStatus, Hypervisor, Image, VmBuilder};
+//! This example boots the `hello` app for real (it needs `/dev/kvm` and the
+//! guest apps that `cargo xtask build` or `cargo xtask test` builds):
 //!
-//! let hv = Hypervisor::open()?;
-//! let image = Image::from_file("guest/target/x86_64-unknown-none/release/hello".as_ref())?;
-//! let report = VmBuilder::new(&hv, &image).console(ConsoleSink::Stdout).run()?;
-//! assert_eq!(report.status, ExitStatus::Exited(0));
-//! eprintln!("{}", report.trace.summary());
+//! ```
+//! use tandem::{ConsoleSink, ExitStatus, Hypervisor, Image, VmBuilder};
+//! # let hello = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest/target/x86_64-unknown-none/release/hello");
+//!
+//! let hv = Hypervisor::open()?;             // once per process
+//! let image = Image::from_file(hello.as_ref())?; // checked once, booted many times
+//! for _ in 0..3 {
+//!     let report = VmBuilder::new(&hv, &image).console(ConsoleSink::Discard).run()?;
+//!     assert_eq!(report.status, ExitStatus::Exited(0));
+//!     assert_eq!(report.stats.exits_before_main, 0);
+//!     eprintln!("{}", report.trace.summary());
+//! }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![warn(missing_docs)]

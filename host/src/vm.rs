@@ -138,12 +138,20 @@ impl Default for VmConfig {
 
 /// Builds and boots VMs from one image.
 ///
-/// ```no_run
-/// use tandem::{ConsoleSink, Hypervisor, Image, VmBuilder};
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use tandem::{ConsoleSink, ExitStatus, Hypervisor, Image, VmBuilder};
+/// # let hello = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest/target/x86_64-unknown-none/release/hello");
 /// let hv = Hypervisor::open()?;
-/// let image = Image::from_file("hello".as_ref())?;
-/// let report = VmBuilder::new(&hv, &image).cmdline("a b").console(ConsoleSink::Discard).run()?;
-/// println!("{}", report.status);
+/// let image = Image::from_file(hello.as_ref())?;
+/// let console = Arc::new(Mutex::new(Vec::new()));
+/// let report = VmBuilder::new(&hv, &image)
+///     .cmdline("a b")
+///     .mem_size(16 << 20)
+///     .console(ConsoleSink::Capture(console.clone()))
+///     .run()?;
+/// assert_eq!(report.status, ExitStatus::Exited(0));
+/// assert!(String::from_utf8_lossy(&console.lock().unwrap()).contains(r#"command line: "a b""#));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct VmBuilder<'a> {
