@@ -455,13 +455,14 @@ impl Vm {
 
 /// Ranges of which the guest touches several pages on its way to `main` and
 /// at exit: the boot-info block, trace stamps, hypercall and console buffers
-/// share one prefetch group. (The stack's first pages and the exception
-/// path are left alone: completing their groups costs the host more than
-/// the guest faults it saves.)
-const HOT: &[(u64, u64)] = &[(
-    layout::BOOT_INFO_ADDR,
-    layout::CONSOLE_ADDR + layout::PAGE_SIZE,
-)];
+/// (one prefetch group), and the top of the stack (decoding the boot-info
+/// block uses a few pages of it). Measured on hello: guest init 170 µs
+/// without these, 75 µs with. The exception path is left alone: completing
+/// its groups costs every boot more than it saves the rare faulting one.
+const HOT: &[(u64, u64)] = &[
+    (layout::BOOT_INFO_ADDR, layout::CONSOLE_ADDR + layout::PAGE_SIZE),
+    (layout::STACK_TOP - PREFETCH_GROUP, layout::STACK_TOP),
+];
 
 /// KVM's shadow MMU maps up to 8 neighbouring pages (an aligned 32 KiB
 /// group) on each guest page fault, but stops at the first neighbour whose
