@@ -41,7 +41,7 @@ macro_rules! stub {
 }
 
 core::arch::global_asm!(
-    ".pushsection .text.tandem_exceptions, \"ax\"",
+    ".pushsection .tandem.ktext, \"ax\"",
     ".balign 16",
     ".global tandem_exception_stubs",
     "tandem_exception_stubs:",
