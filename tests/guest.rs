@@ -35,8 +35,12 @@ fn ready_wall_clock_and_sse() {
     let ready = report.trace.micros(Phase::AppReady).expect("ready stamped");
     let exit = report.trace.micros(Phase::Exit).unwrap();
     assert!(main <= ready && ready <= exit, "{}", report.trace.table());
-    // ready, wall clock, exit: one exit each (console rides along).
-    assert_eq!(report.stats.exits, 3, "{:?}", report.stats);
+    // ready, wall clock, exit: one exit each, the console riding along. A
+    // newline also flushes when the last flush is over 1 ms old (DESIGN: the
+    // console's latency bound), which a host that preempts the vCPU thread
+    // can cause: at most once per line printed (three here).
+    let exits = report.stats.exits;
+    assert!((3..=6).contains(&exits), "{:?}", report.stats);
 }
 
 fn boot_tampered(

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use tandem_abi::cpu::SegmentMap;
 use tandem_abi::layout::{IMAGE_ADDR, IMAGE_END};
-use tandem_abi::note::{AbiNote, NOTE_NAME, NT_TANDEM_ABI, PF_TANDEM_KERNEL};
+use tandem_abi::note::{AbiNote, NOTE_NAME, NT_TANDEM_ABI, PF_TANDEM_BOOT, PF_TANDEM_KERNEL};
 use tandem_abi::ABI_VERSION;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -248,7 +248,9 @@ impl Image {
                             })
                         }
                     }
-                    if memsz == 0 {
+                    // Empty segments hold nothing; the trampolines' scratch
+                    // segment is only for the PVH and Multiboot2 paths.
+                    if memsz == 0 || flags & PF_TANDEM_BOOT != 0 {
                         continue;
                     }
                     segments.push((
@@ -299,7 +301,7 @@ impl Image {
         }
         let stubs = note.exception_stubs;
         let stubs_end = stubs.checked_add(
-            tandem_abi::note::EXCEPTION_VECTORS * tandem_abi::note::EXCEPTION_STUB_STRIDE - 1,
+            tandem_abi::note::STUB_COUNT * tandem_abi::note::EXCEPTION_STUB_STRIDE - 1,
         );
         if !inside(stubs, true) || !stubs_end.is_some_and(|e| inside(e, true)) {
             return Err(ImageError::BadStubs(stubs));

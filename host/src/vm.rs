@@ -588,6 +588,7 @@ fn boot_info(
         generation: 0,
         devices: heapless::Vec::new(),
         entropy,
+        loader: heapless::String::try_from("tandem").unwrap_or_default(),
     }
 }
 

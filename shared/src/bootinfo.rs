@@ -28,6 +28,8 @@ pub const MAX_CMDLINE: usize = 2048;
 pub const MAX_DEVICES: usize = 8;
 /// Bytes of the entropy seed.
 pub const ENTROPY_SIZE: usize = 32;
+/// Longest boot-loader name kept.
+pub const MAX_LOADER_NAME: usize = 64;
 
 /// The raw header in front of the body. All fields little-endian.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +167,9 @@ pub struct BootInfo {
     pub devices: Vec<Device, MAX_DEVICES>,
     /// Fresh random bytes for seeding.
     pub entropy: [u8; ENTROPY_SIZE],
+    /// Who booted the guest: "tandem", the PVH loader, or the Multiboot2
+    /// boot loader's name (GRUB's, say). Added in ABI version 2.
+    pub loader: String<MAX_LOADER_NAME>,
 }
 
 /// Why a boot-info block was refused.
@@ -325,6 +330,7 @@ mod tests {
             generation: 1,
             devices: Vec::new(),
             entropy: [0xAB; ENTROPY_SIZE],
+            loader: String::try_from("tandem").unwrap(),
         }
     }
 
@@ -345,8 +351,8 @@ mod tests {
         // Pins the encoding: any change to field order or types changes these
         // bytes and must come with an ABI_VERSION bump.
         let expected: &[u8] = &[
-            0x54, 0x4e, 0x44, 0x4d, 0x01, 0x00, 0x00, 0x00, 0x56, 0x00, 0x00, 0x00, 0xce, 0xd0,
-            0xfe, 0x72, // header
+            0x54, 0x4e, 0x44, 0x4d, 0x02, 0x00, 0x00, 0x00, 0x5d, 0x00, 0x00, 0x00, 0x77, 0xe4,
+            0xdd, 0xcd, // header
             0x00, // boot_path = TandemPv
             0x02, 0x00, 0x80, 0x80, 0x80, 0x02, 0x01, 0x80, 0x80, 0x80, 0x02, 0x80, 0x80, 0x80,
             0x1e, 0x00, // memory
@@ -357,7 +363,10 @@ mod tests {
             0x07, 0x01, 0x00, // vm_id, generation, devices
         ];
         assert_eq!(&buf[..expected.len()], expected);
-        assert_eq!(&buf[expected.len()..n], &[0xAB; ENTROPY_SIZE]);
+        let entropy_end = expected.len() + ENTROPY_SIZE;
+        assert_eq!(&buf[expected.len()..entropy_end], &[0xAB; ENTROPY_SIZE]);
+        assert_eq!(&buf[entropy_end..n], b"\x06tandem"); // loader
+
     }
 
     #[test]
@@ -373,11 +382,11 @@ mod tests {
         ));
 
         let mut bad = buf;
-        bad[4] = 2;
+        bad[4..8].copy_from_slice(&(ABI_VERSION + 1).to_le_bytes());
         assert_eq!(
             BootInfo::decode(&bad),
             Err(BootInfoError::VersionMismatch {
-                found: 2,
+                found: ABI_VERSION + 1,
                 expected: ABI_VERSION
             })
         );

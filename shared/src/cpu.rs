@@ -7,7 +7,7 @@
 
 use crate::hypercall::HypercallPort;
 use crate::layout::{self, Access, LARGE_PAGE_SIZE, PAGE_SIZE};
-use crate::note::{EXCEPTION_STUB_STRIDE, EXCEPTION_VECTORS};
+use crate::note::{EXCEPTION_STUB_STRIDE, EXCEPTION_VECTORS, HALT_VECTOR};
 
 /// Why a structure could not be built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,11 +214,13 @@ pub const GDT_ENTRIES: usize = 7;
 /// The GDT: null, kernel code and data, user data and code (in `sysret`
 /// order), and a 64-bit TSS descriptor for a TSS at `tss_base` of `tss_limit`.
 pub fn gdt(tss_base: u64, tss_limit: u32) -> [u64; GDT_ENTRIES] {
-    // Long-mode code: present, DPL, S, executable+readable, L.
-    const KERNEL_CODE: u64 = 0x00AF_9A00_0000_FFFF;
-    const KERNEL_DATA: u64 = 0x00CF_9200_0000_FFFF;
-    const USER_DATA: u64 = 0x00CF_F200_0000_FFFF;
-    const USER_CODE: u64 = 0x00AF_FA00_0000_FFFF;
+    // Long-mode code: present, DPL, S, executable+readable, L. Every
+    // descriptor has its accessed bit set, so loading a selector never makes
+    // the CPU write the GDT, which the page tables map read-only.
+    const KERNEL_CODE: u64 = 0x00AF_9B00_0000_FFFF;
+    const KERNEL_DATA: u64 = 0x00CF_9300_0000_FFFF;
+    const USER_DATA: u64 = 0x00CF_F300_0000_FFFF;
+    const USER_CODE: u64 = 0x00AF_FB00_0000_FFFF;
     let limit = u64::from(tss_limit);
     let low = (limit & 0xFFFF)
         | ((tss_base & 0xFF_FFFF) << 16)
@@ -263,6 +265,12 @@ const _: () = assert!(TSS_TOTAL as u64 <= layout::TSS_AREA_SIZE);
 /// hypervisors; the bitmap is). Every byte an access may touch is opened:
 /// a 4-byte `out` to port `p` checks bits `p..p+4`.
 pub fn build_tss(out: &mut [u8]) -> Result<(), BuildError> {
+    build_tss_with_ports(out, &[])
+}
+
+/// Builds the TSS like [`build_tss`], also opening `extra` port ranges
+/// (first port, count) to CPL3. Ranges past the bitmap stay closed.
+pub fn build_tss_with_ports(out: &mut [u8], extra: &[(u16, u16)]) -> Result<(), BuildError> {
     let out = out.get_mut(..TSS_TOTAL).ok_or(BuildError::BufferTooSmall)?;
     out.fill(0);
     put_u64(out, 4, layout::RSP0_TOP)?;
@@ -272,8 +280,14 @@ pub fn build_tss(out: &mut [u8]) -> Result<(), BuildError> {
     out[102..104].copy_from_slice(&TSS_SIZE.to_le_bytes()[..2]);
     let bitmap = &mut out[TSS_SIZE..];
     bitmap.fill(0xFF);
-    for port in HypercallPort::FIRST..HypercallPort::FIRST + HypercallPort::SPAN {
-        bitmap[usize::from(port / 8)] &= !(1 << (port % 8));
+    let ranges = core::iter::once((HypercallPort::FIRST, HypercallPort::SPAN)).chain(extra.iter().copied());
+    for (first, count) in ranges {
+        for port in first..first.saturating_add(count) {
+            // The last byte is the terminator and stays all ones.
+            if let Some(byte) = bitmap.get_mut(usize::from(port / 8)).filter(|_| usize::from(port / 8) < IO_BITMAP_SIZE - 1) {
+                *byte &= !(1 << (port % 8));
+            }
+        }
     }
     Ok(())
 }
@@ -307,7 +321,8 @@ pub const fn ist_for_vector(vector: u64) -> u8 {
 }
 
 /// Builds the IDT: gates for the 32 architectural exceptions pointing at the
-/// guest's stubs (`stubs + v * EXCEPTION_STUB_STRIDE`), all other gates absent.
+/// guest's stubs (`stubs + v * EXCEPTION_STUB_STRIDE`), the halt gate
+/// ([`HALT_VECTOR`], open to CPL3), all other gates absent.
 pub fn build_idt(out: &mut [u8], stubs: u64) -> Result<(), BuildError> {
     let out = out.get_mut(..IDT_SIZE).ok_or(BuildError::BufferTooSmall)?;
     out.fill(0);
@@ -317,6 +332,9 @@ pub fn build_idt(out: &mut [u8], stubs: u64) -> Result<(), BuildError> {
             ist_for_vector(v),
             0,
         ));
+    }
+    if let Some(slot) = out.chunks_exact_mut(16).nth(HALT_VECTOR as usize) {
+        slot.copy_from_slice(&idt_gate(stubs + HALT_VECTOR * EXCEPTION_STUB_STRIDE, 0, 3));
     }
     Ok(())
 }
@@ -426,7 +444,8 @@ mod tests {
     #[test]
     fn gdt_golden() {
         let g = gdt(0x2000, TSS_LIMIT);
-        assert_eq!(g[1], 0x00AF_9A00_0000_FFFF);
+        assert_eq!(g[1], 0x00AF_9B00_0000_FFFF);
+        assert_eq!(g[3], 0x00CF_F300_0000_FFFF);
         // TSS descriptor: limit 0x229 (104 + 449 bitmap bytes + terminator - 1), base 0x2000, type 0x89.
         assert_eq!(TSS_LIMIT, 0x229);
         assert_eq!(g[5], 0x0000_8900_2000_0229);
@@ -466,6 +485,9 @@ mod tests {
             &(0x20_0000u64 + 14 * 16).to_le_bytes()[..2]
         );
         assert_eq!(idt[8 * 16 + 4], 1);
-        assert_eq!(idt[32 * 16 + 5], 0);
+        // The halt gate: present, DPL 3, interrupt gate, stub 32.
+        assert_eq!(idt[32 * 16 + 5], 0xEE);
+        assert_eq!(&idt[32 * 16..32 * 16 + 2], &(0x20_0000u64 + 32 * 16).to_le_bytes()[..2]);
+        assert_eq!(idt[33 * 16 + 5], 0);
     }
 }

@@ -28,9 +28,15 @@ pub mod cpu;
 pub mod hypercall;
 pub mod layout;
 pub mod note;
+pub mod platform;
+pub mod pvh;
 pub mod trace;
 
 /// Version of the contract. The guest embeds it in its ELF note and in the
 /// boot-info header; the host refuses an image of another version before it
 /// boots, and the guest refuses a boot-info block of another version.
-pub const ABI_VERSION: u32 = 1;
+///
+/// History: 1, the foundation. 2, `BootInfo::loader` appended (who booted
+/// the guest: Tandem, a PVH loader, or the Multiboot2 boot loader's name),
+/// GDT descriptors with their accessed bit set, and the halt gate.
+pub const ABI_VERSION: u32 = 2;

@@ -15,10 +15,20 @@ pub const NOTE_DESC_SIZE: usize = 16;
 /// guest's CPL0 code: the host maps it supervisor-only, so it runs with SMEP
 /// and an app cannot read or patch it.
 pub const PF_TANDEM_KERNEL: u32 = 0x0010_0000;
+/// `p_flags` bit marking the scratch segment of the PVH and Multiboot2
+/// trampolines (boot page tables and stack, no file bytes). The Tandem VMM
+/// neither loads nor maps it.
+pub const PF_TANDEM_BOOT: u32 = 0x0020_0000;
 /// Distance between two exception entry stubs.
 pub const EXCEPTION_STUB_STRIDE: u64 = 16;
 /// Number of exception vectors with stubs (the architectural exceptions).
 pub const EXCEPTION_VECTORS: u64 = 32;
+/// A software-interrupt gate open to CPL3 whose stub halts the CPU for
+/// good: how an app stops on a machine with no exit device (bare metal).
+/// Its stub follows the exception stubs.
+pub const HALT_VECTOR: u64 = 32;
+/// Number of stubs in the table: the exceptions, then the halt gate.
+pub const STUB_COUNT: u64 = EXCEPTION_VECTORS + 1;
 
 /// The note descriptor. Little-endian, fields only appended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

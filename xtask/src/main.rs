@@ -5,14 +5,17 @@
 //! through `$CARGO`, the one that runs this program.
 
 mod bench;
+mod bench_paths;
 mod elf;
 mod guest;
 mod host;
 mod project;
+mod qemu;
 mod stats;
 mod table;
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
@@ -31,10 +34,20 @@ COMMANDS:
         Build every guest app (release, x86_64-unknown-none) and the host
         (`tandem` binary and examples; release unless --debug).
 
-    run [APP] [-- ARGS...]
+    run [APP] [--qemu | --grub] [--accel kvm|tcg] [--machine microvm|q35] [-- ARGS...]
         Build guest and host (release), then boot APP (default: hello) with
         `tandem run`; ARGS become the guest's command line. Exits with the
         guest's exit code.
+        --qemu boots the same image under QEMU instead (PVH, `-kernel`;
+        machine microvm unless --machine q35); --grub builds a GRUB ISO and
+        boots it on q35 with SeaBIOS (Multiboot2). Both default to TCG, the
+        faster accelerator on these machines; --accel kvm overrides.
+        Missing Debian packages (qemu-system-x86; grub-common, grub-pc-bin,
+        xorriso, mtools) are installed with apt-get when run as root.
+
+    iso APP [--out FILE] [-- ARGS...]
+        Build a bootable ISO of APP (GRUB, BIOS, Multiboot2; console on COM1)
+        at target/iso/APP.iso, for QEMU or a USB stick on a bare-metal PC.
 
     test [-- TEST-ARGS...]
         Check /dev/kvm, build the guest apps and the `tandem` binary, then run
@@ -46,6 +59,13 @@ COMMANDS:
         as whole processes, interleaved with a baseline process that only
         creates a VM and runs one instruction. N defaults to 200 runs and 3
         warm-up runs. Writes JSON to target/bench/boot.json unless --json.
+
+    bench boot-paths [--runs N] [--slow-runs N] [--json FILE] [--svg FILE]
+        Boots hello N times (default 10; paths slower than 1 s per run: at
+        most --slow-runs, default 3) on every path: Tandem PV, QEMU microvm +
+        PVH, QEMU q35 + SeaBIOS + PVH, QEMU q35 + SeaBIOS + GRUB + Multiboot2,
+        under KVM and TCG. Prints medians per phase and writes JSON and an SVG
+        chart (target/bench/boot-paths.{json,svg}).
 
     help
         Show this text.
@@ -85,6 +105,7 @@ fn try_main() -> Result<ExitCode> {
     match command.as_str() {
         "build" => build(&project, args),
         "run" => run(&project, args),
+        "iso" => iso(&project, args),
         "test" => test(&project, args),
         "bench" => bench_cmd(&project, args),
         "help" | "-h" | "--help" => {
@@ -164,38 +185,116 @@ fn build(project: &Project, args: Vec<String>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+#[derive(PartialEq)]
+enum RunOn {
+    Tandem,
+    Qemu,
+    Grub,
+}
+
 fn run(project: &Project, args: Vec<String>) -> Result<ExitCode> {
     let mut args = Args::new(args);
     let mut app = None;
+    let mut on = RunOn::Tandem;
+    let mut accel = qemu::Accel::Tcg;
+    let mut machine = None;
     while let Some(word) = args.next() {
-        if word.starts_with('-') || app.is_some() {
+        if word == "--qemu" {
+            on = RunOn::Qemu;
+        } else if word == "--grub" {
+            on = RunOn::Grub;
+        } else if let Some(v) = args.value(&word, "--accel")? {
+            accel = qemu::Accel::parse(&v)?;
+        } else if let Some(v) = args.value(&word, "--machine")? {
+            machine = Some(qemu::Machine::parse(&v)?);
+        } else if word.starts_with('-') || app.is_some() {
             return Err(unexpected("run", &word));
+        } else {
+            app = Some(word);
         }
-        app = Some(word);
     }
     let app = app.unwrap_or_else(|| "hello".to_owned());
-
-    project::require_kvm()?;
+    let cmdline = args.trailing.join(" ");
+    if on == RunOn::Tandem {
+        project::require_kvm()?;
+    } else {
+        qemu::ensure_tools(qemu::QEMU_TOOLS)?;
+        if accel == qemu::Accel::Kvm {
+            project::require_kvm()?;
+        }
+    }
     guest::build(project)?;
-    host::build(project, Profile::Release, false)?;
     let image = guest::image(project, &app)?;
 
-    let mut cmd = Command::new(project.host_bin(Profile::Release));
-    cmd.arg("run").arg(&image);
-    if !args.trailing.is_empty() {
-        cmd.arg("--cmdline").arg(args.trailing.join(" "));
-    }
+    let mut cmd = match on {
+        RunOn::Tandem => {
+            host::build(project, Profile::Release, false)?;
+            let mut cmd = Command::new(project.host_bin(Profile::Release));
+            cmd.arg("run").arg(&image);
+            if !cmdline.is_empty() {
+                cmd.arg("--cmdline").arg(&cmdline);
+            }
+            cmd
+        }
+        RunOn::Qemu => {
+            let machine = machine.unwrap_or(qemu::Machine::Microvm);
+            qemu::command(machine, accel, &qemu::Boot::Pvh { image: &image, cmdline: &cmdline })
+        }
+        RunOn::Grub => {
+            if machine == Some(qemu::Machine::Microvm) {
+                bail!("GRUB needs firmware: use --machine q35 (the default for --grub)");
+            }
+            let iso = qemu::make_iso(project, &app, &image, &cmdline, None)?;
+            qemu::command(qemu::Machine::Q35, accel, &qemu::Boot::Iso(&iso))
+        }
+    };
     project::echo(&cmd);
-    let status = cmd.status().with_context(|| {
-        format!(
-            "cannot start {}",
-            project.show(&project.host_bin(Profile::Release))
-        )
-    })?;
-    if !status.success() {
-        eprintln!("tandem: {app} ended with {}", project::describe(status));
+    let status = cmd.status().with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    if on == RunOn::Tandem {
+        if !status.success() {
+            eprintln!("tandem: {app} ended with {}", project::describe(status));
+        }
+        return Ok(ExitCode::from(project::shell_code(status)));
     }
-    Ok(ExitCode::from(project::shell_code(status)))
+    // QEMU exits with (code << 1) | 1 through isa-debug-exit.
+    match status.code().and_then(qemu::guest_code) {
+        Some(code) => {
+            if code != 0 {
+                eprintln!("xtask: {app} exited with code {code}");
+            }
+            Ok(ExitCode::from(code))
+        }
+        None => {
+            eprintln!("xtask: QEMU ended with {} without the guest's exit code", project::describe(status));
+            Ok(ExitCode::from(125))
+        }
+    }
+}
+
+fn iso(project: &Project, args: Vec<String>) -> Result<ExitCode> {
+    let mut args = Args::new(args);
+    let mut app = None;
+    let mut out = None;
+    while let Some(word) = args.next() {
+        if let Some(v) = args.value(&word, "--out")? {
+            out = Some(PathBuf::from(v));
+        } else if word.starts_with('-') || app.is_some() {
+            return Err(unexpected("iso", &word));
+        } else {
+            app = Some(word);
+        }
+    }
+    let app = app.context("usage: cargo xtask iso APP [--out FILE] [-- ARGS...]")?;
+    guest::build(project)?;
+    let image = guest::image(project, &app)?;
+    let iso = qemu::make_iso(project, &app, &image, &args.trailing.join(" "), out)?;
+    println!("{}", project.show(&iso));
+    println!(
+        "boot it: qemu-system-x86_64 -machine q35 -m 128M -nographic -serial stdio -cdrom {}",
+        project.show(&iso)
+    );
+    println!("or write it to a USB stick (all data on it is lost): sudo dd if={} of=/dev/sdX bs=4M conv=fsync", project.show(&iso));
+    Ok(ExitCode::SUCCESS)
 }
 
 fn test(project: &Project, args: Vec<String>) -> Result<ExitCode> {
@@ -221,6 +320,9 @@ fn test(project: &Project, args: Vec<String>) -> Result<ExitCode> {
 
 fn test_steps(project: &Project, harness_args: &[String]) -> Result<()> {
     project::require_kvm()?;
+    // The QEMU and GRUB paths are tested too.
+    qemu::ensure_tools(qemu::QEMU_TOOLS)?;
+    qemu::ensure_tools(qemu::GRUB_TOOLS)?;
     guest::build(project)?;
     host::build(project, Profile::Debug, false)?;
 
@@ -241,7 +343,30 @@ fn test_steps(project: &Project, harness_args: &[String]) -> Result<()> {
     project::run(&mut cmd, "cargo test --workspace")
 }
 
+fn bench_paths_cmd(project: &Project, args: Vec<String>) -> Result<ExitCode> {
+    let mut args = Args::new(args);
+    let mut opts = bench_paths::Options::default();
+    while let Some(word) = args.next() {
+        if let Some(v) = args.value(&word, "--runs")? {
+            opts.runs = parse_count("--runs", &v)?.max(1);
+        } else if let Some(v) = args.value(&word, "--slow-runs")? {
+            opts.slow_runs = parse_count("--slow-runs", &v)?.max(1);
+        } else if let Some(v) = args.value(&word, "--json")? {
+            opts.json = Some(v.into());
+        } else if let Some(v) = args.value(&word, "--svg")? {
+            opts.svg = Some(v.into());
+        } else {
+            return Err(unexpected("bench boot-paths", &word));
+        }
+    }
+    bench_paths::bench(project, &opts)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn bench_cmd(project: &Project, args: Vec<String>) -> Result<ExitCode> {
+    if args.first().map(String::as_str) == Some("boot-paths") {
+        return bench_paths_cmd(project, args[1..].to_vec());
+    }
     let mut args = Args::new(args);
     let mut opts = bench::Options::default();
     while let Some(word) = args.next() {

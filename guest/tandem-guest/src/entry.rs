@@ -38,7 +38,11 @@ pub unsafe extern "C" fn _start() -> ! {
 }
 
 extern "C" fn rust_start(boot_info_addr: u64, first_tsc: u64) -> ! {
-    trace::stamp_at(Phase::FirstInstruction, first_tsc);
+    // On the PVH and Multiboot2 paths the trampoline stamped its own first
+    // instruction; keep that one.
+    if trace::get(Phase::FirstInstruction) == 0 {
+        trace::stamp_at(Phase::FirstInstruction, first_tsc);
+    }
     if boot_info_addr != BOOT_INFO_ADDR {
         console::emergency(format_args!(
             "tandem: boot-info address {boot_info_addr:#x} is not {BOOT_INFO_ADDR:#x}\n"
@@ -56,6 +60,7 @@ extern "C" fn rust_start(boot_info_addr: u64, first_tsc: u64) -> ! {
             env::exit(EXIT_BAD_BOOT_INFO);
         }
     };
+    crate::platform::select(info.boot_path);
     let env = env::init(info);
     time::init(env.boot_info().cpu.tsc_khz);
     console::init(first_tsc);

@@ -6,7 +6,7 @@ use core::mem::MaybeUninit;
 use core::time::Duration;
 
 use tandem_abi::bootinfo::BootInfo;
-use tandem_abi::hypercall::{HypercallPort, Reply, Request};
+use tandem_abi::hypercall::{Reply, Request};
 use tandem_abi::trace::Phase;
 
 use crate::{hypercall, time, trace};
@@ -50,10 +50,22 @@ impl Env {
         self.info.generation
     }
 
-    /// Time from the VMM's start to the app's `main`, on the TSC.
+    /// Time from the VMM's start to the app's `main`, on the TSC. Without a
+    /// Tandem VMM (PVH, Multiboot2) nothing stamps the VMM's start: then it
+    /// is the time from the guest's first instruction.
     pub fn boot_time(&self) -> Duration {
         let main = trace::get(Phase::AppMain);
-        time::ticks_to_duration(main.saturating_sub(self.info.host.vmm_start))
+        let start = match self.info.host.vmm_start {
+            0 => trace::get(Phase::FirstInstruction),
+            t => t,
+        };
+        time::ticks_to_duration(main.saturating_sub(start))
+    }
+
+    /// How the guest was booted: "tandem", "pvh", or the Multiboot2 boot
+    /// loader's name.
+    pub fn loader(&self) -> &str {
+        &self.info.loader
     }
 
     /// Time from the guest's first instruction to the app's `main`.
@@ -75,16 +87,14 @@ impl Env {
 /// Tells the host the app is ready to serve (flushes the console too).
 pub fn ready() {
     trace::stamp(Phase::AppReady);
-    hypercall::call(&Request::Ready);
+    if crate::platform::is_tandem() {
+        hypercall::call(&Request::Ready);
+    }
 }
 
 /// Stops the VM with `code` (0 is success). The host drains the console first.
 pub fn exit(code: u8) -> ! {
-    hypercall::out(HypercallPort::Exit, u32::from(code));
-    // The host never resumes a VM that exited; should it, stop here.
-    loop {
-        core::hint::spin_loop();
-    }
+    crate::platform::exit(code)
 }
 
 /// What `main` may return.

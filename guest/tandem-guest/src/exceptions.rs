@@ -50,6 +50,12 @@ core::arch::global_asm!(
     stub!(err 14), stub!(15), stub!(16), stub!(err 17), stub!(18), stub!(19), stub!(20),
     stub!(err 21), stub!(22), stub!(23), stub!(24), stub!(25), stub!(26), stub!(27),
     stub!(28), stub!(err 29), stub!(err 30), stub!(31),
+    // The halt gate (HALT_VECTOR, DPL 3): stop for good.
+    ".balign 16",
+    "cli",
+    "4:",
+    "hlt",
+    "jmp 4b",
     ".balign 16",
     "tandem_exception_common:",
     // Stack: vector, error code, then the CPU's frame (rip, cs, rflags, rsp, ss).

@@ -18,6 +18,7 @@ pub fn out(port: HypercallPort, value: u32) {
     // is a VM exit the host serves, with no effect on guest memory beyond what
     // the protocol defines (console drain, reply buffers).
     unsafe { p.write(value) };
+    crate::console::drained();
 }
 
 /// Sends a raw request record already written at `addr` (used by the hostile test app).

@@ -22,6 +22,7 @@
 
 extern crate alloc;
 
+mod boot;
 mod entry;
 mod exceptions;
 pub mod heap;
@@ -30,6 +31,7 @@ mod panic;
 pub mod console;
 pub mod env;
 pub mod hypercall;
+pub mod platform;
 pub mod time;
 pub mod trace;
 

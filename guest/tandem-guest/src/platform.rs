@@ -1,0 +1,123 @@
+//! The machine underneath: the Tandem VMM (hypercalls), or a plain PC as
+//! QEMU, another PVH VMM or GRUB on bare metal leave it (a 16550 UART on
+//! COM1 for the console, QEMU's `isa-debug-exit` for the exit code, else a
+//! halt). Chosen once from the boot-info block's boot path; apps never see
+//! the difference.
+
+use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use tandem_abi::bootinfo::BootPath;
+use tandem_abi::hypercall::HypercallPort;
+use tandem_abi::note::HALT_VECTOR;
+use tandem_abi::platform::{COM1, DEBUG_EXIT_PORT};
+use tandem_abi::trace::Phase;
+use x86_64::instructions::port::Port;
+
+use crate::{hypercall, trace};
+
+static PLAIN_PC: AtomicBool = AtomicBool::new(false);
+
+/// Records how the guest was booted.
+pub(crate) fn select(path: BootPath) {
+    PLAIN_PC.store(path != BootPath::TandemPv, Ordering::Relaxed);
+}
+
+/// Whether the Tandem VMM is underneath (hypercalls work).
+pub fn is_tandem() -> bool {
+    !PLAIN_PC.load(Ordering::Relaxed)
+}
+
+fn outb(port: u16, value: u8) {
+    let mut p: Port<u8> = Port::new(port);
+    // SAFETY: the UART ports are open to the guest on the paths that use
+    // them (CPL0 during boot; CPL3 through the TSS bitmap); writing them only
+    // drives the serial line.
+    unsafe { p.write(value) };
+}
+
+fn inb(port: u16) -> u8 {
+    let mut p: Port<u8> = Port::new(port);
+    // SAFETY: as in `outb`; reading the UART's status has no side effect.
+    unsafe { p.read() }
+}
+
+/// Sets COM1 to 115200 baud, 8N1, FIFOs on, no interrupts.
+pub(crate) fn uart_init() {
+    outb(COM1 + 1, 0x00);
+    outb(COM1 + 3, 0x80);
+    outb(COM1, 0x01);
+    outb(COM1 + 1, 0x00);
+    outb(COM1 + 3, 0x03);
+    outb(COM1 + 2, 0xC7);
+    outb(COM1 + 4, 0x03);
+}
+
+/// Writes bytes to COM1, waiting for room in the transmitter.
+pub(crate) fn uart_write(bytes: &[u8]) {
+    for &b in bytes {
+        // Bounded wait: a missing UART must not hang the guest.
+        let mut spins = 0u32;
+        while inb(COM1 + 5) & 0x20 == 0 && spins < 100_000 {
+            spins += 1;
+        }
+        outb(COM1, b);
+    }
+}
+
+struct Uart;
+
+impl Write for Uart {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        uart_write(s.as_bytes());
+        Ok(())
+    }
+}
+
+pub(crate) fn uart_print(args: fmt::Arguments) {
+    let _ = Uart.write_fmt(args);
+}
+
+/// Writes `code` to QEMU's debug-exit device (no effect where there is none).
+pub(crate) fn debug_exit(code: u8) {
+    let mut p: Port<u32> = Port::new(DEBUG_EXIT_PORT);
+    // SAFETY: the port is open to the guest on these paths; without the
+    // device the write goes nowhere.
+    unsafe { p.write(u32::from(code)) };
+}
+
+/// Stops the CPU for good (CPL0 only).
+pub(crate) fn halt_cpl0() -> ! {
+    loop {
+        x86_64::instructions::interrupts::disable();
+        x86_64::instructions::hlt();
+    }
+}
+
+/// Stops the VM with `code`: one hypercall under Tandem; elsewhere the boot
+/// trace on the console, the debug-exit device, and if still running, a halt.
+pub(crate) fn exit(code: u8) -> ! {
+    if is_tandem() {
+        hypercall::out(HypercallPort::Exit, u32::from(code));
+    } else {
+        trace::stamp(Phase::Exit);
+        print_trace();
+        debug_exit(code);
+        uart_print(format_args!("tandem: app exited with code {code}; halting\n"));
+        // SAFETY: the halt gate is open to CPL3 and never returns.
+        unsafe { core::arch::asm!("int {v}", v = const HALT_VECTOR, options(noreturn)) };
+    }
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// The guest's boot stamps in a fixed, parseable line (one per boot), for
+/// `cargo xtask bench boot-paths`: raw TSC values, 0 for phases not reached.
+fn print_trace() {
+    uart_print(format_args!("tandem-trace: v1 tsc_khz={}", crate::time::tsc_khz()));
+    for p in Phase::ALL.into_iter().filter(|p| p.stamped_by_guest() || *p == Phase::Exit) {
+        uart_print(format_args!(" {}={}", p.name(), trace::get(p)));
+    }
+    uart_print(format_args!("\n"));
+}

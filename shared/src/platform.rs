@@ -1,0 +1,26 @@
+//! The machine a Tandem image meets when no Tandem VMM is underneath (QEMU,
+//! other PVH VMMs, GRUB on bare metal): a 16550 UART for the console and
+//! QEMU's `isa-debug-exit` device for the exit code.
+//!
+//! Guest memory layout and CPU state are the same on every path; only these
+//! ports differ, and the guest's TSS opens them for CPL3 on those paths only.
+
+/// COM1, the 16550 UART the console uses.
+pub const COM1: u16 = 0x3F8;
+/// Ports of the UART (data, interrupt enable, FIFO, line control, modem
+/// control, line status, modem status, scratch).
+pub const COM1_SPAN: u16 = 8;
+/// I/O base of QEMU's `isa-debug-exit` device as Tandem configures it
+/// (`-device isa-debug-exit,iobase=0xf4,iosize=0x04`). Writing `v` makes QEMU
+/// exit with status `(v << 1) | 1`.
+pub const DEBUG_EXIT_PORT: u16 = 0xF4;
+/// Ports of the debug-exit device.
+pub const DEBUG_EXIT_SPAN: u16 = 4;
+
+/// The ports the TSS opens to CPL3 on the PVH and Multiboot2 paths.
+pub const PLATFORM_PORTS: &[(u16, u16)] = &[(COM1, COM1_SPAN), (DEBUG_EXIT_PORT, DEBUG_EXIT_SPAN)];
+
+/// QEMU's process exit status for a guest exit code written to the debug-exit port.
+pub const fn qemu_status(code: u8) -> i32 {
+    ((code as i32) << 1) | 1
+}
