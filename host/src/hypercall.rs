@@ -69,6 +69,9 @@ pub enum Action {
     Ready,
     /// Stop with this exit code.
     Exit(u8),
+    /// Take a snapshot; answer with a [`Reply::Snapshot`] in this buffer
+    /// (through [`write_reply`], which checks it).
+    Snapshot(GuestBuf),
 }
 
 fn read_guest<'a>(
@@ -109,6 +112,20 @@ pub fn serve(
     data: &[u8],
     wall_clock: impl FnOnce() -> (u64, u64),
 ) -> Result<Action, HypercallError> {
+    serve_tracked(mem, mem_size, port, data, wall_clock, &mut Vec::new())
+}
+
+/// [`serve`], also recording in `written` every guest range the host wrote
+/// (`(address, length)`): KVM's dirty log sees only the guest's own writes,
+/// and incremental backups need the host's too.
+pub fn serve_tracked(
+    mem: &GuestMemoryMmap,
+    mem_size: u64,
+    port: u16,
+    data: &[u8],
+    wall_clock: impl FnOnce() -> (u64, u64),
+    written: &mut Vec<(u64, u64)>,
+) -> Result<Action, HypercallError> {
     let port = HypercallPort::try_from(port).map_err(HypercallError::UnknownPort)?;
     let value: [u8; 4] = data.try_into().map_err(|_| HypercallError::BadWidth {
         port: port as u16,
@@ -121,7 +138,9 @@ pub fn serve(
             let [code, ..] = value.to_le_bytes();
             Ok(Action::Exit(code))
         }
-        HypercallPort::Request => serve_request(mem, mem_size, u64::from(value), wall_clock),
+        HypercallPort::Request => {
+            serve_request(mem, mem_size, u64::from(value), wall_clock, written)
+        }
     }
 }
 
@@ -130,6 +149,7 @@ fn serve_request(
     mem_size: u64,
     addr: u64,
     wall_clock: impl FnOnce() -> (u64, u64),
+    written: &mut Vec<(u64, u64)>,
 ) -> Result<Action, HypercallError> {
     let mut prefix = [0u8; LEN_PREFIX as usize];
     read_guest(mem, addr, &mut prefix, "request")?;
@@ -145,12 +165,16 @@ fn serve_request(
         Request::WallClock { reply } => {
             let (unix_nanos, tsc) = wall_clock();
             write_reply(mem, mem_size, reply, &Reply::WallClock { unix_nanos, tsc })?;
+            written.push((reply.addr, u64::from(reply.len)));
             Ok(Action::Continue)
         }
+        Request::Snapshot { reply } => Ok(Action::Snapshot(reply)),
     }
 }
 
-fn write_reply(
+/// Writes `reply` into the guest buffer `buf` after checking that the app
+/// may write there and that it is large enough.
+pub fn write_reply(
     mem: &GuestMemoryMmap,
     mem_size: u64,
     buf: GuestBuf,

@@ -22,19 +22,27 @@
 #![warn(missing_docs)]
 
 pub mod arch;
+pub mod backup;
 pub mod console;
+pub mod control;
 pub mod hypercall;
 pub mod image;
 pub mod kvm;
 pub mod memory;
+pub mod snapshot;
 pub mod trace;
 pub mod vm;
 
+pub use backup::{BackupConfig, BackupError};
 pub use console::ConsoleSink;
 pub use image::{Image, ImageError};
 pub use kvm::{Hypervisor, KvmError};
+pub use snapshot::{Snapshot, SnapshotError};
 pub use trace::BootTrace;
-pub use vm::{ExitStatus, RunReport, RunStats, Vm, VmBuilder, VmConfig, VmError};
+pub use vm::{
+    ExitStatus, RunReport, RunStats, SnapshotRecord, SnapshotTrigger, Vm, VmBuilder, VmConfig,
+    VmError,
+};
 
 /// Process exit codes of the `tandem` binary beyond the guest's own (0–255
 /// pass through). Chosen at the top of the range, like `timeout(1)` and
@@ -58,6 +66,7 @@ impl ExitStatus {
             ExitStatus::ProtocolViolation(_) => exit_code::PROTOCOL,
             ExitStatus::Crashed(_) => exit_code::CRASHED,
             ExitStatus::TimedOut(_) => exit_code::TIMEOUT,
+            ExitStatus::Snapshotted(_) => 0,
         }
     }
 }

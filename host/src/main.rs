@@ -1,12 +1,18 @@
 //! `tandem`: boot a Tandem unikernel image on KVM.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use tandem::{exit_code, ConsoleSink, ExitStatus, Hypervisor, Image, VmBuilder, VmConfig};
+use tandem::backup::Chain;
+use tandem::{
+    exit_code, BackupConfig, ConsoleSink, ExitStatus, Hypervisor, Image, RunReport, Snapshot, Vm,
+    VmBuilder, VmConfig,
+};
+use tandem_abi::trace::Phase;
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +32,98 @@ struct Cli {
 enum Command {
     /// Boot IMAGE and run it to the end; exits with the guest's exit code.
     Run(RunArgs),
+    /// Resume the VM frozen in snapshot directory DIR (or N clones of it).
+    Restore(RestoreArgs),
+    /// Inspect or check a snapshot directory.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Work on an incremental backup chain.
+    #[command(subcommand)]
+    Backup(BackupCommand),
+}
+
+/// Snapshot, backup and stop options shared by `run` and `restore`.
+#[derive(clap::Args)]
+struct PersistArgs {
+    /// Where guest-requested snapshots and SIGUSR1 snapshots go.
+    #[arg(long, value_name = "DIR")]
+    snapshot_dir: Option<PathBuf>,
+    /// Stop the VM (exit 0) once a snapshot is written.
+    #[arg(long)]
+    exit_after_snapshot: bool,
+    /// Keep an incremental backup chain in DIR (needs --backup-every).
+    #[arg(long, value_name = "DIR", requires = "backup_every")]
+    backup_dir: Option<PathBuf>,
+    /// Time between backup points (e.g. 500ms, 10s).
+    #[arg(long, value_parser = parse_duration, requires = "backup_dir")]
+    backup_every: Option<Duration>,
+}
+
+#[derive(clap::Args)]
+struct RestoreArgs {
+    /// A snapshot directory.
+    dir: PathBuf,
+    /// Start N independent clones of the snapshot (console lines prefixed `[clone i]`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    clones: u32,
+    /// Check the memory file against its digest first (reads it all).
+    #[arg(long)]
+    verify: bool,
+    /// Stop the guest after this long.
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    #[command(flatten)]
+    persist: PersistArgs,
+    /// Print the run report as one JSON object on stderr.
+    #[arg(long)]
+    json: bool,
+    /// Print nothing but the guest's console.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Check the state file and the memory file against their digests.
+    Verify {
+        /// A snapshot directory.
+        dir: PathBuf,
+    },
+    /// Show what a snapshot holds.
+    Info {
+        /// A snapshot directory.
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackupCommand {
+    /// List the points of a chain.
+    List {
+        /// A backup directory.
+        dir: PathBuf,
+    },
+    /// Check every point, chunk and link; name what is damaged or missing.
+    Verify {
+        /// A backup directory.
+        dir: PathBuf,
+    },
+    /// Write point N as a snapshot directory (then `tandem restore OUT`).
+    Restore {
+        /// A backup directory.
+        dir: PathBuf,
+        /// The point to restore.
+        #[arg(long)]
+        point: u64,
+        /// The snapshot directory to write.
+        #[arg(long, value_name = "OUT")]
+        out: PathBuf,
+    },
+    /// Fold the whole chain into one base point (the last one).
+    Merge {
+        /// A backup directory.
+        dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -53,6 +151,11 @@ struct RunArgs {
     /// Print nothing but the guest's console.
     #[arg(long, short)]
     quiet: bool,
+    /// Take a snapshot into DIR when the app calls ready().
+    #[arg(long, value_name = "DIR")]
+    snapshot_at_ready: Option<PathBuf>,
+    #[command(flatten)]
+    persist: PersistArgs,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -100,15 +203,37 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let start = tandem::trace::rdtsc();
     let cli = Cli::parse();
-    match cli.command {
-        Command::Run(args) => match run(args, start) {
-            Ok(code) => ExitCode::from(code),
-            Err(e) => {
-                eprintln!("tandem: error: {e:#}");
-                ExitCode::from(exit_code::VMM_ERROR)
-            }
-        },
+    let result = match cli.command {
+        Command::Run(args) => run(args, start),
+        Command::Restore(args) => restore(args, start),
+        Command::Snapshot(cmd) => snapshot_cmd(cmd),
+        Command::Backup(cmd) => backup_cmd(cmd),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("tandem: error: {e:#}");
+            ExitCode::from(exit_code::VMM_ERROR)
+        }
     }
+}
+
+/// Applies the snapshot and backup options to `config`.
+fn persist(config: &mut VmConfig, p: PersistArgs, quiet: bool) -> Result<()> {
+    if p.snapshot_dir.is_some() {
+        tandem::control::install_snapshot_signal().context("cannot handle SIGUSR1")?;
+        config.snapshot_on_signal = true;
+    }
+    config.snapshot_dir = p.snapshot_dir;
+    config.exit_after_snapshot = p.exit_after_snapshot;
+    if let (Some(dir), Some(every)) = (p.backup_dir, p.backup_every) {
+        if every.is_zero() {
+            anyhow::bail!("--backup-every must be more than zero");
+        }
+        config.backup = Some(BackupConfig { dir, every });
+    }
+    config.verbose = !quiet;
+    Ok(())
 }
 
 fn run(args: RunArgs, start: u64) -> Result<u8> {
@@ -120,8 +245,11 @@ fn run(args: RunArgs, start: u64) -> Result<u8> {
         cmdline: args.cmdline,
         timeout: args.timeout,
         console: ConsoleSink::Stdout,
+        snapshot_at_ready: args.snapshot_at_ready,
         ..VmConfig::default()
     };
+    let mut config = config;
+    persist(&mut config, args.persist, args.quiet || args.json)?;
     let report = VmBuilder::new(&hv, &image)
         .config(config)
         .started_at(start)
@@ -134,18 +262,7 @@ fn run(args: RunArgs, start: u64) -> Result<u8> {
     }
     let code = report.status.code();
     if args.json {
-        let s = &report.stats;
-        let value = serde_json::json!({
-            "status": report.status.to_string(),
-            "exit_code": code,
-            "phases_us": report.trace.to_json(),
-            "exits": s.exits,
-            "exits_before_main": s.exits_before_main,
-            "cpl0_entries": s.cpl0_entries,
-            "cpl0_entries_before_main": s.cpl0_entries_before_main,
-            "console_bytes": s.console_bytes,
-        });
-        eprintln!("{value}");
+        eprintln!("{}", report_json(&report));
     } else if !args.quiet {
         if !matches!(report.status, ExitStatus::Exited(0)) {
             eprintln!("tandem: {}", report.status);
@@ -161,6 +278,289 @@ fn run(args: RunArgs, start: u64) -> Result<u8> {
         eprint!("{}", report.trace.table());
     }
     Ok(code)
+}
+
+fn report_json(report: &RunReport) -> serde_json::Value {
+    let s = &report.stats;
+    let snapshots: Vec<_> = report
+        .snapshots
+        .iter()
+        .map(|r| match &r.result {
+            Ok(w) => serde_json::json!({
+                "trigger": format!("{:?}", r.trigger), "dir": r.dir,
+                "pages_written": w.pages_written, "ms": w.elapsed.as_secs_f64() * 1e3,
+            }),
+            Err(e) => serde_json::json!({
+                "trigger": format!("{:?}", r.trigger), "dir": r.dir, "error": e,
+            }),
+        })
+        .collect();
+    let backups: Vec<_> = report
+        .backups
+        .iter()
+        .map(|b| {
+            serde_json::json!({
+                "point": b.point, "pages": b.pages, "dirty_pages": b.dirty_pages,
+                "ms": b.elapsed.as_secs_f64() * 1e3,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "status": report.status.to_string(),
+        "exit_code": report.status.code(),
+        "phases_us": report.trace.to_json(),
+        "exits": s.exits,
+        "exits_before_main": s.exits_before_main,
+        "cpl0_entries": s.cpl0_entries,
+        "cpl0_entries_before_main": s.cpl0_entries_before_main,
+        "console_bytes": s.console_bytes,
+        "snapshots": snapshots,
+        "backups": backups,
+    })
+}
+
+fn load_snapshot(dir: &Path, verify: bool) -> Result<Snapshot> {
+    let snap =
+        Snapshot::load(dir).with_context(|| format!("refusing snapshot {}", dir.display()))?;
+    if verify {
+        snap.verify_memory()
+            .with_context(|| format!("refusing snapshot {}", dir.display()))?;
+    }
+    Ok(snap)
+}
+
+fn restore(args: RestoreArgs, start: u64) -> Result<u8> {
+    let hv = Hypervisor::open()?;
+    let snap = load_snapshot(&args.dir, args.verify)?;
+    let quiet = args.quiet || args.json;
+    let mut base = VmConfig {
+        timeout: args.timeout,
+        console: ConsoleSink::Stdout,
+        ..VmConfig::default()
+    };
+    let clones = args.clones;
+    let persist_dir = args.persist.snapshot_dir.clone();
+    let backup_dir = args.persist.backup_dir.clone();
+    persist(&mut base, args.persist, quiet)?;
+    if clones == 1 {
+        let vm = Vm::restore_at(&hv, &snap, base, start)
+            .with_context(|| format!("cannot restore {}", args.dir.display()))?;
+        let generation = vm.generation();
+        let report = vm.run()?;
+        return Ok(finish_restore(
+            &report, generation, args.json, args.quiet, None,
+        ));
+    }
+    // Clones run side by side, one thread each; their console lines are
+    // streamed with a `[clone i]` prefix.
+    std::thread::scope(|scope| -> Result<u8> {
+        let mut handles = Vec::new();
+        let mut buffers = Vec::new();
+        for i in 0..clones {
+            let buf = Arc::new(Mutex::new(Vec::new()));
+            buffers.push(buf.clone());
+            let mut config = base.clone();
+            config.console = ConsoleSink::Capture(buf);
+            config.snapshot_dir = persist_dir.as_ref().map(|d| d.join(format!("clone-{i}")));
+            config.backup = config.backup.map(|b| BackupConfig {
+                dir: backup_dir
+                    .clone()
+                    .unwrap_or(b.dir)
+                    .join(format!("clone-{i}")),
+                every: b.every,
+            });
+            let (hv, snap) = (&hv, &snap);
+            handles.push(scope.spawn(move || -> Result<(RunReport, u64)> {
+                let vm = Vm::restore(hv, snap, config)?;
+                let generation = vm.generation();
+                Ok((vm.run()?, generation))
+            }));
+        }
+        let mut printed = vec![0usize; buffers.len()];
+        loop {
+            let done = handles.iter().all(|h| h.is_finished());
+            flush_clone_lines(&buffers, &mut printed, done);
+            if done {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut code = 0;
+        for (i, h) in handles.into_iter().enumerate() {
+            let (report, generation) = h
+                .join()
+                .map_err(|_| anyhow::anyhow!("clone {i} panicked"))??;
+            let c = finish_restore(&report, generation, args.json, args.quiet, Some(i));
+            if code == 0 {
+                code = c;
+            }
+        }
+        Ok(code)
+    })
+}
+
+/// Prints the complete lines each clone wrote since the last call (all of
+/// it when `all`), prefixed with the clone's number.
+fn flush_clone_lines(buffers: &[Arc<Mutex<Vec<u8>>>], printed: &mut [usize], all: bool) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for (i, buf) in buffers.iter().enumerate() {
+        let Ok(b) = buf.lock() else { continue };
+        let upto = if all {
+            b.len()
+        } else {
+            b[printed[i]..]
+                .iter()
+                .rposition(|&c| c == b'\n')
+                .map_or(printed[i], |p| printed[i] + p + 1)
+        };
+        for line in String::from_utf8_lossy(&b[printed[i]..upto]).lines() {
+            let clean: String = line
+                .chars()
+                .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
+                .collect();
+            let _ = writeln!(out, "[clone {i}] {clean}");
+        }
+        printed[i] = upto;
+    }
+    let _ = out.flush();
+}
+
+fn finish_restore(
+    report: &RunReport,
+    generation: u64,
+    json: bool,
+    quiet: bool,
+    clone: Option<usize>,
+) -> u8 {
+    let code = report.status.code();
+    let restore_us = report.trace.micros(Phase::VcpuReady).unwrap_or(0.0);
+    let who = clone.map_or(String::new(), |i| format!(" clone {i}"));
+    if json {
+        let mut v = report_json(report);
+        v["restore_us"] = serde_json::json!(restore_us);
+        v["generation"] = serde_json::json!(generation);
+        if let Some(i) = clone {
+            v["clone"] = serde_json::json!(i);
+        }
+        eprintln!("{v}");
+    } else if !quiet {
+        if !matches!(report.status, ExitStatus::Exited(0)) {
+            eprintln!("tandem{who}: {}", report.status);
+        }
+        eprintln!(
+            "tandem{who}: restored in {restore_us:.0} us (generation {generation:#x}); {} exits",
+            report.stats.exits
+        );
+    }
+    code
+}
+
+fn snapshot_cmd(cmd: SnapshotCommand) -> Result<u8> {
+    match cmd {
+        SnapshotCommand::Verify { dir } => {
+            let snap = load_snapshot(&dir, true)?;
+            println!(
+                "{}: state and memory ({} data pages) match their digests",
+                dir.display(),
+                snap.state.memory.data_pages
+            );
+        }
+        SnapshotCommand::Info { dir } => {
+            let snap = load_snapshot(&dir, false)?;
+            let st = &snap.state;
+            let regs = st.vcpu.regs()?;
+            println!("snapshot:    {}", dir.display());
+            println!("format:      version {}", tandem::snapshot::FORMAT_VERSION);
+            println!(
+                "memory:      {} MiB, {} data pages in {}",
+                st.machine.mem_size >> 20,
+                st.memory.data_pages,
+                st.memory.file
+            );
+            println!("cmdline:     {:?}", st.machine.cmdline);
+            println!("vm id:       {}", st.machine.vm_id);
+            println!(
+                "generation:  {:#x} (restores {})",
+                st.live.generation, st.live.restores
+            );
+            println!("rip:         {:#x}", regs.rip);
+            println!("msrs:        {}", st.vcpu.msrs.len());
+            println!("xsave bytes: {}", st.vcpu.xsave.len());
+            println!("console:     {} bytes written", st.console.written);
+        }
+    }
+    Ok(0)
+}
+
+fn backup_cmd(cmd: BackupCommand) -> Result<u8> {
+    match cmd {
+        BackupCommand::List { dir } => {
+            let chain = Chain::open(&dir)?;
+            println!("point  kind   pages      MiB  taken (unix s)");
+            for (n, meta) in chain.points() {
+                match meta {
+                    Ok(m) => println!(
+                        "{n:>5}  {:<5} {:>6} {:>8.2}  {}",
+                        if m.base { "base" } else { "delta" },
+                        m.pages.len(),
+                        m.pages.len() as f64 * 4096.0 / (1 << 20) as f64,
+                        m.state.live.unix_nanos / 1_000_000_000
+                    ),
+                    Err(e) => println!("{n:>5}  DAMAGED: {e}"),
+                }
+            }
+            Ok(0)
+        }
+        BackupCommand::Verify { dir } => {
+            let chain = Chain::open(&dir)?;
+            let reports = chain.verify();
+            let mut bad = 0;
+            for r in &reports {
+                match &r.problem {
+                    None => println!("point {}: ok", r.point),
+                    Some(p) => {
+                        bad += 1;
+                        println!("point {}: DAMAGED: {p}", r.point);
+                    }
+                }
+            }
+            if bad > 0 {
+                let good: Vec<String> = reports
+                    .iter()
+                    .take_while(|r| r.problem.is_none())
+                    .map(|r| r.point.to_string())
+                    .collect();
+                eprintln!(
+                    "tandem: {bad} of {} points are damaged or depend on damage; points that still restore: {}",
+                    reports.len(),
+                    if good.is_empty() { "none".to_string() } else { good.join(", ") }
+                );
+                return Ok(exit_code::VMM_ERROR);
+            }
+            println!("{}: {} points, chain intact", dir.display(), reports.len());
+            Ok(0)
+        }
+        BackupCommand::Restore { dir, point, out } => {
+            let chain = Chain::open(&dir)?;
+            let stats = chain
+                .restore(point, &out)
+                .with_context(|| format!("cannot restore point {point} of {}", dir.display()))?;
+            println!(
+                "point {point} written to {} ({} pages); resume it with `tandem restore {}`",
+                out.display(),
+                stats.pages_written,
+                out.display()
+            );
+            Ok(0)
+        }
+        BackupCommand::Merge { dir } => {
+            let chain = Chain::open(&dir)?;
+            let n = chain.merge()?;
+            println!("{}: merged into one base point {n}", dir.display());
+            Ok(0)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,26 +7,28 @@
 //! created, and everything the guest needs is written before its first
 //! instruction.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Once};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use kvm_bindings::{kvm_msr_entry, kvm_userspace_memory_region, Msrs};
+use kvm_bindings::{kvm_msr_entry, kvm_userspace_memory_region, Msrs, KVM_MEM_LOG_DIRTY_PAGES};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use tandem_abi::bootinfo::{
     BootInfo, BootPath, CpuInfo, HostStamps, MemKind, MemRegion, ENTROPY_SIZE,
 };
-use tandem_abi::layout;
+use tandem_abi::hypercall::{GuestBuf, Reply};
+use tandem_abi::layout::{self, LiveArea};
 use tandem_abi::trace::{KernelStats, Phase};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::arch::{self, ArchError};
+use crate::backup::{BackupConfig, BackupError, BackupRecord, BackupWriter};
 use crate::console::{Console, ConsoleSink, DEFAULT_CONSOLE_LIMIT};
+use crate::control::{Kicker, Watch};
 use crate::hypercall::{self, Action, HypercallError};
 use crate::image::Image;
 use crate::kvm::{Hypervisor, KvmError};
 use crate::memory::{GuestRam, MemoryError};
+use crate::snapshot::{SnapshotError, WriteStats};
 use crate::trace::{rdtsc, BootTrace};
 
 /// Why a VM could not be set up or run.
@@ -47,6 +49,12 @@ pub enum VmError {
     /// Guest memory refused a write during setup.
     #[error("cannot write guest memory: {0}")]
     GuestMemory(#[from] vm_memory::GuestMemoryError),
+    /// A snapshot could not be taken or restored.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// A backup point could not be taken.
+    #[error(transparent)]
+    Backup(#[from] BackupError),
 }
 
 fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -64,6 +72,8 @@ pub enum ExitStatus {
     Crashed(String),
     /// The run exceeded its timeout.
     TimedOut(Duration),
+    /// The VM was stopped after writing a snapshot (`exit_after_snapshot`).
+    Snapshotted(PathBuf),
 }
 
 impl std::fmt::Display for ExitStatus {
@@ -73,6 +83,9 @@ impl std::fmt::Display for ExitStatus {
             Self::ProtocolViolation(e) => write!(f, "guest broke the hypercall protocol: {e}"),
             Self::Crashed(why) => write!(f, "guest crashed: {why}"),
             Self::TimedOut(d) => write!(f, "guest timed out after {d:?}"),
+            Self::Snapshotted(dir) => {
+                write!(f, "VM stopped after its snapshot to {}", dir.display())
+            }
         }
     }
 }
@@ -101,6 +114,32 @@ pub struct RunReport {
     pub trace: BootTrace,
     /// Its counts.
     pub stats: RunStats,
+    /// Snapshots taken during the run.
+    pub snapshots: Vec<SnapshotRecord>,
+    /// Backup points taken during the run.
+    pub backups: Vec<BackupRecord>,
+}
+
+/// What asked for a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotTrigger {
+    /// The app called `ready()` (`snapshot_at_ready`).
+    Ready,
+    /// The app asked (`Request::Snapshot`).
+    Guest,
+    /// The process got `SIGUSR1`.
+    Signal,
+}
+
+/// One snapshot taken (or attempted) during a run.
+#[derive(Debug, Clone)]
+pub struct SnapshotRecord {
+    /// What asked for it.
+    pub trigger: SnapshotTrigger,
+    /// Where it went.
+    pub dir: PathBuf,
+    /// What it cost, or why it failed.
+    pub result: Result<WriteStats, String>,
 }
 
 /// What a VM is given.
@@ -120,6 +159,20 @@ pub struct VmConfig {
     pub huge_pages: bool,
     /// Identity handed to the guest.
     pub vm_id: u64,
+    /// Where guest-requested and `SIGUSR1` snapshots go (none: the guest's
+    /// requests are answered "not taken").
+    pub snapshot_dir: Option<PathBuf>,
+    /// Take a snapshot into this directory when the app calls `ready()`.
+    pub snapshot_at_ready: Option<PathBuf>,
+    /// Stop the VM (status [`ExitStatus::Snapshotted`]) once a snapshot is written.
+    pub exit_after_snapshot: bool,
+    /// Snapshot into `snapshot_dir` when the process gets `SIGUSR1`
+    /// (after [`install_snapshot_signal`](crate::control::install_snapshot_signal)).
+    pub snapshot_on_signal: bool,
+    /// Keep incremental backups.
+    pub backup: Option<BackupConfig>,
+    /// Say on stderr when a snapshot or backup point is written or fails.
+    pub verbose: bool,
 }
 
 impl Default for VmConfig {
@@ -132,6 +185,12 @@ impl Default for VmConfig {
             console_limit: DEFAULT_CONSOLE_LIMIT,
             huge_pages: true,
             vm_id: 0,
+            snapshot_dir: None,
+            snapshot_at_ready: None,
+            exit_after_snapshot: false,
+            snapshot_on_signal: false,
+            backup: None,
+            verbose: false,
         }
     }
 }
@@ -217,15 +276,44 @@ impl<'a> VmBuilder<'a> {
 pub struct Vm {
     // Field order is drop order: vCPU, VM, then guest memory.
     vcpu: VcpuFd,
-    _vm: VmFd,
+    vm: VmFd,
     ram: GuestRam,
     config: VmConfig,
     trace: BootTrace,
     /// Guest TSC minus host TSC.
     tsc_offset: i64,
+    /// What the guest was told about its CPU.
+    tsc_khz: u64,
+    cpu_features: (u32, u32),
+    /// The host's copy of the live area.
+    live: LiveArea,
+    /// For a restored VM: the guest clock at the snapshot, applied to the
+    /// live area just before the first run.
+    resume_clock: Option<u64>,
+    /// Console bytes written before this run (restored VMs).
+    console_before: u64,
+    /// Incremental backups in progress.
+    backup: Option<BackupWriter>,
 }
 
-fn check_config(config: &VmConfig) -> Result<(), VmError> {
+/// The guest memory slot: all of guest memory, with dirty logging for backups.
+fn memory_slot(ram: &GuestRam, dirty_log: bool) -> kvm_userspace_memory_region {
+    kvm_userspace_memory_region {
+        slot: 0,
+        flags: if dirty_log {
+            KVM_MEM_LOG_DIRTY_PAGES
+        } else {
+            0
+        },
+        guest_phys_addr: 0,
+        memory_size: ram.size(),
+        userspace_addr: ram.host_addr(),
+    }
+}
+
+mod restore;
+
+pub(crate) fn check_config(config: &VmConfig) -> Result<(), VmError> {
     let m = config.mem_size;
     if m < layout::MIN_MEM_SIZE {
         return Err(VmError::Config(format!(
@@ -275,13 +363,7 @@ impl Vm {
         trace.stamp(Phase::VmCreated);
 
         let ram = GuestRam::new(config.mem_size, config.huge_pages)?;
-        let region = kvm_userspace_memory_region {
-            slot: 0,
-            flags: 0,
-            guest_phys_addr: 0,
-            memory_size: ram.size(),
-            userspace_addr: ram.host_addr(),
-        };
+        let region = memory_slot(&ram, config.backup.is_some());
         // SAFETY: the region is a live mapping of `ram.size()` bytes owned by
         // `ram`, which this struct drops after the VM fd (field order).
         unsafe { vm.set_user_memory_region(region) }
@@ -302,6 +384,7 @@ impl Vm {
         )?;
         let to_guest = |host: u64| host.wrapping_add_signed(tsc_offset);
         let info = boot_info(hv, &config, tsc_khz, to_guest(start_tsc), to_guest(rdtsc()));
+        let cpu_features = (info.cpu.features_ecx, info.cpu.features_edx);
         // BOOT_INFO_MAX is 8 KiB, which fits any usize.
         #[allow(clippy::cast_possible_truncation)]
         let mut block = [0u8; layout::BOOT_INFO_MAX as usize];
@@ -325,11 +408,17 @@ impl Vm {
 
         Ok(Self {
             vcpu,
-            _vm: vm,
+            vm,
             ram,
             config,
             trace,
             tsc_offset,
+            tsc_khz: u64::from(tsc_khz),
+            cpu_features,
+            live: LiveArea::default(),
+            resume_clock: None,
+            console_before: 0,
+            backup: None,
         })
     }
 
@@ -342,11 +431,66 @@ impl Vm {
     /// timeouts are reported in [`RunReport::status`], not as errors: they end
     /// this VM and nothing else.
     pub fn run(mut self) -> Result<RunReport, VmError> {
-        let mut console = Console::new(self.config.console.clone(), self.config.console_limit);
+        self.resume_clock_now()?;
+        let mut console = Console::new(
+            self.config.console.clone(),
+            self.config
+                .console_limit
+                .saturating_sub(self.console_before),
+        );
         let mut stats = RunStats::default();
-        let watchdog = self.config.timeout.map(Watchdog::start);
+        let mut records = Vec::new();
+        let mut backups = Vec::new();
+        if let Some(cfg) = self.config.backup.clone() {
+            // The base point: everything, before the guest runs on.
+            let record = self.backup_point(&cfg, &console)?;
+            self.log_backup(&record);
+            backups.push(record);
+        }
+        let watch = Watch {
+            timeout: self.config.timeout,
+            backup_every: self.config.backup.as_ref().map(|b| b.every),
+            snapshot_signal: self.config.snapshot_on_signal && self.config.snapshot_dir.is_some(),
+        };
+        let kicker = watch.any().then(|| Kicker::start(watch));
         let mem_size = self.config.mem_size;
         let status = loop {
+            if let Some(k) = &kicker {
+                if k.timed_out() {
+                    break ExitStatus::TimedOut(self.config.timeout.unwrap_or_default());
+                }
+                if k.take_snapshot_request() {
+                    if let Err(e) = self.drain_console(&mut console) {
+                        break ExitStatus::ProtocolViolation(e);
+                    }
+                    if let Some(dir) = self.config.snapshot_dir.clone() {
+                        let (record, stop) =
+                            self.snapshot_now(&dir, SnapshotTrigger::Signal, &console);
+                        records.push(record);
+                        if stop {
+                            break ExitStatus::Snapshotted(dir);
+                        }
+                    }
+                }
+                if k.take_backup_due() {
+                    if let Err(e) = self.drain_console(&mut console) {
+                        break ExitStatus::ProtocolViolation(e);
+                    }
+                    if let Some(cfg) = self.config.backup.clone() {
+                        match self.backup_point(&cfg, &console) {
+                            Ok(record) => {
+                                self.log_backup(&record);
+                                backups.push(record);
+                            }
+                            Err(e) => {
+                                if self.config.verbose {
+                                    eprintln!("tandem: backup point failed: {e}");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
             let main_stamp = GuestAddress(layout::TRACE_ADDR + Phase::AppMain.offset());
             let exit = self.vcpu.run();
             let main_reached = self.ram.mem.read_obj::<u64>(main_stamp).unwrap_or(0) != 0;
@@ -380,24 +524,45 @@ impl Vm {
                 }
             };
             if let Event::Interrupted = event {
-                if let Some(w) = &watchdog {
-                    if w.fired() {
-                        break ExitStatus::TimedOut(w.timeout);
-                    }
-                }
                 continue;
             }
             // Every exit drains the console: print! needs no exit of its own.
-            match hypercall::drain_console(&self.ram.mem) {
-                Ok(text) => console.write(&text),
-                Err(e) => break ExitStatus::ProtocolViolation(e),
+            if let Err(e) = self.drain_console(&mut console) {
+                break ExitStatus::ProtocolViolation(e);
             }
             match event {
                 Event::Out(port, (data, len)) => {
                     let tsc_offset = self.tsc_offset;
                     let wall = move || wall_clock(tsc_offset);
-                    match hypercall::serve(&self.ram.mem, mem_size, port, &data[..len], wall) {
-                        Ok(Action::Continue) | Ok(Action::Ready) => {}
+                    let mut written = Vec::new();
+                    let served = hypercall::serve_tracked(
+                        &self.ram.mem,
+                        mem_size,
+                        port,
+                        &data[..len],
+                        wall,
+                        &mut written,
+                    );
+                    self.note_host_writes(&written);
+                    match served {
+                        Ok(Action::Continue) => {}
+                        Ok(Action::Ready) => {
+                            if let Some(dir) = self.config.snapshot_at_ready.take() {
+                                let (record, stop) =
+                                    self.snapshot_now(&dir, SnapshotTrigger::Ready, &console);
+                                records.push(record);
+                                if stop {
+                                    break ExitStatus::Snapshotted(dir);
+                                }
+                            }
+                        }
+                        Ok(Action::Snapshot(reply)) => {
+                            match self.guest_snapshot(reply, &console, &mut records) {
+                                Ok(None) => {}
+                                Ok(Some(status)) => break status,
+                                Err(e) => break ExitStatus::ProtocolViolation(e),
+                            }
+                        }
                         Ok(Action::Exit(code)) => break ExitStatus::Exited(code),
                         Err(e) => break ExitStatus::ProtocolViolation(e),
                     }
@@ -414,14 +579,93 @@ impl Vm {
             }
         };
         self.trace.stamp(Phase::Exit);
-        drop(watchdog);
-        stats.console_bytes = console.written();
+        drop(kicker);
+        stats.console_bytes = console.written() + self.console_before;
         self.collect_guest_trace(&mut stats);
         Ok(RunReport {
             status,
             trace: self.trace,
             stats,
+            snapshots: records,
+            backups,
         })
+    }
+
+    fn drain_console(&self, console: &mut Console) -> Result<(), HypercallError> {
+        let text = hypercall::drain_console(&self.ram.mem)?;
+        console.write(&text);
+        Ok(())
+    }
+
+    /// Serves the guest's snapshot request: the reply says "taken" before
+    /// the snapshot is written (so restored copies read it too), and is
+    /// corrected if the write fails.
+    fn guest_snapshot(
+        &mut self,
+        reply: GuestBuf,
+        console: &Console,
+        records: &mut Vec<SnapshotRecord>,
+    ) -> Result<Option<ExitStatus>, HypercallError> {
+        let mem_size = self.config.mem_size;
+        let answer = |mem: &vm_memory::GuestMemoryMmap, taken: bool| {
+            hypercall::write_reply(mem, mem_size, reply, &Reply::Snapshot { taken })
+        };
+        let Some(dir) = self.config.snapshot_dir.clone() else {
+            answer(&self.ram.mem, false)?;
+            return Ok(None);
+        };
+        answer(&self.ram.mem, true)?;
+        self.note_host_writes(&[(reply.addr, u64::from(reply.len))]);
+        let (record, stop) = self.snapshot_now(&dir, SnapshotTrigger::Guest, console);
+        let failed = record.result.is_err();
+        records.push(record);
+        if failed {
+            answer(&self.ram.mem, false)?;
+        }
+        Ok(stop.then_some(ExitStatus::Snapshotted(dir)))
+    }
+
+    /// Takes a snapshot into `dir`; says whether the VM should stop now.
+    fn snapshot_now(
+        &mut self,
+        dir: &std::path::Path,
+        trigger: SnapshotTrigger,
+        console: &Console,
+    ) -> (SnapshotRecord, bool) {
+        let total = console.written() + self.console_before;
+        let result = self.take_snapshot(dir, total).map_err(|e| e.to_string());
+        if self.config.verbose {
+            match &result {
+                Ok(s) => eprintln!(
+                    "tandem: snapshot ({trigger:?}) written to {}: {} pages in {:.1} ms",
+                    dir.display(),
+                    s.pages_written,
+                    s.elapsed.as_secs_f64() * 1e3
+                ),
+                Err(e) => eprintln!(
+                    "tandem: snapshot ({trigger:?}) to {} failed: {e}",
+                    dir.display()
+                ),
+            }
+        }
+        let stop = self.config.exit_after_snapshot && result.is_ok();
+        let record = SnapshotRecord {
+            trigger,
+            dir: dir.to_path_buf(),
+            result,
+        };
+        (record, stop)
+    }
+
+    fn log_backup(&self, record: &BackupRecord) {
+        if self.config.verbose {
+            eprintln!(
+                "tandem: backup point {} written: {} pages in {:.1} ms",
+                record.point,
+                record.pages,
+                record.elapsed.as_secs_f64() * 1e3
+            );
+        }
     }
 
     fn guest_stamp(&self, phase: Phase) -> u64 {
@@ -460,7 +704,10 @@ impl Vm {
 /// without these, 75 µs with. The exception path is left alone: completing
 /// its groups costs every boot more than it saves the rare faulting one.
 const HOT: &[(u64, u64)] = &[
-    (layout::BOOT_INFO_ADDR, layout::CONSOLE_ADDR + layout::PAGE_SIZE),
+    (
+        layout::BOOT_INFO_ADDR,
+        layout::CONSOLE_ADDR + layout::PAGE_SIZE,
+    ),
     (layout::STACK_TOP - PREFETCH_GROUP, layout::STACK_TOP),
 ];
 
@@ -520,7 +767,7 @@ fn copy4(data: &[u8]) -> ([u8; 8], usize) {
 }
 
 /// Guest TSC minus host TSC (zero where the guest TSC is the host's, as under PVM).
-fn guest_tsc_offset(vcpu: &VcpuFd) -> Result<i64, VmError> {
+pub(crate) fn guest_tsc_offset(vcpu: &VcpuFd) -> Result<i64, VmError> {
     let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
         index: MSR_IA32_TSC,
         ..Default::default()
@@ -592,7 +839,7 @@ fn boot_info(
     }
 }
 
-fn fill_random(buf: &mut [u8]) {
+pub(crate) fn fill_random(buf: &mut [u8]) {
     // SAFETY: getrandom writes at most `buf.len()` bytes into `buf`.
     let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), libc::GRND_NONBLOCK) };
     if n != buf.len() as isize {
@@ -602,67 +849,6 @@ fn fill_random(buf: &mut [u8]) {
             #[allow(clippy::cast_possible_truncation)]
             let byte = (rdtsc() >> (i % 8)) as u8;
             *b = byte;
-        }
-    }
-}
-
-/// Stops a run after its timeout by signalling the vCPU thread out of `KVM_RUN`.
-struct Watchdog {
-    timeout: Duration,
-    fired: Arc<AtomicBool>,
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-
-fn kick_signal() -> libc::c_int {
-    vmm_sys_util::signal::SIGRTMIN()
-}
-
-impl Watchdog {
-    fn start(timeout: Duration) -> Self {
-        static REGISTER: Once = Once::new();
-        REGISTER.call_once(|| {
-            // A no-op handler: its only job is to make KVM_RUN return EINTR.
-            let _ = vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler);
-        });
-        // SAFETY: pthread_self has no preconditions.
-        let target = unsafe { libc::pthread_self() };
-        let fired = Arc::new(AtomicBool::new(false));
-        let (stop, rx) = mpsc::channel::<()>();
-        let flag = fired.clone();
-        let thread = std::thread::spawn(move || {
-            if rx.recv_timeout(timeout) != Err(mpsc::RecvTimeoutError::Timeout) {
-                return;
-            }
-            flag.store(true, Ordering::SeqCst);
-            // Kick until the run loop notices (a kick between two KVM_RUNs is lost).
-            while rx.recv_timeout(Duration::from_millis(2)) == Err(mpsc::RecvTimeoutError::Timeout)
-            {
-                // SAFETY: `target` is the vCPU thread, alive until it drops this
-                // watchdog, which closes the channel and ends this loop first.
-                unsafe { libc::pthread_kill(target, kick_signal()) };
-            }
-        });
-        Self {
-            timeout,
-            fired,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-
-    fn fired(&self) -> bool {
-        self.fired.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
         }
     }
 }

@@ -366,7 +366,6 @@ mod tests {
         let entropy_end = expected.len() + ENTROPY_SIZE;
         assert_eq!(&buf[expected.len()..entropy_end], &[0xAB; ENTROPY_SIZE]);
         assert_eq!(&buf[entropy_end..n], b"\x06tandem"); // loader
-
     }
 
     #[test]

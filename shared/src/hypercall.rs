@@ -83,6 +83,14 @@ pub enum Request {
         /// Where the reply goes.
         reply: GuestBuf,
     },
+    /// Ask the host to snapshot this VM now; the reply is
+    /// [`Reply::Snapshot`]. The reply is written before the snapshot is
+    /// taken, so a VM restored from it sees the same reply, and tells the
+    /// two apart by its generation (see [`LiveArea`](crate::layout::LiveArea)).
+    Snapshot {
+        /// Where the reply goes.
+        reply: GuestBuf,
+    },
 }
 
 /// A reply written into the buffer a request named. Variants are only ever appended.
@@ -94,6 +102,12 @@ pub enum Reply {
         unix_nanos: u64,
         /// Guest TSC at the same moment.
         tsc: u64,
+    },
+    /// Whether the snapshot asked for was taken (false when the VMM has no
+    /// snapshot directory, or writing it failed).
+    Snapshot {
+        /// The snapshot was written.
+        taken: bool,
     },
 }
 
@@ -205,7 +219,7 @@ mod tests {
     fn golden_bytes() {
         // Pins the wire format of every request: appending variants is fine,
         // changing these bytes needs an ABI_VERSION bump.
-        let cases: [(Request, &[u8]); 4] = [
+        let cases: [(Request, &[u8]); 5] = [
             (Request::Flush, &[1, 0, 0, 0, 0]),
             (Request::Exit { code: 42 }, &[2, 0, 0, 0, 1, 42]),
             (Request::Ready, &[1, 0, 0, 0, 2]),
@@ -217,6 +231,15 @@ mod tests {
                     },
                 },
                 &[5, 0, 0, 0, 3, 0x80, 0xe0, 0x04, 64],
+            ),
+            (
+                Request::Snapshot {
+                    reply: GuestBuf {
+                        addr: 0x14000,
+                        len: 4096,
+                    },
+                },
+                &[6, 0, 0, 0, 4, 0x80, 0x80, 0x05, 0x80, 0x20],
             ),
         ];
         for (req, bytes) in cases {
@@ -239,6 +262,14 @@ mod tests {
                 unix_nanos: 1,
                 tsc: 2
             })
+        );
+        let n = Reply::Snapshot { taken: true }
+            .encode_record(&mut out)
+            .unwrap();
+        assert_eq!(&out[..n], &[2, 0, 0, 0, 1, 1]);
+        assert_eq!(
+            Reply::decode_record(&out[..n]),
+            Ok(Reply::Snapshot { taken: true })
         );
     }
 

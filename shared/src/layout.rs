@@ -15,6 +15,7 @@
 //! 0x0001_2000  boot trace stamps          user, read-write
 //! 0x0001_3000  hypercall request buffer   user, read-write
 //! 0x0001_5000  console buffer             user, read-write
+//! 0x0001_D000  live area (generation...)  user, read-only
 //! 0x0002_0000  kernel stacks (RSP0, IST)  supervisor, read-write
 //! 0x0003_0000  fault-report stack         user, read-write
 //! 0x000F_F000  stack guard (unmapped)
@@ -61,6 +62,76 @@ pub const CONSOLE_SIZE: u64 = 0x8000;
 pub const CONSOLE_DATA_OFFSET: u64 = 8;
 /// Bytes of console text the buffer can hold.
 pub const CONSOLE_CAPACITY: u64 = CONSOLE_SIZE - CONSOLE_DATA_OFFSET;
+
+/// The live area: a small [`LiveArea`] record the host rewrites while the
+/// vCPU is stopped (on every restore or clone), unlike the boot-info block,
+/// which describes the boot and never changes. One page, user read-only.
+pub const LIVE_ADDR: u64 = 0x1_D000;
+/// Size of the live area.
+pub const LIVE_SIZE: u64 = PAGE_SIZE;
+
+/// The record at [`LIVE_ADDR`]: what changes when a VM is restored or
+/// cloned. All fields little-endian. A freshly booted guest finds it all
+/// zero (generation 0, no clock adjustment). The host writes it only while
+/// the vCPU is stopped, so the guest needs no lock to read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct LiveArea {
+    /// The VM's generation: 0 at boot, a new value on every restore or clone.
+    pub generation: u64,
+    /// TSC ticks to add to `rdtsc` to get the guest's monotonic clock: the
+    /// negated time the VM spent frozen in snapshots, so the clock neither
+    /// jumps nor runs backwards across a restore (the TSC cannot be set).
+    pub tsc_adjust: i64,
+    /// How many times this VM's lineage has been restored.
+    pub restores: u64,
+    /// Reserved, zero.
+    pub reserved: u64,
+    /// Fresh random bytes written on every restore or clone (reseed from them).
+    pub entropy: [u8; 32],
+}
+
+impl LiveArea {
+    /// Offset of [`LiveArea::generation`].
+    pub const GENERATION: u64 = 0;
+    /// Offset of [`LiveArea::tsc_adjust`].
+    pub const TSC_ADJUST: u64 = 8;
+    /// Offset of [`LiveArea::restores`].
+    pub const RESTORES: u64 = 16;
+    /// Offset of [`LiveArea::entropy`].
+    pub const ENTROPY: u64 = 32;
+    /// Size of the record.
+    pub const SIZE: u64 = 64;
+
+    /// The record's bytes.
+    pub fn to_bytes(&self) -> [u8; 64] {
+        let mut b = [0u8; 64];
+        b[0..8].copy_from_slice(&self.generation.to_le_bytes());
+        b[8..16].copy_from_slice(&self.tsc_adjust.to_le_bytes());
+        b[16..24].copy_from_slice(&self.restores.to_le_bytes());
+        b[24..32].copy_from_slice(&self.reserved.to_le_bytes());
+        b[32..64].copy_from_slice(&self.entropy);
+        b
+    }
+
+    /// Parses the record's bytes.
+    pub fn from_bytes(b: &[u8; 64]) -> Self {
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[i..i + 8]);
+            w
+        };
+        let mut entropy = [0u8; 32];
+        entropy.copy_from_slice(&b[32..64]);
+        Self {
+            generation: u64::from_le_bytes(word(0)),
+            tsc_adjust: i64::from_le_bytes(word(8)),
+            restores: u64::from_le_bytes(word(16)),
+            reserved: u64::from_le_bytes(word(24)),
+            entropy,
+        }
+    }
+}
 
 /// Kernel stacks: RSP0 (exceptions from CPL3), IST1 (double fault), IST2 (NMI, machine check).
 pub const KERNEL_STACKS_ADDR: u64 = 0x2_0000;
@@ -169,6 +240,11 @@ pub const LOW_REGIONS: &[Region] = &[
         access: Access::UserReadWrite,
     },
     Region {
+        start: LIVE_ADDR,
+        end: LIVE_ADDR + LIVE_SIZE,
+        access: Access::UserRead,
+    },
+    Region {
         start: KERNEL_STACKS_ADDR,
         end: IST2_TOP,
         access: Access::KernelReadWrite,
@@ -192,6 +268,15 @@ const _: () = {
     assert!(BOOT_INFO_ADDR + BOOT_INFO_MAX == TRACE_ADDR);
     assert!(HYPERCALL_ADDR + HYPERCALL_SIZE == CONSOLE_ADDR);
     assert!(CONSOLE_ADDR + CONSOLE_SIZE <= KERNEL_STACKS_ADDR);
+    assert!(CONSOLE_ADDR + CONSOLE_SIZE <= LIVE_ADDR);
+    assert!(LIVE_ADDR + LIVE_SIZE <= KERNEL_STACKS_ADDR);
+    assert!(LIVE_ADDR.is_multiple_of(PAGE_SIZE));
+    assert!(core::mem::size_of::<LiveArea>() as u64 == LiveArea::SIZE);
+    assert!(LiveArea::SIZE <= LIVE_SIZE);
+    assert!(core::mem::offset_of!(LiveArea, generation) as u64 == LiveArea::GENERATION);
+    assert!(core::mem::offset_of!(LiveArea, tsc_adjust) as u64 == LiveArea::TSC_ADJUST);
+    assert!(core::mem::offset_of!(LiveArea, restores) as u64 == LiveArea::RESTORES);
+    assert!(core::mem::offset_of!(LiveArea, entropy) as u64 == LiveArea::ENTROPY);
     assert!(IST2_TOP <= FAULT_STACK_ADDR);
     assert!(FAULT_STACK_TOP < STACK_ADDR - PAGE_SIZE);
     assert!(STACK_TOP == IMAGE_ADDR);
@@ -203,4 +288,33 @@ const _: () = {
 /// Bytes of heap in a guest of `mem_size` bytes (0 when too small).
 pub const fn heap_size(mem_size: u64) -> u64 {
     mem_size.saturating_sub(HEAP_ADDR)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn low_regions_are_ordered_and_disjoint() {
+        for w in LOW_REGIONS.windows(2) {
+            assert!(w[0].end <= w[1].start, "{:?} overlaps {:?}", w[0], w[1]);
+        }
+        let live = LOW_REGIONS.iter().find(|r| r.start == LIVE_ADDR).unwrap();
+        assert_eq!(live.access, Access::UserRead);
+    }
+
+    #[test]
+    fn live_area_bytes_round_trip() {
+        let live = LiveArea {
+            generation: 0x0102_0304_0506_0708,
+            tsc_adjust: -5,
+            restores: 3,
+            reserved: 0,
+            entropy: [7; 32],
+        };
+        let b = live.to_bytes();
+        assert_eq!(&b[..8], &[8, 7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(&b[8..16], &(-5i64).to_le_bytes());
+        assert_eq!(LiveArea::from_bytes(&b), live);
+    }
 }

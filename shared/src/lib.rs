@@ -36,7 +36,10 @@ pub mod trace;
 /// boot-info header; the host refuses an image of another version before it
 /// boots, and the guest refuses a boot-info block of another version.
 ///
-/// History: 1, the foundation. 2, `BootInfo::loader` appended (who booted
-/// the guest: Tandem, a PVH loader, or the Multiboot2 boot loader's name),
-/// GDT descriptors with their accessed bit set, and the halt gate.
+/// History: 1, the foundation. 2, the live area at
+/// [`LIVE_ADDR`](layout::LIVE_ADDR) (mapped by the host's page tables and
+/// read by the guest's clock) and the `Snapshot` request and reply: a
+/// version-2 guest on a version-1 host would fault on the unmapped live page;
+/// and `BootInfo::loader` appended (who booted the guest: Tandem, a PVH
+/// loader, or the Multiboot2 boot loader's name).
 pub const ABI_VERSION: u32 = 2;

@@ -7,6 +7,7 @@ use core::time::Duration;
 
 use tandem_abi::bootinfo::BootInfo;
 use tandem_abi::hypercall::{Reply, Request};
+use tandem_abi::layout::LiveArea;
 use tandem_abi::trace::Phase;
 
 use crate::{hypercall, time, trace};
@@ -45,9 +46,32 @@ impl Env {
         &self.info
     }
 
-    /// The VM's generation: changes on every restore or clone (reseed on change).
+    /// The VM's generation: changes on every restore or clone (reseed on
+    /// change). Read from the live area, which the host rewrites on restore;
+    /// the boot-info block keeps the generation the VM booted with.
     pub fn generation(&self) -> u64 {
-        self.info.generation
+        match time::live_word(LiveArea::GENERATION) {
+            0 => self.info.generation,
+            live => live,
+        }
+    }
+
+    /// How many restores this VM's lineage has been through (0 when booted).
+    pub fn restores(&self) -> u64 {
+        time::live_word(LiveArea::RESTORES)
+    }
+
+    /// Fresh random bytes: the live area's after a restore or clone, the
+    /// boot-info block's before.
+    pub fn entropy(&self) -> [u8; 32] {
+        if time::live_word(LiveArea::GENERATION) == 0 {
+            return self.info.entropy;
+        }
+        let mut out = [0u8; 32];
+        for (i, chunk) in out.chunks_exact_mut(8).enumerate() {
+            chunk.copy_from_slice(&time::live_word(LiveArea::ENTROPY + i as u64 * 8).to_le_bytes());
+        }
+        out
     }
 
     /// Time from the VMM's start to the app's `main`, on the TSC. Without a
@@ -80,7 +104,37 @@ impl Env {
             reply: hypercall::reply_buf(),
         })? {
             Reply::WallClock { unix_nanos, .. } => Some(unix_nanos),
+            _ => None,
         }
+    }
+}
+
+/// What [`snapshot`] found when it returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotOutcome {
+    /// The host wrote the snapshot; this is the original VM carrying on.
+    Taken,
+    /// This VM was restored (or cloned) from the snapshot: its generation changed.
+    Restored,
+    /// The host took no snapshot (no snapshot directory, or the write failed).
+    NotTaken,
+}
+
+/// Asks the host to snapshot this VM now (one VM exit, plus the time to
+/// write the snapshot). Returns twice, in a sense: once in the original VM
+/// ([`SnapshotOutcome::Taken`]) and once in every VM restored from it
+/// ([`SnapshotOutcome::Restored`]).
+pub fn snapshot() -> SnapshotOutcome {
+    let before = time::live_word(LiveArea::GENERATION);
+    let reply = hypercall::call_with_reply(&Request::Snapshot {
+        reply: hypercall::reply_buf(),
+    });
+    if time::live_word(LiveArea::GENERATION) != before {
+        return SnapshotOutcome::Restored;
+    }
+    match reply {
+        Some(Reply::Snapshot { taken: true }) => SnapshotOutcome::Taken,
+        _ => SnapshotOutcome::NotTaken,
     }
 }
 
