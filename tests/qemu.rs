@@ -32,15 +32,33 @@ fn qemu(machine: &str, accel: &str, boot: &[&str]) -> Run {
         tandem_tests::require_kvm();
     }
     let mut cmd = Command::new("timeout");
-    cmd.args(["120", "qemu-system-x86_64", "-machine", machine, "-accel", accel, "-m", "128M"]);
+    cmd.args([
+        "120",
+        "qemu-system-x86_64",
+        "-machine",
+        machine,
+        "-accel",
+        accel,
+        "-m",
+        "128M",
+    ]);
     if accel == "kvm" {
         cmd.args(["-cpu", "host"]);
     }
-    cmd.args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"]);
+    cmd.args([
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+    ]);
     cmd.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
     cmd.args(boot);
     let out = cmd.output().expect("cannot start qemu");
-    Run { code: out.status.code(), out: String::from_utf8_lossy(&out.stdout).into_owned() }
+    Run {
+        code: out.status.code(),
+        out: String::from_utf8_lossy(&out.stdout).into_owned(),
+    }
 }
 
 fn pvh(accel: &str, image: &Path, cmdline: &str) -> Run {
@@ -81,8 +99,17 @@ fn iso(scratch: &Scratch, image: &Path, cmdline: &str) -> PathBuf {
     );
     std::fs::write(root.join("boot/grub/grub.cfg"), cfg).unwrap();
     let out = scratch.0.join("app.iso");
-    let made = Command::new("grub-mkrescue").arg("-o").arg(&out).arg(&root).output().expect("grub-mkrescue");
-    assert!(made.status.success(), "grub-mkrescue failed: {}", String::from_utf8_lossy(&made.stderr));
+    let made = Command::new("grub-mkrescue")
+        .arg("-o")
+        .arg(&out)
+        .arg(&root)
+        .output()
+        .expect("grub-mkrescue");
+    assert!(
+        made.status.success(),
+        "grub-mkrescue failed: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     out
 }
 
@@ -98,7 +125,11 @@ fn hello_on_pvh_under_tcg() {
     let run = pvh("tcg", &image_path("hello"), "alpha beta");
     assert_eq!(run.code, Some(status(0)), "{}", run.out);
     assert!(run.out.contains("Hello from Tandem!"), "{}", run.out);
-    assert!(run.out.contains(r#"command line: "alpha beta""#), "{}", run.out);
+    assert!(
+        run.out.contains(r#"command line: "alpha beta""#),
+        "{}",
+        run.out
+    );
     assert!(run.out.contains("booted by: pvh"), "{}", run.out);
 }
 
@@ -114,7 +145,11 @@ fn hello_on_grub_multiboot2() {
     let run = grub(&image_path("hello"), "delta epsilon", "hello");
     assert_eq!(run.code, Some(status(0)), "{}", run.out);
     assert!(run.out.contains("Hello from Tandem!"), "{}", run.out);
-    assert!(run.out.contains(r#"command line: "delta epsilon""#), "{}", run.out);
+    assert!(
+        run.out.contains(r#"command line: "delta epsilon""#),
+        "{}",
+        run.out
+    );
     assert!(run.out.contains("booted by: GRUB"), "{}", run.out);
 }
 
@@ -122,7 +157,11 @@ fn hello_on_grub_multiboot2() {
 fn panic_reaches_the_exit_code_on_every_path() {
     let run = pvh("tcg", &image_path("panic"), "");
     assert_eq!(run.code, Some(status(101)), "{}", run.out);
-    assert!(run.out.contains("deliberate panic: the answer is 42"), "{}", run.out);
+    assert!(
+        run.out.contains("deliberate panic: the answer is 42"),
+        "{}",
+        run.out
+    );
     let run = grub(&image_path("panic"), "", "panic");
     assert_eq!(run.code, Some(status(101)), "{}", run.out);
     assert!(run.out.contains("deliberate panic"), "{}", run.out);
@@ -132,7 +171,12 @@ fn panic_reaches_the_exit_code_on_every_path() {
 fn cpu_exception_is_reported_under_qemu() {
     let run = pvh("tcg", &image_path("pagefault"), "unmapped");
     assert_eq!(run.code, Some(status(102)), "{}", run.out);
-    assert!(run.out.contains("faulting address 0xdead0000 (read, not-present page)"), "{}", run.out);
+    assert!(
+        run.out
+            .contains("faulting address 0xdead0000 (read, not-present page)"),
+        "{}",
+        run.out
+    );
 }
 
 /// The usable memory the guest reports: (total, highest end).
@@ -157,9 +201,24 @@ fn memory_map_matches_what_qemu_was_given() {
         let (total, top) = usable(&run.out);
         // QEMU was given 128 MiB; the firmware keeps the legacy hole below
         // 1 MiB and (SeaBIOS) a few pages at the top for its tables.
-        assert!((127 * MIB..=128 * MIB).contains(&top), "{path}: highest usable {top:#x}\n{}", run.out);
-        assert!((126 * MIB..=128 * MIB).contains(&total), "{path}: usable {total}\n{}", run.out);
-        assert!(run.out.contains(&format!("command line: \"mm={}\"", if path == "pvh" { 1 } else { 2 })), "{}", run.out);
+        assert!(
+            (127 * MIB..=128 * MIB).contains(&top),
+            "{path}: highest usable {top:#x}\n{}",
+            run.out
+        );
+        assert!(
+            (126 * MIB..=128 * MIB).contains(&total),
+            "{path}: usable {total}\n{}",
+            run.out
+        );
+        assert!(
+            run.out.contains(&format!(
+                "command line: \"mm={}\"",
+                if path == "pvh" { 1 } else { 2 }
+            )),
+            "{}",
+            run.out
+        );
         assert!(run.out.contains("heap: 0x400000.."), "{}", run.out);
     }
 }
@@ -168,14 +227,24 @@ fn memory_map_matches_what_qemu_was_given() {
 fn patch_entry(image: &Path, pvh_to_mb2: bool, scratch: &Scratch) -> PathBuf {
     let mut elf = std::fs::read(image).unwrap();
     // Find the Xen PHYS32 note ("Xen\0", type 18) and the Multiboot2 entry-address tag.
-    let note = elf.windows(16).position(|w| w[0..12] == [4, 0, 0, 0, 4, 0, 0, 0, 18, 0, 0, 0] && &w[12..16] == b"Xen\0").expect("Xen note");
+    let note = elf
+        .windows(16)
+        .position(|w| w[0..12] == [4, 0, 0, 0, 4, 0, 0, 0, 18, 0, 0, 0] && &w[12..16] == b"Xen\0")
+        .expect("Xen note");
     let pvh_at = note + 16;
     let magic = 0xE852_50D6u32.to_le_bytes();
-    let header = elf.windows(4).position(|w| w == magic).expect("Multiboot2 header");
+    let header = elf
+        .windows(4)
+        .position(|w| w == magic)
+        .expect("Multiboot2 header");
     let tag = header + 16; // type 3, flags, size 12, entry
     assert_eq!(&elf[tag..tag + 2], &[3, 0]);
     let mb2_at = tag + 8;
-    let (from, to) = if pvh_to_mb2 { (mb2_at, pvh_at) } else { (pvh_at, mb2_at) };
+    let (from, to) = if pvh_to_mb2 {
+        (mb2_at, pvh_at)
+    } else {
+        (pvh_at, mb2_at)
+    };
     let entry: [u8; 4] = elf[from..from + 4].try_into().unwrap();
     elf[to..to + 4].copy_from_slice(&entry);
     let out = scratch.0.join("patched.elf");
@@ -189,8 +258,18 @@ fn start_info_with_bad_magic_is_refused_not_hung() {
     let scratch = Scratch::new("badpvh");
     let image = patch_entry(&image_path("hello"), true, &scratch);
     let run = pvh("tcg", &image, "");
-    assert_eq!(run.code, Some(status(tandem_abi::hypercall::EXIT_BAD_BOOT_INFO)), "{}", run.out);
-    assert!(run.out.contains("tandem: cannot boot: bad Multiboot2 magic"), "{}", run.out);
+    assert_eq!(
+        run.code,
+        Some(status(tandem_abi::hypercall::EXIT_BAD_BOOT_INFO)),
+        "{}",
+        run.out
+    );
+    assert!(
+        run.out
+            .contains("tandem: cannot boot: bad Multiboot2 magic"),
+        "{}",
+        run.out
+    );
     assert!(!run.out.contains("Hello"), "{}", run.out);
 }
 
@@ -201,6 +280,16 @@ fn multiboot2_info_read_as_start_info_is_refused_not_hung() {
     let scratch = Scratch::new("badmb2");
     let image = patch_entry(&image_path("hello"), false, &scratch);
     let run = grub(&image, "", "badmb2");
-    assert_eq!(run.code, Some(status(tandem_abi::hypercall::EXIT_BAD_BOOT_INFO)), "{}", run.out);
-    assert!(run.out.contains("tandem: cannot boot: PVH start info has bad magic"), "{}", run.out);
+    assert_eq!(
+        run.code,
+        Some(status(tandem_abi::hypercall::EXIT_BAD_BOOT_INFO)),
+        "{}",
+        run.out
+    );
+    assert!(
+        run.out
+            .contains("tandem: cannot boot: PVH start info has bad magic"),
+        "{}",
+        run.out
+    );
 }

@@ -280,11 +280,15 @@ pub fn build_tss_with_ports(out: &mut [u8], extra: &[(u16, u16)]) -> Result<(), 
     out[102..104].copy_from_slice(&TSS_SIZE.to_le_bytes()[..2]);
     let bitmap = &mut out[TSS_SIZE..];
     bitmap.fill(0xFF);
-    let ranges = core::iter::once((HypercallPort::FIRST, HypercallPort::SPAN)).chain(extra.iter().copied());
+    let ranges =
+        core::iter::once((HypercallPort::FIRST, HypercallPort::SPAN)).chain(extra.iter().copied());
     for (first, count) in ranges {
         for port in first..first.saturating_add(count) {
             // The last byte is the terminator and stays all ones.
-            if let Some(byte) = bitmap.get_mut(usize::from(port / 8)).filter(|_| usize::from(port / 8) < IO_BITMAP_SIZE - 1) {
+            if let Some(byte) = bitmap
+                .get_mut(usize::from(port / 8))
+                .filter(|_| usize::from(port / 8) < IO_BITMAP_SIZE - 1)
+            {
                 *byte &= !(1 << (port % 8));
             }
         }
@@ -487,7 +491,10 @@ mod tests {
         assert_eq!(idt[8 * 16 + 4], 1);
         // The halt gate: present, DPL 3, interrupt gate, stub 32.
         assert_eq!(idt[32 * 16 + 5], 0xEE);
-        assert_eq!(&idt[32 * 16..32 * 16 + 2], &(0x20_0000u64 + 32 * 16).to_le_bytes()[..2]);
+        assert_eq!(
+            &idt[32 * 16..32 * 16 + 2],
+            &(0x20_0000u64 + 32 * 16).to_le_bytes()[..2]
+        );
         assert_eq!(idt[33 * 16 + 5], 0);
     }
 }

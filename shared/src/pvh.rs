@@ -39,7 +39,10 @@ impl core::fmt::Display for StartInfoError {
                 "PVH start info has bad magic {m:#010x} (expected {START_INFO_MAGIC:#010x})"
             ),
             Self::TooManyEntries(n) => {
-                write!(f, "PVH memory map has {n} entries, more than {MAX_MEMMAP_ENTRIES}")
+                write!(
+                    f,
+                    "PVH memory map has {n} entries, more than {MAX_MEMMAP_ENTRIES}"
+                )
             }
         }
     }
@@ -94,7 +97,12 @@ impl StartInfo {
         if memmap_entries > MAX_MEMMAP_ENTRIES {
             return Err(StartInfoError::TooManyEntries(memmap_entries));
         }
-        Ok(Self { version, cmdline_paddr: u64_at(bytes, 24), memmap_paddr, memmap_entries })
+        Ok(Self {
+            version,
+            cmdline_paddr: u64_at(bytes, 24),
+            memmap_paddr,
+            memmap_entries,
+        })
     }
 
     /// Bytes of memory map to read at `memmap_paddr`.
@@ -111,7 +119,11 @@ pub fn parse_memmap_entry(bytes: &[u8]) -> Option<MemRegion> {
         3 => MemKind::Acpi,
         _ => MemKind::Reserved,
     };
-    Some(MemRegion { start: u64_at(e, 0), len: u64_at(e, 8), kind })
+    Some(MemRegion {
+        start: u64_at(e, 0),
+        len: u64_at(e, 8),
+        kind,
+    })
 }
 
 #[cfg(test)]
@@ -131,7 +143,15 @@ mod tests {
     #[test]
     fn parses_v1() {
         let s = StartInfo::parse(&sample()).unwrap();
-        assert_eq!(s, StartInfo { version: 1, cmdline_paddr: 0x7000, memmap_paddr: 0x8000, memmap_entries: 3 });
+        assert_eq!(
+            s,
+            StartInfo {
+                version: 1,
+                cmdline_paddr: 0x7000,
+                memmap_paddr: 0x8000,
+                memmap_entries: 3
+            }
+        );
         assert_eq!(s.memmap_len(), 72);
     }
 
@@ -139,18 +159,29 @@ mod tests {
     fn refuses_bad_input() {
         let mut b = sample();
         b[0] ^= 1;
-        assert!(matches!(StartInfo::parse(&b), Err(StartInfoError::BadMagic(_))));
+        assert!(matches!(
+            StartInfo::parse(&b),
+            Err(StartInfoError::BadMagic(_))
+        ));
         let b = sample();
         for cut in 0..START_INFO_V1_SIZE {
             assert!(StartInfo::parse(&b[..cut]).is_err(), "cut at {cut}");
         }
         let mut b = sample();
         b[48..52].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(StartInfo::parse(&b), Err(StartInfoError::TooManyEntries(u32::MAX)));
+        assert_eq!(
+            StartInfo::parse(&b),
+            Err(StartInfoError::TooManyEntries(u32::MAX))
+        );
         // Version 0 needs no memory map fields.
         let mut b = sample();
         b[4..8].copy_from_slice(&0u32.to_le_bytes());
-        assert_eq!(StartInfo::parse(&b[..START_INFO_V0_SIZE]).unwrap().memmap_entries, 0);
+        assert_eq!(
+            StartInfo::parse(&b[..START_INFO_V0_SIZE])
+                .unwrap()
+                .memmap_entries,
+            0
+        );
     }
 
     #[test]
@@ -161,7 +192,11 @@ mod tests {
         e[16..20].copy_from_slice(&1u32.to_le_bytes());
         assert_eq!(
             parse_memmap_entry(&e),
-            Some(MemRegion { start: 0x10_0000, len: 0x7F0_0000, kind: MemKind::Usable })
+            Some(MemRegion {
+                start: 0x10_0000,
+                len: 0x7F0_0000,
+                kind: MemKind::Usable
+            })
         );
         assert_eq!(parse_memmap_entry(&e[..20]), None);
     }

@@ -32,7 +32,12 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { runs: 10, json: None, svg: None, slow_runs: 3 }
+        Self {
+            runs: 10,
+            json: None,
+            svg: None,
+            slow_runs: 3,
+        }
     }
 }
 
@@ -68,7 +73,9 @@ fn rdtsc() -> u64 {
 
 /// Parses `tandem-trace: v1 tsc_khz=K first_instruction=T ... exit=T`.
 fn parse_trace(out: &str) -> Option<BTreeMap<String, u64>> {
-    let line = out.lines().find_map(|l| l.split("tandem-trace: v1 ").nth(1))?;
+    let line = out
+        .lines()
+        .find_map(|l| l.split("tandem-trace: v1 ").nth(1))?;
     let map: BTreeMap<String, u64> = line
         .split_whitespace()
         .filter_map(|kv| {
@@ -90,13 +97,27 @@ fn qemu_sample(out: &str, spawn_tsc: u64, end_tsc: u64, wall_ms: f64) -> Result<
     let guest_boot = ms(main - first);
     let app = ms(exit - main);
     let aligned = spawn_tsc <= first && exit <= end_tsc;
-    let before_guest = if aligned { ms(first - spawn_tsc) } else { ms(first) };
+    let before_guest = if aligned {
+        ms(first - spawn_tsc)
+    } else {
+        ms(first)
+    };
     let after_guest = (wall_ms - before_guest - guest_boot - app).max(0.0);
-    Ok(Sample { before_guest, guest_boot, app, after_guest, total: wall_ms })
+    Ok(Sample {
+        before_guest,
+        guest_boot,
+        app,
+        after_guest,
+        total: wall_ms,
+    })
 }
 
 fn tandem_sample(stderr: &str, wall_ms: f64) -> Result<Sample> {
-    let line = stderr.lines().rev().find(|l| l.starts_with('{')).context("tandem printed no JSON report")?;
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .context("tandem printed no JSON report")?;
     let v: Value = serde_json::from_str(line).context("tandem's JSON report")?;
     let p = &v["phases_us"];
     let us = |k: &str| p[k].as_f64().with_context(|| format!("no {k} in {p}"));
@@ -123,10 +144,14 @@ fn run_once(spec: &PathSpec, project: &Project, image: &Path, iso: &Path) -> Res
         Kind::Pvh(machine) => qemu::command(machine, spec.accel, &Boot::Pvh { image, cmdline: "" }),
         Kind::Grub => qemu::command(Machine::Q35, spec.accel, &Boot::Iso(iso)),
     };
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let spawn_tsc = rdtsc();
     let start = Instant::now();
-    let out = cmd.output().with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
     let wall_ms = start.elapsed().as_secs_f64() * 1000.0;
     let end_tsc = rdtsc();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -136,7 +161,11 @@ fn run_once(spec: &PathSpec, project: &Project, image: &Path, iso: &Path) -> Res
         _ => out.status.code().and_then(qemu::guest_code) == Some(0),
     };
     if !ok {
-        bail!("{} failed ({}):\n{stdout}\n{stderr}", spec.name, project::describe(out.status));
+        bail!(
+            "{} failed ({}):\n{stdout}\n{stderr}",
+            spec.name,
+            project::describe(out.status)
+        );
     }
     match spec.kind {
         Kind::Tandem => tandem_sample(&stderr, wall_ms),
@@ -156,19 +185,42 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
     let image = guest::image(project, "hello")?;
     let iso = qemu::make_iso(project, "hello", &image, "", None)?;
 
-    let mut specs = vec![PathSpec { name: "tandem PV".into(), kind: Kind::Tandem, accel: Accel::Kvm }];
+    let mut specs = vec![PathSpec {
+        name: "tandem PV".into(),
+        kind: Kind::Tandem,
+        accel: Accel::Kvm,
+    }];
     for accel in [Accel::Kvm, Accel::Tcg] {
         let a = accel.name();
-        specs.push(PathSpec { name: format!("qemu microvm + PVH ({a})"), kind: Kind::Pvh(Machine::Microvm), accel });
-        specs.push(PathSpec { name: format!("qemu q35 + SeaBIOS + PVH ({a})"), kind: Kind::Pvh(Machine::Q35), accel });
-        specs.push(PathSpec { name: format!("qemu q35 + SeaBIOS + GRUB + MB2 ({a})"), kind: Kind::Grub, accel });
+        specs.push(PathSpec {
+            name: format!("qemu microvm + PVH ({a})"),
+            kind: Kind::Pvh(Machine::Microvm),
+            accel,
+        });
+        specs.push(PathSpec {
+            name: format!("qemu q35 + SeaBIOS + PVH ({a})"),
+            kind: Kind::Pvh(Machine::Q35),
+            accel,
+        });
+        specs.push(PathSpec {
+            name: format!("qemu q35 + SeaBIOS + GRUB + MB2 ({a})"),
+            kind: Kind::Grub,
+            accel,
+        });
     }
 
     let mut results: Vec<(String, Vec<Sample>)> = Vec::new();
     for spec in &specs {
         let first = run_once(spec, project, &image, &iso)?;
-        let runs = if first.total > 1000.0 { opts.runs.min(opts.slow_runs) } else { opts.runs };
-        eprintln!("xtask: {}: {runs} runs ({:.0} ms the first)", spec.name, first.total);
+        let runs = if first.total > 1000.0 {
+            opts.runs.min(opts.slow_runs)
+        } else {
+            opts.runs
+        };
+        eprintln!(
+            "xtask: {}: {runs} runs ({:.0} ms the first)",
+            spec.name, first.total
+        );
         let mut samples = Vec::with_capacity(runs);
         for _ in 0..runs {
             samples.push(run_once(spec, project, &image, &iso)?);
@@ -176,7 +228,15 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
         results.push((spec.name.clone(), samples));
     }
 
-    let mut t = table::Table::new(["path (medians, ms)", "runs", "before guest", "guest boot", "app", "after guest", "total"]);
+    let mut t = table::Table::new([
+        "path (medians, ms)",
+        "runs",
+        "before guest",
+        "guest boot",
+        "app",
+        "after guest",
+        "total",
+    ]);
     let mut json_paths = Vec::new();
     for (name, samples) in &results {
         let m = [
@@ -212,19 +272,33 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
     );
 
     let out_dir = project.target_dir().join("bench");
-    std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
-    let json_path = opts.json.clone().unwrap_or_else(|| out_dir.join("boot-paths.json"));
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let json_path = opts
+        .json
+        .clone()
+        .unwrap_or_else(|| out_dir.join("boot-paths.json"));
     let report = json!({ "app": "hello", "paths": json_paths, "segments": SEGMENTS });
     std::fs::write(&json_path, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("cannot write {}", json_path.display()))?;
-    let svg_path = opts.svg.clone().unwrap_or_else(|| out_dir.join("boot-paths.svg"));
-    std::fs::write(&svg_path, svg(&results)).with_context(|| format!("cannot write {}", svg_path.display()))?;
-    println!("\nwrote {} and {}", project.show(&json_path), project.show(&svg_path));
+    let svg_path = opts
+        .svg
+        .clone()
+        .unwrap_or_else(|| out_dir.join("boot-paths.svg"));
+    std::fs::write(&svg_path, svg(&results))
+        .with_context(|| format!("cannot write {}", svg_path.display()))?;
+    println!(
+        "\nwrote {} and {}",
+        project.show(&json_path),
+        project.show(&svg_path)
+    );
     Ok(())
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// A horizontal bar per path. Totals span four orders of magnitude, so a
@@ -264,14 +338,23 @@ fn svg(results: &[(String, Vec<Sample>)]) -> String {
         let total = median_of(samples, |s| s.total);
         let sum: f64 = parts.iter().sum::<f64>().max(f64::MIN_POSITIVE);
         let len = scale(total);
-        s += &format!("<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n", left - 8.0, y + 16.0, escape(name));
+        s += &format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n",
+            left - 8.0,
+            y + 16.0,
+            escape(name)
+        );
         let mut x = left;
         for (part, color) in parts.iter().zip(COLORS) {
             let w = len * part / sum;
             s += &format!("<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{w:.1}\" height=\"{:.1}\" fill=\"{color}\"><title>{:.3} ms</title></rect>\n", y + 4.0, row_h - 8.0, part);
             x += w;
         }
-        s += &format!("<text x=\"{:.1}\" y=\"{:.1}\">{total:.1} ms</text>\n", left + len + 6.0, y + 16.0);
+        s += &format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\">{total:.1} ms</text>\n",
+            left + len + 6.0,
+            y + 16.0
+        );
     }
     let ly = top + row_h * results.len() as f64 + 36.0;
     let mut lx = 10.0;
@@ -303,7 +386,16 @@ mod tests {
 
     #[test]
     fn svg_is_well_formed_enough() {
-        let results = vec![("a <b>".to_string(), vec![Sample { before_guest: 1.0, guest_boot: 1.0, app: 1.0, after_guest: 1.0, total: 4.0 }])];
+        let results = vec![(
+            "a <b>".to_string(),
+            vec![Sample {
+                before_guest: 1.0,
+                guest_boot: 1.0,
+                app: 1.0,
+                after_guest: 1.0,
+                total: 4.0,
+            }],
+        )];
         let s = svg(&results);
         assert!(s.starts_with("<svg") && s.ends_with("</svg>\n"));
         assert!(s.contains("a &lt;b&gt;"));

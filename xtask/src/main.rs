@@ -238,7 +238,14 @@ fn run(project: &Project, args: Vec<String>) -> Result<ExitCode> {
         }
         RunOn::Qemu => {
             let machine = machine.unwrap_or(qemu::Machine::Microvm);
-            qemu::command(machine, accel, &qemu::Boot::Pvh { image: &image, cmdline: &cmdline })
+            qemu::command(
+                machine,
+                accel,
+                &qemu::Boot::Pvh {
+                    image: &image,
+                    cmdline: &cmdline,
+                },
+            )
         }
         RunOn::Grub => {
             if machine == Some(qemu::Machine::Microvm) {
@@ -249,7 +256,9 @@ fn run(project: &Project, args: Vec<String>) -> Result<ExitCode> {
         }
     };
     project::echo(&cmd);
-    let status = cmd.status().with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
     if on == RunOn::Tandem {
         if !status.success() {
             eprintln!("tandem: {app} ended with {}", project::describe(status));
@@ -265,7 +274,10 @@ fn run(project: &Project, args: Vec<String>) -> Result<ExitCode> {
             Ok(ExitCode::from(code))
         }
         None => {
-            eprintln!("xtask: QEMU ended with {} without the guest's exit code", project::describe(status));
+            eprintln!(
+                "xtask: QEMU ended with {} without the guest's exit code",
+                project::describe(status)
+            );
             Ok(ExitCode::from(125))
         }
     }

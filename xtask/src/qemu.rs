@@ -19,7 +19,9 @@ use crate::project::{self, Project};
 
 /// Exit status QEMU reports for guest exit code `c` through `isa-debug-exit`.
 pub fn guest_code(status: i32) -> Option<u8> {
-    (status & 1 == 1).then(|| u8::try_from(status >> 1).ok()).flatten()
+    (status & 1 == 1)
+        .then(|| u8::try_from(status >> 1).ok())
+        .flatten()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,11 +85,24 @@ pub const MEM: &str = "128M";
 /// Tandem's port, no other devices, no reboot.
 pub fn command(machine: Machine, accel: Accel, boot: &Boot) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-machine", machine.name(), "-accel", accel.name(), "-m", MEM]);
+    cmd.args([
+        "-machine",
+        machine.name(),
+        "-accel",
+        accel.name(),
+        "-m",
+        MEM,
+    ]);
     if accel == Accel::Kvm {
         cmd.args(["-cpu", "host"]);
     }
-    cmd.args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"]);
+    cmd.args([
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+    ]);
     cmd.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
     match boot {
         Boot::Pvh { image, cmdline } => {
@@ -126,7 +141,9 @@ pub fn ensure_tools(tools: &[(&str, &str)]) -> Result<()> {
     }
     eprintln!("xtask: installing missing Debian packages with apt-get: {list}");
     let mut update = Command::new("apt-get");
-    update.args(["update", "-qq"]).env("DEBIAN_FRONTEND", "noninteractive");
+    update
+        .args(["update", "-qq"])
+        .env("DEBIAN_FRONTEND", "noninteractive");
     project::run(&mut update, "apt-get update")?;
     let mut install = Command::new("apt-get");
     install
@@ -162,11 +179,18 @@ pub const GRUB_TOOLS: &[(&str, &str)] = &[
 
 /// Builds a bootable ISO (GRUB, BIOS) of `image` with `cmdline`, GRUB's
 /// console on the serial line. Returns its path.
-pub fn make_iso(project: &Project, app: &str, image: &Path, cmdline: &str, out: Option<PathBuf>) -> Result<PathBuf> {
+pub fn make_iso(
+    project: &Project,
+    app: &str,
+    image: &Path,
+    cmdline: &str,
+    out: Option<PathBuf>,
+) -> Result<PathBuf> {
     ensure_tools(GRUB_TOOLS)?;
     let stage = project.target_dir().join("iso").join(app);
     let boot = stage.join("boot");
-    std::fs::create_dir_all(boot.join("grub")).with_context(|| format!("cannot create {}", boot.display()))?;
+    std::fs::create_dir_all(boot.join("grub"))
+        .with_context(|| format!("cannot create {}", boot.display()))?;
     std::fs::copy(image, boot.join(format!("{app}.elf")))
         .with_context(|| format!("cannot copy {}", image.display()))?;
     let cfg = format!(
@@ -203,12 +227,25 @@ mod tests {
     #[test]
     fn command_lines() {
         let img = Path::new("/x/hello");
-        let cmd = command(Machine::Microvm, Accel::Kvm, &Boot::Pvh { image: img, cmdline: "a b" });
-        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let cmd = command(
+            Machine::Microvm,
+            Accel::Kvm,
+            &Boot::Pvh {
+                image: img,
+                cmdline: "a b",
+            },
+        );
+        let args: Vec<_> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         assert!(args.windows(2).any(|w| w == ["-cpu", "host"]));
         assert!(args.windows(2).any(|w| w == ["-append", "a b"]));
         let cmd = command(Machine::Q35, Accel::Tcg, &Boot::Iso(Path::new("/x/a.iso")));
-        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let args: Vec<_> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         assert!(args.windows(2).any(|w| w == ["-cdrom", "/x/a.iso"]));
         assert!(!args.contains(&"-cpu".to_string()));
     }

@@ -103,7 +103,9 @@ pub(crate) fn exit(code: u8) -> ! {
         trace::stamp(Phase::Exit);
         print_trace();
         debug_exit(code);
-        uart_print(format_args!("tandem: app exited with code {code}; halting\n"));
+        uart_print(format_args!(
+            "tandem: app exited with code {code}; halting\n"
+        ));
         // SAFETY: the halt gate is open to CPL3 and never returns.
         unsafe { core::arch::asm!("int {v}", v = const HALT_VECTOR, options(noreturn)) };
     }
@@ -115,8 +117,14 @@ pub(crate) fn exit(code: u8) -> ! {
 /// The guest's boot stamps in a fixed, parseable line (one per boot), for
 /// `cargo xtask bench boot-paths`: raw TSC values, 0 for phases not reached.
 fn print_trace() {
-    uart_print(format_args!("tandem-trace: v1 tsc_khz={}", crate::time::tsc_khz()));
-    for p in Phase::ALL.into_iter().filter(|p| p.stamped_by_guest() || *p == Phase::Exit) {
+    uart_print(format_args!(
+        "tandem-trace: v1 tsc_khz={}",
+        crate::time::tsc_khz()
+    ));
+    for p in Phase::ALL
+        .into_iter()
+        .filter(|p| p.stamped_by_guest() || *p == Phase::Exit)
+    {
         uart_print(format_args!(" {}={}", p.name(), trace::get(p)));
     }
     uart_print(format_args!("\n"));

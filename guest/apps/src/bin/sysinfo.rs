@@ -21,14 +21,22 @@ fn main(env: &Env) -> u8 {
             MemKind::Reserved => "reserved",
             MemKind::Acpi => "acpi",
         };
-        println!("memory: {:#012x}..{:#012x} {kind}", r.start, r.start + r.len);
+        println!(
+            "memory: {:#012x}..{:#012x} {kind}",
+            r.start,
+            r.start + r.len
+        );
         if r.kind == MemKind::Usable {
             usable += r.len;
             top = top.max(r.start + r.len);
         }
     }
     println!("usable memory: {usable} bytes, highest usable address {top:#x}");
-    println!("heap: {:#x}..{:#x}", info.heap.start, info.heap.start + info.heap.len);
+    println!(
+        "heap: {:#x}..{:#x}",
+        info.heap.start,
+        info.heap.start + info.heap.len
+    );
     println!("tsc: {} kHz", info.cpu.tsc_khz);
     0
 }

@@ -2,7 +2,9 @@
 //! code writes the Tandem layout over whatever the loader left there.
 
 use heapless::{String, Vec};
-use tandem_abi::bootinfo::{BootPath, MemKind, MemRegion, MAX_CMDLINE, MAX_LOADER_NAME, MAX_MEM_REGIONS};
+use tandem_abi::bootinfo::{
+    BootPath, MemKind, MemRegion, MAX_CMDLINE, MAX_LOADER_NAME, MAX_MEM_REGIONS,
+};
 use tandem_abi::pvh::{self, StartInfo, StartInfoError, MEMMAP_ENTRY_SIZE, START_INFO_V1_SIZE};
 
 /// `eax` at the Multiboot2 entry.
@@ -46,7 +48,9 @@ impl core::fmt::Display for FirmwareError {
 
 /// `len` bytes of physical memory at `addr`, below 4 GiB.
 fn phys(addr: u64, len: usize) -> Result<&'static [u8], FirmwareError> {
-    let end = addr.checked_add(len as u64).ok_or(FirmwareError::AddressAbove4G(addr))?;
+    let end = addr
+        .checked_add(len as u64)
+        .ok_or(FirmwareError::AddressAbove4G(addr))?;
     if addr == 0 || end > 1 << 32 {
         return Err(FirmwareError::AddressAbove4G(addr));
     }
@@ -77,7 +81,8 @@ fn push_region(memory: &mut Vec<MemRegion, MAX_MEM_REGIONS>, r: MemRegion) {
 
 /// Reads PVH's `hvm_start_info` at `addr`.
 pub fn from_pvh(addr: u64) -> Result<Firmware, FirmwareError> {
-    let info = StartInfo::parse(phys(addr, START_INFO_V1_SIZE)?).map_err(FirmwareError::StartInfo)?;
+    let info =
+        StartInfo::parse(phys(addr, START_INFO_V1_SIZE)?).map_err(FirmwareError::StartInfo)?;
     if info.memmap_entries == 0 {
         return Err(FirmwareError::NoMemoryMap);
     }
@@ -91,7 +96,12 @@ pub fn from_pvh(addr: u64) -> Result<Firmware, FirmwareError> {
     memory.sort_unstable_by_key(|r| r.start);
     let mut loader = String::new();
     let _ = loader.push_str("pvh");
-    Ok(Firmware { path: BootPath::Pvh, memory, cmdline: c_string(info.cmdline_paddr)?, loader })
+    Ok(Firmware {
+        path: BootPath::Pvh,
+        memory,
+        cmdline: c_string(info.cmdline_paddr)?,
+        loader,
+    })
 }
 
 /// Reads the Multiboot2 information structure at `addr`.
@@ -121,7 +131,14 @@ pub fn from_multiboot2(addr: u64, magic: u64) -> Result<Firmware, FirmwareError>
             multiboot2::MemoryAreaType::AcpiAvailable => MemKind::Acpi,
             _ => MemKind::Reserved,
         };
-        push_region(&mut memory, MemRegion { start: area.start_address(), len: area.size(), kind });
+        push_region(
+            &mut memory,
+            MemRegion {
+                start: area.start_address(),
+                len: area.size(),
+                kind,
+            },
+        );
     }
     memory.sort_unstable_by_key(|r| r.start);
     let mut cmdline = String::new();
@@ -134,7 +151,12 @@ pub fn from_multiboot2(addr: u64, magic: u64) -> Result<Firmware, FirmwareError>
         let cut = floor_char_boundary(name, MAX_LOADER_NAME);
         let _ = loader.push_str(&name[..cut]);
     }
-    Ok(Firmware { path: BootPath::Multiboot2, memory, cmdline, loader })
+    Ok(Firmware {
+        path: BootPath::Multiboot2,
+        memory,
+        cmdline,
+        loader,
+    })
 }
 
 fn floor_char_boundary(s: &str, max: usize) -> usize {

@@ -39,7 +39,10 @@ impl core::fmt::Display for MachineError {
                 layout::HEAP_ADDR,
                 layout::MIN_MEM_SIZE >> 20
             ),
-            Self::LayoutNotRam(a) => write!(f, "the Tandem layout needs RAM at {a:#x}, which the memory map does not offer"),
+            Self::LayoutNotRam(a) => write!(
+                f,
+                "the Tandem layout needs RAM at {a:#x}, which the memory map does not offer"
+            ),
             Self::Build(e) => write!(f, "{e}"),
             Self::BootInfo(e) => write!(f, "{e}"),
         }
@@ -66,10 +69,34 @@ fn segments() -> [SegmentMap; 4] {
     // SAFETY: only the addresses of linker-defined symbols are taken.
     unsafe {
         [
-            SegmentMap { start: a(&__tandem_text_start), end: a(&__tandem_text_end), write: false, exec: true, user: true },
-            SegmentMap { start: a(&__tandem_rodata_start), end: a(&__tandem_rodata_end), write: false, exec: false, user: true },
-            SegmentMap { start: a(&__tandem_data_start), end: a(&__tandem_data_end), write: true, exec: false, user: true },
-            SegmentMap { start: a(&__tandem_ktext_start), end: a(&__tandem_ktext_end), write: false, exec: true, user: false },
+            SegmentMap {
+                start: a(&__tandem_text_start),
+                end: a(&__tandem_text_end),
+                write: false,
+                exec: true,
+                user: true,
+            },
+            SegmentMap {
+                start: a(&__tandem_rodata_start),
+                end: a(&__tandem_rodata_end),
+                write: false,
+                exec: false,
+                user: true,
+            },
+            SegmentMap {
+                start: a(&__tandem_data_start),
+                end: a(&__tandem_data_end),
+                write: true,
+                exec: false,
+                user: true,
+            },
+            SegmentMap {
+                start: a(&__tandem_ktext_start),
+                end: a(&__tandem_ktext_end),
+                write: false,
+                exec: true,
+                user: false,
+            },
         ]
     }
 }
@@ -84,7 +111,9 @@ fn area(addr: u64, len: u64) -> &'static mut [u8] {
 }
 
 fn covered(fw: &Firmware, start: u64, end: u64) -> bool {
-    fw.memory.iter().any(|r| r.kind == MemKind::Usable && r.start <= start && r.start.saturating_add(r.len) >= end)
+    fw.memory.iter().any(|r| {
+        r.kind == MemKind::Usable && r.start <= start && r.start.saturating_add(r.len) >= end
+    })
 }
 
 fn entropy(tsc: u64) -> [u8; ENTROPY_SIZE] {
@@ -104,7 +133,10 @@ fn entropy(tsc: u64) -> [u8; ENTROPY_SIZE] {
 
 /// Writes page tables, GDT, TSS, IDT, trace and boot-info block.
 pub fn prepare(fw: &Firmware, tsc_khz: u64, entry_tsc: u64) -> Result<(), MachineError> {
-    for (start, end) in [(layout::GDT_ADDR, layout::FAULT_STACK_TOP), (layout::STACK_ADDR, layout::HEAP_ADDR)] {
+    for (start, end) in [
+        (layout::GDT_ADDR, layout::FAULT_STACK_TOP),
+        (layout::STACK_ADDR, layout::HEAP_ADDR),
+    ] {
         if !covered(fw, start, end) {
             return Err(MachineError::LayoutNotRam(start));
         }
@@ -112,37 +144,68 @@ pub fn prepare(fw: &Firmware, tsc_khz: u64, entry_tsc: u64) -> Result<(), Machin
     let heap_region = fw
         .memory
         .iter()
-        .find(|r| r.kind == MemKind::Usable && r.start <= layout::HEAP_ADDR && r.start.saturating_add(r.len) > layout::HEAP_ADDR)
+        .find(|r| {
+            r.kind == MemKind::Usable
+                && r.start <= layout::HEAP_ADDR
+                && r.start.saturating_add(r.len) > layout::HEAP_ADDR
+        })
         .ok_or(MachineError::NoHeap)?;
-    let end = heap_region.start.saturating_add(heap_region.len).min(layout::MAX_MEM_SIZE);
+    let end = heap_region
+        .start
+        .saturating_add(heap_region.len)
+        .min(layout::MAX_MEM_SIZE);
     let mem_size = end & !(layout::LARGE_PAGE_SIZE - 1);
     if mem_size < layout::MIN_MEM_SIZE {
         return Err(MachineError::NoHeap);
     }
 
-    cpu::build_page_tables(area(layout::PAGE_TABLES_ADDR, layout::PAGE_TABLES_SIZE), mem_size, &segments())
-        .map_err(MachineError::Build)?;
+    cpu::build_page_tables(
+        area(layout::PAGE_TABLES_ADDR, layout::PAGE_TABLES_SIZE),
+        mem_size,
+        &segments(),
+    )
+    .map_err(MachineError::Build)?;
     area(layout::GDT_ADDR, layout::PAGE_SIZE).fill(0);
     let gdt = cpu::gdt_bytes(layout::TSS_ADDR, cpu::TSS_LIMIT);
     area(layout::GDT_ADDR, gdt.len() as u64).copy_from_slice(&gdt);
-    cpu::build_tss_with_ports(area(layout::TSS_ADDR, layout::TSS_AREA_SIZE), PLATFORM_PORTS).map_err(MachineError::Build)?;
+    cpu::build_tss_with_ports(
+        area(layout::TSS_ADDR, layout::TSS_AREA_SIZE),
+        PLATFORM_PORTS,
+    )
+    .map_err(MachineError::Build)?;
     // SAFETY: only the address of the stub table is taken.
     let stubs = unsafe { &tandem_exception_stubs as *const u8 as u64 };
-    cpu::build_idt(area(layout::IDT_ADDR, layout::PAGE_SIZE), stubs).map_err(MachineError::Build)?;
+    cpu::build_idt(area(layout::IDT_ADDR, layout::PAGE_SIZE), stubs)
+        .map_err(MachineError::Build)?;
 
     // Memory from a loader or firmware is not zero: clear what the guest
     // reads before writing it.
     area(layout::KSTATS_ADDR, layout::PAGE_SIZE).fill(0);
-    area(layout::TRACE_ADDR, layout::CONSOLE_ADDR + layout::CONSOLE_DATA_OFFSET - layout::TRACE_ADDR).fill(0);
-    area(layout::TRACE_ADDR + Phase::FirstInstruction.offset(), 8).copy_from_slice(&entry_tsc.to_le_bytes());
+    area(layout::LIVE_ADDR, layout::LIVE_SIZE).fill(0);
+    area(
+        layout::TRACE_ADDR,
+        layout::CONSOLE_ADDR + layout::CONSOLE_DATA_OFFSET - layout::TRACE_ADDR,
+    )
+    .fill(0);
+    area(layout::TRACE_ADDR + Phase::FirstInstruction.offset(), 8)
+        .copy_from_slice(&entry_tsc.to_le_bytes());
 
     let leaf1 = __cpuid(1);
     let info = BootInfo {
         boot_path: fw.path,
         memory: fw.memory.clone(),
-        heap: MemRegion { start: layout::HEAP_ADDR, len: mem_size - layout::HEAP_ADDR, kind: MemKind::Usable },
+        heap: MemRegion {
+            start: layout::HEAP_ADDR,
+            len: mem_size - layout::HEAP_ADDR,
+            kind: MemKind::Usable,
+        },
         cmdline: fw.cmdline.clone(),
-        cpu: CpuInfo { count: 1, tsc_khz, features_ecx: leaf1.ecx, features_edx: leaf1.edx },
+        cpu: CpuInfo {
+            count: 1,
+            tsc_khz,
+            features_ecx: leaf1.ecx,
+            features_edx: leaf1.edx,
+        },
         host: HostStamps::default(),
         vm_id: 0,
         generation: 0,
@@ -150,7 +213,8 @@ pub fn prepare(fw: &Firmware, tsc_khz: u64, entry_tsc: u64) -> Result<(), Machin
         entropy: entropy(entry_tsc),
         loader: fw.loader.clone(),
     };
-    info.encode(area(layout::BOOT_INFO_ADDR, layout::BOOT_INFO_MAX)).map_err(MachineError::BootInfo)?;
+    info.encode(area(layout::BOOT_INFO_ADDR, layout::BOOT_INFO_MAX))
+        .map_err(MachineError::BootInfo)?;
     Ok(())
 }
 
@@ -181,7 +245,9 @@ pub fn enter_app() -> ! {
         });
         Efer::update(|f| f.insert(EferFlags::NO_EXECUTE_ENABLE));
         Cr0::update(|f| {
-            f.insert(Cr0Flags::WRITE_PROTECT | Cr0Flags::MONITOR_COPROCESSOR | Cr0Flags::NUMERIC_ERROR);
+            f.insert(
+                Cr0Flags::WRITE_PROTECT | Cr0Flags::MONITOR_COPROCESSOR | Cr0Flags::NUMERIC_ERROR,
+            );
             f.remove(Cr0Flags::EMULATE_COPROCESSOR | Cr0Flags::TASK_SWITCHED);
         });
         Cr4::update(|f| f.insert(Cr4Flags::OSFXSR | Cr4Flags::OSXMMEXCPT_ENABLE));
