@@ -294,6 +294,8 @@ pub struct Vm {
     console_before: u64,
     /// Incremental backups in progress.
     backup: Option<BackupWriter>,
+    /// Backup points written during the run.
+    backup_records: Vec<BackupRecord>,
 }
 
 /// The guest memory slot: all of guest memory, with dirty logging for backups.
@@ -419,6 +421,7 @@ impl Vm {
             resume_clock: None,
             console_before: 0,
             backup: None,
+            backup_records: Vec::new(),
         })
     }
 
@@ -440,12 +443,11 @@ impl Vm {
         );
         let mut stats = RunStats::default();
         let mut records = Vec::new();
-        let mut backups = Vec::new();
         if let Some(cfg) = self.config.backup.clone() {
             // The base point: everything, before the guest runs on.
             let record = self.backup_point(&cfg, &console)?;
             self.log_backup(&record);
-            backups.push(record);
+            self.backup_records.push(record);
         }
         let watch = Watch {
             timeout: self.config.timeout,
@@ -480,7 +482,7 @@ impl Vm {
                         match self.backup_point(&cfg, &console) {
                             Ok(record) => {
                                 self.log_backup(&record);
-                                backups.push(record);
+                                self.backup_records.push(record);
                             }
                             Err(e) => {
                                 if self.config.verbose {
@@ -587,7 +589,7 @@ impl Vm {
             trace: self.trace,
             stats,
             snapshots: records,
-            backups,
+            backups: self.backup_records,
         })
     }
 

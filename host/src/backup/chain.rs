@@ -162,28 +162,40 @@ impl Chain {
             return Err(BackupError::NoSuchPoint(point));
         }
         let reports = self.verify_upto(point);
+        let damaged = |n: u64, fallback: String| {
+            let why = reports
+                .iter()
+                .find(|r| r.point == n)
+                .and_then(|r| r.problem.clone())
+                .unwrap_or(fallback);
+            BackupError::Damaged {
+                point,
+                damaged: n,
+                why,
+            }
+        };
         // Walk back to the nearest base.
         let mut out = Vec::new();
         let mut n = point;
         loop {
-            if let Some(r) = reports.iter().find(|r| r.point == n) {
-                if let Some(why) = &r.problem {
-                    return Err(BackupError::Damaged {
-                        point,
-                        damaged: n,
-                        why: why.clone(),
-                    });
-                }
-            }
             let meta = match self.points.get(&n) {
                 Some(Ok(m)) => m,
-                _ => return Err(BackupError::NoSuchPoint(n)),
+                _ => return Err(damaged(n, "its metadata is missing or unreadable".into())),
             };
             out.push(meta);
             if meta.base {
                 break;
             }
-            n = n.checked_sub(1).ok_or(BackupError::NoSuchPoint(0))?;
+            n = n
+                .checked_sub(1)
+                .ok_or_else(|| damaged(0, "the chain has no base".into()))?;
+        }
+        // The earliest damaged point of the lineage is the one to name.
+        if let Some(r) = reports
+            .iter()
+            .find(|r| r.point >= n && r.point <= point && r.problem.is_some())
+        {
+            return Err(damaged(r.point, String::new()));
         }
         out.reverse();
         Ok(out)

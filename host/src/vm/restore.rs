@@ -128,6 +128,7 @@ impl Vm {
             resume_clock: Some(st.live.guest_clock),
             console_before: st.console.written,
             backup: None,
+            backup_records: Vec::new(),
         })
     }
 
@@ -246,6 +247,16 @@ impl Vm {
     ) -> Result<WriteStats, VmError> {
         let mut state = self.capture_state(console_written)?;
         let result = snapshot::write(dir, &mut state, &self.ram);
+        // With backups on, every snapshot is also a backup point, taken at
+        // the same stop (before the clock below changes the live area), so
+        // the chain can be restored to exactly the snapshot's moment.
+        if result.is_ok() && self.backup.as_ref().is_some_and(|b| !b.needs_base()) {
+            match self.write_backup_point(&state) {
+                Ok(record) => self.backup_records.push(record),
+                Err(e) if self.config.verbose => eprintln!("tandem: backup point failed: {e}"),
+                Err(_) => {}
+            }
+        }
         self.set_guest_clock(state.live.guest_clock)?;
         Ok(result?)
     }
@@ -259,12 +270,22 @@ impl Vm {
         cfg: &crate::backup::BackupConfig,
         console: &crate::console::Console,
     ) -> Result<crate::backup::BackupRecord, VmError> {
-        use std::collections::BTreeSet;
         if self.backup.is_none() {
             self.backup = Some(crate::backup::BackupWriter::create(&cfg.dir)?);
         }
         let total = console.written() + self.console_before;
         let state = self.capture_state(total)?;
+        let record = self.write_backup_point(&state)?;
+        self.set_guest_clock(state.live.guest_clock)?;
+        Ok(record)
+    }
+
+    /// Writes the next backup point with `state` (the vCPU stopped).
+    fn write_backup_point(
+        &mut self,
+        state: &crate::snapshot::SnapshotState,
+    ) -> Result<crate::backup::BackupRecord, VmError> {
+        use std::collections::BTreeSet;
         let size = usize::try_from(self.config.mem_size)
             .map_err(|_| VmError::Config("memory size".into()))?;
         // Gets and clears the log: the next point starts from here.
@@ -307,9 +328,7 @@ impl Vm {
             let max = self.config.mem_size / layout::PAGE_SIZE;
             (set.into_iter().filter(|&p| p < max).collect(), dirty)
         };
-        let record = writer.write_point(&self.ram, &state, &pages, dirty)?;
-        self.set_guest_clock(state.live.guest_clock)?;
-        Ok(record)
+        Ok(writer.write_point(&self.ram, state, &pages, dirty)?)
     }
 
     /// Notes guest ranges the VMM wrote, for the next backup point.
