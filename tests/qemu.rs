@@ -45,14 +45,7 @@ fn qemu(machine: &str, accel: &str, boot: &[&str]) -> Run {
     if accel == "kvm" {
         cmd.args(["-cpu", "host"]);
     }
-    cmd.args([
-        "-nographic",
-        "-no-reboot",
-        "-nodefaults",
-        "-serial",
-        "stdio",
-    ]);
-    cmd.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    cmd.args(tandem_abi::platform::QEMU_ARGS);
     cmd.args(boot);
     let out = cmd.output().expect("cannot start qemu");
     Run {

@@ -20,7 +20,45 @@ pub const DEBUG_EXIT_SPAN: u16 = 4;
 /// The ports the TSS opens to CPL3 on the PVH and Multiboot2 paths.
 pub const PLATFORM_PORTS: &[(u16, u16)] = &[(COM1, COM1_SPAN), (DEBUG_EXIT_PORT, DEBUG_EXIT_SPAN)];
 
+/// QEMU arguments for a machine as these paths expect it: serial console on
+/// stdio, the debug-exit device at [`DEBUG_EXIT_PORT`], no other devices,
+/// no graphics, no reboot (a triple fault ends QEMU).
+pub const QEMU_ARGS: &[&str] = &[
+    "-nographic",
+    "-no-reboot",
+    "-nodefaults",
+    "-serial",
+    "stdio",
+    "-device",
+    "isa-debug-exit,iobase=0xf4,iosize=0x04",
+];
+
 /// QEMU's process exit status for a guest exit code written to the debug-exit port.
 pub const fn qemu_status(code: u8) -> i32 {
     ((code as i32) << 1) | 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_args_name_the_debug_exit_port() {
+        let device = QEMU_ARGS
+            .iter()
+            .find(|a| a.starts_with("isa-debug-exit"))
+            .unwrap();
+        let want = [("iobase=", DEBUG_EXIT_PORT), ("iosize=", DEBUG_EXIT_SPAN)];
+        for (key, value) in want {
+            let found = device
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(key))
+                .unwrap();
+            assert_eq!(
+                u16::from_str_radix(found.trim_start_matches("0x"), 16),
+                Ok(value)
+            );
+        }
+        assert_eq!(qemu_status(101), 203);
+    }
 }

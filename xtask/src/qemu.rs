@@ -96,14 +96,7 @@ pub fn command(machine: Machine, accel: Accel, boot: &Boot) -> Command {
     if accel == Accel::Kvm {
         cmd.args(["-cpu", "host"]);
     }
-    cmd.args([
-        "-nographic",
-        "-no-reboot",
-        "-nodefaults",
-        "-serial",
-        "stdio",
-    ]);
-    cmd.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    cmd.args(tandem_abi::platform::QEMU_ARGS);
     match boot {
         Boot::Pvh { image, cmdline } => {
             cmd.arg("-kernel").arg(image);
