@@ -153,7 +153,7 @@ impl GuestRam {
     /// as guest memory at a 2 MiB-aligned host address. Reads nothing: pages
     /// come from the page cache when first touched, and writes stay private
     /// to this mapping. `populate` ranges (guest addresses) are faulted in
-    /// at once, read-only, so the guest's first touches there are cheap.
+    /// at once, writable, so the guest's first touches there are cheap.
     pub fn from_file(file: File, size: u64, populate: &[(u64, u64)]) -> Result<Self, MemoryError> {
         let found = file.metadata().map_err(MemoryError::Io)?.len();
         if found != size {
@@ -192,8 +192,18 @@ impl GuestRam {
             let end = end.min(len);
             if start < end {
                 // SAFETY: advice on a range inside our own mapping; failure
-                // only loses the prefetch.
-                unsafe { libc::madvise(aligned.byte_add(start), end - start, libc::MADV_WILLNEED) };
+                // only loses the prefault. POPULATE_WRITE makes the private
+                // copies now (a page-cache copy each), so the guest's first
+                // touches find present, writable host pages: under PVM a
+                // guest fault then costs about 3 us instead of 22, and KVM
+                // maps a page's present neighbours along with it.
+                unsafe {
+                    libc::madvise(
+                        aligned.byte_add(start),
+                        end - start,
+                        libc::MADV_POPULATE_WRITE,
+                    )
+                };
             }
         }
         let mem = wrap(aligned, len, flags)?;

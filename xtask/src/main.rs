@@ -6,6 +6,7 @@
 
 mod bench;
 mod bench_paths;
+mod bench_snapshot;
 mod elf;
 mod guest;
 mod host;
@@ -66,6 +67,11 @@ COMMANDS:
         PVH, QEMU q35 + SeaBIOS + PVH, QEMU q35 + SeaBIOS + GRUB + Multiboot2,
         under KVM and TCG. Prints medians per phase and writes JSON and an SVG
         chart (target/bench/boot-paths.{json,svg}).
+
+    bench snapshot [--runs N] [--json FILE]
+        Snapshot, restore, clone and backup costs of the counter app next to
+        its cold boot, in process and as whole processes (64 MiB and 1 GiB).
+        Writes JSON to target/bench/snapshot.json unless --json.
 
     help
         Show this text.
@@ -378,6 +384,10 @@ fn bench_paths_cmd(project: &Project, args: Vec<String>) -> Result<ExitCode> {
 fn bench_cmd(project: &Project, args: Vec<String>) -> Result<ExitCode> {
     if args.first().map(String::as_str) == Some("boot-paths") {
         return bench_paths_cmd(project, args[1..].to_vec());
+    }
+    if args.first().map(String::as_str) == Some("snapshot") {
+        bench_snapshot::bench(project, &bench_snapshot::parse(&args[1..])?)?;
+        return Ok(ExitCode::SUCCESS);
     }
     let mut args = Args::new(args);
     let mut opts = bench::Options::default();

@@ -48,7 +48,7 @@ fn options(env: &Env) -> Result<Options, String> {
             "ready" => o.ready = true,
             "snapshot-at" => o.snapshots.push(num()?),
             "exit-at" => o.exit_at = Some(num()?),
-            "pages" => o.pages = usize::try_from(num()?.clamp(1, 4096)).unwrap_or(1),
+            "pages" => o.pages = usize::try_from(num()?.clamp(1, 1 << 16)).unwrap_or(1),
             "every" => o.every = num()?.max(1),
             "pause-us" => o.pause_us = num()?,
             _ => return Err(format!("unknown option `{word}`")),

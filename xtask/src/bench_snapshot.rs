@@ -1,0 +1,214 @@
+//! `cargo xtask bench snapshot`: what snapshots, restores, clones and
+//! backups cost, next to a cold boot of the same app (`counter`).
+//!
+//! In process (`examples/snapbench`): cold boot to exit, restore setup and
+//! restore to exit for 64 MiB and 1 GiB guests, snapshot time by memory
+//! size and by dirty pages, clones per second, backup point cost by dirty
+//! pages. Whole process: `tandem restore DIR` against `tandem run` of the
+//! same app to the same point, alternated run by run so machine noise hits
+//! both alike. Prints a table and writes JSON (default
+//! `target/bench/snapshot.json`).
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+
+use crate::project::{self, Profile, Project};
+use crate::stats::Summary;
+use crate::table::Table;
+use crate::{guest, host};
+
+/// Options of `cargo xtask bench snapshot`.
+pub struct Options {
+    /// Runs per measurement.
+    pub runs: usize,
+    /// Where the JSON goes.
+    pub json: Option<PathBuf>,
+}
+
+/// Parses `--runs N` and `--json FILE`.
+pub fn parse(args: &[String]) -> Result<Options> {
+    let mut opts = Options {
+        runs: 30,
+        json: None,
+    };
+    let mut it = args.iter();
+    while let Some(word) = it.next() {
+        match word.as_str() {
+            "--runs" => {
+                let v = it.next().context("--runs needs a value")?;
+                opts.runs = v
+                    .parse()
+                    .with_context(|| format!("--runs takes a number, not `{v}`"))?;
+            }
+            "--json" => opts.json = Some(it.next().context("--json needs a value")?.into()),
+            other => {
+                anyhow::bail!("unexpected argument `{other}` for `cargo xtask bench snapshot`")
+            }
+        }
+    }
+    opts.runs = opts.runs.max(3);
+    Ok(opts)
+}
+
+fn wall_ms(cmd: &mut Command) -> Result<f64> {
+    let t = Instant::now();
+    let status = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("cannot start tandem")?;
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    project::check(status, "tandem")?;
+    Ok(ms)
+}
+
+fn get(v: &Value, path: &[&str]) -> f64 {
+    path.iter()
+        .fold(v, |v, k| &v[*k])
+        .as_f64()
+        .unwrap_or(f64::NAN)
+}
+
+/// Runs the benchmark.
+pub fn bench(project: &Project, opts: &Options) -> Result<()> {
+    project::require_kvm()?;
+    guest::build(project)?;
+    host::build(project, Profile::Release, true)?;
+    let counter = guest::image(project, "counter")?;
+    let tandem = project.host_bin(Profile::Release);
+    let scratch = project.target_dir().join("bench/snapshot-scratch");
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch)?;
+
+    let out = Command::new(project.host_example(Profile::Release, "snapbench"))
+        .arg("--counter")
+        .arg(&counter)
+        .arg("--dir")
+        .arg(&scratch)
+        .arg("--runs")
+        .arg(opts.runs.to_string())
+        .output()
+        .context("cannot run examples/snapbench")?;
+    project::check(out.status, "examples/snapbench")?;
+    let inproc: Value =
+        serde_json::from_slice(&out.stdout).context("examples/snapbench did not print JSON")?;
+
+    // Whole process: restore the ready snapshot vs boot to the same point.
+    let mut whole = serde_json::Map::new();
+    for (name, mem) in [("64M", "64M"), ("1G", "1G")] {
+        let snap = scratch.join(format!("ready-{name}"));
+        let (mut boot, mut restore) = (Vec::new(), Vec::new());
+        for _ in 0..opts.runs {
+            boot.push(wall_ms(
+                Command::new(&tandem).arg("run").arg(&counter).args([
+                    "--mem",
+                    mem,
+                    "--cmdline",
+                    "ready exit-at=1",
+                    "-q",
+                ]),
+            )?);
+            restore.push(wall_ms(
+                Command::new(&tandem).arg("restore").arg(&snap).arg("-q"),
+            )?);
+        }
+        let (b, r) = (
+            Summary::of(&boot).context("no samples")?,
+            Summary::of(&restore).context("no samples")?,
+        );
+        whole.insert(
+            name.into(),
+            json!({"cold_boot_ms": b.to_json(), "restore_ms": r.to_json()}),
+        );
+    }
+    let whole = Value::Object(whole);
+
+    let mut t = Table::new(["snapshot benchmark (counter app)", "64 MiB", "1 GiB"]);
+    let both = |f: &dyn Fn(&str) -> f64, unit: &str| -> [String; 2] {
+        ["64M", "1G"].map(|m| format!("{:.1} {unit}", f(m)))
+    };
+    let row = |t: &mut Table<3>, label: &str, cells: [String; 2]| {
+        let [a, b] = cells;
+        t.row([label.to_string(), a, b]);
+    };
+    row(
+        &mut t,
+        "in process: cold boot to exit (median)",
+        both(
+            &|m| get(&inproc, &["by_memory", m, "cold_boot_to_exit_us", "median"]),
+            "us",
+        ),
+    );
+    row(
+        &mut t,
+        "in process: restore setup (median)",
+        both(
+            &|m| get(&inproc, &["by_memory", m, "restore_setup_us", "median"]),
+            "us",
+        ),
+    );
+    row(
+        &mut t,
+        "in process: restore to exit (median)",
+        both(
+            &|m| get(&inproc, &["by_memory", m, "restore_to_exit_us", "median"]),
+            "us",
+        ),
+    );
+    row(
+        &mut t,
+        "whole process: cold boot (median)",
+        both(&|m| get(&whole, &[m, "cold_boot_ms", "median"]), "ms"),
+    );
+    row(
+        &mut t,
+        "whole process: restore (median)",
+        both(&|m| get(&whole, &[m, "restore_ms", "median"]), "ms"),
+    );
+    row(
+        &mut t,
+        "snapshot at ready",
+        both(
+            &|m| get(&inproc, &["by_memory", m, "snapshot_at_ready_ms"]),
+            "ms",
+        ),
+    );
+    t.print();
+    println!(
+        "clones per second (in process, restore + run to exit, one core): {}",
+        get(&inproc, &["clones_per_s"])
+    );
+    let mut d = Table::new([
+        "dirtied pages (256 MiB guest)",
+        "snapshot",
+        "backup point",
+        "backup pages",
+    ]);
+    for e in inproc["by_dirty_pages"].as_array().into_iter().flatten() {
+        d.row([
+            format!("{}", e["dirtied_pages"]),
+            format!("{:.2} ms", e["snapshot_ms"].as_f64().unwrap_or(f64::NAN)),
+            format!("{:.2} ms", e["backup_ms"].as_f64().unwrap_or(f64::NAN)),
+            format!("{}", e["backup_pages"]),
+        ]);
+    }
+    d.print();
+
+    let report = json!({"in_process": inproc, "whole_process": whole, "runs": opts.runs});
+    let path = opts
+        .json
+        .clone()
+        .unwrap_or_else(|| project.target_dir().join("bench/snapshot.json"));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!("JSON: {}", project.show(&path));
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(())
+}
