@@ -25,6 +25,7 @@ pub mod arch;
 pub mod backup;
 pub mod console;
 pub mod control;
+pub mod fuzzing;
 pub mod hypercall;
 pub mod image;
 pub mod kvm;

@@ -8,6 +8,7 @@ mod bench;
 mod bench_paths;
 mod bench_snapshot;
 mod elf;
+mod fuzz;
 mod guest;
 mod host;
 mod project;
@@ -73,6 +74,12 @@ COMMANDS:
         its cold boot, in process and as whole processes (64 MiB and 1 GiB).
         Writes JSON to target/bench/snapshot.json unless --json.
 
+    fuzz TARGET [--time SECONDS]
+        Run one cargo-fuzz target (nightly; installs cargo-fuzz if missing)
+        for SECONDS (default 60) from fresh seeds; prints executions and
+        saves crashing inputs to fuzz/regressions/TARGET/. `fuzz --list`
+        names the targets.
+
     help
         Show this text.
 ";
@@ -114,6 +121,7 @@ fn try_main() -> Result<ExitCode> {
         "iso" => iso(&project, args),
         "test" => test(&project, args),
         "bench" => bench_cmd(&project, args),
+        "fuzz" => fuzz_cmd(&project, args),
         "help" | "-h" | "--help" => {
             print!("{HELP}");
             Ok(ExitCode::SUCCESS)
@@ -406,6 +414,29 @@ fn bench_cmd(project: &Project, args: Vec<String>) -> Result<ExitCode> {
         return Err(unexpected("bench", word));
     }
     bench::bench(project, &opts)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn fuzz_cmd(project: &Project, args: Vec<String>) -> Result<ExitCode> {
+    let mut args = Args::new(args);
+    let mut target = None;
+    let mut seconds = 60u64;
+    while let Some(word) = args.next() {
+        if word == "--list" {
+            println!("{}", fuzz::targets(project)?.join("\n"));
+            return Ok(ExitCode::SUCCESS);
+        } else if let Some(v) = args.value(&word, "--time")? {
+            seconds = v
+                .parse()
+                .with_context(|| format!("--time takes whole seconds, not `{v}`"))?;
+        } else if word.starts_with('-') || target.is_some() {
+            return Err(unexpected("fuzz", &word));
+        } else {
+            target = Some(word);
+        }
+    }
+    let target = target.context("usage: cargo xtask fuzz TARGET [--time SECONDS] (see --list)")?;
+    fuzz::fuzz(project, &target, seconds)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -75,6 +75,11 @@ impl Project {
         self.target.join(profile.dir()).join("examples").join(name)
     }
 
+    /// The repository root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// The guest workspace.
     pub fn guest_dir(&self) -> PathBuf {
         self.root.join("guest")

@@ -1,0 +1,256 @@
+//! Fuzz bodies: one function per decoder of untrusted bytes, shared by the
+//! cargo-fuzz targets in `fuzz/` (nightly, libFuzzer) and the regression
+//! replay that `cargo xtask test` runs on stable Rust over every saved input
+//! (`fuzz/corpus/<target>/` and `fuzz/regressions/<target>/`).
+//!
+//! Each body must return normally for every input: an error is the expected
+//! answer to hostile bytes; a panic, a hang or unbounded growth is a bug.
+
+use std::cell::RefCell;
+
+use tandem_abi::layout;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// Every target, by the name `cargo xtask fuzz` and `fuzz/` use.
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("boot_info", boot_info),
+    ("hypercall_request", hypercall_request),
+    ("hypercall_guest", hypercall_guest),
+    ("elf_image", elf_image),
+    ("pvh_start_info", pvh_start_info),
+    ("snapshot_state", snapshot_state),
+    ("backup_point", backup_point),
+];
+
+/// The body of target `name`.
+pub fn target(name: &str) -> Option<fn(&[u8])> {
+    TARGETS.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
+}
+
+/// The guest's boot-info decoder (header, checksum, postcard body), compiled
+/// for the host. The body is tried both as found and re-sealed with a valid
+/// header, so the fuzzer reaches the body decoder past the checksum.
+pub fn boot_info(data: &[u8]) {
+    let _ = tandem_abi::bootinfo::BootInfo::decode(data);
+    let mut block = Vec::with_capacity(data.len() + 16);
+    let header = tandem_abi::bootinfo::BootInfoHeader {
+        magic: tandem_abi::bootinfo::BOOT_INFO_MAGIC,
+        abi_version: tandem_abi::ABI_VERSION,
+        body_len: u32::try_from(data.len()).unwrap_or(u32::MAX),
+        checksum: tandem_abi::checksum::crc32(data),
+    };
+    block.extend_from_slice(&header.to_bytes());
+    block.extend_from_slice(data);
+    if let Ok(info) = tandem_abi::bootinfo::BootInfo::decode(&block) {
+        // What decodes must encode again to the same bytes.
+        let mut again = vec![0u8; block.len() + 64];
+        if let Ok(n) = info.encode(&mut again) {
+            assert_eq!(&again[..n], &block[..], "boot info does not round-trip");
+        }
+    }
+}
+
+/// Hypercall request records and replies, as bytes.
+pub fn hypercall_request(data: &[u8]) {
+    use tandem_abi::hypercall::{Reply, Request};
+    if let Some(prefix) = data.get(..4).and_then(|p| <[u8; 4]>::try_from(p).ok()) {
+        if let Ok(len) = Request::body_len(prefix) {
+            if let Some(body) = data.get(4..4 + len as usize) {
+                let _ = Request::decode(body);
+            }
+        }
+    }
+    if let Ok(req) = Request::decode(data) {
+        let mut out = [0u8; 64];
+        if let Some(n) = req.encode_record(&mut out) {
+            assert_eq!(Request::decode(&out[4..n]), Ok(req), "request does not round-trip");
+        }
+    }
+    let _ = Reply::decode_record(data);
+}
+
+thread_local! {
+    /// One small guest, reused: allocating guest memory per input would
+    /// make the fuzzer measure mmap.
+    static GUEST: RefCell<Option<GuestMemoryMmap>> = const { RefCell::new(None) };
+}
+
+/// The host's hypercall service against guest memory the input controls:
+/// the port, the value written (an address), the bytes at the request
+/// address, at a reply buffer, and the console fill level.
+pub fn hypercall_guest(data: &[u8]) {
+    let mem_size = layout::MIN_MEM_SIZE;
+    GUEST.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let mem = slot.get_or_insert_with(|| {
+            let size = usize::try_from(mem_size).unwrap_or(usize::MAX);
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).unwrap_or_default()
+        });
+        let word = |at: usize| {
+            data.get(at..at + 4)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map_or(0, u32::from_le_bytes)
+        };
+        let port = u16::try_from(word(0) & 0xF).map_or(0, |p| 0xE00 + p);
+        let width = [1usize, 2, 4, 4][(word(0) >> 4) as usize & 3];
+        // Addresses: mostly the hypercall buffer, sometimes anywhere.
+        let value = if word(4) & 1 == 0 { layout::HYPERCALL_ADDR as u32 } else { word(8) };
+        let console_level = word(12) % (layout::CONSOLE_CAPACITY as u32 + 64);
+        let payload = data.get(16..).unwrap_or(&[]);
+        let _ = mem.write_slice(&[0u8; 4096], GuestAddress(layout::HYPERCALL_ADDR));
+        let _ = mem.write_slice(payload, GuestAddress(u64::from(value)));
+        let _ = mem.write_obj(console_level, GuestAddress(layout::CONSOLE_ADDR));
+        let _ = crate::hypercall::drain_console(mem);
+        let bytes = value.to_le_bytes();
+        let _ = crate::hypercall::serve(mem, mem_size, port, &bytes[..width], || (1, 2));
+    });
+}
+
+/// The ELF loader's checks.
+pub fn elf_image(data: &[u8]) {
+    if let Ok(image) = crate::image::Image::parse(data) {
+        // What passes must satisfy what the VMM relies on.
+        for s in &image.segments {
+            assert!(s.addr >= layout::IMAGE_ADDR && s.addr + s.mem_size <= layout::IMAGE_END);
+            assert!(s.data.len() as u64 <= s.mem_size);
+        }
+        let mut pt = vec![0u8; tandem_abi::cpu::pt_area::SIZE];
+        let _ = tandem_abi::cpu::build_page_tables(&mut pt, layout::MIN_MEM_SIZE, &image.segment_maps());
+    }
+}
+
+/// PVH start info and memory-map entries (the guest's decoder).
+pub fn pvh_start_info(data: &[u8]) {
+    let _ = tandem_abi::pvh::StartInfo::parse(data);
+    for chunk in data.chunks(tandem_abi::pvh::MEMMAP_ENTRY_SIZE) {
+        let _ = tandem_abi::pvh::parse_memmap_entry(chunk);
+    }
+}
+
+/// Snapshot state files, as found and with the body re-sealed (so the body
+/// decoder and its consistency checks are reached past the digest).
+pub fn snapshot_state(data: &[u8]) {
+    use crate::snapshot::format::{seal, SnapshotState, MAGIC};
+    let _ = SnapshotState::decode(data);
+    let _ = SnapshotState::decode(&seal(&MAGIC, data));
+}
+
+/// Backup point metadata, as found and re-sealed.
+pub fn backup_point(data: &[u8]) {
+    use crate::backup::point::{PointMeta, MAGIC};
+    let _ = PointMeta::decode(data);
+    let _ = PointMeta::decode(&crate::snapshot::format::seal(&MAGIC, data));
+}
+
+/// Valid inputs for the targets that can be built without a VM: the
+/// starting points of a fuzzing run (`cargo xtask fuzz` writes them to
+/// `fuzz/corpus/<target>/seed-*`; real images, snapshots and backups are
+/// added from files).
+pub fn seeds(name: &str) -> Vec<Vec<u8>> {
+    use tandem_abi::bootinfo::*;
+    use tandem_abi::hypercall::{GuestBuf, Reply, Request};
+    let record = |r: &Request| {
+        let mut b = [0u8; 64];
+        let n = r.encode_record(&mut b).unwrap_or(0);
+        b[..n].to_vec()
+    };
+    let requests = [
+        Request::Flush,
+        Request::Exit { code: 3 },
+        Request::Ready,
+        Request::WallClock { reply: GuestBuf { addr: layout::HYPERCALL_ADDR + 0x1000, len: 64 } },
+    ];
+    match name {
+        "boot_info" => {
+            let mut memory = heapless::Vec::new();
+            let _ = memory.push(MemRegion { start: 0, len: layout::HEAP_ADDR, kind: MemKind::Reserved });
+            let heap = MemRegion { start: layout::HEAP_ADDR, len: 60 << 20, kind: MemKind::Usable };
+            let _ = memory.push(heap);
+            let info = BootInfo {
+                boot_path: BootPath::Pvh,
+                memory,
+                heap,
+                cmdline: heapless::String::try_from("seed cmdline").unwrap_or_default(),
+                cpu: CpuInfo { count: 1, tsc_khz: 2_600_000, features_ecx: 1, features_edx: 2 },
+                host: HostStamps { vmm_start: 1, vcpu_ready: 2 },
+                vm_id: 7,
+                generation: 1,
+                devices: heapless::Vec::new(),
+                entropy: [9; ENTROPY_SIZE],
+                loader: heapless::String::try_from("GRUB").unwrap_or_default(),
+            };
+            let mut block = vec![0u8; layout::BOOT_INFO_MAX as usize];
+            let n = info.encode(&mut block).unwrap_or(0);
+            block.truncate(n);
+            let body = block.get(16..).unwrap_or(&[]).to_vec();
+            vec![block, body]
+        }
+        "hypercall_request" => {
+            let mut v: Vec<Vec<u8>> = requests.iter().map(record).collect();
+            let mut reply = [0u8; 32];
+            let n = Reply::WallClock { unix_nanos: 5, tsc: 6 }.encode_record(&mut reply).unwrap_or(0);
+            v.push(reply[..n].to_vec());
+            v
+        }
+        "hypercall_guest" => requests
+            .iter()
+            .map(|r| {
+                // port 0xE00, width 4; value: the hypercall buffer; console level 5.
+                let mut input = vec![0x30, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0];
+                input.extend(record(r));
+                input
+            })
+            .collect(),
+        "pvh_start_info" => {
+            let mut b = vec![0u8; 56];
+            b[0..4].copy_from_slice(&tandem_abi::pvh::START_INFO_MAGIC.to_le_bytes());
+            b[4..8].copy_from_slice(&1u32.to_le_bytes());
+            b[40..48].copy_from_slice(&0x8000u64.to_le_bytes());
+            b[48..52].copy_from_slice(&2u32.to_le_bytes());
+            let mut e = vec![0u8; 24];
+            e[8..16].copy_from_slice(&(128u64 << 20).to_le_bytes());
+            e[16..20].copy_from_slice(&1u32.to_le_bytes());
+            let mut both = b.clone();
+            both.extend(&e);
+            vec![b, both]
+        }
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_target_survives_small_inputs() {
+        let mut s: u64 = 0x0123_4567_89AB_CDEF;
+        for (name, f) in TARGETS {
+            for len in 0..200 {
+                let bytes: Vec<u8> = (0..len)
+                    .map(|_| {
+                        s ^= s << 13;
+                        s ^= s >> 7;
+                        s ^= s << 17;
+                        s.to_le_bytes()[0]
+                    })
+                    .collect();
+                f(&bytes);
+            }
+            assert!(target(name).is_some());
+            for seed in seeds(name) {
+                f(&seed);
+            }
+        }
+    }
+
+    #[test]
+    fn seeds_are_valid_inputs() {
+        let bi = seeds("boot_info");
+        assert!(tandem_abi::bootinfo::BootInfo::decode(&bi[0]).is_ok());
+        for r in seeds("hypercall_request").iter().take(4) {
+            assert!(tandem_abi::hypercall::Request::decode(&r[4..]).is_ok());
+        }
+        assert!(tandem_abi::pvh::StartInfo::parse(&seeds("pvh_start_info")[0]).is_ok());
+    }
+}
