@@ -74,3 +74,31 @@ fn host_stays_healthy_after_hostile_vms() {
     let (report, console) = boot_in_process(&hv, "hello", "after");
     assert_eq!(report.status, ExitStatus::Exited(0), "{console}");
 }
+
+#[test]
+fn guest_side_fuzzer_never_breaks_the_host() {
+    // `hfuzz SEED COUNT` sends mostly valid, sometimes mutated hypercalls;
+    // each VM must either be served to the end (exit 0) or be stopped with a
+    // typed protocol error, and the process must carry on booting VMs.
+    let hv = hypervisor();
+    let mut served = 0u64;
+    let mut refused = 0u32;
+    for seed in 1..=40 {
+        let (report, console) = boot_in_process(&hv, "hfuzz", &format!("{seed} 2000"));
+        match report.status {
+            ExitStatus::Exited(0) => {}
+            ExitStatus::ProtocolViolation(_) => refused += 1,
+            other => panic!("seed {seed}: the host answered {other:?}: {console}"),
+        }
+        served += report.stats.exits;
+        assert!(
+            report.stats.console_bytes < 1 << 20,
+            "seed {seed}: console grew to {}",
+            report.stats.console_bytes
+        );
+    }
+    assert!(served >= 1000, "only {served} hypercalls were made");
+    assert!(refused > 0, "no mutated request was refused");
+    let (report, _) = boot_in_process(&hv, "hello", "after the fuzzer");
+    assert_eq!(report.status, ExitStatus::Exited(0));
+}

@@ -11,8 +11,11 @@ use std::cell::RefCell;
 use tandem_abi::layout;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+/// A fuzz body.
+pub type Body = fn(&[u8]);
+
 /// Every target, by the name `cargo xtask fuzz` and `fuzz/` use.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Body)] = &[
     ("boot_info", boot_info),
     ("hypercall_request", hypercall_request),
     ("hypercall_guest", hypercall_guest),
@@ -23,7 +26,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
 ];
 
 /// The body of target `name`.
-pub fn target(name: &str) -> Option<fn(&[u8])> {
+pub fn target(name: &str) -> Option<Body> {
     TARGETS.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
 }
 
@@ -63,11 +66,29 @@ pub fn hypercall_request(data: &[u8]) {
     if let Ok(req) = Request::decode(data) {
         let mut out = [0u8; 64];
         if let Some(n) = req.encode_record(&mut out) {
-            assert_eq!(Request::decode(&out[4..n]), Ok(req), "request does not round-trip");
+            assert_eq!(
+                Request::decode(&out[4..n]),
+                Ok(req),
+                "request does not round-trip"
+            );
         }
     }
     let _ = Reply::decode_record(data);
 }
+
+// Layout addresses are below 4 GiB (a `const` assert in tandem_abi::layout).
+const HYPERCALL_ADDR32: u32 = {
+    assert!(layout::HYPERCALL_ADDR <= u32::MAX as u64);
+    #[allow(clippy::cast_possible_truncation)]
+    let a = layout::HYPERCALL_ADDR as u32;
+    a
+};
+const CONSOLE_CAPACITY32: u32 = {
+    assert!(layout::CONSOLE_CAPACITY <= u32::MAX as u64);
+    #[allow(clippy::cast_possible_truncation)]
+    let c = layout::CONSOLE_CAPACITY as u32;
+    c
+};
 
 thread_local! {
     /// One small guest, reused: allocating guest memory per input would
@@ -94,8 +115,12 @@ pub fn hypercall_guest(data: &[u8]) {
         let port = u16::try_from(word(0) & 0xF).map_or(0, |p| 0xE00 + p);
         let width = [1usize, 2, 4, 4][(word(0) >> 4) as usize & 3];
         // Addresses: mostly the hypercall buffer, sometimes anywhere.
-        let value = if word(4) & 1 == 0 { layout::HYPERCALL_ADDR as u32 } else { word(8) };
-        let console_level = word(12) % (layout::CONSOLE_CAPACITY as u32 + 64);
+        let value = if word(4) & 1 == 0 {
+            HYPERCALL_ADDR32
+        } else {
+            word(8)
+        };
+        let console_level = word(12) % (CONSOLE_CAPACITY32 + 64);
         let payload = data.get(16..).unwrap_or(&[]);
         let _ = mem.write_slice(&[0u8; 4096], GuestAddress(layout::HYPERCALL_ADDR));
         let _ = mem.write_slice(payload, GuestAddress(u64::from(value)));
@@ -115,7 +140,11 @@ pub fn elf_image(data: &[u8]) {
             assert!(s.data.len() as u64 <= s.mem_size);
         }
         let mut pt = vec![0u8; tandem_abi::cpu::pt_area::SIZE];
-        let _ = tandem_abi::cpu::build_page_tables(&mut pt, layout::MIN_MEM_SIZE, &image.segment_maps());
+        let _ = tandem_abi::cpu::build_page_tables(
+            &mut pt,
+            layout::MIN_MEM_SIZE,
+            &image.segment_maps(),
+        );
     }
 }
 
@@ -158,28 +187,49 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
         Request::Flush,
         Request::Exit { code: 3 },
         Request::Ready,
-        Request::WallClock { reply: GuestBuf { addr: layout::HYPERCALL_ADDR + 0x1000, len: 64 } },
+        Request::WallClock {
+            reply: GuestBuf {
+                addr: layout::HYPERCALL_ADDR + 0x1000,
+                len: 64,
+            },
+        },
     ];
     match name {
         "boot_info" => {
             let mut memory = heapless::Vec::new();
-            let _ = memory.push(MemRegion { start: 0, len: layout::HEAP_ADDR, kind: MemKind::Reserved });
-            let heap = MemRegion { start: layout::HEAP_ADDR, len: 60 << 20, kind: MemKind::Usable };
+            let _ = memory.push(MemRegion {
+                start: 0,
+                len: layout::HEAP_ADDR,
+                kind: MemKind::Reserved,
+            });
+            let heap = MemRegion {
+                start: layout::HEAP_ADDR,
+                len: 60 << 20,
+                kind: MemKind::Usable,
+            };
             let _ = memory.push(heap);
             let info = BootInfo {
                 boot_path: BootPath::Pvh,
                 memory,
                 heap,
                 cmdline: heapless::String::try_from("seed cmdline").unwrap_or_default(),
-                cpu: CpuInfo { count: 1, tsc_khz: 2_600_000, features_ecx: 1, features_edx: 2 },
-                host: HostStamps { vmm_start: 1, vcpu_ready: 2 },
+                cpu: CpuInfo {
+                    count: 1,
+                    tsc_khz: 2_600_000,
+                    features_ecx: 1,
+                    features_edx: 2,
+                },
+                host: HostStamps {
+                    vmm_start: 1,
+                    vcpu_ready: 2,
+                },
                 vm_id: 7,
                 generation: 1,
                 devices: heapless::Vec::new(),
                 entropy: [9; ENTROPY_SIZE],
                 loader: heapless::String::try_from("GRUB").unwrap_or_default(),
             };
-            let mut block = vec![0u8; layout::BOOT_INFO_MAX as usize];
+            let mut block = vec![0u8; usize::try_from(layout::BOOT_INFO_MAX).unwrap_or(0)];
             let n = info.encode(&mut block).unwrap_or(0);
             block.truncate(n);
             let body = block.get(16..).unwrap_or(&[]).to_vec();
@@ -188,7 +238,12 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
         "hypercall_request" => {
             let mut v: Vec<Vec<u8>> = requests.iter().map(record).collect();
             let mut reply = [0u8; 32];
-            let n = Reply::WallClock { unix_nanos: 5, tsc: 6 }.encode_record(&mut reply).unwrap_or(0);
+            let n = Reply::WallClock {
+                unix_nanos: 5,
+                tsc: 6,
+            }
+            .encode_record(&mut reply)
+            .unwrap_or(0);
             v.push(reply[..n].to_vec());
             v
         }

@@ -337,7 +337,8 @@ pub fn build_idt(out: &mut [u8], stubs: u64) -> Result<(), BuildError> {
             0,
         ));
     }
-    if let Some(slot) = out.chunks_exact_mut(16).nth(HALT_VECTOR as usize) {
+    let halt = usize::try_from(HALT_VECTOR).unwrap_or(usize::MAX);
+    if let Some(slot) = out.chunks_exact_mut(16).nth(halt) {
         slot.copy_from_slice(&idt_gate(stubs + HALT_VECTOR * EXCEPTION_STUB_STRIDE, 0, 3));
     }
     Ok(())

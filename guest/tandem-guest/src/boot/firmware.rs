@@ -126,7 +126,7 @@ pub fn from_multiboot2(addr: u64, magic: u64) -> Result<Firmware, FirmwareError>
     let mut memory = Vec::new();
     let map = mbi.memory_map_tag().ok_or(FirmwareError::NoMemoryMap)?;
     for area in map.memory_areas() {
-        let kind = match multiboot2::MemoryAreaType::from(area.typ()) {
+        let kind = match area.typ() {
             multiboot2::MemoryAreaType::Available => MemKind::Usable,
             multiboot2::MemoryAreaType::AcpiAvailable => MemKind::Acpi,
             _ => MemKind::Reserved,
