@@ -35,6 +35,14 @@ fn kick_signal() -> libc::c_int {
     vmm_sys_util::signal::SIGRTMIN()
 }
 
+fn register_kick_handler() {
+    static REGISTER: Once = Once::new();
+    REGISTER.call_once(|| {
+        // A no-op handler: its only job is to make KVM_RUN return EINTR.
+        let _ = vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler);
+    });
+}
+
 /// Makes `SIGUSR1` a snapshot request for every VM of this process that
 /// has `snapshot_on_signal` set (instead of killing the process).
 pub fn install_snapshot_signal() -> std::io::Result<()> {
@@ -77,11 +85,7 @@ pub struct Kicker {
 impl Kicker {
     /// Starts watching for the calling thread, which must be the vCPU thread.
     pub fn start(watch: Watch) -> Self {
-        static REGISTER: Once = Once::new();
-        REGISTER.call_once(|| {
-            // A no-op handler: its only job is to make KVM_RUN return EINTR.
-            let _ = vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler);
-        });
+        register_kick_handler();
         // SAFETY: pthread_self has no preconditions.
         let target = unsafe { libc::pthread_self() };
         let flags = Arc::new(Flags::default());
@@ -172,5 +176,162 @@ impl Drop for Kicker {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// What a [`VmHandle`] reports about its VM, from the vCPU thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmEvent {
+    /// The vCPU is about to enter the guest for the first time in this run.
+    Running,
+    /// The app called `ready()`.
+    Ready,
+}
+
+type EventFn = Box<dyn Fn(VmEvent) + Send + Sync>;
+
+#[derive(Default)]
+struct HandleInner {
+    /// The app was asked to stop: `Request::Idle` returns `stop: true`.
+    stop_asked: AtomicBool,
+    /// The VM must end now (status `Stopped`), whatever the guest does.
+    killed: AtomicBool,
+    /// The vCPU thread while a run is attached.
+    vcpu: std::sync::Mutex<Option<libc::pthread_t>>,
+    wake: std::sync::Condvar,
+    on_event: std::sync::OnceLock<EventFn>,
+}
+
+/// Lets other threads follow and stop a running VM: set it in
+/// [`VmConfig::handle`](crate::VmConfig::handle), keep a clone.
+///
+/// - [`VmHandle::on_event`]: called from the vCPU thread when the run
+///   starts and when the app calls `ready()` (the VM keeps running);
+/// - [`VmHandle::request_stop`]: a polite request, seen by an app waiting in
+///   `Request::Idle` (which returns at once with `stop: true`);
+/// - [`VmHandle::kill`]: ends the run at the next VM exit, kicking the
+///   vCPU out of `KVM_RUN` if it must (status [`ExitStatus::Stopped`](crate::ExitStatus::Stopped)).
+#[derive(Clone, Default)]
+pub struct VmHandle {
+    inner: Arc<HandleInner>,
+}
+
+impl std::fmt::Debug for VmHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmHandle")
+            .field("stop_asked", &self.stop_asked())
+            .field("killed", &self.killed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl VmHandle {
+    /// A handle with no event callback.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A handle that calls `f` on each [`VmEvent`] (from the vCPU thread:
+    /// keep it short).
+    pub fn with_events(f: impl Fn(VmEvent) + Send + Sync + 'static) -> Self {
+        let h = Self::default();
+        let _ = h.inner.on_event.set(Box::new(f));
+        h
+    }
+
+    /// Asks the app to stop: an `Idle` request returns now with `stop: true`.
+    pub fn request_stop(&self) {
+        self.inner.stop_asked.store(true, Ordering::SeqCst);
+        self.notify();
+    }
+
+    /// Ends the run at once (status `Stopped`).
+    pub fn kill(&self) {
+        self.inner.stop_asked.store(true, Ordering::SeqCst);
+        self.inner.killed.store(true, Ordering::SeqCst);
+        self.notify();
+        register_kick_handler();
+        if self.kick() {
+            // A kick that lands between two KVM_RUNs is lost: keep kicking
+            // until the run lets go of the handle.
+            let h = self.clone();
+            std::thread::spawn(move || {
+                while h.kick() {
+                    std::thread::sleep(KICK_INTERVAL);
+                }
+            });
+        }
+    }
+
+    /// Whether the app was asked to stop.
+    pub fn stop_asked(&self) -> bool {
+        self.inner.stop_asked.load(Ordering::SeqCst)
+    }
+
+    /// Whether the run must end now.
+    pub fn killed(&self) -> bool {
+        self.inner.killed.load(Ordering::SeqCst)
+    }
+
+    fn notify(&self) {
+        let _g = self.inner.vcpu.lock();
+        self.inner.wake.notify_all();
+    }
+
+    /// Kicks the attached vCPU thread; false when no run is attached.
+    fn kick(&self) -> bool {
+        let guard = self.inner.vcpu.lock().unwrap_or_else(|p| p.into_inner());
+        match *guard {
+            Some(thread) => {
+                // SAFETY: `thread` is attached, and the run detaches it
+                // (under this lock) before the thread can end.
+                unsafe { libc::pthread_kill(thread, kick_signal()) };
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(crate) fn event(&self, e: VmEvent) {
+        if let Some(f) = self.inner.on_event.get() {
+            f(e);
+        }
+    }
+
+    /// Records the calling thread as the vCPU thread until the guard drops.
+    pub(crate) fn attach(&self) -> Attached<'_> {
+        register_kick_handler();
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        *self.inner.vcpu.lock().unwrap_or_else(|p| p.into_inner()) = Some(me);
+        Attached(self)
+    }
+
+    /// Blocks up to `limit`, or until a stop is asked; returns whether it was.
+    pub(crate) fn idle(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut guard = self.inner.vcpu.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if self.stop_asked() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            guard = match self.inner.wake.wait_timeout(guard, deadline - now) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+}
+
+/// A run attached to a [`VmHandle`]; detaches on drop.
+pub(crate) struct Attached<'a>(&'a VmHandle);
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        *self.0.inner.vcpu.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }

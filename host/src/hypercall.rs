@@ -72,6 +72,15 @@ pub enum Action {
     /// Take a snapshot; answer with a [`Reply::Snapshot`] in this buffer
     /// (through [`write_reply`], which checks it).
     Snapshot(GuestBuf),
+    /// Block the vCPU for up to this many nanoseconds or until the VM is
+    /// asked to stop; answer with a [`Reply::Idle`] in this buffer (through
+    /// [`write_reply`], which checks it).
+    Idle {
+        /// Longest wait the guest asked for.
+        nanos: u64,
+        /// Where the reply goes.
+        reply: GuestBuf,
+    },
 }
 
 fn read_guest<'a>(
@@ -169,6 +178,7 @@ fn serve_request(
             Ok(Action::Continue)
         }
         Request::Snapshot { reply } => Ok(Action::Snapshot(reply)),
+        Request::Idle { nanos, reply } => Ok(Action::Idle { nanos, reply }),
     }
 }
 

@@ -25,6 +25,7 @@ pub mod arch;
 pub mod backup;
 pub mod console;
 pub mod control;
+pub mod fleet;
 pub mod fuzzing;
 pub mod hypercall;
 pub mod image;
@@ -36,6 +37,7 @@ pub mod vm;
 
 pub use backup::{BackupConfig, BackupError};
 pub use console::ConsoleSink;
+pub use control::{VmEvent, VmHandle};
 pub use image::{Image, ImageError};
 pub use kvm::{Hypervisor, KvmError};
 pub use snapshot::{Snapshot, SnapshotError};
@@ -68,6 +70,7 @@ impl ExitStatus {
             ExitStatus::Crashed(_) => exit_code::CRASHED,
             ExitStatus::TimedOut(_) => exit_code::TIMEOUT,
             ExitStatus::Snapshotted(_) => 0,
+            ExitStatus::Stopped => 0,
         }
     }
 }

@@ -40,6 +40,9 @@ enum Command {
     /// Work on an incremental backup chain.
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// Boot the VMs of FLEET.toml: priorities, `after` ordering gated on
+    /// ready(), admission limits, restarts; exits 1 if any VM failed.
+    Fleet(tandem::fleet::cli::FleetArgs),
 }
 
 /// Snapshot, backup and stop options shared by `run` and `restore`.
@@ -208,6 +211,10 @@ fn main() -> ExitCode {
         Command::Restore(args) => restore(args, start),
         Command::Snapshot(cmd) => snapshot_cmd(cmd),
         Command::Backup(cmd) => backup_cmd(cmd),
+        Command::Fleet(args) => tandem::fleet::cli::run(args).or_else(|e| {
+            eprintln!("tandem: error: {e}");
+            Ok(e.exit_code())
+        }),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -23,7 +23,7 @@ use vm_memory::{Bytes, GuestAddress};
 use crate::arch::{self, ArchError};
 use crate::backup::{BackupConfig, BackupError, BackupRecord, BackupWriter};
 use crate::console::{Console, ConsoleSink, DEFAULT_CONSOLE_LIMIT};
-use crate::control::{Kicker, Watch};
+use crate::control::{Kicker, VmEvent, VmHandle, Watch};
 use crate::hypercall::{self, Action, HypercallError};
 use crate::image::Image;
 use crate::kvm::{Hypervisor, KvmError};
@@ -74,6 +74,8 @@ pub enum ExitStatus {
     TimedOut(Duration),
     /// The VM was stopped after writing a snapshot (`exit_after_snapshot`).
     Snapshotted(PathBuf),
+    /// The VM was stopped from outside ([`VmHandle::kill`]).
+    Stopped,
 }
 
 impl std::fmt::Display for ExitStatus {
@@ -86,6 +88,7 @@ impl std::fmt::Display for ExitStatus {
             Self::Snapshotted(dir) => {
                 write!(f, "VM stopped after its snapshot to {}", dir.display())
             }
+            Self::Stopped => write!(f, "VM stopped on request"),
         }
     }
 }
@@ -173,6 +176,8 @@ pub struct VmConfig {
     pub backup: Option<BackupConfig>,
     /// Say on stderr when a snapshot or backup point is written or fails.
     pub verbose: bool,
+    /// Lets other threads follow the run (start, `ready()`) and stop it.
+    pub handle: Option<VmHandle>,
 }
 
 impl Default for VmConfig {
@@ -191,6 +196,7 @@ impl Default for VmConfig {
             snapshot_on_signal: false,
             backup: None,
             verbose: false,
+            handle: None,
         }
     }
 }
@@ -456,7 +462,16 @@ impl Vm {
         };
         let kicker = watch.any().then(|| Kicker::start(watch));
         let mem_size = self.config.mem_size;
+        let handle = self.config.handle.clone();
+        let attached = handle.as_ref().map(VmHandle::attach);
+        let deadline = self.config.timeout.map(|t| std::time::Instant::now() + t);
+        if let Some(h) = &handle {
+            h.event(VmEvent::Running);
+        }
         let status = loop {
+            if handle.as_ref().is_some_and(VmHandle::killed) {
+                break ExitStatus::Stopped;
+            }
             if let Some(k) = &kicker {
                 if k.timed_out() {
                     break ExitStatus::TimedOut(self.config.timeout.unwrap_or_default());
@@ -549,6 +564,9 @@ impl Vm {
                     match served {
                         Ok(Action::Continue) => {}
                         Ok(Action::Ready) => {
+                            if let Some(h) = &handle {
+                                h.event(VmEvent::Ready);
+                            }
                             if let Some(dir) = self.config.snapshot_at_ready.take() {
                                 let (record, stop) =
                                     self.snapshot_now(&dir, SnapshotTrigger::Ready, &console);
@@ -566,6 +584,16 @@ impl Vm {
                             }
                         }
                         Ok(Action::Exit(code)) => break ExitStatus::Exited(code),
+                        Ok(Action::Idle { nanos, reply }) => {
+                            let stop = idle(handle.as_ref(), nanos, deadline);
+                            let answer = Reply::Idle { stop };
+                            if let Err(e) =
+                                hypercall::write_reply(&self.ram.mem, mem_size, reply, &answer)
+                            {
+                                break ExitStatus::ProtocolViolation(e);
+                            }
+                            self.note_host_writes(&[(reply.addr, u64::from(reply.len))]);
+                        }
                         Err(e) => break ExitStatus::ProtocolViolation(e),
                     }
                 }
@@ -582,6 +610,7 @@ impl Vm {
         };
         self.trace.stamp(Phase::Exit);
         drop(kicker);
+        drop(attached);
         stats.console_bytes = console.written() + self.console_before;
         self.collect_guest_trace(&mut stats);
         Ok(RunReport {
@@ -752,6 +781,25 @@ fn prefault(mem: &vm_memory::GuestMemoryMmap, image: &Image) -> Result<(), VmErr
         touch_groups(seg.addr, seg.addr + seg.mem_size)?;
     }
     Ok(())
+}
+
+/// Longest single wait of a `Request::Idle` (the app asks again if it wants more).
+const MAX_IDLE: Duration = Duration::from_secs(3600);
+
+/// Serves `Request::Idle`: waits up to `nanos` (capped by [`MAX_IDLE`] and
+/// the run's deadline) or until a stop is asked; returns whether one was.
+fn idle(handle: Option<&VmHandle>, nanos: u64, deadline: Option<std::time::Instant>) -> bool {
+    let mut limit = Duration::from_nanos(nanos).min(MAX_IDLE);
+    if let Some(d) = deadline {
+        limit = limit.min(d.saturating_duration_since(std::time::Instant::now()));
+    }
+    match handle {
+        Some(h) => h.idle(limit),
+        None => {
+            std::thread::sleep(limit);
+            false
+        }
+    }
 }
 
 enum Event {

@@ -91,6 +91,15 @@ pub enum Request {
         /// Where the reply goes.
         reply: GuestBuf,
     },
+    /// Block this vCPU for up to `nanos` nanoseconds, or until the VMM is
+    /// asked to stop the VM, whichever comes first; the reply is
+    /// [`Reply::Idle`]. Lets a ready service wait without burning a host core.
+    Idle {
+        /// Longest wait, in nanoseconds (the host may cap it).
+        nanos: u64,
+        /// Where the reply goes.
+        reply: GuestBuf,
+    },
 }
 
 /// A reply written into the buffer a request named. Variants are only ever appended.
@@ -108,6 +117,11 @@ pub enum Reply {
     Snapshot {
         /// The snapshot was written.
         taken: bool,
+    },
+    /// The answer to [`Request::Idle`].
+    Idle {
+        /// The VMM asks the app to stop (exit) now.
+        stop: bool,
     },
 }
 
@@ -219,7 +233,7 @@ mod tests {
     fn golden_bytes() {
         // Pins the wire format of every request: appending variants is fine,
         // changing these bytes needs an ABI_VERSION bump.
-        let cases: [(Request, &[u8]); 5] = [
+        let cases: [(Request, &[u8]); 6] = [
             (Request::Flush, &[1, 0, 0, 0, 0]),
             (Request::Exit { code: 42 }, &[2, 0, 0, 0, 1, 42]),
             (Request::Ready, &[1, 0, 0, 0, 2]),
@@ -240,6 +254,16 @@ mod tests {
                     },
                 },
                 &[6, 0, 0, 0, 4, 0x80, 0x80, 0x05, 0x80, 0x20],
+            ),
+            (
+                Request::Idle {
+                    nanos: 1000,
+                    reply: GuestBuf {
+                        addr: 0x13000,
+                        len: 64,
+                    },
+                },
+                &[7, 0, 0, 0, 5, 0xe8, 0x07, 0x80, 0xe0, 0x04, 64],
             ),
         ];
         for (req, bytes) in cases {
@@ -270,6 +294,12 @@ mod tests {
         assert_eq!(
             Reply::decode_record(&out[..n]),
             Ok(Reply::Snapshot { taken: true })
+        );
+        let n = Reply::Idle { stop: true }.encode_record(&mut out).unwrap();
+        assert_eq!(&out[..n], &[2, 0, 0, 0, 2, 1]);
+        assert_eq!(
+            Reply::decode_record(&out[..n]),
+            Ok(Reply::Idle { stop: true })
         );
     }
 

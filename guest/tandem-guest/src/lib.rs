@@ -31,11 +31,13 @@ mod panic;
 pub mod console;
 pub mod env;
 pub mod hypercall;
+pub mod idle;
 pub mod platform;
 pub mod time;
 pub mod trace;
 
 pub use env::{exit, ready, Env, Termination};
+pub use idle::{idle, Wake};
 pub use tandem_abi as abi;
 
 /// What most apps need: `print!`, `println!`, `Env`, `ready`, `exit`, and `alloc`'s collections.

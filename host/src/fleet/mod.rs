@@ -1,0 +1,25 @@
+//! Fleets: many VMs booted on one host, with priorities, readiness-gated
+//! ordering, admission limits, restarts and recovery from snapshots.
+//!
+//! - [`config`]: the `FLEET.toml` format, checked whole before anything starts;
+//! - [`scheduler`]: the admission state machine (pure, unit-tested);
+//! - [`runner`]: boots the VMs in-process, one vCPU thread each, and feeds
+//!   their events to the scheduler;
+//! - [`report`]: the JSON report and the Gantt chart;
+//! - [`cli`]: `tandem fleet`.
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use tandem::fleet::{config::{FleetSpec, LimitOverrides}, runner::{self, RunOptions}, report};
+//! let spec = FleetSpec::load(Path::new("examples/fleet.toml"), LimitOverrides::default())?;
+//! let opts = RunOptions { stop_when_ready: true, ..RunOptions::default() };
+//! let run = runner::run(&spec, &opts, |_, _| {})?;
+//! println!("{}", report::to_json(&run));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod cli;
+pub mod config;
+pub mod report;
+pub mod runner;
+pub mod scheduler;
