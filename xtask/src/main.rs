@@ -5,6 +5,7 @@
 //! through `$CARGO`, the one that runs this program.
 
 mod bench;
+mod bench_fleet;
 mod bench_paths;
 mod bench_snapshot;
 mod elf;
@@ -68,6 +69,12 @@ COMMANDS:
         PVH, QEMU q35 + SeaBIOS + PVH, QEMU q35 + SeaBIOS + GRUB + Multiboot2,
         under KVM and TCG. Prints medians per phase and writes JSON and an SVG
         chart (target/bench/boot-paths.{json,svg}).
+
+    bench fleet [--sizes 100,1000] [--runs N] [--json FILE]
+        Fleets of small VMs (service app, one in ten high priority) booted
+        until all are ready, with the scheduler (cap = CPUs) and all at once,
+        side by side: time to all ready, VMs/s, p50/p99 per priority class,
+        host memory per VM (target/bench/fleet.json).
 
     bench snapshot [--runs N] [--json FILE]
         Snapshot, restore, clone and backup costs of the counter app next to
@@ -392,6 +399,10 @@ fn bench_paths_cmd(project: &Project, args: Vec<String>) -> Result<ExitCode> {
 fn bench_cmd(project: &Project, args: Vec<String>) -> Result<ExitCode> {
     if args.first().map(String::as_str) == Some("boot-paths") {
         return bench_paths_cmd(project, args[1..].to_vec());
+    }
+    if args.first().map(String::as_str) == Some("fleet") {
+        bench_fleet::bench(project, &bench_fleet::parse(&args[1..])?)?;
+        return Ok(ExitCode::SUCCESS);
     }
     if args.first().map(String::as_str) == Some("snapshot") {
         bench_snapshot::bench(project, &bench_snapshot::parse(&args[1..])?)?;

@@ -1,0 +1,196 @@
+//! `cargo xtask bench fleet`: fleets of 100 and 1000 small VMs (`service`
+//! app, 6 MiB each, one in ten of high priority, the rest low), booted by
+//! the release `tandem fleet` until every VM is ready, with the scheduler
+//! (cap = number of CPUs) and with a naive all-at-once start (cap = fleet
+//! size) side by side. Reports time until all ready, VMs ready per second,
+//! median and p99 time to ready per priority class, and host memory per VM
+//! (resident set of the VMM once all are ready, less that of a one-VM
+//! fleet, divided by the VMs). Prints a table and writes JSON (default
+//! `target/bench/fleet.json`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::project::{Profile, Project};
+use crate::table::Table;
+use crate::{guest, host};
+
+/// Options of `cargo xtask bench fleet`.
+pub struct Options {
+    /// Fleet sizes.
+    pub sizes: Vec<usize>,
+    /// Runs per configuration (the median run by time to all ready is kept).
+    pub runs: usize,
+    /// Where the JSON goes.
+    pub json: Option<PathBuf>,
+}
+
+/// Parses `--sizes 100,1000`, `--runs N` and `--json FILE`.
+pub fn parse(args: &[String]) -> Result<Options> {
+    let mut opts = Options {
+        sizes: vec![100, 1000],
+        runs: 3,
+        json: None,
+    };
+    let mut it = args.iter();
+    while let Some(word) = it.next() {
+        match word.as_str() {
+            "--sizes" => {
+                let v = it.next().context("--sizes needs a value")?;
+                opts.sizes = v
+                    .split(',')
+                    .map(|s| s.trim().parse::<usize>())
+                    .collect::<Result<_, _>>()
+                    .with_context(|| format!("--sizes takes numbers like 100,1000, not `{v}`"))?;
+            }
+            "--runs" => {
+                let v = it.next().context("--runs needs a value")?;
+                opts.runs = v
+                    .parse()
+                    .with_context(|| format!("--runs takes a number, not `{v}`"))?;
+            }
+            "--json" => opts.json = Some(it.next().context("--json needs a value")?.into()),
+            other => bail!("unexpected argument `{other}` for `cargo xtask bench fleet`"),
+        }
+    }
+    opts.runs = opts.runs.max(1);
+    Ok(opts)
+}
+
+fn write_fleet(dir: &Path, n: usize, image: &Path) -> Result<PathBuf> {
+    let high = (n / 10).max(1);
+    let low = n.saturating_sub(high);
+    let mut text = format!(
+        "[defaults]\nimage = \"{}\"\nmemory = \"6M\"\nboot_timeout = \"120s\"\n\n\
+         [[vm]]\nname = \"high\"\ncount = {high}\npriority = 10\n",
+        image.display()
+    );
+    if low > 0 {
+        text.push_str(&format!(
+            "\n[[vm]]\nname = \"low\"\ncount = {low}\npriority = 0\n"
+        ));
+    }
+    let path = dir.join(format!("fleet-{n}.toml"));
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
+
+fn run_fleet(tandem: &Path, config: &Path, cap: usize, out: &Path) -> Result<Value> {
+    let status = Command::new(tandem)
+        .arg("fleet")
+        .arg(config)
+        .args(["--stop-when-ready", "-q", "--max-concurrent-boots"])
+        .arg(cap.to_string())
+        .arg("--json")
+        .arg(out)
+        .status()
+        .context("cannot run tandem fleet")?;
+    if !status.success() {
+        bail!("tandem fleet {} failed: {status}", config.display());
+    }
+    let text = std::fs::read_to_string(out)?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+fn class(report: &Value, priority: i64) -> Option<&Value> {
+    report["summary"]["classes"]
+        .as_array()?
+        .iter()
+        .find(|c| c["priority"].as_i64() == Some(priority))
+}
+
+fn num(v: &Value) -> String {
+    v.as_f64().map_or("-".into(), |x| format!("{x:.1}"))
+}
+
+/// Runs the benchmark.
+pub fn bench(project: &Project, opts: &Options) -> Result<()> {
+    crate::project::require_kvm()?;
+    guest::build(project)?;
+    host::build(project, Profile::Release, false)?;
+    let tandem = project.host_bin(Profile::Release);
+    let image = guest::image(project, "service")?;
+    let scratch = project.target_dir().join("bench/fleet");
+    std::fs::create_dir_all(&scratch)?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+
+    let one = write_fleet(&scratch, 1, &image)?;
+    let base = run_fleet(&tandem, &one, 1, &scratch.join("one.json"))?;
+    let base_rss = base["summary"]["rss_when_settled"].as_f64().unwrap_or(0.0);
+
+    let mut table = Table::new([
+        "fleet",
+        "start",
+        "all ready (ms)",
+        "VMs ready/s",
+        "high p50 (ms)",
+        "high p99 (ms)",
+        "low p50 (ms)",
+        "low p99 (ms)",
+        "peak booting",
+        "RSS/VM (MiB)",
+    ]);
+    let mut results = Vec::new();
+    for &n in &opts.sizes {
+        let config = write_fleet(&scratch, n, &image)?;
+        for (mode, cap) in [("scheduler", cpus), ("all at once", n)] {
+            let mut runs = Vec::new();
+            for r in 0..opts.runs {
+                let out = scratch.join(format!("fleet-{n}-{}-{r}.json", cap));
+                eprintln!("bench fleet: {n} VMs, {mode} (cap {cap}), run {}", r + 1);
+                runs.push(run_fleet(&tandem, &config, cap, &out)?);
+            }
+            runs.sort_by(|a, b| {
+                let t = |v: &Value| v["summary"]["last_ready_ms"].as_f64().unwrap_or(f64::MAX);
+                t(a).total_cmp(&t(b))
+            });
+            let median = runs.swap_remove(runs.len() / 2);
+            let s = &median["summary"];
+            let rss = s["rss_when_settled"].as_f64().unwrap_or(0.0);
+            let rss_per_vm = (rss - base_rss).max(0.0) / (n.max(2) - 1) as f64 / 1048576.0;
+            let hi = class(&median, 10).cloned().unwrap_or(Value::Null);
+            let lo = class(&median, 0).cloned().unwrap_or(Value::Null);
+            table.row([
+                format!("{n} VMs"),
+                format!("{mode} (cap {cap})"),
+                num(&s["all_ready_ms"]),
+                num(&s["ready_per_sec"]),
+                num(&hi["ready_p50_ms"]),
+                num(&hi["ready_p99_ms"]),
+                num(&lo["ready_p50_ms"]),
+                num(&lo["ready_p99_ms"]),
+                num(&s["peak_booting"]),
+                format!("{rss_per_vm:.2}"),
+            ]);
+            results.push(json!({
+                "vms": n,
+                "mode": mode,
+                "max_concurrent_boots": cap,
+                "runs": opts.runs,
+                "all_ready_ms": s["all_ready_ms"],
+                "ready_per_sec": s["ready_per_sec"],
+                "ready_per_sec_per_core": s["ready_per_sec"].as_f64().map(|r| r / cpus as f64),
+                "high": hi,
+                "low": lo,
+                "peak_booting": s["peak_booting"],
+                "rss_bytes": rss,
+                "rss_per_vm_mib": rss_per_vm,
+            }));
+        }
+    }
+    table.print();
+    let json_path = opts
+        .json
+        .clone()
+        .unwrap_or_else(|| project.target_dir().join("bench/fleet.json"));
+    if let Some(dir) = json_path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let doc = json!({ "cpus": cpus, "base_rss_bytes": base_rss, "results": results });
+    std::fs::write(&json_path, serde_json::to_string_pretty(&doc)?)?;
+    eprintln!("bench fleet: JSON written to {}", project.show(&json_path));
+    Ok(())
+}
