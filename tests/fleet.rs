@@ -102,8 +102,16 @@ fn dependencies_gate_on_ready_and_priorities_order_admission() {
         for dep in v["after"].as_array().unwrap() {
             let dep_ready = f(&vm(&report, dep.as_str().unwrap())["ready_ms"]);
             let a = &v["attempts"][0];
-            assert!(f(&a["admitted_ms"]) >= dep_ready, "{} admitted before {dep} was ready", v["name"]);
-            assert!(f(&a["main_ms"]) >= dep_ready, "{} reached main before {dep} was ready", v["name"]);
+            assert!(
+                f(&a["admitted_ms"]) >= dep_ready,
+                "{} admitted before {dep} was ready",
+                v["name"]
+            );
+            assert!(
+                f(&a["main_ms"]) >= dep_ready,
+                "{} reached main before {dep} was ready",
+                v["name"]
+            );
         }
     }
     // With one boot at a time, VMs eligible together are admitted highest priority first.
@@ -111,7 +119,10 @@ fn dependencies_gate_on_ready_and_priorities_order_admission() {
     let eligible = |v: &Value| f(&v["attempts"][0]["eligible_ms"]);
     for a in vms {
         for b in vms {
-            let (pa, pb) = (a["priority"].as_i64().unwrap(), b["priority"].as_i64().unwrap());
+            let (pa, pb) = (
+                a["priority"].as_i64().unwrap(),
+                b["priority"].as_i64().unwrap(),
+            );
             if pa > pb && eligible(a) <= eligible(b) {
                 assert!(
                     admitted(a) <= admitted(b),
@@ -181,7 +192,12 @@ fn crashing_vm_is_restarted_per_policy_then_given_up() {
         "#,
         &["--stop-after", "3s"],
     );
-    assert_eq!(run.code, Some(1), "a failed VM makes the fleet fail: {}", run.stderr);
+    assert_eq!(
+        run.code,
+        Some(1),
+        "a failed VM makes the fleet fail: {}",
+        run.stderr
+    );
     let c = vm(&report, "crasher");
     assert_eq!(c["state"], "failed", "{c}");
     assert_eq!(c["restarts"], 2);
@@ -275,7 +291,10 @@ fn boot_timeout_fails_the_vm_and_blocks_its_dependents() {
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     let s = vm(&report, "stuck");
     assert_eq!(s["state"], "failed");
-    assert!(s["reason"].as_str().unwrap().contains("boot_timeout"), "{s}");
+    assert!(
+        s["reason"].as_str().unwrap().contains("boot_timeout"),
+        "{s}"
+    );
     for name in ["needs-stuck", "indirect"] {
         let d = vm(&report, name);
         assert_eq!(d["state"], "blocked", "{d}");
@@ -313,12 +332,7 @@ fn every_config_error_is_reported_together() {
         "#,
     )
     .unwrap();
-    let run = tandem(&[
-        "fleet",
-        path.to_str().unwrap(),
-        "--memory-budget",
-        "512M",
-    ]);
+    let run = tandem(&["fleet", path.to_str().unwrap(), "--memory-budget", "512M"]);
     assert_eq!(run.code, Some(125), "{}", run.stderr);
     for needle in [
         "duplicate VM name `a`",
@@ -329,7 +343,11 @@ fn every_config_error_is_reported_together() {
         "\"sometimes\"",
         "boot_timeout",
     ] {
-        assert!(run.stderr.contains(needle), "missing {needle:?} in:\n{}", run.stderr);
+        assert!(
+            run.stderr.contains(needle),
+            "missing {needle:?} in:\n{}",
+            run.stderr
+        );
     }
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[[vm]\nname=").unwrap();
@@ -414,7 +432,10 @@ fn sigterm_stops_in_reverse_dependency_order() {
     assert_eq!(status.code(), Some(0), "{seen}{}", rest.join("\n"));
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let ended = |n: &str| f(&vm(&report, n)["attempts"][0]["ended_ms"]);
-    assert!(ended("web") <= ended("app") && ended("app") <= ended("db"), "{report}");
+    assert!(
+        ended("web") <= ended("app") && ended("app") <= ended("db"),
+        "{report}"
+    );
     assert_eq!(
         report["summary"]["running_at_stop"],
         serde_json::json!(["db", "app", "web"])

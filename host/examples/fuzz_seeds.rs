@@ -12,7 +12,11 @@ fn main() -> std::io::Result<()> {
         std::process::exit(2);
     };
     let dir = Path::new(dir);
-    let files = [("elf_image", args.get(1)), ("snapshot_state", args.get(2)), ("backup_point", args.get(3))];
+    let files = [
+        ("elf_image", args.get(1)),
+        ("snapshot_state", args.get(2)),
+        ("backup_point", args.get(3)),
+    ];
     for (name, _) in tandem::fuzzing::TARGETS {
         let target = dir.join(name);
         std::fs::create_dir_all(&target)?;

@@ -52,8 +52,14 @@ impl Console {
     pub fn write(&mut self, bytes: &[u8]) {
         let room = self.limit.saturating_sub(self.written);
         let take = bytes.len().min(usize::try_from(room).unwrap_or(usize::MAX));
-        if take < bytes.len() {
+        if take < bytes.len() && !self.cut_off {
             self.cut_off = true;
+            // Said once, on the VMM's side: the guest cannot fill the
+            // host's disk or memory through its console.
+            eprintln!(
+                "tandem: the guest's console reached its limit of {} bytes; the rest of its output is dropped",
+                self.limit
+            );
         }
         let bytes = &bytes[..take];
         self.written += take as u64;

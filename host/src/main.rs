@@ -64,6 +64,9 @@ struct PersistArgs {
 
 #[derive(clap::Args)]
 struct RestoreArgs {
+    /// Run without the seccomp syscall filter (for debugging only).
+    #[arg(long)]
+    no_seccomp: bool,
     /// A snapshot directory.
     dir: PathBuf,
     /// Start N independent clones of the snapshot (console lines prefixed `[clone i]`).
@@ -133,6 +136,14 @@ enum BackupCommand {
 struct RunArgs {
     /// The image: an ELF built with tandem-guest.
     image: PathBuf,
+    /// Run without the seccomp syscall filter (for debugging only: a guest
+    /// that subverts the VMM then meets no second wall).
+    #[arg(long)]
+    no_seccomp: bool,
+    /// Most bytes of guest console output passed on; the rest is dropped
+    /// (K/M/G suffixes).
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    console_limit: u64,
     /// Guest memory (bytes, or with a K/M/G suffix; a multiple of 2 MiB).
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     mem: u64,
@@ -243,6 +254,16 @@ fn persist(config: &mut VmConfig, p: PersistArgs, quiet: bool) -> Result<()> {
     Ok(())
 }
 
+/// Installs the vCPU thread's seccomp filter (see `tandem::seccomp`): from
+/// here on this thread, and the threads it starts, may only run the VM.
+fn lock_down(no_seccomp: bool) -> Result<()> {
+    if no_seccomp {
+        tandem::seccomp::disable();
+    }
+    tandem::seccomp::lock_down()?;
+    Ok(())
+}
+
 fn run(args: RunArgs, start: u64) -> Result<u8> {
     let hv = Hypervisor::open()?;
     let image = Image::from_file(&args.image)
@@ -253,14 +274,17 @@ fn run(args: RunArgs, start: u64) -> Result<u8> {
         timeout: args.timeout,
         console: ConsoleSink::Stdout,
         snapshot_at_ready: args.snapshot_at_ready,
+        console_limit: args.console_limit,
         ..VmConfig::default()
     };
     let mut config = config;
     persist(&mut config, args.persist, args.quiet || args.json)?;
-    let report = VmBuilder::new(&hv, &image)
+    let vm = VmBuilder::new(&hv, &image)
         .config(config)
         .started_at(start)
-        .run()?;
+        .build()?;
+    lock_down(args.no_seccomp)?;
+    let report = vm.run()?;
 
     if let Some(path) = &args.trace {
         let json = serde_json::to_string_pretty(&report.trace.to_chrome_json())?;
@@ -353,6 +377,7 @@ fn restore(args: RestoreArgs, start: u64) -> Result<u8> {
         let vm = Vm::restore_at(&hv, &snap, base, start)
             .with_context(|| format!("cannot restore {}", args.dir.display()))?;
         let generation = vm.generation();
+        lock_down(args.no_seccomp)?;
         let report = vm.run()?;
         return Ok(finish_restore(
             &report, generation, args.json, args.quiet, None,
@@ -377,9 +402,11 @@ fn restore(args: RestoreArgs, start: u64) -> Result<u8> {
                 every: b.every,
             });
             let (hv, snap) = (&hv, &snap);
+            let no_seccomp = args.no_seccomp;
             handles.push(scope.spawn(move || -> Result<(RunReport, u64)> {
                 let vm = Vm::restore(hv, snap, config)?;
                 let generation = vm.generation();
+                lock_down(no_seccomp)?;
                 Ok((vm.run()?, generation))
             }));
         }

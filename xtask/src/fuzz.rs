@@ -17,7 +17,12 @@ pub fn targets(project: &Project) -> Result<Vec<String>> {
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .with_context(|| format!("cannot list {}", dir.display()))?
         .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".rs").map(str::to_owned))
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_suffix(".rs")
+                .map(str::to_owned)
+        })
         .collect();
     names.sort();
     Ok(names)
@@ -86,7 +91,10 @@ fn write_seeds(project: &Project) -> Result<()> {
 pub fn fuzz(project: &Project, target: &str, seconds: u64) -> Result<()> {
     let known = targets(project)?;
     if !known.iter().any(|t| t == target) {
-        bail!("unknown fuzz target `{target}`; targets: {}", known.join(", "));
+        bail!(
+            "unknown fuzz target `{target}`; targets: {}",
+            known.join(", ")
+        );
     }
     if !have_nightly() {
         eprintln!("xtask: cargo-fuzz needs the nightly toolchain; installing it with rustup");
@@ -130,7 +138,10 @@ pub fn fuzz(project: &Project, target: &str, seconds: u64) -> Result<()> {
         stat("stat::peak_rss_mb:"),
         project.show(&log_path)
     );
-    let crashes: Vec<_> = list(&artifacts).into_iter().filter(|p| !before.contains(p)).collect();
+    let crashes: Vec<_> = list(&artifacts)
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
     if !crashes.is_empty() {
         let regressions = project.root().join("fuzz/regressions").join(target);
         std::fs::create_dir_all(&regressions)?;
@@ -146,7 +157,11 @@ pub fn fuzz(project: &Project, target: &str, seconds: u64) -> Result<()> {
         );
     }
     if !out.status.success() {
-        bail!("cargo fuzz failed ({}); see {}", project::describe(out.status), project.show(&log_path));
+        bail!(
+            "cargo fuzz failed ({}); see {}",
+            project::describe(out.status),
+            project.show(&log_path)
+        );
     }
     Ok(())
 }

@@ -44,6 +44,9 @@ pub struct FleetArgs {
     /// Print only errors and the final summary.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Run the VMs without the seccomp syscall filter (for debugging only).
+    #[arg(long)]
+    pub no_seccomp: bool,
 }
 
 /// Why `tandem fleet` failed as a whole.
@@ -95,6 +98,9 @@ fn status_line(s: &Scheduler) -> String {
 /// Runs `tandem fleet`; returns the exit code: 0 when no VM failed or was
 /// blocked, 1 otherwise.
 pub fn run(args: FleetArgs) -> Result<u8, CliError> {
+    if args.no_seccomp {
+        crate::seccomp::disable();
+    }
     let overrides = LimitOverrides {
         max_concurrent_boots: args
             .max_concurrent_boots

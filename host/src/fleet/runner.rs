@@ -156,17 +156,22 @@ fn boot(
         ..VmConfig::default()
     };
     match source {
-        StartSource::Cold => VmBuilder::new(hv, &spec.image)
-            .config(config)
-            .started_at(start)
-            .run()
-            .map_err(|e| e.to_string()),
+        StartSource::Cold => {
+            let vm = VmBuilder::new(hv, &spec.image)
+                .config(config)
+                .started_at(start)
+                .build()
+                .map_err(|e| e.to_string())?;
+            // This thread only runs this VM from here on (see tandem::seccomp).
+            crate::seccomp::lock_down().map_err(|e| e.to_string())?;
+            vm.run().map_err(|e| e.to_string())
+        }
         StartSource::Snapshot(dir) | StartSource::Checkpoint(dir) => {
             let snap =
                 Snapshot::load(dir).map_err(|e| format!("snapshot {}: {e}", dir.display()))?;
-            Vm::restore_at(hv, &snap, config, start)
-                .and_then(Vm::run)
-                .map_err(|e| e.to_string())
+            let vm = Vm::restore_at(hv, &snap, config, start).map_err(|e| e.to_string())?;
+            crate::seccomp::lock_down().map_err(|e| e.to_string())?;
+            vm.run().map_err(|e| e.to_string())
         }
     }
 }

@@ -1,0 +1,345 @@
+//! seccomp-BPF allow-lists, per thread kind, installed after a VM is set up
+//! and before its guest runs: from then on the process can do only what
+//! running, snapshotting and backing up a VM needs. Anything else kills the
+//! whole process (`SECCOMP_RET_KILL_PROCESS`), so a VMM thread that a guest
+//! managed to subvert cannot open sockets, exec programs or create VMs.
+//!
+//! | thread kind | what it does after setup |
+//! | --- | --- |
+//! | [`ThreadKind::Vcpu`] | `KVM_RUN` and the vCPU/VM state ioctls, hypercall service, console output, snapshot and backup files, starting the control thread |
+//! | [`ThreadKind::Control`] | sleeps, kicks the vCPU thread with a signal, ends |
+//!
+//! Filters stack: a control thread started by a filtered vCPU thread runs
+//! under both, so its own list narrows the vCPU's. The lists below are the
+//! whole truth; `allow_list_is_pinned` fails when one grows unnoticed.
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// Why a filter could not be built or installed.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    /// The filter does not compile.
+    #[error("cannot build the seccomp filter: {0}")]
+    Build(#[from] seccompiler::BackendError),
+    /// The kernel refused it.
+    #[error("cannot install the seccomp filter: {0}")]
+    Install(#[from] seccompiler::Error),
+}
+
+/// What a thread does, hence what it may ask the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// Runs a vCPU and everything the VMM does while the guest runs.
+    Vcpu,
+    /// The control thread: timeouts, backup ticks, signal relays.
+    Control,
+}
+
+const KVMIO: u32 = 0xAE;
+const IOC_WRITE: u32 = 1;
+const IOC_READ: u32 = 2;
+
+const fn ioc(dir: u32, nr: u32, size: usize) -> u64 {
+    // Size fits the 14-bit field for every structure used here (asserted below).
+    ((dir as u64) << 30) | ((size as u64) << 16) | ((KVMIO as u64) << 8) | nr as u64
+}
+const fn io(nr: u32) -> u64 {
+    ioc(0, nr, 0)
+}
+const fn ior<T>(nr: u32) -> u64 {
+    ioc(IOC_READ, nr, core::mem::size_of::<T>())
+}
+const fn iow<T>(nr: u32) -> u64 {
+    ioc(IOC_WRITE, nr, core::mem::size_of::<T>())
+}
+const fn iowr<T>(nr: u32) -> u64 {
+    ioc(IOC_READ | IOC_WRITE, nr, core::mem::size_of::<T>())
+}
+
+/// The ioctls a running VM needs: running, state get/set for snapshots and
+/// restores (and the MSR list a snapshot saves), dirty logging for backups;
+/// and `TCGETS` (is a terminal?). Not `KVM_CREATE_VM`, `KVM_CREATE_VCPU` or
+/// any device ioctl.
+pub const IOCTLS: &[(&str, u64)] = {
+    use kvm_bindings::*;
+    &[
+        ("KVM_GET_MSR_INDEX_LIST", iowr::<kvm_msr_list>(0x02)),
+        ("KVM_CHECK_EXTENSION", io(0x03)),
+        ("KVM_GET_DIRTY_LOG", iow::<kvm_dirty_log>(0x42)),
+        (
+            "KVM_SET_USER_MEMORY_REGION",
+            iow::<kvm_userspace_memory_region>(0x46),
+        ),
+        ("KVM_RUN", io(0x80)),
+        ("KVM_GET_REGS", ior::<kvm_regs>(0x81)),
+        ("KVM_SET_REGS", iow::<kvm_regs>(0x82)),
+        ("KVM_GET_SREGS", ior::<kvm_sregs>(0x83)),
+        ("KVM_SET_SREGS", iow::<kvm_sregs>(0x84)),
+        ("KVM_GET_MSRS", iowr::<kvm_msrs>(0x88)),
+        ("KVM_SET_MSRS", iow::<kvm_msrs>(0x89)),
+        ("KVM_GET_VCPU_EVENTS", ior::<kvm_vcpu_events>(0x9f)),
+        ("KVM_SET_VCPU_EVENTS", iow::<kvm_vcpu_events>(0xa0)),
+        ("KVM_GET_DEBUGREGS", ior::<kvm_debugregs>(0xa1)),
+        ("KVM_SET_DEBUGREGS", iow::<kvm_debugregs>(0xa2)),
+        ("KVM_GET_TSC_KHZ", io(0xa3)),
+        ("KVM_GET_XSAVE", ior::<kvm_xsave>(0xa4)),
+        ("KVM_SET_XSAVE", iow::<kvm_xsave>(0xa5)),
+        ("KVM_GET_XCRS", ior::<kvm_xcrs>(0xa6)),
+        ("KVM_SET_XCRS", iow::<kvm_xcrs>(0xa7)),
+        ("KVM_CLEAR_DIRTY_LOG", iowr::<kvm_clear_dirty_log>(0xc0)),
+        ("KVM_GET_XSAVE2", ior::<kvm_xsave>(0xcf)),
+        ("TCGETS", 0x5401),
+    ]
+};
+
+const _: () = {
+    assert!(core::mem::size_of::<kvm_bindings::kvm_xsave>() < 1 << 14);
+    assert!(core::mem::size_of::<kvm_bindings::kvm_sregs>() < 1 << 14);
+};
+
+/// Syscalls of the vCPU thread (besides `ioctl`, restricted to [`IOCTLS`]).
+pub const VCPU_SYSCALLS: &[(&str, i64)] = &[
+    // Memory: the allocator, guest-memory advice, snapshot mappings.
+    ("brk", libc::SYS_brk),
+    ("mmap", libc::SYS_mmap),
+    ("munmap", libc::SYS_munmap),
+    ("mremap", libc::SYS_mremap),
+    ("mprotect", libc::SYS_mprotect),
+    ("madvise", libc::SYS_madvise),
+    ("mincore", libc::SYS_mincore),
+    // Console, reports, snapshot and backup files.
+    ("read", libc::SYS_read),
+    ("write", libc::SYS_write),
+    ("writev", libc::SYS_writev),
+    ("pread64", libc::SYS_pread64),
+    ("pwrite64", libc::SYS_pwrite64),
+    ("lseek", libc::SYS_lseek),
+    ("openat", libc::SYS_openat),
+    ("close", libc::SYS_close),
+    ("fcntl", libc::SYS_fcntl),
+    ("newfstatat", libc::SYS_newfstatat),
+    ("statx", libc::SYS_statx),
+    ("fsync", libc::SYS_fsync),
+    ("fdatasync", libc::SYS_fdatasync),
+    ("ftruncate", libc::SYS_ftruncate),
+    ("fallocate", libc::SYS_fallocate),
+    ("rename", libc::SYS_rename),
+    ("renameat", libc::SYS_renameat),
+    ("renameat2", libc::SYS_renameat2),
+    ("mkdir", libc::SYS_mkdir),
+    ("mkdirat", libc::SYS_mkdirat),
+    ("unlink", libc::SYS_unlink),
+    ("unlinkat", libc::SYS_unlinkat),
+    ("getdents64", libc::SYS_getdents64),
+    ("copy_file_range", libc::SYS_copy_file_range),
+    // Time, randomness (fresh entropy for clones), waiting.
+    ("clock_gettime", libc::SYS_clock_gettime),
+    ("clock_nanosleep", libc::SYS_clock_nanosleep),
+    ("nanosleep", libc::SYS_nanosleep),
+    ("getrandom", libc::SYS_getrandom),
+    ("futex", libc::SYS_futex),
+    ("sched_yield", libc::SYS_sched_yield),
+    ("sched_getaffinity", libc::SYS_sched_getaffinity),
+    ("poll", libc::SYS_poll),
+    // Signals: the kick that ends KVM_RUN, and its return.
+    ("rt_sigreturn", libc::SYS_rt_sigreturn),
+    ("rt_sigprocmask", libc::SYS_rt_sigprocmask),
+    ("rt_sigaction", libc::SYS_rt_sigaction),
+    ("sigaltstack", libc::SYS_sigaltstack),
+    ("tgkill", libc::SYS_tgkill),
+    ("getpid", libc::SYS_getpid),
+    ("gettid", libc::SYS_gettid),
+    // Starting and ending the control thread; ending the process.
+    ("clone3", libc::SYS_clone3),
+    ("clone", libc::SYS_clone),
+    ("set_robust_list", libc::SYS_set_robust_list),
+    ("rseq", libc::SYS_rseq),
+    ("prctl", libc::SYS_prctl),
+    ("exit", libc::SYS_exit),
+    ("exit_group", libc::SYS_exit_group),
+];
+
+/// Syscalls of the control thread.
+pub const CONTROL_SYSCALLS: &[(&str, i64)] = &[
+    ("futex", libc::SYS_futex),
+    ("clock_gettime", libc::SYS_clock_gettime),
+    ("clock_nanosleep", libc::SYS_clock_nanosleep),
+    ("nanosleep", libc::SYS_nanosleep),
+    ("sched_yield", libc::SYS_sched_yield),
+    ("tgkill", libc::SYS_tgkill),
+    ("getpid", libc::SYS_getpid),
+    ("gettid", libc::SYS_gettid),
+    ("rt_sigreturn", libc::SYS_rt_sigreturn),
+    ("rt_sigprocmask", libc::SYS_rt_sigprocmask),
+    ("sigaltstack", libc::SYS_sigaltstack),
+    ("write", libc::SYS_write),
+    ("munmap", libc::SYS_munmap),
+    ("madvise", libc::SYS_madvise),
+    ("exit", libc::SYS_exit),
+    ("exit_group", libc::SYS_exit_group),
+];
+
+/// The syscalls a thread kind may make.
+pub fn syscalls(kind: ThreadKind) -> &'static [(&'static str, i64)] {
+    match kind {
+        ThreadKind::Vcpu => VCPU_SYSCALLS,
+        ThreadKind::Control => CONTROL_SYSCALLS,
+    }
+}
+
+/// The compiled filter of a thread kind: default kill-process.
+pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = syscalls(kind)
+        .iter()
+        .map(|&(_, nr)| (nr, Vec::new()))
+        .collect();
+    if kind == ThreadKind::Vcpu {
+        let ioctls = IOCTLS
+            .iter()
+            .map(|&(_, request)| {
+                let request =
+                    SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, request)?;
+                SeccompRule::new(vec![request])
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        rules.insert(libc::SYS_ioctl, ioctls);
+    }
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::KillProcess,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )?;
+    Ok(filter.try_into()?)
+}
+
+static DISABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turns filtering off for this process (`--no-seccomp`, for debugging);
+/// [`lock_down`] then only warns, once.
+pub fn disable() {
+    if !DISABLED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        eprintln!(
+            "tandem: WARNING: --no-seccomp: the VMM runs without its syscall filter; use it for debugging only"
+        );
+    }
+}
+
+/// Installs the vCPU filter on the calling thread, which has just set up its
+/// VM and is about to run it, unless filtering was [`disable`]d.
+pub fn lock_down() -> Result<(), SeccompError> {
+    if DISABLED.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(());
+    }
+    install(ThreadKind::Vcpu)
+}
+
+/// Installs the filter of `kind` on the calling thread (and, through
+/// inheritance, on the threads it starts). Sets `no_new_privs` first.
+pub fn install(kind: ThreadKind) -> Result<(), SeccompError> {
+    let program = filter(kind)?;
+    seccompiler::apply_filter(&program)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_list_is_pinned() {
+        // Growing an allow-list is a security decision: change these numbers
+        // only together with the list, and say why in the commit.
+        assert_eq!(VCPU_SYSCALLS.len(), 53, "vCPU syscalls changed");
+        assert_eq!(CONTROL_SYSCALLS.len(), 16, "control syscalls changed");
+        assert_eq!(IOCTLS.len(), 23, "ioctls changed");
+        for kind in [ThreadKind::Vcpu, ThreadKind::Control] {
+            let mut names: Vec<_> = syscalls(kind).iter().map(|(n, _)| n).collect();
+            names.sort();
+            names.dedup();
+            assert_eq!(names.len(), syscalls(kind).len(), "duplicate entry");
+            filter(kind).unwrap();
+        }
+    }
+
+    #[test]
+    fn ioctl_numbers_match_kvm_ioctls() {
+        // Two spot checks against the kernel's numbers.
+        assert_eq!(
+            IOCTLS.iter().find(|(n, _)| *n == "KVM_RUN").unwrap().1,
+            0xAE80
+        );
+        assert_eq!(
+            IOCTLS.iter().find(|(n, _)| *n == "KVM_GET_REGS").unwrap().1,
+            0x8090_AE81
+        );
+    }
+
+    /// Runs in a child process (this test binary, re-executed): installs the
+    /// vCPU filter, then makes a syscall the list does not allow.
+    #[test]
+    fn forbidden_syscall_kills_the_process() {
+        if std::env::var_os("TANDEM_SECCOMP_CHILD").is_some() {
+            install(ThreadKind::Vcpu).unwrap();
+            // SAFETY: a plain socket(2) call; the filter kills the process first.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            println!("socket returned {fd}: not killed");
+            std::process::exit(0);
+        }
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new(exe)
+            .args([
+                "--exact",
+                "seccomp::tests::forbidden_syscall_kills_the_process",
+                "--nocapture",
+            ])
+            .env("TANDEM_SECCOMP_CHILD", "1")
+            .output()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGSYS),
+            "child was not killed by SIGSYS: {:?}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    #[test]
+    fn allowed_syscalls_still_work_under_the_filter() {
+        if std::env::var_os("TANDEM_SECCOMP_CHILD").is_some() {
+            install(ThreadKind::Vcpu).unwrap();
+            let v: Vec<u8> = vec![7; 1 << 20]; // mmap
+            std::fs::write(
+                std::env::temp_dir().join(format!("seccomp-{}", std::process::id())),
+                &v[..10],
+            )
+            .unwrap();
+            println!("alive");
+            std::process::exit(0);
+        }
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new(exe)
+            .args([
+                "--exact",
+                "seccomp::tests::allowed_syscalls_still_work_under_the_filter",
+                "--nocapture",
+            ])
+            .env("TANDEM_SECCOMP_CHILD", "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{:?}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("alive"));
+    }
+}

@@ -1,0 +1,83 @@
+//! The VMM's own defences, seen from outside: the seccomp filter is active
+//! while a guest runs, `--no-seccomp` says so loudly, and a console-flooding
+//! guest is cut off at the limit with a clear message.
+
+use std::process::{Command, Stdio};
+
+use tandem_tests::{image_path, require_kvm, tandem, tandem_bin};
+
+/// The `Seccomp:` and `Seccomp_filters:` lines of a running `tandem`, read
+/// once its guest is running (it has printed its first line), and stderr.
+fn seccomp_status(extra: &[&str]) -> (String, String) {
+    use std::io::{BufRead, BufReader};
+    require_kvm();
+    let image = image_path("spin");
+    let mut child = Command::new(tandem_bin())
+        .args(["run", image.to_str().unwrap(), "--timeout", "20s", "-q"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tandem");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    let _ = stdout.read_line(&mut line);
+    assert!(
+        line.contains("spinning forever"),
+        "the guest did not start: {line:?}"
+    );
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    let field = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or("")
+            .to_string()
+    };
+    let found = format!("{} {}", field("Seccomp:"), field("Seccomp_filters:"));
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("wait");
+    (found, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn seccomp_filter_is_active_while_the_guest_runs() {
+    let (status, _) = seccomp_status(&[]);
+    // 2 = SECCOMP_MODE_FILTER.
+    assert!(status.starts_with("Seccomp:\t2"), "{status}");
+    assert!(!status.ends_with("Seccomp_filters:\t0"), "{status}");
+}
+
+#[test]
+fn no_seccomp_runs_unfiltered_and_says_so() {
+    let (status, stderr) = seccomp_status(&["--no-seccomp"]);
+    assert!(status.starts_with("Seccomp:\t0"), "{status}");
+    assert!(stderr.contains("WARNING: --no-seccomp"), "{stderr}");
+}
+
+#[test]
+fn console_flood_is_cut_off_at_the_limit() {
+    let image = image_path("flood");
+    let run = tandem(&[
+        "run",
+        image.to_str().unwrap(),
+        "--console-limit",
+        "64K",
+        "--timeout",
+        "1s",
+    ]);
+    assert_eq!(run.code, Some(124), "{}", run.stderr);
+    assert_eq!(run.stdout.len(), 64 * 1024, "stdout must stop at the limit");
+    assert!(
+        run.stdout.starts_with("flood line 0:"),
+        "{}",
+        &run.stdout[..80]
+    );
+    assert!(
+        run.stderr
+            .contains("console reached its limit of 65536 bytes"),
+        "{}",
+        run.stderr
+    );
+}
