@@ -92,6 +92,8 @@ impl Kicker {
         let (stop, rx) = mpsc::channel::<()>();
         let f = flags.clone();
         let thread = std::thread::spawn(move || {
+            // Narrower than the vCPU filter it inherits (see tandem::seccomp).
+            crate::seccomp::narrow_to_control();
             let start = Instant::now();
             let deadline = watch.timeout.map(|t| start + t);
             let mut next_backup = watch.backup_every.map(|every| start + every);
