@@ -443,3 +443,49 @@ fn sigterm_stops_in_reverse_dependency_order() {
     let svg = std::fs::read_to_string(&svg).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("web (0)"));
 }
+
+#[test]
+fn hostile_vm_is_stopped_without_disturbing_its_neighbours() {
+    require_kvm();
+    let hostile = image_path("hostile");
+    let fuzzer = image_path("hfuzz");
+    let body = format!(
+        r#"
+        [[vm]]
+        name = "left"
+        [[vm]]
+        name = "bad-request"
+        image = "{}"
+        cmdline = "huge-length"
+        restart = "never"
+        [[vm]]
+        name = "fuzzer"
+        image = "{}"
+        cmdline = "7 5000"
+        restart = "never"
+        [[vm]]
+        name = "right"
+        after = ["left"]
+        "#,
+        hostile.display(),
+        fuzzer.display()
+    );
+    let (run, report) = fleet("hostile", &body, &["--stop-after", "2s"]);
+    assert_eq!(
+        run.code,
+        Some(1),
+        "a failed VM makes the fleet fail: {}",
+        run.stderr
+    );
+    let bad = vm(&report, "bad-request");
+    assert_eq!(bad["state"], "failed", "{bad}");
+    let reason = bad["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("request length 4294967295"), "{bad}");
+    // The neighbours came up and ran until the fleet was stopped.
+    for name in ["left", "right"] {
+        let v = vm(&report, name);
+        assert_eq!(v["state"], "finished", "{v}");
+        assert!(v["ready_ms"].is_number(), "{v}");
+        assert_eq!(v["restarts"], 0, "{v}");
+    }
+}

@@ -35,7 +35,19 @@ fn seccomp_status(extra: &[&str]) -> (String, String) {
             .unwrap_or("")
             .to_string()
     };
-    let found = format!("{} {}", field("Seccomp:"), field("Seccomp_filters:"));
+    let limits =
+        std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap_or_default();
+    let found = format!(
+        "{} {}\n{}\n{}\n{}",
+        field("Seccomp:"),
+        field("Seccomp_filters:"),
+        field("Uid:"),
+        field("NoNewPrivs:"),
+        limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap_or("")
+    );
     let _ = child.kill();
     let out = child.wait_with_output().expect("wait");
     (found, String::from_utf8_lossy(&out.stderr).into_owned())
@@ -46,7 +58,7 @@ fn seccomp_filter_is_active_while_the_guest_runs() {
     let (status, _) = seccomp_status(&[]);
     // 2 = SECCOMP_MODE_FILTER.
     assert!(status.starts_with("Seccomp:\t2"), "{status}");
-    assert!(!status.ends_with("Seccomp_filters:\t0"), "{status}");
+    assert!(!status.contains("Seccomp_filters:\t0\n"), "{status}");
 }
 
 #[test]
@@ -77,6 +89,47 @@ fn console_flood_is_cut_off_at_the_limit() {
     assert!(
         run.stderr
             .contains("console reached its limit of 65536 bytes"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn root_drops_to_user_with_limits_and_no_new_privs() {
+    // These machines run the tests as root; a user of the tests who is not
+    // root cannot change uid, so the check needs root.
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
+        .unwrap();
+    assert_eq!(uid, "0", "this test needs root (to drop to --user nobody)");
+    let (status, stderr) = seccomp_status(&["--user", "nobody", "--max-open-files", "64"]);
+    assert!(
+        status.contains("Uid:\t65534\t65534\t65534\t65534"),
+        "{status}\n{stderr}"
+    );
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    assert!(
+        status.contains("Max open files            64                   64"),
+        "{status}"
+    );
+    assert!(status.starts_with("Seccomp:\t2"), "{status}");
+}
+
+#[test]
+fn unknown_user_is_refused_before_anything_runs() {
+    let image = image_path("hello");
+    let run = tandem(&[
+        "run",
+        image.to_str().unwrap(),
+        "--user",
+        "no-such-user-tandem",
+    ]);
+    assert_eq!(run.code, Some(125), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("no user named \"no-such-user-tandem\""),
         "{}",
         run.stderr
     );

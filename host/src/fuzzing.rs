@@ -23,6 +23,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("pvh_start_info", pvh_start_info),
     ("snapshot_state", snapshot_state),
     ("backup_point", backup_point),
+    ("fleet_config", fleet_config),
 ];
 
 /// The body of target `name`.
@@ -174,6 +175,22 @@ pub fn backup_point(data: &[u8]) {
     let _ = PointMeta::decode(&crate::snapshot::format::seal(&MAGIC, data));
 }
 
+/// Fleet files (TOML, then every check), with paths under a folder that
+/// does not exist, so no image is read.
+pub fn fleet_config(data: &[u8]) {
+    use crate::fleet::config::{FleetSpec, LimitOverrides};
+    let text = String::from_utf8_lossy(data);
+    let overrides = LimitOverrides {
+        max_concurrent_boots: Some(2),
+        memory_budget: Some(1 << 30),
+    };
+    let _ = FleetSpec::parse(
+        &text,
+        std::path::Path::new("/nonexistent/tandem-fuzz"),
+        overrides,
+    );
+}
+
 /// Valid inputs for the targets that can be built without a VM: the
 /// starting points of a fuzzing run (`cargo xtask fuzz` writes them to
 /// `fuzz/corpus/<target>/seed-*`; real images, snapshots and backups are
@@ -272,6 +289,10 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
             both.extend(&e);
             vec![b, both]
         }
+        "fleet_config" => vec![
+            b"[defaults]\nimage = \"hello\"\nmemory = \"8M\"\n\n[[vm]]\nname = \"db\"\npriority = 10\n\n[[vm]]\nname = \"api\"\nafter = [\"db\"]\nrestart = \"on-failure\"\nmax_restarts = 3\nbackoff = \"10ms\"\n".to_vec(),
+            b"[[vm]]\nname = \"a\"\nafter = [\"b\"]\n[[vm]]\nname = \"b\"\nafter = [\"a\"]\n".to_vec(),
+        ],
         _ => Vec::new(),
     }
 }

@@ -31,6 +31,7 @@ pub mod hypercall;
 pub mod image;
 pub mod kvm;
 pub mod memory;
+pub mod privileges;
 pub mod seccomp;
 pub mod snapshot;
 pub mod trace;

@@ -64,9 +64,8 @@ struct PersistArgs {
 
 #[derive(clap::Args)]
 struct RestoreArgs {
-    /// Run without the seccomp syscall filter (for debugging only).
-    #[arg(long)]
-    no_seccomp: bool,
+    #[command(flatten)]
+    hardening: Hardening,
     /// A snapshot directory.
     dir: PathBuf,
     /// Start N independent clones of the snapshot (console lines prefixed `[clone i]`).
@@ -132,14 +131,31 @@ enum BackupCommand {
     },
 }
 
-#[derive(clap::Args)]
-struct RunArgs {
-    /// The image: an ELF built with tandem-guest.
-    image: PathBuf,
+/// What the VMM gives up once the VM is set up, before the guest runs.
+#[derive(clap::Args, Clone)]
+struct Hardening {
     /// Run without the seccomp syscall filter (for debugging only: a guest
     /// that subverts the VMM then meets no second wall).
     #[arg(long)]
     no_seccomp: bool,
+    /// Started as root: become this user (name or uid) once /dev/kvm and the
+    /// files are open.
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
+    /// With --user: this group (name or gid) instead of the user's own.
+    #[arg(long, value_name = "GROUP")]
+    group: Option<String>,
+    /// Most files the VMM may have open once the guest runs.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    max_open_files: u64,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The image: an ELF built with tandem-guest.
+    image: PathBuf,
+    #[command(flatten)]
+    hardening: Hardening,
     /// Most bytes of guest console output passed on; the rest is dropped
     /// (K/M/G suffixes).
     #[arg(long, default_value = "64M", value_parser = parse_size)]
@@ -256,11 +272,19 @@ fn persist(config: &mut VmConfig, p: PersistArgs, quiet: bool) -> Result<()> {
 
 /// Installs the vCPU thread's seccomp filter (see `tandem::seccomp`): from
 /// here on this thread, and the threads it starts, may only run the VM.
-fn lock_down(no_seccomp: bool) -> Result<()> {
-    if no_seccomp {
+fn lock_down(h: &Hardening) -> Result<()> {
+    give_up(h)?;
+    tandem::seccomp::lock_down()?;
+    Ok(())
+}
+
+/// The process-wide part of [`lock_down`], done once: user, group, limits.
+fn give_up(h: &Hardening) -> Result<()> {
+    tandem::privileges::drop_to(h.user.as_deref(), h.group.as_deref())?;
+    tandem::privileges::limit_open_files(h.max_open_files)?;
+    if h.no_seccomp {
         tandem::seccomp::disable();
     }
-    tandem::seccomp::lock_down()?;
     Ok(())
 }
 
@@ -283,7 +307,7 @@ fn run(args: RunArgs, start: u64) -> Result<u8> {
         .config(config)
         .started_at(start)
         .build()?;
-    lock_down(args.no_seccomp)?;
+    lock_down(&args.hardening)?;
     let report = vm.run()?;
 
     if let Some(path) = &args.trace {
@@ -377,14 +401,16 @@ fn restore(args: RestoreArgs, start: u64) -> Result<u8> {
         let vm = Vm::restore_at(&hv, &snap, base, start)
             .with_context(|| format!("cannot restore {}", args.dir.display()))?;
         let generation = vm.generation();
-        lock_down(args.no_seccomp)?;
+        lock_down(&args.hardening)?;
         let report = vm.run()?;
         return Ok(finish_restore(
             &report, generation, args.json, args.quiet, None,
         ));
     }
     // Clones run side by side, one thread each; their console lines are
-    // streamed with a `[clone i]` prefix.
+    // streamed with a `[clone i]` prefix. Ids and limits change once, for
+    // the whole process, before the clone threads start.
+    give_up(&args.hardening)?;
     std::thread::scope(|scope| -> Result<u8> {
         let mut handles = Vec::new();
         let mut buffers = Vec::new();
@@ -402,11 +428,11 @@ fn restore(args: RestoreArgs, start: u64) -> Result<u8> {
                 every: b.every,
             });
             let (hv, snap) = (&hv, &snap);
-            let no_seccomp = args.no_seccomp;
+
             handles.push(scope.spawn(move || -> Result<(RunReport, u64)> {
                 let vm = Vm::restore(hv, snap, config)?;
                 let generation = vm.generation();
-                lock_down(no_seccomp)?;
+                tandem::seccomp::lock_down()?;
                 Ok((vm.run()?, generation))
             }));
         }
