@@ -134,3 +134,37 @@ fn unknown_user_is_refused_before_anything_runs() {
         run.stderr
     );
 }
+
+#[test]
+fn console_flood_is_rate_limited() {
+    let image = image_path("flood");
+    let start = std::time::Instant::now();
+    let run = tandem(&[
+        "run",
+        image.to_str().unwrap(),
+        "--console-rate",
+        "50K",
+        "--timeout",
+        "1s",
+    ]);
+    let elapsed = start.elapsed().as_secs_f64();
+    assert_eq!(run.code, Some(124), "{}", run.stderr);
+    // A burst of one second's worth, then the rate, for as long as it ran.
+    let bound = 50.0 * 1024.0 * (1.0 + elapsed);
+    assert!(
+        (run.stdout.len() as f64) <= bound,
+        "{} bytes in {elapsed:.2} s",
+        run.stdout.len()
+    );
+    assert!(
+        run.stdout.len() >= 50 * 1024,
+        "the burst came through: {}",
+        run.stdout.len()
+    );
+    assert!(
+        run.stderr
+            .contains("console exceeds 51200 bytes per second"),
+        "{}",
+        run.stderr
+    );
+}

@@ -18,13 +18,23 @@ pub enum ConsoleSink {
     Discard,
 }
 
-/// A VM's console: its sink and how much it has written.
+/// Default rate of console output passed on, in bytes per second (with a
+/// burst of one second's worth).
+pub const DEFAULT_CONSOLE_RATE: u64 = 4 << 20;
+
+/// A VM's console: its sink, how much it has written, and its rate budget.
 #[derive(Debug)]
 pub struct Console {
     sink: ConsoleSink,
     written: u64,
     limit: u64,
     cut_off: bool,
+    /// Bytes per second passed on (0: no rate limit).
+    rate: u64,
+    /// Bytes the token bucket holds now.
+    tokens: f64,
+    refilled: Option<std::time::Instant>,
+    dropped_for_rate: u64,
 }
 
 impl Console {
@@ -35,7 +45,50 @@ impl Console {
             written: 0,
             limit,
             cut_off: false,
+            rate: 0,
+            tokens: 0.0,
+            refilled: None,
+            dropped_for_rate: 0,
         }
+    }
+
+    /// Passes on at most `bytes_per_second` (a burst of one second's worth),
+    /// dropping the rest: a guest printing as fast as it can costs the host a
+    /// bounded amount of terminal, pipe or log.
+    pub fn with_rate(mut self, bytes_per_second: u64) -> Self {
+        self.rate = bytes_per_second;
+        self.tokens = bytes_per_second as f64;
+        self
+    }
+
+    /// Bytes dropped by the rate limit.
+    pub fn dropped_for_rate(&self) -> u64 {
+        self.dropped_for_rate
+    }
+
+    /// How many of `len` bytes the rate limit lets through now.
+    fn admit(&mut self, len: usize) -> usize {
+        if self.rate == 0 {
+            return len;
+        }
+        let now = std::time::Instant::now();
+        let last = self.refilled.replace(now).unwrap_or(now);
+        let burst = self.rate as f64;
+        self.tokens = (self.tokens + now.duration_since(last).as_secs_f64() * burst).min(burst);
+        // The bucket holds at most one second's worth, a small whole number.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let take = (self.tokens.max(0.0).floor() as usize).min(len);
+        self.tokens -= take as f64;
+        if take < len {
+            if self.dropped_for_rate == 0 {
+                eprintln!(
+                    "tandem: the guest's console exceeds {} bytes per second; output past that is dropped",
+                    self.rate
+                );
+            }
+            self.dropped_for_rate += (len - take) as u64;
+        }
+        take
     }
 
     /// Bytes accepted so far.
@@ -50,6 +103,7 @@ impl Console {
 
     /// Writes guest bytes (already copied out of guest memory).
     pub fn write(&mut self, bytes: &[u8]) {
+        let bytes = &bytes[..self.admit(bytes.len())];
         let room = self.limit.saturating_sub(self.written);
         let take = bytes.len().min(usize::try_from(room).unwrap_or(usize::MAX));
         if take < bytes.len() && !self.cut_off {

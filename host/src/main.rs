@@ -160,6 +160,10 @@ struct RunArgs {
     /// (K/M/G suffixes).
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     console_limit: u64,
+    /// Most bytes per second of guest console output passed on (a burst of
+    /// one second's worth); the rest is dropped. 0: no rate limit.
+    #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = parse_size)]
+    console_rate: u64,
     /// Guest memory (bytes, or with a K/M/G suffix; a multiple of 2 MiB).
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     mem: u64,
@@ -299,6 +303,7 @@ fn run(args: RunArgs, start: u64) -> Result<u8> {
         console: ConsoleSink::Stdout,
         snapshot_at_ready: args.snapshot_at_ready,
         console_limit: args.console_limit,
+        console_rate: args.console_rate,
         ..VmConfig::default()
     };
     let mut config = config;

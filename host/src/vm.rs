@@ -158,6 +158,8 @@ pub struct VmConfig {
     pub console: ConsoleSink,
     /// Most console bytes accepted.
     pub console_limit: u64,
+    /// Console bytes per second passed on (0: unlimited).
+    pub console_rate: u64,
     /// Back guest memory with transparent huge pages.
     pub huge_pages: bool,
     /// Identity handed to the guest.
@@ -188,6 +190,7 @@ impl Default for VmConfig {
             timeout: None,
             console: ConsoleSink::Stdout,
             console_limit: DEFAULT_CONSOLE_LIMIT,
+            console_rate: crate::console::DEFAULT_CONSOLE_RATE,
             huge_pages: true,
             vm_id: 0,
             snapshot_dir: None,
@@ -446,7 +449,8 @@ impl Vm {
             self.config
                 .console_limit
                 .saturating_sub(self.console_before),
-        );
+        )
+        .with_rate(self.config.console_rate);
         let mut stats = RunStats::default();
         let mut records = Vec::new();
         if let Some(cfg) = self.config.backup.clone() {
