@@ -489,3 +489,31 @@ fn hostile_vm_is_stopped_without_disturbing_its_neighbours() {
         assert_eq!(v["restarts"], 0, "{v}");
     }
 }
+
+#[test]
+fn fleet_drops_to_user_before_booting() {
+    require_kvm();
+    // The report is written by the dropped user: let it write the folder.
+    let dir = scratch("user");
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let config = write_fleet(
+        &dir,
+        "[[vm]]\nname = \"a\"\n[[vm]]\nname = \"b\"\nafter = [\"a\"]\n",
+    );
+    let json = dir.join("report.json");
+    let run = tandem(&[
+        "fleet",
+        config.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+        "--stop-when-ready",
+        "--user",
+        "nobody",
+        "-q",
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(vm(&report, "b")["state"], "finished", "{report}");
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&json).unwrap());
+    assert_eq!(owner, 65534, "the report was written by the dropped user");
+}

@@ -47,6 +47,12 @@ pub struct FleetArgs {
     /// Run the VMs without the seccomp syscall filter (for debugging only).
     #[arg(long)]
     pub no_seccomp: bool,
+    /// Started as root: become this user (name or uid) once /dev/kvm is open.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// With --user: this group (name or gid) instead of the user's own.
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
 }
 
 /// Why `tandem fleet` failed as a whole.
@@ -139,6 +145,8 @@ pub fn run(args: FleetArgs) -> Result<u8, CliError> {
         stop_after: args.stop_after,
         stop_flag: Some(&STOP),
         stop_grace: args.stop_grace,
+        user: args.user.clone(),
+        group: args.group.clone(),
     };
     let tty = std::io::stderr().is_terminal() && !args.quiet;
     let bar = tty.then(|| {

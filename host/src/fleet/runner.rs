@@ -33,6 +33,9 @@ pub enum RunError {
     /// `/dev/kvm` could not be opened.
     #[error(transparent)]
     Kvm(#[from] crate::kvm::KvmError),
+    /// Privileges could not be dropped.
+    #[error(transparent)]
+    Privileges(#[from] crate::privileges::PrivilegeError),
 }
 
 /// How to run a fleet.
@@ -46,6 +49,11 @@ pub struct RunOptions {
     pub stop_flag: Option<&'static AtomicBool>,
     /// How long a VM asked to stop may take before it is killed.
     pub stop_grace: Option<Duration>,
+    /// Become this user (and group) once `/dev/kvm` is open, before any VM
+    /// thread starts.
+    pub user: Option<String>,
+    /// With `user`: this group instead of the user's own.
+    pub group: Option<String>,
 }
 
 /// What happened, for live displays.
@@ -189,6 +197,8 @@ pub fn run(
 ) -> Result<FleetRun, RunError> {
     raise_fd_limit();
     let hv = Hypervisor::open()?;
+    // Ids change for every thread that exists: do it before VM threads start.
+    crate::privileges::drop_to(opts.user.as_deref(), opts.group.as_deref())?;
     let mut sched = Scheduler::new(spec);
     if let Some(g) = opts.stop_grace {
         sched.set_grace(g);
