@@ -35,6 +35,7 @@ pub mod privileges;
 pub mod seccomp;
 pub mod snapshot;
 pub mod trace;
+pub mod units;
 pub mod vm;
 
 pub use backup::{BackupConfig, BackupError};
