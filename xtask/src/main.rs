@@ -12,6 +12,7 @@ mod elf;
 mod fuzz;
 mod guest;
 mod host;
+mod oci;
 mod project;
 mod qemu;
 mod stats;
@@ -52,9 +53,18 @@ COMMANDS:
         Build a bootable ISO of APP (GRUB, BIOS, Multiboot2; console on COM1)
         at target/iso/APP.iso, for QEMU or a USB stick on a bare-metal PC.
 
+    oci APP [--out FILE] [--name REF]
+        Build an OCI image of APP (`FROM scratch` plus the ELF as /APP, its
+        entrypoint) as an OCI image-layout tarball, by default
+        target/oci/APP.tar named docker.io/tandem/APP:latest, for
+        `ctr images import` and the containerd shim (containerd-shim-tandem-v1).
+
     test [-- TEST-ARGS...]
-        Check /dev/kvm, build the guest apps and the `tandem` binary, then run
-        `cargo test --workspace` with TANDEM_GUEST_DIR and TANDEM_BIN set.
+        Check /dev/kvm, build the guest apps, the `tandem` binary, the
+        containerd shim and the OCI images of the test apps (target/oci), then
+        run `cargo test --workspace` with TANDEM_GUEST_DIR, TANDEM_BIN,
+        TANDEM_SHIM and TANDEM_OCI_DIR set. Missing Debian packages (QEMU,
+        GRUB tools, containerd, runc) are installed with apt-get as root.
         TEST-ARGS go to the test harness (for example a test-name filter).
 
     bench [--runs N] [--warmup N] [--json FILE]
@@ -126,6 +136,7 @@ fn try_main() -> Result<ExitCode> {
         "build" => build(&project, args),
         "run" => run(&project, args),
         "iso" => iso(&project, args),
+        "oci" => oci_cmd(&project, args),
         "test" => test(&project, args),
         "bench" => bench_cmd(&project, args),
         "fuzz" => fuzz_cmd(&project, args),
@@ -330,6 +341,32 @@ fn iso(project: &Project, args: Vec<String>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn oci_cmd(project: &Project, args: Vec<String>) -> Result<ExitCode> {
+    let mut args = Args::new(args);
+    let (mut app, mut out, mut name) = (None, None, None);
+    while let Some(word) = args.next() {
+        if let Some(v) = args.value(&word, "--out")? {
+            out = Some(PathBuf::from(v));
+        } else if let Some(v) = args.value(&word, "--name")? {
+            name = Some(v);
+        } else if word.starts_with('-') || app.is_some() {
+            return Err(unexpected("oci", &word));
+        } else {
+            app = Some(word);
+        }
+    }
+    let app = app.context("usage: cargo xtask oci APP [--out FILE] [--name REF]")?;
+    guest::build(project)?;
+    let image = guest::image(project, &app)?;
+    let name = name.unwrap_or_else(|| oci::default_name(&app));
+    let out = out.unwrap_or_else(|| oci::default_out(project, &app));
+    let digest = oci::app_image(&image, &app, &name, &out)?;
+    println!("{} ({name}, {digest})", project.show(&out));
+    println!("import it: ctr images import {}", project.show(&out));
+    println!("run it:    ctr run --rm --runtime io.containerd.tandem.v1 {name} {app}-1");
+    Ok(ExitCode::SUCCESS)
+}
+
 fn test(project: &Project, args: Vec<String>) -> Result<ExitCode> {
     let mut args = Args::new(args);
     if let Some(word) = args.next() {
@@ -356,15 +393,21 @@ fn test_steps(project: &Project, harness_args: &[String]) -> Result<()> {
     // The QEMU and GRUB paths are tested too.
     qemu::ensure_tools(qemu::QEMU_TOOLS)?;
     qemu::ensure_tools(qemu::GRUB_TOOLS)?;
+    // The containerd shim is tested under Debian's containerd.
+    qemu::ensure_tools(oci::CONTAINERD_TOOLS)?;
     guest::build(project)?;
     host::build(project, Profile::Debug, false)?;
+    let shim = oci::build_shim(project)?;
+    let oci_dir = oci::test_images(project)?;
 
     let guest_dir = project.guest_image_dir();
     let bin = project.host_bin(Profile::Debug);
     let mut cmd = project.cargo();
     cmd.args(["test", "--workspace"])
         .env("TANDEM_GUEST_DIR", &guest_dir)
-        .env("TANDEM_BIN", &bin);
+        .env("TANDEM_BIN", &bin)
+        .env("TANDEM_SHIM", &shim)
+        .env("TANDEM_OCI_DIR", &oci_dir);
     if !harness_args.is_empty() {
         cmd.arg("--").args(harness_args);
     }

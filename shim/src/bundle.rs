@@ -1,0 +1,463 @@
+//! Reading an OCI bundle: which ELF to boot, with which command line and
+//! VM options.
+//!
+//! Everything here comes from the image and whoever created the container,
+//! so it is untrusted: sizes are capped, paths are walked one component at a
+//! time without following symbolic links, and every refusal says why.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+use serde::Deserialize;
+use tandem_abi::bootinfo::MAX_CMDLINE;
+
+/// Largest `config.json` read.
+const MAX_CONFIG: u64 = 4 << 20;
+/// Annotation setting the guest memory (`tandem run --mem`).
+pub const MEMORY_ANNOTATION: &str = "tandem.dev/memory";
+
+/// Why a bundle cannot be run.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    /// `config.json` could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// `config.json` is larger than [`MAX_CONFIG`].
+    #[error("{0} is larger than {MAX_CONFIG} bytes")]
+    ConfigTooLarge(String),
+    /// `config.json` is not a valid OCI runtime spec.
+    #[error("invalid OCI runtime config {path}: {source}")]
+    Config {
+        /// The file.
+        path: String,
+        /// The parse error.
+        source: serde_json::Error,
+    },
+    /// `process.args` is missing or empty.
+    #[error("the OCI config has no process.args: nothing to boot (set the image's Entrypoint to the app's ELF)")]
+    NoArgs,
+    /// `process.args[0]` is not a plain path inside the root filesystem.
+    #[error("process.args[0] {0:?} is not a path inside the image (no `..`, no empty path)")]
+    BadPath(String),
+    /// A rootfs mount the shim cannot read.
+    #[error("unsupported rootfs mount: {0}")]
+    Mount(String),
+    /// The payload is not in the image.
+    #[error("{0}: no such file in the image's root filesystem")]
+    Missing(String),
+    /// The payload path goes through a symbolic link.
+    #[error("{0}: the path to the app goes through a symbolic link, which the Tandem shim does not follow")]
+    Symlink(String),
+    /// The payload is not a regular file.
+    #[error("{0}: not a regular file")]
+    NotAFile(String),
+    /// The payload is not a bootable Tandem image.
+    #[error("{path} is not a Tandem image: {source}")]
+    Image {
+        /// The path inside the image.
+        path: String,
+        /// Why the VMM's loader refused it.
+        source: tandem::image::ImageError,
+    },
+    /// An argument or environment entry cannot be passed on.
+    #[error("{0:?} cannot be passed to the guest: its command line is split at whitespace, so words may not contain whitespace or control characters")]
+    BadWord(String),
+    /// The command line is longer than the guest accepts.
+    #[error(
+        "the guest command line would be {0} bytes, more than the {MAX_CMDLINE} the guest accepts"
+    )]
+    CmdlineTooLong(usize),
+    /// An annotation has a bad value.
+    #[error("annotation {key}={value:?}: {why}")]
+    Annotation {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        /// What is wrong.
+        why: &'static str,
+    },
+}
+
+/// One rootfs mount as containerd hands it to the shim.
+#[derive(Debug, Clone, Default)]
+pub struct RootMount {
+    /// `bind`, `overlay`, ...
+    pub kind: String,
+    /// Source directory (for bind mounts).
+    pub source: String,
+    /// Mount options (`lowerdir=...` for overlay).
+    pub options: Vec<String>,
+}
+
+/// What to boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payload {
+    /// The ELF on the host (inside a snapshot directory or the bundle).
+    pub elf: PathBuf,
+    /// `process.args[0]` as the image names it.
+    pub name: String,
+    /// The guest's command line.
+    pub cmdline: String,
+    /// `--mem` for `tandem run`, from the `tandem.dev/memory` annotation.
+    pub memory: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Spec {
+    process: Option<Process>,
+    root: Option<Root>,
+    annotations: HashMap<String, String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Process {
+    args: Vec<String>,
+    env: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Root {
+    path: String,
+}
+
+/// Reads `bundle/config.json` and finds the app in the root filesystem,
+/// which is either `rootfs` (the mounts containerd passed, read in place
+/// without mounting them) or the spec's `root.path` inside the bundle.
+pub fn load(bundle: &Path, rootfs: &[RootMount]) -> Result<Payload, BundleError> {
+    let spec = read_spec(&bundle.join("config.json"))?;
+    let process = spec.process.unwrap_or_default();
+    let Some(name) = process.args.first() else {
+        return Err(BundleError::NoArgs);
+    };
+    let rel = relative(name)?;
+    let layers = match rootfs {
+        [] => {
+            let root = spec.root.map(|r| r.path).unwrap_or_default();
+            let root = if root.is_empty() {
+                "rootfs".into()
+            } else {
+                root
+            };
+            vec![bundle.join(root)]
+        }
+        [m] => layers(m)?,
+        _ => {
+            return Err(BundleError::Mount(format!(
+                "{} rootfs mounts (one is supported)",
+                rootfs.len()
+            )))
+        }
+    };
+    let elf = find(&layers, &rel, name)?;
+    tandem::Image::from_file(&elf).map_err(|source| BundleError::Image {
+        path: name.clone(),
+        source,
+    })?;
+    let cmdline = cmdline(&process.args[1..], &process.env)?;
+    let memory = match spec.annotations.get(MEMORY_ANNOTATION) {
+        Some(v) => Some(memory(v)?),
+        None => None,
+    };
+    Ok(Payload {
+        elf,
+        name: name.clone(),
+        cmdline,
+        memory,
+    })
+}
+
+fn read_spec(path: &Path) -> Result<Spec, BundleError> {
+    let read = |source| BundleError::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = fs::File::open(path).map_err(read)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read)?;
+    if bytes.len() as u64 > MAX_CONFIG {
+        return Err(BundleError::ConfigTooLarge(path.display().to_string()));
+    }
+    serde_json::from_slice(&bytes).map_err(|source| BundleError::Config {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// `args[0]` as a relative path of normal components.
+fn relative(name: &str) -> Result<PathBuf, BundleError> {
+    let mut rel = PathBuf::new();
+    for c in Path::new(name).components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(part) => rel.push(part),
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(BundleError::BadPath(name.into()))
+            }
+        }
+    }
+    if rel.as_os_str().is_empty() {
+        return Err(BundleError::BadPath(name.into()));
+    }
+    Ok(rel)
+}
+
+/// The directories to look in, topmost first.
+fn layers(m: &RootMount) -> Result<Vec<PathBuf>, BundleError> {
+    match m.kind.as_str() {
+        "bind" | "rbind" => {
+            if m.source.is_empty() {
+                return Err(BundleError::Mount("bind mount without a source".into()));
+            }
+            Ok(vec![PathBuf::from(&m.source)])
+        }
+        "overlay" => {
+            let mut upper = Vec::new();
+            let mut lower = Vec::new();
+            for o in &m.options {
+                if let Some(dir) = o.strip_prefix("upperdir=") {
+                    upper.push(PathBuf::from(dir));
+                } else if let Some(dirs) = o.strip_prefix("lowerdir=") {
+                    lower.extend(dirs.split(':').filter(|d| !d.is_empty()).map(PathBuf::from));
+                }
+            }
+            upper.extend(lower);
+            if upper.is_empty() {
+                return Err(BundleError::Mount(
+                    "overlay mount without lowerdir or upperdir".into(),
+                ));
+            }
+            Ok(upper)
+        }
+        other => Err(BundleError::Mount(format!(
+            "type {other:?} (the Tandem shim reads bind and overlay snapshots)"
+        ))),
+    }
+}
+
+/// Finds `rel` in the topmost layer that has it, as overlayfs would, without
+/// following symbolic links. An overlay whiteout (a character device) hides
+/// the file in the layers below.
+fn find(layers: &[PathBuf], rel: &Path, name: &str) -> Result<PathBuf, BundleError> {
+    use std::os::unix::fs::FileTypeExt;
+    'layer: for layer in layers {
+        let mut path = layer.clone();
+        let count = rel.components().count();
+        for (i, c) in rel.components().enumerate() {
+            path.push(c);
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue 'layer,
+                Err(e) => {
+                    return Err(BundleError::Read {
+                        path: name.into(),
+                        source: e,
+                    })
+                }
+            };
+            let ft = meta.file_type();
+            if ft.is_symlink() {
+                return Err(BundleError::Symlink(name.into()));
+            }
+            if ft.is_char_device() {
+                // A whiteout: deleted in this layer.
+                return Err(BundleError::Missing(name.into()));
+            }
+            let last = i + 1 == count;
+            if last {
+                if !ft.is_file() {
+                    return Err(BundleError::NotAFile(name.into()));
+                }
+                return Ok(path);
+            }
+            if !ft.is_dir() {
+                return Err(BundleError::Missing(name.into()));
+            }
+        }
+    }
+    Err(BundleError::Missing(name.into()))
+}
+
+/// The guest's command line: the remaining arguments, then each environment
+/// entry but `PATH` (which every container gets and a unikernel has no use
+/// for) as a `KEY=VALUE` word, separated by single spaces.
+fn cmdline(args: &[String], env: &[String]) -> Result<String, BundleError> {
+    let words = args
+        .iter()
+        .chain(env.iter().filter(|e| !e.starts_with("PATH=")));
+    let mut line = String::new();
+    for w in words {
+        if w.is_empty() || w.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(BundleError::BadWord(w.clone()));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(w);
+    }
+    if line.len() > MAX_CMDLINE {
+        return Err(BundleError::CmdlineTooLong(line.len()));
+    }
+    Ok(line)
+}
+
+/// A memory size as `tandem run --mem` takes it: digits and an optional
+/// K, M or G suffix.
+fn memory(v: &str) -> Result<String, BundleError> {
+    let bad = |why| BundleError::Annotation {
+        key: MEMORY_ANNOTATION.into(),
+        value: v.into(),
+        why,
+    };
+    let digits = v.trim_end_matches(['K', 'M', 'G', 'k', 'm', 'g']);
+    if digits.is_empty() || v.len() - digits.len() > 1 || v.len() > 20 {
+        return Err(bad("expected a size such as 64M"));
+    }
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad("expected a size such as 64M"));
+    }
+    Ok(v.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("tandem-shim-test-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn relative_paths() {
+        assert_eq!(relative("/hello").unwrap(), PathBuf::from("hello"));
+        assert_eq!(relative("./a/b").unwrap(), PathBuf::from("a/b"));
+        assert!(matches!(relative("/"), Err(BundleError::BadPath(_))));
+        assert!(matches!(relative(""), Err(BundleError::BadPath(_))));
+        assert!(matches!(
+            relative("/a/../../etc/shadow"),
+            Err(BundleError::BadPath(_))
+        ));
+    }
+
+    #[test]
+    fn command_line_from_args_and_env() {
+        let args = ["init-ms=5".to_string(), "no-ready".to_string()];
+        let env = ["PATH=/bin".to_string(), "MODE=fast".to_string()];
+        assert_eq!(
+            cmdline(&args, &env).unwrap(),
+            "init-ms=5 no-ready MODE=fast"
+        );
+        assert_eq!(cmdline(&[], &[]).unwrap(), "");
+        assert!(matches!(
+            cmdline(&["a b".into()], &[]),
+            Err(BundleError::BadWord(_))
+        ));
+        assert!(matches!(
+            cmdline(&["x".repeat(MAX_CMDLINE + 1)], &[]),
+            Err(BundleError::CmdlineTooLong(_))
+        ));
+    }
+
+    #[test]
+    fn memory_annotation() {
+        assert_eq!(memory("64M").unwrap(), "64M");
+        assert_eq!(memory("1048576").unwrap(), "1048576");
+        assert!(memory("").is_err());
+        assert!(memory("M").is_err());
+        assert!(memory("64MM").is_err());
+        assert!(memory("-1M").is_err());
+    }
+
+    #[test]
+    fn overlay_layers_topmost_first() {
+        let m = RootMount {
+            kind: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![
+                "workdir=/w".into(),
+                "upperdir=/u".into(),
+                "lowerdir=/l1:/l2".into(),
+            ],
+        };
+        assert_eq!(
+            layers(&m).unwrap(),
+            vec![
+                PathBuf::from("/u"),
+                PathBuf::from("/l1"),
+                PathBuf::from("/l2")
+            ]
+        );
+        let tmpfs = RootMount {
+            kind: "tmpfs".into(),
+            ..Default::default()
+        };
+        assert!(matches!(layers(&tmpfs), Err(BundleError::Mount(_))));
+    }
+
+    #[test]
+    fn find_walks_layers_without_symlinks() {
+        let dir = tmp("find");
+        let (upper, lower) = (dir.join("upper"), dir.join("lower"));
+        fs::create_dir_all(upper.join("bin")).unwrap();
+        fs::create_dir_all(lower.join("bin")).unwrap();
+        fs::write(lower.join("bin/app"), b"x").unwrap();
+        let layers = [upper.clone(), lower.clone()];
+        assert_eq!(
+            find(&layers, Path::new("bin/app"), "/bin/app").unwrap(),
+            lower.join("bin/app")
+        );
+        std::os::unix::fs::symlink("/etc/passwd", upper.join("bin/link")).unwrap();
+        assert!(matches!(
+            find(&layers, Path::new("bin/link"), "/bin/link"),
+            Err(BundleError::Symlink(_))
+        ));
+        assert!(matches!(
+            find(&layers, Path::new("bin"), "/bin"),
+            Err(BundleError::NotAFile(_))
+        ));
+        assert!(matches!(
+            find(&layers, Path::new("nope"), "/nope"),
+            Err(BundleError::Missing(_))
+        ));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bundle_errors_are_clear() {
+        let dir = tmp("bundle");
+        let err = load(&dir, &[]).unwrap_err().to_string();
+        assert!(err.contains("config.json"), "{err}");
+        fs::write(dir.join("config.json"), b"{not json").unwrap();
+        let err = load(&dir, &[]).unwrap_err().to_string();
+        assert!(err.contains("invalid OCI runtime config"), "{err}");
+        fs::write(dir.join("config.json"), br#"{"process":{"args":[]}}"#).unwrap();
+        assert!(matches!(load(&dir, &[]), Err(BundleError::NoArgs)));
+        fs::write(
+            dir.join("config.json"),
+            br#"{"process":{"args":["/app"]},"root":{"path":"rootfs"}}"#,
+        )
+        .unwrap();
+        fs::create_dir_all(dir.join("rootfs")).unwrap();
+        assert!(matches!(load(&dir, &[]), Err(BundleError::Missing(_))));
+        fs::write(dir.join("rootfs/app"), b"#!/bin/sh\necho not an ELF\n").unwrap();
+        let err = load(&dir, &[]).unwrap_err().to_string();
+        assert!(err.contains("/app is not a Tandem image"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

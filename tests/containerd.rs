@@ -1,0 +1,427 @@
+//! The containerd shim (`containerd-shim-tandem-v1`) under a real
+//! containerd: each test starts its own containerd as a child, as root, on a
+//! private socket, root and state directory under a temporary folder, with
+//! the shim's directory on its PATH, and drives it with `ctr`.
+//!
+//! Needs Debian's `containerd` (with `ctr`), the shim and the OCI images of
+//! the test apps: `cargo xtask test` installs and builds all of them. Every
+//! wait has a deadline; a missing piece fails the test with a message.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tandem_tests::{require_kvm, tandem_bin};
+
+const RUNTIME: &str = "io.containerd.tandem.v1";
+/// Longest any one `ctr` command may take.
+const CTR_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+fn shim_bin() -> PathBuf {
+    let path = std::env::var_os("TANDEM_SHIM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/debug/containerd-shim-tandem-v1"));
+    assert!(
+        path.is_file(),
+        "the shim {} is missing: run the tests with `cargo xtask test`, which builds it",
+        path.display()
+    );
+    path
+}
+
+/// The OCI tarball `cargo xtask test` writes for `name`.
+fn oci_image(name: &str) -> PathBuf {
+    let dir = std::env::var_os("TANDEM_OCI_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/oci"));
+    let path = dir.join(format!("{name}.tar"));
+    assert!(
+        path.is_file(),
+        "OCI image {} is missing: run the tests with `cargo xtask test`, which writes it",
+        path.display()
+    );
+    path
+}
+
+fn require_tool(name: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{name}` is not installed: these tests need Debian's containerd \
+         (`cargo xtask test` installs it, or `apt-get install containerd`)"
+    );
+}
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions and touches no memory.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "these tests run containerd, which needs root");
+}
+
+/// What a `ctr` command did.
+struct Out {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Display for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Waits for a child up to `timeout`, killing it when the time is up.
+fn wait_for(child: &mut Child, timeout: Duration, what: &str) -> Option<i32> {
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return st.code(),
+            Ok(None) if start.elapsed() > timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{what} did not finish within {timeout:?}");
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => panic!("waiting for {what}: {e}"),
+        }
+    }
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+fn eventually(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A containerd of our own; killed (and its folder removed) on drop.
+struct Containerd {
+    dir: PathBuf,
+    child: Child,
+    n: u32,
+}
+
+impl Containerd {
+    fn start(name: &str) -> Containerd {
+        require_kvm();
+        require_root();
+        require_tool("containerd");
+        require_tool("ctr");
+        let shim = shim_bin();
+        let tandem = tandem_bin();
+        let dir = std::env::temp_dir().join(format!("tandem-ctd-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let d = dir.display();
+        let config = format!(
+            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{d}/c.sock\"\n\
+             [ttrpc]\n  address = \"{d}/c.sock.ttrpc\"\n\
+             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{d}/opt\"\n"
+        );
+        fs::write(dir.join("config.toml"), config).unwrap();
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs = vec![shim.parent().unwrap().to_path_buf()];
+        dirs.extend(std::env::split_paths(&path));
+        let log = fs::File::create(dir.join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .arg("--address")
+            .arg(dir.join("c.sock"))
+            .env("PATH", std::env::join_paths(dirs).unwrap())
+            .env("TANDEM_BIN", &tandem)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start containerd");
+        let mut c = Containerd { dir, child, n: 0 };
+        let sock = c.dir.join("c.sock");
+        let start = Instant::now();
+        loop {
+            if sock.exists() && c.ctr(&["version"]).code == Some(0) {
+                break;
+            }
+            if let Ok(Some(st)) = c.child.try_wait() {
+                panic!("containerd exited ({st}) at start:\n{}", c.log());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "containerd did not answer within 30 s:\n{}",
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    fn ctr(&mut self, args: &[&str]) -> Out {
+        self.n += 1;
+        let (o, e) = (
+            self.dir.join(format!("ctr-{}.out", self.n)),
+            self.dir.join(format!("ctr-{}.err", self.n)),
+        );
+        let mut child = Command::new("ctr")
+            .arg("--address")
+            .arg(self.dir.join("c.sock"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&o).unwrap())
+            .stderr(fs::File::create(&e).unwrap())
+            .spawn()
+            .expect("cannot run ctr");
+        let code = wait_for(&mut child, CTR_TIMEOUT, &format!("ctr {}", args.join(" ")));
+        Out {
+            code,
+            stdout: fs::read_to_string(&o).unwrap_or_default(),
+            stderr: fs::read_to_string(&e).unwrap_or_default(),
+        }
+    }
+
+    fn ok(&mut self, args: &[&str]) -> Out {
+        let out = self.ctr(args);
+        assert_eq!(out.code, Some(0), "ctr {}: {out}", args.join(" "));
+        out
+    }
+
+    /// Imports `target/oci/NAME.tar`; returns the image name.
+    fn import(&mut self, name: &str) -> String {
+        let tar = oci_image(name);
+        self.ok(&["images", "import", tar.to_str().unwrap()]);
+        format!("docker.io/tandem/{name}:latest")
+    }
+
+    /// Status column of `ctr task ls` for `id`, if listed.
+    fn task_status(&mut self, id: &str) -> Option<String> {
+        let out = self.ok(&["task", "ls"]);
+        out.stdout.lines().find_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.first() == Some(&id)).then(|| cols.last().unwrap_or(&"").to_string())
+        })
+    }
+
+    /// The VMM's pid from `ctr task ps`.
+    fn task_pid(&mut self, id: &str) -> i32 {
+        let out = self.ok(&["task", "ps", id]);
+        out.stdout
+            .lines()
+            .skip(1)
+            .find_map(|l| l.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no pid in `ctr task ps {id}`: {out}"))
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mounted = fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains(self.dir.to_str().unwrap_or("-")));
+        if !mounted && !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie has no exe link once it has exited.
+    fs::read_link(format!("/proc/{pid}/exe")).is_ok()
+}
+
+fn exe_name(pid: i32) -> Option<String> {
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    Some(exe.file_name()?.to_string_lossy().into_owned())
+}
+
+fn parent_pid(pid: i32) -> i32 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(dir.to_str().unwrap()))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn hello_runs_with_its_output_arguments_env_and_exit_code() {
+    let mut c = Containerd::start("hello");
+    let hello = c.import("hello");
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--env",
+        "MODE=fast",
+        &hello,
+        "hello-1",
+        "/hello",
+        "one",
+        "two",
+    ]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(out.stdout.contains("Hello from Tandem!"), "{out}");
+    assert!(
+        out.stdout.contains("command line: \"one two MODE=fast\""),
+        "{out}"
+    );
+    // The entrypoint alone, from the image's config.
+    let out = c.ctr(&["run", "--rm", "--runtime", RUNTIME, &hello, "hello-2"]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(out.stdout.contains("command line: \"\""), "{out}");
+
+    // The guest's exit code is the task's.
+    let service = c.import("service");
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        &service,
+        "svc-exit",
+        "/service",
+        "exit=7",
+    ]);
+    assert_eq!(out.code, Some(7), "{out}");
+    assert_eq!(c.ok(&["containers", "ls", "-q"]).stdout.trim(), "");
+}
+
+#[test]
+fn crashing_app_reports_failure() {
+    let mut c = Containerd::start("panic");
+    let panic = c.import("panic");
+    let out = c.ctr(&["run", "--rm", "--runtime", RUNTIME, &panic, "panic-1"]);
+    assert_eq!(out.code, Some(101), "{out}");
+    assert!(out.stdout.contains("deliberate panic"), "{out}");
+}
+
+#[test]
+fn long_running_app_is_listed_killed_and_deleted() {
+    let mut c = Containerd::start("service");
+    let service = c.import("service");
+    c.ok(&["run", "-d", "--runtime", RUNTIME, &service, "svc-1"]);
+    eventually(Duration::from_secs(20), "svc-1 running", || {
+        c.task_status("svc-1").as_deref() == Some("RUNNING")
+    });
+    let pid = c.task_pid("svc-1");
+    assert_eq!(exe_name(pid).as_deref(), Some("tandem"), "pid {pid}");
+    c.ok(&["task", "kill", "svc-1"]);
+    eventually(Duration::from_secs(20), "svc-1 stopped", || {
+        c.task_status("svc-1").as_deref() == Some("STOPPED")
+    });
+    assert!(!alive(pid), "the VMM {pid} outlived the kill");
+    let out = c.ok(&["task", "rm", "svc-1"]);
+    // SIGTERM: 128 + 15.
+    assert!(out.stderr.contains("143"), "{out}");
+    c.ok(&["containers", "rm", "svc-1"]);
+    assert_eq!(c.task_status("svc-1"), None);
+    assert_eq!(c.ok(&["containers", "ls", "-q"]).stdout.trim(), "");
+}
+
+#[test]
+fn killed_shim_leaves_nothing_running_or_mounted() {
+    let mut c = Containerd::start("deadshim");
+    let service = c.import("service");
+    c.ok(&["run", "-d", "--runtime", RUNTIME, &service, "svc-2"]);
+    eventually(Duration::from_secs(20), "svc-2 running", || {
+        c.task_status("svc-2").as_deref() == Some("RUNNING")
+    });
+    let vmm = c.task_pid("svc-2");
+    let shim = parent_pid(vmm);
+    assert_eq!(
+        exe_name(shim).as_deref(),
+        Some("containerd-shim-tandem-v1"),
+        "the VMM's parent {shim}"
+    );
+    // SAFETY: kill(2) on the shim's pid, checked just above; no memory involved.
+    assert_eq!(unsafe { libc::kill(shim, libc::SIGKILL) }, 0);
+    eventually(
+        Duration::from_secs(10),
+        "the VMM dies with its shim",
+        || !alive(vmm),
+    );
+    // containerd notices the dead shim and cleans up after it (`delete`).
+    eventually(Duration::from_secs(20), "the task is gone", || {
+        c.task_status("svc-2").as_deref() != Some("RUNNING")
+    });
+    let _ = c.ctr(&["task", "rm", "svc-2"]);
+    c.ok(&["containers", "rm", "svc-2"]);
+    assert_eq!(c.ok(&["containers", "ls", "-q"]).stdout.trim(), "");
+    assert_eq!(mounts_under(&c.dir), Vec::<String>::new());
+}
+
+#[test]
+fn bad_images_fail_create_with_a_clear_error() {
+    let mut c = Containerd::start("bad");
+    let notelf = c.import("notelf");
+    let out = c.ctr(&["run", "--rm", "--runtime", RUNTIME, &notelf, "bad-1"]);
+    assert_ne!(out.code, Some(0), "{out}");
+    assert!(
+        out.stderr.contains("/notelf is not a Tandem image"),
+        "{out}"
+    );
+    let hello = c.import("hello");
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        &hello,
+        "bad-2",
+        "/missing",
+    ]);
+    assert_ne!(out.code, Some(0), "{out}");
+    assert!(
+        out.stderr
+            .contains("/missing: no such file in the image's root filesystem"),
+        "{out}"
+    );
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        &hello,
+        "bad-3",
+        "/hello",
+        "two words",
+    ]);
+    assert_ne!(out.code, Some(0), "{out}");
+    assert!(out.stderr.contains("may not contain whitespace"), "{out}");
+    // Nothing is left behind.
+    eventually(Duration::from_secs(10), "no containers left", || {
+        c.ok(&["containers", "ls", "-q"]).stdout.trim().is_empty()
+    });
+}
