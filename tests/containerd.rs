@@ -319,12 +319,167 @@ fn hello_runs_with_its_output_arguments_env_and_exit_code() {
 }
 
 #[test]
-fn crashing_app_reports_failure() {
+fn crashing_app_reports_failure_in_its_exit_event() {
     let mut c = Containerd::start("panic");
     let panic = c.import("panic");
+    let events_file = c.dir.join("events.txt");
+    let mut events = Command::new("ctr")
+        .arg("--address")
+        .arg(c.dir.join("c.sock"))
+        .arg("events")
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&events_file).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot run ctr events");
+    // `ctr events` subscribes asynchronously: give it a moment.
+    std::thread::sleep(Duration::from_millis(300));
     let out = c.ctr(&["run", "--rm", "--runtime", RUNTIME, &panic, "panic-1"]);
     assert_eq!(out.code, Some(101), "{out}");
     assert!(out.stdout.contains("deliberate panic"), "{out}");
+    let exit_event = || {
+        fs::read_to_string(&events_file)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("/tasks/exit") && l.contains("\"exit_status\":101"))
+    };
+    let start = Instant::now();
+    while !exit_event() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = events.kill();
+    let _ = events.wait();
+    assert!(
+        exit_event(),
+        "no /tasks/exit event with exit_status 101:\n{}",
+        fs::read_to_string(&events_file).unwrap_or_default()
+    );
+}
+
+#[test]
+fn memory_annotation_sets_guest_memory() {
+    let mut c = Containerd::start("memory");
+    let sysinfo = c.import("sysinfo");
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        "tandem.dev/memory=16M",
+        &sysinfo,
+        "mem-1",
+    ]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(
+        out.stdout.contains("highest usable address 0x1000000"),
+        "{out}"
+    );
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        "tandem.dev/memory=lots",
+        &sysinfo,
+        "mem-2",
+    ]);
+    assert_ne!(out.code, Some(0), "{out}");
+    assert!(out.stderr.contains("tandem.dev/memory"), "{out}");
+}
+
+/// A Kubernetes pod as CRI lays it out: a placeholder (pause) container
+/// whose annotations say `sandbox`, and app containers naming its id. They
+/// share one shim; the placeholder boots no VM.
+#[test]
+fn pod_containers_share_one_shim_and_the_placeholder_boots_nothing() {
+    let mut c = Containerd::start("pod");
+    let hello = c.import("hello");
+    let service = c.import("service");
+    let sandbox = "io.kubernetes.cri.container-type=sandbox";
+    let app = "io.kubernetes.cri.container-type=container";
+    let pod = "io.kubernetes.cri.sandbox-id=pod-1";
+    c.ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        sandbox,
+        "--annotation",
+        pod,
+        &hello,
+        "pod-1",
+    ]);
+    eventually(Duration::from_secs(20), "pod-1 running", || {
+        c.task_status("pod-1").as_deref() == Some("RUNNING")
+    });
+    let shim = c.task_pid("pod-1");
+    assert_eq!(
+        exe_name(shim).as_deref(),
+        Some("containerd-shim-tandem-v1"),
+        "the placeholder's pid {shim} is its shim"
+    );
+    c.ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        app,
+        "--annotation",
+        pod,
+        &service,
+        "pod-1-svc",
+    ]);
+    eventually(Duration::from_secs(20), "pod-1-svc running", || {
+        c.task_status("pod-1-svc").as_deref() == Some("RUNNING")
+    });
+    let vmm = c.task_pid("pod-1-svc");
+    assert_eq!(
+        parent_pid(vmm),
+        shim,
+        "the app's VMM is a child of the pod's shim"
+    );
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        app,
+        "--annotation",
+        pod,
+        &hello,
+        "pod-1-hello",
+        "/hello",
+        "in-pod",
+    ]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(out.stdout.contains("command line: \"in-pod\""), "{out}");
+
+    // Stop the pod: apps first, then the placeholder; the shim then exits.
+    c.ok(&["task", "kill", "pod-1-svc"]);
+    eventually(Duration::from_secs(20), "pod-1-svc stopped", || {
+        c.task_status("pod-1-svc").as_deref() == Some("STOPPED")
+    });
+    c.ok(&["task", "rm", "pod-1-svc"]);
+    c.ok(&["containers", "rm", "pod-1-svc"]);
+    assert!(
+        alive(shim),
+        "the pod's shim must outlive one of its containers"
+    );
+    c.ok(&["task", "kill", "pod-1"]);
+    eventually(Duration::from_secs(20), "pod-1 stopped", || {
+        c.task_status("pod-1").as_deref() == Some("STOPPED")
+    });
+    c.ok(&["task", "rm", "pod-1"]);
+    c.ok(&["containers", "rm", "pod-1"]);
+    eventually(Duration::from_secs(10), "the pod's shim exits", || {
+        !alive(shim)
+    });
+    assert!(!alive(vmm));
 }
 
 #[test]

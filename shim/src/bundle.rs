@@ -131,6 +131,52 @@ struct Root {
     path: String,
 }
 
+/// CRI annotation naming the pod (sandbox) a container belongs to.
+pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+/// CRI annotation: `sandbox` for the pod's placeholder (pause) container.
+pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
+
+/// Where a container stands in a Kubernetes pod, from its CRI annotations.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pod {
+    /// The pod's sandbox id, if the container is in a pod.
+    pub sandbox_id: Option<String>,
+    /// The pod's placeholder (the CRI pause container): it boots no VM.
+    pub is_sandbox: bool,
+}
+
+/// Reads the pod annotations of `bundle/config.json`.
+pub fn pod(bundle: &Path) -> Result<Pod, BundleError> {
+    let spec = read_spec(&bundle.join("config.json"))?;
+    let sandbox_id = spec
+        .annotations
+        .get(SANDBOX_ID_ANNOTATION)
+        .filter(|id| !id.is_empty())
+        .cloned();
+    if let Some(id) = &sandbox_id {
+        // It names the shim's socket: keep it to what containerd's ids allow.
+        let ok = id.len() <= 76
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !ok {
+            return Err(BundleError::Annotation {
+                key: SANDBOX_ID_ANNOTATION.into(),
+                value: id.clone(),
+                why: "not a container id (letters, digits, -, _, .; at most 76)",
+            });
+        }
+    }
+    let is_sandbox = spec
+        .annotations
+        .get(CONTAINER_TYPE_ANNOTATION)
+        .is_some_and(|t| t == "sandbox");
+    Ok(Pod {
+        sandbox_id,
+        is_sandbox,
+    })
+}
+
 /// Reads `bundle/config.json` and finds the app in the root filesystem,
 /// which is either `rootfs` (the mounts containerd passed, read in place
 /// without mounting them) or the spec's `root.path` inside the bundle.
@@ -435,6 +481,28 @@ mod tests {
             find(&layers, Path::new("nope"), "/nope"),
             Err(BundleError::Missing(_))
         ));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn pod_annotations() {
+        let dir = tmp("pod");
+        fs::write(dir.join("config.json"), b"{}").unwrap();
+        assert_eq!(pod(&dir).unwrap(), Pod::default());
+        fs::write(
+            dir.join("config.json"),
+            br#"{"annotations":{"io.kubernetes.cri.sandbox-id":"pod-1","io.kubernetes.cri.container-type":"sandbox"}}"#,
+        )
+        .unwrap();
+        let p = pod(&dir).unwrap();
+        assert_eq!(p.sandbox_id.as_deref(), Some("pod-1"));
+        assert!(p.is_sandbox);
+        fs::write(
+            dir.join("config.json"),
+            br#"{"annotations":{"io.kubernetes.cri.sandbox-id":"../../x"}}"#,
+        )
+        .unwrap();
+        assert!(matches!(pod(&dir), Err(BundleError::Annotation { .. })));
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -111,25 +111,22 @@ impl containerd_shim::Shim for Shim {
     }
 
     fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        // One shim per container.
-        let grouping = opts.id.clone();
+        // One shim per pod (the containers of a Kubernetes pod share the
+        // shim of their sandbox), else one per container.
+        let grouping = self.grouping();
         let (_pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
         Ok(address)
     }
 
     /// Called by containerd after a shim died: stop a VM it left behind.
     fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
-        let bundle = if self.bundle.is_empty() {
-            std::env::current_dir().unwrap_or_default()
-        } else {
-            PathBuf::from(&self.bundle)
-        };
+        let bundle = self.bundle_dir();
         let pid = kill_leftover(&bundle);
-        // The dead shim's socket (grouped by container id, as in start_shim).
+        // The dead shim's socket.
         remove_socket(&containerd_shim::socket_address(
             &self.address,
             &self.namespace,
-            &self.id,
+            &self.grouping(),
         ));
         log::info!(
             "delete after dead shim: namespace {} id {} bundle {} vmm pid {pid:?}",
@@ -158,6 +155,28 @@ impl containerd_shim::Shim for Shim {
                 namespace: self.namespace.clone(),
                 exit: self.exit.clone(),
             }),
+        }
+    }
+}
+
+impl Shim {
+    /// The bundle: `-bundle`, else the working directory containerd gave.
+    fn bundle_dir(&self) -> PathBuf {
+        if self.bundle.is_empty() {
+            std::env::current_dir().unwrap_or_default()
+        } else {
+            PathBuf::from(&self.bundle)
+        }
+    }
+
+    /// Which shim serves this container: its pod's sandbox id, else its own.
+    fn grouping(&self) -> String {
+        match bundle::pod(&self.bundle_dir()) {
+            Ok(bundle::Pod {
+                sandbox_id: Some(id),
+                ..
+            }) => id,
+            _ => self.id.clone(),
         }
     }
 }
@@ -195,7 +214,8 @@ struct Task {
     stdout: String,
     stderr: String,
     terminal: bool,
-    payload: Payload,
+    /// What to boot; `None` for a pod's placeholder, which boots nothing.
+    payload: Option<Payload>,
     proc: Mutex<Proc>,
     exited: Condvar,
 }
@@ -250,6 +270,14 @@ impl Service {
     /// Boots the VM from a thread that lives as long as the VM does: the
     /// child's `PR_SET_PDEATHSIG` fires when the thread that forked it ends.
     fn spawn_vm(&self, task: Arc<Task>) -> TtrpcResult<u32> {
+        if task.payload.is_none() {
+            // A pod's placeholder: "runs" as the shim itself.
+            let pid = std::process::id();
+            let mut p = task.lock();
+            p.status = Status::RUNNING;
+            p.pid = pid;
+            return Ok(pid);
+        }
         let (tx, rx) = mpsc::channel();
         let service = self.clone();
         std::thread::spawn(move || {
@@ -327,15 +355,19 @@ fn open_output(path: &str) -> Result<Stdio, String> {
 }
 
 fn vm_command(task: &Task) -> Result<Command, String> {
+    let payload = task
+        .payload
+        .as_ref()
+        .ok_or("a pod placeholder boots no VM")?;
     let tandem = tandem_binary()?;
     let mut cmd = Command::new(tandem);
     cmd.arg("run").arg("--quiet");
-    if let Some(mem) = &task.payload.memory {
+    if let Some(mem) = &payload.memory {
         cmd.arg(format!("--mem={mem}"));
     }
-    cmd.arg(format!("--cmdline={}", task.payload.cmdline))
+    cmd.arg(format!("--cmdline={}", payload.cmdline))
         .arg("--")
-        .arg(&task.payload.elf)
+        .arg(&payload.elf)
         .current_dir(&task.bundle)
         .stdin(Stdio::null())
         .stdout(open_output(&task.stdout)?)
@@ -405,15 +437,22 @@ impl containerd_shim::Task for Service {
                 options: m.options.clone(),
             })
             .collect();
-        let payload = bundle::load(Path::new(&req.bundle), &mounts)
-            .map_err(|e| status(Code::INVALID_ARGUMENT, format!("tandem: {e}")))?;
-        log::info!(
-            "create {}: {} ({}) cmdline {:?}",
-            req.id,
-            payload.name,
-            payload.elf.display(),
-            payload.cmdline
-        );
+        let bad = |e: bundle::BundleError| status(Code::INVALID_ARGUMENT, format!("tandem: {e}"));
+        let pod = bundle::pod(Path::new(&req.bundle)).map_err(bad)?;
+        let payload = if pod.is_sandbox {
+            log::info!("create {}: pod placeholder, no VM", req.id);
+            None
+        } else {
+            let payload = bundle::load(Path::new(&req.bundle), &mounts).map_err(bad)?;
+            log::info!(
+                "create {}: {} ({}) cmdline {:?}",
+                req.id,
+                payload.name,
+                payload.elf.display(),
+                payload.cmdline
+            );
+            Some(payload)
+        };
         let task = Arc::new(Task {
             id: req.id.clone(),
             bundle: req.bundle.clone(),
@@ -519,6 +558,23 @@ impl containerd_shim::Task for Service {
             .ok_or_else(|| status(Code::INVALID_ARGUMENT, format!("bad signal {}", req.signal)))?;
         let mut p = task.lock();
         match p.status {
+            Status::RUNNING if task.payload.is_none() => {
+                // A pod placeholder ends at the first signal.
+                p.status = Status::STOPPED;
+                p.exit_status = 128 + sig as u32;
+                p.exited_at = now();
+                let exit = TaskExit {
+                    container_id: task.id.clone(),
+                    id: task.id.clone(),
+                    pid: p.pid,
+                    exit_status: p.exit_status,
+                    exited_at: p.exited_at.clone(),
+                    ..Default::default()
+                };
+                drop(p);
+                task.exited.notify_all();
+                self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(exit));
+            }
             Status::RUNNING => {
                 let pid = i32::try_from(p.pid).unwrap_or(0);
                 if pid > 0 {
