@@ -5,6 +5,7 @@
 //! through `$CARGO`, the one that runs this program.
 
 mod bench;
+mod bench_containerd;
 mod bench_fleet;
 mod bench_paths;
 mod bench_snapshot;
@@ -90,6 +91,12 @@ COMMANDS:
         Snapshot, restore, clone and backup costs of the counter app next to
         its cold boot, in process and as whole processes (64 MiB and 1 GiB).
         Writes JSON to target/bench/snapshot.json unless --json.
+
+    bench containerd [--runs N] [--json FILE]
+        `ctr run --rm` of hello under the Tandem shim against runc running a
+        static hello binary, interleaved, on a private containerd (root;
+        containerd and runc installed if missing). N defaults to 30.
+        Writes JSON to target/bench/containerd.json unless --json.
 
     fuzz TARGET [--time SECONDS]
         Run one cargo-fuzz target (nightly; installs cargo-fuzz if missing)
@@ -445,6 +452,10 @@ fn bench_cmd(project: &Project, args: Vec<String>) -> Result<ExitCode> {
     }
     if args.first().map(String::as_str) == Some("fleet") {
         bench_fleet::bench(project, &bench_fleet::parse(&args[1..])?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.first().map(String::as_str) == Some("containerd") {
+        bench_containerd::bench(project, &bench_containerd::parse(&args[1..])?)?;
         return Ok(ExitCode::SUCCESS);
     }
     if args.first().map(String::as_str) == Some("snapshot") {
