@@ -201,6 +201,36 @@ impl Containerd {
         }
     }
 
+    /// `ctr ARGS` with `input` written to its stdin (then closed).
+    fn ctr_with_input(&mut self, args: &[&str], input: &[u8]) -> Out {
+        use std::io::Write;
+        self.n += 1;
+        let (o, e) = (
+            self.dir.join(format!("ctr-{}.out", self.n)),
+            self.dir.join(format!("ctr-{}.err", self.n)),
+        );
+        let mut child = Command::new("ctr")
+            .arg("--address")
+            .arg(self.dir.join("c.sock"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(fs::File::create(&o).unwrap())
+            .stderr(fs::File::create(&e).unwrap())
+            .spawn()
+            .expect("cannot run ctr");
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let data = input.to_vec();
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+        });
+        let code = wait_for(&mut child, CTR_TIMEOUT, &format!("ctr {}", args.join(" ")));
+        Out {
+            code,
+            stdout: fs::read_to_string(&o).unwrap_or_default(),
+            stderr: fs::read_to_string(&e).unwrap_or_default(),
+        }
+    }
+
     fn ok(&mut self, args: &[&str]) -> Out {
         let out = self.ctr(args);
         assert_eq!(out.code, Some(0), "ctr {}: {out}", args.join(" "));
@@ -316,6 +346,30 @@ fn hello_runs_with_its_output_arguments_env_and_exit_code() {
     ]);
     assert_eq!(out.code, Some(7), "{out}");
     assert_eq!(c.ok(&["containers", "ls", "-q"]).stdout.trim(), "");
+}
+
+#[test]
+fn stdin_reaches_the_guest() {
+    let mut c = Containerd::start("stdin");
+    let cat = c.import("cat");
+    let out = c.ctr_with_input(
+        &["run", "--rm", "--runtime", RUNTIME, &cat, "cat-1"],
+        b"hello\nfrom the host\n",
+    );
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(out.stdout.contains("> hello\n> from the host\n"), "{out}");
+    assert!(out.stdout.contains("stdin: 20 bytes, 2 lines"), "{out}");
+    // Without stdin (--null-io), the guest reads end of input at once.
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--null-io",
+        "--runtime",
+        RUNTIME,
+        &cat,
+        "cat-2",
+    ]);
+    assert_eq!(out.code, Some(0), "{out}");
 }
 
 #[test]

@@ -5,6 +5,7 @@
 
 use tandem_abi::hypercall::{
     DecodeError, GuestBuf, HypercallPort, Reply, Request, LEN_PREFIX, MAX_REPLY, MAX_REQUEST,
+    MAX_STDIN_READ,
 };
 use tandem_abi::layout;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -78,6 +79,15 @@ pub enum Action {
     Idle {
         /// Longest wait the guest asked for.
         nanos: u64,
+        /// Where the reply goes.
+        reply: GuestBuf,
+    },
+    /// Read standard input into `buf` (already checked: app-writable, at
+    /// most [`MAX_STDIN_READ`] bytes) and answer with a [`Reply::ReadStdin`]
+    /// in `reply` (through [`write_reply`], which checks it).
+    ReadStdin {
+        /// Where the bytes go.
+        buf: GuestBuf,
         /// Where the reply goes.
         reply: GuestBuf,
     },
@@ -179,6 +189,19 @@ fn serve_request(
         }
         Request::Snapshot { reply } => Ok(Action::Snapshot(reply)),
         Request::Idle { nanos, reply } => Ok(Action::Idle { nanos, reply }),
+        Request::ReadStdin { buf, reply } => {
+            let buf = GuestBuf {
+                addr: buf.addr,
+                len: buf.len.min(MAX_STDIN_READ),
+            };
+            if !app_writable(buf.addr, u64::from(buf.len), mem_size) {
+                return Err(HypercallError::ReplyNotWritable {
+                    addr: buf.addr,
+                    len: u64::from(buf.len),
+                });
+            }
+            Ok(Action::ReadStdin { buf, reply })
+        }
     }
 }
 
@@ -210,6 +233,25 @@ pub fn write_reply(
             addr: buf.addr,
             len: u64::from(buf.len),
         })
+}
+
+/// Copies standard-input bytes into the guest buffer of a
+/// [`Action::ReadStdin`] (checked when the request was served).
+pub fn write_input(
+    mem: &GuestMemoryMmap,
+    buf: GuestBuf,
+    data: &[u8],
+) -> Result<(), HypercallError> {
+    let outside = || HypercallError::OutsideMemory {
+        what: "stdin buffer",
+        addr: buf.addr,
+        len: data.len() as u64,
+    };
+    if data.len() as u64 > u64::from(buf.len) {
+        return Err(outside());
+    }
+    mem.write_slice(data, GuestAddress(buf.addr))
+        .map_err(|_| outside())
 }
 
 /// Copies out and empties the console buffer; returns its text.
@@ -353,6 +395,54 @@ mod tests {
             drain_console(&m),
             Err(HypercallError::ConsoleLevel(u32::MAX))
         );
+    }
+
+    #[test]
+    fn stdin_reads_go_only_to_app_memory_and_are_capped() {
+        let m = mem();
+        let a = u32::try_from(layout::HYPERCALL_ADDR).unwrap();
+        let reply = GuestBuf {
+            addr: layout::HYPERCALL_ADDR + 0x1000,
+            len: 64,
+        };
+        let buf = GuestBuf {
+            addr: layout::HEAP_ADDR,
+            len: u32::MAX,
+        };
+        put(
+            &m,
+            layout::HYPERCALL_ADDR,
+            &Request::ReadStdin { buf, reply },
+        );
+        assert_eq!(
+            serve(&m, SIZE, 0xE00, &a.to_le_bytes(), clock),
+            Ok(Action::ReadStdin {
+                buf: GuestBuf {
+                    addr: layout::HEAP_ADDR,
+                    len: MAX_STDIN_READ
+                },
+                reply
+            })
+        );
+        let capped = GuestBuf {
+            addr: layout::HEAP_ADDR,
+            len: 4,
+        };
+        write_input(&m, capped, b"abcd").unwrap();
+        assert!(write_input(&m, capped, b"abcde").is_err());
+        // Aimed at the page tables, or past the end of memory.
+        for addr in [layout::PAGE_TABLES_ADDR, SIZE - 8] {
+            let buf = GuestBuf { addr, len: 64 };
+            put(
+                &m,
+                layout::HYPERCALL_ADDR,
+                &Request::ReadStdin { buf, reply },
+            );
+            assert!(matches!(
+                serve(&m, SIZE, 0xE00, &a.to_le_bytes(), clock),
+                Err(HypercallError::ReplyNotWritable { .. })
+            ));
+        }
     }
 
     #[test]

@@ -263,6 +263,8 @@ fn run(args: RunArgs, start: u64) -> Result<u8> {
         snapshot_at_ready: args.snapshot_at_ready,
         console_limit: args.console_limit,
         console_rate: args.console_rate,
+        // The app's standard input is tandem's.
+        stdin: true,
         ..VmConfig::default()
     };
     let mut config = config;

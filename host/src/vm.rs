@@ -180,6 +180,9 @@ pub struct VmConfig {
     pub verbose: bool,
     /// Lets other threads follow the run (start, `ready()`) and stop it.
     pub handle: Option<VmHandle>,
+    /// The app's standard input is this process's (fd 0); otherwise the app
+    /// reads end of input at once.
+    pub stdin: bool,
 }
 
 impl Default for VmConfig {
@@ -200,6 +203,7 @@ impl Default for VmConfig {
             backup: None,
             verbose: false,
             handle: None,
+            stdin: false,
         }
     }
 }
@@ -598,6 +602,37 @@ impl Vm {
                             }
                             self.note_host_writes(&[(reply.addr, u64::from(reply.len))]);
                         }
+                        Ok(Action::ReadStdin { buf, reply }) => {
+                            let mut data = vec![0u8; buf.len as usize];
+                            let n = match read_stdin(
+                                self.config.stdin,
+                                &mut data,
+                                handle.as_ref(),
+                                deadline,
+                            ) {
+                                Some(n) => n,
+                                None => {
+                                    break ExitStatus::TimedOut(
+                                        self.config.timeout.unwrap_or_default(),
+                                    )
+                                }
+                            };
+                            if let Err(e) = hypercall::write_input(&self.ram.mem, buf, &data[..n]) {
+                                break ExitStatus::ProtocolViolation(e);
+                            }
+                            // `n` is at most MAX_STDIN_READ.
+                            let len = u32::try_from(n).unwrap_or(0);
+                            let answer = Reply::ReadStdin { len };
+                            if let Err(e) =
+                                hypercall::write_reply(&self.ram.mem, mem_size, reply, &answer)
+                            {
+                                break ExitStatus::ProtocolViolation(e);
+                            }
+                            self.note_host_writes(&[
+                                (buf.addr, n as u64),
+                                (reply.addr, u64::from(reply.len)),
+                            ]);
+                        }
                         Err(e) => break ExitStatus::ProtocolViolation(e),
                     }
                 }
@@ -802,6 +837,63 @@ fn idle(handle: Option<&VmHandle>, nanos: u64, deadline: Option<std::time::Insta
         None => {
             std::thread::sleep(limit);
             false
+        }
+    }
+}
+
+/// Serves `Request::ReadStdin`: waits for this process's standard input
+/// (in slices, so a stop request or the run's deadline is seen), then reads
+/// what is there. Returns the byte count (0: end of input, no stdin, or a
+/// stop was asked), or `None` when the deadline passed.
+fn read_stdin(
+    enabled: bool,
+    buf: &mut [u8],
+    handle: Option<&VmHandle>,
+    deadline: Option<std::time::Instant>,
+) -> Option<usize> {
+    if !enabled || buf.is_empty() {
+        return Some(0);
+    }
+    loop {
+        if handle.is_some_and(|h| h.stop_asked() || h.killed()) {
+            return Some(0);
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return None;
+        }
+        let mut fds = libc::pollfd {
+            fd: libc::STDIN_FILENO,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `fds` is one valid pollfd that outlives the call.
+        let ready = unsafe { libc::poll(&mut fds, 1, 50) };
+        if ready < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Some(0);
+        }
+        if ready == 0 {
+            continue;
+        }
+        if fds.revents & libc::POLLNVAL != 0 {
+            return Some(0);
+        }
+        // SAFETY: reads at most `buf.len()` bytes into `buf`, which we own.
+        let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+        match usize::try_from(n) {
+            Ok(n) => return Some(n.min(buf.len())),
+            Err(_) => {
+                let e = std::io::Error::last_os_error();
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+                ) {
+                    continue;
+                }
+                return Some(0);
+            }
         }
     }
 }

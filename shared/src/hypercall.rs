@@ -20,6 +20,8 @@ pub const MAX_REQUEST: u32 = 4096;
 pub const MAX_REPLY: u32 = 4096;
 /// Size of the length prefix of requests and replies.
 pub const LEN_PREFIX: u32 = 4;
+/// Most bytes the host copies into the guest for one [`Request::ReadStdin`].
+pub const MAX_STDIN_READ: u32 = 4096;
 
 /// Exit code the guest library uses when the app panics.
 pub const EXIT_PANIC: u8 = 101;
@@ -100,6 +102,16 @@ pub enum Request {
         /// Where the reply goes.
         reply: GuestBuf,
     },
+    /// Read the app's standard input: the host copies up to
+    /// `min(buf.len, MAX_STDIN_READ)` bytes into `buf` (blocking until some
+    /// arrive, the input ends, or the VM is asked to stop); the reply is
+    /// [`Reply::ReadStdin`].
+    ReadStdin {
+        /// Where the bytes go (app-writable memory).
+        buf: GuestBuf,
+        /// Where the reply goes.
+        reply: GuestBuf,
+    },
 }
 
 /// A reply written into the buffer a request named. Variants are only ever appended.
@@ -122,6 +134,12 @@ pub enum Reply {
     Idle {
         /// The VMM asks the app to stop (exit) now.
         stop: bool,
+    },
+    /// The answer to [`Request::ReadStdin`].
+    ReadStdin {
+        /// Bytes written into the buffer; 0 at the end of the input (or
+        /// when the VM has no standard input, or is asked to stop).
+        len: u32,
     },
 }
 
@@ -233,7 +251,7 @@ mod tests {
     fn golden_bytes() {
         // Pins the wire format of every request: appending variants is fine,
         // changing these bytes needs an ABI_VERSION bump.
-        let cases: [(Request, &[u8]); 6] = [
+        let cases: [(Request, &[u8]); 7] = [
             (Request::Flush, &[1, 0, 0, 0, 0]),
             (Request::Exit { code: 42 }, &[2, 0, 0, 0, 1, 42]),
             (Request::Ready, &[1, 0, 0, 0, 2]),
@@ -264,6 +282,21 @@ mod tests {
                     },
                 },
                 &[7, 0, 0, 0, 5, 0xe8, 0x07, 0x80, 0xe0, 0x04, 64],
+            ),
+            (
+                Request::ReadStdin {
+                    buf: GuestBuf {
+                        addr: 0x20_0000,
+                        len: 4096,
+                    },
+                    reply: GuestBuf {
+                        addr: 0x13000,
+                        len: 64,
+                    },
+                },
+                &[
+                    11, 0, 0, 0, 6, 0x80, 0x80, 0x80, 0x01, 0x80, 0x20, 0x80, 0xe0, 0x04, 64,
+                ],
             ),
         ];
         for (req, bytes) in cases {
@@ -300,6 +333,14 @@ mod tests {
         assert_eq!(
             Reply::decode_record(&out[..n]),
             Ok(Reply::Idle { stop: true })
+        );
+        let n = Reply::ReadStdin { len: 300 }
+            .encode_record(&mut out)
+            .unwrap();
+        assert_eq!(&out[..n], &[3, 0, 0, 0, 3, 0xac, 0x02]);
+        assert_eq!(
+            Reply::decode_record(&out[..n]),
+            Ok(Reply::ReadStdin { len: 300 })
         );
     }
 

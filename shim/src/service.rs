@@ -354,6 +354,32 @@ fn open_output(path: &str) -> Result<Stdio, String> {
     Ok(Stdio::from(file))
 }
 
+/// Opens the container's stdin FIFO for the VMM to read, without waiting
+/// for a writer (`O_NONBLOCK`, cleared once open). The VMM polls it: a FIFO
+/// no writer has opened yet is not at its end, so the guest waits for the
+/// client to attach, and reads end of input once every writer has closed.
+fn open_input(task: &Task) -> Result<Stdio, String> {
+    use std::os::fd::AsRawFd;
+    let path = &task.stdin;
+    if path.is_empty() {
+        return Ok(Stdio::null());
+    }
+    let reader = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot open stdin {path}: {e}"))?;
+    let fd = reader.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own; F_GETFL/F_SETFL take no pointers.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
+    }
+    Ok(Stdio::from(reader))
+}
+
 fn vm_command(task: &Task) -> Result<Command, String> {
     let payload = task
         .payload
@@ -369,7 +395,7 @@ fn vm_command(task: &Task) -> Result<Command, String> {
         .arg("--")
         .arg(&payload.elf)
         .current_dir(&task.bundle)
-        .stdin(Stdio::null())
+        .stdin(open_input(task)?)
         .stdout(open_output(&task.stdout)?)
         .stderr(open_output(&task.stderr)?);
     let parent = std::process::id();
@@ -650,6 +676,14 @@ impl containerd_shim::Task for Service {
             exited_at,
             ..Default::default()
         })
+    }
+
+    fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+        // The guest reads end of input once the client has closed its end
+        // of the stdin FIFO; nothing to do here.
+        self.task(&req.id, &req.exec_id)?;
+        log::debug!("close_io {} stdin {}", req.id, req.stdin);
+        Ok(api::Empty::default())
     }
 
     fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {

@@ -180,10 +180,10 @@ pub fn build_shim(project: &Project) -> Result<PathBuf> {
 }
 
 /// The images the containerd tests import, in target/oci: the hello,
-/// service, panic and sysinfo apps, and `notelf` (a shell script as the entrypoint).
+/// service, panic, sysinfo and cat apps, and `notelf` (a shell script as the entrypoint).
 pub fn test_images(project: &Project) -> Result<PathBuf> {
     let dir = project.target_dir().join("oci");
-    for app in ["hello", "service", "panic", "sysinfo"] {
+    for app in ["hello", "service", "panic", "sysinfo", "cat"] {
         let image = crate::guest::image(project, app)?;
         app_image(
             &image,

@@ -33,6 +33,7 @@ pub mod env;
 pub mod hypercall;
 pub mod idle;
 pub mod platform;
+pub mod stdin;
 pub mod time;
 pub mod trace;
 
