@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use tandem_tests::{require_kvm, tandem_bin};
 
+#[path = "src/cri.rs"]
+mod cri;
+
 const RUNTIME: &str = "io.containerd.tandem.v1";
 /// Longest any one `ctr` command may take.
 const CTR_TIMEOUT: Duration = Duration::from_secs(60);
@@ -120,6 +123,14 @@ struct Containerd {
 
 impl Containerd {
     fn start(name: &str) -> Containerd {
+        Containerd::start_with(name, false)
+    }
+
+    /// With `cri`, the CRI plugin serves the Kubernetes runtime API on the
+    /// same socket, with `tandem` as a runtime handler, no CNI (pods use the
+    /// node's network), and `docker.io/tandem/pause:latest` as the sandbox
+    /// image (imported, never pulled).
+    fn start_with(name: &str, cri: bool) -> Containerd {
         require_kvm();
         require_root();
         require_tool("containerd");
@@ -130,12 +141,24 @@ impl Containerd {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         let d = dir.display();
+        let plugins = if cri {
+            let p = "[plugins.\"io.containerd.grpc.v1.cri\"";
+            format!(
+                "{p}]\n  sandbox_image = \"docker.io/tandem/pause:latest\"\n\
+                 {p}.cni]\n  bin_dir = \"{d}/cni/bin\"\n  conf_dir = \"{d}/cni/conf\"\n\
+                 {p}.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
+                 {p}.containerd.runtimes.tandem]\n  runtime_type = \"io.containerd.tandem.v1\"\n\
+                 \x20 pod_annotations = [\"tandem.dev/*\"]\n"
+            )
+        } else {
+            "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n".to_string()
+        };
         let config = format!(
             "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
              [grpc]\n  address = \"{d}/c.sock\"\n\
              [ttrpc]\n  address = \"{d}/c.sock.ttrpc\"\n\
-             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{d}/opt\"\n"
+             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{d}/opt\"\n\
+             {plugins}"
         );
         fs::write(dir.join("config.toml"), config).unwrap();
         let path = std::env::var_os("PATH").unwrap_or_default();
@@ -633,4 +656,176 @@ fn bad_images_fail_create_with_a_clear_error() {
     eventually(Duration::from_secs(10), "no containers left", || {
         c.ok(&["containers", "ls", "-q"]).stdout.trim().is_empty()
     });
+}
+
+/// What kubelet does for a pod with `runtimeClassName: tandem`, through the
+/// CRI gRPC API: a pod sandbox with `runtime_handler = "tandem"` (the pause
+/// container boots no VM), app containers in it, their logs and exit codes,
+/// the pod's `tandem.dev/memory` annotation, then the pod stopped and removed.
+#[test]
+fn cri_pod_with_runtime_handler_tandem_runs_its_apps() {
+    let mut c = Containerd::start_with("cri", true);
+    for name in ["pause", "hello", "service", "sysinfo"] {
+        let tar = oci_image(name);
+        c.ok(&["-n", "k8s.io", "images", "import", tar.to_str().unwrap()]);
+    }
+    let logs = c.dir.join("pod-logs");
+    fs::create_dir_all(&logs).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sock = c.dir.join("c.sock");
+    let result = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(120), cri_pod(sock, logs.clone())).await
+    });
+    match result {
+        Err(_) => panic!("the CRI pod did not finish within 120 s:\n{}", c.log()),
+        Ok(Err(e)) => panic!("{e}\n--- containerd log\n{}", c.log()),
+        Ok(Ok(())) => {}
+    }
+    // RemovePodSandbox removed the containers; no task is left.
+    assert_eq!(
+        c.ok(&["-n", "k8s.io", "containers", "ls", "-q"])
+            .stdout
+            .trim(),
+        ""
+    );
+    assert_eq!(
+        c.ok(&["-n", "k8s.io", "tasks", "ls", "-q"]).stdout.trim(),
+        ""
+    );
+}
+
+async fn cri_pod(sock: PathBuf, logs: PathBuf) -> Result<(), String> {
+    use cri::v1::*;
+    let mut client = cri::connect(sock).await?;
+    let version = client
+        .version(VersionRequest {
+            version: "v1".into(),
+        })
+        .await
+        .map_err(|e| format!("Version: {e}"))?
+        .into_inner();
+    if version.runtime_api_version != "v1" {
+        return Err(format!("CRI API {}", version.runtime_api_version));
+    }
+    let pod_config = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "tandem-pod".into(),
+            uid: "uid-tandem-pod".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        log_directory: logs.to_string_lossy().into_owned(),
+        annotations: [("tandem.dev/memory".to_string(), "16M".to_string())].into(),
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                // The node's network: no CNI needed.
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Node as i32,
+                    pid: NamespaceMode::Pod as i32,
+                    ipc: NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let pod = client
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod_config.clone()),
+            runtime_handler: "tandem".into(),
+        })
+        .await
+        .map_err(|e| format!("RunPodSandbox: {e}"))?
+        .into_inner()
+        .pod_sandbox_id;
+
+    let apps = [
+        ("hello", "docker.io/tandem/hello:latest", vec!["a", "b"], 0),
+        ("svc", "docker.io/tandem/service:latest", vec!["exit=3"], 3),
+        ("sysinfo", "docker.io/tandem/sysinfo:latest", vec![], 0),
+    ];
+    let mut ids = Vec::new();
+    for (name, image, args, _) in &apps {
+        let id = client
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(ContainerConfig {
+                    metadata: Some(ContainerMetadata {
+                        name: (*name).into(),
+                        attempt: 0,
+                    }),
+                    image: Some(ImageSpec {
+                        image: (*image).into(),
+                        ..Default::default()
+                    }),
+                    args: args.iter().map(|a| a.to_string()).collect(),
+                    log_path: format!("{name}.log"),
+                    ..Default::default()
+                }),
+                sandbox_config: Some(pod_config.clone()),
+            })
+            .await
+            .map_err(|e| format!("CreateContainer {name}: {e}"))?
+            .into_inner()
+            .container_id;
+        client
+            .start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .map_err(|e| format!("StartContainer {name}: {e}"))?;
+        ids.push(id);
+    }
+    for ((name, _, _, code), id) in apps.iter().zip(&ids) {
+        let status = loop {
+            let status = client
+                .container_status(ContainerStatusRequest {
+                    container_id: id.clone(),
+                    verbose: false,
+                })
+                .await
+                .map_err(|e| format!("ContainerStatus {name}: {e}"))?
+                .into_inner()
+                .status
+                .ok_or("ContainerStatus without a status")?;
+            if status.state == ContainerState::ContainerExited as i32 {
+                break status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        if status.exit_code != *code {
+            return Err(format!(
+                "{name} exited {} ({}), expected {code}",
+                status.exit_code, status.reason
+            ));
+        }
+    }
+    // CRI log format: "TIME stdout F LINE".
+    let log = fs::read_to_string(logs.join("hello.log")).unwrap_or_default();
+    if !log.contains("stdout F Hello from Tandem!") || !log.contains("command line: \"a b\"") {
+        return Err(format!("hello's log:\n{log}"));
+    }
+    // The pod's tandem.dev/memory annotation reached the app's VM.
+    let log = fs::read_to_string(logs.join("sysinfo.log")).unwrap_or_default();
+    if !log.contains("highest usable address 0x1000000") {
+        return Err(format!("sysinfo's log (16M expected):\n{log}"));
+    }
+    client
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .map_err(|e| format!("StopPodSandbox: {e}"))?;
+    client
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .map_err(|e| format!("RemovePodSandbox: {e}"))?;
+    Ok(())
 }

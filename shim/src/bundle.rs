@@ -336,13 +336,19 @@ fn find(layers: &[PathBuf], rel: &Path, name: &str) -> Result<PathBuf, BundleErr
     Err(BundleError::Missing(name.into()))
 }
 
+/// Environment entries the runtime adds on its own, not the user: `PATH`
+/// (every container), `HOSTNAME` (CRI) and `KUBERNETES_*` (kubelet's
+/// service variables). A unikernel has no use for them.
+fn runtime_added(entry: &str) -> bool {
+    let name = entry.split_once('=').map_or(entry, |(k, _)| k);
+    name == "PATH" || name == "HOSTNAME" || name.starts_with("KUBERNETES_")
+}
+
 /// The guest's command line: the remaining arguments, then each environment
-/// entry but `PATH` (which every container gets and a unikernel has no use
-/// for) as a `KEY=VALUE` word, separated by single spaces.
+/// entry but those the runtime adds ([`runtime_added`]) as a `KEY=VALUE`
+/// word, separated by single spaces.
 fn cmdline(args: &[String], env: &[String]) -> Result<String, BundleError> {
-    let words = args
-        .iter()
-        .chain(env.iter().filter(|e| !e.starts_with("PATH=")));
+    let words = args.iter().chain(env.iter().filter(|e| !runtime_added(e)));
     let mut line = String::new();
     for w in words {
         if w.is_empty() || w.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -404,7 +410,12 @@ mod tests {
     #[test]
     fn command_line_from_args_and_env() {
         let args = ["init-ms=5".to_string(), "no-ready".to_string()];
-        let env = ["PATH=/bin".to_string(), "MODE=fast".to_string()];
+        let env = [
+            "PATH=/bin".to_string(),
+            "HOSTNAME=node-1".to_string(),
+            "KUBERNETES_SERVICE_HOST=10.0.0.1".to_string(),
+            "MODE=fast".to_string(),
+        ];
         assert_eq!(
             cmdline(&args, &env).unwrap(),
             "init-ms=5 no-ready MODE=fast"

@@ -96,6 +96,15 @@ fn remove_socket(address: &str) {
     }
 }
 
+/// Removes a shim socket only if no shim answers on it: the containers of
+/// a pod share one shim, which outlives any one of them.
+fn remove_stale_socket(address: &str) {
+    let path = address.strip_prefix("unix://").unwrap_or(address);
+    if std::os::unix::net::UnixStream::connect(path).is_err() {
+        remove_socket(address);
+    }
+}
+
 impl containerd_shim::Shim for Shim {
     type T = Service;
 
@@ -122,8 +131,9 @@ impl containerd_shim::Shim for Shim {
     fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
         let bundle = self.bundle_dir();
         let pid = kill_leftover(&bundle);
-        // The dead shim's socket.
-        remove_socket(&containerd_shim::socket_address(
+        // The dead shim's socket (containerd also calls this when one
+        // container's connection to a pod's live shim closes).
+        remove_stale_socket(&containerd_shim::socket_address(
             &self.address,
             &self.namespace,
             &self.grouping(),

@@ -180,7 +180,8 @@ pub fn build_shim(project: &Project) -> Result<PathBuf> {
 }
 
 /// The images the containerd tests import, in target/oci: the hello,
-/// service, panic, sysinfo and cat apps, and `notelf` (a shell script as the entrypoint).
+/// service, panic, sysinfo and cat apps, `pause` (the CRI sandbox image) and
+/// `notelf` (a shell script as the entrypoint).
 pub fn test_images(project: &Project) -> Result<PathBuf> {
     let dir = project.target_dir().join("oci");
     for app in ["hello", "service", "panic", "sysinfo", "cat"] {
@@ -192,6 +193,14 @@ pub fn test_images(project: &Project) -> Result<PathBuf> {
             &dir.join(format!("{app}.tar")),
         )?;
     }
+    // The CRI sandbox image: the shim boots nothing for it.
+    let hello = crate::guest::image(project, "hello")?;
+    app_image(
+        &hello,
+        "pause",
+        &default_name("pause"),
+        &dir.join("pause.tar"),
+    )?;
     write_image(
         b"#!/bin/sh\necho not a unikernel\n",
         "notelf",
