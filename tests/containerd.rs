@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tandem_tests::{require_kvm, tandem_bin};
+use tandem_tests::{image_path, require_kvm, tandem_bin};
 
 #[path = "src/cri.rs"]
 mod cri;
@@ -172,6 +172,7 @@ impl Containerd {
             .arg(dir.join("c.sock"))
             .env("PATH", std::env::join_paths(dirs).unwrap())
             .env("TANDEM_BIN", &tandem)
+            .env("TANDEM_SNAPSHOT_DIR", dir.join("snapshots"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -393,6 +394,56 @@ fn stdin_reaches_the_guest() {
         "cat-2",
     ]);
     assert_eq!(out.code, Some(0), "{out}");
+}
+
+#[test]
+fn snapshot_annotation_starts_the_vm_from_a_snapshot() {
+    let mut c = Containerd::start("snapshot");
+    let counter = c.import("counter");
+    // A counter frozen at its ready() call, in the shim's snapshot folder.
+    let snap = c.dir.join("snapshots").join("counter-ready");
+    let out = Command::new(tandem_bin())
+        .args(["run", "-q", "--timeout", "30s", "--exit-after-snapshot"])
+        .arg("--snapshot-at-ready")
+        .arg(&snap)
+        .args(["--cmdline", "ready exit-at=10"])
+        .arg(image_path("counter"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("tandem run");
+    assert!(out.status.success(), "{out:?}");
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        "tandem.dev/snapshot=counter-ready",
+        &counter,
+        "snap-1",
+    ]);
+    assert_eq!(out.code, Some(0), "{out}");
+    // It carries on from the snapshot: no fresh start, the count ends at 10.
+    assert!(out.stdout.contains("final count 10 "), "{out}");
+    assert!(!out.stdout.contains("generation 0 restores 0"), "{out}");
+    for (value, error) in [
+        ("missing", "no snapshot \"missing\""),
+        ("../etc", "not a snapshot name"),
+    ] {
+        let annotation = format!("tandem.dev/snapshot={value}");
+        let out = c.ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--annotation",
+            &annotation,
+            &counter,
+            "snap-2",
+        ]);
+        assert_ne!(out.code, Some(0), "{out}");
+        assert!(out.stderr.contains(error), "{out}");
+    }
 }
 
 #[test]

@@ -17,6 +17,9 @@ use tandem_abi::bootinfo::MAX_CMDLINE;
 const MAX_CONFIG: u64 = 4 << 20;
 /// Annotation setting the guest memory (`tandem run --mem`).
 pub const MEMORY_ANNOTATION: &str = "tandem.dev/memory";
+/// Annotation naming a snapshot to start from (`tandem restore`), a plain
+/// name inside the shim's snapshot directory.
+pub const SNAPSHOT_ANNOTATION: &str = "tandem.dev/snapshot";
 
 /// Why a bundle cannot be run.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +111,9 @@ pub struct Payload {
     pub cmdline: String,
     /// `--mem` for `tandem run`, from the `tandem.dev/memory` annotation.
     pub memory: Option<String>,
+    /// The snapshot to start from, from the `tandem.dev/snapshot`
+    /// annotation: a plain name (no path), checked by [`snapshot_name`].
+    pub snapshot: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -215,12 +221,36 @@ pub fn load(bundle: &Path, rootfs: &[RootMount]) -> Result<Payload, BundleError>
         Some(v) => Some(memory(v)?),
         None => None,
     };
+    let snapshot = match spec.annotations.get(SNAPSHOT_ANNOTATION) {
+        Some(v) => Some(snapshot_name(v)?),
+        None => None,
+    };
     Ok(Payload {
         elf,
         name: name.clone(),
         cmdline,
         memory,
+        snapshot,
     })
+}
+
+/// A snapshot name: letters, digits, `-`, `_`, `.`, not starting with a
+/// dot, at most 128 bytes, so it can only name an entry of the snapshot
+/// directory.
+fn snapshot_name(v: &str) -> Result<String, BundleError> {
+    let ok = !v.is_empty()
+        && v.len() <= 128
+        && !v.starts_with('.')
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !ok {
+        return Err(BundleError::Annotation {
+            key: SNAPSHOT_ANNOTATION.into(),
+            value: v.into(),
+            why: "not a snapshot name (letters, digits, -, _, .; no path)",
+        });
+    }
+    Ok(v.into())
 }
 
 fn read_spec(path: &Path) -> Result<Spec, BundleError> {
@@ -429,6 +459,14 @@ mod tests {
             cmdline(&["x".repeat(MAX_CMDLINE + 1)], &[]),
             Err(BundleError::CmdlineTooLong(_))
         ));
+    }
+
+    #[test]
+    fn snapshot_annotation() {
+        assert_eq!(snapshot_name("svc-ready.1").unwrap(), "svc-ready.1");
+        for bad in ["", "..", ".hidden", "../etc", "a/b", "/abs", "a b"] {
+            assert!(snapshot_name(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -25,6 +25,11 @@ use crate::bundle::{self, Payload, RootMount};
 pub const RUNTIME_ID: &str = "io.containerd.tandem.v1";
 /// Environment variable naming the `tandem` binary.
 pub const TANDEM_BIN_ENV: &str = "TANDEM_BIN";
+/// Environment variable naming the directory `tandem.dev/snapshot` names
+/// a snapshot in.
+pub const SNAPSHOT_DIR_ENV: &str = "TANDEM_SNAPSHOT_DIR";
+/// The snapshot directory without `$TANDEM_SNAPSHOT_DIR`.
+pub const DEFAULT_SNAPSHOT_DIR: &str = "/var/lib/tandem/snapshots";
 /// File in the bundle holding the VMM's pid, for `delete` after a dead shim.
 const PID_FILE: &str = "tandem.pid";
 
@@ -70,6 +75,13 @@ pub fn tandem_binary() -> Result<PathBuf, String> {
     Err(format!(
         "cannot find the tandem binary: set ${TANDEM_BIN_ENV}, or put tandem next to the shim or on PATH"
     ))
+}
+
+/// Where the snapshot named by a `tandem.dev/snapshot` annotation lives.
+fn snapshot_path(name: &str) -> PathBuf {
+    std::env::var_os(SNAPSHOT_DIR_ENV)
+        .map_or_else(|| PathBuf::from(DEFAULT_SNAPSHOT_DIR), PathBuf::from)
+        .join(name)
 }
 
 /// The shim process: its lifecycle hooks for containerd.
@@ -397,14 +409,22 @@ fn vm_command(task: &Task) -> Result<Command, String> {
         .ok_or("a pod placeholder boots no VM")?;
     let tandem = tandem_binary()?;
     let mut cmd = Command::new(tandem);
-    cmd.arg("run").arg("--quiet");
-    if let Some(mem) = &payload.memory {
-        cmd.arg(format!("--mem={mem}"));
+    if let Some(name) = &payload.snapshot {
+        // The frozen VM carries its own memory and command line.
+        cmd.arg("restore")
+            .arg("--quiet")
+            .arg("--")
+            .arg(snapshot_path(name));
+    } else {
+        cmd.arg("run").arg("--quiet");
+        if let Some(mem) = &payload.memory {
+            cmd.arg(format!("--mem={mem}"));
+        }
+        cmd.arg(format!("--cmdline={}", payload.cmdline))
+            .arg("--")
+            .arg(&payload.elf);
     }
-    cmd.arg(format!("--cmdline={}", payload.cmdline))
-        .arg("--")
-        .arg(&payload.elf)
-        .current_dir(&task.bundle)
+    cmd.current_dir(&task.bundle)
         .stdin(open_input(task)?)
         .stdout(open_output(&task.stdout)?)
         .stderr(open_output(&task.stderr)?);
@@ -480,6 +500,18 @@ impl containerd_shim::Task for Service {
             None
         } else {
             let payload = bundle::load(Path::new(&req.bundle), &mounts).map_err(bad)?;
+            if let Some(name) = &payload.snapshot {
+                let dir = snapshot_path(name);
+                if !dir.join("state").is_file() {
+                    return Err(status(
+                        Code::INVALID_ARGUMENT,
+                        format!(
+                            "tandem: no snapshot {name:?} at {} (snapshots are looked up in ${SNAPSHOT_DIR_ENV}, default {DEFAULT_SNAPSHOT_DIR})",
+                            dir.display()
+                        ),
+                    ));
+                }
+            }
             log::info!(
                 "create {}: {} ({}) cmdline {:?}",
                 req.id,

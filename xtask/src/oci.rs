@@ -180,11 +180,11 @@ pub fn build_shim(project: &Project) -> Result<PathBuf> {
 }
 
 /// The images the containerd tests import, in target/oci: the hello,
-/// service, panic, sysinfo and cat apps, `pause` (the CRI sandbox image) and
+/// service, panic, sysinfo, cat and counter apps, `pause` (the CRI sandbox image) and
 /// `notelf` (a shell script as the entrypoint).
 pub fn test_images(project: &Project) -> Result<PathBuf> {
     let dir = project.target_dir().join("oci");
-    for app in ["hello", "service", "panic", "sysinfo", "cat"] {
+    for app in ["hello", "service", "panic", "sysinfo", "cat", "counter"] {
         let image = crate::guest::image(project, app)?;
         app_image(
             &image,
