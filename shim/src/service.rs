@@ -227,6 +227,10 @@ struct Proc {
     pid: u32,
     exit_status: u32,
     exited_at: MessageField<Timestamp>,
+    /// `start` is booting the VM (status still CREATED, no pid yet).
+    starting: bool,
+    /// A signal `kill` asked for while starting, sent once the VMM exists.
+    pending_signal: Option<i32>,
 }
 
 struct Task {
@@ -298,6 +302,7 @@ impl Service {
             let mut p = task.lock();
             p.status = Status::RUNNING;
             p.pid = pid;
+            p.starting = false;
             return Ok(pid);
         }
         let (tx, rx) = mpsc::channel();
@@ -309,6 +314,7 @@ impl Service {
             }) {
                 Ok(c) => c,
                 Err(e) => {
+                    task.lock().starting = false;
                     let _ = tx.send(Err(e));
                     return;
                 }
@@ -319,6 +325,11 @@ impl Service {
                 let mut p = task.lock();
                 p.status = Status::RUNNING;
                 p.pid = pid;
+                p.starting = false;
+                if let (Some(sig), Ok(raw)) = (p.pending_signal.take(), i32::try_from(pid)) {
+                    // SAFETY: kill(2) on the child just spawned, not yet reaped.
+                    unsafe { libc::kill(raw, sig) };
+                }
             }
             let _ = tx.send(Ok(pid));
             let code = match child.wait() {
@@ -534,6 +545,8 @@ impl containerd_shim::Task for Service {
                 pid: 0,
                 exit_status: 0,
                 exited_at: MessageField::none(),
+                starting: false,
+                pending_signal: None,
             }),
             exited: Condvar::new(),
         });
@@ -561,11 +574,15 @@ impl containerd_shim::Task for Service {
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
         let task = self.task(&req.id, &req.exec_id)?;
-        if task.lock().status != Status::CREATED {
-            return Err(status(
-                Code::FAILED_PRECONDITION,
-                format!("task {} was already started", req.id),
-            ));
+        {
+            let mut p = task.lock();
+            if p.status != Status::CREATED || p.starting {
+                return Err(status(
+                    Code::FAILED_PRECONDITION,
+                    format!("task {} was already started", req.id),
+                ));
+            }
+            p.starting = true;
         }
         let pid = self.spawn_vm(task)?;
         self.publish(
@@ -651,6 +668,10 @@ impl containerd_shim::Task for Service {
                     // under this lock after reaping); no memory involved.
                     unsafe { libc::kill(pid, sig) };
                 }
+            }
+            Status::CREATED if p.starting => {
+                // Booting: the signal goes to the VMM as soon as it exists.
+                p.pending_signal = Some(sig);
             }
             Status::CREATED => {
                 // Never booted: it ends as if the signal had killed it.
