@@ -88,6 +88,17 @@ impl std::fmt::Display for Out {
     }
 }
 
+/// `ctr run` keeps its I/O FIFOs under our folder (`--fifo-dir`), not in
+/// /run/containerd/fifo, where detached runs would leave them.
+fn with_fifo_dir(args: &[&str], dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    if let Some(i) = out.iter().position(|a| a == "run") {
+        let fifo = dir.join("fifo").to_string_lossy().into_owned();
+        out.splice(i + 1..i + 1, ["--fifo-dir".to_string(), fifo]);
+    }
+    out
+}
+
 /// Waits for a child up to `timeout`, killing it when the time is up.
 fn wait_for(child: &mut Child, timeout: Duration, what: &str) -> Option<i32> {
     let start = Instant::now();
@@ -211,7 +222,7 @@ impl Containerd {
         let mut child = Command::new("ctr")
             .arg("--address")
             .arg(self.dir.join("c.sock"))
-            .args(args)
+            .args(with_fifo_dir(args, &self.dir))
             .stdin(Stdio::null())
             .stdout(fs::File::create(&o).unwrap())
             .stderr(fs::File::create(&e).unwrap())
@@ -236,7 +247,7 @@ impl Containerd {
         let mut child = Command::new("ctr")
             .arg("--address")
             .arg(self.dir.join("c.sock"))
-            .args(args)
+            .args(with_fifo_dir(args, &self.dir))
             .stdin(Stdio::piped())
             .stdout(fs::File::create(&o).unwrap())
             .stderr(fs::File::create(&e).unwrap())
@@ -292,14 +303,45 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let mounted = fs::read_to_string("/proc/self/mounts")
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l.contains(self.dir.to_str().unwrap_or("-")));
-        if !mounted && !std::thread::panicking() {
+        // After a failed test, shims of this containerd (found by its
+        // socket on their command line) may still run: stop them (their VMs
+        // die with them), and unmount what containerd mounted (CRI's /dev/shm
+        // of a pod that was never removed).
+        let sock = self.dir.join("c.sock");
+        let sock = sock.to_string_lossy();
+        for pid in shims_of(&sock) {
+            // SAFETY: kill(2) on a shim serving our own containerd.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        for target in mounts_under(&self.dir) {
+            if let Some(path) = target.split_whitespace().nth(1) {
+                if let Ok(c) = std::ffi::CString::new(path) {
+                    // SAFETY: umount2 with a NUL-terminated path we own.
+                    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+                }
+            }
+        }
+        if !std::thread::panicking() {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Pids of `containerd-shim-tandem-v1` processes started for the
+/// containerd on socket `sock`.
+fn shims_of(sock: &str) -> Vec<i32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            args.first()
+                .is_some_and(|a| a.ends_with(b"containerd-shim-tandem-v1"))
+                && args.contains(&sock.as_bytes())
+        })
+        .collect()
 }
 
 fn alive(pid: i32) -> bool {
