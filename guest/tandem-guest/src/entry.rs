@@ -49,10 +49,10 @@ extern "C" fn rust_start(boot_info_addr: u64, first_tsc: u64) -> ! {
         ));
         env::exit(EXIT_BAD_BOOT_INFO);
     }
+    let (addr, len) = (BOOT_INFO_ADDR as *const u8, BOOT_INFO_MAX as usize);
     // SAFETY: the layout maps BOOT_INFO_MAX bytes at BOOT_INFO_ADDR user
     // read-only for the whole run and nothing writes them while the guest runs.
-    let block =
-        unsafe { core::slice::from_raw_parts(BOOT_INFO_ADDR as *const u8, BOOT_INFO_MAX as usize) };
+    let block = unsafe { core::slice::from_raw_parts(addr, len) };
     let info = match BootInfo::decode(block) {
         Ok(info) => info,
         Err(e) => {
