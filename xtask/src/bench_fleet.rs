@@ -30,34 +30,24 @@ pub struct Options {
 
 /// Parses `--sizes 100,1000`, `--runs N` and `--json FILE`.
 pub fn parse(args: &[String]) -> Result<Options> {
-    let mut opts = Options {
-        sizes: vec![100, 1000],
-        runs: 3,
-        json: None,
-    };
-    let mut it = args.iter();
-    while let Some(word) = it.next() {
-        match word.as_str() {
-            "--sizes" => {
-                let v = it.next().context("--sizes needs a value")?;
-                opts.sizes = v
-                    .split(',')
-                    .map(|s| s.trim().parse::<usize>())
-                    .collect::<Result<_, _>>()
-                    .with_context(|| format!("--sizes takes numbers like 100,1000, not `{v}`"))?;
-            }
-            "--runs" => {
-                let v = it.next().context("--runs needs a value")?;
-                opts.runs = v
-                    .parse()
-                    .with_context(|| format!("--runs takes a number, not `{v}`"))?;
-            }
-            "--json" => opts.json = Some(it.next().context("--json needs a value")?.into()),
-            other => bail!("unexpected argument `{other}` for `cargo xtask bench fleet`"),
+    let mut sizes = vec![100, 1000];
+    let c = crate::bench_args::parse(args, "fleet", 3, 1, |flag, it| {
+        if flag != "--sizes" {
+            return Ok(false);
         }
-    }
-    opts.runs = opts.runs.max(1);
-    Ok(opts)
+        let v = crate::bench_args::value(flag, it)?;
+        sizes = v
+            .split(',')
+            .map(|s| s.trim().parse::<usize>())
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("--sizes takes numbers like 100,1000, not `{v}`"))?;
+        Ok(true)
+    })?;
+    Ok(Options {
+        sizes,
+        runs: c.runs,
+        json: c.json,
+    })
 }
 
 fn write_fleet(dir: &Path, n: usize, image: &Path) -> Result<PathBuf> {

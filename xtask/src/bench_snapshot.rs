@@ -31,27 +31,11 @@ pub struct Options {
 
 /// Parses `--runs N` and `--json FILE`.
 pub fn parse(args: &[String]) -> Result<Options> {
-    let mut opts = Options {
-        runs: 30,
-        json: None,
-    };
-    let mut it = args.iter();
-    while let Some(word) = it.next() {
-        match word.as_str() {
-            "--runs" => {
-                let v = it.next().context("--runs needs a value")?;
-                opts.runs = v
-                    .parse()
-                    .with_context(|| format!("--runs takes a number, not `{v}`"))?;
-            }
-            "--json" => opts.json = Some(it.next().context("--json needs a value")?.into()),
-            other => {
-                anyhow::bail!("unexpected argument `{other}` for `cargo xtask bench snapshot`")
-            }
-        }
-    }
-    opts.runs = opts.runs.max(3);
-    Ok(opts)
+    let c = crate::bench_args::parse(args, "snapshot", 30, 3, |_, _| Ok(false))?;
+    Ok(Options {
+        runs: c.runs,
+        json: c.json,
+    })
 }
 
 fn wall_ms(cmd: &mut Command) -> Result<f64> {

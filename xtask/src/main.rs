@@ -5,6 +5,7 @@
 //! through `$CARGO`, the one that runs this program.
 
 mod bench;
+mod bench_args;
 mod bench_containerd;
 mod bench_fleet;
 mod bench_paths;
