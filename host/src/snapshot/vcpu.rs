@@ -96,31 +96,10 @@ fn msr_indices(vcpu: &VcpuFd) -> Result<&'static [u32], SnapshotError> {
     let all = kvm
         .get_msr_index_list()
         .map_err(ioctl("KVM_GET_MSR_INDEX_LIST"))?;
-    let all = all.as_slice();
-    let mut ok = Vec::new();
-    let mut at = 0;
-    while at < all.len() {
-        let batch = &all[at..all.len().min(at + MSR_BATCH)];
-        let entries: Vec<kvm_msr_entry> = batch
-            .iter()
-            .map(|&index| kvm_msr_entry {
-                index,
-                ..Default::default()
-            })
-            .collect();
-        let mut msrs = Msrs::from_entries(&entries)
-            .map_err(|e| SnapshotError::Invalid(format!("MSR list: {e:?}")))?;
-        let n = vcpu
-            .get_msrs(&mut msrs)
-            .map_err(ioctl("KVM_GET_MSRS"))?
-            .min(batch.len());
-        ok.extend_from_slice(&batch[..n]);
-        at += n;
-        if n < batch.len() {
-            // KVM stops at the first MSR it refuses: leave that one out.
-            at += 1;
-        }
-    }
+    let ok = read_msrs(vcpu, all.as_slice())?
+        .into_iter()
+        .map(|m| m.index)
+        .collect();
     Ok(LIST.get_or_init(|| ok))
 }
 
@@ -133,24 +112,12 @@ impl VcpuState {
         let indices = msr_indices(vcpu)?;
         let mut msrs = Vec::with_capacity(indices.len());
         for batch in indices.chunks(MSR_BATCH) {
-            let entries: Vec<kvm_msr_entry> = batch
-                .iter()
-                .map(|&index| kvm_msr_entry {
-                    index,
-                    ..Default::default()
-                })
-                .collect();
-            let mut list = Msrs::from_entries(&entries)
-                .map_err(|e| SnapshotError::Invalid(format!("MSR list: {e:?}")))?;
-            let n = vcpu.get_msrs(&mut list).map_err(ioctl("KVM_GET_MSRS"))?;
-            if n != batch.len() {
-                let index = batch.get(n).copied().unwrap_or(0);
+            let got = msr_batch(vcpu, batch)?;
+            if got.len() != batch.len() {
+                let index = batch.get(got.len()).copied().unwrap_or(0);
                 return Err(SnapshotError::Msr { op: "read", index });
             }
-            msrs.extend(list.as_slice().iter().map(|e| MsrValue {
-                index: e.index,
-                data: e.data,
-            }));
+            msrs.extend(got);
         }
         let xsave = capture_xsave(vm, vcpu)?;
         let xcrs = vcpu.get_xcrs().map_err(ioctl("KVM_GET_XCRS"))?;
@@ -262,29 +229,39 @@ fn read_msrs(vcpu: &VcpuFd, indices: &[u32]) -> Result<Vec<MsrValue>, SnapshotEr
     let mut at = 0;
     while at < indices.len() {
         let batch = &indices[at..indices.len().min(at + MSR_BATCH)];
-        let entries: Vec<kvm_msr_entry> = batch
-            .iter()
-            .map(|&index| kvm_msr_entry {
-                index,
-                ..Default::default()
-            })
-            .collect();
-        let mut list = Msrs::from_entries(&entries)
-            .map_err(|e| SnapshotError::Invalid(format!("MSR list: {e:?}")))?;
-        let n = vcpu
-            .get_msrs(&mut list)
-            .map_err(ioctl("KVM_GET_MSRS"))?
-            .min(batch.len());
-        out.extend(list.as_slice()[..n].iter().map(|e| MsrValue {
-            index: e.index,
-            data: e.data,
-        }));
-        at += n;
-        if n < batch.len() {
-            at += 1;
+        let got = msr_batch(vcpu, batch)?;
+        at += got.len();
+        if got.len() < batch.len() {
+            at += 1; // KVM stops at the first MSR it refuses: leave that one out.
         }
+        out.extend(got);
     }
     Ok(out)
+}
+
+/// One KVM_GET_MSRS of `batch`: the values of the leading MSRs KVM gave
+/// (it stops at the first it refuses).
+fn msr_batch(vcpu: &VcpuFd, batch: &[u32]) -> Result<Vec<MsrValue>, SnapshotError> {
+    let entries: Vec<kvm_msr_entry> = batch
+        .iter()
+        .map(|&index| kvm_msr_entry {
+            index,
+            ..Default::default()
+        })
+        .collect();
+    let mut list = Msrs::from_entries(&entries)
+        .map_err(|e| SnapshotError::Invalid(format!("MSR list: {e:?}")))?;
+    let n = vcpu
+        .get_msrs(&mut list)
+        .map_err(ioctl("KVM_GET_MSRS"))?
+        .min(batch.len());
+    Ok(list.as_slice()[..n]
+        .iter()
+        .map(|e| MsrValue {
+            index: e.index,
+            data: e.data,
+        })
+        .collect())
 }
 
 fn words_to_bytes(words: &[u32], out: &mut Vec<u8>) {
