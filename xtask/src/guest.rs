@@ -7,6 +7,7 @@ use std::process::Stdio;
 use anyhow::{bail, Context, Result};
 
 use crate::project::{self, Project, GUEST_TARGET};
+use crate::toolchain;
 
 /// Compiler messages that mean the standard library for the guest target is
 /// not installed.
@@ -16,14 +17,16 @@ const MISSING_TARGET_SIGNS: &[&str] = &[
     "target may not be installed",
 ];
 
-/// Builds every guest app (release). Cargo's messages are passed through and
-/// also scanned, so a missing target gets a hint instead of only a wall of
-/// compiler errors.
+/// Builds every guest app (release), after adding the guest target to the
+/// toolchain when it lacks it. Cargo's messages are passed through and also
+/// scanned, so a target that is still missing gets a hint instead of only a
+/// wall of compiler errors.
 pub fn build(project: &Project) -> Result<()> {
     let guest = project.guest_dir();
     if !guest.join("Cargo.toml").is_file() {
         bail!("no guest workspace at {}", guest.display());
     }
+    toolchain::ensure_guest_target(project)?;
     let mut cmd = project.guest_cargo();
     cmd.args(["build", "--release"]);
     // Cargo's stderr is a pipe here: keep its colours when ours is a terminal.
@@ -55,8 +58,9 @@ pub fn build(project: &Project) -> Result<()> {
     if missing_target {
         bail!(
             "guest build failed: the Rust standard library for {GUEST_TARGET} is not installed.\n\
-             Fix: `rustup target add {GUEST_TARGET}` (rustup normally installs it from \
-             rust-toolchain.toml; a toolchain not managed by rustup needs it added by hand)."
+             Fix: `rustup target add {GUEST_TARGET}` for the toolchain that built it (xtask \
+             adds it to the toolchain of rust-toolchain.toml; one picked otherwise, or not \
+             managed by rustup, needs it added by hand)."
         );
     }
     bail!("guest build failed ({})", project::describe(status))

@@ -19,11 +19,13 @@ mod project;
 mod qemu;
 mod stats;
 mod table;
+mod test_cmd;
+mod test_report;
+mod toolchain;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
@@ -38,7 +40,9 @@ USAGE:
 COMMANDS:
     build [--debug]
         Build every guest app (release, x86_64-unknown-none) and the host
-        (`tandem` binary and examples; release unless --debug).
+        (`tandem` binary and examples; release unless --debug). Every command
+        that builds the guest first adds x86_64-unknown-none to the toolchain
+        of rust-toolchain.toml with rustup when it lacks it.
 
     run [APP] [--qemu | --grub] [--accel kvm|tcg] [--machine microvm|q35] [-- ARGS...]
         Build guest and host (release), then boot APP (default: hello) with
@@ -62,12 +66,15 @@ COMMANDS:
         `ctr images import` and the containerd shim (containerd-shim-tandem-v1).
 
     test [-- TEST-ARGS...]
-        Check /dev/kvm, build the guest apps, the `tandem` binary, the
-        containerd shim and the OCI images of the test apps (target/oci), then
-        run `cargo test --workspace` with TANDEM_GUEST_DIR, TANDEM_BIN,
-        TANDEM_SHIM and TANDEM_OCI_DIR set. Missing Debian packages (QEMU,
-        GRUB tools, containerd, runc) are installed with apt-get as root.
-        TEST-ARGS go to the test harness (for example a test-name filter).
+        Check the toolchain and /dev/kvm; lint both workspaces (cargo fmt
+        --check, cargo clippy -D warnings); build the guest apps, the `tandem`
+        binary, the containerd shim and the OCI images of the test apps
+        (target/oci); then run `cargo test --workspace --no-fail-fast` with
+        TANDEM_GUEST_DIR, TANDEM_BIN, TANDEM_SHIM and TANDEM_OCI_DIR set.
+        Every step runs even when one fails; a summary names each failed step
+        and test and ends with `N passed, M failed`. Missing Debian packages
+        (QEMU, GRUB tools, containerd, runc) are installed with apt-get as
+        root. TEST-ARGS go to the test harness (for example a name filter).
 
     bench [--runs N] [--warmup N] [--json FILE]
         Boot-time figures for the hello app: in process (examples/bench) and
@@ -380,51 +387,7 @@ fn test(project: &Project, args: Vec<String>) -> Result<ExitCode> {
     if let Some(word) = args.next() {
         return Err(unexpected("test", &word));
     }
-    let start = Instant::now();
-    let result = test_steps(project, &args.trailing);
-    let secs = start.elapsed().as_secs_f64();
-    match result {
-        Ok(()) => {
-            println!("\nxtask test: all steps passed in {secs:.1} s (guest build, host build, cargo test --workspace)");
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            eprintln!("\nerror: {e:#}");
-            eprintln!("xtask test: FAILED after {secs:.1} s");
-            Ok(ExitCode::FAILURE)
-        }
-    }
-}
-
-fn test_steps(project: &Project, harness_args: &[String]) -> Result<()> {
-    project::require_kvm()?;
-    // The QEMU and GRUB paths are tested too.
-    qemu::ensure_tools(qemu::QEMU_TOOLS)?;
-    qemu::ensure_tools(qemu::GRUB_TOOLS)?;
-    // The containerd shim is tested under Debian's containerd.
-    qemu::ensure_tools(oci::CONTAINERD_TOOLS)?;
-    guest::build(project)?;
-    host::build(project, Profile::Debug, false)?;
-    let shim = oci::build_shim(project)?;
-    let oci_dir = oci::test_images(project)?;
-
-    let guest_dir = project.guest_image_dir();
-    let bin = project.host_bin(Profile::Debug);
-    let mut cmd = project.cargo();
-    cmd.args(["test", "--workspace"])
-        .env("TANDEM_GUEST_DIR", &guest_dir)
-        .env("TANDEM_BIN", &bin)
-        .env("TANDEM_SHIM", &shim)
-        .env("TANDEM_OCI_DIR", &oci_dir);
-    if !harness_args.is_empty() {
-        cmd.arg("--").args(harness_args);
-    }
-    eprintln!(
-        "TANDEM_GUEST_DIR={} TANDEM_BIN={}",
-        guest_dir.display(),
-        bin.display()
-    );
-    project::run(&mut cmd, "cargo test --workspace")
+    test_cmd::test(project, &args.trailing)
 }
 
 fn bench_paths_cmd(project: &Project, args: Vec<String>) -> Result<ExitCode> {

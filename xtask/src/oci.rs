@@ -173,17 +173,27 @@ pub fn build_shim(project: &Project) -> Result<PathBuf> {
     let mut cmd = project.cargo();
     cmd.args(["build", "-p", "tandem-shim", "--bins"]);
     crate::project::run(&mut cmd, "shim build")?;
-    Ok(project
+    Ok(shim_bin(project))
+}
+
+/// Where `build_shim` puts the shim.
+pub fn shim_bin(project: &Project) -> PathBuf {
+    project
         .target_dir()
         .join(Profile::Debug.dir())
-        .join("containerd-shim-tandem-v1"))
+        .join("containerd-shim-tandem-v1")
+}
+
+/// Where `test_images` writes the images.
+pub fn test_image_dir(project: &Project) -> PathBuf {
+    project.target_dir().join("oci")
 }
 
 /// The images the containerd tests import, in target/oci: the hello,
 /// service, panic, sysinfo, cat and counter apps, `pause` (the CRI sandbox image) and
 /// `notelf` (a shell script as the entrypoint).
 pub fn test_images(project: &Project) -> Result<PathBuf> {
-    let dir = project.target_dir().join("oci");
+    let dir = test_image_dir(project);
     for app in ["hello", "service", "panic", "sysinfo", "cat", "counter"] {
         let image = crate::guest::image(project, app)?;
         app_image(

@@ -143,6 +143,13 @@ pub fn require_kvm() -> Result<()> {
     }
 }
 
+/// Whether `program` is a file in one of PATH's folders.
+pub fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+        .unwrap_or(false)
+}
+
 /// Prints the command line the way a shell would show it.
 pub fn echo(cmd: &Command) {
     let mut line = String::from("$");
