@@ -42,9 +42,8 @@ fn qemu(machine: &str, accel: &str, boot: &[&str]) -> Run {
         "-m",
         "128M",
     ]);
-    if accel == "kvm" {
-        cmd.args(["-cpu", "host"]);
-    }
+    // QEMU's default CPU model, under KVM too: `-cpu host` makes QEMU abort
+    // on AMD hosts of this KVM (`failed to set MSR 0x10a`).
     cmd.args(tandem_abi::platform::QEMU_ARGS);
     cmd.args(boot);
     let out = cmd.output().expect("cannot start qemu");
