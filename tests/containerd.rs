@@ -557,6 +557,48 @@ fn memory_annotation_sets_guest_memory() {
     ]);
     assert_ne!(out.code, Some(0), "{out}");
     assert!(out.stderr.contains("tandem.dev/memory"), "{out}");
+    // `tandem run --mem` spellings are the annotation's too.
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        "tandem.dev/memory=32MiB",
+        &sysinfo,
+        "mem-3",
+    ]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(
+        out.stdout.contains("highest usable address 0x2000000"),
+        "{out}"
+    );
+    // A size the VMM cannot boot fails `create` (the shim's own message,
+    // naming the annotation and the value), not `start`.
+    for (value, why) in [("3M", "too little"), ("65M", "not a multiple of 2 MiB")] {
+        let annotation = format!("tandem.dev/memory={value}");
+        let out = c.ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--annotation",
+            &annotation,
+            &sysinfo,
+            "mem-4",
+        ]);
+        assert_ne!(out.code, Some(0), "{out}");
+        assert!(
+            out.stderr
+                .contains(&format!("annotation tandem.dev/memory=\"{value}\"")),
+            "{out}"
+        );
+        assert!(out.stderr.contains(why), "{out}");
+        assert!(
+            !out.stdout.contains("highest usable address"),
+            "nothing may boot: {out}"
+        );
+    }
 }
 
 /// A Kubernetes pod as CRI lays it out: a placeholder (pause) container

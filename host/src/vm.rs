@@ -328,28 +328,40 @@ fn memory_slot(ram: &GuestRam, dirty_log: bool) -> kvm_userspace_memory_region {
 
 mod restore;
 
-pub(crate) fn check_config(config: &VmConfig) -> Result<(), VmError> {
-    let m = config.mem_size;
+/// Checks a guest memory size as `tandem run --mem` and the shim's
+/// `tandem.dev/memory` annotation need it: from [`layout::MIN_MEM_SIZE`] to
+/// [`layout::MAX_MEM_SIZE`], a multiple of 2 MiB. The error says which.
+///
+/// ```
+/// use tandem::vm::check_mem_size;
+/// assert!(check_mem_size(64 << 20).is_ok());
+/// assert!(check_mem_size(65 << 20).unwrap_err().contains("not a multiple of 2 MiB"));
+/// assert!(check_mem_size(3 << 20).unwrap_err().contains("too little"));
+/// ```
+pub fn check_mem_size(m: u64) -> Result<(), String> {
     if m < layout::MIN_MEM_SIZE {
-        return Err(VmError::Config(format!(
+        return Err(format!(
             "{} MiB of memory is too little: Tandem needs at least {} MiB (layout {} MiB + 2 MiB heap)",
             m >> 20,
             layout::MIN_MEM_SIZE >> 20,
             layout::HEAP_ADDR >> 20
-        )));
+        ));
     }
     if m > layout::MAX_MEM_SIZE {
-        return Err(VmError::Config(format!(
+        return Err(format!(
             "{} MiB of memory is more than the {} MiB Tandem maps",
             m >> 20,
             layout::MAX_MEM_SIZE >> 20
-        )));
+        ));
     }
     if !m.is_multiple_of(layout::LARGE_PAGE_SIZE) {
-        return Err(VmError::Config(format!(
-            "memory size {m} is not a multiple of 2 MiB"
-        )));
+        return Err(format!("memory size {m} is not a multiple of 2 MiB"));
     }
+    Ok(())
+}
+
+pub(crate) fn check_config(config: &VmConfig) -> Result<(), VmError> {
+    check_mem_size(config.mem_size).map_err(VmError::Config)?;
     if config.cmdline.len() > tandem_abi::bootinfo::MAX_CMDLINE {
         return Err(VmError::Config(format!(
             "command line of {} bytes exceeds {} bytes",

@@ -85,7 +85,7 @@ pub enum BundleError {
         /// The value.
         value: String,
         /// What is wrong.
-        why: &'static str,
+        why: String,
     },
 }
 
@@ -109,8 +109,9 @@ pub struct Payload {
     pub name: String,
     /// The guest's command line.
     pub cmdline: String,
-    /// `--mem` for `tandem run`, from the `tandem.dev/memory` annotation.
-    pub memory: Option<String>,
+    /// `--mem` for `tandem run` in bytes, from the `tandem.dev/memory`
+    /// annotation, checked by [`memory`].
+    pub memory: Option<u64>,
     /// The snapshot to start from, from the `tandem.dev/snapshot`
     /// annotation: a plain name (no path), checked by [`snapshot_name`].
     pub snapshot: Option<String>,
@@ -169,7 +170,7 @@ pub fn pod(bundle: &Path) -> Result<Pod, BundleError> {
             return Err(BundleError::Annotation {
                 key: SANDBOX_ID_ANNOTATION.into(),
                 value: id.clone(),
-                why: "not a container id (letters, digits, -, _, .; at most 76)",
+                why: "not a container id (letters, digits, -, _, .; at most 76)".into(),
             });
         }
     }
@@ -247,7 +248,7 @@ fn snapshot_name(v: &str) -> Result<String, BundleError> {
         return Err(BundleError::Annotation {
             key: SNAPSHOT_ANNOTATION.into(),
             value: v.into(),
-            why: "not a snapshot name (letters, digits, -, _, .; no path)",
+            why: "not a snapshot name (letters, digits, -, _, .; no path)".into(),
         });
     }
     Ok(v.into())
@@ -395,22 +396,19 @@ fn cmdline(args: &[String], env: &[String]) -> Result<String, BundleError> {
     Ok(line)
 }
 
-/// A memory size as `tandem run --mem` takes it: digits and an optional
-/// K, M or G suffix.
-fn memory(v: &str) -> Result<String, BundleError> {
+/// The guest memory in bytes, read and checked exactly as `tandem run
+/// --mem` reads and checks it ([`tandem::units::parse_size`], then
+/// [`tandem::vm::check_mem_size`]), so a value `create` accepts is one
+/// `start` can boot.
+fn memory(v: &str) -> Result<u64, BundleError> {
     let bad = |why| BundleError::Annotation {
         key: MEMORY_ANNOTATION.into(),
         value: v.into(),
         why,
     };
-    let digits = v.trim_end_matches(['K', 'M', 'G', 'k', 'm', 'g']);
-    if digits.is_empty() || v.len() - digits.len() > 1 || v.len() > 20 {
-        return Err(bad("expected a size such as 64M"));
-    }
-    if !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad("expected a size such as 64M"));
-    }
-    Ok(v.into())
+    let bytes = tandem::units::parse_size(v).map_err(bad)?;
+    tandem::vm::check_mem_size(bytes).map_err(bad)?;
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -471,12 +469,28 @@ mod tests {
 
     #[test]
     fn memory_annotation() {
-        assert_eq!(memory("64M").unwrap(), "64M");
-        assert_eq!(memory("1048576").unwrap(), "1048576");
-        assert!(memory("").is_err());
-        assert!(memory("M").is_err());
-        assert!(memory("64MM").is_err());
-        assert!(memory("-1M").is_err());
+        // The sizes `tandem run --mem` takes, in the same spellings.
+        assert_eq!(memory("64M").unwrap(), 64 << 20);
+        assert_eq!(memory("64MiB").unwrap(), 64 << 20);
+        assert_eq!(memory("1G").unwrap(), 1 << 30);
+        assert_eq!(memory("16777216").unwrap(), 16 << 20);
+        // Sizes `start` could not boot are refused at `create`, naming the
+        // annotation, the value and the reason.
+        let err = memory("3M").unwrap_err().to_string();
+        assert!(err.contains("tandem.dev/memory=\"3M\""), "{err}");
+        assert!(err.contains("too little"), "{err}");
+        let err = memory("65M").unwrap_err().to_string();
+        assert!(err.contains("not a multiple of 2 MiB"), "{err}");
+        let err = memory("8G").unwrap_err().to_string();
+        assert!(err.contains("more than the"), "{err}");
+        // Garbage.
+        for v in ["", "M", "lots", "64MM", "-1M", "64Q", "99999999999999G"] {
+            let err = memory(v).unwrap_err().to_string();
+            assert!(
+                err.contains("annotation tandem.dev/memory="),
+                "{v:?}: {err}"
+            );
+        }
     }
 
     #[test]
