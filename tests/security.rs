@@ -136,6 +136,32 @@ fn unknown_user_is_refused_before_anything_runs() {
 }
 
 #[test]
+fn group_without_user_is_refused() {
+    // Without --user the VMM would stay root: each command that takes
+    // --group refuses it alone, before it reads its image, snapshot or
+    // fleet file (none of these exist).
+    for args in [
+        &["run", "/nonexistent/image", "--group", "nogroup"][..],
+        &["restore", "/nonexistent/snapshot", "--group", "nogroup"],
+        &["fleet", "/nonexistent/fleet.toml", "--group", "nogroup"],
+    ] {
+        let run = tandem(args);
+        assert_eq!(run.code, Some(125), "{args:?}: {}", run.stderr);
+        assert!(
+            run.stderr
+                .contains("--group \"nogroup\" needs --user: without a user to become, the VMM would stay root"),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert!(
+            !run.stderr.contains("/nonexistent"),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
 fn console_flood_is_rate_limited() {
     let image = image_path("flood");
     let start = std::time::Instant::now();

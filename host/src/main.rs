@@ -143,7 +143,8 @@ struct Hardening {
     /// files are open.
     #[arg(long, value_name = "USER")]
     user: Option<String>,
-    /// With --user: this group (name or gid) instead of the user's own.
+    /// With --user (refused without it): this group (name or gid) instead
+    /// of the user's own.
     #[arg(long, value_name = "GROUP")]
     group: Option<String>,
     /// Most files the VMM may have open once the guest runs.
@@ -201,10 +202,15 @@ fn main() -> ExitCode {
         Command::Restore(args) => restore(args, start),
         Command::Snapshot(cmd) => snapshot_cmd(cmd),
         Command::Backup(cmd) => backup_cmd(cmd),
-        Command::Fleet(args) => tandem::fleet::cli::run(args).or_else(|e| {
-            eprintln!("tandem: error: {e}");
-            Ok(e.exit_code())
-        }),
+        Command::Fleet(args) => {
+            match tandem::privileges::check_ids(args.user.as_deref(), args.group.as_deref()) {
+                Err(e) => Err(e.into()),
+                Ok(()) => tandem::fleet::cli::run(args).or_else(|e| {
+                    eprintln!("tandem: error: {e}");
+                    Ok(e.exit_code())
+                }),
+            }
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -241,6 +247,14 @@ fn lock_down(h: &Hardening) -> Result<()> {
     Ok(())
 }
 
+impl Hardening {
+    /// Refuses options that cannot be honoured, before anything is set up.
+    fn check(&self) -> Result<()> {
+        tandem::privileges::check_ids(self.user.as_deref(), self.group.as_deref())?;
+        Ok(())
+    }
+}
+
 /// The process-wide part of [`lock_down`], done once: user, group, limits.
 fn give_up(h: &Hardening) -> Result<()> {
     tandem::privileges::drop_to(h.user.as_deref(), h.group.as_deref())?;
@@ -252,6 +266,7 @@ fn give_up(h: &Hardening) -> Result<()> {
 }
 
 fn run(args: RunArgs, start: u64) -> Result<u8> {
+    args.hardening.check()?;
     let hv = Hypervisor::open()?;
     let image = Image::from_file(&args.image)
         .with_context(|| format!("refusing image {}", args.image.display()))?;
@@ -351,6 +366,7 @@ fn load_snapshot(dir: &Path, verify: bool) -> Result<Snapshot> {
 }
 
 fn restore(args: RestoreArgs, start: u64) -> Result<u8> {
+    args.hardening.check()?;
     let hv = Hypervisor::open()?;
     let snap = load_snapshot(&args.dir, args.verify)?;
     let quiet = args.quiet || args.json;
@@ -586,5 +602,33 @@ fn backup_cmd(cmd: BackupCommand) -> Result<u8> {
             println!("{}: merged into one base point {n}", dir.display());
             Ok(0)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_without_user_is_refused() {
+        let cli = Cli::try_parse_from(["tandem", "run", "--group", "nogroup", "img"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        let err = args.hardening.check().unwrap_err().to_string();
+        assert!(err.contains("--group \"nogroup\" needs --user"), "{err}");
+        let cli = Cli::try_parse_from(["tandem", "restore", "--group", "0", "dir"]).unwrap();
+        let Command::Restore(args) = cli.command else {
+            panic!("not restore")
+        };
+        assert!(args.hardening.check().is_err());
+        let cli = Cli::try_parse_from([
+            "tandem", "run", "--user", "nobody", "--group", "nogroup", "img",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert!(args.hardening.check().is_ok());
     }
 }
