@@ -24,6 +24,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("snapshot_state", snapshot_state),
     ("backup_point", backup_point),
     ("fleet_config", fleet_config),
+    ("acpi_tables", acpi_tables),
 ];
 
 /// The body of target `name`.
@@ -189,6 +190,47 @@ pub fn fleet_config(data: &[u8]) {
         std::path::Path::new("/nonexistent/tandem-fuzz"),
         overrides,
     );
+}
+
+/// The guest's ACPI power-off decoder over a small physical memory image
+/// the input controls, placed at the start of the BIOS area so that the
+/// RSDP scan finds what the input puts there; tried scanned and with the
+/// RSDP given at the image's start. What it returns must be a well-formed
+/// write.
+pub fn acpi_tables(data: &[u8]) {
+    use tandem_abi::acpi::{
+        find_poweroff, AddressSpace, MemImage, PowerOff, PM1_SLP_EN, PM1_SLP_TYP_SHIFT,
+        RSDP_SCAN_START, SLEEP_CONTROL_SLP_EN, SLEEP_CONTROL_SLP_TYP_SHIFT,
+    };
+    let mem = MemImage {
+        base: RSDP_SCAN_START,
+        bytes: data,
+    };
+    for rsdp in [None, Some(RSDP_SCAN_START)] {
+        match find_poweroff(&mem, rsdp) {
+            Ok(PowerOff::Pm1Control { a, b }) => {
+                for w in std::iter::once(a).chain(b) {
+                    assert_eq!(w.value & !(7 << PM1_SLP_TYP_SHIFT | PM1_SLP_EN), 0);
+                    assert_ne!(w.value & PM1_SLP_EN, 0, "PM1 write without SLP_EN");
+                }
+            }
+            Ok(PowerOff::SleepControl { space, addr, value }) => {
+                assert_eq!(
+                    value & !(7 << SLEEP_CONTROL_SLP_TYP_SHIFT | SLEEP_CONTROL_SLP_EN),
+                    0
+                );
+                assert_ne!(
+                    value & SLEEP_CONTROL_SLP_EN,
+                    0,
+                    "sleep control without SLP_EN"
+                );
+                assert!(space == AddressSpace::Memory || addr <= 0xFFFF);
+            }
+            Err(e) => {
+                let _ = e.to_string();
+            }
+        }
+    }
 }
 
 /// Valid inputs for the targets that can be built without a VM: the

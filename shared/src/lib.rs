@@ -11,6 +11,7 @@
 //! - [`cpu`]: builders for page tables, GDT, TSS and IDT that write into plain
 //!   byte buffers, so the VMM and the guest's own trampolines build the same state.
 //! - [`note`]: the ELF note through which an image declares its ABI version.
+//! - [`acpi`]: how to power off a PC, decoded from its ACPI tables.
 //!
 //! Compatibility rules: [`ABI_VERSION`] is bumped on every material change;
 //! `postcard` messages only grow at the end (new enum variants and fields are
@@ -22,6 +23,7 @@
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod acpi;
 pub mod bootinfo;
 pub mod checksum;
 pub mod cpu;
