@@ -77,11 +77,21 @@ fn not_an_elf() {
 
 #[test]
 fn missing_file() {
+    let image = "/nonexistent/tandem-image";
     refused(
-        "/nonexistent/tandem-image",
+        image,
         &[],
-        "cannot read image /nonexistent/tandem-image",
+        "cannot read image /nonexistent/tandem-image: No such file or directory (os error 2)",
     );
+    // The file and the OS error are named once each.
+    let run = tandem(&["run", image]);
+    assert_eq!(
+        run.stderr.matches("os error 2").count(),
+        1,
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stderr.matches(image).count(), 1, "{}", run.stderr);
 }
 
 #[test]

@@ -10,8 +10,8 @@ use clap::{Parser, Subcommand};
 use tandem::backup::Chain;
 use tandem::units::{parse_duration, parse_size};
 use tandem::{
-    exit_code, BackupConfig, ConsoleSink, ExitStatus, Hypervisor, Image, RunReport, Snapshot, Vm,
-    VmBuilder, VmConfig,
+    exit_code, BackupConfig, ConsoleSink, ExitStatus, Hypervisor, Image, ImageError, RunReport,
+    Snapshot, Vm, VmBuilder, VmConfig,
 };
 use tandem_abi::trace::Phase;
 
@@ -215,10 +215,29 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("tandem: error: {e:#}");
+            eprintln!("tandem: error: {}", error_text(&e));
             ExitCode::from(exit_code::VMM_ERROR)
         }
     }
+}
+
+/// An error and its causes, `: `-separated like anyhow's `{:#}`, but
+/// leaving out a cause whose text is already there: the library's errors
+/// put their source in their own message (`cannot read image X: {source}`)
+/// and also return it from `source()`, so `{:#}` would print it twice.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if text.contains(&msg) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&msg);
+    }
+    text
 }
 
 /// Applies the snapshot and backup options to `config`.
@@ -268,8 +287,11 @@ fn give_up(h: &Hardening) -> Result<()> {
 fn run(args: RunArgs, start: u64) -> Result<u8> {
     args.hardening.check()?;
     let hv = Hypervisor::open()?;
-    let image = Image::from_file(&args.image)
-        .with_context(|| format!("refusing image {}", args.image.display()))?;
+    let image = Image::from_file(&args.image).map_err(|e| match e {
+        // It names the file already.
+        ImageError::Read { .. } => anyhow::Error::new(e),
+        e => anyhow::Error::new(e).context(format!("refusing image {}", args.image.display())),
+    })?;
     let config = VmConfig {
         mem_size: args.mem,
         cmdline: args.cmdline,
@@ -608,6 +630,28 @@ fn backup_cmd(cmd: BackupCommand) -> Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_text_prints_each_cause_once() {
+        let os = || std::io::Error::from_raw_os_error(libc::ENOENT);
+        let e = anyhow::Error::new(ImageError::Read {
+            path: "/nonexistent".into(),
+            source: os(),
+        });
+        // anyhow's own chain repeats the OS error.
+        assert_eq!(format!("{e:#}").matches("os error 2").count(), 2);
+        let text = error_text(&e);
+        assert_eq!(
+            text,
+            "cannot read image /nonexistent: No such file or directory (os error 2)"
+        );
+        // Context that does not repeat its cause keeps it.
+        let e = anyhow::Error::new(os()).context("cannot write trace file t.json");
+        assert_eq!(
+            error_text(&e),
+            "cannot write trace file t.json: No such file or directory (os error 2)"
+        );
+    }
 
     #[test]
     fn group_without_user_is_refused() {
