@@ -7,7 +7,7 @@
 
 use crate::hypercall::HypercallPort;
 use crate::layout::{self, Access, LARGE_PAGE_SIZE, PAGE_SIZE};
-use crate::note::{EXCEPTION_STUB_STRIDE, EXCEPTION_VECTORS, HALT_VECTOR};
+use crate::note::{EXCEPTION_STUB_STRIDE, EXCEPTION_VECTORS};
 
 /// Why a structure could not be built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -325,8 +325,8 @@ pub const fn ist_for_vector(vector: u64) -> u8 {
 }
 
 /// Builds the IDT: gates for the 32 architectural exceptions pointing at the
-/// guest's stubs (`stubs + v * EXCEPTION_STUB_STRIDE`), the halt gate
-/// ([`HALT_VECTOR`], open to CPL3), all other gates absent.
+/// guest's stubs (`stubs + v * EXCEPTION_STUB_STRIDE`), all other gates
+/// absent (none is open to CPL3).
 pub fn build_idt(out: &mut [u8], stubs: u64) -> Result<(), BuildError> {
     let out = out.get_mut(..IDT_SIZE).ok_or(BuildError::BufferTooSmall)?;
     out.fill(0);
@@ -336,10 +336,6 @@ pub fn build_idt(out: &mut [u8], stubs: u64) -> Result<(), BuildError> {
             ist_for_vector(v),
             0,
         ));
-    }
-    let halt = usize::try_from(HALT_VECTOR).unwrap_or(usize::MAX);
-    if let Some(slot) = out.chunks_exact_mut(16).nth(halt) {
-        slot.copy_from_slice(&idt_gate(stubs + HALT_VECTOR * EXCEPTION_STUB_STRIDE, 0, 3));
     }
     Ok(())
 }
@@ -490,12 +486,8 @@ mod tests {
             &(0x20_0000u64 + 14 * 16).to_le_bytes()[..2]
         );
         assert_eq!(idt[8 * 16 + 4], 1);
-        // The halt gate: present, DPL 3, interrupt gate, stub 32.
-        assert_eq!(idt[32 * 16 + 5], 0xEE);
-        assert_eq!(
-            &idt[32 * 16..32 * 16 + 2],
-            &(0x20_0000u64 + 32 * 16).to_le_bytes()[..2]
-        );
-        assert_eq!(idt[33 * 16 + 5], 0);
+        // Every exception gate is DPL 0; no gate past them, none open to CPL3.
+        assert!((0..32).all(|v| idt[v * 16 + 5] == 0x8E));
+        assert!((32..256).all(|v| idt[v * 16 + 5] == 0));
     }
 }

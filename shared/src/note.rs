@@ -23,12 +23,10 @@ pub const PF_TANDEM_BOOT: u32 = 0x0020_0000;
 pub const EXCEPTION_STUB_STRIDE: u64 = 16;
 /// Number of exception vectors with stubs (the architectural exceptions).
 pub const EXCEPTION_VECTORS: u64 = 32;
-/// A software-interrupt gate open to CPL3 whose stub halts the CPU for
-/// good: how an app stops on a machine with no exit device (bare metal).
-/// Its stub follows the exception stubs.
-pub const HALT_VECTOR: u64 = 32;
-/// Number of stubs in the table: the exceptions, then the halt gate.
-pub const STUB_COUNT: u64 = EXCEPTION_VECTORS + 1;
+/// Number of stubs in the table: one per exception. (There is no gate open
+/// to CPL3: a CPL3 `int` takes #UD on some hosts, so an app that must stop
+/// the machine without a Tandem VMM does it through a recognised `ud2`.)
+pub const STUB_COUNT: u64 = EXCEPTION_VECTORS;
 
 /// The note descriptor. Little-endian, fields only appended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,6 +20,18 @@ pub const DEBUG_EXIT_SPAN: u16 = 4;
 /// The ports the TSS opens to CPL3 on the PVH and Multiboot2 paths.
 pub const PLATFORM_PORTS: &[(u16, u16)] = &[(COM1, COM1_SPAN), (DEBUG_EXIT_PORT, DEBUG_EXIT_SPAN)];
 
+/// QEMU arguments without any exit device: serial console on stdio, no
+/// other devices, no graphics, no reboot (so the i8042 reset and a triple
+/// fault end QEMU). The image then stops the machine through the i8042
+/// reset or ACPI soft-off, as it would on a VMM without `isa-debug-exit`.
+pub const QEMU_BASE_ARGS: &[&str] = &[
+    "-nographic",
+    "-no-reboot",
+    "-nodefaults",
+    "-serial",
+    "stdio",
+];
+
 /// QEMU arguments for a machine as these paths expect it: serial console on
 /// stdio, the debug-exit device at [`DEBUG_EXIT_PORT`], no other devices,
 /// no graphics, no reboot (a triple fault ends QEMU).
@@ -60,5 +72,6 @@ mod tests {
             );
         }
         assert_eq!(qemu_status(101), 203);
+        assert_eq!(&QEMU_ARGS[..QEMU_BASE_ARGS.len()], QEMU_BASE_ARGS);
     }
 }

@@ -55,6 +55,8 @@ pub struct StartInfo {
     pub version: u32,
     /// Physical address of the NUL-terminated command line (0 if none).
     pub cmdline_paddr: u64,
+    /// Physical address of the ACPI RSDP (0 if the loader gives none).
+    pub rsdp_paddr: u64,
     /// Physical address of the memory map (version 1; 0 if none).
     pub memmap_paddr: u64,
     /// Entries in the memory map.
@@ -100,6 +102,7 @@ impl StartInfo {
         Ok(Self {
             version,
             cmdline_paddr: u64_at(bytes, 24),
+            rsdp_paddr: u64_at(bytes, 32),
             memmap_paddr,
             memmap_entries,
         })
@@ -135,6 +138,7 @@ mod tests {
         b[0..4].copy_from_slice(&START_INFO_MAGIC.to_le_bytes());
         b[4..8].copy_from_slice(&1u32.to_le_bytes());
         b[24..32].copy_from_slice(&0x7000u64.to_le_bytes());
+        b[32..40].copy_from_slice(&0xF_5A40u64.to_le_bytes());
         b[40..48].copy_from_slice(&0x8000u64.to_le_bytes());
         b[48..52].copy_from_slice(&3u32.to_le_bytes());
         b
@@ -148,6 +152,7 @@ mod tests {
             StartInfo {
                 version: 1,
                 cmdline_paddr: 0x7000,
+                rsdp_paddr: 0xF_5A40,
                 memmap_paddr: 0x8000,
                 memmap_entries: 3
             }

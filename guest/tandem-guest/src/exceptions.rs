@@ -50,12 +50,6 @@ core::arch::global_asm!(
     stub!(err 14), stub!(15), stub!(16), stub!(err 17), stub!(18), stub!(19), stub!(20),
     stub!(err 21), stub!(22), stub!(23), stub!(24), stub!(25), stub!(26), stub!(27),
     stub!(28), stub!(err 29), stub!(err 30), stub!(31),
-    // The halt gate (HALT_VECTOR, DPL 3): stop for good.
-    ".balign 16",
-    "cli",
-    "4:",
-    "hlt",
-    "jmp 4b",
     ".balign 16",
     "tandem_exception_common:",
     // Stack: vector, error code, then the CPU's frame (rip, cs, rflags, rsp, ss).
@@ -64,6 +58,14 @@ core::arch::global_asm!(
     "jne 1f",
     "lock inc qword ptr [{before_main}]",
     "1:",
+    // A #UD at tandem_poweroff_trap is the app stopping the machine where
+    // there is no Tandem VMM (see boot::poweroff), not a fault.
+    "cmp qword ptr [rsp], 6",
+    "jne 5f",
+    "lea rax, [rip + tandem_poweroff_trap]",
+    "cmp [rsp + 16], rax",
+    "je tandem_poweroff",
+    "5:",
     "cmp qword ptr [{in_fault}], 0",
     "jne 2f",
     "mov qword ptr [{in_fault}], 1",

@@ -1,15 +1,15 @@
 //! The machine underneath: the Tandem VMM (hypercalls), or a plain PC as
 //! QEMU, another PVH VMM or GRUB on bare metal leave it (a 16550 UART on
-//! COM1 for the console, QEMU's `isa-debug-exit` for the exit code, else a
-//! halt). Chosen once from the boot-info block's boot path; apps never see
-//! the difference.
+//! COM1 for the console; for the exit, QEMU's `isa-debug-exit` where it is
+//! present, else the i8042 reset, else ACPI soft-off, else a halt at CPL0).
+//! Chosen once from the boot-info block's boot path; apps never see the
+//! difference.
 
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use tandem_abi::bootinfo::BootPath;
 use tandem_abi::hypercall::HypercallPort;
-use tandem_abi::note::HALT_VECTOR;
 use tandem_abi::platform::{COM1, DEBUG_EXIT_PORT};
 use tandem_abi::trace::Phase;
 use x86_64::instructions::port::Port;
@@ -86,29 +86,27 @@ pub(crate) fn debug_exit(code: u8) {
     unsafe { p.write(u32::from(code)) };
 }
 
-/// Stops the CPU for good (CPL0 only).
-pub(crate) fn halt_cpl0() -> ! {
-    loop {
-        x86_64::instructions::interrupts::disable();
-        x86_64::instructions::hlt();
-    }
+/// Stops the machine for good: i8042 reset, ACPI soft-off, halt (PVH and
+/// Multiboot2 paths only; from CPL3).
+pub(crate) fn power_off() -> ! {
+    crate::boot::poweroff::power_off()
 }
 
 /// Stops the VM with `code`: one hypercall under Tandem; elsewhere the boot
-/// trace on the console, the debug-exit device, and if still running, a halt.
+/// trace on the console, the debug-exit device, and where that did not end
+/// the VM, the code on the console and [`power_off`].
 pub(crate) fn exit(code: u8) -> ! {
-    if is_tandem() {
-        hypercall::out(HypercallPort::Exit, u32::from(code));
-    } else {
+    if !is_tandem() {
         trace::stamp(Phase::Exit);
         print_trace();
         debug_exit(code);
         uart_print(format_args!(
-            "tandem: app exited with code {code}; halting\n"
+            "tandem: app exited with code {code}; powering off\n"
         ));
-        // SAFETY: the halt gate is open to CPL3 and never returns.
-        unsafe { core::arch::asm!("int {v}", v = const HALT_VECTOR, options(noreturn)) };
+        power_off();
     }
+    hypercall::out(HypercallPort::Exit, u32::from(code));
+    // The host never resumes a guest after its exit call.
     loop {
         core::hint::spin_loop();
     }

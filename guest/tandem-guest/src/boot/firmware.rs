@@ -18,6 +18,8 @@ pub struct Firmware {
     pub memory: Vec<MemRegion, MAX_MEM_REGIONS>,
     pub cmdline: String<MAX_CMDLINE>,
     pub loader: String<MAX_LOADER_NAME>,
+    /// Where the loader says the ACPI RSDP is (else it is searched for).
+    pub rsdp: Option<u64>,
 }
 
 /// Why the loader's information was refused.
@@ -47,15 +49,17 @@ impl core::fmt::Display for FirmwareError {
 }
 
 /// `len` bytes of physical memory at `addr`, below 4 GiB.
-fn phys(addr: u64, len: usize) -> Result<&'static [u8], FirmwareError> {
+pub(super) fn phys(addr: u64, len: usize) -> Result<&'static [u8], FirmwareError> {
     let end = addr
         .checked_add(len as u64)
         .ok_or(FirmwareError::AddressAbove4G(addr))?;
     if addr == 0 || end > 1 << 32 {
         return Err(FirmwareError::AddressAbove4G(addr));
     }
-    // SAFETY: the boot page tables identity-map the first 4 GiB; the range
-    // lies inside it and is only read, before the boot code writes anything.
+    // SAFETY: the boot page tables identity-map the first 4 GiB (user
+    // readable); the range lies inside it and is only read, and the boot
+    // code writes only the Tandem layout, which the loader's data is
+    // copied out of before.
     Ok(unsafe { core::slice::from_raw_parts(addr as *const u8, len) })
 }
 
@@ -101,6 +105,7 @@ pub fn from_pvh(addr: u64) -> Result<Firmware, FirmwareError> {
         memory,
         cmdline: c_string(info.cmdline_paddr)?,
         loader,
+        rsdp: (info.rsdp_paddr != 0).then_some(info.rsdp_paddr),
     })
 }
 
@@ -156,6 +161,9 @@ pub fn from_multiboot2(addr: u64, magic: u64) -> Result<Firmware, FirmwareError>
         memory,
         cmdline,
         loader,
+        // GRUB's ACPI tags hold a copy of the RSDP, not its address; on a
+        // BIOS machine the search of the BIOS area finds the original.
+        rsdp: None,
     })
 }
 

@@ -1,8 +1,6 @@
 //! Builds, from inside the guest, the machine the Tandem VMM builds from
 //! outside: same layout, same builders, same entry into the app.
 
-use core::arch::x86_64::__cpuid;
-
 use tandem_abi::bootinfo::{BootInfo, CpuInfo, HostStamps, MemKind, MemRegion, ENTROPY_SIZE};
 use tandem_abi::cpu::{self, SegmentMap};
 use tandem_abi::layout::{self, selector};
@@ -17,6 +15,7 @@ use x86_64::structures::DescriptorTablePointer;
 use x86_64::VirtAddr;
 
 use super::firmware::Firmware;
+use super::{load, FACTS};
 
 /// Why the machine could not be built.
 pub enum MachineError {
@@ -190,7 +189,6 @@ pub fn prepare(fw: &Firmware, tsc_khz: u64, entry_tsc: u64) -> Result<(), Machin
     area(layout::TRACE_ADDR + Phase::FirstInstruction.offset(), 8)
         .copy_from_slice(&entry_tsc.to_le_bytes());
 
-    let leaf1 = __cpuid(1);
     let info = BootInfo {
         boot_path: fw.path,
         memory: fw.memory.clone(),
@@ -203,8 +201,8 @@ pub fn prepare(fw: &Firmware, tsc_khz: u64, entry_tsc: u64) -> Result<(), Machin
         cpu: CpuInfo {
             count: 1,
             tsc_khz,
-            features_ecx: leaf1.ecx,
-            features_edx: leaf1.edx,
+            features_ecx: load(&FACTS.leaf1_ecx),
+            features_edx: load(&FACTS.leaf1_edx),
         },
         host: HostStamps::default(),
         vm_id: 0,
@@ -221,9 +219,10 @@ pub fn prepare(fw: &Firmware, tsc_khz: u64, entry_tsc: u64) -> Result<(), Machin
 /// Loads the layout's descriptor tables and control registers, then enters
 /// the app at CPL3 through the kernel segment.
 pub fn enter_app() -> ! {
-    // SAFETY: the GDT, TSS and IDT were just written at their layout
-    // addresses and are complete; the boot page tables still map everything
-    // (supervisor, writable), so `ltr` can set the TSS busy bit; the control
+    // SAFETY: runs at CPL0 (from the boot #UD gate); the GDT, TSS and IDT
+    // were written at their layout addresses and are complete; the boot
+    // page tables still map everything writable, so `ltr` can set the TSS
+    // busy bit; the control
     // register values are the ones the Tandem VMM sets, minus SMEP, which is
     // set by `tandem_enter_user` from supervisor-only code.
     unsafe {
@@ -252,7 +251,7 @@ pub fn enter_app() -> ! {
         });
         Cr4::update(|f| f.insert(Cr4Flags::OSFXSR | Cr4Flags::OSXMMEXCPT_ENABLE));
     }
-    let smep = __cpuid(0).eax >= 7 && __cpuid(7).ebx & (1 << 7) != 0;
+    let smep = load(&FACTS.max_leaf) >= 7 && load(&FACTS.leaf7_ebx) & (1 << 7) != 0;
     let cr4 = Cr4::read_raw() | if smep { 1 << 20 } else { 0 };
     // SAFETY: everything `tandem_enter_user` relies on is in place: final
     // page tables at PAGE_TABLES_ADDR mapping the kernel segment and RSP0

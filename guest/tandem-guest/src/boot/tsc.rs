@@ -1,9 +1,14 @@
 //! The TSC frequency when no Tandem VMM says it: CPUID leaf 0x15 (crystal
-//! clock), else the hypervisor leaf 0x40000010 (kHz), else a 10 ms count
-//! against PIT channel 2.
+//! clock), else the hypervisor leaf 0x40000010 (kHz), else KVM's
+//! paravirtual clock (kvmclock's scale factor is the TSC frequency), and
+//! only as the last resort a 10 ms count against PIT channel 0.
+//!
+//! CPUID is read at CPL0 (where it answers for the machine's own
+//! hypervisor) by `boot_cpl0`; this runs at CPL3 on its results.
 
-use core::arch::x86_64::__cpuid;
 use x86_64::instructions::port::Port;
+
+use super::{kvmclock, load, FACTS};
 
 /// PIT input clock, in Hz.
 const PIT_HZ: u64 = 1_193_182;
@@ -11,25 +16,34 @@ const PIT_HZ: u64 = 1_193_182;
 const CALIBRATION_MS: u64 = 10;
 
 pub fn frequency_khz() -> u64 {
-    from_cpuid().unwrap_or_else(from_pit)
+    from_cpuid()
+        .or_else(|| kvmclock().and_then(|(mul, shift)| from_kvmclock(mul, shift)))
+        .unwrap_or_else(from_pit)
 }
 
 fn from_cpuid() -> Option<u64> {
-    let max = __cpuid(0).eax;
-    if max >= 0x15 {
-        let l = __cpuid(0x15);
-        if l.eax != 0 && l.ebx != 0 && l.ecx != 0 {
-            return Some(u64::from(l.ecx) * u64::from(l.ebx) / u64::from(l.eax) / 1000);
-        }
+    let [den, num, hz] = FACTS.leaf15.each_ref().map(load);
+    if den != 0 && num != 0 && hz != 0 {
+        return Some(u64::from(hz) * u64::from(num) / u64::from(den) / 1000);
     }
-    let hv = __cpuid(0x4000_0000).eax;
-    if (0x4000_0010..0x5000_0000).contains(&hv) {
-        let khz = __cpuid(0x4000_0010).eax;
-        if khz != 0 {
-            return Some(u64::from(khz));
-        }
+    let khz = load(&FACTS.hv_tsc_khz);
+    (khz != 0).then_some(u64::from(khz))
+}
+
+/// kvmclock converts TSC ticks to nanoseconds as
+/// `ns = ((ticks << shift) * mul) >> 32` (a right shift when `shift` is
+/// negative), so the TSC runs at `10^6 * 2^32 / (mul * 2^shift)` kHz.
+pub(crate) fn from_kvmclock(mul: u32, shift: i8) -> Option<u64> {
+    if mul == 0 || !(-32..=32).contains(&shift) {
+        return None;
     }
-    None
+    let scaled = 1_000_000u128 << 32;
+    let khz = if shift >= 0 {
+        (scaled / u128::from(mul)) >> shift
+    } else {
+        (scaled << -shift) / u128::from(mul)
+    };
+    u64::try_from(khz).ok().filter(|&k| k != 0)
 }
 
 fn pit_count(command: &mut Port<u8>, channel0: &mut Port<u8>) -> u16 {
