@@ -233,6 +233,72 @@ pub fn acpi_tables(data: &[u8]) {
     }
 }
 
+/// A physical memory image from the start of the BIOS area (where the
+/// `acpi_tables` body maps its input) holding ACPI tables as QEMU builds
+/// them: q35-like (RSDP 1.0, RSDT, an ACPI 1.0 FADT with PM1a at 0x604,
+/// `\_S5 {0,0,0,0}`) or, with `hw_reduced`, microvm-like (RSDP 2.0, XSDT,
+/// a hardware-reduced FADT with the GED sleep register at 0xfea00200,
+/// `\_S5 {5,0,0,0}`).
+fn acpi_seed(hw_reduced: bool) -> Vec<u8> {
+    let at = |offset: usize| tandem_abi::acpi::RSDP_SCAN_START + offset as u64;
+    let at32 = |offset: usize| u32::try_from(at(offset)).unwrap_or(0).to_le_bytes();
+    let seal = |t: &mut [u8], at: usize| {
+        t[at] = 0;
+        t[at] = t.iter().fold(0u8, |s, b| s.wrapping_sub(*b));
+    };
+    let table = |sig: &[u8; 4], body: &[u8]| {
+        let mut t = vec![0u8; 36];
+        t[..4].copy_from_slice(sig);
+        let len = u32::try_from(36 + body.len()).unwrap_or(0);
+        t[4..8].copy_from_slice(&len.to_le_bytes());
+        t[8] = 2;
+        t[10..16].copy_from_slice(b"TANDEM");
+        t.extend_from_slice(body);
+        seal(&mut t, 9);
+        t
+    };
+    let (root_at, fadt_at, dsdt_at) = (0x40, 0x80, 0x200);
+    let mut rsdp = vec![0u8; if hw_reduced { 36 } else { 20 }];
+    rsdp[..8].copy_from_slice(b"RSD PTR ");
+    rsdp[9..15].copy_from_slice(b"TANDEM");
+    let mut fadt = vec![0u8; if hw_reduced { 268 } else { 116 }];
+    let (root, s5_package): (Vec<u8>, &[u8]) = if hw_reduced {
+        rsdp[15] = 2;
+        rsdp[20..24].copy_from_slice(&36u32.to_le_bytes());
+        rsdp[24..32].copy_from_slice(&at(root_at).to_le_bytes());
+        seal(&mut rsdp[..20], 8);
+        seal(&mut rsdp, 32);
+        fadt[112..116].copy_from_slice(&(1u32 << 20).to_le_bytes()); // HW_REDUCED_ACPI
+        fadt[140..148].copy_from_slice(&at(dsdt_at).to_le_bytes()); // X_DSDT
+        fadt[245] = 8; // SLEEP_CONTROL_REG: memory, 8 bits
+        fadt[248..256].copy_from_slice(&0xFEA0_0200u64.to_le_bytes());
+        let xsdt = table(b"XSDT", &at(fadt_at).to_le_bytes());
+        (xsdt, &[0x12, 0x07, 0x04, 0x0A, 0x05, 0x00, 0x00, 0x00])
+    } else {
+        rsdp[16..20].copy_from_slice(&at32(root_at));
+        seal(&mut rsdp, 8);
+        fadt[40..44].copy_from_slice(&at32(dsdt_at)); // DSDT
+        fadt[64..68].copy_from_slice(&0x604u32.to_le_bytes()); // PM1a_CNT_BLK
+        let rsdt = table(b"RSDT", &at32(fadt_at));
+        (rsdt, &[0x12, 0x06, 0x04, 0x00, 0x00, 0x00, 0x00])
+    };
+    let fadt = table(b"FACP", &fadt[36..]);
+    let mut aml = vec![0x08, 0x5C]; // Name (\_S5, Package (4) {...})
+    aml.extend_from_slice(b"_S5_");
+    aml.extend_from_slice(s5_package);
+    let dsdt = table(b"DSDT", &aml);
+    let mut mem = vec![0u8; dsdt_at + dsdt.len()];
+    for (offset, bytes) in [
+        (0, &rsdp),
+        (root_at, &root),
+        (fadt_at, &fadt),
+        (dsdt_at, &dsdt),
+    ] {
+        mem[offset..offset + bytes.len()].copy_from_slice(bytes);
+    }
+    mem
+}
+
 /// Valid inputs for the targets that can be built without a VM: the
 /// starting points of a fuzzing run (`cargo xtask fuzz` writes them to
 /// `fuzz/corpus/<target>/seed-*`; real images, snapshots and backups are
@@ -335,6 +401,7 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
             b"[defaults]\nimage = \"hello\"\nmemory = \"8M\"\n\n[[vm]]\nname = \"db\"\npriority = 10\n\n[[vm]]\nname = \"api\"\nafter = [\"db\"]\nrestart = \"on-failure\"\nmax_restarts = 3\nbackoff = \"10ms\"\n".to_vec(),
             b"[[vm]]\nname = \"a\"\nafter = [\"b\"]\n[[vm]]\nname = \"b\"\nafter = [\"a\"]\n".to_vec(),
         ],
+        "acpi_tables" => vec![acpi_seed(false), acpi_seed(true)],
         _ => Vec::new(),
     }
 }
@@ -373,5 +440,27 @@ mod tests {
             assert!(tandem_abi::hypercall::Request::decode(&r[4..]).is_ok());
         }
         assert!(tandem_abi::pvh::StartInfo::parse(&seeds("pvh_start_info")[0]).is_ok());
+        use tandem_abi::acpi::{find_poweroff, AddressSpace, MemImage, PowerOff, RSDP_SCAN_START};
+        let acpi = seeds("acpi_tables");
+        let found = |bytes: &[u8]| {
+            find_poweroff(
+                &MemImage {
+                    base: RSDP_SCAN_START,
+                    bytes,
+                },
+                None,
+            )
+        };
+        assert!(
+            matches!(found(&acpi[0]), Ok(PowerOff::Pm1Control { a, .. }) if a.port == 0x604 && a.value == 0x2000)
+        );
+        assert_eq!(
+            found(&acpi[1]).ok(),
+            Some(PowerOff::SleepControl {
+                space: AddressSpace::Memory,
+                addr: 0xFEA0_0200,
+                value: 0x34
+            })
+        );
     }
 }
