@@ -166,7 +166,13 @@ pub fn summary(steps: &[StepFailure], tests: &TestReport, secs: f64) -> String {
     // Writing to a String cannot fail.
     let _ = writeln!(out, "xtask test summary ({verdict}, {secs:.1} s):");
     for s in steps {
-        let _ = writeln!(out, "  step failed: {}: {}", s.step, one_line(&s.error));
+        let error = one_line(&s.error);
+        // A command's error already starts with the command.
+        if error.starts_with(&s.step) {
+            let _ = writeln!(out, "  step failed: {error}");
+        } else {
+            let _ = writeln!(out, "  step failed: {}: {error}", s.step);
+        }
     }
     for f in &tests.failures {
         let _ = writeln!(out, "  test failed: {}  [{}]", f.test, f.binary);
@@ -269,6 +275,12 @@ test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; 
             error: "cargo clippy failed\n(exit code 101)".into(),
         }];
         let text = summary(&steps, &report, 12.0);
+        let fmt = [StepFailure {
+            step: "cargo fmt --all --check".into(),
+            error: "cargo fmt --all --check failed (exit code 1)".into(),
+        }];
+        assert!(summary(&fmt, &report, 1.0)
+            .contains("  step failed: cargo fmt --all --check failed (exit code 1)\n"));
         assert!(text.contains(
             "step failed: clippy (root workspace): cargo clippy failed / (exit code 101)"
         ));
