@@ -142,11 +142,15 @@ pub fn decide(missing: &Missing, toolchain: Option<&str>, rustup_on_path: bool) 
             args,
         }
     } else {
+        let otherwise = match missing {
+            Missing::Target(target) => format!("the rust-std package for {target}"),
+            Missing::Components(names) => format!("the packages of {}", names.join(" and ")),
+        };
         Action::Fail(format!(
             "{what} is not installed{for_toolchain}, and rustup is not on PATH to add it.\n\
              Install it with: {command}\n\
-             (a toolchain not managed by rustup needs its own way to add it, for example \
-             your distribution's rust-std package for {GUEST_TARGET})"
+             (a toolchain not managed by rustup needs its own way, for example your \
+             distribution's {otherwise})"
         ))
     }
 }
@@ -249,7 +253,7 @@ fn apply(probe: &Probe, missing: &Missing) -> Result<()> {
             cmd.args(&args);
             project::run(&mut cmd, "rustup")
         }
-        Action::Fail(message) => bail!(message),
+        Action::Fail(message) => bail!("{message}\n(sysroot: {})", probe.sysroot.display()),
     }
 }
 
