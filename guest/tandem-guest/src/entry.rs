@@ -4,11 +4,11 @@
 
 use tandem_abi::bootinfo::BootInfo;
 use tandem_abi::hypercall::EXIT_BAD_BOOT_INFO;
-use tandem_abi::layout::{BOOT_INFO_ADDR, BOOT_INFO_MAX};
+use tandem_abi::layout::BOOT_INFO_ADDR;
 use tandem_abi::trace::Phase;
 
 use crate::env::{self, Env};
-use crate::{console, heap, time, trace};
+use crate::{console, heap, pages, platform, trace, tsc};
 
 unsafe extern "Rust" {
     /// Defined by the app with [`entry!`](crate::entry).
@@ -49,21 +49,17 @@ extern "C" fn rust_start(boot_info_addr: u64, first_tsc: u64) -> ! {
         ));
         env::exit(EXIT_BAD_BOOT_INFO);
     }
-    let (addr, len) = (BOOT_INFO_ADDR as *const u8, BOOT_INFO_MAX as usize);
-    // SAFETY: the layout maps BOOT_INFO_MAX bytes at BOOT_INFO_ADDR user
-    // read-only for the whole run and nothing writes them while the guest runs.
-    let block = unsafe { core::slice::from_raw_parts(addr, len) };
-    let info = match BootInfo::decode(block) {
+    let info = match BootInfo::decode(pages::boot_info_block()) {
         Ok(info) => info,
         Err(e) => {
             console::emergency(format_args!("tandem: refusing boot-info block: {e}\n"));
             env::exit(EXIT_BAD_BOOT_INFO);
         }
     };
-    crate::platform::select(info.boot_path);
+    platform::select(info.boot_path);
     let env = env::init(info);
-    time::init(env.boot_info().cpu.tsc_khz);
-    console::init(first_tsc);
+    tsc::set_khz(env.boot_info().cpu.tsc_khz);
+    platform::console_start(first_tsc);
     trace::stamp(Phase::EarlyInit);
     heap::init(&env.boot_info().heap);
     trace::stamp(Phase::HeapReady);

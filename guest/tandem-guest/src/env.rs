@@ -6,11 +6,11 @@ use core::mem::MaybeUninit;
 use core::time::Duration;
 
 use tandem_abi::bootinfo::BootInfo;
-use tandem_abi::hypercall::{Reply, Request};
 use tandem_abi::layout::LiveArea;
 use tandem_abi::trace::Phase;
 
-use crate::{hypercall, time, trace};
+use crate::platform::{self, live_word};
+use crate::{time, trace};
 
 /// The app's view of its VM, built from the checked boot-info block.
 pub struct Env {
@@ -50,7 +50,7 @@ impl Env {
     /// change). Read from the live area, which the host rewrites on restore;
     /// the boot-info block keeps the generation the VM booted with.
     pub fn generation(&self) -> u64 {
-        match time::live_word(LiveArea::GENERATION) {
+        match live_word(LiveArea::GENERATION) {
             0 => self.info.generation,
             live => live,
         }
@@ -58,18 +58,18 @@ impl Env {
 
     /// How many restores this VM's lineage has been through (0 when booted).
     pub fn restores(&self) -> u64 {
-        time::live_word(LiveArea::RESTORES)
+        live_word(LiveArea::RESTORES)
     }
 
     /// Fresh random bytes: the live area's after a restore or clone, the
     /// boot-info block's before.
     pub fn entropy(&self) -> [u8; 32] {
-        if time::live_word(LiveArea::GENERATION) == 0 {
+        if live_word(LiveArea::GENERATION) == 0 {
             return self.info.entropy;
         }
         let mut out = [0u8; 32];
         for (i, chunk) in out.chunks_exact_mut(8).enumerate() {
-            chunk.copy_from_slice(&time::live_word(LiveArea::ENTROPY + i as u64 * 8).to_le_bytes());
+            chunk.copy_from_slice(&live_word(LiveArea::ENTROPY + i as u64 * 8).to_le_bytes());
         }
         out
     }
@@ -99,13 +99,9 @@ impl Env {
     }
 
     /// The host's wall clock, in nanoseconds since the Unix epoch (one VM exit).
+    /// `None` without a Tandem VMM.
     pub fn wall_clock_nanos(&self) -> Option<u64> {
-        match hypercall::call_with_reply(&Request::WallClock {
-            reply: hypercall::reply_buf(),
-        })? {
-            Reply::WallClock { unix_nanos, .. } => Some(unix_nanos),
-            _ => None,
-        }
+        platform::wall_clock_nanos()
     }
 }
 
@@ -125,15 +121,13 @@ pub enum SnapshotOutcome {
 /// ([`SnapshotOutcome::Taken`]) and once in every VM restored from it
 /// ([`SnapshotOutcome::Restored`]).
 pub fn snapshot() -> SnapshotOutcome {
-    let before = time::live_word(LiveArea::GENERATION);
-    let reply = hypercall::call_with_reply(&Request::Snapshot {
-        reply: hypercall::reply_buf(),
-    });
-    if time::live_word(LiveArea::GENERATION) != before {
+    let before = live_word(LiveArea::GENERATION);
+    let taken = platform::snapshot();
+    if live_word(LiveArea::GENERATION) != before {
         return SnapshotOutcome::Restored;
     }
-    match reply {
-        Some(Reply::Snapshot { taken: true }) => SnapshotOutcome::Taken,
+    match taken {
+        Some(true) => SnapshotOutcome::Taken,
         _ => SnapshotOutcome::NotTaken,
     }
 }
@@ -141,14 +135,12 @@ pub fn snapshot() -> SnapshotOutcome {
 /// Tells the host the app is ready to serve (flushes the console too).
 pub fn ready() {
     trace::stamp(Phase::AppReady);
-    if crate::platform::is_tandem() {
-        hypercall::call(&Request::Ready);
-    }
+    platform::ready();
 }
 
 /// Stops the VM with `code` (0 is success). The host drains the console first.
 pub fn exit(code: u8) -> ! {
-    crate::platform::exit(code)
+    platform::exit(code)
 }
 
 /// What `main` may return.

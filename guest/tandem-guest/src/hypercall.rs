@@ -1,42 +1,32 @@
 //! The hypercall client: encode a request into the hypercall buffer, one
-//! `out` of its address to the request port, one VM exit.
+//! `out` of its address to the request port, one VM exit. Only meaningful
+//! on the Tandem VMM; the platform layer decides when to call it.
+
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use tandem_abi::hypercall::{GuestBuf, HypercallPort, Reply, Request};
-use tandem_abi::layout::{HYPERCALL_ADDR, HYPERCALL_SIZE};
+use tandem_abi::layout::HYPERCALL_ADDR;
 
-/// The request record lives in the first half of the hypercall buffer, the
-/// reply in the second.
-const REQUEST_SIZE: u64 = HYPERCALL_SIZE / 2;
-const REPLY_ADDR: u64 = HYPERCALL_ADDR + REQUEST_SIZE;
-const REPLY_SIZE: u64 = HYPERCALL_SIZE - REQUEST_SIZE;
+use crate::pages::{self, hypercall::REPLY_ADDR, hypercall::REPLY_SIZE};
+use crate::tsc;
 
-/// The one instruction that leaves the guest for the host: `out` of `value`
-/// to a Tandem port.
-///
-/// The asm block deliberately has no `nomem`: the exit is how guest and
-/// host share memory. The host reads the request (and the console buffer)
-/// the guest has just stored and writes replies and input the guest then
-/// loads, so the compiler must keep every store before the exit and reload
-/// after it. `memory` names the buffer the call is about, so it is
-/// explicitly an operand the asm may read and write (the console buffer and
-/// the buffers named inside requests are reached through addresses that
-/// have escaped into guest memory, which an asm block without `nomem` may
-/// also touch).
+/// TSC at the end of the last exit: the host drains the console on every
+/// exit, so the console's newline rule counts from here.
+static LAST_EXIT_TSC: AtomicU64 = AtomicU64::new(0);
+
 fn exit_to_host(port: HypercallPort, value: u32, memory: *mut u8) {
-    // SAFETY: the TSS I/O bitmap opens exactly the hypercall ports; the
-    // access is a VM exit the host serves, touching guest memory only as the
-    // protocol defines (console drain, reply and input buffers that the app
-    // may write), which the missing `nomem` tells the compiler.
-    unsafe {
-        core::arch::asm!(
-            "out dx, eax",
-            in("dx") port as u16,
-            in("eax") value,
-            in("rsi") memory,
-            options(nostack, preserves_flags),
-        )
-    };
-    crate::console::drained();
+    pages::exit_to_host(port, value, memory);
+    LAST_EXIT_TSC.store(tsc::rdtsc(), Ordering::Relaxed);
+}
+
+/// TSC at the end of the last VM exit (or when the clock was started).
+pub(crate) fn last_exit_tsc() -> u64 {
+    LAST_EXIT_TSC.load(Ordering::Relaxed)
+}
+
+/// Starts the exit clock at boot, so the first lines batch like the rest.
+pub(crate) fn start_clock(now_tsc: u64) {
+    LAST_EXIT_TSC.store(now_tsc, Ordering::Relaxed);
 }
 
 /// Writes `value` to a Tandem port (the exit code, for [`HypercallPort::Exit`]).
@@ -49,21 +39,9 @@ pub fn send_raw(addr: u32) {
     exit_to_host(HypercallPort::Request, addr, addr as usize as *mut u8);
 }
 
-/// Runs `f` on the hypercall buffer's bytes at `addr..addr + len`.
-fn with_buffer<R>(addr: u64, len: u64, f: impl FnOnce(&mut [u8]) -> R) -> R {
-    // SAFETY: the layout maps the hypercall buffer user read-write for the
-    // whole run; one vCPU and no interrupts, and the slice lives only for
-    // this call (never across an exit), so no other reference aliases it.
-    let bytes = unsafe { core::slice::from_raw_parts_mut(addr as *mut u8, len as usize) };
-    f(bytes)
-}
-
 /// Sends `req`. Returns once the host has served it.
 pub fn call(req: &Request) {
-    let encoded = with_buffer(HYPERCALL_ADDR, REQUEST_SIZE, |record| {
-        req.encode_record(record).is_some()
-    });
-    if encoded {
+    if pages::hypercall::with_request(|record| req.encode_record(record).is_some()) {
         send_raw(HYPERCALL_ADDR as u32);
     }
 }
@@ -79,9 +57,7 @@ pub fn reply_buf() -> GuestBuf {
 /// Sends `req` (which names [`reply_buf`]) and decodes the host's reply.
 pub fn call_with_reply(req: &Request) -> Option<Reply> {
     // No reply (an old host, a refused request) must not read as the last one.
-    with_buffer(REPLY_ADDR, REPLY_SIZE, |reply| reply[..4].fill(0));
+    pages::hypercall::with_reply(|reply| reply[..4].fill(0));
     call(req);
-    with_buffer(REPLY_ADDR, REPLY_SIZE, |reply| {
-        Reply::decode_record(reply).ok()
-    })
+    pages::hypercall::with_reply(|reply| Reply::decode_record(reply).ok())
 }

@@ -26,7 +26,9 @@ mod boot;
 mod entry;
 mod exceptions;
 pub mod heap;
+mod pages;
 mod panic;
+mod tsc;
 
 pub mod console;
 pub mod env;

@@ -2,48 +2,21 @@
 //! never calibrates on the Tandem path).
 //!
 //! The guest's monotonic clock is the TSC plus the adjustment the host keeps
-//! in the live area ([`LiveArea::tsc_adjust`]): the TSC cannot be set on
+//! in the live area ([`LiveArea::TSC_ADJUST`]): the TSC cannot be set on
 //! every host, so after a restore the host writes there minus the ticks the
 //! VM spent frozen, and [`Instant`] carries on from the snapshot's moment
 //! instead of jumping by the time the snapshot sat on disk (or running
 //! backwards on a host whose TSC is behind).
 
-use core::sync::atomic::{AtomicU64, Ordering};
 use core::time::Duration;
 
-use tandem_abi::layout::{LiveArea, LIVE_ADDR};
+use tandem_abi::layout::LiveArea;
 
-static TSC_KHZ: AtomicU64 = AtomicU64::new(0);
-
-pub(crate) fn init(tsc_khz: u64) {
-    TSC_KHZ.store(tsc_khz, Ordering::Relaxed);
-}
-
-/// Reads the time-stamp counter.
-#[inline(always)]
-pub fn rdtsc() -> u64 {
-    // SAFETY: `rdtsc` has no memory effects; CR4.TSD is clear, so it is allowed at CPL3.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
-
-/// Reads one little-endian `u64` of the live area (0 without a Tandem VMM:
-/// under PVH or Multiboot2 nobody writes it, and a boot loader may have left
-/// anything in that low page).
-pub(crate) fn live_word(offset: u64) -> u64 {
-    debug_assert!(offset + 8 <= LiveArea::SIZE && offset.is_multiple_of(8));
-    if !crate::platform::is_tandem() {
-        return 0;
-    }
-    let at = (LIVE_ADDR + offset) as *const u64;
-    // SAFETY: the layout maps the live area user read-only for the whole run;
-    // `offset` is one of LiveArea's 8-aligned field offsets inside the record;
-    // the host writes it only while the vCPU is stopped.
-    unsafe { at.read_volatile() }
-}
+pub use crate::tsc::rdtsc;
 
 /// TSC ticks the host asks the clock to add (minus the time spent frozen).
 pub fn tsc_adjust() -> i64 {
-    live_word(LiveArea::TSC_ADJUST) as i64
+    crate::platform::live_word(LiveArea::TSC_ADJUST) as i64
 }
 
 /// The guest's monotonic clock in TSC ticks: the TSC less the time the VM
@@ -54,7 +27,7 @@ pub fn now_ticks() -> u64 {
 
 /// TSC frequency in kHz (0 before boot-info was read).
 pub fn tsc_khz() -> u64 {
-    TSC_KHZ.load(Ordering::Relaxed)
+    crate::tsc::khz()
 }
 
 /// Converts a number of TSC ticks to a duration.

@@ -48,8 +48,24 @@ impl core::fmt::Display for FirmwareError {
     }
 }
 
+/// Physical memory below 4 GiB, through the boot page tables (for the
+/// ACPI tables).
+pub struct BootMemory;
+
+impl tandem_abi::acpi::PhysRead for BootMemory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        match phys(addr, buf.len()) {
+            Ok(src) => {
+                buf.copy_from_slice(src);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
 /// `len` bytes of physical memory at `addr`, below 4 GiB.
-pub(super) fn phys(addr: u64, len: usize) -> Result<&'static [u8], FirmwareError> {
+fn phys(addr: u64, len: usize) -> Result<&'static [u8], FirmwareError> {
     let end = addr
         .checked_add(len as u64)
         .ok_or(FirmwareError::AddressAbove4G(addr))?;

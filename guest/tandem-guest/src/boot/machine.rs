@@ -119,7 +119,7 @@ fn entropy(tsc: u64) -> [u8; ENTROPY_SIZE] {
     // A seed from the TSC mixed with splitmix64: PVH and GRUB pass no
     // entropy, and an app that needs real randomness asks its platform.
     let mut out = [0u8; ENTROPY_SIZE];
-    let mut x = tsc ^ crate::time::rdtsc().rotate_left(17);
+    let mut x = tsc ^ crate::tsc::rdtsc().rotate_left(17);
     for chunk in out.chunks_mut(8) {
         x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = x;

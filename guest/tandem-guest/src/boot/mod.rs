@@ -29,9 +29,8 @@
 //! [`BootInfo`]: tandem_abi::bootinfo::BootInfo
 
 mod firmware;
+mod frequency;
 mod machine;
-pub(crate) mod poweroff;
-mod tsc;
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
@@ -412,8 +411,8 @@ extern "C" fn boot_user(path: u64, info_addr: u64, magic: u64, entry_tsc: u64) -
         Ok(fw) => fw,
         Err(e) => fail(format_args!("tandem: cannot boot: {e}\n")),
     };
-    poweroff::discover(fw.rsdp);
-    let tsc_khz = tsc::frequency_khz();
+    platform::poweroff::discover(&firmware::BootMemory, fw.rsdp);
+    let tsc_khz = frequency::tsc_khz();
     match machine::prepare(&fw, tsc_khz, entry_tsc) {
         // SAFETY: the final tables are written; the trap's #UD gate leads
         // to boot_finish, which never returns here.
@@ -436,5 +435,5 @@ extern "C" fn boot_finish() -> ! {
 fn fail(args: core::fmt::Arguments) -> ! {
     platform::uart_print(args);
     platform::debug_exit(EXIT_BAD_BOOT_INFO);
-    platform::power_off()
+    platform::poweroff::power_off()
 }

@@ -1,32 +1,15 @@
-//! The machine underneath: the Tandem VMM (hypercalls), or a plain PC as
-//! QEMU, another PVH VMM or GRUB on bare metal leave it (a 16550 UART on
-//! COM1 for the console; for the exit, QEMU's `isa-debug-exit` where it is
-//! present, else the i8042 reset, else ACPI soft-off, else a halt at CPL0).
-//! Chosen once from the boot-info block's boot path; apps never see the
-//! difference.
+//! A plain PC underneath, as QEMU, another PVH VMM or GRUB on bare metal
+//! leave it: a 16550 UART on COM1 for the console; for the exit, QEMU's
+//! `isa-debug-exit` where it is present, else the i8042 reset, else ACPI
+//! soft-off, else a halt at CPL0 ([`poweroff`](super::poweroff)).
 
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicBool, Ordering};
 
-use tandem_abi::bootinfo::BootPath;
-use tandem_abi::hypercall::HypercallPort;
 use tandem_abi::platform::{COM1, DEBUG_EXIT_PORT};
 use tandem_abi::trace::Phase;
 use x86_64::instructions::port::Port;
 
-use crate::{hypercall, trace};
-
-static PLAIN_PC: AtomicBool = AtomicBool::new(false);
-
-/// Records how the guest was booted.
-pub(crate) fn select(path: BootPath) {
-    PLAIN_PC.store(path != BootPath::TandemPv, Ordering::Relaxed);
-}
-
-/// Whether the Tandem VMM is underneath (hypercalls work).
-pub fn is_tandem() -> bool {
-    !PLAIN_PC.load(Ordering::Relaxed)
-}
+use crate::{trace, tsc};
 
 fn outb(port: u16, value: u8) {
     let mut p: Port<u8> = Port::new(port);
@@ -54,7 +37,7 @@ pub(crate) fn uart_init() {
 }
 
 /// Writes bytes to COM1, waiting for room in the transmitter.
-pub(crate) fn uart_write(bytes: &[u8]) {
+pub(super) fn uart_write(bytes: &[u8]) {
     for &b in bytes {
         // Bounded wait: a missing UART must not hang the guest.
         let mut spins = 0u32;
@@ -86,39 +69,23 @@ pub(crate) fn debug_exit(code: u8) {
     unsafe { p.write(u32::from(code)) };
 }
 
-/// Stops the machine for good: i8042 reset, ACPI soft-off, halt (PVH and
-/// Multiboot2 paths only; from CPL3).
-pub(crate) fn power_off() -> ! {
-    crate::boot::poweroff::power_off()
-}
-
-/// Stops the VM with `code`: one hypercall under Tandem; elsewhere the boot
-/// trace on the console, the debug-exit device, and where that did not end
-/// the VM, the code on the console and [`power_off`].
-pub(crate) fn exit(code: u8) -> ! {
-    if !is_tandem() {
-        trace::stamp(Phase::Exit);
-        print_trace();
-        debug_exit(code);
-        uart_print(format_args!(
-            "tandem: app exited with code {code}; powering off\n"
-        ));
-        power_off();
-    }
-    hypercall::out(HypercallPort::Exit, u32::from(code));
-    // The host never resumes a guest after its exit call.
-    loop {
-        core::hint::spin_loop();
-    }
+/// Stops the VM with `code`: the boot trace on the console, the
+/// debug-exit device, and where that did not end the VM, the code on the
+/// console and the power-off sequence.
+pub(super) fn exit(code: u8) -> ! {
+    trace::stamp(Phase::Exit);
+    print_trace();
+    debug_exit(code);
+    uart_print(format_args!(
+        "tandem: app exited with code {code}; powering off\n"
+    ));
+    super::poweroff::power_off()
 }
 
 /// The guest's boot stamps in a fixed, parseable line (one per boot), for
 /// `cargo xtask bench boot-paths`: raw TSC values, 0 for phases not reached.
 fn print_trace() {
-    uart_print(format_args!(
-        "tandem-trace: v1 tsc_khz={}",
-        crate::time::tsc_khz()
-    ));
+    uart_print(format_args!("tandem-trace: v1 tsc_khz={}", tsc::khz()));
     for p in Phase::ALL
         .into_iter()
         .filter(|p| p.stamped_by_guest() || *p == Phase::Exit)

@@ -14,8 +14,6 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use tandem_abi::acpi::{self, AddressSpace, PhysRead, PortWrite, PowerOff};
 
-use super::firmware;
-
 /// No ACPI way off was found.
 const KIND_NONE: u64 = 0;
 /// A 16-bit write of `value` to PM1a_CNT (and of `value_b` to PM1b_CNT when its port is not 0).
@@ -36,24 +34,10 @@ static TANDEM_POWEROFF: [AtomicU64; 5] = [
     AtomicU64::new(0),
 ];
 
-/// Physical memory below 4 GiB, through the boot page tables.
-struct BootMemory;
-
-impl PhysRead for BootMemory {
-    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
-        match firmware::phys(addr, buf.len()) {
-            Ok(src) => {
-                buf.copy_from_slice(src);
-                true
-            }
-            Err(_) => false,
-        }
-    }
-}
-
-/// Reads the ACPI tables (at CPL3, during boot) and records how to power off.
-pub(crate) fn discover(rsdp: Option<u64>) {
-    let record = match acpi::find_poweroff(&BootMemory, rsdp) {
+/// Reads the ACPI tables in `mem` (at CPL3, during boot) and records how
+/// to power off.
+pub(crate) fn discover(mem: &impl PhysRead, rsdp: Option<u64>) {
+    let record = match acpi::find_poweroff(mem, rsdp) {
         Ok(PowerOff::Pm1Control { a, b }) => {
             let b = b.unwrap_or(PortWrite { port: 0, value: 0 });
             [

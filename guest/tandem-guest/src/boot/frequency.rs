@@ -15,7 +15,7 @@ const PIT_HZ: u64 = 1_193_182;
 /// Calibration window, in milliseconds.
 const CALIBRATION_MS: u64 = 10;
 
-pub fn frequency_khz() -> u64 {
+pub fn tsc_khz() -> u64 {
     from_cpuid()
         .or_else(|| kvmclock().and_then(|(mul, shift)| from_kvmclock(mul, shift)))
         .unwrap_or_else(from_pit)
@@ -70,7 +70,7 @@ fn from_pit() -> u64 {
         channel0.write(0xFF);
     }
     let first = pit_count(&mut command, &mut channel0);
-    let start = crate::time::rdtsc();
+    let start = crate::tsc::rdtsc();
     let mut last = first;
     let mut elapsed = 0u64;
     // Bounded: a machine without a PIT still boots (with a guess).
@@ -84,7 +84,7 @@ fn from_pit() -> u64 {
             break;
         }
     }
-    let ticks = crate::time::rdtsc() - start;
+    let ticks = crate::tsc::rdtsc() - start;
     if elapsed < window / 2 || ticks == 0 {
         return 1_000_000; // no working PIT: assume 1 GHz
     }

@@ -1,0 +1,28 @@
+//! The time-stamp counter and its frequency: the clock every other part of
+//! the guest counts in (a leaf module: it imports nothing of the crate).
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+static TSC_KHZ: AtomicU64 = AtomicU64::new(0);
+
+/// Reads the time-stamp counter.
+#[inline(always)]
+pub fn rdtsc() -> u64 {
+    // SAFETY: `rdtsc` has no memory effects; CR4.TSD is clear, so it is allowed at CPL3.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Records the TSC frequency the boot-info block gives (once, at boot).
+pub(crate) fn set_khz(khz: u64) {
+    TSC_KHZ.store(khz, Ordering::Relaxed);
+}
+
+/// TSC frequency in kHz (0 before boot info was read).
+pub fn khz() -> u64 {
+    TSC_KHZ.load(Ordering::Relaxed)
+}
+
+/// TSC ticks in `micros` microseconds (0 before the frequency is known).
+pub fn ticks_in_micros(micros: u64) -> u64 {
+    micros.saturating_mul(khz()) / 1000
+}
