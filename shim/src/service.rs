@@ -60,6 +60,11 @@ struct Task {
     payload: Option<Payload>,
     state: Mutex<TaskState>,
     exited: Condvar,
+    /// Held from `start` until its start event is out, and taken to publish
+    /// an exit event: containerd must hear of a start before its exit, even
+    /// of an app that exits at once (the runc shim orders them alike).
+    /// Taken before `state`, never while holding it.
+    event_order: Mutex<()>,
 }
 
 impl Task {
@@ -76,11 +81,16 @@ impl Task {
             payload,
             state: Mutex::new(TaskState::new(kind)),
             exited: Condvar::new(),
+            event_order: Mutex::new(()),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, TaskState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn event_order(&self) -> MutexGuard<'_, ()> {
+        self.event_order.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn exit_event(&self, state: &TaskState) -> TaskExit {
@@ -242,6 +252,7 @@ impl Service {
 
     fn start_task(&self, req: &api::StartRequest) -> Result<api::StartResponse> {
         let task = self.task(&req.id, &req.exec_id)?;
+        let _order = task.event_order();
         let start = task
             .lock()
             .start(std::process::id())
@@ -304,6 +315,7 @@ impl Service {
                     task.exit_event(&state)
                 };
                 task.exited.notify_all();
+                let _order = task.event_order();
                 service.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(exit));
             }
         };
@@ -360,6 +372,7 @@ impl Service {
                 drop(state);
                 task.exited.notify_all();
                 if publish {
+                    let _order = task.event_order();
                     self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(exit));
                 }
             }
@@ -644,15 +657,15 @@ mod tests {
         assert_eq!((resp.pid, resp.exit_status), (pid, 3));
         assert!(!bundle.join("tandem.pid").exists());
         assert!(matches!(state_err(&s, "exit3"), ShimError::NotFound(_)));
-        let mut topics: Vec<String> = events.topics().into_iter().map(|(t, _)| t).collect();
-        topics.sort();
+        let topics: Vec<String> = events.topics().into_iter().map(|(t, _)| t).collect();
         assert_eq!(
             topics,
             [
-                topics::TASK_DELETE_EVENT_TOPIC,
-                topics::TASK_EXIT_EVENT_TOPIC,
                 topics::TASK_START_EVENT_TOPIC,
-            ]
+                topics::TASK_EXIT_EVENT_TOPIC,
+                topics::TASK_DELETE_EVENT_TOPIC,
+            ],
+            "an app that exits at once is still heard to start first"
         );
     }
 
