@@ -5,9 +5,22 @@
 //! image (an ELF) in its root filesystem; the shim boots it with
 //! `tandem run`, found through `$TANDEM_BIN`, next to the shim, or on
 //! `PATH`, in that order. See README.md, "containerd and Kubernetes".
+//!
+//! Modules: `shim` (the process's lifecycle), `service` (the ttrpc task
+//! service), `task` (a task's states, pure), `vmm` (the `tandem` child),
+//! `stdio` (the task's FIFOs), `socket` (stale shim sockets), `bundle`
+//! (reading the OCI bundle), `error` (what containerd is told).
 
 mod bundle;
+mod error;
 mod service;
+mod shim;
+mod socket;
+mod stdio;
+mod task;
+#[cfg(test)]
+mod testing;
+mod vmm;
 
 fn main() {
     let config = containerd_shim::Config {
@@ -16,5 +29,5 @@ fn main() {
         no_reaper: true,
         ..Default::default()
     };
-    containerd_shim::run::<service::Shim>(service::RUNTIME_ID, Some(config));
+    containerd_shim::run::<shim::Shim>(shim::RUNTIME_ID, Some(config));
 }

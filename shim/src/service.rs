@@ -1,262 +1,123 @@
-//! The containerd task service: one Tandem VM per task, run as a
-//! `tandem run` child process that dies with the shim.
+//! The containerd task service: one Tandem VM per task. Each ttrpc call is
+//! a thin wrapper over a method returning [`ShimError`], turned into a
+//! ttrpc status only here; what a call may do is decided by
+//! [`TaskState`], and the VMM is run by [`vmm`].
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use containerd_shim::api::{self, Status};
+use containerd_shim::api;
 use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskStart};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::{EnumOrUnknown, MessageDyn, MessageField};
 use containerd_shim::protos::topics;
-use containerd_shim::protos::ttrpc::{self, context::Context, Code};
+use containerd_shim::protos::ttrpc::{self, context::Context};
+use containerd_shim::protos::types::mount::Mount;
 use containerd_shim::publisher::RemotePublisher;
-use containerd_shim::{Config, DeleteResponse, ExitSignal, Flags, StartOpts, TtrpcContext};
+use containerd_shim::{ExitSignal, TtrpcContext};
 
 use crate::bundle::{self, Payload, RootMount};
-
-/// The runtime name containerd knows this shim by.
-pub const RUNTIME_ID: &str = "io.containerd.tandem.v1";
-/// Environment variable naming the `tandem` binary.
-pub const TANDEM_BIN_ENV: &str = "TANDEM_BIN";
-/// Environment variable naming the directory `tandem.dev/snapshot` names
-/// a snapshot in.
-pub const SNAPSHOT_DIR_ENV: &str = "TANDEM_SNAPSHOT_DIR";
-/// The snapshot directory without `$TANDEM_SNAPSHOT_DIR`.
-pub const DEFAULT_SNAPSHOT_DIR: &str = "/var/lib/tandem/snapshots";
-/// File in the bundle holding the VMM's pid, for `delete` after a dead shim.
-const PID_FILE: &str = "tandem.pid";
+use crate::error::{Result, ShimError};
+use crate::stdio::TaskIo;
+use crate::task::{Kill, Kind, Start, TaskState};
+use crate::vmm::{self, Signal, VmmError};
 
 type TtrpcResult<T> = ttrpc::Result<T>;
+/// How the service finds the `tandem` binary (a stand-in in tests).
+type FindTandem = fn() -> std::result::Result<PathBuf, VmmError>;
 
-fn status(code: Code, msg: impl Into<String>) -> ttrpc::Error {
-    ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg.into()))
+/// Where the service sends task events.
+pub trait Events: Send + Sync {
+    /// Publishes `event` on `topic`.
+    fn publish(&self, topic: &str, event: Box<dyn MessageDyn>);
 }
 
-fn now() -> MessageField<Timestamp> {
-    MessageField::some(Timestamp::now())
+/// containerd's event service, for one namespace.
+pub struct ContainerdEvents {
+    /// The connection to containerd.
+    pub publisher: RemotePublisher,
+    /// The namespace of the shim's tasks.
+    pub namespace: String,
 }
 
-/// Finds the `tandem` binary: `$TANDEM_BIN`, else next to the shim, else
-/// `tandem` on `PATH`.
-pub fn tandem_binary() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os(TANDEM_BIN_ENV) {
-        let p = PathBuf::from(p);
-        if p.is_file() {
-            return Ok(p);
-        }
-        return Err(format!(
-            "${TANDEM_BIN_ENV} = {} does not exist",
-            p.display()
-        ));
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            let p = dir.join("tandem");
-            if p.is_file() {
-                return Ok(p);
-            }
+impl Events for ContainerdEvents {
+    fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        if let Err(e) = self
+            .publisher
+            .publish(Context::default(), topic, &self.namespace, event)
+        {
+            log::warn!("cannot publish {topic}: {e}");
         }
     }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let p = dir.join("tandem");
-            if p.is_file() {
-                return Ok(p);
-            }
-        }
-    }
-    Err(format!(
-        "cannot find the tandem binary: set ${TANDEM_BIN_ENV}, or put tandem next to the shim or on PATH"
-    ))
-}
-
-/// Where the snapshot named by a `tandem.dev/snapshot` annotation lives.
-fn snapshot_path(name: &str) -> PathBuf {
-    std::env::var_os(SNAPSHOT_DIR_ENV)
-        .map_or_else(|| PathBuf::from(DEFAULT_SNAPSHOT_DIR), PathBuf::from)
-        .join(name)
-}
-
-/// The shim process: its lifecycle hooks for containerd.
-pub struct Shim {
-    exit: Arc<ExitSignal>,
-    namespace: String,
-    id: String,
-    bundle: String,
-    /// containerd's socket (`-address`).
-    address: String,
-    /// The ttrpc socket this shim serves (`-socket`), when serving.
-    socket: String,
-}
-
-/// Removes the shim's ttrpc socket file (containerd-shim 0.11 leaves it).
-fn remove_socket(address: &str) {
-    let path = address.strip_prefix("unix://").unwrap_or(address);
-    if path.is_empty() {
-        return;
-    }
-    use std::os::unix::fs::FileTypeExt;
-    if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-        let _ = fs::remove_file(path);
-    }
-}
-
-/// Removes a shim socket only if no shim answers on it: the containers of
-/// a pod share one shim, which outlives any one of them.
-fn remove_stale_socket(address: &str) {
-    let path = address.strip_prefix("unix://").unwrap_or(address);
-    if std::os::unix::net::UnixStream::connect(path).is_err() {
-        remove_socket(address);
-    }
-}
-
-impl containerd_shim::Shim for Shim {
-    type T = Service;
-
-    fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
-        Shim {
-            exit: Arc::new(ExitSignal::default()),
-            namespace: args.namespace.clone(),
-            id: args.id.clone(),
-            bundle: args.bundle.clone(),
-            address: args.address.clone(),
-            socket: args.socket.clone(),
-        }
-    }
-
-    fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        // One shim per pod (the containers of a Kubernetes pod share the
-        // shim of their sandbox), else one per container.
-        let grouping = self.grouping();
-        let (_pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
-        Ok(address)
-    }
-
-    /// Called by containerd after a shim died: stop a VM it left behind.
-    fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
-        let bundle = self.bundle_dir();
-        let pid = kill_leftover(&bundle);
-        // The dead shim's socket (containerd also calls this when one
-        // container's connection to a pod's live shim closes).
-        remove_stale_socket(&containerd_shim::socket_address(
-            &self.address,
-            &self.namespace,
-            &self.grouping(),
-        ));
-        log::info!(
-            "delete after dead shim: namespace {} id {} bundle {} vmm pid {pid:?}",
-            self.namespace,
-            self.id,
-            bundle.display()
-        );
-        Ok(DeleteResponse {
-            pid: pid.unwrap_or(0),
-            exit_status: 128 + libc::SIGKILL as u32,
-            exited_at: now(),
-            ..Default::default()
-        })
-    }
-
-    fn wait(&mut self) {
-        self.exit.wait();
-        remove_socket(&self.socket);
-    }
-
-    fn create_task_service(&self, publisher: RemotePublisher) -> Service {
-        Service {
-            inner: Arc::new(Inner {
-                tasks: Mutex::new(HashMap::new()),
-                publisher,
-                namespace: self.namespace.clone(),
-                exit: self.exit.clone(),
-            }),
-        }
-    }
-}
-
-impl Shim {
-    /// The bundle: `-bundle`, else the working directory containerd gave.
-    fn bundle_dir(&self) -> PathBuf {
-        if self.bundle.is_empty() {
-            std::env::current_dir().unwrap_or_default()
-        } else {
-            PathBuf::from(&self.bundle)
-        }
-    }
-
-    /// Which shim serves this container: its pod's sandbox id, else its own.
-    fn grouping(&self) -> String {
-        match bundle::pod(&self.bundle_dir()) {
-            Ok(bundle::Pod {
-                sandbox_id: Some(id),
-                ..
-            }) => id,
-            _ => self.id.clone(),
-        }
-    }
-}
-
-/// Kills the VMM named in the bundle's pid file if it is still a `tandem`
-/// process, and removes the file. Returns the pid it found.
-fn kill_leftover(bundle: &Path) -> Option<u32> {
-    let file = bundle.join(PID_FILE);
-    let text = fs::read_to_string(&file).ok()?;
-    let _ = fs::remove_file(&file);
-    let pid: i32 = text.trim().parse().ok().filter(|p| *p > 0)?;
-    let exe = fs::read_link(format!("/proc/{pid}/exe")).ok();
-    let is_tandem = exe
-        .as_deref()
-        .and_then(Path::file_name)
-        .is_some_and(|n| n == "tandem");
-    if is_tandem {
-        // SAFETY: kill(2) with a pid we checked is a tandem process; no memory is involved.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
-    u32::try_from(pid).ok()
-}
-
-struct Proc {
-    status: Status,
-    pid: u32,
-    exit_status: u32,
-    exited_at: MessageField<Timestamp>,
-    /// `start` is booting the VM (status still CREATED, no pid yet).
-    starting: bool,
-    /// A signal `kill` asked for while starting, sent once the VMM exists.
-    pending_signal: Option<i32>,
 }
 
 struct Task {
     id: String,
     bundle: String,
-    stdin: String,
-    stdout: String,
-    stderr: String,
-    terminal: bool,
+    io: TaskIo,
     /// What to boot; `None` for a pod's placeholder, which boots nothing.
     payload: Option<Payload>,
-    proc: Mutex<Proc>,
+    state: Mutex<TaskState>,
     exited: Condvar,
+    /// Held from `start` until its start event is out, and taken to publish
+    /// an exit event: containerd must hear of a start before its exit, even
+    /// of an app that exits at once (the runc shim orders them alike).
+    /// Taken before `state`, never while holding it.
+    event_order: Mutex<()>,
 }
 
 impl Task {
-    fn lock(&self) -> MutexGuard<'_, Proc> {
-        self.proc.lock().unwrap_or_else(|e| e.into_inner())
+    fn new(id: String, bundle: String, io: TaskIo, payload: Option<Payload>) -> Self {
+        let kind = if payload.is_some() {
+            Kind::Vm
+        } else {
+            Kind::Placeholder
+        };
+        Task {
+            id,
+            bundle,
+            io,
+            payload,
+            state: Mutex::new(TaskState::new(kind)),
+            exited: Condvar::new(),
+            event_order: Mutex::new(()),
+        }
     }
+
+    fn lock(&self) -> MutexGuard<'_, TaskState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn event_order(&self) -> MutexGuard<'_, ()> {
+        self.event_order.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn exit_event(&self, state: &TaskState) -> TaskExit {
+        let (exit_status, exited_at) = exit_fields(state);
+        TaskExit {
+            container_id: self.id.clone(),
+            id: self.id.clone(),
+            pid: state.pid(),
+            exit_status,
+            exited_at,
+            ..Default::default()
+        }
+    }
+}
+
+/// A task's exit status and time as containerd's messages carry them.
+fn exit_fields(state: &TaskState) -> (u32, MessageField<Timestamp>) {
+    state.exit().map_or((0, MessageField::none()), |e| {
+        (e.status, MessageField::some(e.at.clone()))
+    })
 }
 
 struct Inner {
     tasks: Mutex<HashMap<String, Arc<Task>>>,
-    publisher: RemotePublisher,
-    namespace: String,
+    events: Box<dyn Events>,
     exit: Arc<ExitSignal>,
+    find_tandem: FindTandem,
 }
 
 /// The task service containerd talks to over ttrpc.
@@ -265,292 +126,109 @@ pub struct Service {
     inner: Arc<Inner>,
 }
 
+/// Refuses what the shim cannot do before anything is read.
+fn check_create(req: &api::CreateTaskRequest) -> Result<()> {
+    if req.terminal {
+        return Err(ShimError::Terminal);
+    }
+    if !req.checkpoint.is_empty() {
+        return Err(ShimError::Checkpoint);
+    }
+    Ok(())
+}
+
+fn root_mounts(rootfs: &[Mount]) -> Vec<RootMount> {
+    rootfs
+        .iter()
+        .map(|m| RootMount {
+            kind: m.type_.clone(),
+            source: m.source.clone(),
+            options: m.options.clone(),
+        })
+        .collect()
+}
+
+/// What a bundle boots: `None` for a pod's placeholder.
+fn load_payload(id: &str, bundle: &Path, rootfs: &[RootMount]) -> Result<Option<Payload>> {
+    if bundle::pod(bundle)?.is_sandbox {
+        log::info!("create {id}: pod placeholder, no VM");
+        return Ok(None);
+    }
+    let payload = bundle::load(bundle, rootfs)?;
+    if let Some(name) = &payload.snapshot {
+        let dir = vmm::snapshot_dir().join(name);
+        if !dir.join("state").is_file() {
+            return Err(ShimError::NoSnapshot {
+                name: name.clone(),
+                dir,
+            });
+        }
+    }
+    log::info!(
+        "create {id}: {} ({}) cmdline {:?}",
+        payload.name,
+        payload.elf.display(),
+        payload.cmdline
+    );
+    Ok(Some(payload))
+}
+
+fn signal(raw: u32) -> Result<Signal> {
+    Signal::new(raw).ok_or(ShimError::BadSignal(raw))
+}
+
 impl Service {
+    /// The service, publishing to `events`, signalling `exit` when asked to
+    /// shut down with no task left.
+    pub fn new(events: Box<dyn Events>, exit: Arc<ExitSignal>) -> Self {
+        Self::with_tandem(events, exit, vmm::tandem_binary)
+    }
+
+    fn with_tandem(
+        events: Box<dyn Events>,
+        exit: Arc<ExitSignal>,
+        find_tandem: FindTandem,
+    ) -> Self {
+        Service {
+            inner: Arc::new(Inner {
+                tasks: Mutex::new(HashMap::new()),
+                events,
+                exit,
+                find_tandem,
+            }),
+        }
+    }
+
     fn tasks(&self) -> MutexGuard<'_, HashMap<String, Arc<Task>>> {
         self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn task(&self, id: &str, exec_id: &str) -> TtrpcResult<Arc<Task>> {
+    fn task(&self, id: &str, exec_id: &str) -> Result<Arc<Task>> {
         if !exec_id.is_empty() {
-            return Err(status(
-                Code::UNIMPLEMENTED,
-                "exec is not supported: a Tandem VM runs one app",
-            ));
+            return Err(ShimError::ExecUnsupported);
         }
         self.tasks()
             .get(id)
             .cloned()
-            .ok_or_else(|| status(Code::NOT_FOUND, format!("task {id} not found")))
+            .ok_or_else(|| ShimError::NotFound(id.into()))
     }
 
     fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        if let Err(e) =
-            self.inner
-                .publisher
-                .publish(Context::default(), topic, &self.inner.namespace, event)
-        {
-            log::warn!("cannot publish {topic}: {e}");
-        }
+        self.inner.events.publish(topic, event);
     }
 
-    /// Boots the VM from a thread that lives as long as the VM does: the
-    /// child's `PR_SET_PDEATHSIG` fires when the thread that forked it ends.
-    fn spawn_vm(&self, task: Arc<Task>) -> TtrpcResult<u32> {
-        if task.payload.is_none() {
-            // A pod's placeholder: "runs" as the shim itself.
-            let pid = std::process::id();
-            let mut p = task.lock();
-            p.status = Status::RUNNING;
-            p.pid = pid;
-            p.starting = false;
-            return Ok(pid);
-        }
-        let (tx, rx) = mpsc::channel();
-        let service = self.clone();
-        std::thread::spawn(move || {
-            let mut child = match vm_command(&task).and_then(|mut c| {
-                c.spawn()
-                    .map_err(|e| format!("cannot start the tandem VMM: {e}"))
-            }) {
-                Ok(c) => c,
-                Err(e) => {
-                    task.lock().starting = false;
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            };
-            let pid = child.id();
-            let _ = fs::write(Path::new(&task.bundle).join(PID_FILE), pid.to_string());
-            {
-                let mut p = task.lock();
-                p.status = Status::RUNNING;
-                p.pid = pid;
-                p.starting = false;
-                if let (Some(sig), Ok(raw)) = (p.pending_signal.take(), i32::try_from(pid)) {
-                    // SAFETY: kill(2) on the child just spawned, not yet reaped.
-                    unsafe { libc::kill(raw, sig) };
-                }
-            }
-            let _ = tx.send(Ok(pid));
-            let code = match child.wait() {
-                Ok(st) => match (st.code(), st.signal()) {
-                    (Some(c), _) => c as u32,
-                    (None, Some(sig)) => 128 + sig as u32,
-                    (None, None) => 255,
-                },
-                Err(e) => {
-                    log::error!("waiting for the VMM failed: {e}");
-                    255
-                }
-            };
-            let _ = fs::remove_file(Path::new(&task.bundle).join(PID_FILE));
-            let exited_at = now();
-            {
-                let mut p = task.lock();
-                p.status = Status::STOPPED;
-                p.exit_status = code;
-                p.exited_at = exited_at.clone();
-            }
-            task.exited.notify_all();
-            service.publish(
-                topics::TASK_EXIT_EVENT_TOPIC,
-                Box::new(TaskExit {
-                    container_id: task.id.clone(),
-                    id: task.id.clone(),
-                    pid,
-                    exit_status: code,
-                    exited_at,
-                    ..Default::default()
-                }),
-            );
-        });
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Ok(pid)) => Ok(pid),
-            Ok(Err(e)) => Err(status(Code::INTERNAL, e)),
-            Err(_) => Err(status(Code::INTERNAL, "the VMM did not start within 30 s")),
-        }
-    }
-}
-
-/// Opens a container I/O FIFO (or file) for writing. `O_RDWR` on a FIFO
-/// does not wait for the reader (ctr opens it when it attaches).
-fn open_output(path: &str) -> Result<Stdio, String> {
-    if path.is_empty() {
-        return Ok(Stdio::null());
-    }
-    let file: File = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| format!("cannot open {path}: {e}"))?;
-    Ok(Stdio::from(file))
-}
-
-/// Opens the container's stdin FIFO for the VMM to read, without waiting
-/// for a writer (`O_NONBLOCK`, cleared once open). The VMM polls it: a FIFO
-/// no writer has opened yet is not at its end, so the guest waits for the
-/// client to attach, and reads end of input once every writer has closed.
-fn open_input(task: &Task) -> Result<Stdio, String> {
-    use std::os::fd::AsRawFd;
-    let path = &task.stdin;
-    if path.is_empty() {
-        return Ok(Stdio::null());
-    }
-    let reader = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| format!("cannot open stdin {path}: {e}"))?;
-    let fd = reader.as_raw_fd();
-    // SAFETY: fcntl on a descriptor we own; F_GETFL/F_SETFL take no pointers.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags >= 0 {
-            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
-        }
-    }
-    Ok(Stdio::from(reader))
-}
-
-fn vm_command(task: &Task) -> Result<Command, String> {
-    let payload = task
-        .payload
-        .as_ref()
-        .ok_or("a pod placeholder boots no VM")?;
-    let tandem = tandem_binary()?;
-    let mut cmd = Command::new(tandem);
-    if let Some(name) = &payload.snapshot {
-        // The frozen VM carries its own memory and command line.
-        cmd.arg("restore")
-            .arg("--quiet")
-            .arg("--")
-            .arg(snapshot_path(name));
-    } else {
-        cmd.arg("run").arg("--quiet");
-        if let Some(mem) = &payload.memory {
-            cmd.arg(format!("--mem={mem}"));
-        }
-        cmd.arg(format!("--cmdline={}", payload.cmdline))
-            .arg("--")
-            .arg(&payload.elf);
-    }
-    cmd.current_dir(&task.bundle)
-        .stdin(open_input(task)?)
-        .stdout(open_output(&task.stdout)?)
-        .stderr(open_output(&task.stderr)?);
-    let parent = std::process::id();
-    // SAFETY: the closure runs in the forked child before exec and calls only
-    // async-signal-safe functions (prctl, getppid), allocating nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The shim may have died between fork and prctl.
-            if libc::getppid() as u32 != parent {
-                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            Ok(())
-        });
-    }
-    Ok(cmd)
-}
-
-impl containerd_shim::Task for Service {
-    fn connect(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::ConnectRequest,
-    ) -> TtrpcResult<api::ConnectResponse> {
-        let task_pid = self.tasks().get(&req.id).map_or(0, |t| t.lock().pid);
-        Ok(api::ConnectResponse {
-            shim_pid: std::process::id(),
-            task_pid,
-            version: env!("CARGO_PKG_VERSION").into(),
-            ..Default::default()
-        })
-    }
-
-    fn create(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::CreateTaskRequest,
-    ) -> TtrpcResult<api::CreateTaskResponse> {
-        if req.terminal {
-            return Err(status(
-                Code::INVALID_ARGUMENT,
-                "a terminal is not supported by the Tandem shim (drop -t)",
-            ));
-        }
-        if !req.checkpoint.is_empty() {
-            return Err(status(
-                Code::UNIMPLEMENTED,
-                "checkpoints are not supported by the Tandem shim",
-            ));
-        }
+    fn create_task(&self, req: &api::CreateTaskRequest) -> Result<api::CreateTaskResponse> {
+        check_create(req)?;
         if self.tasks().contains_key(&req.id) {
-            return Err(status(
-                Code::ALREADY_EXISTS,
-                format!("task {} already exists", req.id),
-            ));
+            return Err(ShimError::AlreadyExists(req.id.clone()));
         }
-        let mounts: Vec<RootMount> = req
-            .rootfs
-            .iter()
-            .map(|m| RootMount {
-                kind: m.type_.clone(),
-                source: m.source.clone(),
-                options: m.options.clone(),
-            })
-            .collect();
-        let bad = |e: bundle::BundleError| status(Code::INVALID_ARGUMENT, format!("tandem: {e}"));
-        let pod = bundle::pod(Path::new(&req.bundle)).map_err(bad)?;
-        let payload = if pod.is_sandbox {
-            log::info!("create {}: pod placeholder, no VM", req.id);
-            None
-        } else {
-            let payload = bundle::load(Path::new(&req.bundle), &mounts).map_err(bad)?;
-            if let Some(name) = &payload.snapshot {
-                let dir = snapshot_path(name);
-                if !dir.join("state").is_file() {
-                    return Err(status(
-                        Code::INVALID_ARGUMENT,
-                        format!(
-                            "tandem: no snapshot {name:?} at {} (snapshots are looked up in ${SNAPSHOT_DIR_ENV}, default {DEFAULT_SNAPSHOT_DIR})",
-                            dir.display()
-                        ),
-                    ));
-                }
-            }
-            log::info!(
-                "create {}: {} ({}) cmdline {:?}",
-                req.id,
-                payload.name,
-                payload.elf.display(),
-                payload.cmdline
-            );
-            Some(payload)
-        };
-        let task = Arc::new(Task {
-            id: req.id.clone(),
-            bundle: req.bundle.clone(),
+        let payload = load_payload(&req.id, Path::new(&req.bundle), &root_mounts(&req.rootfs))?;
+        let io = TaskIo {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
             stderr: req.stderr.clone(),
-            terminal: req.terminal,
-            payload,
-            proc: Mutex::new(Proc {
-                status: Status::CREATED,
-                pid: 0,
-                exit_status: 0,
-                exited_at: MessageField::none(),
-                starting: false,
-                pending_signal: None,
-            }),
-            exited: Condvar::new(),
-        });
-        self.tasks().insert(req.id.clone(), task);
+        };
+        self.insert(Task::new(req.id.clone(), req.bundle.clone(), io, payload));
         self.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
             Box::new(TaskCreate {
@@ -568,23 +246,21 @@ impl containerd_shim::Task for Service {
         })
     }
 
-    fn start(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::StartRequest,
-    ) -> TtrpcResult<api::StartResponse> {
+    fn insert(&self, task: Task) {
+        self.tasks().insert(task.id.clone(), Arc::new(task));
+    }
+
+    fn start_task(&self, req: &api::StartRequest) -> Result<api::StartResponse> {
         let task = self.task(&req.id, &req.exec_id)?;
-        {
-            let mut p = task.lock();
-            if p.status != Status::CREATED || p.starting {
-                return Err(status(
-                    Code::FAILED_PRECONDITION,
-                    format!("task {} was already started", req.id),
-                ));
-            }
-            p.starting = true;
-        }
-        let pid = self.spawn_vm(task)?;
+        let _order = task.event_order();
+        let start = task
+            .lock()
+            .start(std::process::id())
+            .map_err(|why| ShimError::refused(&req.id, why))?;
+        let pid = match start {
+            Start::Spawn => self.spawn_vm(&task)?,
+            Start::Running(pid) => pid,
+        };
         self.publish(
             topics::TASK_START_EVENT_TOPIC,
             Box::new(TaskStart {
@@ -599,31 +275,75 @@ impl containerd_shim::Task for Service {
         })
     }
 
-    fn state(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::StateRequest,
-    ) -> TtrpcResult<api::StateResponse> {
+    /// Boots the VM; on failure the task may be started again (or has
+    /// ended, if killed meanwhile).
+    fn spawn_vm(&self, task: &Arc<Task>) -> Result<u32> {
+        let result = self.launch(task);
+        if let Err(e) = &result {
+            // After a timeout the VMM may still come up and report itself.
+            if !matches!(e, VmmError::StartTimeout) && task.lock().start_failed(Timestamp::now()) {
+                task.exited.notify_all();
+            }
+        }
+        Ok(result?)
+    }
+
+    fn launch(&self, task: &Arc<Task>) -> std::result::Result<u32, VmmError> {
+        let payload = task.payload.as_ref().ok_or(VmmError::Placeholder)?;
+        let tandem = (self.inner.find_tandem)()?;
+        let bundle = PathBuf::from(&task.bundle);
+        let args = vmm::vm_args(payload, &vmm::snapshot_dir());
+        let cmd = vmm::command(&tandem, &args, &bundle, task.io.open()?);
+        let on_start = {
+            let (task, bundle) = (task.clone(), bundle.clone());
+            move |pid| {
+                vmm::write_pid_file(&bundle, pid);
+                let mut state = task.lock();
+                if let Some(sig) = state.started(pid) {
+                    // Not reaped yet: the supervisor waits after this returns.
+                    vmm::send_signal(pid, sig);
+                }
+            }
+        };
+        let on_exit = {
+            let (task, service) = (task.clone(), self.clone());
+            move |_pid, status| {
+                vmm::remove_pid_file(&bundle);
+                let exit = {
+                    let mut state = task.lock();
+                    state.exited(status, Timestamp::now());
+                    task.exit_event(&state)
+                };
+                task.exited.notify_all();
+                let _order = task.event_order();
+                service.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(exit));
+            }
+        };
+        vmm::spawn_supervised(cmd, on_start, on_exit)
+    }
+
+    fn state_of(&self, req: &api::StateRequest) -> Result<api::StateResponse> {
         let task = self.task(&req.id, &req.exec_id)?;
-        let p = task.lock();
+        let state = task.lock();
+        let (exit_status, exited_at) = exit_fields(&state);
         Ok(api::StateResponse {
             id: task.id.clone(),
             bundle: task.bundle.clone(),
-            pid: p.pid,
-            status: EnumOrUnknown::new(p.status),
-            stdin: task.stdin.clone(),
-            stdout: task.stdout.clone(),
-            stderr: task.stderr.clone(),
-            terminal: task.terminal,
-            exit_status: p.exit_status,
-            exited_at: p.exited_at.clone(),
+            pid: state.pid(),
+            status: EnumOrUnknown::new(state.status()),
+            stdin: task.io.stdin.clone(),
+            stdout: task.io.stdout.clone(),
+            stderr: task.io.stderr.clone(),
+            // `create` refuses a terminal.
+            terminal: false,
+            exit_status,
+            exited_at,
             ..Default::default()
         })
     }
 
-    fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
-        let task = self.task(&req.id, "")?;
-        let pid = task.lock().pid;
+    fn pids_of(&self, req: &api::PidsRequest) -> Result<api::PidsResponse> {
+        let pid = self.task(&req.id, "")?.lock().pid();
         let mut resp = api::PidsResponse::default();
         if pid != 0 {
             resp.processes
@@ -635,93 +355,56 @@ impl containerd_shim::Task for Service {
         Ok(resp)
     }
 
-    fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+    fn kill_task(&self, req: &api::KillRequest) -> Result<api::Empty> {
         let task = self.task(&req.id, &req.exec_id)?;
-        let sig = i32::try_from(req.signal)
-            .ok()
-            .filter(|s| (1..=64).contains(s))
-            .ok_or_else(|| status(Code::INVALID_ARGUMENT, format!("bad signal {}", req.signal)))?;
-        let mut p = task.lock();
-        match p.status {
-            Status::RUNNING if task.payload.is_none() => {
-                // A pod placeholder ends at the first signal.
-                p.status = Status::STOPPED;
-                p.exit_status = 128 + sig as u32;
-                p.exited_at = now();
-                let exit = TaskExit {
-                    container_id: task.id.clone(),
-                    id: task.id.clone(),
-                    pid: p.pid,
-                    exit_status: p.exit_status,
-                    exited_at: p.exited_at.clone(),
-                    ..Default::default()
-                };
-                drop(p);
+        let sig = signal(req.signal)?;
+        let mut state = task.lock();
+        match state
+            .kill(sig, Timestamp::now())
+            .map_err(|why| ShimError::refused(&req.id, why))?
+        {
+            // Under the lock: the VMM's supervisor reaps it only after
+            // taking the lock to record its exit.
+            Kill::Signal(pid, sig) => vmm::send_signal(pid, sig),
+            Kill::Deferred => {}
+            Kill::Ended { publish } => {
+                let exit = task.exit_event(&state);
+                drop(state);
                 task.exited.notify_all();
-                self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(exit));
-            }
-            Status::RUNNING => {
-                let pid = i32::try_from(p.pid).unwrap_or(0);
-                if pid > 0 {
-                    // SAFETY: kill(2) on our own child, which is not reaped
-                    // while the status is RUNNING (the waiter sets STOPPED
-                    // under this lock after reaping); no memory involved.
-                    unsafe { libc::kill(pid, sig) };
+                if publish {
+                    let _order = task.event_order();
+                    self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(exit));
                 }
-            }
-            Status::CREATED if p.starting => {
-                // Booting: the signal goes to the VMM as soon as it exists.
-                p.pending_signal = Some(sig);
-            }
-            Status::CREATED => {
-                // Never booted: it ends as if the signal had killed it.
-                p.status = Status::STOPPED;
-                p.exit_status = 128 + sig as u32;
-                p.exited_at = now();
-                drop(p);
-                task.exited.notify_all();
-            }
-            _ => {
-                return Err(status(
-                    Code::NOT_FOUND,
-                    format!("task {}: process already finished", req.id),
-                ))
             }
         }
         Ok(api::Empty::default())
     }
 
-    fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+    fn wait_task(&self, req: &api::WaitRequest) -> Result<api::WaitResponse> {
         let task = self.task(&req.id, &req.exec_id)?;
-        let mut p = task.lock();
-        while p.status != Status::STOPPED {
-            p = task.exited.wait(p).unwrap_or_else(|e| e.into_inner());
+        let mut state = task.lock();
+        while state.exit().is_none() {
+            state = task.exited.wait(state).unwrap_or_else(|e| e.into_inner());
         }
+        let (exit_status, exited_at) = exit_fields(&state);
         Ok(api::WaitResponse {
-            exit_status: p.exit_status,
-            exited_at: p.exited_at.clone(),
+            exit_status,
+            exited_at,
             ..Default::default()
         })
     }
 
-    fn delete(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::DeleteRequest,
-    ) -> TtrpcResult<api::DeleteResponse> {
+    fn delete_task(&self, req: &api::DeleteRequest) -> Result<api::DeleteResponse> {
         let task = self.task(&req.id, &req.exec_id)?;
-        let (pid, exit_status, exited_at) = {
-            let p = task.lock();
-            if p.status == Status::RUNNING {
-                return Err(status(
-                    Code::FAILED_PRECONDITION,
-                    format!("task {} is running: kill it first", req.id),
-                ));
-            }
-            (p.pid, p.exit_status, p.exited_at.clone())
+        let (pid, (exit_status, exited_at)) = {
+            let state = task.lock();
+            state
+                .check_delete()
+                .map_err(|why| ShimError::refused(&req.id, why))?;
+            (state.pid(), exit_fields(&state))
         };
         self.tasks().remove(&req.id);
-        let _ = fs::remove_file(Path::new(&task.bundle).join(PID_FILE));
+        vmm::remove_pid_file(Path::new(&task.bundle));
         self.publish(
             topics::TASK_DELETE_EVENT_TOPIC,
             Box::new(TaskDelete {
@@ -741,6 +424,72 @@ impl containerd_shim::Task for Service {
         })
     }
 
+    fn shutdown_if_idle(&self) {
+        if self.tasks().is_empty() {
+            self.inner.exit.signal();
+        }
+    }
+}
+
+impl containerd_shim::Task for Service {
+    fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
+        let task_pid = self.tasks().get(&req.id).map_or(0, |t| t.lock().pid());
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        })
+    }
+
+    fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        Ok(self.create_task(&req)?)
+    }
+
+    fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
+        Ok(self.start_task(&req)?)
+    }
+
+    fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
+        Ok(self.state_of(&req)?)
+    }
+
+    fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+        Ok(self.pids_of(&req)?)
+    }
+
+    fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        Ok(self.kill_task(&req)?)
+    }
+
+    fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+        Ok(self.wait_task(&req)?)
+    }
+
+    fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
+        Ok(self.delete_task(&req)?)
+    }
+
     fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
         // The guest reads end of input once the client has closed its end
         // of the stdin FIFO; nothing to do here.
@@ -750,9 +499,382 @@ impl containerd_shim::Task for Service {
     }
 
     fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
-        if self.tasks().is_empty() {
-            self.inner.exit.signal();
-        }
+        self.shutdown_if_idle();
         Ok(api::Empty::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{fake_tandem, tmp_dir, within};
+    use containerd_shim::api::Status;
+    use std::time::{Duration, Instant};
+
+    /// An event published: its topic, and the exit status of an exit event.
+    type Published = (String, Option<u32>);
+
+    /// The events published.
+    #[derive(Default, Clone)]
+    struct Recorder(Arc<Mutex<Vec<Published>>>);
+
+    impl Events for Recorder {
+        fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+            let exit = <dyn MessageDyn>::downcast_ref::<TaskExit>(&*event).map(|e| e.exit_status);
+            self.0.lock().unwrap().push((topic.into(), exit));
+        }
+    }
+
+    impl Recorder {
+        fn topics(&self) -> Vec<Published> {
+            self.0.lock().unwrap().clone()
+        }
+
+        /// Waits for the exit event (published after `wait` returns).
+        fn exit_status(&self) -> Option<u32> {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                let exit = self
+                    .topics()
+                    .into_iter()
+                    .find(|(t, _)| t == topics::TASK_EXIT_EVENT_TOPIC);
+                if let Some((_, status)) = exit {
+                    return status;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            None
+        }
+    }
+
+    fn fake() -> std::result::Result<PathBuf, VmmError> {
+        Ok(fake_tandem().to_path_buf())
+    }
+
+    fn service_with(find_tandem: FindTandem) -> (Service, Recorder) {
+        fake_tandem();
+        let events = Recorder::default();
+        let service = Service::with_tandem(
+            Box::new(events.clone()),
+            Arc::new(ExitSignal::default()),
+            find_tandem,
+        );
+        (service, events)
+    }
+
+    /// A VM task whose fake VMM does what `cmdline` says (see
+    /// `fake_tandem`), its stdout in `<bundle>/stdout`.
+    fn vm_task(service: &Service, id: &str, cmdline: &str) -> PathBuf {
+        let bundle = tmp_dir(&format!("service-{id}"));
+        let stdout = bundle.join("stdout");
+        std::fs::write(&stdout, b"").unwrap();
+        let payload = Payload {
+            elf: bundle.join("rootfs/app"),
+            name: "/app".into(),
+            cmdline: cmdline.into(),
+            memory: None,
+            snapshot: None,
+        };
+        let io = TaskIo {
+            stdout: stdout.to_str().unwrap().into(),
+            ..TaskIo::default()
+        };
+        let bundle_str = bundle.to_str().unwrap().to_string();
+        service.insert(Task::new(id.into(), bundle_str, io, Some(payload)));
+        bundle
+    }
+
+    fn start(s: &Service, id: &str) -> Result<u32> {
+        s.start_task(&api::StartRequest {
+            id: id.into(),
+            ..Default::default()
+        })
+        .map(|r| r.pid)
+    }
+
+    fn kill(s: &Service, id: &str, signal: u32) -> Result<api::Empty> {
+        s.kill_task(&api::KillRequest {
+            id: id.into(),
+            signal,
+            ..Default::default()
+        })
+    }
+
+    fn wait(s: &Service, id: &str) -> u32 {
+        let (s, id) = (s.clone(), id.to_string());
+        within("wait", move || {
+            s.wait_task(&api::WaitRequest {
+                id,
+                ..Default::default()
+            })
+            .unwrap()
+            .exit_status
+        })
+    }
+
+    fn state(s: &Service, id: &str) -> api::StateResponse {
+        s.state_of(&api::StateRequest {
+            id: id.into(),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn delete(s: &Service, id: &str) -> Result<api::DeleteResponse> {
+        s.delete_task(&api::DeleteRequest {
+            id: id.into(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn vm_runs_to_its_exit_code_on_the_task_streams() {
+        let (s, events) = service_with(fake);
+        let bundle = vm_task(&s, "exit3", "exit=3");
+        assert_eq!(
+            state(&s, "exit3").status,
+            EnumOrUnknown::new(Status::CREATED)
+        );
+        let pid = start(&s, "exit3").unwrap();
+        assert_ne!(pid, 0);
+        assert_eq!(wait(&s, "exit3"), 3);
+        let st = state(&s, "exit3");
+        assert_eq!(
+            (st.status, st.pid, st.exit_status),
+            (EnumOrUnknown::new(Status::STOPPED), pid, 3)
+        );
+        assert!(st.exited_at.is_some());
+        assert_eq!(events.exit_status(), Some(3));
+        let out = std::fs::read_to_string(bundle.join("stdout")).unwrap();
+        assert_eq!(
+            out.trim(),
+            format!(
+                "run --quiet --cmdline=exit=3 -- {}",
+                bundle.join("rootfs/app").display()
+            )
+        );
+        let resp = delete(&s, "exit3").unwrap();
+        assert_eq!((resp.pid, resp.exit_status), (pid, 3));
+        assert!(!bundle.join("tandem.pid").exists());
+        assert!(matches!(state_err(&s, "exit3"), ShimError::NotFound(_)));
+        let topics: Vec<String> = events.topics().into_iter().map(|(t, _)| t).collect();
+        assert_eq!(
+            topics,
+            [
+                topics::TASK_START_EVENT_TOPIC,
+                topics::TASK_EXIT_EVENT_TOPIC,
+                topics::TASK_DELETE_EVENT_TOPIC,
+            ],
+            "an app that exits at once is still heard to start first"
+        );
+    }
+
+    fn state_err(s: &Service, id: &str) -> ShimError {
+        s.state_of(&api::StateRequest {
+            id: id.into(),
+            ..Default::default()
+        })
+        .unwrap_err()
+    }
+
+    #[test]
+    fn running_vm_is_listed_refuses_delete_and_start_and_ends_at_kill() {
+        let (s, events) = service_with(fake);
+        let bundle = vm_task(&s, "svc", "sleep");
+        let pid = start(&s, "svc").unwrap();
+        assert_eq!(state(&s, "svc").status, EnumOrUnknown::new(Status::RUNNING));
+        let pids = s
+            .pids_of(&api::PidsRequest {
+                id: "svc".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            pids.processes.iter().map(|p| p.pid).collect::<Vec<_>>(),
+            [pid]
+        );
+        assert_eq!(
+            std::fs::read_to_string(bundle.join("tandem.pid")).unwrap(),
+            pid.to_string()
+        );
+        assert!(matches!(
+            start(&s, "svc"),
+            Err(ShimError::AlreadyStarted(_))
+        ));
+        assert!(matches!(delete(&s, "svc"), Err(ShimError::Running(_))));
+        assert!(matches!(kill(&s, "svc", 0), Err(ShimError::BadSignal(0))));
+        kill(&s, "svc", 15).unwrap();
+        assert_eq!(wait(&s, "svc"), 143);
+        assert_eq!(events.exit_status(), Some(143));
+        assert!(matches!(kill(&s, "svc", 15), Err(ShimError::Finished(_))));
+        delete(&s, "svc").unwrap();
+    }
+
+    /// Holds the fake `find_tandem` of
+    /// `kill_while_booting_reaches_the_vmm_once_it_exists` until released.
+    struct Latch(Mutex<bool>, Condvar);
+
+    impl Latch {
+        const fn new() -> Self {
+            Latch(Mutex::new(false), Condvar::new())
+        }
+
+        fn set(&self) {
+            *self.0.lock().unwrap() = true;
+            self.1.notify_all();
+        }
+
+        fn wait(&self) {
+            let mut set = self.0.lock().unwrap();
+            while !*set {
+                set = self.1.wait(set).unwrap();
+            }
+        }
+    }
+
+    static BOOTING: Latch = Latch::new();
+    static RELEASE: Latch = Latch::new();
+
+    fn slow_fake() -> std::result::Result<PathBuf, VmmError> {
+        BOOTING.set();
+        RELEASE.wait();
+        fake()
+    }
+
+    #[test]
+    fn kill_while_booting_reaches_the_vmm_once_it_exists() {
+        let (s, events) = service_with(slow_fake);
+        vm_task(&s, "slow", "sleep");
+        let starter = {
+            let s = s.clone();
+            std::thread::spawn(move || start(&s, "slow"))
+        };
+        BOOTING.wait();
+        kill(&s, "slow", 9).unwrap();
+        assert_eq!(
+            state(&s, "slow").status,
+            EnumOrUnknown::new(Status::CREATED)
+        );
+        RELEASE.set();
+        let pid = starter.join().unwrap().unwrap();
+        assert_ne!(pid, 0);
+        assert_eq!(wait(&s, "slow"), 137);
+        assert_eq!(events.exit_status(), Some(137));
+    }
+
+    fn no_tandem() -> std::result::Result<PathBuf, VmmError> {
+        Err(VmmError::NoBinary)
+    }
+
+    #[test]
+    fn failed_start_leaves_the_task_created_and_killable() {
+        let (s, events) = service_with(no_tandem);
+        vm_task(&s, "nobin", "exit=0");
+        let err = start(&s, "nobin").unwrap_err();
+        assert_eq!(err.code(), ttrpc::Code::INTERNAL);
+        assert!(
+            err.to_string().starts_with("cannot find the tandem binary"),
+            "{err}"
+        );
+        assert_eq!(
+            state(&s, "nobin").status,
+            EnumOrUnknown::new(Status::CREATED)
+        );
+        assert!(matches!(
+            start(&s, "nobin"),
+            Err(ShimError::Vmm(VmmError::NoBinary))
+        ));
+        kill(&s, "nobin", 15).unwrap();
+        assert_eq!(wait(&s, "nobin"), 143);
+        delete(&s, "nobin").unwrap();
+        assert!(events
+            .topics()
+            .iter()
+            .all(|(t, _)| t == topics::TASK_DELETE_EVENT_TOPIC));
+    }
+
+    #[test]
+    fn pod_placeholder_is_created_runs_as_the_shim_and_ends_at_a_signal() {
+        let (s, events) = service_with(no_tandem);
+        let bundle = tmp_dir("service-pod");
+        std::fs::write(
+            bundle.join("config.json"),
+            br#"{"annotations":{"io.kubernetes.cri.sandbox-id":"pod-1","io.kubernetes.cri.container-type":"sandbox"}}"#,
+        )
+        .unwrap();
+        let req = api::CreateTaskRequest {
+            id: "pod-1".into(),
+            bundle: bundle.to_str().unwrap().into(),
+            ..Default::default()
+        };
+        s.create_task(&req).unwrap();
+        assert!(matches!(
+            s.create_task(&req),
+            Err(ShimError::AlreadyExists(_))
+        ));
+        assert_eq!(start(&s, "pod-1").unwrap(), std::process::id());
+        assert!(matches!(delete(&s, "pod-1"), Err(ShimError::Running(_))));
+        kill(&s, "pod-1", 15).unwrap();
+        assert_eq!(wait(&s, "pod-1"), 143);
+        assert_eq!(events.exit_status(), Some(143));
+        delete(&s, "pod-1").unwrap();
+        assert!(s.tasks().is_empty());
+    }
+
+    #[test]
+    fn create_refuses_what_the_shim_cannot_run() {
+        let (s, _) = service_with(no_tandem);
+        let dir = tmp_dir("service-create");
+        let req = |f: fn(&mut api::CreateTaskRequest)| {
+            let mut r = api::CreateTaskRequest {
+                id: "c".into(),
+                bundle: dir.to_str().unwrap().into(),
+                ..Default::default()
+            };
+            f(&mut r);
+            r
+        };
+        assert!(matches!(
+            s.create_task(&req(|r| r.terminal = true)),
+            Err(ShimError::Terminal)
+        ));
+        assert!(matches!(
+            s.create_task(&req(|r| r.checkpoint = "/cp".into())),
+            Err(ShimError::Checkpoint)
+        ));
+        let err = s.create_task(&req(|_| {})).unwrap_err();
+        assert!(err.to_string().starts_with("tandem: cannot read "), "{err}");
+        assert_eq!(err.code(), ttrpc::Code::INVALID_ARGUMENT);
+        assert!(s.tasks().is_empty());
+    }
+
+    #[test]
+    fn requests_name_a_task_and_no_exec() {
+        let (s, _) = service_with(no_tandem);
+        vm_task(&s, "t", "exit=0");
+        assert!(matches!(state_err(&s, "other"), ShimError::NotFound(_)));
+        let exec = s.start_task(&api::StartRequest {
+            id: "t".into(),
+            exec_id: "e1".into(),
+            ..Default::default()
+        });
+        assert!(matches!(exec, Err(ShimError::ExecUnsupported)));
+    }
+
+    #[test]
+    fn mounts_are_passed_to_the_bundle_reader() {
+        let m = Mount {
+            type_: "overlay".into(),
+            source: "overlay".into(),
+            options: vec!["lowerdir=/a:/b".into()],
+            ..Default::default()
+        };
+        let r = root_mounts(&[m]);
+        assert_eq!(r.len(), 1);
+        assert_eq!(
+            (r[0].kind.as_str(), r[0].source.as_str()),
+            ("overlay", "overlay")
+        );
+        assert_eq!(r[0].options, ["lowerdir=/a:/b"]);
     }
 }
