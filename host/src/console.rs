@@ -61,11 +61,6 @@ impl Console {
         self
     }
 
-    /// Bytes dropped by the rate limit.
-    pub fn dropped_for_rate(&self) -> u64 {
-        self.dropped_for_rate
-    }
-
     /// How many of `len` bytes the rate limit lets through now.
     fn admit(&mut self, len: usize) -> usize {
         if self.rate == 0 {
@@ -97,6 +92,7 @@ impl Console {
     }
 
     /// Whether output was cut off at the limit.
+    #[cfg(test)]
     pub fn cut_off(&self) -> bool {
         self.cut_off
     }

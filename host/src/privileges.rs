@@ -90,7 +90,7 @@ fn with_entry_buffer(
 }
 
 /// A user's uid and primary gid, by name or number.
-pub fn lookup_user(name: &str) -> Result<(u32, u32), PrivilegeError> {
+pub(crate) fn lookup_user(name: &str) -> Result<(u32, u32), PrivilegeError> {
     lookup_user_from(name, FIRST_ENTRY_BUFFER)
 }
 
@@ -127,7 +127,7 @@ fn lookup_user_from(name: &str, first: usize) -> Result<(u32, u32), PrivilegeErr
 }
 
 /// A group's gid, by name or number.
-pub fn lookup_group(name: &str) -> Result<u32, PrivilegeError> {
+pub(crate) fn lookup_group(name: &str) -> Result<u32, PrivilegeError> {
     lookup_group_from(name, FIRST_ENTRY_BUFFER)
 }
 
