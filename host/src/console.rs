@@ -76,8 +76,8 @@ impl Console {
         self.tokens -= take as f64;
         if take < len {
             if self.dropped_for_rate == 0 {
-                eprintln!(
-                    "tandem: the guest's console exceeds {} bytes per second; output past that is dropped",
+                log::warn!(
+                    "the guest's console exceeds {} bytes per second; output past that is dropped",
                     self.rate
                 );
             }
@@ -106,8 +106,8 @@ impl Console {
             self.cut_off = true;
             // Said once, on the VMM's side: the guest cannot fill the
             // host's disk or memory through its console.
-            eprintln!(
-                "tandem: the guest's console reached its limit of {} bytes; the rest of its output is dropped",
+            log::warn!(
+                "the guest's console reached its limit of {} bytes; the rest of its output is dropped",
                 self.limit
             );
         }

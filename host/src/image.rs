@@ -166,7 +166,15 @@ impl Image {
             return Err(ImageError::TooLarge(len));
         }
         let bytes = std::fs::read(path).map_err(read_err)?;
-        Self::parse(&bytes)
+        let image = Self::parse(&bytes)?;
+        log::debug!(
+            "image {}: {len} bytes, entry {:#x}, {} segments, ABI version {}",
+            path.display(),
+            image.entry,
+            image.segments.len(),
+            image.note.abi_version
+        );
+        Ok(image)
     }
 
     /// Checks an image held in memory.

@@ -200,6 +200,9 @@ pub fn drop_to(user: Option<&str>, group: Option<&str>) -> Result<(), PrivilegeE
             return Err(os("change user"));
         }
     }
+    if uid.is_some() || gid.is_some() {
+        log::debug!("now running as uid {uid:?}, gid {gid:?}, no supplementary groups");
+    }
     Ok(())
 }
 
@@ -213,6 +216,7 @@ pub fn limit_open_files(max: u64) -> Result<(), PrivilegeError> {
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
         return Err(os("limit open files"));
     }
+    log::debug!("open files limited to {max}");
     Ok(())
 }
 

@@ -225,8 +225,8 @@ static DISABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::
 /// [`lock_down`] then only warns, once.
 pub fn disable() {
     if !DISABLED.swap(true, std::sync::atomic::Ordering::SeqCst) {
-        eprintln!(
-            "tandem: WARNING: --no-seccomp: the VMM runs without its syscall filter; use it for debugging only"
+        log::warn!(
+            "--no-seccomp: the VMM runs without its syscall filter; use it for debugging only"
         );
     }
 }
@@ -263,6 +263,10 @@ fn filtered() -> bool {
 pub fn install(kind: ThreadKind) -> Result<(), SeccompError> {
     let program = filter(kind)?;
     seccompiler::apply_filter(&program)?;
+    log::debug!(
+        "seccomp filter of the {kind:?} thread installed: {} syscalls allowed",
+        syscalls(kind).len()
+    );
     Ok(())
 }
 

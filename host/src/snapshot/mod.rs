@@ -184,6 +184,13 @@ impl Snapshot {
             state,
         };
         snapshot.open_memory()?;
+        log::debug!(
+            "snapshot {}: {} MiB of memory, {} data pages, generation {:#x}",
+            dir.display(),
+            snapshot.state.machine.mem_size >> 20,
+            snapshot.state.memory.data_pages,
+            snapshot.state.live.generation
+        );
         Ok(snapshot)
     }
 
