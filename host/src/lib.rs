@@ -26,7 +26,12 @@
 //! (what the VMM gives up before a guest runs), [`trace`], [`units`] and
 //! [`exit_code`]; with the `fuzzing` feature, `fuzzing` (the fuzz targets'
 //! bodies). Everything else is the crate's own.
+//!
+//! The library reports through the [`log`](https://docs.rs/log) facade
+//! (warnings such as a console cut off at its limit, notes at `info`, detail
+//! at `debug`); the program that links it chooses the logger.
 #![warn(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod arch;
 pub mod backup;
