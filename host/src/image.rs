@@ -36,7 +36,7 @@ pub enum ImageError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// Larger than [`MAX_IMAGE_FILE`].
+    /// Larger than the limit on image files (`MAX_IMAGE_FILE`).
     #[error("image is {0} bytes, larger than the {MAX_IMAGE_FILE}-byte limit")]
     TooLarge(u64),
     /// No ELF magic.
