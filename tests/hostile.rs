@@ -1,8 +1,8 @@
 //! A hostile guest: every malformed hypercall is refused with a clear error
 //! naming the problem, ends that VM only, and leaves the host healthy.
 
-use tandem::hypercall::HypercallError;
 use tandem::ExitStatus;
+use tandem::HypercallError;
 use tandem_abi::hypercall::DecodeError;
 use tandem_tests::{boot_in_process, hypervisor, run_app};
 

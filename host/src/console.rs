@@ -61,11 +61,6 @@ impl Console {
         self
     }
 
-    /// Bytes dropped by the rate limit.
-    pub fn dropped_for_rate(&self) -> u64 {
-        self.dropped_for_rate
-    }
-
     /// How many of `len` bytes the rate limit lets through now.
     fn admit(&mut self, len: usize) -> usize {
         if self.rate == 0 {
@@ -81,8 +76,8 @@ impl Console {
         self.tokens -= take as f64;
         if take < len {
             if self.dropped_for_rate == 0 {
-                eprintln!(
-                    "tandem: the guest's console exceeds {} bytes per second; output past that is dropped",
+                log::warn!(
+                    "the guest's console exceeds {} bytes per second; output past that is dropped",
                     self.rate
                 );
             }
@@ -97,6 +92,7 @@ impl Console {
     }
 
     /// Whether output was cut off at the limit.
+    #[cfg(test)]
     pub fn cut_off(&self) -> bool {
         self.cut_off
     }
@@ -110,8 +106,8 @@ impl Console {
             self.cut_off = true;
             // Said once, on the VMM's side: the guest cannot fill the
             // host's disk or memory through its console.
-            eprintln!(
-                "tandem: the guest's console reached its limit of {} bytes; the rest of its output is dropped",
+            log::warn!(
+                "the guest's console reached its limit of {} bytes; the rest of its output is dropped",
                 self.limit
             );
         }

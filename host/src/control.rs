@@ -207,7 +207,7 @@ struct HandleInner {
 /// Lets other threads follow and stop a running VM: set it in
 /// [`VmConfig::handle`](crate::VmConfig::handle), keep a clone.
 ///
-/// - [`VmHandle::on_event`]: called from the vCPU thread when the run
+/// - [`VmHandle::with_events`]: its callback is called from the vCPU thread when the run
 ///   starts and when the app calls `ready()` (the VM keeps running);
 /// - [`VmHandle::request_stop`]: a polite request, seen by an app waiting in
 ///   `Request::Idle` (which returns at once with `stop: true`);

@@ -124,6 +124,7 @@ pub fn app_writable(addr: u64, len: u64, mem_size: u64) -> bool {
 }
 
 /// Serves one `out` to a Tandem port. `data` is what the guest wrote.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn serve(
     mem: &GuestMemoryMmap,
     mem_size: u64,

@@ -36,7 +36,7 @@ pub enum ImageError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// Larger than [`MAX_IMAGE_FILE`].
+    /// Larger than the limit on image files (`MAX_IMAGE_FILE`).
     #[error("image is {0} bytes, larger than the {MAX_IMAGE_FILE}-byte limit")]
     TooLarge(u64),
     /// No ELF magic.
@@ -166,7 +166,15 @@ impl Image {
             return Err(ImageError::TooLarge(len));
         }
         let bytes = std::fs::read(path).map_err(read_err)?;
-        Self::parse(&bytes)
+        let image = Self::parse(&bytes)?;
+        log::debug!(
+            "image {}: {len} bytes, entry {:#x}, {} segments, ABI version {}",
+            path.display(),
+            image.entry,
+            image.segments.len(),
+            image.note.abi_version
+        );
+        Ok(image)
     }
 
     /// Checks an image held in memory.

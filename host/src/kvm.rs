@@ -53,6 +53,10 @@ impl Hypervisor {
                 what: "KVM_GET_SUPPORTED_CPUID",
                 source,
             })?;
+        log::debug!(
+            "/dev/kvm open: API version 12, {} supported CPUID leaves",
+            cpuid.as_slice().len()
+        );
         Ok(Self {
             kvm,
             cpuid,

@@ -19,35 +19,51 @@
 //! }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! The public surface is the crate root (the VM, its configuration, report
+//! and errors) and a few modules: [`snapshot`] and [`backup`] (files a VM
+//! leaves behind), [`fleet`] (many VMs), [`seccomp`] and [`privileges`]
+//! (what the VMM gives up before a guest runs), [`trace`], [`units`] and
+//! [`exit_code`]; with the `fuzzing` feature, `fuzzing` (the fuzz targets'
+//! bodies). Everything else is the crate's own.
+//!
+//! The library reports through the [`log`](https://docs.rs/log) facade
+//! (warnings such as a console cut off at its limit, notes at `info`, detail
+//! at `debug`); the program that links it chooses the logger.
 #![warn(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
-pub mod arch;
+mod arch;
 pub mod backup;
-pub mod console;
-pub mod control;
+mod console;
+mod control;
 pub mod fleet;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
-pub mod hypercall;
-pub mod image;
-pub mod kvm;
-pub mod memory;
+mod hypercall;
+mod image;
+mod kvm;
+mod memory;
 pub mod privileges;
 pub mod seccomp;
 pub mod snapshot;
 pub mod trace;
 pub mod units;
-pub mod vm;
+mod vm;
 
-pub use backup::{BackupConfig, BackupError};
+pub use arch::ArchError;
+pub use backup::{BackupConfig, BackupError, BackupRecord};
 pub use console::ConsoleSink;
-pub use control::{VmEvent, VmHandle};
+pub use control::{install_snapshot_signal, VmEvent, VmHandle};
+pub use hypercall::HypercallError;
 pub use image::{Image, ImageError};
 pub use kvm::{Hypervisor, KvmError};
-pub use snapshot::{Snapshot, SnapshotError};
+pub use memory::MemoryError;
+pub use snapshot::{Snapshot, SnapshotError, WriteStats};
 pub use trace::BootTrace;
 pub use vm::{
-    ExitStatus, RunReport, RunStats, SnapshotRecord, SnapshotTrigger, Vm, VmBuilder, VmConfig,
-    VmError,
+    check_mem_size, ExitStatus, RunReport, RunStats, SnapshotRecord, SnapshotTrigger, Vm,
+    VmBuilder, VmConfig, VmError,
 };
 
 /// Process exit codes of the `tandem` binary beyond the guest's own (0–255

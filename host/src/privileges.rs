@@ -90,7 +90,7 @@ fn with_entry_buffer(
 }
 
 /// A user's uid and primary gid, by name or number.
-pub fn lookup_user(name: &str) -> Result<(u32, u32), PrivilegeError> {
+pub(crate) fn lookup_user(name: &str) -> Result<(u32, u32), PrivilegeError> {
     lookup_user_from(name, FIRST_ENTRY_BUFFER)
 }
 
@@ -127,7 +127,7 @@ fn lookup_user_from(name: &str, first: usize) -> Result<(u32, u32), PrivilegeErr
 }
 
 /// A group's gid, by name or number.
-pub fn lookup_group(name: &str) -> Result<u32, PrivilegeError> {
+pub(crate) fn lookup_group(name: &str) -> Result<u32, PrivilegeError> {
     lookup_group_from(name, FIRST_ENTRY_BUFFER)
 }
 
@@ -200,6 +200,9 @@ pub fn drop_to(user: Option<&str>, group: Option<&str>) -> Result<(), PrivilegeE
             return Err(os("change user"));
         }
     }
+    if uid.is_some() || gid.is_some() {
+        log::debug!("now running as uid {uid:?}, gid {gid:?}, no supplementary groups");
+    }
     Ok(())
 }
 
@@ -213,6 +216,7 @@ pub fn limit_open_files(max: u64) -> Result<(), PrivilegeError> {
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
         return Err(os("limit open files"));
     }
+    log::debug!("open files limited to {max}");
     Ok(())
 }
 

@@ -67,7 +67,7 @@ const fn iowr<T>(nr: u32) -> u64 {
 /// `KVM_SET_*` of vCPU state (a restore sets it before the filter goes on),
 /// no device ioctl. Every entry costs filter length, and the kernel's time
 /// to install the filter grows with it (about 0.5 µs an instruction here).
-pub const IOCTLS: &[(&str, u64)] = {
+pub(crate) const IOCTLS: &[(&str, u64)] = {
     use kvm_bindings::*;
     &[
         ("KVM_GET_MSR_INDEX_LIST", iowr::<kvm_msr_list>(0x02)),
@@ -98,7 +98,7 @@ const _: () = {
 };
 
 /// Syscalls of the vCPU thread (besides `ioctl`, restricted to [`IOCTLS`]).
-pub const VCPU_SYSCALLS: &[(&str, i64)] = &[
+pub(crate) const VCPU_SYSCALLS: &[(&str, i64)] = &[
     // Memory: the allocator, guest-memory advice, snapshot mappings.
     ("brk", libc::SYS_brk),
     ("mmap", libc::SYS_mmap),
@@ -162,7 +162,7 @@ pub const VCPU_SYSCALLS: &[(&str, i64)] = &[
 ];
 
 /// Syscalls of the control thread.
-pub const CONTROL_SYSCALLS: &[(&str, i64)] = &[
+pub(crate) const CONTROL_SYSCALLS: &[(&str, i64)] = &[
     ("brk", libc::SYS_brk),
     ("mmap", libc::SYS_mmap),
     ("mprotect", libc::SYS_mprotect),
@@ -186,7 +186,7 @@ pub const CONTROL_SYSCALLS: &[(&str, i64)] = &[
 ];
 
 /// The syscalls a thread kind may make.
-pub fn syscalls(kind: ThreadKind) -> &'static [(&'static str, i64)] {
+pub(crate) fn syscalls(kind: ThreadKind) -> &'static [(&'static str, i64)] {
     match kind {
         ThreadKind::Vcpu => VCPU_SYSCALLS,
         ThreadKind::Control => CONTROL_SYSCALLS,
@@ -225,8 +225,8 @@ static DISABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::
 /// [`lock_down`] then only warns, once.
 pub fn disable() {
     if !DISABLED.swap(true, std::sync::atomic::Ordering::SeqCst) {
-        eprintln!(
-            "tandem: WARNING: --no-seccomp: the VMM runs without its syscall filter; use it for debugging only"
+        log::warn!(
+            "--no-seccomp: the VMM runs without its syscall filter; use it for debugging only"
         );
     }
 }
@@ -245,7 +245,7 @@ pub fn lock_down() -> Result<(), SeccompError> {
 /// parent is not filtered (`--no-seccomp`, or a library user who never
 /// locked down) nothing is added. A failure leaves the inherited filter,
 /// which is still in force.
-pub fn narrow_to_control() {
+pub(crate) fn narrow_to_control() {
     if DISABLED.load(std::sync::atomic::Ordering::SeqCst) || !filtered() {
         return;
     }
@@ -263,6 +263,10 @@ fn filtered() -> bool {
 pub fn install(kind: ThreadKind) -> Result<(), SeccompError> {
     let program = filter(kind)?;
     seccompiler::apply_filter(&program)?;
+    log::debug!(
+        "seccomp filter of the {kind:?} thread installed: {} syscalls allowed",
+        syscalls(kind).len()
+    );
     Ok(())
 }
 

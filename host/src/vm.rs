@@ -333,7 +333,7 @@ mod restore;
 /// [`layout::MAX_MEM_SIZE`], a multiple of 2 MiB. The error says which.
 ///
 /// ```
-/// use tandem::vm::check_mem_size;
+/// use tandem::check_mem_size;
 /// assert!(check_mem_size(64 << 20).is_ok());
 /// assert!(check_mem_size(65 << 20).unwrap_err().contains("not a multiple of 2 MiB"));
 /// assert!(check_mem_size(3 << 20).unwrap_err().contains("too little"));

@@ -67,7 +67,7 @@ pub enum BundleError {
         /// The path inside the image.
         path: String,
         /// Why the VMM's loader refused it.
-        source: tandem::image::ImageError,
+        source: tandem::ImageError,
     },
     /// An argument or environment entry cannot be passed on.
     #[error("{0:?} cannot be passed to the guest: its command line is split at whitespace, so words may not contain whitespace or control characters")]
@@ -398,7 +398,7 @@ fn cmdline(args: &[String], env: &[String]) -> Result<String, BundleError> {
 
 /// The guest memory in bytes, read and checked exactly as `tandem run
 /// --mem` reads and checks it ([`tandem::units::parse_size`], then
-/// [`tandem::vm::check_mem_size`]), so a value `create` accepts is one
+/// [`tandem::check_mem_size`]), so a value `create` accepts is one
 /// `start` can boot.
 fn memory(v: &str) -> Result<u64, BundleError> {
     let bad = |why| BundleError::Annotation {
@@ -407,7 +407,7 @@ fn memory(v: &str) -> Result<u64, BundleError> {
         why,
     };
     let bytes = tandem::units::parse_size(v).map_err(bad)?;
-    tandem::vm::check_mem_size(bytes).map_err(bad)?;
+    tandem::check_mem_size(bytes).map_err(bad)?;
     Ok(bytes)
 }
 

@@ -6,7 +6,7 @@
 //! VMM itself wrote (hypercall replies, the console header, the live area),
 //! which the log cannot see. Each point also holds the whole vCPU and VM
 //! state, so any point restores. Digests chain every chunk to its parent
-//! (see [`point`]); `verify` names a damaged or missing piece, and the
+//! (see [`PointMeta`]); `verify` names a damaged or missing piece, and the
 //! points before it still restore.
 //!
 //! Crash safety: a point's pages file is written under a temporary name,
@@ -14,8 +14,8 @@
 //! once its metadata file does. Killed at any moment, the chain holds every
 //! earlier point intact.
 
-pub mod chain;
-pub mod point;
+pub(crate) mod chain;
+pub(crate) mod point;
 
 use std::collections::BTreeSet;
 use std::fs::OpenOptions;
@@ -27,7 +27,8 @@ use tandem_abi::layout::PAGE_SIZE;
 use vm_memory::{Bytes, GuestAddress};
 
 pub use chain::{Chain, PointReport};
-use point::{PointMeta, CHUNK_PAGES};
+pub use point::PointMeta;
+use point::CHUNK_PAGES;
 
 use crate::memory::GuestRam;
 use crate::snapshot::{files, SnapshotError, SnapshotState};
@@ -102,7 +103,7 @@ pub struct BackupRecord {
 
 /// Writes the points of one chain.
 #[derive(Debug)]
-pub struct BackupWriter {
+pub(crate) struct BackupWriter {
     dir: PathBuf,
     next: u64,
     parent: [u8; 32],

@@ -37,7 +37,7 @@ pub struct PointMeta {
     pub pages_file: String,
     /// Guest page numbers, ascending, in the order of the pages file.
     pub pages: Vec<u64>,
-    /// One digest per [`CHUNK_PAGES`] pages.
+    /// One digest per chunk of `CHUNK_PAGES` pages.
     pub chunks: Vec<[u8; 32]>,
     /// vCPU, machine, clock: the state to restore at this point.
     pub state: SnapshotState,

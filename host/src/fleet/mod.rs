@@ -2,11 +2,12 @@
 //! ordering, admission limits, restarts and recovery from snapshots.
 //!
 //! - [`config`]: the `FLEET.toml` format, checked whole before anything starts;
-//! - [`scheduler`]: the admission state machine (pure, unit-tested);
+//! - [`Scheduler`]: the admission state machine (pure, unit-tested; its
+//!   decisions are the crate's own, its records are in the report);
 //! - [`runner`]: boots the VMs in-process, one vCPU thread each, and feeds
-//!   their events to the scheduler;
-//! - [`report`]: the JSON report and the Gantt chart;
-//! - [`cli`]: `tandem fleet`.
+//!   their events to the scheduler, telling the caller as it goes
+//!   ([`runner::Update`]: the `tandem` binary draws its progress from it);
+//! - [`report`]: the JSON report and the Gantt chart.
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -18,8 +19,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod cli;
 pub mod config;
 pub mod report;
 pub mod runner;
-pub mod scheduler;
+mod scheduler;
+
+pub use scheduler::{Attempt, Sample, Scheduler, VmRecord};

@@ -3,7 +3,7 @@
 //! A snapshot directory holds a state file (`state`: header with magic,
 //! format version and architecture, a `postcard` body with every vCPU
 //! register set, MSRs, XSAVE, the VM's configuration, clock, console totals
-//! and boot trace, and a BLAKE3 digest of the body; see [`format`]) and a
+//! and boot trace, and a BLAKE3 digest of the body; see [`SnapshotState`]) and a
 //! memory file of raw pages (`memory-<16 hex digits>`, sparse: zero pages
 //! are holes), which restore maps `MAP_PRIVATE` without reading it.
 //!
@@ -19,9 +19,9 @@
 //! (`tandem snapshot verify`, `tandem restore --verify`) also checks the
 //! memory file against the digest the state file records.
 
-pub mod files;
-pub mod format;
-pub mod vcpu;
+pub(crate) mod files;
+pub(crate) mod format;
+pub(crate) mod vcpu;
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -30,13 +30,13 @@ use std::time::{Duration, Instant};
 pub use format::{
     ConsoleState, LiveState, MachineState, MemoryRef, SnapshotState, TraceState, FORMAT_VERSION,
 };
-pub use vcpu::VcpuState;
+pub use vcpu::{MsrValue, VcpuState};
 
 use crate::memory::{GuestRam, MemoryError};
 use files::io;
 
 /// Name of the state file in a snapshot directory.
-pub const STATE_FILE: &str = "state";
+pub(crate) const STATE_FILE: &str = "state";
 
 /// Why a snapshot could not be written, read or restored.
 #[derive(Debug, thiserror::Error)]
@@ -184,6 +184,13 @@ impl Snapshot {
             state,
         };
         snapshot.open_memory()?;
+        log::debug!(
+            "snapshot {}: {} MiB of memory, {} data pages, generation {:#x}",
+            dir.display(),
+            snapshot.state.machine.mem_size >> 20,
+            snapshot.state.memory.data_pages,
+            snapshot.state.live.generation
+        );
         Ok(snapshot)
     }
 
@@ -232,7 +239,7 @@ impl Snapshot {
 /// Writes a snapshot of `ram` with vCPU and VM state `state` into `dir`
 /// (created if needed), replacing any snapshot there atomically.
 /// `state.memory` is filled in here.
-pub fn write(
+pub(crate) fn write(
     dir: &Path,
     state: &mut SnapshotState,
     ram: &GuestRam,
@@ -246,7 +253,7 @@ pub fn write(
 /// Writes a snapshot whose memory file (`size` bytes, all holes when
 /// `fill` is called) `fill` writes: every non-zero page at its own offset,
 /// returning the digest over them.
-pub fn write_with(
+pub(crate) fn write_with(
     dir: &Path,
     state: &mut SnapshotState,
     size: u64,

@@ -1,4 +1,11 @@
 //! `tandem`: boot a Tandem unikernel image on KVM.
+//!
+//! The command line lives here, in the binary, not in the library: clap,
+//! indicatif and the logger are the `cli` feature's, so a user of the
+//! library alone (the containerd shim) links none of them.
+
+mod fleet;
+mod logger;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -27,6 +34,14 @@ use tandem_abi::trace::Phase;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Print only the guest's console (run, restore) or the summary (fleet),
+    /// and warnings and errors.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// Print the VMM's debug messages on stderr (-vv: trace); RUST_LOG
+    /// overrides (e.g. RUST_LOG=tandem::snapshot=trace).
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
 }
 
 #[derive(Subcommand)]
@@ -43,7 +58,7 @@ enum Command {
     Backup(BackupCommand),
     /// Boot the VMs of FLEET.toml: priorities, `after` ordering gated on
     /// ready(), admission limits, restarts; exits 1 if any VM failed.
-    Fleet(tandem::fleet::cli::FleetArgs),
+    Fleet(fleet::FleetArgs),
 }
 
 /// Snapshot, backup and stop options shared by `run` and `restore`.
@@ -83,9 +98,6 @@ struct RestoreArgs {
     /// Print the run report as one JSON object on stderr.
     #[arg(long)]
     json: bool,
-    /// Print nothing but the guest's console.
-    #[arg(long, short)]
-    quiet: bool,
 }
 
 #[derive(Subcommand)]
@@ -184,9 +196,6 @@ struct RunArgs {
     /// Print the table of boot phases on stderr.
     #[arg(long)]
     table: bool,
-    /// Print nothing but the guest's console.
-    #[arg(long, short)]
-    quiet: bool,
     /// Take a snapshot into DIR when the app calls ready().
     #[arg(long, value_name = "DIR")]
     snapshot_at_ready: Option<PathBuf>,
@@ -197,15 +206,21 @@ struct RunArgs {
 fn main() -> ExitCode {
     let start = tandem::trace::rdtsc();
     let cli = Cli::parse();
+    // A JSON report on stderr is read by programs: the VMM's notes stay out
+    // of its way, as with --quiet.
+    let json = matches!(&cli.command, Command::Run(a) if a.json)
+        || matches!(&cli.command, Command::Restore(a) if a.json);
+    logger::init(logger::level(cli.quiet || json, cli.verbose));
+    let quiet = cli.quiet;
     let result = match cli.command {
-        Command::Run(args) => run(args, start),
-        Command::Restore(args) => restore(args, start),
+        Command::Run(args) => run(args, quiet, start),
+        Command::Restore(args) => restore(args, quiet, start),
         Command::Snapshot(cmd) => snapshot_cmd(cmd),
         Command::Backup(cmd) => backup_cmd(cmd),
         Command::Fleet(args) => {
             match tandem::privileges::check_ids(args.user.as_deref(), args.group.as_deref()) {
                 Err(e) => Err(e.into()),
-                Ok(()) => tandem::fleet::cli::run(args).or_else(|e| {
+                Ok(()) => fleet::run(args, quiet).or_else(|e| {
                     eprintln!("tandem: error: {e}");
                     Ok(e.exit_code())
                 }),
@@ -241,9 +256,9 @@ fn error_text(e: &anyhow::Error) -> String {
 }
 
 /// Applies the snapshot and backup options to `config`.
-fn persist(config: &mut VmConfig, p: PersistArgs, quiet: bool) -> Result<()> {
+fn persist(config: &mut VmConfig, p: PersistArgs) -> Result<()> {
     if p.snapshot_dir.is_some() {
-        tandem::control::install_snapshot_signal().context("cannot handle SIGUSR1")?;
+        tandem::install_snapshot_signal().context("cannot handle SIGUSR1")?;
         config.snapshot_on_signal = true;
     }
     config.snapshot_dir = p.snapshot_dir;
@@ -254,7 +269,9 @@ fn persist(config: &mut VmConfig, p: PersistArgs, quiet: bool) -> Result<()> {
         }
         config.backup = Some(BackupConfig { dir, every });
     }
-    config.verbose = !quiet;
+    // The VM's notes (snapshot and backup points written) follow the log
+    // level: off with --quiet, --json or RUST_LOG=warn.
+    config.verbose = log::log_enabled!(target: "tandem", log::Level::Info);
     Ok(())
 }
 
@@ -284,7 +301,7 @@ fn give_up(h: &Hardening) -> Result<()> {
     Ok(())
 }
 
-fn run(args: RunArgs, start: u64) -> Result<u8> {
+fn run(args: RunArgs, quiet: bool, start: u64) -> Result<u8> {
     args.hardening.check()?;
     let hv = Hypervisor::open()?;
     let image = Image::from_file(&args.image).map_err(|e| match e {
@@ -305,7 +322,7 @@ fn run(args: RunArgs, start: u64) -> Result<u8> {
         ..VmConfig::default()
     };
     let mut config = config;
-    persist(&mut config, args.persist, args.quiet || args.json)?;
+    persist(&mut config, args.persist)?;
     let vm = VmBuilder::new(&hv, &image)
         .config(config)
         .started_at(start)
@@ -321,7 +338,7 @@ fn run(args: RunArgs, start: u64) -> Result<u8> {
     let code = report.status.code();
     if args.json {
         eprintln!("{}", report_json(&report));
-    } else if !args.quiet {
+    } else if !quiet {
         if !matches!(report.status, ExitStatus::Exited(0)) {
             eprintln!("tandem: {}", report.status);
         }
@@ -387,11 +404,10 @@ fn load_snapshot(dir: &Path, verify: bool) -> Result<Snapshot> {
     Ok(snap)
 }
 
-fn restore(args: RestoreArgs, start: u64) -> Result<u8> {
+fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
     args.hardening.check()?;
     let hv = Hypervisor::open()?;
     let snap = load_snapshot(&args.dir, args.verify)?;
-    let quiet = args.quiet || args.json;
     let mut base = VmConfig {
         timeout: args.timeout,
         console: ConsoleSink::Stdout,
@@ -400,16 +416,14 @@ fn restore(args: RestoreArgs, start: u64) -> Result<u8> {
     let clones = args.clones;
     let persist_dir = args.persist.snapshot_dir.clone();
     let backup_dir = args.persist.backup_dir.clone();
-    persist(&mut base, args.persist, quiet)?;
+    persist(&mut base, args.persist)?;
     if clones == 1 {
         let vm = Vm::restore_at(&hv, &snap, base, start)
             .with_context(|| format!("cannot restore {}", args.dir.display()))?;
         let generation = vm.generation();
         lock_down(&args.hardening)?;
         let report = vm.run()?;
-        return Ok(finish_restore(
-            &report, generation, args.json, args.quiet, None,
-        ));
+        return Ok(finish_restore(&report, generation, args.json, quiet, None));
     }
     // Clones run side by side, one thread each; their console lines are
     // streamed with a `[clone i]` prefix. Ids and limits change once, for
@@ -454,7 +468,7 @@ fn restore(args: RestoreArgs, start: u64) -> Result<u8> {
             let (report, generation) = h
                 .join()
                 .map_err(|_| anyhow::anyhow!("clone {i} panicked"))??;
-            let c = finish_restore(&report, generation, args.json, args.quiet, Some(i));
+            let c = finish_restore(&report, generation, args.json, quiet, Some(i));
             if code == 0 {
                 code = c;
             }

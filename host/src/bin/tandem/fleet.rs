@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::config::{parse_duration, parse_size, ConfigError, FleetSpec, LimitOverrides};
-use super::report;
-use super::runner::{self, RunError, RunOptions, Update};
-use super::scheduler::Scheduler;
+use tandem::fleet::config::{ConfigError, FleetSpec, LimitOverrides};
+use tandem::fleet::runner::{self, RunError, RunOptions, Update};
+use tandem::fleet::{report, Scheduler};
+use tandem::units::{parse_duration, parse_size};
 
 /// Boot the VMs of a fleet file: priorities, `after` ordering gated on
 /// `ready()`, admission limits, restarts. Ctrl-C or SIGTERM stops the fleet
@@ -41,9 +41,6 @@ pub struct FleetArgs {
     /// Check the fleet file and print the plan; boot nothing.
     #[arg(long)]
     pub check: bool,
-    /// Print only errors and the final summary.
-    #[arg(long, short)]
-    pub quiet: bool,
     /// Run the VMs without the seccomp syscall filter (for debugging only).
     #[arg(long)]
     pub no_seccomp: bool,
@@ -77,7 +74,7 @@ pub enum CliError {
 impl CliError {
     /// The process exit code: 125 (refused configuration or VMM failure).
     pub fn exit_code(&self) -> u8 {
-        crate::exit_code::VMM_ERROR
+        tandem::exit_code::VMM_ERROR
     }
 }
 
@@ -102,10 +99,10 @@ fn status_line(s: &Scheduler) -> String {
 }
 
 /// Runs `tandem fleet`; returns the exit code: 0 when no VM failed or was
-/// blocked, 1 otherwise.
-pub fn run(args: FleetArgs) -> Result<u8, CliError> {
+/// blocked, 1 otherwise. `quiet`: print only errors and the final summary.
+pub fn run(args: FleetArgs, quiet: bool) -> Result<u8, CliError> {
     if args.no_seccomp {
-        crate::seccomp::disable();
+        tandem::seccomp::disable();
     }
     let overrides = LimitOverrides {
         max_concurrent_boots: args
@@ -148,7 +145,7 @@ pub fn run(args: FleetArgs) -> Result<u8, CliError> {
         user: args.user.clone(),
         group: args.group.clone(),
     };
-    let tty = std::io::stderr().is_terminal() && !args.quiet;
+    let tty = std::io::stderr().is_terminal() && !quiet;
     let bar = tty.then(|| {
         let pb = indicatif::ProgressBar::new(spec.vms.len() as u64);
         let style = indicatif::ProgressStyle::with_template(
@@ -160,7 +157,6 @@ pub fn run(args: FleetArgs) -> Result<u8, CliError> {
     });
     let start = Instant::now();
     let mut last_draw = Instant::now();
-    let quiet = args.quiet;
     let run = runner::run(&spec, &opts, |s, update| {
         match (&bar, update) {
             (Some(pb), Update::Line(line)) => {
