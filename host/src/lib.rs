@@ -25,6 +25,7 @@ pub mod arch;
 pub mod backup;
 pub mod console;
 pub mod control;
+mod entropy;
 pub mod fleet;
 pub mod fuzzing;
 pub mod hypercall;

@@ -24,6 +24,7 @@ use crate::arch::{self, ArchError};
 use crate::backup::{BackupConfig, BackupError, BackupRecord, BackupWriter};
 use crate::console::{Console, ConsoleSink, DEFAULT_CONSOLE_LIMIT};
 use crate::control::{Kicker, VmEvent, VmHandle, Watch};
+use crate::entropy::fill_random;
 use crate::hypercall::{self, Action, HypercallError};
 use crate::image::Image;
 use crate::kvm::{Hypervisor, KvmError};
@@ -994,19 +995,5 @@ fn boot_info(
         devices: heapless::Vec::new(),
         entropy,
         loader: heapless::String::try_from("tandem").unwrap_or_default(),
-    }
-}
-
-pub(crate) fn fill_random(buf: &mut [u8]) {
-    // SAFETY: getrandom writes at most `buf.len()` bytes into `buf`.
-    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), libc::GRND_NONBLOCK) };
-    if n != buf.len() as isize {
-        // Entropy is a seed, not a key: fall back to the TSC rather than fail the boot.
-        for (i, b) in buf.iter_mut().enumerate() {
-            // Keeping only the low byte is the point.
-            #[allow(clippy::cast_possible_truncation)]
-            let byte = (rdtsc() >> (i % 8)) as u8;
-            *b = byte;
-        }
     }
 }

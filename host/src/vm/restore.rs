@@ -7,7 +7,8 @@ use tandem_abi::layout::{self, LiveArea};
 use tandem_abi::trace::Phase;
 use vm_memory::{Bytes, GuestAddress};
 
-use super::{fill_random, guest_tsc_offset, ioctl, memory_slot, Vm, VmConfig, VmError};
+use super::{guest_tsc_offset, ioctl, memory_slot, Vm, VmConfig, VmError};
+use crate::entropy::fill_random;
 use crate::kvm::Hypervisor;
 use crate::memory::GuestRam;
 use crate::snapshot::{
