@@ -7,7 +7,8 @@ use tandem_abi::layout::{self, LiveArea};
 use tandem_abi::trace::Phase;
 use vm_memory::{Bytes, GuestAddress};
 
-use super::{guest_tsc_offset, ioctl, memory_slot, Vm, VmConfig, VmError};
+use super::error::ioctl;
+use super::{guest_tsc_offset, memory_slot, Vm, VmConfig, VmError};
 use crate::entropy::fill_random;
 use crate::kvm::Hypervisor;
 use crate::memory::GuestRam;
@@ -87,7 +88,7 @@ impl Vm {
         config.cmdline = st.machine.cmdline.clone();
         config.vm_id = st.machine.vm_id;
         config.console_limit = st.machine.console_limit;
-        super::check_config(&config)?;
+        super::check::check_config(&config)?;
         let mut trace = BootTrace::new(0);
         trace.set(Phase::VmmStart, start_tsc);
         trace.stamp(Phase::KvmReady);

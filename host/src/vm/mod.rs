@@ -7,7 +7,6 @@
 //! created, and everything the guest needs is written before its first
 //! instruction.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use kvm_bindings::{kvm_msr_entry, kvm_userspace_memory_region, Msrs, KVM_MEM_LOG_DIRTY_PAGES};
@@ -20,271 +19,31 @@ use tandem_abi::layout::{self, LiveArea};
 use tandem_abi::trace::{KernelStats, Phase};
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::arch::{self, ArchError};
-use crate::backup::{BackupConfig, BackupError, BackupRecord, BackupWriter};
-use crate::console::{Console, ConsoleSink, DEFAULT_CONSOLE_LIMIT};
+mod builder;
+mod check;
+mod config;
+mod error;
+mod report;
+mod restore;
+
+pub use builder::VmBuilder;
+pub use check::check_mem_size;
+pub use config::VmConfig;
+pub use error::VmError;
+pub use report::{ExitStatus, RunReport, RunStats, SnapshotRecord, SnapshotTrigger};
+
+use error::ioctl;
+
+use crate::arch;
+use crate::backup::{BackupRecord, BackupWriter};
+use crate::console::Console;
 use crate::control::{Kicker, VmEvent, VmHandle, Watch};
 use crate::entropy::fill_random;
 use crate::hypercall::{self, Action, HypercallError};
 use crate::image::Image;
-use crate::kvm::{Hypervisor, KvmError};
-use crate::memory::{GuestRam, MemoryError};
-use crate::snapshot::{SnapshotError, WriteStats};
+use crate::kvm::Hypervisor;
+use crate::memory::GuestRam;
 use crate::trace::{rdtsc, BootTrace};
-
-/// Why a VM could not be set up or run.
-#[derive(Debug, thiserror::Error)]
-pub enum VmError {
-    /// KVM refused something.
-    #[error(transparent)]
-    Kvm(#[from] KvmError),
-    /// Guest memory could not be set up.
-    #[error(transparent)]
-    Memory(#[from] MemoryError),
-    /// The CPU structures could not be written.
-    #[error(transparent)]
-    Arch(#[from] ArchError),
-    /// The configuration is not valid.
-    #[error("invalid VM configuration: {0}")]
-    Config(String),
-    /// Guest memory refused a write during setup.
-    #[error("cannot write guest memory: {0}")]
-    GuestMemory(#[from] vm_memory::GuestMemoryError),
-    /// A snapshot could not be taken or restored.
-    #[error(transparent)]
-    Snapshot(#[from] SnapshotError),
-    /// A backup point could not be taken.
-    #[error(transparent)]
-    Backup(#[from] BackupError),
-}
-
-fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
-    move |source| VmError::Kvm(KvmError::Ioctl { what, source })
-}
-
-/// How a VM run ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExitStatus {
-    /// The guest exited with this code.
-    Exited(u8),
-    /// The guest broke the hypercall protocol.
-    ProtocolViolation(HypercallError),
-    /// The guest crashed (triple fault, halt, unexpected exit).
-    Crashed(String),
-    /// The run exceeded its timeout.
-    TimedOut(Duration),
-    /// The VM was stopped after writing a snapshot (`exit_after_snapshot`).
-    Snapshotted(PathBuf),
-    /// The VM was stopped from outside ([`VmHandle::kill`]).
-    Stopped,
-}
-
-impl std::fmt::Display for ExitStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Exited(code) => write!(f, "guest exited with code {code}"),
-            Self::ProtocolViolation(e) => write!(f, "guest broke the hypercall protocol: {e}"),
-            Self::Crashed(why) => write!(f, "guest crashed: {why}"),
-            Self::TimedOut(d) => write!(f, "guest timed out after {d:?}"),
-            Self::Snapshotted(dir) => {
-                write!(f, "VM stopped after its snapshot to {}", dir.display())
-            }
-            Self::Stopped => write!(f, "VM stopped on request"),
-        }
-    }
-}
-
-/// Counts that do not depend on the machine's speed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RunStats {
-    /// VM exits during the run.
-    pub exits: u64,
-    /// VM exits before the app's `main`.
-    pub exits_before_main: u64,
-    /// Guest CPL0 entries (exceptions) during the run.
-    pub cpl0_entries: u64,
-    /// Guest CPL0 entries before the app's `main`.
-    pub cpl0_entries_before_main: u64,
-    /// Console bytes the guest wrote.
-    pub console_bytes: u64,
-}
-
-/// The result of a run.
-#[derive(Debug, Clone)]
-pub struct RunReport {
-    /// How it ended.
-    pub status: ExitStatus,
-    /// Its boot trace.
-    pub trace: BootTrace,
-    /// Its counts.
-    pub stats: RunStats,
-    /// Snapshots taken during the run.
-    pub snapshots: Vec<SnapshotRecord>,
-    /// Backup points taken during the run.
-    pub backups: Vec<BackupRecord>,
-}
-
-/// What asked for a snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SnapshotTrigger {
-    /// The app called `ready()` (`snapshot_at_ready`).
-    Ready,
-    /// The app asked (`Request::Snapshot`).
-    Guest,
-    /// The process got `SIGUSR1`.
-    Signal,
-}
-
-/// One snapshot taken (or attempted) during a run.
-#[derive(Debug, Clone)]
-pub struct SnapshotRecord {
-    /// What asked for it.
-    pub trigger: SnapshotTrigger,
-    /// Where it went.
-    pub dir: PathBuf,
-    /// What it cost, or why it failed.
-    pub result: Result<WriteStats, String>,
-}
-
-/// What a VM is given.
-#[derive(Debug, Clone)]
-pub struct VmConfig {
-    /// Guest memory in bytes (a multiple of 2 MiB).
-    pub mem_size: u64,
-    /// The app's command line.
-    pub cmdline: String,
-    /// Stop the VM after this long.
-    pub timeout: Option<Duration>,
-    /// Where the console goes.
-    pub console: ConsoleSink,
-    /// Most console bytes accepted.
-    pub console_limit: u64,
-    /// Console bytes per second passed on (0: unlimited).
-    pub console_rate: u64,
-    /// Back guest memory with transparent huge pages.
-    pub huge_pages: bool,
-    /// Identity handed to the guest.
-    pub vm_id: u64,
-    /// Where guest-requested and `SIGUSR1` snapshots go (none: the guest's
-    /// requests are answered "not taken").
-    pub snapshot_dir: Option<PathBuf>,
-    /// Take a snapshot into this directory when the app calls `ready()`.
-    pub snapshot_at_ready: Option<PathBuf>,
-    /// Stop the VM (status [`ExitStatus::Snapshotted`]) once a snapshot is written.
-    pub exit_after_snapshot: bool,
-    /// Snapshot into `snapshot_dir` when the process gets `SIGUSR1`
-    /// (after [`install_snapshot_signal`](crate::control::install_snapshot_signal)).
-    pub snapshot_on_signal: bool,
-    /// Keep incremental backups.
-    pub backup: Option<BackupConfig>,
-    /// Say on stderr when a snapshot or backup point is written or fails.
-    pub verbose: bool,
-    /// Lets other threads follow the run (start, `ready()`) and stop it.
-    pub handle: Option<VmHandle>,
-    /// The app's standard input is this process's (fd 0); otherwise the app
-    /// reads end of input at once.
-    pub stdin: bool,
-}
-
-impl Default for VmConfig {
-    fn default() -> Self {
-        Self {
-            mem_size: layout::DEFAULT_MEM_SIZE,
-            cmdline: String::new(),
-            timeout: None,
-            console: ConsoleSink::Stdout,
-            console_limit: DEFAULT_CONSOLE_LIMIT,
-            console_rate: crate::console::DEFAULT_CONSOLE_RATE,
-            huge_pages: true,
-            vm_id: 0,
-            snapshot_dir: None,
-            snapshot_at_ready: None,
-            exit_after_snapshot: false,
-            snapshot_on_signal: false,
-            backup: None,
-            verbose: false,
-            handle: None,
-            stdin: false,
-        }
-    }
-}
-
-/// Builds and boots VMs from one image.
-///
-/// ```
-/// use std::sync::{Arc, Mutex};
-/// use tandem::{ConsoleSink, ExitStatus, Hypervisor, Image, VmBuilder};
-/// # let hello = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest/target/x86_64-unknown-none/release/hello");
-/// let hv = Hypervisor::open()?;
-/// let image = Image::from_file(hello.as_ref())?;
-/// let console = Arc::new(Mutex::new(Vec::new()));
-/// let report = VmBuilder::new(&hv, &image)
-///     .cmdline("a b")
-///     .mem_size(16 << 20)
-///     .console(ConsoleSink::Capture(console.clone()))
-///     .run()?;
-/// assert_eq!(report.status, ExitStatus::Exited(0));
-/// assert!(String::from_utf8_lossy(&console.lock().unwrap()).contains(r#"command line: "a b""#));
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-pub struct VmBuilder<'a> {
-    hv: &'a Hypervisor,
-    image: &'a Image,
-    config: VmConfig,
-    start_tsc: u64,
-}
-
-impl<'a> VmBuilder<'a> {
-    /// A builder with the default configuration; the boot clock starts now.
-    pub fn new(hv: &'a Hypervisor, image: &'a Image) -> Self {
-        Self {
-            hv,
-            image,
-            config: VmConfig::default(),
-            start_tsc: rdtsc(),
-        }
-    }
-    /// Uses `config` whole.
-    pub fn config(mut self, config: VmConfig) -> Self {
-        self.config = config;
-        self
-    }
-    /// Guest memory size in bytes.
-    pub fn mem_size(mut self, bytes: u64) -> Self {
-        self.config.mem_size = bytes;
-        self
-    }
-    /// The app's command line.
-    pub fn cmdline(mut self, cmdline: impl Into<String>) -> Self {
-        self.config.cmdline = cmdline.into();
-        self
-    }
-    /// Stop after this long.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.config.timeout = Some(timeout);
-        self
-    }
-    /// Where the console goes.
-    pub fn console(mut self, sink: ConsoleSink) -> Self {
-        self.config.console = sink;
-        self
-    }
-    /// Counts the boot from `tsc` (for example the process start) instead of now.
-    pub fn started_at(mut self, tsc: u64) -> Self {
-        self.start_tsc = tsc;
-        self
-    }
-
-    /// Creates the VM, ready to run.
-    pub fn build(self) -> Result<Vm, VmError> {
-        Vm::create(self.hv, self.image, self.config, self.start_tsc)
-    }
-
-    /// Creates the VM and runs it to the end.
-    pub fn run(self) -> Result<RunReport, VmError> {
-        self.build()?.run()
-    }
-}
 
 /// A VM with one vCPU, ready to run.
 pub struct Vm {
@@ -327,62 +86,16 @@ fn memory_slot(ram: &GuestRam, dirty_log: bool) -> kvm_userspace_memory_region {
     }
 }
 
-mod restore;
-
-/// Checks a guest memory size as `tandem run --mem` and the shim's
-/// `tandem.dev/memory` annotation need it: from [`layout::MIN_MEM_SIZE`] to
-/// [`layout::MAX_MEM_SIZE`], a multiple of 2 MiB. The error says which.
-///
-/// ```
-/// use tandem::vm::check_mem_size;
-/// assert!(check_mem_size(64 << 20).is_ok());
-/// assert!(check_mem_size(65 << 20).unwrap_err().contains("not a multiple of 2 MiB"));
-/// assert!(check_mem_size(3 << 20).unwrap_err().contains("too little"));
-/// ```
-pub fn check_mem_size(m: u64) -> Result<(), String> {
-    if m < layout::MIN_MEM_SIZE {
-        return Err(format!(
-            "{} MiB of memory is too little: Tandem needs at least {} MiB (layout {} MiB + 2 MiB heap)",
-            m >> 20,
-            layout::MIN_MEM_SIZE >> 20,
-            layout::HEAP_ADDR >> 20
-        ));
-    }
-    if m > layout::MAX_MEM_SIZE {
-        return Err(format!(
-            "{} MiB of memory is more than the {} MiB Tandem maps",
-            m >> 20,
-            layout::MAX_MEM_SIZE >> 20
-        ));
-    }
-    if !m.is_multiple_of(layout::LARGE_PAGE_SIZE) {
-        return Err(format!("memory size {m} is not a multiple of 2 MiB"));
-    }
-    Ok(())
-}
-
-pub(crate) fn check_config(config: &VmConfig) -> Result<(), VmError> {
-    check_mem_size(config.mem_size).map_err(VmError::Config)?;
-    if config.cmdline.len() > tandem_abi::bootinfo::MAX_CMDLINE {
-        return Err(VmError::Config(format!(
-            "command line of {} bytes exceeds {} bytes",
-            config.cmdline.len(),
-            tandem_abi::bootinfo::MAX_CMDLINE
-        )));
-    }
-    Ok(())
-}
-
 const MSR_IA32_TSC: u32 = 0x10;
 
 impl Vm {
-    fn create(
+    pub(super) fn boot(
         hv: &Hypervisor,
         image: &Image,
         config: VmConfig,
         start_tsc: u64,
     ) -> Result<Self, VmError> {
-        check_config(&config)?;
+        check::check_config(&config)?;
         let mut trace = BootTrace::new(0);
         trace.set(Phase::VmmStart, start_tsc);
         trace.stamp(Phase::KvmReady);
