@@ -1,30 +1,41 @@
-//! A Tandem VM: built from a checked [`Image`], booted straight into the
-//! app at CPL3, and run until it exits, breaks the protocol, crashes or times out.
+//! A Tandem VM: built from a checked [`Image`](crate::image::Image), booted
+//! straight into the app at CPL3 (or restored from a snapshot), and run
+//! until it exits, breaks the protocol, crashes or times out.
 //!
 //! The order of setup follows what these machines taught us: guest memory
 //! is registered before the vCPU exists (adding a slot later waits on
 //! `synchronize_srcu`), no PIT and no in-kernel interrupt controller are
 //! created, and everything the guest needs is written before its first
 //! instruction.
+//!
+//! One file per concern:
+//! - what a VM is given and tells: `config`, `check` (its validity),
+//!   `report`, `error`; the public way in, `builder`;
+//! - how it is made: `machine` (the one construction path, with the one
+//!   memory-slot call), `boot` (with `boot_info` and `prefault`),
+//!   `restore`;
+//! - how it runs: `run` (the loop, which only runs), `exit` (what a KVM
+//!   exit means, decided by a pure function), `actions` (everything the
+//!   run carries out: hypercall actions, due snapshots and backup points),
+//!   `stdin`, `clock`, `guest_trace`, `freeze` (stopping the VM's state
+//!   into a snapshot or backup point).
 
-use std::time::Duration;
-
-use kvm_bindings::{kvm_msr_entry, kvm_userspace_memory_region, Msrs, KVM_MEM_LOG_DIRTY_PAGES};
-use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
-use tandem_abi::bootinfo::{
-    BootInfo, BootPath, CpuInfo, HostStamps, MemKind, MemRegion, ENTROPY_SIZE,
-};
-use tandem_abi::hypercall::{GuestBuf, Reply};
-use tandem_abi::layout::{self, LiveArea};
-use tandem_abi::trace::{KernelStats, Phase};
-use vm_memory::{Bytes, GuestAddress};
-
+mod boot;
+mod boot_info;
 mod builder;
 mod check;
+mod clock;
 mod config;
 mod error;
+mod freeze;
+mod guest_trace;
+mod machine;
+mod prefault;
 mod report;
 mod restore;
+
+use kvm_ioctls::{VcpuFd, VmFd};
+use tandem_abi::layout::LiveArea;
 
 pub use builder::VmBuilder;
 pub use check::check_mem_size;
@@ -32,20 +43,25 @@ pub use config::VmConfig;
 pub use error::VmError;
 pub use report::{ExitStatus, RunReport, RunStats, SnapshotRecord, SnapshotTrigger};
 
-use error::ioctl;
+use std::time::Duration;
 
-use crate::arch;
+use kvm_ioctls::VcpuExit;
+use tandem_abi::hypercall::{GuestBuf, Reply};
+use tandem_abi::layout;
+use tandem_abi::trace::Phase;
+use vm_memory::{Bytes, GuestAddress};
+
+use clock::wall_clock;
+
 use crate::backup::{BackupRecord, BackupWriter};
 use crate::console::Console;
 use crate::control::{Kicker, VmEvent, VmHandle, Watch};
-use crate::entropy::fill_random;
 use crate::hypercall::{self, Action, HypercallError};
-use crate::image::Image;
-use crate::kvm::Hypervisor;
 use crate::memory::GuestRam;
-use crate::trace::{rdtsc, BootTrace};
+use crate::trace::BootTrace;
 
-/// A VM with one vCPU, ready to run.
+/// A VM with one vCPU, ready to run: made by [`VmBuilder`] or
+/// [`Vm::restore`], consumed by [`Vm::run`].
 pub struct Vm {
     // Field order is drop order: vCPU, VM, then guest memory.
     vcpu: VcpuFd,
@@ -71,104 +87,20 @@ pub struct Vm {
     backup_records: Vec<BackupRecord>,
 }
 
-/// The guest memory slot: all of guest memory, with dirty logging for backups.
-fn memory_slot(ram: &GuestRam, dirty_log: bool) -> kvm_userspace_memory_region {
-    kvm_userspace_memory_region {
-        slot: 0,
-        flags: if dirty_log {
-            KVM_MEM_LOG_DIRTY_PAGES
-        } else {
-            0
-        },
-        guest_phys_addr: 0,
-        memory_size: ram.size(),
-        userspace_addr: ram.host_addr(),
-    }
-}
-
-const MSR_IA32_TSC: u32 = 0x10;
-
 impl Vm {
-    pub(super) fn boot(
-        hv: &Hypervisor,
-        image: &Image,
-        config: VmConfig,
-        start_tsc: u64,
-    ) -> Result<Self, VmError> {
-        check::check_config(&config)?;
-        let mut trace = BootTrace::new(0);
-        trace.set(Phase::VmmStart, start_tsc);
-        trace.stamp(Phase::KvmReady);
-
-        let vm = hv.kvm().create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
-        trace.stamp(Phase::VmCreated);
-
-        let ram = GuestRam::new(config.mem_size, config.huge_pages)?;
-        let region = memory_slot(&ram, config.backup.is_some());
-        // SAFETY: the region is a live mapping of `ram.size()` bytes owned by
-        // `ram`, which this struct drops after the VM fd (field order).
-        unsafe { vm.set_user_memory_region(region) }
-            .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
-        trace.stamp(Phase::MemoryMapped);
-
-        let vcpu = vm.create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))?;
-        let tsc_khz = hv.tsc_khz(&vcpu)?;
-        trace.set_tsc_khz(u64::from(tsc_khz));
-        let tsc_offset = guest_tsc_offset(&vcpu)?;
-
-        image.load(&ram.mem)?;
-        arch::write_structures(
-            &ram.mem,
-            config.mem_size,
-            &image.segment_maps(),
-            image.note.exception_stubs,
-        )?;
-        let to_guest = |host: u64| host.wrapping_add_signed(tsc_offset);
-        let info = boot_info(hv, &config, tsc_khz, to_guest(start_tsc), to_guest(rdtsc()));
-        let cpu_features = (info.cpu.features_ecx, info.cpu.features_edx);
-        // BOOT_INFO_MAX is 8 KiB, which fits any usize.
-        #[allow(clippy::cast_possible_truncation)]
-        let mut block = [0u8; layout::BOOT_INFO_MAX as usize];
-        let n = info
-            .encode(&mut block)
-            .map_err(|e| VmError::Config(format!("boot-info block: {e}")))?;
-        ram.mem
-            .write_slice(&block[..n], GuestAddress(layout::BOOT_INFO_ADDR))?;
-        prefault(&ram.mem, image)?;
-        trace.stamp(Phase::ImageLoaded);
-
-        vcpu.set_cpuid2(hv.supported_cpuid())
-            .map_err(ioctl("KVM_SET_CPUID2"))?;
-        let smep = hv.cpuid_leaf(7).is_some_and(|l| l.ebx & (1 << 7) != 0);
-        let sregs = vcpu.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
-        vcpu.set_sregs(&arch::user_mode_sregs(sregs, smep))
-            .map_err(ioctl("KVM_SET_SREGS"))?;
-        vcpu.set_regs(&arch::entry_regs(image.entry))
-            .map_err(ioctl("KVM_SET_REGS"))?;
-        trace.stamp(Phase::VcpuReady);
-
-        Ok(Self {
-            vcpu,
-            vm,
-            ram,
-            config,
-            trace,
-            tsc_offset,
-            tsc_khz: u64::from(tsc_khz),
-            cpu_features,
-            live: LiveArea::default(),
-            resume_clock: None,
-            console_before: 0,
-            backup: None,
-            backup_records: Vec::new(),
-        })
-    }
-
     /// Guest memory (for inspection by tests and tools).
     pub fn memory(&self) -> &vm_memory::GuestMemoryMmap {
         &self.ram.mem
     }
 
+    /// The generation this VM's guest sees (0 for a VM that booted and was
+    /// never restored).
+    pub fn generation(&self) -> u64 {
+        self.live.generation
+    }
+}
+
+impl Vm {
     /// Runs the guest until it stops. Protocol violations, crashes and
     /// timeouts are reported in [`RunReport::status`], not as errors: they end
     /// this VM and nothing else.
@@ -463,89 +395,6 @@ impl Vm {
             );
         }
     }
-
-    fn guest_stamp(&self, phase: Phase) -> u64 {
-        self.ram
-            .mem
-            .read_obj(GuestAddress(layout::TRACE_ADDR + phase.offset()))
-            .unwrap_or(0)
-    }
-
-    fn collect_guest_trace(&mut self, stats: &mut RunStats) {
-        let lo = self.trace.get(Phase::VmmStart).unwrap_or(0);
-        let hi = self.trace.get(Phase::Exit).unwrap_or(u64::MAX);
-        for phase in Phase::ALL.into_iter().filter(|p| p.stamped_by_guest()) {
-            let guest = self.guest_stamp(phase);
-            let host = guest.wrapping_add_signed(-self.tsc_offset);
-            // Stamps are the guest's word: keep only those that fall inside the run.
-            if guest != 0 && host >= lo && host <= hi {
-                self.trace.set(phase, host);
-            }
-        }
-        let kstat = |off: u64| -> u64 {
-            self.ram
-                .mem
-                .read_obj(GuestAddress(layout::KSTATS_ADDR + off))
-                .unwrap_or(0)
-        };
-        stats.cpl0_entries = kstat(KernelStats::CPL0_ENTRIES);
-        stats.cpl0_entries_before_main = kstat(KernelStats::CPL0_BEFORE_MAIN);
-    }
-}
-
-/// Ranges of which the guest touches several pages on its way to `main` and
-/// at exit: the boot-info block, trace stamps, hypercall and console buffers
-/// (one prefetch group), and the top of the stack (decoding the boot-info
-/// block uses a few pages of it). Measured on hello: guest init 170 µs
-/// without these, 75 µs with. The exception path is left alone: completing
-/// its groups costs every boot more than it saves the rare faulting one.
-const HOT: &[(u64, u64)] = &[
-    (
-        layout::BOOT_INFO_ADDR,
-        layout::CONSOLE_ADDR + layout::PAGE_SIZE,
-    ),
-    (layout::STACK_TOP - PREFETCH_GROUP, layout::STACK_TOP),
-];
-
-/// KVM's shadow MMU maps up to 8 neighbouring pages (an aligned 32 KiB
-/// group) on each guest page fault, but stops at the first neighbour whose
-/// host page is not yet present. Under PVM each guest fault costs about
-/// 22 µs and a host page fault about 3 µs, so for groups of which the guest
-/// touches several pages, the host makes every mapped page present and
-/// writable: one guest fault then maps the whole group.
-const PREFETCH_GROUP: u64 = 8 * layout::PAGE_SIZE;
-
-fn prefault(mem: &vm_memory::GuestMemoryMmap, image: &Image) -> Result<(), VmError> {
-    let mapped = |page: u64| {
-        layout::LOW_REGIONS
-            .iter()
-            .any(|r| r.access != layout::Access::None && page >= r.start && page < r.end)
-            || image
-                .segments
-                .iter()
-                .any(|s| page >= s.addr & !(layout::PAGE_SIZE - 1) && page < s.addr + s.mem_size)
-    };
-    let touch_groups = |start: u64, end: u64| -> Result<(), VmError> {
-        let mut page = start & !(PREFETCH_GROUP - 1);
-        while page < end {
-            if mapped(page) {
-                // Rewrite what is there: the page becomes present and
-                // writable on the host, its content unchanged (the guest
-                // has not started).
-                let v: u64 = mem.read_obj(GuestAddress(page))?;
-                mem.write_obj(v, GuestAddress(page))?;
-            }
-            page += layout::PAGE_SIZE;
-        }
-        Ok(())
-    };
-    for &(start, end) in HOT {
-        touch_groups(start, end)?;
-    }
-    for seg in &image.segments {
-        touch_groups(seg.addr, seg.addr + seg.mem_size)?;
-    }
-    Ok(())
 }
 
 /// Longest single wait of a `Request::Idle` (the app asks again if it wants more).
@@ -636,77 +485,4 @@ fn copy4(data: &[u8]) -> ([u8; 8], usize) {
     let n = data.len().min(8);
     out[..n].copy_from_slice(&data[..n]);
     (out, n)
-}
-
-/// Guest TSC minus host TSC (zero where the guest TSC is the host's, as under PVM).
-pub(crate) fn guest_tsc_offset(vcpu: &VcpuFd) -> Result<i64, VmError> {
-    let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
-        index: MSR_IA32_TSC,
-        ..Default::default()
-    }])
-    .map_err(|e| VmError::Config(format!("MSR list: {e:?}")))?;
-    let before = rdtsc();
-    let n = vcpu.get_msrs(&mut msrs).map_err(ioctl("KVM_GET_MSRS"))?;
-    let after = rdtsc();
-    if n != 1 {
-        return Ok(0);
-    }
-    let host = before + (after - before) / 2;
-    let guest = msrs.as_slice()[0].data;
-    Ok(guest.wrapping_sub(host) as i64)
-}
-
-fn wall_clock(tsc_offset: i64) -> (u64, u64) {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0);
-    (nanos, rdtsc().wrapping_add_signed(tsc_offset))
-}
-
-fn boot_info(
-    hv: &Hypervisor,
-    config: &VmConfig,
-    tsc_khz: u32,
-    vmm_start: u64,
-    vcpu_ready: u64,
-) -> BootInfo {
-    let mut memory = heapless::Vec::new();
-    let heap = MemRegion {
-        start: layout::HEAP_ADDR,
-        len: layout::heap_size(config.mem_size),
-        kind: MemKind::Usable,
-    };
-    // Two entries always fit MAX_MEM_REGIONS.
-    let _ = memory.push(MemRegion {
-        start: 0,
-        len: layout::HEAP_ADDR,
-        kind: MemKind::Reserved,
-    });
-    let _ = memory.push(heap);
-    let leaf1 = hv.cpuid_leaf(1);
-    let mut entropy = [0u8; ENTROPY_SIZE];
-    fill_random(&mut entropy);
-    BootInfo {
-        boot_path: BootPath::TandemPv,
-        memory,
-        heap,
-        // Length checked in check_config.
-        cmdline: heapless::String::try_from(config.cmdline.as_str()).unwrap_or_default(),
-        cpu: CpuInfo {
-            count: 1,
-            tsc_khz: u64::from(tsc_khz),
-            features_ecx: leaf1.map_or(0, |l| l.ecx),
-            features_edx: leaf1.map_or(0, |l| l.edx),
-        },
-        host: HostStamps {
-            vmm_start,
-            vcpu_ready,
-        },
-        vm_id: config.vm_id,
-        generation: 0,
-        devices: heapless::Vec::new(),
-        entropy,
-        loader: heapless::String::try_from("tandem").unwrap_or_default(),
-    }
 }
