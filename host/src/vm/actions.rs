@@ -151,28 +151,19 @@ impl Vm {
 
     /// Serves the guest's snapshot request: the reply says "taken" before
     /// the snapshot is written (so restored copies read it too), and is
-    /// corrected if the write fails.
+    /// corrected if the write fails. Every answer is noted for the next
+    /// backup point, "not taken" too.
     fn guest_snapshot(
         &mut self,
         reply: GuestBuf,
         session: &mut Session,
     ) -> ControlFlow<ExitStatus> {
-        let mem_size = self.config.mem_size;
-        let answer = |vm: &Self, taken: bool| {
-            violation(hypercall::write_reply(
-                &vm.ram.mem,
-                mem_size,
-                reply,
-                &Reply::Snapshot { taken },
-            ))
-        };
         let Some(dir) = self.config.snapshot_dir.clone() else {
-            return answer(self, false);
+            return self.reply(reply, &Reply::Snapshot { taken: false });
         };
-        answer(self, true)?;
-        self.note_host_writes(&[(reply.addr, u64::from(reply.len))]);
+        self.reply(reply, &Reply::Snapshot { taken: true })?;
         if !self.snapshot_now(&dir, SnapshotTrigger::Guest, session)? {
-            answer(self, false)?;
+            self.reply(reply, &Reply::Snapshot { taken: false })?;
         }
         Continue(())
     }
