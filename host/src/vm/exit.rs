@@ -17,8 +17,18 @@ pub(super) enum Decision {
     /// `KVM_RUN` was interrupted (a kick or a signal) before any exit:
     /// look at what is due and run again.
     Rerun,
+    /// `KVM_RUN` itself failed: end the run with this status at once.
+    Fail(ExitStatus),
+    /// The guest exited (an exit to count, after which its console is
+    /// drained): then do this.
+    Exited(ExitAction),
+}
+
+/// What a VM exit asks of the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum ExitAction {
     /// The guest wrote `data[..len]` to `port`: serve the hypercall.
-    Hypercall {
+    Serve {
         /// The port written.
         port: u16,
         /// The bytes written, copied out of the vCPU's run area.
@@ -26,23 +36,21 @@ pub(super) enum Decision {
         /// How many of them.
         len: usize,
     },
-    /// The guest cannot go on: end the run with this status once its
-    /// console is drained.
+    /// The guest cannot go on: end the run with this status.
     Stop(ExitStatus),
-    /// `KVM_RUN` itself failed: end the run with this status at once.
-    Fail(ExitStatus),
 }
 
 /// Decides what an exit means, copying what it carries (the run area it
 /// points into is rewritten by the next `KVM_RUN`).
 pub(super) fn handle_kvm_exit(exit: Result<VcpuExit<'_>, kvm_ioctls::Error>) -> Decision {
-    let crash = |why: String| Decision::Stop(ExitStatus::Crashed(why));
+    let stop = |status| Decision::Exited(ExitAction::Stop(status));
+    let crash = |why: String| stop(ExitStatus::Crashed(why));
     match exit {
         Ok(VcpuExit::IoOut(port, bytes)) => {
             let mut data = [0u8; MAX_IO_BYTES];
             let len = bytes.len().min(MAX_IO_BYTES);
             data[..len].copy_from_slice(&bytes[..len]);
-            Decision::Hypercall { port, data, len }
+            Decision::Exited(ExitAction::Serve { port, data, len })
         }
         // Hypercalls are writes only: a read of one of their ports is a
         // misuse, of any other port a port Tandem does not have.
@@ -51,7 +59,7 @@ pub(super) fn handle_kvm_exit(exit: Result<VcpuExit<'_>, kvm_ioctls::Error>) -> 
                 Ok(_) => HypercallError::PortRead(port),
                 Err(port) => HypercallError::UnknownPort(port),
             };
-            Decision::Stop(ExitStatus::ProtocolViolation(e))
+            stop(ExitStatus::ProtocolViolation(e))
         }
         Ok(VcpuExit::Shutdown) => {
             crash("triple fault (the guest could not handle an exception)".into())
@@ -76,7 +84,7 @@ mod tests {
 
     fn crashed(d: Decision) -> String {
         match d {
-            Decision::Stop(ExitStatus::Crashed(why)) => why,
+            Decision::Exited(ExitAction::Stop(ExitStatus::Crashed(why))) => why,
             other => panic!("not a crash: {other:?}"),
         }
     }
@@ -86,24 +94,25 @@ mod tests {
         let port = HypercallPort::Request as u16;
         assert_eq!(
             handle_kvm_exit(Ok(VcpuExit::IoOut(port, &[1, 2, 3, 4]))),
-            Decision::Hypercall {
+            Decision::Exited(ExitAction::Serve {
                 port,
                 data: [1, 2, 3, 4, 0, 0, 0, 0],
                 len: 4
-            }
+            })
         );
         // An unknown port is the hypercall layer's to refuse, with its error.
         assert_eq!(
             handle_kvm_exit(Ok(VcpuExit::IoOut(0x80, &[7]))),
-            Decision::Hypercall {
+            Decision::Exited(ExitAction::Serve {
                 port: 0x80,
                 data: [7, 0, 0, 0, 0, 0, 0, 0],
                 len: 1
-            }
+            })
         );
         // More than a port write can carry is cut, never a panic.
         let long = [9u8; 12];
-        let Decision::Hypercall { len, data, .. } = handle_kvm_exit(Ok(VcpuExit::IoOut(1, &long)))
+        let Decision::Exited(ExitAction::Serve { len, data, .. }) =
+            handle_kvm_exit(Ok(VcpuExit::IoOut(1, &long)))
         else {
             panic!("not a hypercall");
         };
@@ -112,19 +121,16 @@ mod tests {
 
     #[test]
     fn a_port_read_breaks_the_protocol() {
+        let violation = |e| Decision::Exited(ExitAction::Stop(ExitStatus::ProtocolViolation(e)));
         let port = HypercallPort::Exit as u16;
         let mut buf = [0u8; 4];
         assert_eq!(
             handle_kvm_exit(Ok(VcpuExit::IoIn(port, &mut buf))),
-            Decision::Stop(ExitStatus::ProtocolViolation(HypercallError::PortRead(
-                port
-            )))
+            violation(HypercallError::PortRead(port))
         );
         assert_eq!(
             handle_kvm_exit(Ok(VcpuExit::IoIn(0x3f8, &mut buf))),
-            Decision::Stop(ExitStatus::ProtocolViolation(HypercallError::UnknownPort(
-                0x3f8
-            )))
+            violation(HypercallError::UnknownPort(0x3f8))
         );
     }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tandem_abi::trace::Phase;
 
-use super::exit::{handle_kvm_exit, Decision};
+use super::exit::{handle_kvm_exit, Decision, ExitAction};
 use super::guest_trace::guest_stamp;
 use super::{ExitStatus, RunReport, RunStats, SnapshotRecord, Vm, VmError};
 use crate::console::Console;
@@ -70,33 +70,27 @@ impl Vm {
                     break status;
                 }
             }
-            let exit = self.vcpu.run();
-            let exited = exit.is_ok();
-            let decision = handle_kvm_exit(exit);
-            if exited {
-                stats.exits += 1;
-                if guest_stamp(&self.ram.mem, Phase::AppMain) == 0 {
-                    stats.exits_before_main += 1;
-                }
-            }
-            match decision {
+            let exit = match handle_kvm_exit(self.vcpu.run()) {
                 Decision::Rerun => continue,
                 Decision::Fail(status) => break status,
-                Decision::Stop(_) | Decision::Hypercall { .. } => {}
+                Decision::Exited(exit) => exit,
+            };
+            stats.exits += 1;
+            if guest_stamp(&self.ram.mem, Phase::AppMain) == 0 {
+                stats.exits_before_main += 1;
             }
             // Every exit drains the console: print! needs no exit of its own.
             if let Err(e) = self.drain_console(&mut session.console) {
                 break ExitStatus::ProtocolViolation(e);
             }
-            match decision {
-                Decision::Hypercall { port, data, len } => {
+            match exit {
+                ExitAction::Serve { port, data, len } => {
                     if let ControlFlow::Break(status) = self.serve(port, &data[..len], &mut session)
                     {
                         break status;
                     }
                 }
-                Decision::Stop(status) | Decision::Fail(status) => break status,
-                Decision::Rerun => {}
+                ExitAction::Stop(status) => break status,
             }
         };
         self.trace.stamp(Phase::Exit);
