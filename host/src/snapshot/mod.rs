@@ -3,7 +3,7 @@
 //! A snapshot directory holds a state file (`state`: header with magic,
 //! format version and architecture, a `postcard` body with every vCPU
 //! register set, MSRs, XSAVE, the VM's configuration, clock, console totals
-//! and boot trace, and a BLAKE3 digest of the body; see [`format`]) and a
+//! and boot trace, and a BLAKE3 digest of the body; see [`format`](mod@format)) and a
 //! memory file of raw pages (`memory-<16 hex digits>`, sparse: zero pages
 //! are holes), which restore maps `MAP_PRIVATE` without reading it.
 //!
