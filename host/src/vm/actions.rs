@@ -231,3 +231,19 @@ fn idle(handle: Option<&VmHandle>, nanos: u64, deadline: Option<Instant>) -> boo
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_wait_ends_at_a_stop_request_or_the_deadline() {
+        let h = VmHandle::new();
+        h.request_stop();
+        assert!(idle(Some(&h), u64::MAX, None));
+        let t = Instant::now();
+        assert!(!idle(None, u64::MAX, Some(t)));
+        assert!(!idle(Some(&VmHandle::new()), 1_000, None));
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+}
