@@ -37,6 +37,7 @@ mod arch;
 pub mod backup;
 mod console;
 mod control;
+mod entropy;
 pub mod fleet;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

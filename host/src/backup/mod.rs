@@ -15,6 +15,7 @@
 //! earlier point intact.
 
 pub(crate) mod chain;
+mod pages;
 pub(crate) mod point;
 
 use std::collections::BTreeSet;
@@ -23,6 +24,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use kvm_ioctls::VmFd;
 use tandem_abi::layout::PAGE_SIZE;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -159,6 +161,34 @@ impl BackupWriter {
     /// Takes the host-written pages noted since the last point.
     pub fn take_host_written(&mut self) -> BTreeSet<u64> {
         std::mem::take(&mut self.host_written)
+    }
+
+    /// Writes the next point of a stopped VM with `state`: the base (every
+    /// page that may hold data) first, then the pages changed since the
+    /// previous point. Gets and clears `vm`'s dirty log, so the next point
+    /// starts from here.
+    pub fn write_next(
+        &mut self,
+        vm: &VmFd,
+        ram: &GuestRam,
+        state: &SnapshotState,
+    ) -> Result<BackupRecord, BackupError> {
+        let size = usize::try_from(ram.size())
+            .map_err(|_| SnapshotError::Invalid("memory size".into()))?;
+        let bitmap = vm
+            .get_dirty_log(0, size)
+            .map_err(|source| BackupError::Kvm {
+                what: "KVM_GET_DIRTY_LOG",
+                source,
+            })?;
+        let candidates = files::candidate_pages(ram)?;
+        let host_written = self.take_host_written();
+        let (pages, dirty) = if self.needs_base() {
+            (pages::base_pages(&candidates), 0)
+        } else {
+            pages::delta_pages(&bitmap, host_written, ram.size() / PAGE_SIZE)
+        };
+        self.write_point(ram, state, &pages, dirty)
     }
 
     /// Writes the next point: `pages` (ascending, deduplicated) read from

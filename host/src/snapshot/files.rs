@@ -43,7 +43,7 @@ pub(crate) fn temp_path(dir: &Path, final_name: &str) -> PathBuf {
 /// 64 random bits (from getrandom; the TSC if that fails).
 pub(crate) fn nonce() -> u64 {
     let mut b = [0u8; 8];
-    crate::vm::fill_random(&mut b);
+    crate::entropy::fill_random(&mut b);
     u64::from_le_bytes(b)
 }
 

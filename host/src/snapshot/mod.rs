@@ -19,6 +19,7 @@
 //! (`tandem snapshot verify`, `tandem restore --verify`) also checks the
 //! memory file against the digest the state file records.
 
+mod capture;
 pub(crate) mod files;
 pub(crate) mod format;
 pub(crate) mod vcpu;

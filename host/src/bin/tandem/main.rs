@@ -269,9 +269,6 @@ fn persist(config: &mut VmConfig, p: PersistArgs) -> Result<()> {
         }
         config.backup = Some(BackupConfig { dir, every });
     }
-    // The VM's notes (snapshot and backup points written) follow the log
-    // level: off with --quiet, --json or RUST_LOG=warn.
-    config.verbose = log::log_enabled!(target: "tandem", log::Level::Info);
     Ok(())
 }
 

@@ -1,0 +1,42 @@
+//! Random bytes for seeds: boot-info entropy, a restored VM's generation,
+//! fresh file names. A leaf: it uses nothing else of the crate, so every
+//! module may take randomness from it without an import circle.
+
+/// Fills `buf` from `getrandom`, or from the TSC if that fails: entropy is
+/// a seed, not a key, and a boot must not fail for want of it.
+pub(crate) fn fill_random(buf: &mut [u8]) {
+    // SAFETY: getrandom writes at most `buf.len()` bytes into `buf`.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), libc::GRND_NONBLOCK) };
+    if n != buf.len() as isize {
+        for (i, b) in buf.iter_mut().enumerate() {
+            // Keeping only the low byte is the point.
+            #[allow(clippy::cast_possible_truncation)]
+            let byte = (tsc() >> (i % 8)) as u8;
+            *b = byte;
+        }
+    }
+}
+
+/// The time-stamp counter (the same reading as `trace::rdtsc`, which this
+/// leaf does not import).
+fn tsc() -> u64 {
+    // SAFETY: `rdtsc` only reads the time-stamp counter; it is available on
+    // every x86_64 CPU KVM runs on.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fill_random;
+
+    #[test]
+    fn fills_the_whole_buffer() {
+        // 64 bytes all zero after a fill would be a broken source.
+        let mut b = [0u8; 64];
+        fill_random(&mut b);
+        assert!(b.iter().any(|&x| x != 0));
+        let mut c = [0u8; 64];
+        fill_random(&mut c);
+        assert_ne!(b, c);
+    }
+}

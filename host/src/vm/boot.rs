@@ -1,0 +1,67 @@
+//! A fresh boot: the shared construction, then the image, the CPU
+//! structures and the boot-info block written into guest memory, and the
+//! vCPU set to enter the app at CPL3. Nothing is left for the guest to do
+//! before its first instruction.
+
+use tandem_abi::layout;
+use tandem_abi::trace::Phase;
+use vm_memory::{Bytes, GuestAddress};
+
+use super::boot_info::boot_info;
+use super::error::ioctl;
+use super::machine::{Machine, Start};
+use super::prefault::prefault;
+use super::{Vm, VmConfig, VmError};
+use crate::arch;
+use crate::image::Image;
+use crate::kvm::Hypervisor;
+use crate::memory::GuestRam;
+use crate::trace::rdtsc;
+
+impl Vm {
+    /// Builds a VM that boots `image`, its timeline counting from `start_tsc`.
+    pub(super) fn boot(
+        hv: &Hypervisor,
+        image: &Image,
+        config: VmConfig,
+        start_tsc: u64,
+    ) -> Result<Self, VmError> {
+        let mut machine = Machine::new(hv, &config, start_tsc, || {
+            Ok(GuestRam::new(config.mem_size, config.huge_pages)?)
+        })?;
+        let mem = &machine.ram.mem;
+        image.load(mem)?;
+        arch::write_structures(
+            mem,
+            config.mem_size,
+            &image.segment_maps(),
+            image.note.exception_stubs,
+        )?;
+        let to_guest = |host: u64| host.wrapping_add_signed(machine.tsc_offset);
+        let info = boot_info(
+            &config,
+            machine.tsc_khz,
+            machine.cpu_features,
+            to_guest(start_tsc),
+            to_guest(rdtsc()),
+        );
+        // BOOT_INFO_MAX is 8 KiB, which fits any usize.
+        #[allow(clippy::cast_possible_truncation)]
+        let mut block = [0u8; layout::BOOT_INFO_MAX as usize];
+        let n = info
+            .encode(&mut block)
+            .map_err(|e| VmError::Config(format!("boot-info block: {e}")))?;
+        mem.write_slice(&block[..n], GuestAddress(layout::BOOT_INFO_ADDR))?;
+        prefault(mem, image)?;
+        machine.trace.stamp(Phase::ImageLoaded);
+
+        let vcpu = &machine.vcpu;
+        let smep = hv.cpuid_leaf(7).is_some_and(|l| l.ebx & (1 << 7) != 0);
+        let sregs = vcpu.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
+        vcpu.set_sregs(&arch::user_mode_sregs(sregs, smep))
+            .map_err(ioctl("KVM_SET_SREGS"))?;
+        vcpu.set_regs(&arch::entry_regs(image.entry))
+            .map_err(ioctl("KVM_SET_REGS"))?;
+        Ok(machine.into_vm(config, Start::Boot))
+    }
+}

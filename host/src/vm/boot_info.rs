@@ -1,0 +1,89 @@
+//! The boot-info block a booting guest is handed: its memory map, command
+//! line, CPU facts, host stamps, identity and entropy seed.
+
+use tandem_abi::bootinfo::{
+    BootInfo, BootPath, CpuInfo, HostStamps, MemKind, MemRegion, ENTROPY_SIZE,
+};
+use tandem_abi::layout;
+
+use super::VmConfig;
+use crate::entropy::fill_random;
+
+/// The boot-info block for a VM of `config` whose vCPU runs its TSC at
+/// `tsc_khz` with CPUID leaf 1 `cpu_features` (ECX, EDX); `vmm_start` and
+/// `vcpu_ready` are guest TSC stamps.
+pub(super) fn boot_info(
+    config: &VmConfig,
+    tsc_khz: u64,
+    cpu_features: (u32, u32),
+    vmm_start: u64,
+    vcpu_ready: u64,
+) -> BootInfo {
+    let mut memory = heapless::Vec::new();
+    let heap = MemRegion {
+        start: layout::HEAP_ADDR,
+        len: layout::heap_size(config.mem_size),
+        kind: MemKind::Usable,
+    };
+    // Two entries always fit MAX_MEM_REGIONS.
+    let _ = memory.push(MemRegion {
+        start: 0,
+        len: layout::HEAP_ADDR,
+        kind: MemKind::Reserved,
+    });
+    let _ = memory.push(heap);
+    let mut entropy = [0u8; ENTROPY_SIZE];
+    fill_random(&mut entropy);
+    BootInfo {
+        boot_path: BootPath::TandemPv,
+        memory,
+        heap,
+        // Length checked in check_config.
+        cmdline: heapless::String::try_from(config.cmdline.as_str()).unwrap_or_default(),
+        cpu: CpuInfo {
+            count: 1,
+            tsc_khz,
+            features_ecx: cpu_features.0,
+            features_edx: cpu_features.1,
+        },
+        host: HostStamps {
+            vmm_start,
+            vcpu_ready,
+        },
+        vm_id: config.vm_id,
+        generation: 0,
+        devices: heapless::Vec::new(),
+        entropy,
+        loader: heapless::String::try_from("tandem").unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_block_describes_the_config() {
+        let config = VmConfig {
+            mem_size: 16 << 20,
+            cmdline: "a b".into(),
+            vm_id: 7,
+            ..VmConfig::default()
+        };
+        let info = boot_info(&config, 2_000_000, (0x11, 0x22), 5, 9);
+        assert_eq!(info.boot_path, BootPath::TandemPv);
+        assert_eq!(info.cmdline.as_str(), "a b");
+        assert_eq!(info.vm_id, 7);
+        assert_eq!(info.generation, 0);
+        assert_eq!(info.cpu.tsc_khz, 2_000_000);
+        assert_eq!((info.cpu.features_ecx, info.cpu.features_edx), (0x11, 0x22));
+        assert_eq!((info.host.vmm_start, info.host.vcpu_ready), (5, 9));
+        assert_eq!(info.heap.start, layout::HEAP_ADDR);
+        assert_eq!(info.heap.len, layout::heap_size(16 << 20));
+        assert_eq!(info.memory.len(), 2);
+        assert_eq!(info.memory[0].kind, MemKind::Reserved);
+        // The block must encode within its fixed area.
+        let mut block = vec![0u8; usize::try_from(layout::BOOT_INFO_MAX).unwrap()];
+        assert!(info.encode(&mut block).is_ok());
+    }
+}

@@ -1,0 +1,119 @@
+//! Stopping a VM's state into a snapshot or a backup point, between two
+//! runs of its vCPU: the VM's side of it (finishing the pending I/O, its
+//! account of itself, its clock skipping the write). What is captured is
+//! the snapshot module's ([`SnapshotState::capture`]); which pages a point
+//! holds and how it is written, the backup module's
+//! ([`BackupWriter::write_next`]).
+
+use std::path::Path;
+
+use kvm_ioctls::VcpuExit;
+
+use super::clock::unix_nanos;
+use super::error::ioctl;
+use super::{Vm, VmError};
+use crate::backup::{BackupConfig, BackupRecord, BackupWriter};
+use crate::console::Console;
+use crate::snapshot::{self, LiveState, MachineState, SnapshotState, WriteStats};
+
+impl Vm {
+    /// Finishes the I/O the last exit left pending (KVM completes an `out`,
+    /// advancing RIP, only on the next `KVM_RUN`): a `KVM_RUN` with
+    /// `immediate_exit` set does that and returns at once, so the saved RIP
+    /// is past the hypercall and a restored guest does not repeat it.
+    fn complete_pending_io(&mut self) -> Result<(), VmError> {
+        self.vcpu.set_kvm_immediate_exit(1);
+        let outcome = match self.vcpu.run() {
+            Err(e) if e.errno() == libc::EINTR => Ok(()),
+            Err(e) => Err(ioctl("KVM_RUN (immediate exit)")(e)),
+            Ok(VcpuExit::IoOut(..)) | Ok(VcpuExit::IoIn(..)) | Ok(_) => Err(VmError::Config(
+                "the vCPU exited instead of stopping for a snapshot".into(),
+            )),
+        };
+        self.vcpu.set_kvm_immediate_exit(0);
+        outcome
+    }
+
+    /// Captures everything but memory: vCPU registers, machine, clock,
+    /// trace, console totals. The vCPU must be stopped with no I/O pending.
+    fn capture_state(&mut self, console_written: u64) -> Result<SnapshotState, VmError> {
+        self.complete_pending_io()?;
+        let live = LiveState {
+            generation: self.live.generation,
+            restores: self.live.restores,
+            guest_clock: self.guest_clock(),
+            unix_nanos: unix_nanos(),
+        };
+        let machine = MachineState {
+            mem_size: self.config.mem_size,
+            cmdline: self.config.cmdline.clone(),
+            vm_id: self.config.vm_id,
+            console_limit: self.config.console_limit,
+            tsc_khz: self.tsc_khz,
+            cpu_features: self.cpu_features,
+        };
+        let trace = self.trace_with_guest_stamps();
+        Ok(SnapshotState::capture(
+            &self.vm,
+            &self.vcpu,
+            machine,
+            live,
+            &trace,
+            console_written,
+        )?)
+    }
+
+    /// Writes a snapshot of this (stopped) VM into `dir`. The VM's own
+    /// clock skips the time the write took, as a restored copy's does.
+    pub(super) fn take_snapshot(
+        &mut self,
+        dir: &Path,
+        console_written: u64,
+    ) -> Result<WriteStats, VmError> {
+        let mut state = self.capture_state(console_written)?;
+        let result = snapshot::write(dir, &mut state, &self.ram);
+        // With backups on, every snapshot is also a backup point, taken at
+        // the same stop (before the clock below changes the live area), so
+        // the chain can be restored to exactly the snapshot's moment.
+        if result.is_ok() && self.backup.as_ref().is_some_and(|b| !b.needs_base()) {
+            match self.write_backup_point(&state) {
+                Ok(record) => self.backup_records.push(record),
+                Err(e) => log::warn!("backup point failed: {e}"),
+            }
+        }
+        self.set_guest_clock(state.live.guest_clock)?;
+        Ok(result?)
+    }
+
+    /// Writes the next backup point of this (stopped) VM: the base on the
+    /// first call, then the pages dirtied since the previous point.
+    pub(super) fn backup_point(
+        &mut self,
+        cfg: &BackupConfig,
+        console: &Console,
+    ) -> Result<BackupRecord, VmError> {
+        if self.backup.is_none() {
+            self.backup = Some(BackupWriter::create(&cfg.dir)?);
+        }
+        let total = console.written() + self.console_before;
+        let state = self.capture_state(total)?;
+        let record = self.write_backup_point(&state)?;
+        self.set_guest_clock(state.live.guest_clock)?;
+        Ok(record)
+    }
+
+    /// Writes the next backup point with `state` (the vCPU stopped).
+    fn write_backup_point(&mut self, state: &SnapshotState) -> Result<BackupRecord, VmError> {
+        let Some(writer) = self.backup.as_mut() else {
+            return Err(VmError::Config("backup writer missing".into()));
+        };
+        Ok(writer.write_next(&self.vm, &self.ram, state)?)
+    }
+
+    /// Notes guest ranges the VMM wrote, for the next backup point.
+    pub(super) fn note_host_writes(&mut self, ranges: &[(u64, u64)]) {
+        if let Some(b) = self.backup.as_mut() {
+            b.note_host_writes(ranges);
+        }
+    }
+}

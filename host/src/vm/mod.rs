@@ -1,0 +1,92 @@
+//! A Tandem VM: built from a checked [`Image`](crate::image::Image), booted
+//! straight into the app at CPL3 (or restored from a snapshot), and run
+//! until it exits, breaks the protocol, crashes or times out.
+//!
+//! The order of setup follows what these machines taught us: guest memory
+//! is registered before the vCPU exists (adding a slot later waits on
+//! `synchronize_srcu`), no PIT and no in-kernel interrupt controller are
+//! created, and everything the guest needs is written before its first
+//! instruction.
+//!
+//! One file per concern:
+//! - what a VM is given and tells: `config`, `check` (its validity),
+//!   `report`, `error`; the public way in, `builder`;
+//! - how it is made: `machine` (the one construction path, with the one
+//!   memory-slot call), `boot` (with `boot_info` and `prefault`),
+//!   `restore`;
+//! - how it runs: `run` (the loop, which only runs), `exit` (what a KVM
+//!   exit means, decided by a pure function), `actions` (everything the
+//!   run carries out: hypercall actions, due snapshots and backup points),
+//!   `stdin`, `clock`, `guest_trace`, `freeze` (stopping the VM's state
+//!   into a snapshot or backup point).
+
+mod actions;
+mod boot;
+mod boot_info;
+mod builder;
+mod check;
+mod clock;
+mod config;
+mod error;
+mod exit;
+mod freeze;
+mod guest_trace;
+mod machine;
+mod prefault;
+mod report;
+mod restore;
+mod run;
+mod stdin;
+
+use kvm_ioctls::{VcpuFd, VmFd};
+use tandem_abi::layout::LiveArea;
+
+pub use builder::VmBuilder;
+pub use check::check_mem_size;
+pub use config::VmConfig;
+pub use error::VmError;
+pub use report::{ExitStatus, RunReport, RunStats, SnapshotRecord, SnapshotTrigger};
+
+use crate::backup::{BackupRecord, BackupWriter};
+use crate::memory::GuestRam;
+use crate::trace::BootTrace;
+
+/// A VM with one vCPU, ready to run: made by [`VmBuilder`] or
+/// [`Vm::restore`], consumed by [`Vm::run`].
+pub struct Vm {
+    // Field order is drop order: vCPU, VM, then guest memory.
+    vcpu: VcpuFd,
+    vm: VmFd,
+    ram: GuestRam,
+    config: VmConfig,
+    trace: BootTrace,
+    /// Guest TSC minus host TSC.
+    tsc_offset: i64,
+    /// What the guest was told about its CPU.
+    tsc_khz: u64,
+    cpu_features: (u32, u32),
+    /// The host's copy of the live area.
+    live: LiveArea,
+    /// For a restored VM: the guest clock at the snapshot, applied to the
+    /// live area just before the first run.
+    resume_clock: Option<u64>,
+    /// Console bytes written before this run (restored VMs).
+    console_before: u64,
+    /// Incremental backups in progress.
+    backup: Option<BackupWriter>,
+    /// Backup points written during the run.
+    backup_records: Vec<BackupRecord>,
+}
+
+impl Vm {
+    /// Guest memory (for inspection by tests and tools).
+    pub fn memory(&self) -> &vm_memory::GuestMemoryMmap {
+        &self.ram.mem
+    }
+
+    /// The generation this VM's guest sees (0 for a VM that booted and was
+    /// never restored).
+    pub fn generation(&self) -> u64 {
+        self.live.generation
+    }
+}
