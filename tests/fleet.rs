@@ -334,14 +334,15 @@ fn every_config_error_is_reported_together() {
     .unwrap();
     let run = tandem(&["fleet", path.to_str().unwrap(), "--memory-budget", "512M"]);
     assert_eq!(run.code, Some(125), "{}", run.stderr);
+    // Each problem at its line and column (the text starts with a newline).
     for needle in [
-        "duplicate VM name `a`",
-        "`ghost`, which is not a VM",
-        "dependency cycle: a -> b -> a",
+        "11:16: duplicate VM name `a`",
+        "5:23: vm `a`: `after` names `ghost`, which is not a VM",
+        "9:18: dependency cycle: a -> b -> a",
         "no-such-image.elf",
-        "more than the whole memory budget",
-        "\"sometimes\"",
-        "boot_timeout",
+        "13:18: vm `a` needs 1024 MiB, more than the whole memory budget",
+        "17:19: vm `c`: `restart`: \"sometimes\"",
+        "18:24: vm `c`: `boot_timeout`",
     ] {
         assert!(
             run.stderr.contains(needle),
@@ -353,7 +354,11 @@ fn every_config_error_is_reported_together() {
     std::fs::write(&bad, "[[vm]\nname=").unwrap();
     let run = tandem(&["fleet", bad.to_str().unwrap()]);
     assert_eq!(run.code, Some(125));
-    assert!(run.stderr.contains("not valid TOML"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("not valid TOML: 1:6: "),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

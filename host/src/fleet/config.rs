@@ -1,14 +1,15 @@
-//! `FLEET.toml`: parsed by hand from a TOML table so that every problem in
-//! the file (unknown keys, bad values, unknown or cyclic dependencies,
+//! `FLEET.toml`: read with serde into the file's own shape ([`raw`]), then
+//! checked whole ([`check`]) so that every problem in the file (unknown keys,
+//! values of the wrong type, bad values, unknown or cyclic dependencies,
 //! duplicate names, missing images, budgets too small) is reported at once,
-//! before anything starts.
+//! each at its line and column, before anything starts.
 //!
 //! ```toml
 //! [fleet]                       # optional; command-line options win
 //! max_concurrent_boots = 2
 //! memory_budget = "1G"
 //!
-//! [defaults]                    # optional; any VM key except name and after
+//! [defaults]                    # optional; any VM key except name, after and count
 //! memory = "8M"
 //! restart = "on-failure"
 //!
@@ -29,18 +30,18 @@
 //! after = ["db"]                # boots once db has called ready()
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tandem_abi::layout;
-use toml::Value;
-
 use crate::image::Image;
-use crate::snapshot::Snapshot;
 
-/// Why a fleet file was refused: every problem found, in file order.
+mod check;
+mod raw;
+
+/// Why a fleet file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
@@ -52,21 +53,111 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid TOML.
-    #[error("{path} is not valid TOML: {message}")]
+    #[error("{path} is not valid TOML: {problem}")]
     Syntax {
         /// The file.
         path: PathBuf,
-        /// The parser's message.
-        message: String,
+        /// The parser's message, at the place it stopped.
+        problem: Problem,
     },
     /// The file parsed, but describes a fleet that cannot run.
     #[error("{path}: {} problem{}:\n{}", .problems.len(), if .problems.len() == 1 { "" } else { "s" }, .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
     Invalid {
         /// The file.
         path: PathBuf,
-        /// Every problem found.
-        problems: Vec<String>,
+        /// Every problem found, in file order (those with no place first).
+        problems: Vec<Problem>,
     },
+}
+
+/// One thing wrong with a fleet file, and where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where in the file; `None` for a problem that has no place in it (no
+    /// VM at all, a command-line limit).
+    pub at: Option<Location>,
+    /// What is wrong, naming the VM or table it is in.
+    pub message: String,
+}
+
+/// A place in a file, as editors count: line and column from 1, the
+/// column in characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Location {
+    /// From 1.
+    pub line: usize,
+    /// From 1, in characters.
+    pub column: usize,
+}
+
+impl Location {
+    /// The place of byte `offset` of `text` (clamped to its end).
+    pub fn of(text: &str, offset: usize) -> Self {
+        let before = &text.as_bytes()[..offset.min(text.len())];
+        let line_start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        Self {
+            line: before.iter().filter(|&&b| b == b'\n').count() + 1,
+            // Characters, not bytes: count the bytes that start one.
+            column: before[line_start..]
+                .iter()
+                .filter(|&&b| b & 0xC0 != 0x80)
+                .count()
+                + 1,
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.at {
+            Some(Location { line, column }) => write!(f, "{line}:{column}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// Collects the problems of one file, placing each by its byte range.
+struct Problems<'t> {
+    text: &'t str,
+    found: Vec<Problem>,
+}
+
+impl<'t> Problems<'t> {
+    fn new(text: &'t str) -> Self {
+        Self {
+            text,
+            found: Vec::new(),
+        }
+    }
+
+    /// A problem at the value or key that spans `span` in the text.
+    fn at(&mut self, span: &Range<usize>, message: impl Into<String>) {
+        self.found.push(Problem {
+            at: Some(Location::of(self.text, span.start)),
+            message: message.into(),
+        });
+    }
+
+    /// A problem with no place in the file.
+    fn unplaced(&mut self, message: impl Into<String>) {
+        self.found.push(Problem {
+            at: None,
+            message: message.into(),
+        });
+    }
+
+    fn is_empty(&self) -> bool {
+        self.found.is_empty()
+    }
+
+    /// In file order; problems found at one place keep the order found.
+    fn into_sorted(mut self) -> Vec<Problem> {
+        self.found.sort_by_key(|p| p.at);
+        self.found
+    }
 }
 
 /// What happens when a VM's run ends.
@@ -170,6 +261,15 @@ pub fn default_memory_budget() -> u64 {
 
 pub use crate::units::{parse_duration, parse_size};
 
+/// How problems name the `index`th `[[vm]]` entry (from 0): by its name
+/// when it has one.
+fn vm_label(name: Option<&str>, index: usize) -> String {
+    match name {
+        Some(name) => format!("vm `{name}`"),
+        None => format!("[[vm]] #{}", index + 1),
+    }
+}
+
 /// Where app names (`image = "service"`) are looked up: `TANDEM_GUEST_DIR`,
 /// else the guest build folder of the source tree the config file is in,
 /// else of the current folder.
@@ -194,130 +294,6 @@ fn app_dirs(base: &Path) -> Vec<PathBuf> {
     dirs
 }
 
-const VM_KEYS: &[&str] = &[
-    "name",
-    "image",
-    "memory",
-    "cmdline",
-    "priority",
-    "after",
-    "snapshot",
-    "checkpoint",
-    "restart",
-    "max_restarts",
-    "backoff",
-    "backoff_max",
-    "boot_timeout",
-    "count",
-];
-
-/// Collects the problems of one file.
-struct Checker {
-    problems: Vec<String>,
-}
-
-impl Checker {
-    fn bad(&mut self, msg: String) {
-        self.problems.push(msg);
-    }
-
-    fn string(&mut self, t: &toml::Table, key: &str, what: &str) -> Option<String> {
-        match t.get(key)? {
-            Value::String(s) => Some(s.clone()),
-            other => {
-                self.bad(format!(
-                    "{what}: `{key}` must be a string, not {}",
-                    other.type_str()
-                ));
-                None
-            }
-        }
-    }
-
-    fn int(&mut self, t: &toml::Table, key: &str, what: &str, range: (i64, i64)) -> Option<i64> {
-        match t.get(key)? {
-            Value::Integer(n) if *n >= range.0 && *n <= range.1 => Some(*n),
-            Value::Integer(n) => {
-                self.bad(format!(
-                    "{what}: `{key}` = {n} is outside {}..={}",
-                    range.0, range.1
-                ));
-                None
-            }
-            other => {
-                self.bad(format!(
-                    "{what}: `{key}` must be an integer, not {}",
-                    other.type_str()
-                ));
-                None
-            }
-        }
-    }
-
-    fn size(&mut self, t: &toml::Table, key: &str, what: &str) -> Option<u64> {
-        match t.get(key)? {
-            Value::Integer(n) if *n > 0 => Some(n.unsigned_abs()),
-            Value::String(s) => match parse_size(s) {
-                Ok(n) => Some(n),
-                Err(e) => {
-                    self.bad(format!("{what}: `{key}`: {e}"));
-                    None
-                }
-            },
-            other => {
-                self.bad(format!(
-                    "{what}: `{key}` must be a size such as \"64M\", not {other}"
-                ));
-                None
-            }
-        }
-    }
-
-    fn duration(&mut self, t: &toml::Table, key: &str, what: &str) -> Option<Duration> {
-        match t.get(key)? {
-            Value::String(s) => match parse_duration(s) {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    self.bad(format!("{what}: `{key}`: {e}"));
-                    None
-                }
-            },
-            other => {
-                self.bad(format!(
-                    "{what}: `{key}` must be a duration such as \"2s\", not {other}"
-                ));
-                None
-            }
-        }
-    }
-}
-
-/// Raw, per-entry values before names are resolved.
-struct Entry {
-    group: String,
-    count: usize,
-    image_path: Option<PathBuf>,
-    mem_size: u64,
-    cmdline: String,
-    priority: i64,
-    after: Vec<String>,
-    snapshot: Option<PathBuf>,
-    checkpoint: Option<PathBuf>,
-    restart: RestartPolicy,
-    max_restarts: u32,
-    backoff: Duration,
-    backoff_max: Duration,
-    boot_timeout: Option<Duration>,
-}
-
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-}
-
 impl FleetSpec {
     /// Reads and checks a fleet file; relative paths are taken from its folder.
     pub fn load(path: &Path, overrides: LimitOverrides) -> Result<Self, ConfigError> {
@@ -330,9 +306,9 @@ impl FleetSpec {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
         Self::parse(&text, &base, overrides).map_err(|e| match e {
-            ConfigError::Syntax { message, .. } => ConfigError::Syntax {
+            ConfigError::Syntax { problem, .. } => ConfigError::Syntax {
                 path: path.to_path_buf(),
-                message,
+                problem,
             },
             ConfigError::Invalid { problems, .. } => ConfigError::Invalid {
                 path: path.to_path_buf(),
@@ -344,423 +320,24 @@ impl FleetSpec {
 
     /// Parses and checks fleet text; relative paths are taken from `base`.
     pub fn parse(text: &str, base: &Path, overrides: LimitOverrides) -> Result<Self, ConfigError> {
-        let doc: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Syntax {
+        let doc = toml::de::DeTable::parse(text).map_err(|e| ConfigError::Syntax {
+            path: PathBuf::from("fleet"),
+            problem: Problem {
+                at: e.span().map(|s| Location::of(text, s.start)),
+                message: e.message().trim_end().to_string(),
+            },
+        })?;
+        let mut problems = Problems::new(text);
+        let spec = raw::decode(doc, &mut problems)
+            .and_then(|file| check::fleet(&file, base, overrides, &mut problems));
+        match spec {
+            Some(spec) if problems.is_empty() => Ok(spec),
+            _ => Err(ConfigError::Invalid {
                 path: PathBuf::from("fleet"),
-                message: e.to_string(),
-            })?;
-        let mut c = Checker {
-            problems: Vec::new(),
-        };
-        for key in doc.keys() {
-            if !["fleet", "defaults", "vm"].contains(&key.as_str()) {
-                c.bad(format!(
-                    "unknown top-level key `{key}` (expected [fleet], [defaults] and [[vm]])"
-                ));
-            }
-        }
-        let empty = toml::Table::new();
-        let table = |c: &mut Checker, key: &str| -> toml::Table {
-            match doc.get(key) {
-                None => empty.clone(),
-                Some(Value::Table(t)) => t.clone(),
-                Some(other) => {
-                    c.bad(format!("`{key}` must be a table, not {}", other.type_str()));
-                    empty.clone()
-                }
-            }
-        };
-        let fleet = table(&mut c, "fleet");
-        for key in fleet.keys() {
-            if !["max_concurrent_boots", "memory_budget"].contains(&key.as_str()) {
-                c.bad(format!("[fleet]: unknown key `{key}`"));
-            }
-        }
-        let file_cap = c.int(&fleet, "max_concurrent_boots", "[fleet]", (1, 1 << 20));
-        let file_budget = c.size(&fleet, "memory_budget", "[fleet]");
-        let limits = Limits {
-            max_concurrent_boots: overrides
-                .max_concurrent_boots
-                .or(file_cap.and_then(|n| usize::try_from(n).ok()))
-                .unwrap_or_else(default_max_concurrent_boots),
-            memory_budget: overrides
-                .memory_budget
-                .or(file_budget)
-                .unwrap_or_else(default_memory_budget),
-        };
-        if limits.max_concurrent_boots == 0 {
-            c.bad("the cap on concurrent boots must be at least 1".into());
-        }
-
-        let defaults = table(&mut c, "defaults");
-        for key in defaults.keys() {
-            if !VM_KEYS.contains(&key.as_str()) || key == "name" || key == "after" || key == "count"
-            {
-                c.bad(format!("[defaults]: unknown or per-VM-only key `{key}`"));
-            }
-        }
-        let entries: Vec<toml::Table> = match doc.get("vm") {
-            None => Vec::new(),
-            Some(Value::Array(a)) => a
-                .iter()
-                .enumerate()
-                .filter_map(|(i, v)| match v {
-                    Value::Table(t) => Some(t.clone()),
-                    other => {
-                        c.bad(format!(
-                            "[[vm]] #{}: must be a table, not {}",
-                            i + 1,
-                            other.type_str()
-                        ));
-                        None
-                    }
-                })
-                .collect(),
-            Some(other) => {
-                c.bad(format!(
-                    "`vm` must be an array of tables ([[vm]]), not {}",
-                    other.type_str()
-                ));
-                Vec::new()
-            }
-        };
-        if entries.is_empty() {
-            c.bad("the fleet has no VMs (add [[vm]] entries)".into());
-        }
-
-        let dirs = app_dirs(base);
-        let resolve = |p: &str| -> PathBuf {
-            let path = Path::new(p);
-            if path.is_absolute() {
-                return path.to_path_buf();
-            }
-            let rel = base.join(path);
-            if rel.exists() || p.contains('/') {
-                return rel;
-            }
-            dirs.iter()
-                .map(|d| d.join(p))
-                .find(|c| c.is_file())
-                .unwrap_or(rel)
-        };
-
-        let mut parsed = Vec::new();
-        let mut seen_groups: HashMap<String, usize> = HashMap::new();
-        for (i, t) in entries.iter().enumerate() {
-            let name = match t.get("name") {
-                Some(Value::String(s)) => s.clone(),
-                Some(other) => {
-                    c.bad(format!(
-                        "[[vm]] #{}: `name` must be a string, not {}",
-                        i + 1,
-                        other.type_str()
-                    ));
-                    format!("#{}", i + 1)
-                }
-                None => {
-                    c.bad(format!("[[vm]] #{}: missing `name`", i + 1));
-                    format!("#{}", i + 1)
-                }
-            };
-            let what = format!("vm `{name}`");
-            if !name.starts_with('#') && !valid_name(&name) {
-                c.bad(format!(
-                    "{what}: names are 1 to {MAX_NAME} characters of letters, digits, `-`, `_` and `.`"
-                ));
-            }
-            if let Some(first) = seen_groups.insert(name.clone(), i) {
-                c.bad(format!(
-                    "duplicate VM name `{name}` (entries #{} and #{})",
-                    first + 1,
-                    i + 1
-                ));
-            }
-            for key in t.keys() {
-                if !VM_KEYS.contains(&key.as_str()) {
-                    c.bad(format!("{what}: unknown key `{key}`"));
-                }
-            }
-            let get = |key: &str| if t.contains_key(key) { t } else { &defaults };
-            let count = c.int(t, "count", &what, (1, MAX_COUNT)).unwrap_or(1);
-            let image_path = match c.string(get("image"), "image", &what) {
-                Some(s) => Some(resolve(&s)),
-                None => {
-                    if !get("image").contains_key("image") {
-                        c.bad(format!("{what}: missing `image`"));
-                    }
-                    None
-                }
-            };
-            let mem_size = c
-                .size(get("memory"), "memory", &what)
-                .unwrap_or(DEFAULT_VM_MEMORY);
-            if !(layout::MIN_MEM_SIZE..=layout::MAX_MEM_SIZE).contains(&mem_size)
-                || !mem_size.is_multiple_of(layout::LARGE_PAGE_SIZE)
-            {
-                c.bad(format!(
-                    "{what}: memory of {mem_size} bytes: must be a multiple of 2 MiB from {} to {} MiB",
-                    layout::MIN_MEM_SIZE >> 20,
-                    layout::MAX_MEM_SIZE >> 20
-                ));
-            }
-            let cmdline = c
-                .string(get("cmdline"), "cmdline", &what)
-                .unwrap_or_default();
-            if cmdline.len() > tandem_abi::bootinfo::MAX_CMDLINE {
-                c.bad(format!(
-                    "{what}: command line of {} bytes is longer than {}",
-                    cmdline.len(),
-                    tandem_abi::bootinfo::MAX_CMDLINE
-                ));
-            }
-            let priority = c
-                .int(get("priority"), "priority", &what, (-1_000_000, 1_000_000))
-                .unwrap_or(0);
-            let after = match t.get("after") {
-                None => Vec::new(),
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .filter_map(|v| match v {
-                        Value::String(s) => Some(s.clone()),
-                        other => {
-                            c.bad(format!("{what}: `after` holds {other}, not a VM name"));
-                            None
-                        }
-                    })
-                    .collect(),
-                Some(other) => {
-                    c.bad(format!(
-                        "{what}: `after` must be a list of VM names, not {}",
-                        other.type_str()
-                    ));
-                    Vec::new()
-                }
-            };
-            let snapshot = c
-                .string(get("snapshot"), "snapshot", &what)
-                .map(|s| base.join(s));
-            if let Some(dir) = &snapshot {
-                if let Err(e) = Snapshot::load(dir) {
-                    c.bad(format!("{what}: snapshot {}: {e}", dir.display()));
-                }
-            }
-            let checkpoint = c
-                .string(get("checkpoint"), "checkpoint", &what)
-                .map(|s| base.join(s));
-            let restart = match c.string(get("restart"), "restart", &what).as_deref() {
-                None | Some("never") => RestartPolicy::Never,
-                Some("on-failure") => RestartPolicy::OnFailure,
-                Some("always") => RestartPolicy::Always,
-                Some(other) => {
-                    c.bad(format!(
-                        "{what}: `restart` = \"{other}\": expected \"never\", \"on-failure\" or \"always\""
-                    ));
-                    RestartPolicy::Never
-                }
-            };
-            let max_restarts = c
-                .int(get("max_restarts"), "max_restarts", &what, (0, 1_000_000))
-                .and_then(|n| u32::try_from(n).ok())
-                .unwrap_or(3);
-            let backoff = c
-                .duration(get("backoff"), "backoff", &what)
-                .unwrap_or(Duration::from_millis(100));
-            let backoff_max = c
-                .duration(get("backoff_max"), "backoff_max", &what)
-                .unwrap_or(Duration::from_secs(10));
-            let boot_timeout = c.duration(get("boot_timeout"), "boot_timeout", &what);
-            if boot_timeout == Some(Duration::ZERO) {
-                c.bad(format!("{what}: `boot_timeout` must be more than 0"));
-            }
-            if mem_size > limits.memory_budget {
-                c.bad(format!(
-                    "{what} needs {} MiB, more than the whole memory budget of {} MiB: it could never start",
-                    mem_size >> 20,
-                    limits.memory_budget >> 20
-                ));
-            }
-            parsed.push(Entry {
-                group: name,
-                count: usize::try_from(count).unwrap_or(1),
-                image_path,
-                mem_size,
-                cmdline,
-                priority,
-                after,
-                snapshot,
-                checkpoint,
-                restart,
-                max_restarts,
-                backoff,
-                backoff_max,
-                boot_timeout,
-            });
-        }
-
-        // Images: each distinct file checked once, shared by its VMs.
-        let mut images: BTreeMap<PathBuf, Option<Arc<Image>>> = BTreeMap::new();
-        for e in &parsed {
-            let Some(p) = &e.image_path else { continue };
-            if images.contains_key(p) {
-                continue;
-            }
-            let img = match Image::from_file(p) {
-                Ok(i) => Some(Arc::new(i)),
-                Err(err) => {
-                    let mut users: Vec<&str> = parsed
-                        .iter()
-                        .filter(|o| o.image_path.as_ref() == Some(p))
-                        .map(|o| o.group.as_str())
-                        .collect();
-                    users.dedup();
-                    c.bad(format!(
-                        "vm `{}`: image {}: {err}",
-                        users.join("`, `"),
-                        p.display()
-                    ));
-                    None
-                }
-            };
-            images.insert(p.clone(), img);
-        }
-
-        // Names: expand replicas, resolve `after` to indices.
-        let mut index_of_group: HashMap<&str, Vec<usize>> = HashMap::new();
-        let mut next = 0usize;
-        for e in &parsed {
-            let ids = (next..next + e.count).collect();
-            next += e.count;
-            // A duplicate name is reported above; the first entry keeps it.
-            index_of_group.entry(e.group.as_str()).or_insert(ids);
-        }
-        let total = next;
-        let mut afters: Vec<Vec<usize>> = Vec::with_capacity(parsed.len());
-        for e in &parsed {
-            let mut deps = Vec::new();
-            for a in &e.after {
-                if a == &e.group {
-                    c.bad(format!("vm `{}` lists itself in `after`", e.group));
-                    continue;
-                }
-                match index_of_group.get(a.as_str()) {
-                    Some(ids) => deps.extend(ids.iter().copied()),
-                    None => c.bad(format!(
-                        "vm `{}`: `after` names `{a}`, which is not a VM of this fleet",
-                        e.group
-                    )),
-                }
-            }
-            deps.sort_unstable();
-            deps.dedup();
-            afters.push(deps);
-        }
-        for cycle in cycles(&parsed, &index_of_group) {
-            c.bad(format!("dependency cycle: {}", cycle.join(" -> ")));
-        }
-        if !c.problems.is_empty() {
-            return Err(ConfigError::Invalid {
-                path: PathBuf::from("fleet"),
-                problems: c.problems,
-            });
-        }
-
-        let mut vms = Vec::with_capacity(total);
-        for (e, after) in parsed.iter().zip(afters) {
-            let (Some(path), Some(Some(image))) = (
-                e.image_path.clone(),
-                e.image_path.as_ref().and_then(|p| images.get(p)).cloned(),
-            ) else {
-                continue;
-            };
-            for r in 0..e.count {
-                let name = if e.count == 1 {
-                    e.group.clone()
-                } else {
-                    format!("{}-{r}", e.group)
-                };
-                vms.push(VmSpec {
-                    name,
-                    group: e.group.clone(),
-                    image_path: path.clone(),
-                    image: image.clone(),
-                    mem_size: e.mem_size,
-                    cmdline: e.cmdline.clone(),
-                    priority: e.priority,
-                    after: after.clone(),
-                    snapshot: e.snapshot.clone(),
-                    checkpoint: e.checkpoint.as_ref().map(|d| {
-                        if e.count == 1 {
-                            d.clone()
-                        } else {
-                            d.join(r.to_string())
-                        }
-                    }),
-                    restart: e.restart,
-                    max_restarts: e.max_restarts,
-                    backoff: e.backoff,
-                    backoff_max: e.backoff_max,
-                    boot_timeout: e.boot_timeout,
-                });
-            }
-        }
-        Ok(Self { vms, limits })
-    }
-}
-
-/// Every dependency cycle among entries, each named once (as group names,
-/// first name repeated at the end).
-fn cycles(parsed: &[Entry], groups: &HashMap<&str, Vec<usize>>) -> Vec<Vec<String>> {
-    let mut idx: HashMap<&str, usize> = HashMap::new();
-    for (i, e) in parsed.iter().enumerate() {
-        idx.entry(e.group.as_str()).or_insert(i);
-    }
-    let edges: Vec<Vec<usize>> = parsed
-        .iter()
-        .map(|e| {
-            e.after
-                .iter()
-                .filter(|a| **a != e.group && groups.contains_key(a.as_str()))
-                .filter_map(|a| idx.get(a.as_str()).copied())
-                .collect()
-        })
-        .collect();
-    // Iterative DFS with colours; each back edge closes one cycle.
-    let n = parsed.len();
-    let mut colour = vec![0u8; n]; // 0 new, 1 on stack, 2 done
-    let mut found = Vec::new();
-    for root in 0..n {
-        if colour[root] != 0 {
-            continue;
-        }
-        let mut stack: Vec<(usize, usize)> = vec![(root, 0)];
-        colour[root] = 1;
-        while let Some(&mut (node, ref mut next)) = stack.last_mut() {
-            if let Some(&to) = edges[node].get(*next) {
-                *next += 1;
-                match colour[to] {
-                    0 => {
-                        colour[to] = 1;
-                        stack.push((to, 0));
-                    }
-                    1 => {
-                        let start = stack.iter().position(|&(v, _)| v == to).unwrap_or(0);
-                        let mut names: Vec<String> = stack[start..]
-                            .iter()
-                            .map(|&(v, _)| parsed[v].group.clone())
-                            .collect();
-                        names.push(parsed[to].group.clone());
-                        found.push(names);
-                    }
-                    _ => {}
-                }
-            } else {
-                colour[node] = 2;
-                stack.pop();
-            }
+                problems: problems.into_sorted(),
+            }),
         }
     }
-    found
 }
 
 #[cfg(test)]
@@ -769,7 +346,9 @@ mod tests {
 
     fn problems(text: &str) -> Vec<String> {
         match FleetSpec::parse(text, Path::new("/nonexistent"), LimitOverrides::default()) {
-            Err(ConfigError::Invalid { problems, .. }) => problems,
+            Err(ConfigError::Invalid { problems, .. }) => {
+                problems.iter().map(ToString::to_string).collect()
+            }
             Err(e) => vec![e.to_string()],
             Ok(_) => Vec::new(),
         }
@@ -825,6 +404,173 @@ mod tests {
         }
     }
 
+    fn problems_with(text: &str, overrides: LimitOverrides) -> Vec<String> {
+        match FleetSpec::parse(text, Path::new("/nonexistent"), overrides) {
+            Err(ConfigError::Invalid { problems, .. }) => {
+                problems.iter().map(ToString::to_string).collect()
+            }
+            other => panic!("not refused as invalid: {other:?}"),
+        }
+    }
+
+    const LIMITS: LimitOverrides = LimitOverrides {
+        max_concurrent_boots: Some(2),
+        memory_budget: Some(1 << 30),
+    };
+
+    #[test]
+    fn every_problem_is_reported_at_its_line_and_column() {
+        let text = r#"[fleet]
+max_concurrent_boots = "two"
+
+[defaults]
+memory = "3M"
+
+[[vm]]
+name = "db"
+image = "/no/such/db"
+after = ["db", "ghost"]
+
+[[vm]]
+name = "web"
+image = "/no/such/db"
+count = 0
+shape = "round"
+restart = "sometimes"
+after = ["api"]
+
+[[vm]]
+name = "api"
+image = "/no/such/db"
+memory = "8M"
+boot_timeout = 5
+after = ["web"]
+
+[[vm]]
+name = "db"
+image = "/no/such/db"
+memory = "8M"
+"#;
+        let too_little = "3 MiB of memory is too little: Tandem needs at least 6 MiB (layout 4 MiB + 2 MiB heap)";
+        assert_eq!(
+            problems_with(text, LIMITS),
+            [
+                "2:24: [fleet]: `max_concurrent_boots`: invalid type: string \"two\", expected an integer".to_string(),
+                format!("5:10: vm `db`: {too_little}"),
+                format!("5:10: vm `web`: {too_little}"),
+                "9:9: vm `db`, `web`, `api`: cannot read image /no/such/db: No such file or directory (os error 2)".to_string(),
+                "10:10: vm `db` lists itself in `after`".to_string(),
+                "10:16: vm `db`: `after` names `ghost`, which is not a VM of this fleet".to_string(),
+                "15:9: vm `web`: `count` = 0 is outside 1..=100000".to_string(),
+                "16:1: vm `web`: unknown key `shape`".to_string(),
+                "17:11: vm `web`: `restart`: \"sometimes\" is not a policy: expected \"never\", \"on-failure\" or \"always\"".to_string(),
+                "24:16: vm `api`: `boot_timeout`: invalid type: integer `5`, expected a duration such as \"2s\"".to_string(),
+                "25:10: dependency cycle: web -> api -> web".to_string(),
+                "28:8: duplicate VM name `db` (entries #1 and #4)".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn type_errors_are_placed_and_hide_nothing_else() {
+        // Two type errors and an unknown key in one entry, one in another:
+        // serde alone would stop at the first.
+        let text = "[[vm]]\nname = \"a\"\nimage = \"/x\"\npriority = \"high\"\ncolour = 1\nmax_restarts = [3]\nafter = [\"b\", 7, \"nobody\"]\n[[vm]]\nname = \"b\"\nimage = \"/x\"\nmemory = true\n";
+        let p = problems_with(text, LIMITS);
+        assert_eq!(
+            p,
+            [
+                "3:9: vm `a`, `b`: cannot read image /x: No such file or directory (os error 2)",
+                "4:12: vm `a`: `priority`: invalid type: string \"high\", expected an integer",
+                "5:1: vm `a`: unknown key `colour`",
+                "6:16: vm `a`: `max_restarts`: invalid type: sequence, expected an integer",
+                "7:15: vm `a`: `after`: invalid type: integer `7`, expected a string",
+                "7:18: vm `a`: `after` names `nobody`, which is not a VM of this fleet",
+                "11:10: vm `b`: `memory`: invalid type: boolean `true`, expected a size such as \"64M\"",
+            ],
+        );
+    }
+
+    #[test]
+    fn refused_values_are_not_also_called_missing() {
+        let p = problems_with("[defaults]\nimage = 5\n[[vm]]\nname = 5\n", LIMITS);
+        assert_eq!(
+            p,
+            [
+                "2:9: [defaults]: `image`: invalid type: integer `5`, expected a string",
+                "4:8: [[vm]] #1: `name`: invalid type: integer `5`, expected a string",
+            ]
+        );
+        let p = problems_with("[[vm]]\ncount = 2\n", LIMITS);
+        assert_eq!(
+            p,
+            [
+                "1:1: [[vm]] #1: missing `name`",
+                "1:1: [[vm]] #1: missing `image`",
+            ]
+        );
+    }
+
+    #[test]
+    fn tables_of_the_wrong_shape_are_placed() {
+        let p = problems_with(
+            "vm = [1, { name = \"x\", image = \"/x\", after = \"y\" }]\nfleet = 3\n[defaults]\nafter = []\ncount = 2\n",
+            LIMITS,
+        );
+        assert_eq!(
+            p,
+            [
+                "1:7: [[vm]] #1: invalid type: integer `1`, expected a table",
+                "1:32: vm `x`: cannot read image /x: No such file or directory (os error 2)",
+                "1:46: vm `x`: `after`: invalid type: string \"y\", expected a list of VM names",
+                "2:9: [fleet]: invalid type: integer `3`, expected a table",
+                "4:9: [defaults]: unknown or per-VM-only key `after`",
+                "5:9: [defaults]: unknown or per-VM-only key `count`",
+            ]
+        );
+        assert_eq!(
+            problems_with("", LIMITS),
+            ["the fleet has no VMs (add [[vm]] entries)"]
+        );
+    }
+
+    #[test]
+    fn value_rules_are_placed() {
+        let long = "x".repeat(tandem_abi::bootinfo::MAX_CMDLINE + 1);
+        let text = format!(
+            "[[vm]]\nname = \"no spaces\"\nimage = \"/x\"\ncmdline = \"{long}\"\nboot_timeout = \"0s\"\nsnapshot = \"nosnap\"\nmax_restarts = -1\npriority = 2000000\nmemory = \"2G\"\n"
+        );
+        let p = problems_with(&text, LIMITS);
+        let expected = [
+            "2:8: vm `no spaces`: names are 1 to 64 characters",
+            "3:9: vm `no spaces`: cannot read image /x",
+            "4:11: vm `no spaces`: command line of",
+            "5:16: vm `no spaces`: `boot_timeout` must be more than 0",
+            "6:12: vm `no spaces`: snapshot /nonexistent/nosnap: ",
+            "7:16: vm `no spaces`: `max_restarts` = -1 is outside 0..=1000000",
+            "8:12: vm `no spaces`: `priority` = 2000000 is outside -1000000..=1000000",
+            "9:10: vm `no spaces` needs 2048 MiB, more than the whole memory budget of 1024 MiB",
+        ];
+        assert_eq!(p.len(), expected.len(), "{p:#?}");
+        for (got, want) in p.iter().zip(expected) {
+            assert!(
+                got.starts_with(want),
+                "{got:?} does not start with {want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn locations_count_lines_and_characters() {
+        let text = "ab\nçé = 1\n";
+        assert_eq!(Location::of(text, 0), Location { line: 1, column: 1 });
+        assert_eq!(Location::of(text, 3), Location { line: 2, column: 1 });
+        // `=` is byte 8 of the text (ç and é take two bytes each), the
+        // fourth character of its line.
+        assert_eq!(Location::of(text, 8), Location { line: 2, column: 4 });
+        assert_eq!(Location::of(text, 999), Location { line: 3, column: 1 });
+    }
+
     #[test]
     fn budget_too_small_for_a_vm() {
         let p = FleetSpec::parse(
@@ -839,17 +585,23 @@ mod tests {
             panic!("accepted")
         };
         assert!(
-            problems.iter().any(|p| p.contains("memory budget")),
+            problems
+                .iter()
+                .any(|p| p.to_string().starts_with("4:10: ") && p.message.contains("memory budget")),
             "{problems:?}"
         );
     }
 
     #[test]
     fn syntax_errors_are_named() {
-        assert!(matches!(
-            FleetSpec::parse("[[vm]\n", Path::new("/"), LimitOverrides::default()),
-            Err(ConfigError::Syntax { .. })
-        ));
+        let e = FleetSpec::parse("[[vm]\n", Path::new("/"), LimitOverrides::default());
+        let Err(ConfigError::Syntax { problem, .. }) = e else {
+            panic!("not a syntax error: {e:?}")
+        };
+        assert_eq!(
+            problem.to_string(),
+            "1:6: unclosed array table, expected `]`"
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Fleets: many VMs booted on one host, with priorities, readiness-gated
 //! ordering, admission limits, restarts and recovery from snapshots.
 //!
-//! - [`config`]: the `FLEET.toml` format, checked whole before anything starts;
+//! - [`config`]: the `FLEET.toml` format, checked whole before anything starts
+//!   (every problem reported at once, at its line and column);
 //! - [`Scheduler`]: the admission state machine (pure, unit-tested; its
 //!   decisions are the crate's own, its records are in the report);
 //! - [`runner`]: boots the VMs in-process, one vCPU thread each, and feeds

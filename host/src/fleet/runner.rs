@@ -3,27 +3,31 @@
 //! a [`VmHandle`] whose events (running, `ready()`) and end come back over
 //! one channel; the main loop feeds them to the scheduler and executes its
 //! actions. A VM that fails in any way ends its own thread and nothing else.
+//!
+//! [`run`] is the loop: take the messages waiting, look for reasons to
+//! stop, carry out the scheduler's actions. What it does is in the methods
+//! of `Fleet` (starting VMs, handling their ends, stopping, the final
+//! record); what it decides by itself (how long to sleep, whether to stop,
+//! what to tell the user) is in free functions with their tests. One
+//! attempt on its vCPU thread, and what its end means, is in `attempt`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::thread::Scope;
 use std::time::{Duration, Instant};
 
-use tandem_abi::trace::Phase;
-
 use super::config::FleetSpec;
-use super::scheduler::{Action, Outcome, Sample, Scheduler, StartSource, VmRecord};
+use super::scheduler::{Action, Outcome, Sample, Scheduler, StartSource, VmRecord, VmState};
 use crate::control::{VmEvent, VmHandle};
 use crate::kvm::Hypervisor;
-use crate::snapshot::Snapshot;
-use crate::trace::rdtsc;
-use crate::vm::{ExitStatus, RunReport, SnapshotTrigger, Vm, VmBuilder, VmConfig};
-use crate::ConsoleSink;
+use crate::vm::RunReport;
+
+mod attempt;
+
+use attempt::{Launch, Msg};
 
 /// Stack of each vCPU thread: the run loop needs a few pages of buffers.
 const VCPU_STACK: usize = 512 << 10;
-/// Most console bytes kept from a failed attempt, for its report.
-const CONSOLE_TAIL: usize = 512;
 /// Longest the main loop sleeps without looking at signals and progress.
 const TICK: Duration = Duration::from_millis(50);
 
@@ -84,17 +88,6 @@ pub struct FleetRun {
     pub rss_when_settled: Option<u64>,
 }
 
-enum Msg {
-    Event(usize, VmEvent, Duration),
-    Ended {
-        vm: usize,
-        result: Box<Result<RunReport, String>>,
-        started: Duration,
-        console_tail: String,
-        restored: bool,
-    },
-}
-
 /// Resident set size of this process, from `/proc/self/status`.
 pub fn rss_bytes() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -125,338 +118,422 @@ fn raise_fd_limit() {
     }
 }
 
-fn outcome(result: &Result<RunReport, String>) -> Outcome {
-    match result {
-        Ok(r) => match &r.status {
-            ExitStatus::Exited(c) => Outcome::Exited(*c),
-            ExitStatus::Stopped => Outcome::Stopped,
-            ExitStatus::Snapshotted(_) => Outcome::Exited(0),
-            ExitStatus::Crashed(why) => Outcome::Crashed(format!("crashed: {why}")),
-            ExitStatus::ProtocolViolation(e) => {
-                Outcome::Crashed(format!("broke the hypercall protocol: {e}"))
-            }
-            ExitStatus::TimedOut(d) => Outcome::Crashed(format!("timed out after {d:?}")),
-        },
-        Err(e) => Outcome::Error(e.clone()),
-    }
-}
-
-/// Boots one attempt to its end on the calling thread.
-fn boot(
-    hv: &Hypervisor,
-    spec: &super::config::VmSpec,
-    source: &StartSource,
-    handle: VmHandle,
-    console: ConsoleSink,
-    vm_id: u64,
-) -> Result<RunReport, String> {
-    let start = rdtsc();
-    let config = VmConfig {
-        mem_size: spec.mem_size,
-        cmdline: spec.cmdline.clone(),
-        console,
-        vm_id,
-        handle: Some(handle),
-        snapshot_at_ready: match source {
-            StartSource::Cold => spec.checkpoint.clone(),
-            _ => None,
-        },
-        ..VmConfig::default()
-    };
-    match source {
-        StartSource::Cold => {
-            let vm = VmBuilder::new(hv, &spec.image)
-                .config(config)
-                .started_at(start)
-                .build()
-                .map_err(|e| e.to_string())?;
-            // This thread only runs this VM from here on (see tandem::seccomp).
-            crate::seccomp::lock_down().map_err(|e| e.to_string())?;
-            vm.run().map_err(|e| e.to_string())
-        }
-        StartSource::Snapshot(dir) | StartSource::Checkpoint(dir) => {
-            let snap =
-                Snapshot::load(dir).map_err(|e| format!("snapshot {}: {e}", dir.display()))?;
-            let vm = Vm::restore_at(hv, &snap, config, start).map_err(|e| e.to_string())?;
-            crate::seccomp::lock_down().map_err(|e| e.to_string())?;
-            vm.run().map_err(|e| e.to_string())
-        }
-    }
-}
-
-fn tail(bytes: &[u8]) -> String {
-    let from = bytes.len().saturating_sub(CONSOLE_TAIL);
-    String::from_utf8_lossy(&bytes[from..]).into_owned()
-}
-
 /// Runs `spec` to its end; `observe` sees the scheduler after every change.
 pub fn run(
     spec: &FleetSpec,
     opts: &RunOptions,
-    mut observe: impl FnMut(&Scheduler, Update),
+    observe: impl FnMut(&Scheduler, Update),
 ) -> Result<FleetRun, RunError> {
     raise_fd_limit();
     let hv = Hypervisor::open()?;
     // Ids change for every thread that exists: do it before VM threads start.
     crate::privileges::drop_to(opts.user.as_deref(), opts.group.as_deref())?;
-    let mut sched = Scheduler::new(spec);
-    if let Some(g) = opts.stop_grace {
-        sched.set_grace(g);
-    }
-    let n = spec.vms.len();
-    let mut handles: Vec<Option<VmHandle>> = vec![None; n];
     let (tx, rx) = mpsc::channel::<Msg>();
-    // The fleet's clock starts once KVM is open: times are the fleet's own.
-    let start = Instant::now();
-    let mut live = 0usize;
-    let mut stopped_at = None;
-    let mut running_at_stop = Vec::new();
-    let mut rss_when_settled = None;
-    let hv = &hv;
-
-    let mut round = 0u64;
+    let mut fleet = Fleet::new(spec, opts, &hv, tx, observe);
     std::thread::scope(|scope| {
+        // The first round decides at once; later ones wait for news.
+        let mut wait = Duration::ZERO;
         loop {
-            // 1. Take every message waiting (the first round decides at once).
-            let mut first = round > 0;
-            round += 1;
-            loop {
-                let wait = if first {
-                    let now = start.elapsed();
-                    let mut w = TICK;
-                    if let Some(d) = sched.next_deadline() {
-                        w = w.min(d.saturating_sub(now));
-                    }
-                    if let Some(s) = opts.stop_after {
-                        w = w.min(s.saturating_sub(now));
-                    }
-                    w
-                } else {
-                    Duration::ZERO
-                };
-                first = false;
-                let msg = match rx.recv_timeout(wait) {
-                    Ok(m) => m,
-                    Err(_) => break,
-                };
-                let now = start.elapsed();
-                match msg {
-                    Msg::Event(vm, VmEvent::Running, at) => {
-                        sched.on_running(vm, at);
-                    }
-                    Msg::Event(vm, VmEvent::Ready, at) => {
-                        sched.on_ready(vm, at);
-                        let rec = &sched.records()[vm];
-                        if let Some(a) = rec.attempts.last() {
-                            if a.ready_at == Some(at) {
-                                observe(
-                                    &sched,
-                                    Update::Line(format!(
-                                        "{}: ready ({:.1} ms after admission, {})",
-                                        rec.name,
-                                        at.saturating_sub(a.admitted_at).as_secs_f64() * 1e3,
-                                        a.source
-                                    )),
-                                );
-                            }
-                        }
-                    }
-                    Msg::Ended {
-                        vm,
-                        result,
-                        started,
-                        console_tail,
-                        restored,
-                    } => {
-                        live -= 1;
-                        handles[vm] = None;
-                        let result = *result;
-                        let checkpoint = result.as_ref().is_ok_and(|r| {
-                            r.snapshots
-                                .iter()
-                                .any(|s| s.trigger == SnapshotTrigger::Ready && s.result.is_ok())
-                        });
-                        let out = outcome(&result);
-                        let failed_now = !matches!(out, Outcome::Exited(0) | Outcome::Stopped);
-                        sched.on_ended(vm, now, out, checkpoint);
-                        if let Some(rec) = sched.record_mut(vm) {
-                            if let Some(a) = rec.attempts.last_mut() {
-                                if let Ok(r) = &result {
-                                    let base = started.saturating_sub(a.admitted_at);
-                                    let us = |p: Phase| r.trace.micros(p);
-                                    if !restored {
-                                        a.main_at = us(Phase::AppMain)
-                                            .map(|m| started + Duration::from_secs_f64(m / 1e6));
-                                    }
-                                    a.phases_us = r
-                                        .trace
-                                        .reached()
-                                        .into_iter()
-                                        .map(|(p, t)| (p.name(), t + base.as_secs_f64() * 1e6))
-                                        .collect();
-                                }
-                                if failed_now && !console_tail.is_empty() {
-                                    a.console_tail = Some(console_tail);
-                                }
-                            }
-                            let line = format!(
-                                "{}: {} -> {}",
-                                rec.name,
-                                rec.attempts
-                                    .last()
-                                    .and_then(|a| a.outcome.clone())
-                                    .unwrap_or_default(),
-                                rec.state
-                            );
-                            observe(&sched, Update::Line(line));
-                        }
-                    }
-                }
+            fleet.receive(&rx, wait);
+            let now = fleet.start.elapsed();
+            fleet.check_stop(now);
+            for action in fleet.sched.poll(now) {
+                fleet.act(scope, action, now);
             }
-
-            // 2. Reasons to stop.
-            let now = start.elapsed();
-            if !sched.shutting_down() {
-                let signal = opts
-                    .stop_flag
-                    .as_ref()
-                    .is_some_and(|f| f.load(Ordering::SeqCst));
-                let settled = sched.settled();
-                if settled && rss_when_settled.is_none() {
-                    rss_when_settled = rss_bytes();
-                }
-                let why = if signal {
-                    Some("asked to stop")
-                } else if opts.stop_after.is_some_and(|s| now >= s) {
-                    Some("--stop-after reached")
-                } else if opts.stop_when_ready && settled {
-                    Some("every VM is ready or done")
-                } else {
-                    None
-                };
-                if let Some(why) = why {
-                    running_at_stop = sched
-                        .records()
-                        .iter()
-                        .zip(sched.states())
-                        .filter(|(_, s)| {
-                            matches!(
-                                s,
-                                super::scheduler::VmState::Booting
-                                    | super::scheduler::VmState::Ready
-                            )
-                        })
-                        .map(|(r, _)| r.name.clone())
-                        .collect();
-                    stopped_at = Some(now);
-                    sched.shutdown(now);
-                    observe(
-                        &sched,
-                        Update::Line(format!(
-                            "fleet: {why}; stopping {} running VMs in reverse dependency order",
-                            running_at_stop.len()
-                        )),
-                    );
-                }
-            }
-
-            // 3. Decide and act.
-            for action in sched.poll(now) {
-                match action {
-                    Action::Start {
-                        vm,
-                        attempt,
-                        source,
-                    } => {
-                        // A restored VM was frozen after its initialisation
-                        // (and its ready() call): it is ready once it runs.
-                        let restored = source != StartSource::Cold;
-                        let handle = {
-                            let tx = Mutex::new(tx.clone());
-                            VmHandle::with_events(move |e| {
-                                let at = start.elapsed();
-                                if let Ok(tx) = tx.lock() {
-                                    let _ = tx.send(Msg::Event(vm, e, at));
-                                    if restored && e == VmEvent::Running {
-                                        let _ = tx.send(Msg::Event(vm, VmEvent::Ready, at));
-                                    }
-                                }
-                            })
-                        };
-                        handles[vm] = Some(handle.clone());
-                        let vm_spec = &spec.vms[vm];
-                        let tx = tx.clone();
-                        let capture = Arc::new(Mutex::new(Vec::new()));
-                        let console = ConsoleSink::Capture(capture.clone());
-                        let vm_id = (u64::try_from(vm).unwrap_or(0) << 16) | u64::from(attempt);
-                        observe(
-                            &sched,
-                            Update::Line(format!(
-                                "{}: admitted ({}{})",
-                                vm_spec.name,
-                                source.kind(),
-                                if attempt > 0 {
-                                    format!(", restart {attempt}")
-                                } else {
-                                    String::new()
-                                }
-                            )),
-                        );
-                        let spawned = std::thread::Builder::new()
-                            .name(format!("vcpu-{}", vm_spec.name))
-                            .stack_size(VCPU_STACK)
-                            .spawn_scoped(scope, move || {
-                                let started = start.elapsed();
-                                let result = boot(hv, vm_spec, &source, handle, console, vm_id);
-                                let console_tail =
-                                    capture.lock().map(|c| tail(&c)).unwrap_or_default();
-                                let _ = tx.send(Msg::Ended {
-                                    vm,
-                                    result: Box::new(result),
-                                    started,
-                                    console_tail,
-                                    restored,
-                                });
-                            });
-                        match spawned {
-                            Ok(_) => live += 1,
-                            Err(e) => {
-                                handles[vm] = None;
-                                sched.on_ended(
-                                    vm,
-                                    now,
-                                    Outcome::Error(format!("cannot start a vCPU thread: {e}")),
-                                    false,
-                                );
-                            }
-                        }
-                    }
-                    Action::AskStop(vm) => {
-                        if let Some(h) = &handles[vm] {
-                            h.request_stop();
-                        }
-                    }
-                    Action::Kill(vm) => {
-                        if let Some(h) = &handles[vm] {
-                            h.kill();
-                        }
-                    }
-                }
-            }
-            observe(&sched, Update::Tick);
-            if sched.finished() && live == 0 {
+            (fleet.observe)(&fleet.sched, Update::Tick);
+            if fleet.sched.finished() && fleet.live == 0 {
                 break;
             }
+            wait = next_wait(
+                fleet.start.elapsed(),
+                fleet.sched.next_deadline(),
+                opts.stop_after,
+            );
         }
     });
+    Ok(fleet.into_run())
+}
 
-    Ok(FleetRun {
-        vms: sched.records().to_vec(),
-        samples: sched.samples().to_vec(),
-        limits: spec.limits,
-        duration: start.elapsed(),
-        stopped_at,
-        running_at_stop,
-        rss_when_settled,
-    })
+/// The doing half of a run: the scheduler it feeds, the handles of the
+/// VMs it started, and the channel their threads report on.
+struct Fleet<'env, F> {
+    spec: &'env FleetSpec,
+    opts: &'env RunOptions,
+    hv: &'env Hypervisor,
+    sched: Scheduler,
+    /// The handle of each VM's running attempt.
+    handles: Vec<Option<VmHandle>>,
+    tx: Sender<Msg>,
+    /// The fleet's clock starts once KVM is open: times are the fleet's own.
+    start: Instant,
+    /// vCPU threads that have not reported their end yet.
+    live: usize,
+    stopped_at: Option<Duration>,
+    running_at_stop: Vec<String>,
+    rss_when_settled: Option<u64>,
+    observe: F,
+}
+
+impl<'env, F: FnMut(&Scheduler, Update)> Fleet<'env, F> {
+    fn new(
+        spec: &'env FleetSpec,
+        opts: &'env RunOptions,
+        hv: &'env Hypervisor,
+        tx: Sender<Msg>,
+        observe: F,
+    ) -> Self {
+        let mut sched = Scheduler::new(spec);
+        if let Some(g) = opts.stop_grace {
+            sched.set_grace(g);
+        }
+        Self {
+            spec,
+            opts,
+            hv,
+            sched,
+            handles: vec![None; spec.vms.len()],
+            tx,
+            start: Instant::now(),
+            live: 0,
+            stopped_at: None,
+            running_at_stop: Vec::new(),
+            rss_when_settled: None,
+            observe,
+        }
+    }
+
+    fn say(&mut self, line: String) {
+        (self.observe)(&self.sched, Update::Line(line));
+    }
+
+    /// Takes every message waiting, after waiting up to `wait` for the first.
+    fn receive(&mut self, rx: &Receiver<Msg>, mut wait: Duration) {
+        while let Ok(msg) = rx.recv_timeout(wait) {
+            wait = Duration::ZERO;
+            let now = self.start.elapsed();
+            match msg {
+                Msg::Event(vm, VmEvent::Running, at) => self.sched.on_running(vm, at),
+                Msg::Event(vm, VmEvent::Ready, at) => {
+                    self.sched.on_ready(vm, at);
+                    if let Some(line) = ready_line(&self.sched.records()[vm], at) {
+                        self.say(line);
+                    }
+                }
+                Msg::Ended {
+                    vm,
+                    result,
+                    started,
+                    console_tail,
+                    restored,
+                } => self.on_ended(vm, now, &result, started, console_tail, restored),
+            }
+        }
+    }
+
+    /// An attempt ended: the scheduler decides what follows (a restart,
+    /// giving up, blocking its dependents); its record gets what only the
+    /// attempt's report knows.
+    fn on_ended(
+        &mut self,
+        vm: usize,
+        now: Duration,
+        result: &Result<RunReport, String>,
+        started: Duration,
+        console_tail: String,
+        restored: bool,
+    ) {
+        self.live -= 1;
+        self.handles[vm] = None;
+        let out = attempt::outcome(result);
+        let failed = attempt::failed(&out);
+        self.sched
+            .on_ended(vm, now, out, attempt::checkpoint_written(result));
+        let Some(rec) = self.sched.record_mut(vm) else {
+            return;
+        };
+        if let Some(a) = rec.attempts.last_mut() {
+            attempt::record(a, result, started, restored, failed.then_some(console_tail));
+        }
+        let line = ended_line(rec);
+        self.say(line);
+    }
+
+    /// Starts the shutdown when there is a reason to.
+    fn check_stop(&mut self, now: Duration) {
+        if self.sched.shutting_down() {
+            return;
+        }
+        let signal = self
+            .opts
+            .stop_flag
+            .is_some_and(|f| f.load(Ordering::SeqCst));
+        let settled = self.sched.settled();
+        if settled && self.rss_when_settled.is_none() {
+            self.rss_when_settled = rss_bytes();
+        }
+        let Some(why) = stop_reason(self.opts, signal, now, settled) else {
+            return;
+        };
+        self.running_at_stop = running(self.sched.records(), self.sched.states());
+        self.stopped_at = Some(now);
+        self.sched.shutdown(now);
+        let line = stopping_line(why, self.running_at_stop.len());
+        self.say(line);
+    }
+
+    /// Carries out one of the scheduler's actions.
+    fn act<'scope>(&mut self, scope: &'scope Scope<'scope, 'env>, action: Action, now: Duration) {
+        match action {
+            Action::Start {
+                vm,
+                attempt,
+                source,
+            } => self.start_vm(scope, vm, attempt, source, now),
+            Action::AskStop(vm) => {
+                if let Some(h) = &self.handles[vm] {
+                    h.request_stop();
+                }
+            }
+            Action::Kill(vm) => {
+                if let Some(h) = &self.handles[vm] {
+                    h.kill();
+                }
+            }
+        }
+    }
+
+    /// Boots an attempt on a new vCPU thread.
+    fn start_vm<'scope>(
+        &mut self,
+        scope: &'scope Scope<'scope, 'env>,
+        vm: usize,
+        attempt: u32,
+        source: StartSource,
+        now: Duration,
+    ) {
+        let restored = source != StartSource::Cold;
+        let handle = attempt::event_handle(self.tx.clone(), self.start, vm, restored);
+        self.handles[vm] = Some(handle.clone());
+        let fleet_spec: &'env FleetSpec = self.spec;
+        let spec = &fleet_spec.vms[vm];
+        self.say(admitted_line(&spec.name, &source, attempt));
+        let launch = Launch {
+            hv: self.hv,
+            spec,
+            vm,
+            attempt,
+            source,
+            handle,
+            tx: self.tx.clone(),
+            start: self.start,
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("vcpu-{}", spec.name))
+            .stack_size(VCPU_STACK)
+            .spawn_scoped(scope, move || launch.run());
+        match spawned {
+            Ok(_) => self.live += 1,
+            Err(e) => {
+                self.handles[vm] = None;
+                self.sched.on_ended(
+                    vm,
+                    now,
+                    Outcome::Error(format!("cannot start a vCPU thread: {e}")),
+                    false,
+                );
+            }
+        }
+    }
+
+    /// What the run recorded.
+    fn into_run(self) -> FleetRun {
+        FleetRun {
+            vms: self.sched.records().to_vec(),
+            samples: self.sched.samples().to_vec(),
+            limits: self.spec.limits,
+            duration: self.start.elapsed(),
+            stopped_at: self.stopped_at,
+            running_at_stop: self.running_at_stop,
+            rss_when_settled: self.rss_when_settled,
+        }
+    }
+}
+
+/// How long the loop may sleep: until the scheduler's next deadline or
+/// `--stop-after`, never more than [`TICK`].
+fn next_wait(now: Duration, deadline: Option<Duration>, stop_after: Option<Duration>) -> Duration {
+    [deadline, stop_after]
+        .into_iter()
+        .flatten()
+        .map(|t| t.saturating_sub(now))
+        .fold(TICK, Duration::min)
+}
+
+/// Why the fleet should stop now, if it should: a signal, then
+/// `--stop-after`, then `--stop-when-ready` once every VM is ready or done.
+fn stop_reason(
+    opts: &RunOptions,
+    signal: bool,
+    now: Duration,
+    settled: bool,
+) -> Option<&'static str> {
+    if signal {
+        Some("asked to stop")
+    } else if opts.stop_after.is_some_and(|s| now >= s) {
+        Some("--stop-after reached")
+    } else if opts.stop_when_ready && settled {
+        Some("every VM is ready or done")
+    } else {
+        None
+    }
+}
+
+/// The names of the VMs booting or ready.
+fn running(records: &[VmRecord], states: &[VmState]) -> Vec<String> {
+    records
+        .iter()
+        .zip(states)
+        .filter(|(_, s)| matches!(s, VmState::Booting | VmState::Ready))
+        .map(|(r, _)| r.name.clone())
+        .collect()
+}
+
+fn admitted_line(name: &str, source: &StartSource, attempt: u32) -> String {
+    let restart = if attempt > 0 {
+        format!(", restart {attempt}")
+    } else {
+        String::new()
+    };
+    format!("{name}: admitted ({}{restart})", source.kind())
+}
+
+/// The line for a VM that became ready at `at`, unless that was not its
+/// latest attempt's (the scheduler ignored it).
+fn ready_line(rec: &VmRecord, at: Duration) -> Option<String> {
+    let a = rec.attempts.last().filter(|a| a.ready_at == Some(at))?;
+    Some(format!(
+        "{}: ready ({:.1} ms after admission, {})",
+        rec.name,
+        at.saturating_sub(a.admitted_at).as_secs_f64() * 1e3,
+        a.source
+    ))
+}
+
+fn ended_line(rec: &VmRecord) -> String {
+    format!(
+        "{}: {} -> {}",
+        rec.name,
+        rec.attempts
+            .last()
+            .and_then(|a| a.outcome.clone())
+            .unwrap_or_default(),
+        rec.state
+    )
+}
+
+fn stopping_line(why: &str, running: usize) -> String {
+    format!("fleet: {why}; stopping {running} running VMs in reverse dependency order")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::scheduler::Attempt;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn record(name: &str, attempts: Vec<Attempt>) -> VmRecord {
+        VmRecord {
+            name: name.into(),
+            group: name.into(),
+            priority: 0,
+            mem_size: 8 << 20,
+            after: Vec::new(),
+            attempts,
+            restarts: 0,
+            state: "ready".into(),
+            reason: None,
+            recoveries: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_loop_sleeps_until_the_next_thing_to_do() {
+        assert_eq!(next_wait(ms(100), None, None), TICK);
+        assert_eq!(next_wait(ms(100), Some(ms(110)), None), ms(10));
+        assert_eq!(next_wait(ms(100), Some(ms(130)), Some(ms(105))), ms(5));
+        assert_eq!(next_wait(ms(100), Some(ms(90)), None), Duration::ZERO);
+        assert_eq!(next_wait(ms(100), Some(ms(1000)), Some(ms(2000))), TICK);
+    }
+
+    #[test]
+    fn reasons_to_stop_in_order() {
+        let opts = RunOptions {
+            stop_when_ready: true,
+            stop_after: Some(ms(500)),
+            ..RunOptions::default()
+        };
+        assert_eq!(stop_reason(&opts, false, ms(10), false), None);
+        assert_eq!(
+            stop_reason(&opts, false, ms(10), true),
+            Some("every VM is ready or done")
+        );
+        assert_eq!(
+            stop_reason(&opts, false, ms(500), true),
+            Some("--stop-after reached")
+        );
+        assert_eq!(
+            stop_reason(&opts, true, ms(500), true),
+            Some("asked to stop")
+        );
+        let forever = RunOptions::default();
+        assert_eq!(stop_reason(&forever, false, ms(10_000), true), None);
+    }
+
+    #[test]
+    fn running_vms_are_the_booting_and_the_ready() {
+        let records: Vec<_> = ["a", "b", "c", "d"]
+            .into_iter()
+            .map(|n| record(n, Vec::new()))
+            .collect();
+        let states = [
+            VmState::Booting,
+            VmState::Pending,
+            VmState::Ready,
+            VmState::Stopping,
+        ];
+        assert_eq!(running(&records, &states), ["a", "c"]);
+    }
+
+    #[test]
+    fn lines_for_the_user() {
+        assert_eq!(
+            admitted_line("db", &StartSource::Cold, 0),
+            "db: admitted (cold)"
+        );
+        assert_eq!(
+            admitted_line("db", &StartSource::Checkpoint("/ck".into()), 2),
+            "db: admitted (checkpoint, restart 2)"
+        );
+        let a = Attempt {
+            source: "cold",
+            admitted_at: ms(10),
+            ready_at: Some(ms(15)),
+            outcome: Some("exit 0".into()),
+            ..Attempt::default()
+        };
+        let rec = record("db", vec![a]);
+        assert_eq!(
+            ready_line(&rec, ms(15)).as_deref(),
+            Some("db: ready (5.0 ms after admission, cold)")
+        );
+        assert_eq!(ready_line(&rec, ms(16)), None, "not this attempt's ready");
+        assert_eq!(ended_line(&rec), "db: exit 0 -> ready");
+        assert_eq!(
+            stopping_line("asked to stop", 3),
+            "fleet: asked to stop; stopping 3 running VMs in reverse dependency order"
+        );
+    }
 }
