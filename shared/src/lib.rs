@@ -7,6 +7,7 @@
 //! - [`bootinfo`]: the boot-info block the app starts with (a `repr(C)` header
 //!   followed by a `postcard` body).
 //! - [`hypercall`]: the I/O ports and the `postcard` request/reply messages.
+//! - [`exit`]: the exit codes the guest library and the VMM give a run.
 //! - [`trace`]: the boot phases stamped by both sides on one clock.
 //! - [`cpu`]: builders for page tables, GDT, TSS and IDT that write into plain
 //!   byte buffers, so the VMM and the guest's own trampolines build the same state.
@@ -27,6 +28,7 @@ pub mod acpi;
 pub mod bootinfo;
 pub mod checksum;
 pub mod cpu;
+pub mod exit;
 pub mod hypercall;
 pub mod layout;
 pub mod note;

@@ -325,7 +325,7 @@ fn run(project: &Project, args: Vec<String>) -> Result<ExitCode> {
                 "xtask: QEMU ended with {} without the guest's exit code",
                 project::describe(status)
             );
-            Ok(ExitCode::from(125))
+            Ok(ExitCode::from(tandem_abi::exit::VMM_ERROR))
         }
     }
 }
