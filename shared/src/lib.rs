@@ -13,6 +13,7 @@
 //!   byte buffers, so the VMM and the guest's own trampolines build the same state.
 //! - [`note`]: the ELF note through which an image declares its ABI version.
 //! - [`acpi`]: how to power off a PC, decoded from its ACPI tables.
+//! - [`stats`]: the one quantile definition of every figure Tandem reports.
 //!
 //! Compatibility rules: [`ABI_VERSION`] is bumped on every material change;
 //! `postcard` messages only grow at the end (new enum variants and fields are
@@ -34,6 +35,7 @@ pub mod layout;
 pub mod note;
 pub mod platform;
 pub mod pvh;
+pub mod stats;
 pub mod trace;
 
 /// Version of the contract. The guest embeds it in its ELF note and in the
