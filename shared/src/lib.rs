@@ -11,6 +11,7 @@
 //! - [`trace`]: the boot phases stamped by both sides on one clock.
 //! - [`cpu`]: builders for page tables, GDT, TSS and IDT that write into plain
 //!   byte buffers, so the VMM and the guest's own trampolines build the same state.
+//! - [`le`]: bounds-checked little-endian reads, for every decoder here and in the host.
 //! - [`note`]: the ELF note through which an image declares its ABI version.
 //! - [`acpi`]: how to power off a PC, decoded from its ACPI tables.
 //! - [`stats`]: the one quantile definition of every figure Tandem reports.
@@ -32,6 +33,7 @@ pub mod cpu;
 pub mod exit;
 pub mod hypercall;
 pub mod layout;
+pub mod le;
 pub mod note;
 pub mod platform;
 pub mod pvh;
