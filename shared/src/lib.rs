@@ -12,6 +12,8 @@
 //! - [`cpu`]: builders for page tables, GDT, TSS and IDT that write into plain
 //!   byte buffers, so the VMM and the guest's own trampolines build the same state.
 //! - [`le`]: bounds-checked little-endian reads, for every decoder here and in the host.
+//! - [`elf`]: a checked ELF64 reader (file header, program headers, notes),
+//!   for the VMM's image loader and xtask.
 //! - [`note`]: the ELF note through which an image declares its ABI version.
 //! - [`acpi`]: how to power off a PC, decoded from its ACPI tables.
 //! - [`stats`]: the one quantile definition of every figure Tandem reports.
@@ -30,6 +32,7 @@ pub mod acpi;
 pub mod bootinfo;
 pub mod checksum;
 pub mod cpu;
+pub mod elf;
 pub mod exit;
 pub mod hypercall;
 pub mod layout;
