@@ -19,12 +19,8 @@ pub(crate) fn init(tsc_khz: u64) {
     TSC_KHZ.store(tsc_khz, Ordering::Relaxed);
 }
 
-/// Reads the time-stamp counter.
-#[inline(always)]
-pub fn rdtsc() -> u64 {
-    // SAFETY: `rdtsc` has no memory effects; CR4.TSD is clear, so it is allowed at CPL3.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
+/// Reads the time-stamp counter (CR4.TSD is clear, so CPL3 may).
+pub use tandem_tsc::rdtsc;
 
 /// Reads one little-endian `u64` of the live area (0 without a Tandem VMM:
 /// under PVH or Multiboot2 nobody writes it, and a boot loader may have left
