@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use tandem_abi::le;
 use tandem_tests::{image_path, tandem};
 
 struct Scratch(PathBuf);
@@ -30,19 +31,16 @@ fn hello() -> Vec<u8> {
     std::fs::read(image_path("hello")).unwrap()
 }
 
-fn u16_at(b: &[u8], at: usize) -> usize {
-    usize::from(u16::from_le_bytes([b[at], b[at + 1]]))
-}
 fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+    le::u64_at(b, at).unwrap()
 }
 
 /// Offsets of the program headers of type `p_type`.
 fn phdrs(elf: &[u8], p_type: u32) -> Vec<usize> {
     let phoff = usize::try_from(u64_at(elf, 32)).unwrap();
-    (0..u16_at(elf, 56))
-        .map(|i| phoff + i * 56)
-        .filter(|&at| u32::from_le_bytes(elf[at..at + 4].try_into().unwrap()) == p_type)
+    (0..le::u16_at(elf, 56).unwrap())
+        .map(|i| phoff + usize::from(i) * 56)
+        .filter(|&at| le::u32_at(elf, at) == Some(p_type))
         .collect()
 }
 

@@ -14,12 +14,11 @@ use serde_json::{json, Value};
 use tandem::{
     BackupConfig, ConsoleSink, ExitStatus, Hypervisor, Image, Snapshot, Vm, VmBuilder, VmConfig,
 };
+use tandem_abi::stats::quantile;
 
 fn summary(mut v: Vec<f64>) -> Value {
     v.sort_by(f64::total_cmp);
-    // `q` is in 0..=1, so the rounded index lies in 0..len.
-    #[allow(clippy::cast_possible_truncation)]
-    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    let at = |q: f64| quantile(&v, q).expect("at least one sample");
     let r = |x: f64| (x * 10.0).round() / 10.0;
     json!({"median": r(at(0.5)), "p10": r(at(0.1)), "p90": r(at(0.9)), "min": r(v[0]), "n": v.len()})
 }

@@ -17,12 +17,9 @@ pub(crate) fn fill_random(buf: &mut [u8]) {
     }
 }
 
-/// The time-stamp counter (the same reading as `trace::rdtsc`, which this
-/// leaf does not import).
+/// The time-stamp counter (`tandem-tsc`'s, as everywhere).
 fn tsc() -> u64 {
-    // SAFETY: `rdtsc` only reads the time-stamp counter; it is available on
-    // every x86_64 CPU KVM runs on.
-    unsafe { core::arch::x86_64::_rdtsc() }
+    tandem_tsc::rdtsc()
 }
 
 #[cfg(test)]

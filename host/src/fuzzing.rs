@@ -112,11 +112,7 @@ pub fn hypercall_guest(data: &[u8]) {
             let size = usize::try_from(mem_size).unwrap_or(usize::MAX);
             GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).unwrap_or_default()
         });
-        let word = |at: usize| {
-            data.get(at..at + 4)
-                .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                .map_or(0, u32::from_le_bytes)
-        };
+        let word = |at: usize| tandem_abi::le::u32_at(data, at).unwrap_or(0);
         let port = u16::try_from(word(0) & 0xF).map_or(0, |p| 0xE00 + p);
         let width = [1usize, 2, 4, 4][(word(0) >> 4) as usize & 3];
         // Addresses: mostly the hypercall buffer, sometimes anywhere.

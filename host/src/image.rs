@@ -8,19 +8,14 @@
 use std::path::Path;
 
 use tandem_abi::cpu::SegmentMap;
+use tandem_abi::elf::{
+    self, Elf, ElfError, EM_X86_64, ET_EXEC, PF_W, PF_X, PHDR_SIZE, PT_LOAD, PT_NOTE,
+};
 use tandem_abi::layout::{IMAGE_ADDR, IMAGE_END};
 use tandem_abi::note::{AbiNote, NOTE_NAME, NT_TANDEM_ABI, PF_TANDEM_BOOT, PF_TANDEM_KERNEL};
 use tandem_abi::ABI_VERSION;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-const EHDR_SIZE: usize = 64;
-const PHDR_SIZE: usize = 56;
-const PT_LOAD: u32 = 1;
-const PT_NOTE: u32 = 4;
-const PF_X: u32 = 1;
-const PF_W: u32 = 2;
-const EM_X86_64: u16 = 62;
-const ET_EXEC: u16 = 2;
 /// Images larger than this are refused before parsing.
 pub const MAX_IMAGE_FILE: u64 = 64 << 20;
 const MAX_PHDRS: usize = 64;
@@ -135,23 +130,19 @@ pub struct Image {
     pub file_size: usize,
 }
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut q = [0u8; 8];
-    q.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(q)
-}
-
-/// `bytes[offset..offset + len]`, or `None` if any part is outside.
-fn range(bytes: &[u8], offset: u64, len: u64) -> Option<&[u8]> {
-    let start = usize::try_from(offset).ok()?;
-    let end = start.checked_add(usize::try_from(len).ok()?)?;
-    bytes.get(start..end)
+/// The loader's words for what the ELF reader refuses (`tests/images.rs`
+/// checks them).
+impl From<ElfError> for ImageError {
+    fn from(e: ElfError) -> Self {
+        match e {
+            ElfError::NotElf => Self::NotElf,
+            ElfError::Truncated(what) => Self::Truncated(what),
+            ElfError::Not64Bit(_) => Self::Unsupported("not a 64-bit ELF (EI_CLASS)".into()),
+            ElfError::NotLittleEndian(_) => Self::Unsupported("not little-endian (EI_DATA)".into()),
+            ElfError::ProgramHeaderSize(n) => Self::Unsupported(format!("program header size {n}")),
+            ElfError::BadNote => Self::BadAbiNote,
+        }
+    }
 }
 
 impl Image {
@@ -182,38 +173,23 @@ impl Image {
         if bytes.len() as u64 > MAX_IMAGE_FILE {
             return Err(ImageError::TooLarge(bytes.len() as u64));
         }
-        if bytes.len() < 4 || &bytes[..4] != b"\x7fELF" {
-            return Err(ImageError::NotElf);
-        }
-        let eh = bytes
-            .get(..EHDR_SIZE)
-            .ok_or(ImageError::Truncated("ELF header"))?;
-        if eh[4] != 2 {
-            return Err(ImageError::Unsupported(
-                "not a 64-bit ELF (EI_CLASS)".into(),
-            ));
-        }
-        if eh[5] != 1 {
-            return Err(ImageError::Unsupported(
-                "not little-endian (EI_DATA)".into(),
-            ));
-        }
-        let machine = u16_at(eh, 18);
+        let elf = Elf::parse(bytes)?;
+        let eh = elf.header();
+        let machine = eh.machine;
         if machine != EM_X86_64 {
             return Err(ImageError::Unsupported(format!(
                 "built for machine {machine}, not x86_64 ({EM_X86_64})"
             )));
         }
-        let kind = u16_at(eh, 16);
+        let kind = eh.kind;
         if kind != ET_EXEC {
             return Err(ImageError::Unsupported(format!(
                 "ELF type {kind} is not a fixed-address executable (ET_EXEC)"
             )));
         }
-        let entry = u64_at(eh, 24);
-        let phoff = u64_at(eh, 32);
-        let phentsize = usize::from(u16_at(eh, 54));
-        let phnum = usize::from(u16_at(eh, 56));
+        let entry = eh.entry;
+        let phentsize = usize::from(eh.phentsize);
+        let phnum = usize::from(eh.phnum);
         if phentsize != PHDR_SIZE {
             return Err(ImageError::Unsupported(format!(
                 "program header size {phentsize}"
@@ -222,25 +198,22 @@ impl Image {
         if phnum == 0 || phnum > MAX_PHDRS {
             return Err(ImageError::Unsupported(format!("{phnum} program headers")));
         }
-        let phdrs = range(bytes, phoff, (phnum * PHDR_SIZE) as u64)
-            .ok_or(ImageError::Truncated("program headers"))?;
 
         let mut segments = Vec::new();
         let mut note = None;
-        for index in 0..phnum {
-            let ph = &phdrs[index * PHDR_SIZE..(index + 1) * PHDR_SIZE];
-            let (p_type, flags) = (u32_at(ph, 0), u32_at(ph, 4));
-            let (offset, vaddr) = (u64_at(ph, 8), u64_at(ph, 16));
-            let (filesz, memsz) = (u64_at(ph, 32), u64_at(ph, 40));
+        for (index, ph) in elf.program_headers()?.enumerate() {
+            let (offset, vaddr) = (ph.offset, ph.vaddr);
+            let (filesz, memsz, flags) = (ph.filesz, ph.memsz, ph.flags);
             let file_range = || {
-                range(bytes, offset, filesz).ok_or(ImageError::SegmentOutsideFile {
-                    index,
-                    offset,
-                    size: filesz,
-                    file_len: bytes.len(),
-                })
+                elf.range(offset, filesz)
+                    .ok_or(ImageError::SegmentOutsideFile {
+                        index,
+                        offset,
+                        size: filesz,
+                        file_len: bytes.len(),
+                    })
             };
-            match p_type {
+            match ph.kind {
                 PT_LOAD => {
                     if filesz > memsz {
                         return Err(ImageError::BadSegmentSize(index));
@@ -352,28 +325,14 @@ impl Image {
 }
 
 /// Walks the notes of a `PT_NOTE` segment; returns the Tandem ABI note if present.
-fn find_abi_note(mut notes: &[u8]) -> Result<Option<AbiNote>, ImageError> {
-    let align4 = |n: usize| n.checked_add(3).map(|v| v & !3);
-    while notes.len() >= 12 {
-        let namesz = u32_at(notes, 0) as usize;
-        let descsz = u32_at(notes, 4) as usize;
-        let kind = u32_at(notes, 8);
-        let name_end = align4(namesz)
-            .and_then(|n| n.checked_add(12))
-            .ok_or(ImageError::BadAbiNote)?;
-        let desc_end = align4(descsz)
-            .and_then(|d| d.checked_add(name_end))
-            .ok_or(ImageError::BadAbiNote)?;
-        let name = notes
-            .get(12..12 + namesz)
-            .ok_or(ImageError::Truncated("note name"))?;
-        let desc = notes
-            .get(name_end..name_end + descsz)
-            .ok_or(ImageError::Truncated("note descriptor"))?;
-        if name == NOTE_NAME && kind == NT_TANDEM_ABI {
-            return AbiNote::parse(desc).map(Some).ok_or(ImageError::BadAbiNote);
+fn find_abi_note(segment: &[u8]) -> Result<Option<AbiNote>, ImageError> {
+    for note in elf::notes(segment) {
+        let note = note?;
+        if note.name == NOTE_NAME && note.kind == NT_TANDEM_ABI {
+            return AbiNote::parse(note.desc)
+                .map(Some)
+                .ok_or(ImageError::BadAbiNote);
         }
-        notes = notes.get(desc_end..).unwrap_or(&[]);
     }
     Ok(None)
 }

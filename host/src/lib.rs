@@ -68,17 +68,10 @@ pub use vm::{
 };
 
 /// Process exit codes of the `tandem` binary beyond the guest's own (0–255
-/// pass through). Chosen at the top of the range, like `timeout(1)` and
-/// container runtimes.
+/// pass through): the table of [`tandem_abi::exit`], with every code's
+/// name and meaning.
 pub mod exit_code {
-    /// The guest crashed (triple fault, halt, unexpected exit).
-    pub const CRASHED: u8 = 122;
-    /// The guest broke the hypercall protocol.
-    pub const PROTOCOL: u8 = 123;
-    /// The run exceeded `--timeout`.
-    pub const TIMEOUT: u8 = 124;
-    /// The VMM could not start the guest (bad image, options, KVM).
-    pub const VMM_ERROR: u8 = 125;
+    pub use tandem_abi::exit::*;
 }
 
 impl ExitStatus {

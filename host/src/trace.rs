@@ -7,13 +7,8 @@ use std::fmt::Write as _;
 use serde_json::{json, Value};
 use tandem_abi::trace::Phase;
 
-/// Reads the host TSC.
-#[inline]
-pub fn rdtsc() -> u64 {
-    // SAFETY: `rdtsc` only reads the time-stamp counter; it is available on
-    // every x86_64 CPU KVM runs on.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
+/// Reads the host TSC (the one `rdtsc`, in `tandem-tsc`).
+pub use tandem_tsc::rdtsc;
 
 /// Stamps of one VM's boot, in host TSC ticks (`None` = not reached).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,6 +20,11 @@
 //!   at memory 0xfea00200 and `\_S5 = Package (4) {5, 0, 0, 0}`; the GED
 //!   powers off on SLP_EN with SLP_TYP 5, so the write is 0x34.
 
+// Fields are read from fixed-size copies, at offsets inside them: the
+// `unwrap_or(0)` of a read can only be taken by a bug, and then reads as
+// zero, which every field here means "absent".
+use crate::le;
+
 /// Start of the BIOS read-only area scanned for the RSDP.
 pub const RSDP_SCAN_START: u64 = 0xE_0000;
 /// End (exclusive) of the BIOS read-only area scanned for the RSDP.
@@ -369,14 +374,6 @@ pub fn find_poweroff<M: PhysRead + ?Sized>(
     }
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from(u32_at(b, at)) | (u64::from(u32_at(b, at + 4)) << 32)
-}
-
 fn sum(bytes: &[u8]) -> u8 {
     bytes.iter().fold(0u8, |s, b| s.wrapping_add(*b))
 }
@@ -431,7 +428,7 @@ fn open_table<M: PhysRead + ?Sized>(mem: &M, addr: u64, table: Table) -> Result<
     if &head[..4] != table.signature() {
         return Err(AcpiError::BadSignature { table, addr });
     }
-    let len = u32_at(&head, 4);
+    let len = le::u32_at(&head, 4).unwrap_or(0);
     if !(HEADER_LEN..=MAX_TABLE_LEN).contains(&len) {
         return Err(AcpiError::BadLength { table, addr, len });
     }
@@ -456,12 +453,12 @@ fn read_rsdp<M: PhysRead + ?Sized>(mem: &M, addr: u64) -> Result<Rsdp, AcpiError
     if sum(&v1) != 0 {
         return Err(AcpiError::BadChecksum { table: t, addr });
     }
-    let rsdt = u32_at(&v1, 16);
+    let rsdt = le::u32_at(&v1, 16).unwrap_or(0);
     if v1[15] < 2 {
         return Ok(Rsdp { rsdt, xsdt: 0 });
     }
     let v2: [u8; RSDP_V2_LEN] = read_array(mem, addr, t)?;
-    let len = u32_at(&v2, 20);
+    let len = le::u32_at(&v2, 20).unwrap_or(0);
     if !(36..=RSDP_MAX_LEN).contains(&len) {
         return Err(AcpiError::BadLength {
             table: t,
@@ -472,7 +469,7 @@ fn read_rsdp<M: PhysRead + ?Sized>(mem: &M, addr: u64) -> Result<Rsdp, AcpiError
     check_sum(mem, addr, len, t)?;
     Ok(Rsdp {
         rsdt,
-        xsdt: u64_at(&v2, 24),
+        xsdt: le::u64_at(&v2, 24).unwrap_or(0),
     })
 }
 
@@ -546,11 +543,11 @@ impl Root {
         if at.checked_add(b.len() as u64).is_none() || !mem.read(at, b) {
             return None;
         }
-        Some(if self.entry_len == 8 {
-            u64_at(b, 0)
+        if self.entry_len == 8 {
+            le::u64_at(b, 0)
         } else {
-            u64::from(u32_at(b, 0))
-        })
+            le::u32_at(b, 0).map(u64::from)
+        }
     }
 
     /// Tables whose signature is `sig`, in entry order (entries that lead
@@ -615,20 +612,20 @@ impl Fadt {
     fn gas(&self, at: usize) -> Gas {
         Gas {
             space: self.bytes[at],
-            addr: u64_at(&self.bytes, at + 4),
+            addr: le::u64_at(&self.bytes, at + 4).unwrap_or(0),
         }
     }
 
     /// The DSDT: X_DSDT when set, else DSDT; 0 if neither.
     fn dsdt(&self) -> u64 {
-        match u64_at(&self.bytes, FADT_X_DSDT) {
-            0 => u64::from(u32_at(&self.bytes, FADT_DSDT)),
+        match le::u64_at(&self.bytes, FADT_X_DSDT).unwrap_or(0) {
+            0 => u64::from(le::u32_at(&self.bytes, FADT_DSDT).unwrap_or(0)),
             x => x,
         }
     }
 
     fn target(&self) -> Result<Target, AcpiError> {
-        let hw_reduced = u32_at(&self.bytes, FADT_FLAGS) & FADT_HW_REDUCED != 0;
+        let hw_reduced = le::u32_at(&self.bytes, FADT_FLAGS).unwrap_or(0) & FADT_HW_REDUCED != 0;
         let has_sleep_control =
             usize::try_from(self.len).is_ok_and(|len| len >= FADT_SLEEP_CONTROL + 12);
         if hw_reduced && has_sleep_control {
@@ -667,7 +664,7 @@ impl Fadt {
         legacy: usize,
         extended: usize,
     ) -> Result<Option<u16>, AcpiError> {
-        let (space, addr) = match u32_at(&self.bytes, legacy) {
+        let (space, addr) = match le::u32_at(&self.bytes, legacy).unwrap_or(0) {
             0 => {
                 let g = self.gas(extended);
                 (g.space, g.addr)

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checksum::crc32;
 use crate::layout::BOOT_INFO_MAX;
+use crate::le;
 use crate::ABI_VERSION;
 
 /// `"TNDM"` little-endian.
@@ -60,16 +61,13 @@ impl BootInfoHeader {
 
     /// Parses the header's bytes (no checks beyond the length).
     pub fn from_bytes(b: &[u8]) -> Result<Self, BootInfoError> {
-        let b: &[u8; HEADER_SIZE] = b
-            .get(..HEADER_SIZE)
-            .and_then(|s| s.try_into().ok())
-            .ok_or(BootInfoError::Truncated)?;
-        let word = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let b = b.get(..HEADER_SIZE).ok_or(BootInfoError::Truncated)?;
+        let word = |at| le::u32_at(b, at).ok_or(BootInfoError::Truncated);
         Ok(Self {
-            magic: word(0),
-            abi_version: word(4),
-            body_len: word(8),
-            checksum: word(12),
+            magic: word(0)?,
+            abi_version: word(4)?,
+            body_len: word(8)?,
+            checksum: word(12)?,
         })
     }
 }

@@ -23,12 +23,11 @@ pub const LEN_PREFIX: u32 = 4;
 /// Most bytes the host copies into the guest for one [`Request::ReadStdin`].
 pub const MAX_STDIN_READ: u32 = 4096;
 
-/// Exit code the guest library uses when the app panics.
-pub const EXIT_PANIC: u8 = 101;
-/// Exit code the guest library uses after a CPU exception.
-pub const EXIT_EXCEPTION: u8 = 102;
-/// Exit code the guest library uses when its boot-info block is refused.
-pub const EXIT_BAD_BOOT_INFO: u8 = 103;
+// The guest library's exit codes, under the names the guest uses; the table
+// of every exit code is `crate::exit`.
+pub use crate::exit::{
+    BAD_BOOT_INFO as EXIT_BAD_BOOT_INFO, EXCEPTION as EXIT_EXCEPTION, PANIC as EXIT_PANIC,
+};
 
 /// The I/O ports of the Tandem hypercall interface. Numbers are never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,6 +24,8 @@
 //! 0x0040_0000  heap, to the end of memory user, read-write
 //! ```
 
+use crate::le;
+
 /// Size of a small page.
 pub const PAGE_SIZE: u64 = 0x1000;
 /// Size of a large page.
@@ -116,19 +118,13 @@ impl LiveArea {
 
     /// Parses the record's bytes.
     pub fn from_bytes(b: &[u8; 64]) -> Self {
-        let word = |i: usize| {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&b[i..i + 8]);
-            w
-        };
-        let mut entropy = [0u8; 32];
-        entropy.copy_from_slice(&b[32..64]);
+        // Offsets inside the 64-byte record: every read succeeds.
         Self {
-            generation: u64::from_le_bytes(word(0)),
-            tsc_adjust: i64::from_le_bytes(word(8)),
-            restores: u64::from_le_bytes(word(16)),
-            reserved: u64::from_le_bytes(word(24)),
-            entropy,
+            generation: le::u64_at(b, 0).unwrap_or(0),
+            tsc_adjust: le::i64_at(b, 8).unwrap_or(0),
+            restores: le::u64_at(b, 16).unwrap_or(0),
+            reserved: le::u64_at(b, 24).unwrap_or(0),
+            entropy: le::array_at(b, 32).unwrap_or([0; 32]),
         }
     }
 }

@@ -7,11 +7,16 @@
 //! - [`bootinfo`]: the boot-info block the app starts with (a `repr(C)` header
 //!   followed by a `postcard` body).
 //! - [`hypercall`]: the I/O ports and the `postcard` request/reply messages.
+//! - [`exit`]: the exit codes the guest library and the VMM give a run.
 //! - [`trace`]: the boot phases stamped by both sides on one clock.
 //! - [`cpu`]: builders for page tables, GDT, TSS and IDT that write into plain
 //!   byte buffers, so the VMM and the guest's own trampolines build the same state.
+//! - [`le`]: bounds-checked little-endian reads, for every decoder here and in the host.
+//! - [`elf`]: a checked ELF64 reader (file header, program headers, notes),
+//!   for the VMM's image loader and xtask.
 //! - [`note`]: the ELF note through which an image declares its ABI version.
 //! - [`acpi`]: how to power off a PC, decoded from its ACPI tables.
+//! - [`stats`]: the one quantile definition of every figure Tandem reports.
 //!
 //! Compatibility rules: [`ABI_VERSION`] is bumped on every material change;
 //! `postcard` messages only grow at the end (new enum variants and fields are
@@ -27,11 +32,15 @@ pub mod acpi;
 pub mod bootinfo;
 pub mod checksum;
 pub mod cpu;
+pub mod elf;
+pub mod exit;
 pub mod hypercall;
 pub mod layout;
+pub mod le;
 pub mod note;
 pub mod platform;
 pub mod pvh;
+pub mod stats;
 pub mod trace;
 
 /// Version of the contract. The guest embeds it in its ELF note and in the

@@ -5,6 +5,8 @@
 //! host reads it before loading anything and refuses an image of another
 //! ABI version, naming both versions.
 
+use crate::le;
+
 /// Note name, NUL-terminated (`namesz` = 7).
 pub const NOTE_NAME: &[u8] = b"Tandem\0";
 /// Note type of the ABI note.
@@ -47,13 +49,11 @@ impl AbiNote {
     /// Parses a descriptor; `None` if it is shorter than [`NOTE_DESC_SIZE`].
     /// Longer descriptors are accepted (fields appended by later versions).
     pub fn parse(desc: &[u8]) -> Option<Self> {
-        let d: &[u8; NOTE_DESC_SIZE] = desc.get(..NOTE_DESC_SIZE)?.try_into().ok()?;
-        let mut q = [0u8; 8];
-        q.copy_from_slice(&d[8..16]);
+        let d = desc.get(..NOTE_DESC_SIZE)?;
         Some(Self {
-            abi_version: u32::from_le_bytes([d[0], d[1], d[2], d[3]]),
-            flags: u32::from_le_bytes([d[4], d[5], d[6], d[7]]),
-            exception_stubs: u64::from_le_bytes(q),
+            abi_version: le::u32_at(d, 0)?,
+            flags: le::u32_at(d, 4)?,
+            exception_stubs: le::u64_at(d, 8)?,
         })
     }
 

@@ -5,6 +5,7 @@
 //! decoder runs and is tested on the host too.
 
 use crate::bootinfo::{MemKind, MemRegion};
+use crate::le;
 
 /// `XEN_ELFNOTE_PHYS32_ENTRY`: the ELF note type that names the 32-bit entry.
 pub const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
@@ -63,36 +64,25 @@ pub struct StartInfo {
     pub memmap_entries: u32,
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut q = [0u8; 8];
-    q.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(q)
-}
-
 impl StartInfo {
     /// Parses the structure from `bytes` (at least [`START_INFO_V1_SIZE`]
     /// bytes should be offered; a version-0 structure needs only 48).
     pub fn parse(bytes: &[u8]) -> Result<Self, StartInfoError> {
-        if bytes.len() < 4 {
-            return Err(StartInfoError::Truncated);
-        }
-        let magic = u32_at(bytes, 0);
+        let field32 = |at| le::u32_at(bytes, at).ok_or(StartInfoError::Truncated);
+        let field64 = |at| le::u64_at(bytes, at).ok_or(StartInfoError::Truncated);
+        let magic = field32(0)?;
         if magic != START_INFO_MAGIC {
             return Err(StartInfoError::BadMagic(magic));
         }
         if bytes.len() < START_INFO_V0_SIZE {
             return Err(StartInfoError::Truncated);
         }
-        let version = u32_at(bytes, 4);
+        let version = field32(4)?;
         let (memmap_paddr, memmap_entries) = if version >= 1 {
             if bytes.len() < START_INFO_V1_SIZE {
                 return Err(StartInfoError::Truncated);
             }
-            (u64_at(bytes, 40), u32_at(bytes, 48))
+            (field64(40)?, field32(48)?)
         } else {
             (0, 0)
         };
@@ -101,8 +91,8 @@ impl StartInfo {
         }
         Ok(Self {
             version,
-            cmdline_paddr: u64_at(bytes, 24),
-            rsdp_paddr: u64_at(bytes, 32),
+            cmdline_paddr: field64(24)?,
+            rsdp_paddr: field64(32)?,
             memmap_paddr,
             memmap_entries,
         })
@@ -117,14 +107,14 @@ impl StartInfo {
 /// Parses one `hvm_memmap_table_entry` (address, size, type).
 pub fn parse_memmap_entry(bytes: &[u8]) -> Option<MemRegion> {
     let e = bytes.get(..MEMMAP_ENTRY_SIZE)?;
-    let kind = match u32_at(e, 16) {
+    let kind = match le::u32_at(e, 16)? {
         1 => MemKind::Usable,
         3 => MemKind::Acpi,
         _ => MemKind::Reserved,
     };
     Some(MemRegion {
-        start: u64_at(e, 0),
-        len: u64_at(e, 8),
+        start: le::u64_at(e, 0)?,
+        len: le::u64_at(e, 8)?,
         kind,
     })
 }

@@ -2,10 +2,13 @@
 //! kubelet speaks it): the `runtime.v1` messages and the gRPC
 //! `RuntimeService` client, over containerd's unix socket.
 //!
-//! `cri_v1.rs` is generated, not written: `tonic-prost-build` 0.14
-//! (`configure().build_server(false)`) run on the CRI `api.proto`
-//! (`runtime.v1`, as shipped in the `k8s-cri` 0.11 crate's `proto/v1.proto`).
-//! It is checked in so building the workspace needs no `protoc`.
+//! `cri_v1.rs` is generated, not written: `cargo xtask codegen` makes it
+//! from the CRI `api.proto` checked in at `tests/proto/runtime/v1/api.proto`
+//! (`runtime.v1`, Apache-2.0, the Kubernetes Authors; as shipped in the
+//! `k8s-cri` 0.11 crate's `proto/v1.proto`), with `protox` and
+//! `tonic-prost-build` 0.14 (`tools/codegen`). It is checked in so building
+//! the workspace needs no code generator; `tests/codegen.rs` fails when it
+//! is not what the proto makes.
 
 #[allow(
     clippy::all,

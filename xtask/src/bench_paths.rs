@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
+use tandem_tsc::rdtsc;
 
 use crate::project::{self, Profile, Project};
 use crate::qemu::{self, Accel, Boot, Machine};
@@ -65,11 +66,6 @@ struct Sample {
 }
 
 const SEGMENTS: [&str; 4] = ["before guest", "guest boot", "app", "after guest"];
-
-fn rdtsc() -> u64 {
-    // SAFETY: rdtsc only reads the time-stamp counter.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
 
 /// Parses `tandem-trace: v1 tsc_khz=K first_instruction=T ... exit=T`.
 fn parse_trace(out: &str) -> Option<BTreeMap<String, u64>> {

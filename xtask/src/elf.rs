@@ -1,9 +1,8 @@
-//! Just enough ELF64 to size an image: the `PT_LOAD` program headers.
+//! The size of an image: its `PT_LOAD` program headers, read with the ELF
+//! reader the VMM loads images with (`tandem_abi::elf`).
 
-use anyhow::{bail, ensure, Context, Result};
-
-const PT_LOAD: u32 = 1;
-const PHDR_MIN: usize = 56;
+use anyhow::{Context, Result};
+use tandem_abi::elf::{Elf, PT_LOAD};
 
 /// How much of an image is actually loaded into guest memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,60 +17,25 @@ pub struct LoadSize {
 
 /// Sums the `PT_LOAD` segments of a little-endian ELF64 file.
 pub fn load_size(elf: &[u8]) -> Result<LoadSize> {
-    ensure!(
-        elf.len() >= 64 && elf[..4] == *b"\x7fELF",
-        "not an ELF file"
-    );
-    ensure!(elf[4] == 2, "not a 64-bit ELF file");
-    ensure!(elf[5] == 1, "not a little-endian ELF file");
-    let phoff = usize::try_from(u64_at(elf, 0x20)?).context("program header offset")?;
-    let phentsize = usize::from(u16_at(elf, 0x36)?);
-    let phnum = usize::from(u16_at(elf, 0x38)?);
-    if phnum > 0 && phentsize < PHDR_MIN {
-        bail!("program header entries of {phentsize} bytes are too small");
-    }
+    let elf = Elf::parse(elf).map_err(anyhow::Error::msg)?;
     let mut size = LoadSize {
         segments: 0,
         file_bytes: 0,
         mem_bytes: 0,
     };
-    for i in 0..phnum {
-        let at = i
-            .checked_mul(phentsize)
-            .and_then(|o| o.checked_add(phoff))
-            .context("program header offset overflows")?;
-        if u32_at(elf, at)? != PT_LOAD {
-            continue;
-        }
+    let phdrs = elf.program_headers().map_err(anyhow::Error::msg)?;
+    for ph in phdrs.filter(|ph| ph.kind == PT_LOAD) {
         size.segments += 1;
         size.file_bytes = size
             .file_bytes
-            .checked_add(u64_at(elf, at + 0x20)?)
+            .checked_add(ph.filesz)
             .context("segment sizes overflow")?;
         size.mem_bytes = size
             .mem_bytes
-            .checked_add(u64_at(elf, at + 0x28)?)
+            .checked_add(ph.memsz)
             .context("segment sizes overflow")?;
     }
     Ok(size)
-}
-
-fn bytes<const N: usize>(elf: &[u8], at: usize) -> Result<[u8; N]> {
-    elf.get(at..at.saturating_add(N))
-        .and_then(|b| b.try_into().ok())
-        .with_context(|| format!("ELF file truncated at offset {at:#x}"))
-}
-
-fn u16_at(elf: &[u8], at: usize) -> Result<u16> {
-    bytes(elf, at).map(u16::from_le_bytes)
-}
-
-fn u32_at(elf: &[u8], at: usize) -> Result<u32> {
-    bytes(elf, at).map(u32::from_le_bytes)
-}
-
-fn u64_at(elf: &[u8], at: usize) -> Result<u64> {
-    bytes(elf, at).map(u64::from_le_bytes)
 }
 
 #[cfg(test)]

@@ -106,6 +106,13 @@ COMMANDS:
         containerd and runc installed if missing). N defaults to 30.
         Writes JSON to target/bench/containerd.json unless --json.
 
+    codegen [--check]
+        Regenerate the checked-in generated code from its sources, without
+        protoc (tools/codegen: protox and tonic-prost-build):
+        tests/src/cri_v1.rs from tests/proto/runtime/v1/api.proto. --check
+        regenerates into a temporary folder and fails if a checked-in file
+        differs (tests/codegen.rs runs it too).
+
     fuzz TARGET [--time SECONDS]
         Run one cargo-fuzz target (nightly; installs cargo-fuzz if missing)
         for SECONDS (default 60) from fresh seeds; prints executions and
@@ -155,6 +162,7 @@ fn try_main() -> Result<ExitCode> {
         "test" => test(&project, args),
         "bench" => bench_cmd(&project, args),
         "fuzz" => fuzz_cmd(&project, args),
+        "codegen" => codegen(&project, args),
         "help" | "-h" | "--help" => {
             print!("{HELP}");
             Ok(ExitCode::SUCCESS)
@@ -325,9 +333,26 @@ fn run(project: &Project, args: Vec<String>) -> Result<ExitCode> {
                 "xtask: QEMU ended with {} without the guest's exit code",
                 project::describe(status)
             );
-            Ok(ExitCode::from(125))
+            Ok(ExitCode::from(tandem_abi::exit::VMM_ERROR))
         }
     }
+}
+
+fn codegen(project: &Project, args: Vec<String>) -> Result<ExitCode> {
+    let mut args = Args::new(args);
+    let mut check = false;
+    while let Some(word) = args.next() {
+        match word.as_str() {
+            "--check" => check = true,
+            _ => return Err(unexpected("codegen", &word)),
+        }
+    }
+    if let Some(word) = args.trailing.first() {
+        return Err(unexpected("codegen", word));
+    }
+    let mut cmd = project.codegen(if check { &["--check"] } else { &[] });
+    project::run(&mut cmd, "codegen")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn iso(project: &Project, args: Vec<String>) -> Result<ExitCode> {

@@ -111,6 +111,21 @@ impl Project {
         cmd
     }
 
+    /// `$CARGO run` of the code generator (`tools/codegen`, a workspace of
+    /// its own with its own target folder, so its protobuf compiler stays out
+    /// of every other build), locked to its `Cargo.lock`; `args` go to it.
+    pub fn codegen(&self, args: &[&str]) -> Command {
+        let dir = self.root.join("tools/codegen");
+        let mut cmd = Command::new(&self.cargo);
+        cmd.current_dir(&self.root)
+            .env("CARGO_TARGET_DIR", dir.join("target"))
+            .args(["run", "--quiet", "--locked", "--manifest-path"])
+            .arg(dir.join("Cargo.toml"))
+            .arg("--")
+            .args(args);
+        cmd
+    }
+
     /// A path for messages: relative to the root when it is inside it.
     pub fn show(&self, path: &Path) -> String {
         path.strip_prefix(&self.root)

@@ -1,6 +1,8 @@
-//! Order statistics of timing samples.
+//! Order statistics of timing samples (quantiles as
+//! [`tandem_abi::stats::quantile`] defines them).
 
 use serde_json::{json, Value};
+use tandem_abi::stats::quantile;
 
 /// Summary of a set of samples (same unit as the samples).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -20,9 +22,9 @@ impl Summary {
         sorted.sort_by(f64::total_cmp);
         Some(Summary {
             runs: sorted.len(),
-            median: percentile(&sorted, 50.0)?,
-            p10: percentile(&sorted, 10.0)?,
-            p90: percentile(&sorted, 90.0)?,
+            median: quantile(&sorted, 0.5)?,
+            p10: quantile(&sorted, 0.1)?,
+            p90: quantile(&sorted, 0.9)?,
             min: *sorted.first()?,
             max: *sorted.last()?,
         })
@@ -38,21 +40,6 @@ impl Summary {
             "max": round3(self.max),
         })
     }
-}
-
-/// Percentile with linear interpolation between closest ranks (numpy's
-/// default), so the 50th is the usual median.
-// `lo` is a whole number in 0..=last, so the float-to-usize cast is exact.
-#[allow(clippy::cast_possible_truncation)]
-fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
-    let last = sorted.len().checked_sub(1)?;
-    // Sample counts are far below 2^52, so these conversions are exact.
-    let rank = p / 100.0 * last as f64;
-    let lo = rank.floor();
-    let frac = rank - lo;
-    let lo = (lo as usize).min(last);
-    let hi = (lo + 1).min(last);
-    Some(sorted[lo] + (sorted[hi] - sorted[lo]) * frac)
 }
 
 /// Three decimals are plenty for milliseconds and keep the JSON readable.

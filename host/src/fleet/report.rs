@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use tandem_abi::stats::quantile;
 
 use super::runner::FleetRun;
 
@@ -17,20 +18,6 @@ fn ms(d: Duration) -> f64 {
 
 fn opt_ms(d: Option<Duration>) -> Value {
     d.map_or(Value::Null, |d| json!(ms(d)))
-}
-
-/// The `q` quantile (0..=1) of sorted `v`, nearest rank.
-pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let n = sorted.len();
-    // Nearest rank: ceil(q * n), at least 1.
-    let rank = (q * n as f64).ceil().max(1.0);
-    // `rank` is between 1 and n, so it fits.
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let i = (rank as usize).min(n) - 1;
-    sorted.get(i).copied()
 }
 
 /// Figures of one priority class.
@@ -404,12 +391,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quantiles() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(quantile(&v, 0.5), Some(50.0));
-        assert_eq!(quantile(&v, 0.99), Some(99.0));
-        assert_eq!(quantile(&[3.0], 0.99), Some(3.0));
-        assert_eq!(quantile(&[], 0.5), None);
+    fn nice_steps() {
         assert_eq!(nice_step(0.7), 1.0);
         assert_eq!(nice_step(13.0), 20.0);
     }

@@ -19,8 +19,8 @@
 //! error naming the problem before anything is restored.
 
 use serde::{Deserialize, Serialize};
-use tandem_abi::layout;
 use tandem_abi::trace::Phase;
+use tandem_abi::{layout, le};
 
 use super::vcpu::VcpuState;
 use super::SnapshotError;
@@ -245,23 +245,20 @@ pub fn unseal<'a>(
     if found_magic != magic {
         return Err(SnapshotError::BadMagic);
     }
-    let word = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    let version = word(&rest[0..4]);
+    // Offsets inside the fixed-size header: every read succeeds.
+    let version = le::u32_at(rest, 0).unwrap_or(0);
     if version != FORMAT_VERSION {
         return Err(SnapshotError::VersionMismatch {
             found: version,
             expected: FORMAT_VERSION,
         });
     }
-    let arch = word(&rest[4..8]);
+    let arch = le::u32_at(rest, 4).unwrap_or(0);
     if arch != ARCH_X86_64 {
         return Err(SnapshotError::WrongArchitecture { found: arch });
     }
-    let mut len = [0u8; 8];
-    len.copy_from_slice(&rest[8..16]);
-    let body_len = u64::from_le_bytes(len);
-    let mut digest = [0u8; 32];
-    digest.copy_from_slice(&rest[16..48]);
+    let body_len = le::u64_at(rest, 8).unwrap_or(0);
+    let digest: [u8; 32] = le::array_at(rest, 16).unwrap_or([0; 32]);
     if rest[48..56] != [0u8; 8] {
         return Err(invalid(format!(
             "{what}: reserved header bytes are not zero"

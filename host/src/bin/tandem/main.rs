@@ -27,9 +27,7 @@ use tandem_abi::trace::Phase;
     name = "tandem",
     version,
     about = "Boot Tandem unikernel images on KVM, straight into the app",
-    after_help = "Exit codes: the guest's own code (0-255) when it exits; 122 the guest crashed; \
-                  123 the guest broke the hypercall protocol; 124 timeout; 125 the VMM could not \
-                  start the guest; 2 usage error."
+    after_help = exit_codes_help()
 )]
 struct Cli {
     #[command(subcommand)]
@@ -42,6 +40,15 @@ struct Cli {
     /// overrides (e.g. RUST_LOG=tandem::snapshot=trace).
     #[arg(long, short, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+}
+
+/// The help text's list of exit codes, from the table in tandem-abi.
+fn exit_codes_help() -> String {
+    let mut text = String::from("Exit codes: the app's own (0-255) when it exits; taken codes:\n");
+    for e in exit_code::TABLE {
+        text += &format!("  {:>3}  {}\n", e.code, e.meaning.replace('`', ""));
+    }
+    text
 }
 
 #[derive(Subcommand)]
