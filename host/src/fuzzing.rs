@@ -149,6 +149,7 @@ pub fn elf_image(data: &[u8]) {
             &mut pt,
             layout::MIN_MEM_SIZE,
             &image.segment_maps(),
+            &[],
         );
     }
 }
