@@ -197,7 +197,9 @@ fn exchange(reader: &mut BufReader<TcpStream>, request: &[u8]) -> Response {
 
 /// A body of `len` bytes of every value, so a byte lost or reordered shows.
 fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+    (0..len)
+        .map(|i| (i * 7 + i / 251).to_le_bytes()[0])
+        .collect()
 }
 
 fn httpd(accel: &str) {

@@ -69,8 +69,8 @@ impl TcpListener {
         };
         let (port, backlog) = (self.port, &mut self.backlog);
         block_on(wait, |s| {
-            for i in 0..backlog.len() {
-                let h = backlog[i];
+            for slot in backlog.iter_mut() {
+                let h = *slot;
                 let socket = s.sockets.get_mut::<Socket>(h);
                 match socket.state() {
                     State::Listen | State::SynReceived => continue,
@@ -88,7 +88,7 @@ impl TcpListener {
                     continue;
                 };
                 match listening(s, port) {
-                    Ok(fresh) => backlog[i] = fresh,
+                    Ok(fresh) => *slot = fresh,
                     Err(e) => return Some(Err(e)),
                 }
                 return Some(Ok((TcpStream::new(h, peer), peer)));

@@ -180,7 +180,7 @@ impl Transport {
     }
 
     fn reg_ptr(&self, offset: usize) -> Option<*mut u32> {
-        (offset % 4 == 0 && (offset as u64) + 4 <= self.size)
+        (offset.is_multiple_of(4) && (offset as u64) + 4 <= self.size)
             .then_some((self.base + offset as u64) as *mut u32)
     }
 
