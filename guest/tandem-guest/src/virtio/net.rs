@@ -112,15 +112,24 @@ pub struct VirtioNet {
 }
 
 impl VirtioNet {
-    /// The first virtio-net device among `devices`; `Ok(None)` when there
-    /// is none. `fallback_mac` is used when the device names no MAC.
+    /// The first virtio-net device among `devices` that starts; `Ok(None)`
+    /// when there is none, the first refusal when none starts.
+    /// `fallback_mac` is used when the device names no MAC.
     pub fn find(devices: &[Device], fallback_mac: [u8; 6]) -> Result<Option<Self>, DeviceError> {
+        let mut refused = None;
         for device in devices {
-            if let Some(t) = Transport::probe(device, DEVICE_ID_NET)? {
-                return Self::start(t, fallback_mac).map(Some);
+            // A window that is no (good) device does not hide the next one.
+            let started = Transport::probe(device, DEVICE_ID_NET)
+                .and_then(|t| t.map(|t| Self::start(t, fallback_mac)).transpose());
+            match started {
+                Ok(Some(net)) => return Ok(Some(net)),
+                Ok(None) => {}
+                Err(e) => {
+                    refused.get_or_insert(e);
+                }
             }
         }
-        Ok(None)
+        refused.map_or(Ok(None), Err)
     }
 
     fn start(transport: Transport, fallback_mac: [u8; 6]) -> Result<Self, DeviceError> {
