@@ -25,11 +25,27 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("backup_point", backup_point),
     ("fleet_config", fleet_config),
     ("acpi_tables", acpi_tables),
+    ("virtio_cmdline", virtio_cmdline),
 ];
 
 /// The body of target `name`.
 pub fn target(name: &str) -> Option<Body> {
     TARGETS.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
+}
+
+/// The guest's decoder of `virtio_mmio.device=` parameters on the command
+/// line a loader hands it, and the stripping of them from the app's line.
+pub fn virtio_cmdline(data: &[u8]) {
+    let line = String::from_utf8_lossy(data);
+    for spec in tandem_abi::virtio_mmio::devices(&line).flatten() {
+        // What decodes is a window the page tables may map.
+        assert!(spec.size > 0 && spec.size <= tandem_abi::virtio_mmio::MAX_WINDOW);
+        assert!(spec.end() <= tandem_abi::virtio_mmio::WINDOW_LIMIT);
+    }
+    let mut rest = String::new();
+    assert!(tandem_abi::virtio_mmio::strip_devices(&line, &mut rest));
+    assert!(rest.len() <= line.len());
+    assert_eq!(tandem_abi::virtio_mmio::devices(&rest).count(), 0);
 }
 
 /// The guest's boot-info decoder (header, checksum, postcard body), compiled
@@ -145,6 +161,7 @@ pub fn elf_image(data: &[u8]) {
             &mut pt,
             layout::MIN_MEM_SIZE,
             &image.segment_maps(),
+            &[],
         );
     }
 }

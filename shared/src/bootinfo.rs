@@ -117,6 +117,17 @@ pub enum Device {
         /// Whether writes are refused.
         read_only: bool,
     },
+    /// A virtio device on the virtio-mmio transport, its register window
+    /// mapped user read-write and uncached (added in ABI version 3). The
+    /// driver reads the device type from the window itself.
+    VirtioMmio {
+        /// Guest-physical address of the register window.
+        base: u64,
+        /// Bytes of the window.
+        size: u64,
+        /// Interrupt line the device raises (a polling driver ignores it).
+        irq: u32,
+    },
 }
 
 /// CPU facts, taken by the VMM from KVM (CPL3 `cpuid` reports the outer
@@ -349,7 +360,7 @@ mod tests {
         // Pins the encoding: any change to field order or types changes these
         // bytes and must come with an ABI_VERSION bump.
         let expected: &[u8] = &[
-            0x54, 0x4e, 0x44, 0x4d, 0x02, 0x00, 0x00, 0x00, 0x5d, 0x00, 0x00, 0x00, 0x77, 0xe4,
+            0x54, 0x4e, 0x44, 0x4d, 0x03, 0x00, 0x00, 0x00, 0x5d, 0x00, 0x00, 0x00, 0x77, 0xe4,
             0xdd, 0xcd, // header
             0x00, // boot_path = TandemPv
             0x02, 0x00, 0x80, 0x80, 0x80, 0x02, 0x01, 0x80, 0x80, 0x80, 0x02, 0x80, 0x80, 0x80,
@@ -364,6 +375,35 @@ mod tests {
         let entropy_end = expected.len() + ENTROPY_SIZE;
         assert_eq!(&buf[expected.len()..entropy_end], &[0xAB; ENTROPY_SIZE]);
         assert_eq!(&buf[entropy_end..n], b"\x06tandem"); // loader
+    }
+
+    #[test]
+    fn golden_bytes_of_devices() {
+        // Variants are numbered in order of appearance: Block 0, VirtioMmio 1.
+        let mut buf = [0u8; 32];
+        let block = Device::Block {
+            id: 1,
+            sectors: 300,
+            read_only: true,
+        };
+        assert_eq!(
+            postcard::to_slice(&block, &mut buf).unwrap(),
+            &[0x00, 0x01, 0xac, 0x02, 0x01]
+        );
+        let net = Device::VirtioMmio {
+            base: 0xfeb0_0e00,
+            size: 512,
+            irq: 12,
+        };
+        assert_eq!(
+            postcard::to_slice(&net, &mut buf).unwrap(),
+            &[0x01, 0x80, 0x9c, 0xc0, 0xf5, 0x0f, 0x80, 0x04, 0x0c]
+        );
+        let mut info = sample();
+        info.devices.push(net).unwrap();
+        let mut block_buf = [0u8; AREA];
+        let n = info.encode(&mut block_buf).unwrap();
+        assert_eq!(BootInfo::decode(&block_buf[..n]).unwrap(), info);
     }
 
     #[test]

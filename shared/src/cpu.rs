@@ -23,6 +23,14 @@ pub enum BuildError {
         /// Segment end.
         end: u64,
     },
+    /// A device window overlaps guest memory, runs past 4 GiB, or does not
+    /// share the 2 MiB region of the other windows (one page table maps them).
+    BadMmioWindow {
+        /// Window start.
+        start: u64,
+        /// Window length.
+        len: u64,
+    },
 }
 
 impl core::fmt::Display for BuildError {
@@ -40,6 +48,11 @@ impl core::fmt::Display for BuildError {
                 "segment {start:#x}..{end:#x} lies outside the image region {:#x}..{:#x}",
                 layout::IMAGE_ADDR,
                 layout::IMAGE_END
+            ),
+            Self::BadMmioWindow { start, len } => write!(
+                f,
+                "device window {start:#x}+{len:#x} overlaps memory, runs past 4 GiB or \
+                 lies in another 2 MiB region than the other device windows"
             ),
         }
     }
@@ -64,6 +77,10 @@ pub mod pte {
     pub const USER: u64 = 1 << 2;
     /// Accessed (pre-set so the CPU never writes it).
     pub const ACCESSED: u64 = 1 << 5;
+    /// Write-through caching (with [`CACHE_DISABLE`]: uncached, for device registers).
+    pub const WRITE_THROUGH: u64 = 1 << 3;
+    /// Caching disabled.
+    pub const CACHE_DISABLE: u64 = 1 << 4;
     /// Dirty (pre-set so the CPU never writes it).
     pub const DIRTY: u64 = 1 << 6;
     /// Large page (2 MiB, in a page directory).
@@ -99,8 +116,10 @@ pub mod pt_area {
     pub const PT_LOW: usize = 0x6000;
     /// Page table for 2..4 MiB (the image).
     pub const PT_IMAGE: usize = 0x7000;
+    /// Page table for the 2 MiB region holding the device windows.
+    pub const PT_MMIO: usize = 0x8000;
     /// Bytes used.
-    pub const SIZE: usize = 0x8000;
+    pub const SIZE: usize = 0x9000;
 }
 
 const _: () = assert!(pt_area::SIZE as u64 <= layout::PAGE_TABLES_SIZE);
@@ -120,6 +139,42 @@ pub struct SegmentMap {
     pub user: bool,
 }
 
+/// A device's register window (virtio-mmio, say), mapped for CPL3 drivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MmioWindow {
+    /// First guest-physical address.
+    pub start: u64,
+    /// Bytes.
+    pub len: u64,
+}
+
+/// Leaf flags of a device window: user read-write, never executable, and
+/// uncached (PCD and PWT), since register reads have side effects.
+pub const MMIO_FLAGS: u64 =
+    leaf_flags(Access::UserReadWrite) | pte::CACHE_DISABLE | pte::WRITE_THROUGH;
+
+/// The 2 MiB region index all `windows` lie in, each checked: non-empty,
+/// above guest memory, below 4 GiB. `None` when there are none.
+fn mmio_region(mem_size: u64, windows: &[MmioWindow]) -> Result<Option<u64>, BuildError> {
+    let mut region = None;
+    for w in windows {
+        let bad = BuildError::BadMmioWindow {
+            start: w.start,
+            len: w.len,
+        };
+        let end = w.start.checked_add(w.len).ok_or(bad)?;
+        if w.len == 0 || w.start < mem_size || end > layout::MAX_MEM_SIZE {
+            return Err(bad);
+        }
+        let (first, last) = (w.start / LARGE_PAGE_SIZE, (end - 1) / LARGE_PAGE_SIZE);
+        if first != last || region.is_some_and(|r| r != first) {
+            return Err(bad);
+        }
+        region = Some(first);
+    }
+    Ok(region)
+}
+
 /// Builds the identity-mapped page tables of a guest with `mem_size` bytes of
 /// memory into `out`, which becomes guest memory at
 /// [`PAGE_TABLES_ADDR`](layout::PAGE_TABLES_ADDR). The fixed low layout gets
@@ -127,10 +182,16 @@ pub struct SegmentMap {
 /// union of the permissions of the segments on each page, and the heap
 /// user read-write 2 MiB pages. Accessed and dirty bits are pre-set, so the
 /// CPU never writes page tables (and they stay out of dirty logs).
+///
+/// Each of `mmio` (device register windows) is mapped with [`MMIO_FLAGS`]
+/// on the 4 KiB pages it touches; they must lie above guest memory, below
+/// 4 GiB, and in one 2 MiB region, which one page table
+/// ([`pt_area::PT_MMIO`]) maps. With no windows that table stays zero.
 pub fn build_page_tables(
     out: &mut [u8],
     mem_size: u64,
     segments: &[SegmentMap],
+    mmio: &[MmioWindow],
 ) -> Result<(), BuildError> {
     use pte::*;
     if !(layout::MIN_MEM_SIZE..=layout::MAX_MEM_SIZE).contains(&mem_size)
@@ -201,6 +262,30 @@ pub fn build_page_tables(
             }
             put_u64(out, slot, page | flags)?;
             page += PAGE_SIZE;
+        }
+    }
+
+    if let Some(region) = mmio_region(mem_size, mmio)? {
+        // The region lies below 4 GiB (checked), so its index is below 2048.
+        let (pd, slot) = ((region / 512) as usize, (region % 512) as usize);
+        put_u64(
+            out,
+            pt_area::PDPT + pd * 8,
+            table(pt_area::PD + pd * 0x1000),
+        )?;
+        put_u64(
+            out,
+            pt_area::PD + pd * 0x1000 + slot * 8,
+            table(pt_area::PT_MMIO),
+        )?;
+        let region_base = region * LARGE_PAGE_SIZE;
+        for w in mmio {
+            let mut page = w.start & !(PAGE_SIZE - 1);
+            while page < w.start + w.len {
+                let index = ((page - region_base) / PAGE_SIZE) as usize;
+                put_u64(out, pt_area::PT_MMIO + index * 8, page | MMIO_FLAGS)?;
+                page += PAGE_SIZE;
+            }
         }
     }
     Ok(())
@@ -368,7 +453,7 @@ mod tests {
                 user: true,
             },
         ];
-        build_page_tables(&mut buf, 64 << 20, &segs).unwrap();
+        build_page_tables(&mut buf, 64 << 20, &segs, &[]).unwrap();
         assert_eq!(
             entry(&buf, 0) & !0xFFF,
             PAGE_TABLES_ADDR + pt_area::PDPT as u64
@@ -417,11 +502,11 @@ mod tests {
     fn page_tables_refuse_bad_input() {
         let mut buf = [0u8; pt_area::SIZE];
         assert_eq!(
-            build_page_tables(&mut buf, MIN_MEM_SIZE - LARGE_PAGE_SIZE, &[]),
+            build_page_tables(&mut buf, MIN_MEM_SIZE - LARGE_PAGE_SIZE, &[], &[]),
             Err(BuildError::BadMemorySize(MIN_MEM_SIZE - LARGE_PAGE_SIZE))
         );
-        assert!(build_page_tables(&mut buf, (64 << 20) + 4096, &[]).is_err());
-        assert!(build_page_tables(&mut buf, MAX_MEM_SIZE + LARGE_PAGE_SIZE, &[]).is_err());
+        assert!(build_page_tables(&mut buf, (64 << 20) + 4096, &[], &[]).is_err());
+        assert!(build_page_tables(&mut buf, MAX_MEM_SIZE + LARGE_PAGE_SIZE, &[], &[]).is_err());
         let seg = SegmentMap {
             start: IMAGE_END - 0x1000,
             end: IMAGE_END + 1,
@@ -430,16 +515,116 @@ mod tests {
             user: true,
         };
         assert!(matches!(
-            build_page_tables(&mut buf, 64 << 20, &[seg]),
+            build_page_tables(&mut buf, 64 << 20, &[seg], &[]),
             Err(BuildError::SegmentOutsideImage { .. })
         ));
         assert_eq!(
-            build_page_tables(&mut buf[..100], 64 << 20, &[]),
+            build_page_tables(&mut buf[..100], 64 << 20, &[], &[]),
             Err(BuildError::BufferTooSmall)
         );
         // The largest memory maps all four page directories.
-        build_page_tables(&mut buf, MAX_MEM_SIZE, &[]).unwrap();
+        build_page_tables(&mut buf, MAX_MEM_SIZE, &[], &[]).unwrap();
         assert_ne!(entry(&buf, pt_area::PD + 4 * 0x1000 - 8), 0);
+    }
+
+    #[test]
+    fn page_tables_map_device_windows_uncached_for_cpl3() {
+        let mem = 128 << 20;
+        let mut plain = [0u8; pt_area::SIZE];
+        build_page_tables(&mut plain, mem, &[], &[]).unwrap();
+        // No windows: the device table stays empty, nothing else changes.
+        assert!(plain[pt_area::PT_MMIO..].iter().all(|&b| b == 0));
+
+        // QEMU microvm's first two virtio-mmio transports share a page.
+        let windows = [
+            MmioWindow {
+                start: 0xfeb0_0e00,
+                len: 0x200,
+            },
+            MmioWindow {
+                start: 0xfeb0_0c00,
+                len: 0x200,
+            },
+            MmioWindow {
+                start: 0xfeb0_1f00,
+                len: 0x200,
+            },
+        ];
+        let mut buf = [0u8; pt_area::SIZE];
+        build_page_tables(&mut buf, mem, &[], &windows).unwrap();
+        assert_eq!(buf[..pt_area::PDPT + 24], plain[..pt_area::PDPT + 24]);
+        assert_eq!(
+            entry(&buf, pt_area::PDPT + 3 * 8) & !0xFFF,
+            PAGE_TABLES_ADDR + pt_area::PD as u64 + 0x3000
+        );
+        let pde = entry(&buf, pt_area::PD + 0x3000 + 501 * 8);
+        assert_eq!(pde & pte::HUGE, 0);
+        assert_eq!(pde & !0xFFF, PAGE_TABLES_ADDR + pt_area::PT_MMIO as u64);
+        let leaf = |page: u64| {
+            entry(
+                &buf,
+                pt_area::PT_MMIO + ((page - 0xfea0_0000) >> 12) as usize * 8,
+            )
+        };
+        for page in [0xfeb0_0000, 0xfeb0_1000, 0xfeb0_2000] {
+            assert_eq!(leaf(page), page | MMIO_FLAGS, "{page:#x}");
+        }
+        let flags = leaf(0xfeb0_0000);
+        for bit in [
+            pte::PRESENT,
+            pte::USER,
+            pte::WRITABLE,
+            pte::NO_EXECUTE,
+            pte::CACHE_DISABLE,
+            pte::WRITE_THROUGH,
+        ] {
+            assert_ne!(flags & bit, 0);
+        }
+        assert_eq!(leaf(0xfeb0_3000), 0);
+        assert_eq!(leaf(0xfeaf_f000), 0);
+        // Nothing else of the tables changed.
+        assert_eq!(
+            buf[pt_area::PD..pt_area::PD + 0x3000],
+            plain[pt_area::PD..pt_area::PD + 0x3000]
+        );
+        assert_eq!(
+            buf[pt_area::PT_LOW..pt_area::PT_MMIO],
+            plain[pt_area::PT_LOW..pt_area::PT_MMIO]
+        );
+    }
+
+    #[test]
+    fn page_tables_refuse_bad_device_windows() {
+        let mut buf = [0u8; pt_area::SIZE];
+        let mem = 128 << 20;
+        let w = |start, len| MmioWindow { start, len };
+        for bad in [
+            [w(0xfeb0_0000, 0)],
+            [w(0x100_0000, 0x200)],      // inside guest memory
+            [w(mem - 0x100, 0x200)],     // straddles its end
+            [w(0xffff_ff00, 0x200)],     // past 4 GiB
+            [w(u64::MAX - 0x10, 0x200)], // overflows
+            [w(0xfebf_ff00, 0x200)],     // straddles two 2 MiB regions
+        ] {
+            assert_eq!(
+                build_page_tables(&mut buf, mem, &[], &bad),
+                Err(BuildError::BadMmioWindow {
+                    start: bad[0].start,
+                    len: bad[0].len
+                })
+            );
+        }
+        let two_regions = [w(0xfeb0_0000, 0x200), w(0xd000_0000, 0x200)];
+        assert!(matches!(
+            build_page_tables(&mut buf, mem, &[], &two_regions),
+            Err(BuildError::BadMmioWindow {
+                start: 0xd000_0000,
+                ..
+            })
+        ));
+        // Firecracker's MMIO gap at 3 GiB works too.
+        build_page_tables(&mut buf, mem, &[], &[w(0xd000_0000, 0x1000)]).unwrap();
+        assert_eq!(entry(&buf, pt_area::PT_MMIO), 0xd000_0000 | MMIO_FLAGS);
     }
 
     #[test]

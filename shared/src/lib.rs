@@ -17,6 +17,7 @@
 //! - [`note`]: the ELF note through which an image declares its ABI version.
 //! - [`acpi`]: how to power off a PC, decoded from its ACPI tables.
 //! - [`stats`]: the one quantile definition of every figure Tandem reports.
+//! - [`virtio_mmio`]: virtio-mmio devices as a command line describes them.
 //!
 //! Compatibility rules: [`ABI_VERSION`] is bumped on every material change;
 //! `postcard` messages only grow at the end (new enum variants and fields are
@@ -42,6 +43,7 @@ pub mod platform;
 pub mod pvh;
 pub mod stats;
 pub mod trace;
+pub mod virtio_mmio;
 
 /// Version of the contract. The guest embeds it in its ELF note and in the
 /// boot-info header; the host refuses an image of another version before it
@@ -52,5 +54,9 @@ pub mod trace;
 /// read by the guest's clock) and the `Snapshot` request and reply: a
 /// version-2 guest on a version-1 host would fault on the unmapped live page;
 /// and `BootInfo::loader` appended (who booted the guest: Tandem, a PVH
-/// loader, or the Multiboot2 boot loader's name).
-pub const ABI_VERSION: u32 = 2;
+/// loader, or the Multiboot2 boot loader's name). 3, `Device::VirtioMmio`
+/// appended to the boot-info devices (a version-2 guest would refuse a block
+/// that lists one as an undecodable body), and the page tables map device
+/// register windows user read-write and uncached through a fifth page table
+/// (`cpu::pt_area::PT_MMIO`), so a CPL3 driver can reach them.
+pub const ABI_VERSION: u32 = 3;

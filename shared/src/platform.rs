@@ -45,6 +45,20 @@ pub const QEMU_ARGS: &[&str] = &[
     "isa-debug-exit,iobase=0xf4,iosize=0x04",
 ];
 
+/// The QEMU machine for networked runs: microvm without ACPI, because only
+/// then does QEMU (7.2) append a `virtio_mmio.device=SIZE@BASE:IRQ`
+/// parameter per virtio-mmio device to the command line (with ACPI it
+/// describes them in the DSDT instead), and the guest finds its devices on
+/// the command line ([`virtio_mmio`](crate::virtio_mmio)).
+pub const QEMU_NET_MACHINE: &str = "microvm,acpi=off";
+/// The id of the user-network backend the device is wired to.
+pub const QEMU_NETDEV_ID: &str = "n0";
+/// The virtio-net device on the virtio-mmio transport, on [`QEMU_NETDEV_ID`].
+pub const QEMU_NET_DEVICE: &str = "virtio-net-device,netdev=n0";
+/// The address QEMU's user network (slirp) gives the guest by DHCP, which
+/// host port forwards reach.
+pub const QEMU_GUEST_ADDR: &str = "10.0.2.15";
+
 /// QEMU's process exit status for a guest exit code written to the debug-exit port.
 pub const fn qemu_status(code: u8) -> i32 {
     ((code as i32) << 1) | 1
@@ -73,5 +87,8 @@ mod tests {
         }
         assert_eq!(qemu_status(101), 203);
         assert_eq!(&QEMU_ARGS[..QEMU_BASE_ARGS.len()], QEMU_BASE_ARGS);
+        assert!(QEMU_NET_DEVICE
+            .strip_suffix(QEMU_NETDEV_ID)
+            .is_some_and(|s| s.ends_with("netdev=")));
     }
 }

@@ -44,7 +44,7 @@ COMMANDS:
         that builds the guest first adds x86_64-unknown-none to the toolchain
         of rust-toolchain.toml with rustup when it lacks it.
 
-    run [APP] [--qemu | --grub] [--accel kvm|tcg] [--machine microvm|q35] [-- ARGS...]
+    run [APP] [--qemu | --grub] [--accel kvm|tcg] [--machine microvm|q35] [--port P] [-- ARGS...]
         Build guest and host (release), then boot APP (default: hello) with
         `tandem run`; ARGS become the guest's command line. Exits with the
         guest's exit code.
@@ -54,6 +54,10 @@ COMMANDS:
         faster accelerator on these machines; --accel kvm overrides.
         Missing Debian packages (qemu-system-x86; grub-common, grub-pc-bin,
         xorriso, mtools) are installed with apt-get when run as root.
+        The network apps (httpd: TCP 80; echo: TCP and UDP 7) get, under
+        --qemu, a virtio-net device on QEMU's user network (DHCP, no root)
+        with host port P of 127.0.0.1 (default 8080) forwarded to theirs:
+        `cargo xtask run --qemu httpd`, then `curl localhost:8080`.
 
     iso APP [--out FILE] [-- ARGS...]
         Build a bootable ISO of APP (GRUB, BIOS, Multiboot2; console on COM1)
@@ -253,8 +257,15 @@ fn run(project: &Project, args: Vec<String>) -> Result<ExitCode> {
     let mut on = RunOn::Tandem;
     let mut accel = qemu::Accel::Tcg;
     let mut machine = None;
+    let mut port = None;
     while let Some(word) = args.next() {
-        if word == "--qemu" {
+        if let Some(v) = args.value(&word, "--port")? {
+            let p: u16 =
+                v.parse().ok().filter(|&p| p != 0).with_context(|| {
+                    format!("--port {v}: expected a port number from 1 to 65535")
+                })?;
+            port = Some(p);
+        } else if word == "--qemu" {
             on = RunOn::Qemu;
         } else if word == "--grub" {
             on = RunOn::Grub;
@@ -270,6 +281,15 @@ fn run(project: &Project, args: Vec<String>) -> Result<ExitCode> {
     }
     let app = app.unwrap_or_else(|| "hello".to_owned());
     let cmdline = args.trailing.join(" ");
+    let host_port = port.unwrap_or(qemu::DEFAULT_HOST_PORT);
+    let forwards = qemu::app_forwards(&app, host_port);
+    if port.is_some() && (forwards.is_none() || on != RunOn::Qemu) {
+        let apps: Vec<&str> = qemu::NET_APPS.iter().map(|(name, _)| *name).collect();
+        bail!(
+            "--port is for the network apps ({}) under --qemu; the Tandem VMM has no network device yet",
+            apps.join(", ")
+        );
+    }
     if on == RunOn::Tandem {
         project::require_kvm()?;
     } else {
@@ -293,13 +313,34 @@ fn run(project: &Project, args: Vec<String>) -> Result<ExitCode> {
         }
         RunOn::Qemu => {
             let machine = machine.unwrap_or(qemu::Machine::Microvm);
-            qemu::command(
+            if forwards.is_some() && machine != qemu::Machine::Microvm {
+                bail!(
+                    "{app} needs a virtio-mmio network device: use --machine microvm (the default)"
+                );
+            }
+            if let Some(forwards) = &forwards {
+                for f in forwards {
+                    let proto = match f.proto {
+                        qemu::Proto::Tcp => "tcp",
+                        qemu::Proto::Udp => "udp",
+                    };
+                    eprintln!(
+                        "xtask: {proto} 127.0.0.1:{} -> guest port {}",
+                        f.host, f.guest
+                    );
+                }
+                if app == "httpd" {
+                    eprintln!("xtask: {app} will answer at http://localhost:{host_port}/ once it prints its address");
+                }
+            }
+            qemu::command_with_net(
                 machine,
                 accel,
                 &qemu::Boot::Pvh {
                     image: &image,
                     cmdline: &cmdline,
                 },
+                forwards.as_deref(),
             )
         }
         RunOn::Grub => {

@@ -81,19 +81,90 @@ pub enum Boot<'a> {
 /// Guest memory for QEMU runs.
 pub const MEM: &str = "128M";
 
+/// A transport protocol of a port forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// A host port of 127.0.0.1 forwarded to a guest port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Forward {
+    pub proto: Proto,
+    pub host: u16,
+    pub guest: u16,
+}
+
+/// The apps that serve on the network, and the guest ports they serve,
+/// forwarded from the host port `--port` names (the same number for each).
+pub const NET_APPS: &[(&str, &[(Proto, u16)])] = &[
+    ("httpd", &[(Proto::Tcp, 80)]),
+    ("echo", &[(Proto::Tcp, 7), (Proto::Udp, 7)]),
+];
+
+/// The host port forwarded when `--port` is not given.
+pub const DEFAULT_HOST_PORT: u16 = 8080;
+
+/// The forwards of network app `app` from host port `host`; `None` for an
+/// app that does not serve on the network.
+pub fn app_forwards(app: &str, host: u16) -> Option<Vec<Forward>> {
+    let (_, ports) = NET_APPS.iter().find(|(name, _)| *name == app)?;
+    Some(
+        ports
+            .iter()
+            .map(|&(proto, guest)| Forward { proto, host, guest })
+            .collect(),
+    )
+}
+
+/// QEMU's user-network backend with `forwards`, and a virtio-net device on it.
+pub fn net_args(forwards: &[Forward]) -> Vec<String> {
+    use tandem_abi::platform::{QEMU_NETDEV_ID, QEMU_NET_DEVICE};
+    let mut netdev = format!("user,id={QEMU_NETDEV_ID}");
+    for f in forwards {
+        let proto = match f.proto {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        };
+        netdev.push_str(&format!(
+            ",hostfwd={proto}:127.0.0.1:{}-:{}",
+            f.host, f.guest
+        ));
+    }
+    vec![
+        "-netdev".into(),
+        netdev,
+        "-device".into(),
+        QEMU_NET_DEVICE.into(),
+    ]
+}
+
 /// The QEMU command line: serial console on stdio, the debug-exit device at
 /// Tandem's port, no other devices, no reboot.
 pub fn command(machine: Machine, accel: Accel, boot: &Boot) -> Command {
+    command_with_net(machine, accel, boot, None)
+}
+
+/// [`command`], with a virtio-net device on QEMU's user network when `net`
+/// is given (microvm only: q35 has no virtio-mmio bus). The machine is then
+/// microvm without ACPI, so QEMU names the device on the command line.
+pub fn command_with_net(
+    machine: Machine,
+    accel: Accel,
+    boot: &Boot,
+    net: Option<&[Forward]>,
+) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args([
-        "-machine",
-        machine.name(),
-        "-accel",
-        accel.name(),
-        "-m",
-        MEM,
-    ]);
+    let machine_arg = match (machine, net) {
+        (Machine::Microvm, Some(_)) => tandem_abi::platform::QEMU_NET_MACHINE,
+        _ => machine.name(),
+    };
+    cmd.args(["-machine", machine_arg, "-accel", accel.name(), "-m", MEM]);
     cmd.args(tandem_abi::platform::QEMU_ARGS);
+    if let Some(forwards) = net {
+        cmd.args(net_args(forwards));
+    }
     match boot {
         Boot::Pvh { image, cmdline } => {
             cmd.arg("-kernel").arg(image);
@@ -238,5 +309,45 @@ mod tests {
             .collect();
         assert!(args.windows(2).any(|w| w == ["-cdrom", "/x/a.iso"]));
         assert!(!args.contains(&"-cpu".to_string()));
+    }
+
+    #[test]
+    fn network_command_line() {
+        let forwards = app_forwards("echo", 9000).unwrap();
+        let cmd = command_with_net(
+            Machine::Microvm,
+            Accel::Tcg,
+            &Boot::Pvh {
+                image: Path::new("/x/echo"),
+                cmdline: "",
+            },
+            Some(&forwards),
+        );
+        let args: Vec<_> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(args
+            .windows(2)
+            .any(|w| w == ["-machine", "microvm,acpi=off"]));
+        assert!(args.windows(2).any(|w| w
+            == [
+                "-netdev",
+                "user,id=n0,hostfwd=tcp:127.0.0.1:9000-:7,hostfwd=udp:127.0.0.1:9000-:7"
+            ]));
+        assert!(args
+            .windows(2)
+            .any(|w| w == ["-device", "virtio-net-device,netdev=n0"]));
+        // The debug-exit device stays.
+        assert!(args.iter().any(|a| a.starts_with("isa-debug-exit")));
+        assert_eq!(app_forwards("hello", 1), None);
+        assert_eq!(
+            app_forwards("httpd", DEFAULT_HOST_PORT).unwrap(),
+            [Forward {
+                proto: Proto::Tcp,
+                host: 8080,
+                guest: 80
+            }]
+        );
     }
 }

@@ -30,6 +30,13 @@ pub(crate) fn init(info: BootInfo) -> &'static Env {
     unsafe { (*ENV.0.get()).write(Env { info }) }
 }
 
+/// The app's environment, for library code that runs on the app's behalf.
+pub(crate) fn get() -> &'static Env {
+    // SAFETY: `init` wrote the cell before the app's `main`, and only code
+    // the app calls (so after `main` began) gets here; it is never written again.
+    unsafe { (*ENV.0.get()).assume_init_ref() }
+}
+
 impl Env {
     /// The whole command line.
     pub fn cmdline(&self) -> &str {

@@ -29,11 +29,13 @@ pub mod heap;
 mod pages;
 mod panic;
 mod tsc;
+mod virtio;
 
 pub mod console;
 pub mod env;
 pub mod hypercall;
 pub mod idle;
+pub mod net;
 pub mod platform;
 pub mod stdin;
 pub mod time;

@@ -1,8 +1,11 @@
 //! Builds, from inside the guest, the machine the Tandem VMM builds from
 //! outside: same layout, same builders, same entry into the app.
 
-use tandem_abi::bootinfo::{BootInfo, CpuInfo, HostStamps, MemKind, MemRegion, ENTROPY_SIZE};
-use tandem_abi::cpu::{self, SegmentMap};
+use tandem_abi::bootinfo::{
+    BootInfo, CpuInfo, Device, HostStamps, MemKind, MemRegion, ENTROPY_SIZE, MAX_CMDLINE,
+    MAX_DEVICES,
+};
+use tandem_abi::cpu::{self, MmioWindow, SegmentMap};
 use tandem_abi::layout::{self, selector};
 use tandem_abi::platform::PLATFORM_PORTS;
 use tandem_abi::trace::Phase;
@@ -130,6 +133,58 @@ fn entropy(tsc: u64) -> [u8; ENTROPY_SIZE] {
     out
 }
 
+/// The virtio-mmio devices the command line describes (QEMU microvm
+/// appends one `virtio_mmio.device=` per transport in use), and the
+/// command line without them, as the app should see it. A parameter that
+/// does not decode is skipped, with a message.
+fn devices(
+    cmdline: &str,
+) -> (
+    heapless::Vec<Device, MAX_DEVICES>,
+    heapless::String<MAX_CMDLINE>,
+) {
+    let mut found = heapless::Vec::new();
+    for spec in tandem_abi::virtio_mmio::devices(cmdline) {
+        let device = match spec {
+            Ok(s) => Device::VirtioMmio {
+                base: s.base,
+                size: s.size,
+                irq: s.irq,
+            },
+            Err(e) => {
+                crate::platform::uart_print(format_args!(
+                    "tandem: ignoring a virtio_mmio.device parameter: {e}\n"
+                ));
+                continue;
+            }
+        };
+        if found.push(device).is_err() {
+            crate::platform::uart_print(format_args!(
+                "tandem: more than {MAX_DEVICES} devices; ignoring the rest\n"
+            ));
+            break;
+        }
+    }
+    let mut app_cmdline = heapless::String::new();
+    // The stripped line is never longer than the original, which fit.
+    tandem_abi::virtio_mmio::strip_devices(cmdline, &mut app_cmdline);
+    (found, app_cmdline)
+}
+
+/// The register windows of `devices`, for the page tables.
+fn windows(devices: &[Device]) -> heapless::Vec<MmioWindow, MAX_DEVICES> {
+    devices
+        .iter()
+        .filter_map(|d| match *d {
+            Device::VirtioMmio { base, size, .. } => Some(MmioWindow {
+                start: base,
+                len: size,
+            }),
+            Device::Block { .. } => None,
+        })
+        .collect()
+}
+
 /// Writes page tables, GDT, TSS, IDT, trace and boot-info block.
 pub fn prepare(fw: &Firmware, tsc_khz: u64, entry_tsc: u64) -> Result<(), MachineError> {
     for (start, end) in [
@@ -158,10 +213,12 @@ pub fn prepare(fw: &Firmware, tsc_khz: u64, entry_tsc: u64) -> Result<(), Machin
         return Err(MachineError::NoHeap);
     }
 
+    let (devices, cmdline) = devices(&fw.cmdline);
     cpu::build_page_tables(
         area(layout::PAGE_TABLES_ADDR, layout::PAGE_TABLES_SIZE),
         mem_size,
         &segments(),
+        &windows(&devices),
     )
     .map_err(MachineError::Build)?;
     area(layout::GDT_ADDR, layout::PAGE_SIZE).fill(0);
@@ -197,7 +254,7 @@ pub fn prepare(fw: &Firmware, tsc_khz: u64, entry_tsc: u64) -> Result<(), Machin
             len: mem_size - layout::HEAP_ADDR,
             kind: MemKind::Usable,
         },
-        cmdline: fw.cmdline.clone(),
+        cmdline,
         cpu: CpuInfo {
             count: 1,
             tsc_khz,
@@ -207,7 +264,7 @@ pub fn prepare(fw: &Firmware, tsc_khz: u64, entry_tsc: u64) -> Result<(), Machin
         host: HostStamps::default(),
         vm_id: 0,
         generation: 0,
-        devices: heapless::Vec::new(),
+        devices,
         entropy: entropy(entry_tsc),
         loader: fw.loader.clone(),
     };

@@ -1,0 +1,322 @@
+//! Networking: the first virtio-net device of the boot-info block, a
+//! [`smoltcp`] interface configured by DHCP, and blocking sockets that feel
+//! like std's ([`TcpListener`], [`TcpStream`], [`UdpSocket`]).
+//!
+//! The stack comes up on first use. Every blocking call polls the
+//! interface (and so the device's rings) until it can make progress: a busy
+//! poll, since nothing wakes a CPL3 guest without interrupts. Under QEMU
+//! that keeps one host core busy while a call waits; on the Tandem VMM
+//! the wait will sleep in the host (the Idle hypercall, woken by device
+//! events) once its virtio-net device exists. Each call may also be made
+//! non-blocking (`set_nonblocking`), returning [`Error::WouldBlock`], so
+//! one app can serve several sockets from its own loop with [`poll`].
+
+mod tcp;
+mod udp;
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cell::RefCell;
+use core::time::Duration;
+
+use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
+use smoltcp::socket::dhcpv4;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
+
+pub use smoltcp::wire::{IpAddress, IpEndpoint as SocketAddr, Ipv4Address};
+pub use tcp::{TcpListener, TcpStream};
+pub use udp::UdpSocket;
+
+use crate::time::Instant;
+use crate::virtio::net::VirtioNet;
+use crate::virtio::DeviceError;
+
+/// Why a network call failed, in the spirit of `std::io::ErrorKind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Error {
+    /// The machine offers no virtio-net device.
+    NoDevice,
+    /// The device broke the virtio rules and was dropped.
+    Device(DeviceError),
+    /// No address yet: DHCP has not answered in time.
+    NotConfigured,
+    /// The port is already bound.
+    AddrInUse,
+    /// An argument is out of range (port 0 to listen on, a datagram
+    /// larger than one frame).
+    InvalidInput,
+    /// The peer reset the connection (or it timed out in the stack).
+    ConnectionReset,
+    /// The connection is closed for writing.
+    BrokenPipe,
+    /// The call's timeout passed.
+    TimedOut,
+    /// A non-blocking call could not make progress now.
+    WouldBlock,
+}
+
+impl core::fmt::Display for Error {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoDevice => write!(f, "no network device"),
+            Self::Device(e) => write!(f, "network device failed: {e}"),
+            Self::NotConfigured => write!(f, "no network address (DHCP did not answer)"),
+            Self::AddrInUse => write!(f, "address in use"),
+            Self::InvalidInput => write!(f, "invalid argument"),
+            Self::ConnectionReset => write!(f, "connection reset by peer"),
+            Self::BrokenPipe => write!(f, "broken pipe"),
+            Self::TimedOut => write!(f, "timed out"),
+            Self::WouldBlock => write!(f, "operation would block"),
+        }
+    }
+}
+
+/// `Result` with a network [`Error`].
+pub type Result<T> = core::result::Result<T, Error>;
+
+/// The interface's configuration, from DHCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// The interface's address.
+    pub address: Ipv4Address,
+    /// Its prefix length.
+    pub prefix_len: u8,
+    /// The default gateway, if the DHCP server named one.
+    pub gateway: Option<Ipv4Address>,
+    /// The interface's MAC address.
+    pub mac: [u8; 6],
+    /// The virtio-mmio transport version (1 legacy, 2 modern).
+    pub transport_version: u32,
+}
+
+/// Bytes of each TCP socket's receive and transmit buffer.
+const TCP_BUFFER: usize = 64 * 1024;
+/// Bytes of each UDP socket's receive and transmit buffer.
+const UDP_BUFFER: usize = 64 * 1024;
+/// Datagrams each UDP socket buffers in each direction.
+const UDP_PACKETS: usize = 32;
+/// The largest UDP payload one Ethernet frame carries (no fragmentation).
+pub const MAX_DATAGRAM: usize = 1500 - 20 - 8;
+/// First port of the range handed out for port 0.
+const EPHEMERAL_FIRST: u16 = 49152;
+
+pub(crate) struct Stack {
+    device: VirtioNet,
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    dhcp: SocketHandle,
+    config: Option<Config>,
+    /// TCP sockets closed by their owner, kept until the close completes.
+    closing: Vec<SocketHandle>,
+    tcp_ports: Vec<u16>,
+    udp_ports: Vec<u16>,
+    next_ephemeral: u16,
+}
+
+enum State {
+    Down,
+    Up(alloc::boxed::Box<Stack>),
+    Failed(Error),
+}
+
+struct Global(RefCell<State>);
+
+// SAFETY: the guest runs one vCPU with interrupts off, so the stack is
+// never reached from two contexts at once; the RefCell catches reentry.
+unsafe impl Sync for Global {}
+
+static STACK: Global = Global(RefCell::new(State::Down));
+
+fn smol_now() -> smoltcp::time::Instant {
+    let micros = crate::time::ticks_to_duration(crate::time::now_ticks()).as_micros();
+    smoltcp::time::Instant::from_micros(i64::try_from(micros).unwrap_or(i64::MAX))
+}
+
+impl Stack {
+    fn start() -> Result<Self> {
+        let env = crate::env::get();
+        let entropy = env.entropy();
+        let fallback_mac = [
+            0x02, entropy[0], entropy[1], entropy[2], entropy[3], entropy[4],
+        ];
+        let mut device = match VirtioNet::find(&env.boot_info().devices, fallback_mac) {
+            Ok(Some(d)) => d,
+            Ok(None) => return Err(Error::NoDevice),
+            Err(e) => return Err(Error::Device(e)),
+        };
+        let mac = EthernetAddress(device.mac());
+        let mut config = IfaceConfig::new(HardwareAddress::Ethernet(mac));
+        let mut seed = [0u8; 8];
+        seed.copy_from_slice(&entropy[8..16]);
+        config.random_seed = u64::from_le_bytes(seed) ^ crate::time::rdtsc();
+        let iface = Interface::new(config, &mut device, smol_now());
+        let mut sockets = SocketSet::new(Vec::new());
+        let dhcp = sockets.add(dhcpv4::Socket::new());
+        Ok(Self {
+            device,
+            iface,
+            sockets,
+            dhcp,
+            config: None,
+            closing: Vec::new(),
+            tcp_ports: Vec::new(),
+            udp_ports: Vec::new(),
+            next_ephemeral: EPHEMERAL_FIRST,
+        })
+    }
+
+    /// One round: frames in and out, one notification per queue, DHCP
+    /// events, finished closes reaped.
+    fn poll(&mut self) -> Result<()> {
+        self.iface
+            .poll(smol_now(), &mut self.device, &mut self.sockets);
+        self.device.flush();
+        if let Some(e) = self.device.broken() {
+            return Err(Error::Device(e));
+        }
+        self.dhcp_event();
+        self.reap();
+        Ok(())
+    }
+
+    fn dhcp_event(&mut self) {
+        let event = match self.sockets.get_mut::<dhcpv4::Socket>(self.dhcp).poll() {
+            None => return,
+            Some(dhcpv4::Event::Configured(c)) => Some((c.address, c.router)),
+            Some(dhcpv4::Event::Deconfigured) => None,
+        };
+        self.iface.update_ip_addrs(|addrs| {
+            addrs.clear();
+            if let Some((cidr, _)) = event {
+                let _ = addrs.push(IpCidr::Ipv4(cidr));
+            }
+        });
+        let routes = self.iface.routes_mut();
+        routes.remove_default_ipv4_route();
+        if let Some((_, Some(router))) = event {
+            let _ = routes.add_default_ipv4_route(router);
+        }
+        self.config = event.map(|(cidr, gateway)| Config {
+            address: cidr.address(),
+            prefix_len: cidr.prefix_len(),
+            gateway,
+            mac: self.device.mac(),
+            transport_version: self.device.transport_version(),
+        });
+    }
+
+    fn reap(&mut self) {
+        use smoltcp::socket::tcp::{Socket, State};
+        let sockets = &mut self.sockets;
+        self.closing.retain(|&h| {
+            let done = matches!(
+                sockets.get::<Socket>(h).state(),
+                State::Closed | State::TimeWait
+            );
+            if done {
+                sockets.remove(h);
+            }
+            !done
+        });
+    }
+
+    /// A free port for port 0.
+    fn ephemeral(&mut self, taken: impl Fn(&Self, u16) -> bool) -> u16 {
+        loop {
+            let port = self.next_ephemeral;
+            self.next_ephemeral = self
+                .next_ephemeral
+                .checked_add(1)
+                .unwrap_or(EPHEMERAL_FIRST);
+            if !taken(self, port) {
+                return port;
+            }
+        }
+    }
+
+    fn tcp_socket() -> smoltcp::socket::tcp::Socket<'static> {
+        smoltcp::socket::tcp::Socket::new(
+            smoltcp::socket::tcp::SocketBuffer::new(vec![0u8; TCP_BUFFER]),
+            smoltcp::socket::tcp::SocketBuffer::new(vec![0u8; TCP_BUFFER]),
+        )
+    }
+
+    fn udp_socket() -> smoltcp::socket::udp::Socket<'static> {
+        use smoltcp::socket::udp::{PacketBuffer, PacketMetadata, Socket};
+        let buffer = || {
+            PacketBuffer::new(
+                vec![PacketMetadata::EMPTY; UDP_PACKETS],
+                vec![0u8; UDP_BUFFER],
+            )
+        };
+        Socket::new(buffer(), buffer())
+    }
+}
+
+/// Runs `f` on the stack, bringing it up first if needed.
+fn with_stack<R>(f: impl FnOnce(&mut Stack) -> R) -> Result<R> {
+    let mut state = STACK.0.borrow_mut();
+    if matches!(*state, State::Down) {
+        *state = match Stack::start() {
+            Ok(stack) => State::Up(alloc::boxed::Box::new(stack)),
+            Err(e) => State::Failed(e),
+        };
+    }
+    match &mut *state {
+        State::Up(stack) => Ok(f(stack)),
+        State::Failed(e) => Err(*e),
+        State::Down => Err(Error::NoDevice),
+    }
+}
+
+/// How a call waits: until `deadline` (forever when `None`), or not at
+/// all when non-blocking.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Wait {
+    pub nonblocking: bool,
+    pub timeout: Option<Duration>,
+}
+
+/// Polls until `step` makes progress (`Some`), the wait's time is up, or
+/// the device fails.
+pub(crate) fn block_on<R>(
+    wait: Wait,
+    mut step: impl FnMut(&mut Stack) -> Option<Result<R>>,
+) -> Result<R> {
+    let start = Instant::now();
+    loop {
+        if let Some(r) = with_stack(|s| s.poll().map(|()| step(s)))?? {
+            return r;
+        }
+        if wait.nonblocking {
+            return Err(Error::WouldBlock);
+        }
+        if wait.timeout.is_some_and(|t| start.elapsed() >= t) {
+            return Err(Error::TimedOut);
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// Brings the network up and waits up to `timeout` for DHCP.
+pub fn up(timeout: Duration) -> Result<Config> {
+    let wait = Wait {
+        nonblocking: false,
+        timeout: Some(timeout),
+    };
+    block_on(wait, |s| s.config.map(Ok)).map_err(|e| match e {
+        Error::TimedOut => Error::NotConfigured,
+        e => e,
+    })
+}
+
+/// The interface's configuration, once DHCP has given one.
+pub fn config() -> Option<Config> {
+    with_stack(|s| s.config).ok().flatten()
+}
+
+/// One round of the stack: frames in and out, timers. For apps that run
+/// their own loop over non-blocking sockets.
+pub fn poll() -> Result<()> {
+    with_stack(|s| s.poll())?
+}
