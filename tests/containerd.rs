@@ -54,17 +54,6 @@ fn oci_image(name: &str) -> PathBuf {
     path
 }
 
-fn require_tool(name: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "`{name}` is not installed: these tests need Debian's containerd \
-         (`cargo xtask test` installs it, or `apt-get install containerd`)"
-    );
-}
-
 fn require_root() {
     // SAFETY: geteuid has no preconditions and touches no memory.
     let euid = unsafe { libc::geteuid() };
@@ -144,8 +133,8 @@ impl Containerd {
     fn start_with(name: &str, cri: bool) -> Containerd {
         require_kvm();
         require_root();
-        require_tool("containerd");
-        require_tool("ctr");
+        tandem_tests::require_tool("containerd", "containerd");
+        tandem_tests::require_tool("ctr", "containerd");
         let shim = shim_bin();
         let tandem = tandem_bin();
         let dir = std::env::temp_dir().join(format!("tandem-ctd-{name}-{}", std::process::id()));

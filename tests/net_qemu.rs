@@ -20,16 +20,6 @@ const IO_TIMEOUT: Duration = Duration::from_secs(20);
 /// One QEMU at a time: a polling guest keeps a host core busy.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn require_qemu() {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join("qemu-system-x86_64").is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "qemu-system-x86_64 is not installed: `cargo xtask test` installs it (Debian's qemu-system-x86)"
-    );
-}
-
 /// A port of 127.0.0.1 free for TCP and UDP right now.
 fn free_port() -> u16 {
     loop {
@@ -52,7 +42,7 @@ impl Guest {
     /// Boots `app` with host `port` forwarded to each of `guest_ports`
     /// (TCP and, where asked, UDP), and waits for `ready_line` on its console.
     fn boot(app: &str, accel: &str, guest_ports: &[(&str, u16)], ready_line: &str) -> Self {
-        require_qemu();
+        tandem_tests::require_qemu();
         if accel == "kvm" {
             tandem_tests::require_kvm();
         }

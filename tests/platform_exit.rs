@@ -19,20 +19,10 @@ struct Run {
     took: Duration,
 }
 
-fn require_qemu() {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join("qemu-system-x86_64").is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "qemu-system-x86_64 is not installed: `cargo xtask test` installs it (Debian's qemu-system-x86)"
-    );
-}
-
 /// Boots `app` by PVH on `machine` (which may carry options) with no exit
 /// device, killing QEMU after `limit`.
 fn boot(machine: &str, accel: &str, app: &str, limit: Duration) -> Run {
-    require_qemu();
+    tandem_tests::require_qemu();
     if accel == "kvm" {
         tandem_tests::require_kvm();
     }

@@ -11,23 +11,13 @@ fn status(code: u8) -> i32 {
     tandem_abi::platform::qemu_status(code)
 }
 
-fn require(tool: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "{tool} is not installed: `cargo xtask test` installs it (qemu-system-x86, grub-common, grub-pc-bin, xorriso, mtools)"
-    );
-}
-
 struct Run {
     code: Option<i32>,
     out: String,
 }
 
 fn qemu(machine: &str, accel: &str, boot: &[&str]) -> Run {
-    require("qemu-system-x86_64");
+    tandem_tests::require_qemu();
     if accel == "kvm" {
         tandem_tests::require_kvm();
     }
@@ -81,7 +71,7 @@ impl Drop for Scratch {
 
 /// A GRUB ISO booting `image` with `cmdline`.
 fn iso(scratch: &Scratch, image: &Path, cmdline: &str) -> PathBuf {
-    require("grub-mkrescue");
+    tandem_tests::require_tool("grub-mkrescue", "grub-common");
     let root = scratch.0.join("iso");
     std::fs::create_dir_all(root.join("boot/grub")).unwrap();
     std::fs::copy(image, root.join("boot/app.elf")).unwrap();

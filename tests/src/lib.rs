@@ -27,6 +27,24 @@ pub fn require_kvm() {
     }
 }
 
+/// Fails the test unless `tool` is a command on PATH, naming the Debian
+/// package that has it (`cargo xtask test` installs it).
+pub fn require_tool(tool: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{tool}` is not installed: these tests need Debian's {package} \
+         (`cargo xtask test` installs it, or `apt-get install {package}`)"
+    );
+}
+
+/// Fails the test unless QEMU is installed.
+pub fn require_qemu() {
+    require_tool("qemu-system-x86_64", "qemu-system-x86");
+}
+
 /// Path of a guest app's image.
 pub fn image_path(app: &str) -> PathBuf {
     let dir = std::env::var_os("TANDEM_GUEST_DIR")
