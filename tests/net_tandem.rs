@@ -316,3 +316,54 @@ fn a_missing_tap_is_refused_by_name() {
         out.stderr
     );
 }
+
+#[test]
+fn a_hostile_ring_ends_that_vm_only() {
+    let tap = TestTap::new();
+    let image = image_path("hostilenet");
+    let net = tap.net_arg();
+    for (case, says) in [
+        ("ring-outside", "descriptor table at 0x1000"),
+        (
+            "buffer-outside",
+            "buffer at 0x100000000 (+64 bytes) lies outside the app's memory",
+        ),
+        (
+            "huge-length",
+            "(+1073741824 bytes) lies outside the app's memory",
+        ),
+        (
+            "avail-index",
+            "available index 13 is 13 entries ahead, past the queue size 8",
+        ),
+        ("bad-next", "descriptor chain from 0 is broken"),
+    ] {
+        let out = tandem_tests::tandem(&[
+            "run",
+            image.to_str().unwrap(),
+            "--timeout",
+            "30s",
+            "--cmdline",
+            case,
+            "--net",
+            &net,
+        ]);
+        assert!(
+            out.stdout.contains(&format!("hostilenet: {case}")),
+            "{case}: {}",
+            out.stdout
+        );
+        assert_eq!(
+            out.code,
+            Some(i32::from(tandem::exit_code::PROTOCOL)),
+            "{case}: {}{}",
+            out.stdout,
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains("guest broke the virtio protocol") && out.stderr.contains(says),
+            "{case}: {}",
+            out.stderr
+        );
+    }
+}
