@@ -37,10 +37,11 @@ pub fn write_structures(
     mem: &GuestMemoryMmap,
     mem_size: u64,
     segments: &[SegmentMap],
+    mmio: &[cpu::MmioWindow],
     exception_stubs: u64,
 ) -> Result<(), ArchError> {
     let mut pt = [0u8; cpu::pt_area::SIZE];
-    cpu::build_page_tables(&mut pt, mem_size, segments, &[]).map_err(ArchError::Build)?;
+    cpu::build_page_tables(&mut pt, mem_size, segments, mmio).map_err(ArchError::Build)?;
     // Guest memory is fresh and zero: write only the tables in use, so the
     // host faults in no page it does not need.
     // PAGE_SIZE is 4 KiB, which fits any usize.

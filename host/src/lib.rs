@@ -23,8 +23,8 @@
 //! The public surface is the crate root (the VM, its configuration, report
 //! and errors) and a few modules: [`snapshot`] and [`backup`] (files a VM
 //! leaves behind), [`fleet`] (many VMs), [`seccomp`] and [`privileges`]
-//! (what the VMM gives up before a guest runs), [`trace`], [`units`] and
-//! [`exit_code`]; with the `fuzzing` feature, `fuzzing` (the fuzz targets'
+//! (what the VMM gives up before a guest runs), [`trace`], [`units`],
+//! [`devices`] (the virtio devices, `--net`'s parser) and [`exit_code`]; with the `fuzzing` feature, `fuzzing` (the fuzz targets'
 //! bodies). Everything else is the crate's own.
 //!
 //! The library reports through the [`log`](https://docs.rs/log) facade
@@ -37,6 +37,7 @@ mod arch;
 pub mod backup;
 mod console;
 mod control;
+pub mod devices;
 mod entropy;
 pub mod fleet;
 #[cfg(feature = "fuzzing")]
@@ -80,6 +81,7 @@ impl ExitStatus {
         match self {
             ExitStatus::Exited(c) => *c,
             ExitStatus::ProtocolViolation(_) => exit_code::PROTOCOL,
+            ExitStatus::DeviceViolation(_) => exit_code::PROTOCOL,
             ExitStatus::Crashed(_) => exit_code::CRASHED,
             ExitStatus::TimedOut(_) => exit_code::TIMEOUT,
             ExitStatus::Snapshotted(_) => 0,

@@ -6,7 +6,7 @@
 //!
 //! | thread kind | what it does after setup |
 //! | --- | --- |
-//! | [`ThreadKind::Vcpu`] | `KVM_RUN` and the vCPU/VM state ioctls, hypercall service, console output, snapshot and backup files, starting the control thread |
+//! | [`ThreadKind::Vcpu`] | `KVM_RUN` and the vCPU/VM state ioctls, hypercall service, console output, snapshot and backup files, the network device's tap (read, write, poll: no ioctl, it is attached before), starting the control thread |
 //! | [`ThreadKind::Control`] | sleeps, kicks the vCPU thread with a signal, ends |
 //!
 //! Filters stack: a control thread started by a filtered vCPU thread runs
@@ -107,7 +107,8 @@ pub(crate) const VCPU_SYSCALLS: &[(&str, i64)] = &[
     ("mprotect", libc::SYS_mprotect),
     ("madvise", libc::SYS_madvise),
     ("mincore", libc::SYS_mincore),
-    // Console, reports, snapshot and backup files.
+    // Console, reports, snapshot and backup files; the tap's frames
+    // (virtio-net: read and write on a descriptor opened before the filter).
     ("read", libc::SYS_read),
     ("write", libc::SYS_write),
     ("writev", libc::SYS_writev),
@@ -140,6 +141,7 @@ pub(crate) const VCPU_SYSCALLS: &[(&str, i64)] = &[
     ("futex", libc::SYS_futex),
     ("sched_yield", libc::SYS_sched_yield),
     ("sched_getaffinity", libc::SYS_sched_getaffinity),
+    // Waiting for stdin, and for a frame on the tap in an Idle wait.
     ("poll", libc::SYS_poll),
     // Signals: the kick that ends KVM_RUN, and its return.
     ("rt_sigreturn", libc::SYS_rt_sigreturn),

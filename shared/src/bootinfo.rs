@@ -128,6 +128,20 @@ pub enum Device {
         /// Interrupt line the device raises (a polling driver ignores it).
         irq: u32,
     },
+    /// Static IPv4 settings of the network device at `base` (added in ABI
+    /// version 4): the guest uses them instead of asking DHCP.
+    NetConfig {
+        /// The register window of the virtio-net device they are for.
+        base: u64,
+        /// The interface's IPv4 address.
+        address: [u8; 4],
+        /// Its prefix length (0 to 32).
+        prefix_len: u8,
+        /// The default gateway, if any.
+        gateway: Option<[u8; 4]>,
+        /// A DNS server, if any.
+        dns: Option<[u8; 4]>,
+    },
 }
 
 /// CPU facts, taken by the VMM from KVM (CPL3 `cpuid` reports the outer
@@ -360,7 +374,7 @@ mod tests {
         // Pins the encoding: any change to field order or types changes these
         // bytes and must come with an ABI_VERSION bump.
         let expected: &[u8] = &[
-            0x54, 0x4e, 0x44, 0x4d, 0x03, 0x00, 0x00, 0x00, 0x5d, 0x00, 0x00, 0x00, 0x77, 0xe4,
+            0x54, 0x4e, 0x44, 0x4d, 0x04, 0x00, 0x00, 0x00, 0x5d, 0x00, 0x00, 0x00, 0x77, 0xe4,
             0xdd, 0xcd, // header
             0x00, // boot_path = TandemPv
             0x02, 0x00, 0x80, 0x80, 0x80, 0x02, 0x01, 0x80, 0x80, 0x80, 0x02, 0x80, 0x80, 0x80,
@@ -379,7 +393,8 @@ mod tests {
 
     #[test]
     fn golden_bytes_of_devices() {
-        // Variants are numbered in order of appearance: Block 0, VirtioMmio 1.
+        // Variants are numbered in order of appearance: Block 0, VirtioMmio 1,
+        // NetConfig 2.
         let mut buf = [0u8; 32];
         let block = Device::Block {
             id: 1,
@@ -399,8 +414,20 @@ mod tests {
             postcard::to_slice(&net, &mut buf).unwrap(),
             &[0x01, 0x80, 0x9c, 0xc0, 0xf5, 0x0f, 0x80, 0x04, 0x0c]
         );
+        let config = Device::NetConfig {
+            base: 0xfeb0_0000,
+            address: [10, 99, 1, 2],
+            prefix_len: 24,
+            gateway: Some([10, 99, 1, 1]),
+            dns: None,
+        };
+        assert_eq!(
+            postcard::to_slice(&config, &mut buf).unwrap(),
+            &[0x02, 0x80, 0x80, 0xc0, 0xf5, 0x0f, 10, 99, 1, 2, 24, 0x01, 10, 99, 1, 1, 0x00]
+        );
         let mut info = sample();
         info.devices.push(net).unwrap();
+        info.devices.push(config).unwrap();
         let mut block_buf = [0u8; AREA];
         let n = info.encode(&mut block_buf).unwrap();
         assert_eq!(BootInfo::decode(&block_buf[..n]).unwrap(), info);

@@ -168,6 +168,14 @@ pub const MAX_MEM_SIZE: u64 = 4 << 30;
 /// Guest memory when none is asked for.
 pub const DEFAULT_MEM_SIZE: u64 = 64 << 20;
 
+/// Guest-physical address of the Tandem VMM's first virtio-mmio register
+/// window (where QEMU microvm puts its own, below the 4 GiB line). Guest
+/// memory must end below it for a VM that has a device.
+pub const VIRTIO_MMIO_BASE: u64 = 0xFEB0_0000;
+/// Bytes of each virtio-mmio register window (registers and the device's
+/// configuration space).
+pub const VIRTIO_MMIO_SIZE: u64 = 0x200;
+
 /// Selectors of the GDT built by [`cpu::gdt`](crate::cpu::gdt).
 pub mod selector {
     /// 64-bit kernel code.
@@ -279,6 +287,7 @@ const _: () = {
     assert!(IMAGE_END.is_multiple_of(LARGE_PAGE_SIZE));
     // Every address handed to the guest fits the 32-bit hypercall argument.
     assert!(MAX_MEM_SIZE <= 1 << 32);
+    assert!(VIRTIO_MMIO_BASE + VIRTIO_MMIO_SIZE <= MAX_MEM_SIZE);
 };
 
 /// Bytes of heap in a guest of `mem_size` bytes (0 when too small).

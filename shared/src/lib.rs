@@ -58,5 +58,9 @@ pub mod virtio_mmio;
 /// appended to the boot-info devices (a version-2 guest would refuse a block
 /// that lists one as an undecodable body), and the page tables map device
 /// register windows user read-write and uncached through a fifth page table
-/// (`cpu::pt_area::PT_MMIO`), so a CPL3 driver can reach them.
-pub const ABI_VERSION: u32 = 3;
+/// (`cpu::pt_area::PT_MMIO`), so a CPL3 driver can reach them. 4,
+/// `Device::NetConfig` appended (static IPv4 settings for a network device,
+/// which a version-3 guest could not decode), and the Tandem VMM offers a
+/// virtio-net device at [`VIRTIO_MMIO_BASE`](layout::VIRTIO_MMIO_BASE),
+/// mapped by its page tables.
+pub const ABI_VERSION: u32 = 4;

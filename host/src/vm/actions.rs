@@ -109,7 +109,18 @@ impl Vm {
             Action::Snapshot(reply) => self.guest_snapshot(reply, session),
             Action::Exit(code) => Break(ExitStatus::Exited(code)),
             Action::Idle { nanos, reply } => {
-                let stop = idle(session.handle.as_ref(), nanos, session.deadline);
+                let stop = match self.net.as_mut() {
+                    Some(net) => {
+                        let handle = session.handle.as_ref();
+                        let asked = || handle.is_some_and(VmHandle::stop_asked);
+                        let limit = idle_limit(nanos, session.deadline);
+                        if let Err(e) = net.idle(&self.ram.mem, limit, &asked) {
+                            return Break(ExitStatus::DeviceViolation(e));
+                        }
+                        asked()
+                    }
+                    None => idle(session.handle.as_ref(), nanos, session.deadline),
+                };
                 self.reply(reply, &Reply::Idle { stop })
             }
             Action::ReadStdin { buf, reply } => {
@@ -208,16 +219,23 @@ impl Vm {
 /// Serves `Request::Idle`: waits up to `nanos` (capped by [`MAX_IDLE`] and
 /// the run's deadline) or until a stop is asked; returns whether one was.
 fn idle(handle: Option<&VmHandle>, nanos: u64, deadline: Option<Instant>) -> bool {
-    let mut limit = Duration::from_nanos(nanos).min(MAX_IDLE);
-    if let Some(d) = deadline {
-        limit = limit.min(d.saturating_duration_since(Instant::now()));
-    }
+    let limit = idle_limit(nanos, deadline);
     match handle {
         Some(h) => h.idle(limit),
         None => {
             std::thread::sleep(limit);
             false
         }
+    }
+}
+
+/// How long an Idle wait of `nanos` may last: capped by [`MAX_IDLE`] and
+/// the run's deadline. (With a network device a frame ends it earlier.)
+fn idle_limit(nanos: u64, deadline: Option<Instant>) -> Duration {
+    let limit = Duration::from_nanos(nanos).min(MAX_IDLE);
+    match deadline {
+        Some(d) => limit.min(d.saturating_duration_since(Instant::now())),
+        None => limit,
     }
 }
 

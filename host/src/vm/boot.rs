@@ -3,6 +3,7 @@
 //! vCPU set to enter the app at CPL3. Nothing is left for the guest to do
 //! before its first instruction.
 
+use tandem_abi::cpu::MmioWindow;
 use tandem_abi::layout;
 use tandem_abi::trace::Phase;
 use vm_memory::{Bytes, GuestAddress};
@@ -13,6 +14,9 @@ use super::machine::{Machine, Start};
 use super::prefault::prefault;
 use super::{Vm, VmConfig, VmError};
 use crate::arch;
+use crate::devices::tap::Tap;
+use crate::devices::{NetDevice, NetSpec};
+use crate::entropy::fill_random;
 use crate::image::Image;
 use crate::kvm::Hypervisor;
 use crate::memory::GuestRam;
@@ -29,12 +33,24 @@ impl Vm {
         let mut machine = Machine::new(hv, &config, start_tsc, || {
             Ok(GuestRam::new(config.mem_size, config.huge_pages)?)
         })?;
+        let net = match &config.net {
+            Some(spec) => Some(net_device(spec, config.mem_size)?),
+            None => None,
+        };
+        let mmio: Vec<MmioWindow> = net
+            .iter()
+            .map(|n| {
+                let (start, len) = n.window();
+                MmioWindow { start, len }
+            })
+            .collect();
         let mem = &machine.ram.mem;
         image.load(mem)?;
         arch::write_structures(
             mem,
             config.mem_size,
             &image.segment_maps(),
+            &mmio,
             image.note.exception_stubs,
         )?;
         let to_guest = |host: u64| host.wrapping_add_signed(machine.tsc_offset);
@@ -44,6 +60,7 @@ impl Vm {
             machine.cpu_features,
             to_guest(start_tsc),
             to_guest(rdtsc()),
+            net.as_ref(),
         );
         // BOOT_INFO_MAX is 8 KiB, which fits any usize.
         #[allow(clippy::cast_possible_truncation)]
@@ -62,6 +79,22 @@ impl Vm {
             .map_err(ioctl("KVM_SET_SREGS"))?;
         vcpu.set_regs(&arch::entry_regs(image.entry))
             .map_err(ioctl("KVM_SET_REGS"))?;
-        Ok(machine.into_vm(config, Start::Boot))
+        let mut vm = machine.into_vm(config, Start::Boot);
+        vm.net = net;
+        Ok(vm)
     }
+}
+
+/// The virtio-net device `spec` asks for: its tap attached, its MAC the
+/// one asked for or a random locally administered one.
+fn net_device(spec: &NetSpec, mem_size: u64) -> Result<NetDevice, VmError> {
+    let tap = Tap::open(&spec.tap)?;
+    let mac = spec.mac.unwrap_or_else(|| {
+        let mut m = [0u8; 6];
+        fill_random(&mut m);
+        // Unicast, locally administered.
+        m[0] = (m[0] & 0xfc) | 0x02;
+        m
+    });
+    Ok(NetDevice::new(tap, mac, mem_size))
 }

@@ -2,11 +2,12 @@
 //! line, CPU facts, host stamps, identity and entropy seed.
 
 use tandem_abi::bootinfo::{
-    BootInfo, BootPath, CpuInfo, HostStamps, MemKind, MemRegion, ENTROPY_SIZE,
+    BootInfo, BootPath, CpuInfo, Device, HostStamps, MemKind, MemRegion, ENTROPY_SIZE, MAX_DEVICES,
 };
 use tandem_abi::layout;
 
 use super::VmConfig;
+use crate::devices::NetDevice;
 use crate::entropy::fill_random;
 
 /// The boot-info block for a VM of `config` whose vCPU runs its TSC at
@@ -18,6 +19,7 @@ pub(super) fn boot_info(
     cpu_features: (u32, u32),
     vmm_start: u64,
     vcpu_ready: u64,
+    net: Option<&NetDevice>,
 ) -> BootInfo {
     let mut memory = heapless::Vec::new();
     let heap = MemRegion {
@@ -52,10 +54,32 @@ pub(super) fn boot_info(
         },
         vm_id: config.vm_id,
         generation: 0,
-        devices: heapless::Vec::new(),
+        devices: devices(config, net),
         entropy,
         loader: heapless::String::try_from("tandem").unwrap_or_default(),
     }
+}
+
+/// The devices the guest is told of: the network device's window and, if
+/// the operator gave them, its static IPv4 settings.
+fn devices(config: &VmConfig, net: Option<&NetDevice>) -> heapless::Vec<Device, MAX_DEVICES> {
+    let mut devices = heapless::Vec::new();
+    let Some(net) = net else {
+        return devices;
+    };
+    let (base, size) = net.window();
+    // Two entries always fit MAX_DEVICES.
+    let _ = devices.push(Device::VirtioMmio { base, size, irq: 0 });
+    if let Some(ip) = config.net.as_ref().and_then(|n| n.ipv4) {
+        let _ = devices.push(Device::NetConfig {
+            base,
+            address: ip.address.octets(),
+            prefix_len: ip.prefix_len,
+            gateway: ip.gateway.map(|g| g.octets()),
+            dns: ip.dns.map(|d| d.octets()),
+        });
+    }
+    devices
 }
 
 #[cfg(test)]
@@ -70,7 +94,7 @@ mod tests {
             vm_id: 7,
             ..VmConfig::default()
         };
-        let info = boot_info(&config, 2_000_000, (0x11, 0x22), 5, 9);
+        let info = boot_info(&config, 2_000_000, (0x11, 0x22), 5, 9, None);
         assert_eq!(info.boot_path, BootPath::TandemPv);
         assert_eq!(info.cmdline.as_str(), "a b");
         assert_eq!(info.vm_id, 7);

@@ -8,6 +8,7 @@ use tandem_abi::layout;
 use crate::backup::BackupConfig;
 use crate::console::{ConsoleSink, DEFAULT_CONSOLE_LIMIT, DEFAULT_CONSOLE_RATE};
 use crate::control::VmHandle;
+use crate::devices::NetSpec;
 
 /// What a VM is given.
 #[derive(Debug, Clone)]
@@ -46,6 +47,9 @@ pub struct VmConfig {
     /// The app's standard input is this process's (fd 0); otherwise the app
     /// reads end of input at once.
     pub stdin: bool,
+    /// A virtio-net device on this tap (fresh boots only; not with
+    /// snapshots or backups).
+    pub net: Option<NetSpec>,
 }
 
 impl Default for VmConfig {
@@ -66,6 +70,7 @@ impl Default for VmConfig {
             backup: None,
             handle: None,
             stdin: false,
+            net: None,
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use crate::arch::ArchError;
 use crate::backup::BackupError;
+use crate::devices::tap::TapError;
 use crate::kvm::KvmError;
 use crate::memory::MemoryError;
 use crate::snapshot::SnapshotError;
@@ -30,6 +31,9 @@ pub enum VmError {
     /// A backup point could not be taken.
     #[error(transparent)]
     Backup(#[from] BackupError),
+    /// The network device's tap could not be attached.
+    #[error(transparent)]
+    Tap(#[from] TapError),
 }
 
 /// Wraps a failed ioctl, named `what`, as a [`VmError`].

@@ -36,6 +36,22 @@ pub(super) enum ExitAction {
         /// How many of them.
         len: usize,
     },
+    /// The guest read `len` bytes at `addr`, outside memory: a device's
+    /// register (answered in the run area before this decision) or nothing.
+    MmioRead {
+        /// Guest-physical address.
+        addr: u64,
+    },
+    /// The guest wrote `data[..len]` at `addr`, outside memory: a device's
+    /// register or nothing.
+    MmioWrite {
+        /// Guest-physical address.
+        addr: u64,
+        /// The bytes written, copied out of the run area.
+        data: [u8; MAX_IO_BYTES],
+        /// How many of them.
+        len: usize,
+    },
     /// The guest cannot go on: end the run with this status.
     Stop(ExitStatus),
 }
@@ -65,9 +81,13 @@ pub(super) fn handle_kvm_exit(exit: Result<VcpuExit<'_>, kvm_ioctls::Error>) -> 
             crash("triple fault (the guest could not handle an exception)".into())
         }
         Ok(VcpuExit::Hlt) => crash("the guest halted".into()),
-        Ok(VcpuExit::MmioRead(addr, _)) | Ok(VcpuExit::MmioWrite(addr, _)) => crash(format!(
-            "access to unbacked guest-physical address {addr:#x}"
-        )),
+        Ok(VcpuExit::MmioRead(addr, _)) => Decision::Exited(ExitAction::MmioRead { addr }),
+        Ok(VcpuExit::MmioWrite(addr, bytes)) => {
+            let mut data = [0u8; MAX_IO_BYTES];
+            let len = bytes.len().min(MAX_IO_BYTES);
+            data[..len].copy_from_slice(&bytes[..len]);
+            Decision::Exited(ExitAction::MmioWrite { addr, data, len })
+        }
         Ok(VcpuExit::FailEntry(reason, _)) => crash(format!(
             "KVM could not enter the guest (reason {reason:#x})"
         )),
@@ -141,18 +161,7 @@ mod tests {
             crashed(handle_kvm_exit(Ok(VcpuExit::Hlt))),
             "the guest halted"
         );
-        let mut buf = [0u8; 8];
-        assert_eq!(
-            crashed(handle_kvm_exit(Ok(VcpuExit::MmioRead(
-                0xfee0_0000,
-                &mut buf
-            )))),
-            "access to unbacked guest-physical address 0xfee00000"
-        );
-        assert_eq!(
-            crashed(handle_kvm_exit(Ok(VcpuExit::MmioWrite(0x1000, &[1])))),
-            "access to unbacked guest-physical address 0x1000"
-        );
+
         assert_eq!(
             crashed(handle_kvm_exit(Ok(VcpuExit::FailEntry(0x21, 0)))),
             "KVM could not enter the guest (reason 0x21)"
@@ -165,6 +174,29 @@ mod tests {
             crashed(handle_kvm_exit(Ok(VcpuExit::IrqWindowOpen))),
             "unexpected VM exit IrqWindowOpen"
         );
+    }
+
+    #[test]
+    fn mmio_accesses_go_to_the_devices_with_their_bytes() {
+        let mut buf = [0u8; 4];
+        assert_eq!(
+            handle_kvm_exit(Ok(VcpuExit::MmioRead(0xfeb0_0000, &mut buf))),
+            Decision::Exited(ExitAction::MmioRead { addr: 0xfeb0_0000 })
+        );
+        assert_eq!(
+            handle_kvm_exit(Ok(VcpuExit::MmioWrite(0x1000, &[1, 2]))),
+            Decision::Exited(ExitAction::MmioWrite {
+                addr: 0x1000,
+                data: [1, 2, 0, 0, 0, 0, 0, 0],
+                len: 2
+            })
+        );
+        let Decision::Exited(ExitAction::MmioWrite { len, .. }) =
+            handle_kvm_exit(Ok(VcpuExit::MmioWrite(0x1000, &[3; 16])))
+        else {
+            panic!("not an MMIO write");
+        };
+        assert_eq!(len, MAX_IO_BYTES);
     }
 
     #[test]

@@ -124,6 +124,7 @@ impl Machine {
             console_before,
             backup: None,
             backup_records: Vec::new(),
+            net: None,
         }
     }
 }

@@ -48,6 +48,7 @@ pub use error::VmError;
 pub use report::{ExitStatus, RunReport, RunStats, SnapshotRecord, SnapshotTrigger};
 
 use crate::backup::{BackupRecord, BackupWriter};
+use crate::devices::NetDevice;
 use crate::memory::GuestRam;
 use crate::trace::BootTrace;
 
@@ -76,6 +77,8 @@ pub struct Vm {
     backup: Option<BackupWriter>,
     /// Backup points written during the run.
     backup_records: Vec<BackupRecord>,
+    /// The virtio-net device, if the VM has one.
+    net: Option<NetDevice>,
 }
 
 impl Vm {

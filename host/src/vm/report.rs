@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::backup::BackupRecord;
+use crate::devices::DeviceError;
 use crate::hypercall::HypercallError;
 use crate::snapshot::WriteStats;
 use crate::trace::BootTrace;
@@ -15,6 +16,9 @@ pub enum ExitStatus {
     Exited(u8),
     /// The guest broke the hypercall protocol.
     ProtocolViolation(HypercallError),
+    /// The guest broke the virtio rules of one of its devices (a bad ring
+    /// index, descriptor or length): exit code `PROTOCOL` too.
+    DeviceViolation(DeviceError),
     /// The guest crashed (triple fault, halt, unexpected exit).
     Crashed(String),
     /// The run exceeded its timeout.
@@ -30,6 +34,7 @@ impl std::fmt::Display for ExitStatus {
         match self {
             Self::Exited(code) => write!(f, "guest exited with code {code}"),
             Self::ProtocolViolation(e) => write!(f, "guest broke the hypercall protocol: {e}"),
+            Self::DeviceViolation(e) => write!(f, "guest broke the virtio protocol: {e}"),
             Self::Crashed(why) => write!(f, "guest crashed: {why}"),
             Self::TimedOut(d) => write!(f, "guest timed out after {d:?}"),
             Self::Snapshotted(dir) => {

@@ -38,6 +38,11 @@ impl Vm {
         mut config: VmConfig,
         start_tsc: u64,
     ) -> Result<Self, VmError> {
+        if config.net.is_some() {
+            return Err(VmError::Config(
+                "a restored VM cannot have a network device yet".into(),
+            ));
+        }
         let st = &snapshot.state;
         config.mem_size = st.machine.mem_size;
         config.cmdline = st.machine.cmdline.clone();

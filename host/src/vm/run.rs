@@ -5,6 +5,7 @@
 use std::ops::ControlFlow;
 use std::time::Instant;
 
+use kvm_ioctls::VcpuExit;
 use tandem_abi::trace::Phase;
 
 use super::exit::{handle_kvm_exit, Decision, ExitAction};
@@ -70,7 +71,15 @@ impl Vm {
                     break status;
                 }
             }
-            let exit = match handle_kvm_exit(self.vcpu.run()) {
+            let mut result = self.vcpu.run();
+            // A device register read is answered in the run area, which the
+            // next KVM_RUN hands the guest (the decision below copies out).
+            if let (Ok(VcpuExit::MmioRead(addr, data)), Some(net)) = (&mut result, &self.net) {
+                if let Some(offset) = net.offset(*addr) {
+                    net.read(offset, data);
+                }
+            }
+            let exit = match handle_kvm_exit(result) {
                 Decision::Rerun => continue,
                 Decision::Fail(status) => break status,
                 Decision::Exited(exit) => exit,
@@ -90,10 +99,42 @@ impl Vm {
                         break status;
                     }
                 }
+                ExitAction::MmioRead { addr } => {
+                    if self.net.as_ref().is_none_or(|n| n.offset(addr).is_none()) {
+                        break unbacked(addr);
+                    }
+                }
+                ExitAction::MmioWrite { addr, data, len } => {
+                    let Some(net) = self.net.as_mut() else {
+                        break unbacked(addr);
+                    };
+                    let Some(offset) = net.offset(addr) else {
+                        break unbacked(addr);
+                    };
+                    if let Err(e) = net.write(&self.ram.mem, offset, &data[..len]) {
+                        break ExitStatus::DeviceViolation(e);
+                    }
+                }
                 ExitAction::Stop(status) => break status,
+            }
+            // Every exit fills the guest's receive buffers from the tap.
+            if let Some(net) = self.net.as_mut() {
+                if let Err(e) = net.receive(&self.ram.mem) {
+                    break ExitStatus::DeviceViolation(e);
+                }
             }
         };
         self.trace.stamp(Phase::Exit);
+        if let Some(net) = &self.net {
+            let s = net.stats();
+            log::info!(
+                "net: {} frames in, {} out, {} kicks, {} dropped",
+                s.rx_frames,
+                s.tx_frames,
+                s.kicks,
+                s.dropped
+            );
+        }
         drop(kicker);
         drop(attached);
         stats.console_bytes = session.console.written() + self.console_before;
@@ -113,4 +154,11 @@ impl Vm {
         console.write(&text);
         Ok(())
     }
+}
+
+/// An access to a guest-physical address no memory and no device backs.
+fn unbacked(addr: u64) -> ExitStatus {
+    ExitStatus::Crashed(format!(
+        "access to unbacked guest-physical address {addr:#x}"
+    ))
 }

@@ -23,6 +23,8 @@ const MAX_CONNECTIONS: usize = 32;
 const IDLE: Duration = Duration::from_secs(30);
 /// How long to wait for an address.
 const DHCP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait in the host when nothing happens.
+const NAP: Duration = Duration::from_millis(100);
 const PAGE: &str = "<!doctype html>\n<html><head><title>Tandem</title></head>\n\
 <body><h1>Hello from Tandem!</h1><p>Served by httpd, a Tandem unikernel app, \
 over virtio-net and smoltcp.</p></body></html>\n";
@@ -38,17 +40,31 @@ fn main(_env: &Env) -> Result<(), net::Error> {
     tandem_guest::ready();
     let mut connections: Vec<Connection> = Vec::new();
     let mut chunk = vec![0u8; 16 * 1024];
+    let mut busy = false;
     loop {
-        net::poll()?;
+        // A round that did nothing waits in the host for the next frame.
+        if busy {
+            net::poll()?;
+        } else {
+            net::wait(NAP)?;
+        }
+        busy = false;
         while connections.len() < MAX_CONNECTIONS {
             match listener.accept() {
-                Ok((stream, _peer)) => connections.push(Connection::new(stream)),
+                Ok((stream, _peer)) => {
+                    busy = true;
+                    connections.push(Connection::new(stream));
+                }
                 Err(net::Error::WouldBlock) => break,
                 Err(e) => return Err(e),
             }
         }
         // A connection's failure (reset, timeout) ends that connection only.
-        connections.retain_mut(|c| c.step(&mut chunk).unwrap_or(false));
+        connections.retain_mut(|c| {
+            let keep = c.step(&mut chunk).unwrap_or(false);
+            busy |= c.active || !keep;
+            keep
+        });
     }
 }
 
@@ -57,6 +73,8 @@ struct Connection {
     stream: TcpStream,
     buf: Vec<u8>,
     last_active: Instant,
+    /// Whether the last step read anything.
+    active: bool,
 }
 
 impl Connection {
@@ -67,15 +85,18 @@ impl Connection {
             stream,
             buf: Vec::new(),
             last_active: Instant::now(),
+            active: false,
         }
     }
 
     /// Reads what has arrived and answers every complete request; false
     /// once the connection is done.
     fn step(&mut self, chunk: &mut [u8]) -> Result<bool, net::Error> {
+        self.active = false;
         match self.stream.read(chunk) {
             Ok(0) => return Ok(false),
             Ok(n) => {
+                self.active = true;
                 self.buf.extend_from_slice(&chunk[..n]);
                 self.last_active = Instant::now();
             }

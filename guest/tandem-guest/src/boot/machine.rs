@@ -180,7 +180,7 @@ fn windows(devices: &[Device]) -> heapless::Vec<MmioWindow, MAX_DEVICES> {
                 start: base,
                 len: size,
             }),
-            Device::Block { .. } => None,
+            Device::Block { .. } | Device::NetConfig { .. } => None,
         })
         .collect()
 }

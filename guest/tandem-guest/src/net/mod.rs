@@ -1,15 +1,18 @@
 //! Networking: the first virtio-net device of the boot-info block, a
-//! [`smoltcp`] interface configured by DHCP, and blocking sockets that feel
-//! like std's ([`TcpListener`], [`TcpStream`], [`UdpSocket`]).
+//! [`smoltcp`] interface configured by the block's static settings for it
+//! (`Device::NetConfig`, which the Tandem VMM's `--net ...,ip=A/P` gives)
+//! or else by DHCP, and blocking sockets that feel like std's
+//! ([`TcpListener`], [`TcpStream`], [`UdpSocket`]).
 //!
 //! The stack comes up on first use. Every blocking call polls the
-//! interface (and so the device's rings) until it can make progress: a busy
-//! poll, since nothing wakes a CPL3 guest without interrupts. Under QEMU
-//! that keeps one host core busy while a call waits; on the Tandem VMM
-//! the wait will sleep in the host (the Idle hypercall, woken by device
-//! events) once its virtio-net device exists. Each call may also be made
+//! interface (and so the device's rings) until it can make progress. When
+//! a round changed nothing it waits in the host until the stack's next
+//! timer (the Idle hypercall, which a frame for the guest ends early): on
+//! the Tandem VMM a waiting app sleeps. Elsewhere (QEMU) the Idle call
+//! returns at once, so the wait is a busy poll. Each call may also be made
 //! non-blocking (`set_nonblocking`), returning [`Error::WouldBlock`], so
-//! one app can serve several sockets from its own loop with [`poll`].
+//! one app can serve several sockets from its own loop with [`poll`] and
+//! [`wait`].
 
 mod tcp;
 mod udp;
@@ -74,14 +77,14 @@ impl core::fmt::Display for Error {
 /// `Result` with a network [`Error`].
 pub type Result<T> = core::result::Result<T, Error>;
 
-/// The interface's configuration, from DHCP.
+/// The interface's configuration (static or from DHCP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Config {
     /// The interface's address.
     pub address: Ipv4Address,
     /// Its prefix length.
     pub prefix_len: u8,
-    /// The default gateway, if the DHCP server named one.
+    /// The default gateway, if one was given.
     pub gateway: Option<Ipv4Address>,
     /// The interface's MAC address.
     pub mac: [u8; 6],
@@ -104,7 +107,8 @@ pub(crate) struct Stack {
     device: VirtioNet,
     iface: Interface,
     sockets: SocketSet<'static>,
-    dhcp: SocketHandle,
+    /// The DHCP client, unless the VMM gave static settings.
+    dhcp: Option<SocketHandle>,
     config: Option<Config>,
     /// TCP sockets closed by their owner, kept until the close completes.
     closing: Vec<SocketHandle>,
@@ -149,15 +153,28 @@ impl Stack {
         let mut seed = [0u8; 8];
         seed.copy_from_slice(&entropy[8..16]);
         config.random_seed = u64::from_le_bytes(seed) ^ crate::time::rdtsc();
-        let iface = Interface::new(config, &mut device, smol_now());
+        let mut iface = Interface::new(config, &mut device, smol_now());
         let mut sockets = SocketSet::new(Vec::new());
-        let dhcp = sockets.add(dhcpv4::Socket::new());
+        let fixed = static_config(&env.boot_info().devices, &device);
+        let dhcp = match fixed {
+            Some(c) => {
+                let cidr = smoltcp::wire::Ipv4Cidr::new(c.address, c.prefix_len);
+                iface.update_ip_addrs(|addrs| {
+                    let _ = addrs.push(IpCidr::Ipv4(cidr));
+                });
+                if let Some(gw) = c.gateway {
+                    let _ = iface.routes_mut().add_default_ipv4_route(gw);
+                }
+                None
+            }
+            None => Some(sockets.add(dhcpv4::Socket::new())),
+        };
         Ok(Self {
             device,
             iface,
             sockets,
             dhcp,
-            config: None,
+            config: fixed,
             closing: Vec::new(),
             tcp_ports: Vec::new(),
             udp_ports: Vec::new(),
@@ -166,21 +183,33 @@ impl Stack {
     }
 
     /// One round: frames in and out, one notification per queue, DHCP
-    /// events, finished closes reaped.
-    fn poll(&mut self) -> Result<()> {
-        self.iface
-            .poll(smol_now(), &mut self.device, &mut self.sockets);
+    /// events, finished closes reaped. Says whether any socket changed.
+    fn poll(&mut self) -> Result<bool> {
+        let changed = self
+            .iface
+            .poll(smol_now(), &mut self.device, &mut self.sockets)
+            == smoltcp::iface::PollResult::SocketStateChanged;
         self.device.flush();
         if let Some(e) = self.device.broken() {
             return Err(Error::Device(e));
         }
         self.dhcp_event();
         self.reap();
-        Ok(())
+        Ok(changed)
+    }
+
+    /// How long the stack has nothing to do: until its next timer, at most `max`.
+    fn quiet_for(&mut self, max: Duration) -> Duration {
+        self.iface
+            .poll_delay(smol_now(), &self.sockets)
+            .map_or(max, |d| Duration::from_micros(d.total_micros()).min(max))
     }
 
     fn dhcp_event(&mut self) {
-        let event = match self.sockets.get_mut::<dhcpv4::Socket>(self.dhcp).poll() {
+        let Some(dhcp) = self.dhcp else {
+            return;
+        };
+        let event = match self.sockets.get_mut::<dhcpv4::Socket>(dhcp).poll() {
             None => return,
             Some(dhcpv4::Event::Configured(c)) => Some((c.address, c.router)),
             Some(dhcpv4::Event::Deconfigured) => None,
@@ -253,6 +282,29 @@ impl Stack {
     }
 }
 
+/// The static settings the boot-info block gives for `device`, if any.
+fn static_config(devices: &[tandem_abi::bootinfo::Device], device: &VirtioNet) -> Option<Config> {
+    devices.iter().find_map(|d| match *d {
+        tandem_abi::bootinfo::Device::NetConfig {
+            base,
+            address,
+            prefix_len,
+            gateway,
+            ..
+        } if base == device.base() && prefix_len <= 32 => Some(Config {
+            address: Ipv4Address::from_octets(address),
+            prefix_len,
+            gateway: gateway.map(Ipv4Address::from_octets),
+            mac: device.mac(),
+            transport_version: device.transport_version(),
+        }),
+        _ => None,
+    })
+}
+
+/// Longest wait in the host between two rounds of a blocking call.
+const MAX_NAP: Duration = Duration::from_millis(100);
+
 /// Runs `f` on the stack, bringing it up first if needed.
 fn with_stack<R>(f: impl FnOnce(&mut Stack) -> R) -> Result<R> {
     let mut state = STACK.0.borrow_mut();
@@ -285,20 +337,39 @@ pub(crate) fn block_on<R>(
 ) -> Result<R> {
     let start = Instant::now();
     loop {
-        if let Some(r) = with_stack(|s| s.poll().map(|()| step(s)))?? {
+        let (done, nap) = with_stack(|s| {
+            s.poll().map(|changed| {
+                let done = step(s);
+                let nap = (!changed && done.is_none()).then(|| s.quiet_for(MAX_NAP));
+                (done, nap)
+            })
+        })??;
+        if let Some(r) = done {
             return r;
         }
         if wait.nonblocking {
             return Err(Error::WouldBlock);
         }
-        if wait.timeout.is_some_and(|t| start.elapsed() >= t) {
+        let left = wait.timeout.map(|t| t.saturating_sub(start.elapsed()));
+        if left.is_some_and(|l| l.is_zero()) {
             return Err(Error::TimedOut);
         }
-        core::hint::spin_loop();
+        match nap {
+            Some(n) => nap_for(left.map_or(n, |l| n.min(l))),
+            None => core::hint::spin_loop(),
+        }
     }
 }
 
-/// Brings the network up and waits up to `timeout` for DHCP.
+/// Waits in the host (returns at once off the Tandem VMM).
+fn nap_for(d: Duration) {
+    if !d.is_zero() {
+        crate::idle::idle(d);
+    }
+}
+
+/// Brings the network up and waits up to `timeout` for an address (at
+/// once with static settings, else from DHCP).
 pub fn up(timeout: Duration) -> Result<Config> {
     let wait = Wait {
         nonblocking: false,
@@ -310,7 +381,7 @@ pub fn up(timeout: Duration) -> Result<Config> {
     })
 }
 
-/// The interface's configuration, once DHCP has given one.
+/// The interface's configuration, once it has one.
 pub fn config() -> Option<Config> {
     with_stack(|s| s.config).ok().flatten()
 }
@@ -318,5 +389,16 @@ pub fn config() -> Option<Config> {
 /// One round of the stack: frames in and out, timers. For apps that run
 /// their own loop over non-blocking sockets.
 pub fn poll() -> Result<()> {
-    with_stack(|s| s.poll())?
+    with_stack(|s| s.poll().map(|_| ()))?
+}
+
+/// One round of the stack, and if it changed nothing, a wait in the host
+/// until the stack's next timer, a frame for the guest, or `max`. For apps
+/// whose own loop over non-blocking sockets found nothing to do.
+pub fn wait(max: Duration) -> Result<()> {
+    let nap = with_stack(|s| s.poll().map(|changed| (!changed).then(|| s.quiet_for(max))))??;
+    if let Some(n) = nap {
+        nap_for(n);
+    }
+    Ok(())
 }

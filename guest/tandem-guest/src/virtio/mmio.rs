@@ -175,6 +175,11 @@ impl Transport {
     }
 
     /// The window's version register, for messages.
+    /// The register window's guest-physical address.
+    pub(crate) fn base(&self) -> u64 {
+        self.base
+    }
+
     pub(crate) fn version(&self) -> u32 {
         self.version
     }

@@ -183,6 +183,12 @@ impl VirtioNet {
     }
 
     /// The transport version (1 legacy, 2 modern).
+    /// The register window's guest-physical address (which names the
+    /// device in the boot-info block).
+    pub fn base(&self) -> u64 {
+        self.transport.base()
+    }
+
     pub fn transport_version(&self) -> u32 {
         self.transport.version()
     }

@@ -206,6 +206,11 @@ struct RunArgs {
     /// Take a snapshot into DIR when the app calls ready().
     #[arg(long, value_name = "DIR")]
     snapshot_at_ready: Option<PathBuf>,
+    /// A virtio-net device on an existing tap (`ip tuntap add NAME mode
+    /// tap`), with the guest's MAC and static IPv4 settings (without ip=
+    /// the guest asks DHCP).
+    #[arg(long, value_name = "tap=NAME[,mac=M][,ip=A/P][,gw=G][,dns=D]")]
+    net: Option<tandem::devices::NetSpec>,
     #[command(flatten)]
     persist: PersistArgs,
 }
@@ -323,6 +328,7 @@ fn run(args: RunArgs, quiet: bool, start: u64) -> Result<u8> {
         console_rate: args.console_rate,
         // The app's standard input is tandem's.
         stdin: true,
+        net: args.net,
         ..VmConfig::default()
     };
     let mut config = config;

@@ -159,6 +159,9 @@ pub(super) fn outcome(result: &Result<RunReport, String>) -> Outcome {
             ExitStatus::ProtocolViolation(e) => {
                 Outcome::Crashed(format!("broke the hypercall protocol: {e}"))
             }
+            ExitStatus::DeviceViolation(e) => {
+                Outcome::Crashed(format!("broke the virtio protocol: {e}"))
+            }
             ExitStatus::TimedOut(d) => Outcome::Crashed(format!("timed out after {d:?}")),
         },
         Err(e) => Outcome::Error(e.clone()),

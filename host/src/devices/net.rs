@@ -1,0 +1,470 @@
+//! The virtio-net device: two queues (receive 0, transmit 1) behind a
+//! virtio-mmio [`Transport`], frames moved to and from a [`Tap`]. No
+//! offloads, no mergeable buffers, no control queue: the 12-byte modern
+//! header is zero on receive (but for `num_buffers` = 1) and ignored on
+//! transmit.
+//!
+//! When it works: a transmit kick sends every chain made available; every
+//! VM exit (and a receive kick) fills the receive buffers the guest made
+//! available with frames queued on the tap; an idle guest is woken by a
+//! frame ([`NetDevice::idle`]).
+//!
+//! The queues are rust-vmm's `virtio-queue` (reading the rings with
+//! vm-memory's checked accessors, with acquire/release ordering on the
+//! indices). What it leaves to its user is checked here before any byte
+//! moves: the rings and every buffer lie inside the app's memory (the heap:
+//! never the page tables or other kernel structures), the available index
+//! is at most a queue ahead, a chain's head names a descriptor, its `next`
+//! links stay in the table, it is at most [`MAX_CHAIN`] descriptors and
+//! [`MAX_CHAIN_BYTES`] long, and each buffer points the right way.
+
+use std::num::Wrapping;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tandem_abi::layout;
+use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::mmio::{low32, Effect, Transport};
+use super::tap::Tap;
+use super::DeviceError;
+
+/// The receive queue.
+pub const RX: u16 = 0;
+/// The transmit queue.
+pub const TX: u16 = 1;
+/// Most entries a queue may have.
+pub const QUEUE_MAX: u16 = 256;
+/// Bytes of the virtio-net header (modern layout, with `num_buffers`).
+pub const HDR_LEN: usize = 12;
+/// The largest Ethernet frame without offloads (1500-byte MTU).
+pub const MAX_FRAME: usize = 1514;
+/// Most descriptors one chain may have.
+pub const MAX_CHAIN: usize = 32;
+/// Most bytes one chain may cover.
+pub const MAX_CHAIN_BYTES: u64 = 64 * 1024;
+/// Longest slice of an idle wait between two looks at a stop request.
+const IDLE_SLICE: Duration = Duration::from_millis(50);
+
+/// What the device has moved (for the run's log).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetStats {
+    /// Frames delivered to the guest.
+    pub rx_frames: u64,
+    /// Frames sent by the guest.
+    pub tx_frames: u64,
+    /// Notify writes (kicks).
+    pub kicks: u64,
+    /// Frames dropped (too large for the guest's buffer, or refused by the tap).
+    pub dropped: u64,
+}
+
+/// One buffer of a checked chain.
+#[derive(Debug, Clone, Copy)]
+struct Buf {
+    addr: u64,
+    len: u32,
+}
+
+/// A virtio-net device on a tap.
+#[derive(Debug)]
+pub struct NetDevice {
+    transport: Transport,
+    queues: [Queue; 2],
+    tap: Tap,
+    base: u64,
+    mac: [u8; 6],
+    /// The app's memory, `[start, end)`: where rings and buffers may be.
+    app: (u64, u64),
+    /// A frame read from the tap and not yet delivered (its length in `frame`).
+    pending: Option<usize>,
+    frame: Vec<u8>,
+    stats: NetStats,
+}
+
+impl NetDevice {
+    /// A device at [`layout::VIRTIO_MMIO_BASE`] on `tap`, with MAC `mac`,
+    /// for a guest of `mem_size` bytes.
+    pub fn new(tap: Tap, mac: [u8; 6], mem_size: u64) -> Self {
+        let mut config = mac.to_vec();
+        config.resize(8, 0);
+        Self {
+            transport: Transport::new(VIRTIO_ID_NET, 1 << VIRTIO_NET_F_MAC, 2, QUEUE_MAX, config),
+            queues: [new_queue(), new_queue()],
+            tap,
+            base: layout::VIRTIO_MMIO_BASE,
+            mac,
+            app: (layout::HEAP_ADDR, mem_size),
+            pending: None,
+            frame: vec![0u8; 64 * 1024],
+            stats: NetStats::default(),
+        }
+    }
+
+    /// The register window: guest-physical base and size.
+    pub fn window(&self) -> (u64, u64) {
+        (self.base, layout::VIRTIO_MMIO_SIZE)
+    }
+
+    /// The MAC address the guest is given.
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// What the device has moved so far.
+    pub fn stats(&self) -> NetStats {
+        self.stats
+    }
+
+    /// The tap it is attached to.
+    pub fn tap(&self) -> &Tap {
+        &self.tap
+    }
+
+    /// The offset into the window of guest-physical `addr`, if it is in it.
+    pub fn offset(&self, addr: u64) -> Option<u64> {
+        addr.checked_sub(self.base)
+            .filter(|&o| o < layout::VIRTIO_MMIO_SIZE)
+    }
+
+    /// A register read at window offset `offset`.
+    pub fn read(&self, offset: u64, data: &mut [u8]) {
+        self.transport.read(offset, data);
+    }
+
+    /// A register write at window offset `offset`, and what it sets off.
+    pub fn write(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), DeviceError> {
+        match self.transport.write(offset, data) {
+            Effect::None | Effect::DriverOk => Ok(()),
+            Effect::Reset => {
+                self.queues = [new_queue(), new_queue()];
+                self.pending = None;
+                Ok(())
+            }
+            Effect::QueueReady(q) => self.ready_queue(mem, q),
+            Effect::Notify(q) => {
+                self.stats.kicks += 1;
+                match q {
+                    TX => self.transmit(mem),
+                    _ => self.receive(mem).map(|_| ()),
+                }
+            }
+        }
+    }
+
+    /// Checks and takes on the rings the driver set up for queue `q`.
+    fn ready_queue(&mut self, mem: &GuestMemoryMmap, q: u16) -> Result<(), DeviceError> {
+        let Some(regs) = self.transport.queue(q).copied() else {
+            return Ok(());
+        };
+        let Some(queue) = self.queues.get_mut(usize::from(q)) else {
+            return Ok(());
+        };
+        let size = regs.size;
+        if size == 0 || size > QUEUE_MAX || !size.is_power_of_two() {
+            return Err(DeviceError::QueueSize {
+                queue: q,
+                size,
+                max: QUEUE_MAX,
+            });
+        }
+        let n = u64::from(size);
+        let rings = [
+            ("descriptor table", regs.desc, 16 * n, 16),
+            ("available ring", regs.avail, 6 + 2 * n, 2),
+            ("used ring", regs.used, 6 + 8 * n, 4),
+        ];
+        for (what, addr, len, align) in rings {
+            if !in_app(self.app, addr, len) || addr % align != 0 {
+                return Err(DeviceError::RingOutside {
+                    queue: q,
+                    what,
+                    addr,
+                    len,
+                });
+            }
+        }
+        queue.set_size(size);
+        let split = |a: u64| (Some(low32(a)), Some(low32(a >> 32)));
+        let (lo, hi) = split(regs.desc);
+        queue.set_desc_table_address(lo, hi);
+        let (lo, hi) = split(regs.avail);
+        queue.set_avail_ring_address(lo, hi);
+        let (lo, hi) = split(regs.used);
+        queue.set_used_ring_address(lo, hi);
+        queue.set_ready(true);
+        if !queue.is_valid(mem) {
+            return Err(DeviceError::RingOutside {
+                queue: q,
+                what: "rings",
+                addr: regs.desc,
+                len: 16 * n,
+            });
+        }
+        Ok(())
+    }
+
+    fn usable(&self, q: u16) -> bool {
+        self.transport.live() && self.queues[usize::from(q)].ready()
+    }
+
+    /// How many chains the driver has made available on queue `q` and the
+    /// device not yet taken; refuses an index more than a queue ahead.
+    fn available(&self, mem: &GuestMemoryMmap, q: u16) -> Result<u16, DeviceError> {
+        let queue = &self.queues[usize::from(q)];
+        let size = queue.size();
+        let avail = queue
+            .avail_idx(mem, Ordering::Acquire)
+            .map_err(|_| ring_error(q, "available ring", queue.avail_ring()))?;
+        let ahead = (avail - Wrapping(queue.next_avail())).0;
+        if ahead > size {
+            return Err(DeviceError::AvailIndex {
+                queue: q,
+                avail: avail.0,
+                ahead,
+                size,
+            });
+        }
+        Ok(ahead)
+    }
+
+    /// Takes the next available chain of queue `q` and checks it whole:
+    /// its head, links, length, bounds and direction (`writable`).
+    fn pop_chain(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        q: u16,
+        writable: bool,
+    ) -> Result<(u16, Vec<Buf>), DeviceError> {
+        let app = self.app;
+        let queue = &mut self.queues[usize::from(q)];
+        let size = queue.size();
+        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            return Err(ring_error(q, "available ring", queue.avail_ring()));
+        };
+        let head = chain.head_index();
+        if head >= size {
+            return Err(DeviceError::DescriptorIndex {
+                queue: q,
+                index: head,
+                size,
+            });
+        }
+        let broken = DeviceError::Chain {
+            queue: q,
+            head,
+            max: MAX_CHAIN,
+        };
+        let mut bufs = Vec::new();
+        let mut total = 0u64;
+        let mut more = true;
+        for d in chain {
+            if bufs.len() == MAX_CHAIN {
+                return Err(broken);
+            }
+            let (addr, len) = (d.addr().0, d.len());
+            if !in_app(app, addr, u64::from(len)) {
+                return Err(DeviceError::BufferOutside {
+                    queue: q,
+                    addr,
+                    len,
+                });
+            }
+            if d.is_write_only() != writable {
+                return Err(DeviceError::Direction { queue: q, head });
+            }
+            total += u64::from(len);
+            if total > MAX_CHAIN_BYTES {
+                return Err(DeviceError::ChainTooLong {
+                    queue: q,
+                    len: total,
+                    max: MAX_CHAIN_BYTES,
+                });
+            }
+            bufs.push(Buf { addr, len });
+            more = d.has_next();
+        }
+        // The iterator stops early, silently, at a `next` past the table or
+        // once a loop has used up the queue size: a chain that still says
+        // "next" when it ends is broken.
+        if more {
+            return Err(broken);
+        }
+        Ok((head, bufs))
+    }
+
+    fn add_used(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        q: u16,
+        head: u16,
+        len: u32,
+    ) -> Result<(), DeviceError> {
+        let queue = &mut self.queues[usize::from(q)];
+        queue
+            .add_used(mem, head, len)
+            .map_err(|_| ring_error(q, "used ring", queue.used_ring()))
+    }
+
+    /// Sends every chain the driver made available for transmission.
+    fn transmit(&mut self, mem: &GuestMemoryMmap) -> Result<(), DeviceError> {
+        if !self.usable(TX) {
+            return Ok(());
+        }
+        for _ in 0..self.available(mem, TX)? {
+            let (head, bufs) = self.pop_chain(mem, TX, false)?;
+            let total: u64 = bufs.iter().map(|b| u64::from(b.len)).sum();
+            if total < HDR_LEN as u64 {
+                return Err(DeviceError::TxTooShort {
+                    queue: TX,
+                    len: total,
+                });
+            }
+            let mut packet = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+            for b in &bufs {
+                let start = packet.len();
+                packet.resize(start + b.len as usize, 0);
+                mem.read_slice(&mut packet[start..], GuestAddress(b.addr))
+                    .map_err(|_| DeviceError::BufferOutside {
+                        queue: TX,
+                        addr: b.addr,
+                        len: b.len,
+                    })?;
+            }
+            match self.tap.send(&packet[HDR_LEN..]) {
+                Ok(()) => self.stats.tx_frames += 1,
+                Err(e) => {
+                    log::debug!("tap {}: frame dropped: {e}", self.tap.name());
+                    self.stats.dropped += 1;
+                }
+            }
+            self.add_used(mem, TX, head, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Fills the receive buffers the driver made available with frames
+    /// queued on the tap; says how many it delivered.
+    pub fn receive(&mut self, mem: &GuestMemoryMmap) -> Result<u32, DeviceError> {
+        if !self.usable(RX) {
+            return Ok(0);
+        }
+        let mut delivered = 0;
+        loop {
+            let len = match self.pending {
+                Some(len) => len,
+                None => match self.tap.recv(&mut self.frame) {
+                    Ok(Some(len)) => len,
+                    Ok(None) => break,
+                    Err(e) => {
+                        log::debug!("tap {}: read failed: {e}", self.tap.name());
+                        break;
+                    }
+                },
+            };
+            self.pending = Some(len);
+            if self.available(mem, RX)? == 0 {
+                break;
+            }
+            let (head, bufs) = self.pop_chain(mem, RX, true)?;
+            let room: u64 = bufs.iter().map(|b| u64::from(b.len)).sum();
+            let need = (HDR_LEN + MAX_FRAME) as u64;
+            if room < need {
+                return Err(DeviceError::RxTooSmall {
+                    queue: RX,
+                    len: room,
+                    need,
+                });
+            }
+            self.pending = None;
+            if (HDR_LEN + len) as u64 > room {
+                // Larger than any frame of a 1500-byte MTU: not ours to deliver.
+                self.stats.dropped += 1;
+                self.queues[usize::from(RX)].go_to_previous_position();
+                continue;
+            }
+            let mut hdr = [0u8; HDR_LEN];
+            hdr[10] = 1; // num_buffers
+            let mut packet = Vec::with_capacity(HDR_LEN + len);
+            packet.extend_from_slice(&hdr);
+            packet.extend_from_slice(&self.frame[..len]);
+            let mut rest = &packet[..];
+            for b in &bufs {
+                let n = rest.len().min(b.len as usize);
+                mem.write_slice(&rest[..n], GuestAddress(b.addr))
+                    .map_err(|_| DeviceError::BufferOutside {
+                        queue: RX,
+                        addr: b.addr,
+                        len: b.len,
+                    })?;
+                rest = &rest[n..];
+                if rest.is_empty() {
+                    break;
+                }
+            }
+            // HDR_LEN + len is at most 64 KiB.
+            let used = u32::try_from(packet.len()).unwrap_or(u32::MAX);
+            self.add_used(mem, RX, head, used)?;
+            self.stats.rx_frames += 1;
+            delivered += 1;
+        }
+        Ok(delivered)
+    }
+
+    /// The Idle hypercall with a network device: waits up to `limit` for a
+    /// frame (delivering it), or until `stop()` says to. Without receive
+    /// buffers to fill a frame cannot wake the guest, so it only sleeps.
+    pub fn idle(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        limit: Duration,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(), DeviceError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.receive(mem)? > 0 || stop() {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(());
+            }
+            let slice = (deadline - now).min(IDLE_SLICE);
+            let room = self.usable(RX) && self.available(mem, RX)? > 0;
+            if room && self.pending.is_none() {
+                // Whole milliseconds, rounded up, so a short wait still waits.
+                let ms = i32::try_from(slice.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+                self.tap.wait_readable(ms);
+            } else {
+                std::thread::sleep(slice);
+            }
+        }
+    }
+}
+
+fn new_queue() -> Queue {
+    // QUEUE_MAX is a power of two: `new` cannot refuse it.
+    Queue::new(QUEUE_MAX).unwrap_or_else(|_| unreachable!("QUEUE_MAX is a valid queue size"))
+}
+
+fn ring_error(queue: u16, what: &'static str, addr: u64) -> DeviceError {
+    DeviceError::RingOutside {
+        queue,
+        what,
+        addr,
+        len: 0,
+    }
+}
+
+/// Whether `[addr, addr + len)` lies in `[app.0, app.1)`.
+fn in_app(app: (u64, u64), addr: u64, len: u64) -> bool {
+    addr >= app.0 && addr.checked_add(len).is_some_and(|end| end <= app.1)
+}

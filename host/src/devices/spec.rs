@@ -1,0 +1,261 @@
+//! What an operator asks for with `--net tap=NAME[,mac=M][,ip=A/P][,gw=G][,dns=D]`:
+//! parsed and checked here, so the CLI and the library agree and every
+//! refusal is tested.
+
+use std::net::Ipv4Addr;
+
+/// A network device to give a VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetSpec {
+    /// The tap to attach (it must exist).
+    pub tap: String,
+    /// The guest's MAC address (none: a random locally administered one).
+    pub mac: Option<[u8; 6]>,
+    /// Static IPv4 settings (none: the guest asks DHCP).
+    pub ipv4: Option<StaticIpv4>,
+}
+
+/// Static IPv4 settings handed to the guest in its boot-info block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaticIpv4 {
+    /// The guest's address.
+    pub address: Ipv4Addr,
+    /// Its prefix length.
+    pub prefix_len: u8,
+    /// The default gateway.
+    pub gateway: Option<Ipv4Addr>,
+    /// A DNS server.
+    pub dns: Option<Ipv4Addr>,
+}
+
+/// Why a `--net` value was refused.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum NetSpecError {
+    /// No `tap=NAME`.
+    #[error("--net needs tap=NAME (an existing tap, e.g. from `ip tuntap add NAME mode tap`)")]
+    NoTap,
+    /// An item that is not `key=value` or a key Tandem does not know.
+    #[error("--net: unknown item {0:?} (expected tap=, mac=, ip=, gw=, dns=)")]
+    Unknown(String),
+    /// A key given twice.
+    #[error("--net: {0} given twice")]
+    Twice(&'static str),
+    /// A bad tap name.
+    #[error(
+        "--net: tap name {0:?} is not an interface name (1 to 15 bytes, no '/', spaces or ',')"
+    )]
+    TapName(String),
+    /// A bad MAC address.
+    #[error("--net: mac {0:?} is not six hex bytes (like 02:00:00:00:00:01) or is multicast")]
+    Mac(String),
+    /// A bad address or prefix.
+    #[error("--net: ip {0:?} is not an IPv4 address with a prefix (like 10.0.0.2/24)")]
+    Ip(String),
+    /// A bad gateway or DNS address.
+    #[error("--net: {what} {value:?} is not an IPv4 address")]
+    Addr {
+        /// Which key.
+        what: &'static str,
+        /// The value.
+        value: String,
+    },
+    /// A gateway or DNS without a static address.
+    #[error("--net: gw= and dns= need ip= (without it the guest asks DHCP)")]
+    NeedsIp,
+    /// A gateway outside the address's network.
+    #[error("--net: gateway {gw} is not in {net}")]
+    GatewayOffNet {
+        /// The gateway.
+        gw: Ipv4Addr,
+        /// The network, as `A/P`.
+        net: String,
+    },
+}
+
+impl std::str::FromStr for NetSpec {
+    type Err = NetSpecError;
+
+    /// ```
+    /// use tandem::devices::NetSpec;
+    /// let spec: NetSpec = "tap=tdm0,ip=10.0.0.2/24,gw=10.0.0.1".parse().unwrap();
+    /// assert_eq!(spec.tap, "tdm0");
+    /// assert_eq!(spec.ipv4.unwrap().prefix_len, 24);
+    /// assert!("ip=10.0.0.2/24".parse::<NetSpec>().is_err());
+    /// ```
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (mut tap, mut mac, mut ip, mut gw, mut dns) = (None, None, None, None, None);
+        fn once<T>(slot: &mut Option<T>, key: &'static str, v: T) -> Result<(), NetSpecError> {
+            if slot.replace(v).is_some() {
+                return Err(NetSpecError::Twice(key));
+            }
+            Ok(())
+        }
+        let addr = |what, v: &str| {
+            v.parse::<Ipv4Addr>().map_err(|_| NetSpecError::Addr {
+                what,
+                value: v.into(),
+            })
+        };
+        for item in s.split(',').filter(|i| !i.is_empty()) {
+            let Some((key, value)) = item.split_once('=') else {
+                return Err(NetSpecError::Unknown(item.into()));
+            };
+            match key {
+                "tap" => once(&mut tap, "tap", tap_name(value)?)?,
+                "mac" => once(&mut mac, "mac", parse_mac(value)?)?,
+                "ip" => once(&mut ip, "ip", parse_cidr(value)?)?,
+                "gw" => once(&mut gw, "gw", addr("gw", value)?)?,
+                "dns" => once(&mut dns, "dns", addr("dns", value)?)?,
+                _ => return Err(NetSpecError::Unknown(item.into())),
+            }
+        }
+        let tap = tap.ok_or(NetSpecError::NoTap)?;
+        let ipv4 = match ip {
+            None if gw.is_some() || dns.is_some() => return Err(NetSpecError::NeedsIp),
+            None => None,
+            Some((address, prefix_len)) => {
+                if let Some(g) = gw {
+                    let mask = u32::MAX
+                        .checked_shl(32 - u32::from(prefix_len))
+                        .unwrap_or(0);
+                    if u32::from(g) & mask != u32::from(address) & mask {
+                        return Err(NetSpecError::GatewayOffNet {
+                            gw: g,
+                            net: format!("{address}/{prefix_len}"),
+                        });
+                    }
+                }
+                Some(StaticIpv4 {
+                    address,
+                    prefix_len,
+                    gateway: gw,
+                    dns,
+                })
+            }
+        };
+        Ok(Self { tap, mac, ipv4 })
+    }
+}
+
+fn tap_name(v: &str) -> Result<String, NetSpecError> {
+    let ok = !v.is_empty()
+        && v.len() < libc::IFNAMSIZ
+        && v.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b',');
+    ok.then(|| v.to_string())
+        .ok_or_else(|| NetSpecError::TapName(v.into()))
+}
+
+fn parse_mac(v: &str) -> Result<[u8; 6], NetSpecError> {
+    let bad = || NetSpecError::Mac(v.into());
+    let mut mac = [0u8; 6];
+    let mut parts = v.split([':', '-']);
+    for b in &mut mac {
+        let p = parts.next().ok_or_else(bad)?;
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() || mac[0] & 1 != 0 {
+        return Err(bad());
+    }
+    Ok(mac)
+}
+
+fn parse_cidr(v: &str) -> Result<(Ipv4Addr, u8), NetSpecError> {
+    let bad = || NetSpecError::Ip(v.into());
+    let (a, p) = v.split_once('/').ok_or_else(bad)?;
+    let address = a.parse::<Ipv4Addr>().map_err(|_| bad())?;
+    let prefix = p.parse::<u8>().map_err(|_| bad())?;
+    if !(1..=32).contains(&prefix) || address.is_unspecified() || address.is_multicast() {
+        return Err(bad());
+    }
+    Ok((address, prefix))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<NetSpec, NetSpecError> {
+        s.parse()
+    }
+
+    #[test]
+    fn parses_every_item() {
+        let spec = parse("tap=tdm0,mac=02:aa:bb:cc:dd:0e,ip=10.99.1.2/24,gw=10.99.1.1,dns=1.1.1.1")
+            .unwrap();
+        assert_eq!(spec.tap, "tdm0");
+        assert_eq!(spec.mac, Some([2, 0xaa, 0xbb, 0xcc, 0xdd, 0x0e]));
+        let ip = spec.ipv4.unwrap();
+        assert_eq!(ip.address, Ipv4Addr::new(10, 99, 1, 2));
+        assert_eq!(ip.prefix_len, 24);
+        assert_eq!(ip.gateway, Some(Ipv4Addr::new(10, 99, 1, 1)));
+        assert_eq!(ip.dns, Some(Ipv4Addr::new(1, 1, 1, 1)));
+        assert_eq!(
+            parse("tap=t").unwrap(),
+            NetSpec {
+                tap: "t".into(),
+                mac: None,
+                ipv4: None
+            }
+        );
+    }
+
+    #[test]
+    fn refuses_bad_values_by_name() {
+        assert_eq!(parse(""), Err(NetSpecError::NoTap));
+        assert_eq!(parse("ip=10.0.0.2/24"), Err(NetSpecError::NoTap));
+        assert_eq!(parse("tap=a,tap=b"), Err(NetSpecError::Twice("tap")));
+        assert!(matches!(
+            parse("tap=a,speed=1"),
+            Err(NetSpecError::Unknown(_))
+        ));
+        assert!(matches!(parse("tap"), Err(NetSpecError::Unknown(_))));
+        assert!(matches!(
+            parse("tap=0123456789abcdef"),
+            Err(NetSpecError::TapName(_))
+        ));
+        assert!(matches!(parse("tap=a/b"), Err(NetSpecError::TapName(_))));
+        for mac in [
+            "02:00:00:00:00",
+            "02:00:00:00:00:00:00",
+            "zz:00:00:00:00:00",
+            "01:00:00:00:00:00",
+            "2:0:0:0:0:0",
+        ] {
+            assert!(
+                matches!(
+                    parse(&format!("tap=a,mac={mac}")),
+                    Err(NetSpecError::Mac(_))
+                ),
+                "{mac}"
+            );
+        }
+        for ip in [
+            "10.0.0.2",
+            "10.0.0.2/33",
+            "10.0.0.2/0",
+            "10.0.0/24",
+            "0.0.0.0/8",
+            "224.0.0.1/4",
+        ] {
+            assert!(
+                matches!(parse(&format!("tap=a,ip={ip}")), Err(NetSpecError::Ip(_))),
+                "{ip}"
+            );
+        }
+        assert!(matches!(
+            parse("tap=a,ip=10.0.0.2/24,gw=10.0.0"),
+            Err(NetSpecError::Addr { what: "gw", .. })
+        ));
+        assert_eq!(parse("tap=a,gw=10.0.0.1"), Err(NetSpecError::NeedsIp));
+        let e = parse("tap=a,ip=10.0.0.2/24,gw=10.0.1.1").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--net: gateway 10.0.1.1 is not in 10.0.0.2/24"
+        );
+        assert!(parse("tap=a,ip=10.0.0.2/32,gw=10.0.0.2").is_ok());
+    }
+}
