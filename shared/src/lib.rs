@@ -62,5 +62,12 @@ pub mod virtio_mmio;
 /// `Device::NetConfig` appended (static IPv4 settings for a network device,
 /// which a version-3 guest could not decode), and the Tandem VMM offers a
 /// virtio-net device at [`VIRTIO_MMIO_BASE`](layout::VIRTIO_MMIO_BASE),
-/// mapped by its page tables.
+/// mapped by its page tables. Still 4: the device manifest, a second note
+/// ([`NT_TANDEM_DEVICES`](note::NT_TANDEM_DEVICES)) in which an image
+/// declares the devices it needs. It changes nothing either side reads at
+/// boot: a host that predates it skips a note of an unknown type, as it
+/// always has, and runs the image as before; a host that reads it treats
+/// its absence as "no devices", which is what every older image needs; the
+/// guest's view (boot info, layout, hypercalls) is unchanged. A bump would
+/// only make new hosts refuse every existing image for no gain.
 pub const ABI_VERSION: u32 = 4;
