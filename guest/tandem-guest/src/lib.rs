@@ -57,13 +57,69 @@ pub mod prelude {
 
 /// Declares the app's entry point: a function taking `&Env` and returning
 /// `()`, `u8` (the exit code) or `Result<(), E: Display>`.
+///
+/// `entry!(main, devices = [net])` also declares the devices the app needs,
+/// as [`devices!`] does.
 #[macro_export]
 macro_rules! entry {
+    ($main:path, devices = [$($dev:ident),* $(,)?]) => {
+        $crate::entry!($main);
+        $crate::devices!($($dev),*);
+    };
     ($main:path) => {
         #[doc(hidden)]
         #[unsafe(no_mangle)]
         pub extern "Rust" fn __tandem_app_main(env: &$crate::Env) -> u8 {
             $crate::Termination::exit_code($main(env))
         }
+    };
+}
+
+/// Declares the devices the app needs: `devices!(net)`. It emits the image's
+/// device manifest, a second ELF note (`tandem_abi::note::NT_TANDEM_DEVICES`),
+/// and the Tandem VMM refuses to run the image without those devices, or
+/// with one it does not declare. An app without it needs no devices. Known
+/// names: `net` (the virtio-net device, [`net`]). Once per image: a second
+/// use is a duplicate-symbol link error.
+#[macro_export]
+macro_rules! devices {
+    ($($dev:ident),* $(,)?) => {
+        ::core::arch::global_asm!(
+            ".pushsection .note.tandem, \"a\", @note",
+            ".balign 4",
+            ".globl __tandem_device_manifest",
+            "__tandem_device_manifest:",
+            ".long 7",
+            ".long {desc_size}",
+            ".long {note_type}",
+            ".asciz \"Tandem\"",
+            ".balign 4",
+            ".long {version}",
+            ".long {bits}",
+            ".popsection",
+            desc_size = const $crate::abi::note::DEVICES_DESC_SIZE,
+            note_type = const $crate::abi::note::NT_TANDEM_DEVICES,
+            version = const $crate::abi::note::DEVICES_VERSION,
+            bits = const $crate::abi::note::DeviceSet::of(&[$($crate::__device_kind!($dev)),*]).bits(),
+        );
+    };
+}
+
+/// The [`DeviceKind`](tandem_abi::note::DeviceKind) a name in [`devices!`] stands for.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __device_kind {
+    (net) => {
+        $crate::abi::note::DeviceKind::Net
+    };
+    (block) => {
+        ::core::compile_error!("devices!: `block` is reserved; Tandem has no block device yet")
+    };
+    ($other:ident) => {
+        ::core::compile_error!(::core::concat!(
+            "devices!: unknown device `",
+            ::core::stringify!($other),
+            "` (known: net)"
+        ))
     };
 }

@@ -9,7 +9,7 @@ use core::time::Duration;
 use tandem_guest::net::{self, Error, TcpListener, TcpStream, UdpSocket};
 use tandem_guest::prelude::*;
 
-tandem_guest::entry!(main);
+tandem_guest::entry!(main, devices = [net]);
 
 const PORT: u16 = 7;
 /// Connections served at once; more wait in the listener's backlog.

@@ -11,7 +11,7 @@ use core::alloc::Layout;
 use tandem_guest::abi::bootinfo::Device;
 use tandem_guest::prelude::*;
 
-tandem_guest::entry!(main);
+tandem_guest::entry!(main, devices = [net]);
 
 const CASES: &[&str] = &[
     "ring-outside",

@@ -14,7 +14,7 @@ use tandem_guest::prelude::*;
 use tandem_guest::time::Instant;
 use tandem_http::{Head, Parsed};
 
-tandem_guest::entry!(main);
+tandem_guest::entry!(main, devices = [net]);
 
 const PORT: u16 = 80;
 /// Connections served at once; more wait in the listener's backlog.
