@@ -149,6 +149,59 @@ fn another_abi_version() {
 }
 
 #[test]
+fn devices_must_match_the_manifest() {
+    // httpd declares `net`: without --net it is refused, before /dev/kvm.
+    let httpd = image_path("httpd");
+    refused(
+        httpd.to_str().unwrap(),
+        &[],
+        "image httpd needs a network device: run it with --net tap=NAME",
+    );
+    // hello declares nothing: --net is refused before the tap is looked
+    // up, so no tap is needed.
+    let hello = image_path("hello");
+    refused(
+        hello.to_str().unwrap(),
+        &["--net", "tap=tdm-absent0"],
+        "image hello does not declare a network device; remove --net",
+    );
+}
+
+#[test]
+fn a_bad_device_manifest_is_refused_by_name() {
+    let s = Scratch::new("manifest");
+    let mut img = std::fs::read(image_path("httpd")).unwrap();
+    let note = phdrs(&img, 4)[0];
+    let off = usize::try_from(u64_at(&img, note + 8)).unwrap();
+    let len = usize::try_from(u64_at(&img, note + 32)).unwrap();
+    // The manifest: namesz 7, descsz 8, type NT_TANDEM_DEVICES, "Tandem".
+    let mut header = Vec::new();
+    for w in [7u32, 8, tandem_abi::note::NT_TANDEM_DEVICES] {
+        header.extend_from_slice(&w.to_le_bytes());
+    }
+    header.extend_from_slice(b"Tandem\0\0");
+    let at = off
+        + img[off..off + len]
+            .windows(header.len())
+            .position(|w| w == header)
+            .expect("httpd has a device manifest in its PT_NOTE segment");
+    assert_eq!(&img[at + 20..at + 28], &[1, 0, 0, 0, 1, 0, 0, 0]);
+    img[at + 24] = 0x05;
+    refused(
+        &s.write("bits", &img),
+        &["--net", "tap=tdm-absent0"],
+        "device manifest is refused: it declares unknown device bit 2",
+    );
+    img[at + 24] = 0x01;
+    img[at + 20] = 3;
+    refused(
+        &s.write("version", &img),
+        &["--net", "tap=tdm-absent0"],
+        "manifest version 3, this VMM reads version 1",
+    );
+}
+
+#[test]
 fn segment_outside_memory() {
     let s = Scratch::new("segment");
     let mut img = hello();

@@ -12,7 +12,10 @@ use tandem_abi::elf::{
     self, Elf, ElfError, EM_X86_64, ET_EXEC, PF_W, PF_X, PHDR_SIZE, PT_LOAD, PT_NOTE,
 };
 use tandem_abi::layout::{IMAGE_ADDR, IMAGE_END};
-use tandem_abi::note::{AbiNote, NOTE_NAME, NT_TANDEM_ABI, PF_TANDEM_BOOT, PF_TANDEM_KERNEL};
+use tandem_abi::note::{
+    AbiNote, DeviceSet, DevicesNote, DevicesNoteError, NOTE_NAME, NT_TANDEM_ABI, NT_TANDEM_DEVICES,
+    PF_TANDEM_BOOT, PF_TANDEM_KERNEL,
+};
 use tandem_abi::ABI_VERSION;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -49,6 +52,12 @@ pub enum ImageError {
     /// The ABI note is malformed.
     #[error("image's Tandem ABI note is malformed")]
     BadAbiNote,
+    /// The device manifest is malformed or names devices this VMM does not know.
+    #[error("image's device manifest is refused: {0}")]
+    BadDevicesNote(DevicesNoteError),
+    /// More than one device manifest.
+    #[error("image has more than one device manifest (Tandem devices note)")]
+    DuplicateDevicesNote,
     /// Built against another ABI version.
     #[error("image was built for Tandem ABI version {found}, this VMM speaks version {expected}")]
     AbiMismatch {
@@ -126,6 +135,11 @@ pub struct Image {
     pub segments: Vec<Segment>,
     /// The ABI note.
     pub note: AbiNote,
+    /// The devices the image declares it needs (its device manifest; none
+    /// without one).
+    pub devices: DeviceSet,
+    /// The file's name, for messages (`httpd`); empty if parsed from memory.
+    pub name: String,
     /// Size of the file.
     pub file_size: usize,
 }
@@ -157,7 +171,11 @@ impl Image {
             return Err(ImageError::TooLarge(len));
         }
         let bytes = std::fs::read(path).map_err(read_err)?;
-        let image = Self::parse(&bytes)?;
+        let mut image = Self::parse(&bytes)?;
+        image.name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         log::debug!(
             "image {}: {len} bytes, entry {:#x}, {} segments, ABI version {}",
             path.display(),
@@ -201,6 +219,7 @@ impl Image {
 
         let mut segments = Vec::new();
         let mut note = None;
+        let mut devices = None;
         for (index, ph) in elf.program_headers()?.enumerate() {
             let (offset, vaddr) = (ph.offset, ph.vaddr);
             let (filesz, memsz, flags) = (ph.filesz, ph.memsz, ph.flags);
@@ -246,11 +265,7 @@ impl Image {
                         },
                     ));
                 }
-                PT_NOTE => {
-                    if let Some(n) = find_abi_note(file_range()?)? {
-                        note = Some(n);
-                    }
-                }
+                PT_NOTE => read_notes(file_range()?, &mut note, &mut devices)?,
                 _ => {}
             }
         }
@@ -291,6 +306,8 @@ impl Image {
             entry,
             segments,
             note,
+            devices: devices.map_or(DeviceSet::NONE, |d: DevicesNote| d.devices),
+            name: String::new(),
             file_size: bytes.len(),
         })
     }
@@ -324,17 +341,32 @@ impl Image {
     }
 }
 
-/// Walks the notes of a `PT_NOTE` segment; returns the Tandem ABI note if present.
-fn find_abi_note(segment: &[u8]) -> Result<Option<AbiNote>, ImageError> {
+/// Walks the notes of a `PT_NOTE` segment for the Tandem ABI note (the
+/// first one counts) and the device manifest (at most one in the image).
+fn read_notes(
+    segment: &[u8],
+    abi: &mut Option<AbiNote>,
+    devices: &mut Option<DevicesNote>,
+) -> Result<(), ImageError> {
     for note in elf::notes(segment) {
         let note = note?;
-        if note.name == NOTE_NAME && note.kind == NT_TANDEM_ABI {
-            return AbiNote::parse(note.desc)
-                .map(Some)
-                .ok_or(ImageError::BadAbiNote);
+        if note.name != NOTE_NAME {
+            continue;
+        }
+        match note.kind {
+            NT_TANDEM_ABI if abi.is_none() => {
+                *abi = Some(AbiNote::parse(note.desc).ok_or(ImageError::BadAbiNote)?);
+            }
+            NT_TANDEM_DEVICES => {
+                if devices.is_some() {
+                    return Err(ImageError::DuplicateDevicesNote);
+                }
+                *devices = Some(DevicesNote::parse(note.desc).map_err(ImageError::BadDevicesNote)?);
+            }
+            _ => {}
         }
     }
-    Ok(None)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -343,6 +375,12 @@ mod tests {
 
     /// A minimal valid image: kernel segment, code segment, ABI note.
     pub(crate) fn tiny_image(abi: u32) -> Vec<u8> {
+        tiny_image_with(abi, &[])
+    }
+
+    /// [`tiny_image`] with a device manifest note after the ABI note for
+    /// each descriptor in `manifests`.
+    fn tiny_image_with(abi: u32, manifests: &[&[u8]]) -> Vec<u8> {
         let mut f = vec![0u8; 0x3000];
         f[..4].copy_from_slice(b"\x7fELF");
         f[4] = 2;
@@ -365,7 +403,11 @@ mod tests {
         };
         ph(0, PT_LOAD, 5 | PF_TANDEM_KERNEL, 0x1000, 0x20_0000, 0x400);
         ph(1, PT_LOAD, 5, 0x2000, 0x20_1000, 0x100);
-        ph(2, PT_NOTE, 4, 0x400, 0, 36);
+        let notes_len: usize = manifests
+            .iter()
+            .map(|d| 20 + d.len().next_multiple_of(4))
+            .sum();
+        ph(2, PT_NOTE, 4, 0x400, 0, 36 + notes_len as u64);
         let note = AbiNote {
             abi_version: abi,
             flags: 0,
@@ -377,7 +419,52 @@ mod tests {
         n[8..12].copy_from_slice(&NT_TANDEM_ABI.to_le_bytes());
         n[12..19].copy_from_slice(NOTE_NAME);
         n[20..36].copy_from_slice(&note.to_bytes());
+        let mut at = 0x400 + 36;
+        for desc in manifests {
+            let len = u32::try_from(desc.len()).unwrap();
+            f[at..at + 4].copy_from_slice(&7u32.to_le_bytes());
+            f[at + 4..at + 8].copy_from_slice(&len.to_le_bytes());
+            f[at + 8..at + 12].copy_from_slice(&NT_TANDEM_DEVICES.to_le_bytes());
+            f[at + 12..at + 19].copy_from_slice(NOTE_NAME);
+            f[at + 20..at + 20 + desc.len()].copy_from_slice(desc);
+            at += 20 + desc.len().next_multiple_of(4);
+        }
         f
+    }
+
+    #[test]
+    fn reads_the_device_manifest() {
+        use tandem_abi::note::DeviceKind;
+        let img = Image::parse(&tiny_image(ABI_VERSION)).unwrap();
+        assert!(img.devices.is_empty(), "no manifest: no devices");
+        let net = DevicesNote::new(DeviceSet::of(&[DeviceKind::Net])).to_bytes();
+        let img = Image::parse(&tiny_image_with(ABI_VERSION, &[&net])).unwrap();
+        assert!(img.devices.contains(DeviceKind::Net));
+        assert!(!img.devices.contains(DeviceKind::Block));
+        let none = DevicesNote::new(DeviceSet::NONE).to_bytes();
+        let img = Image::parse(&tiny_image_with(ABI_VERSION, &[&none])).unwrap();
+        assert!(img.devices.is_empty());
+    }
+
+    #[test]
+    fn refuses_bad_device_manifests_by_name() {
+        let refusal = |manifests: &[&[u8]]| {
+            Image::parse(&tiny_image_with(ABI_VERSION, manifests))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = refusal(&[&[1, 0, 0, 0, 5, 0, 0, 0]]);
+        assert!(e.contains("unknown device bit 2 "), "{e}");
+        assert!(e.contains("device manifest"), "{e}");
+        let e = refusal(&[&[9, 0, 0, 0, 1, 0, 0, 0]]);
+        assert!(e.contains("manifest version 9"), "{e}");
+        let e = refusal(&[&[1, 0, 0, 0]]);
+        assert!(e.contains("4 bytes, not 8"), "{e}");
+        let e = refusal(&[&[1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]]);
+        assert!(e.contains("12 bytes, not 8"), "{e}");
+        let net: &[u8] = &[1, 0, 0, 0, 1, 0, 0, 0];
+        let e = refusal(&[net, net]);
+        assert!(e.contains("more than one device manifest"), "{e}");
     }
 
     #[test]

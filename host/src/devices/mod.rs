@@ -2,18 +2,21 @@
 //! and I/O"). `mmio` is the transport's register file (pure: no memory, no
 //! I/O), `net` the virtio-net device that moves frames between its queues
 //! and a tap, `tap` the one host resource it holds, `spec` what an
-//! operator asks for (`--net tap=NAME,...`).
+//! operator asks for (`--net tap=NAME,...`), `manifest` the rule that a
+//! VM gets exactly the devices its image declares.
 //!
 //! Nothing interrupts the guest: it polls its rings at CPL3, kicks with one
 //! notify write per batch, and waits in the Idle hypercall, which a
 //! readable tap ends early. Every ring index, descriptor and length is
 //! hostile input: a violation ends that VM with a [`DeviceError`].
 
+pub mod manifest;
 pub mod mmio;
 pub mod net;
 pub mod spec;
 pub mod tap;
 
+pub use manifest::DeviceMismatch;
 pub use net::NetDevice;
 pub use spec::{NetSpec, NetSpecError};
 

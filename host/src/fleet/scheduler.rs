@@ -688,6 +688,8 @@ mod tests {
                 flags: 0,
                 exception_stubs: 0,
             },
+            devices: tandem_abi::note::DeviceSet::NONE,
+            name: String::new(),
             file_size: 0,
         });
         FleetSpec {

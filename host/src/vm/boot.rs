@@ -15,7 +15,7 @@ use super::prefault::prefault;
 use super::{Vm, VmConfig, VmError};
 use crate::arch;
 use crate::devices::tap::Tap;
-use crate::devices::{NetDevice, NetSpec};
+use crate::devices::{manifest, NetDevice, NetSpec};
 use crate::entropy::fill_random;
 use crate::image::Image;
 use crate::kvm::Hypervisor;
@@ -30,6 +30,12 @@ impl Vm {
         config: VmConfig,
         start_tsc: u64,
     ) -> Result<Self, VmError> {
+        // Before KVM or a tap is touched.
+        manifest::check(
+            &image.name,
+            image.devices,
+            manifest::offered(config.net.is_some()),
+        )?;
         let mut machine = Machine::new(hv, &config, start_tsc, || {
             Ok(GuestRam::new(config.mem_size, config.huge_pages)?)
         })?;

@@ -3,6 +3,7 @@
 use crate::arch::ArchError;
 use crate::backup::BackupError;
 use crate::devices::tap::TapError;
+use crate::devices::DeviceMismatch;
 use crate::kvm::KvmError;
 use crate::memory::MemoryError;
 use crate::snapshot::SnapshotError;
@@ -31,6 +32,9 @@ pub enum VmError {
     /// A backup point could not be taken.
     #[error(transparent)]
     Backup(#[from] BackupError),
+    /// The run's devices are not the ones its image declares.
+    #[error(transparent)]
+    Devices(#[from] DeviceMismatch),
     /// The network device's tap could not be attached.
     #[error(transparent)]
     Tap(#[from] TapError),

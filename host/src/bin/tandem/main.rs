@@ -312,12 +312,19 @@ fn give_up(h: &Hardening) -> Result<()> {
 
 fn run(args: RunArgs, quiet: bool, start: u64) -> Result<u8> {
     args.hardening.check()?;
-    let hv = Hypervisor::open()?;
     let image = Image::from_file(&args.image).map_err(|e| match e {
         // It names the file already.
         ImageError::Read { .. } => anyhow::Error::new(e),
         e => anyhow::Error::new(e).context(format!("refusing image {}", args.image.display())),
     })?;
+    // The image's device manifest against the options, before /dev/kvm or
+    // a tap is opened (`Vm`'s boot checks it again, for every caller).
+    tandem::devices::manifest::check(
+        &image.name,
+        image.devices,
+        tandem::devices::manifest::offered(args.net.is_some()),
+    )?;
+    let hv = Hypervisor::open()?;
     let config = VmConfig {
         mem_size: args.mem,
         cmdline: args.cmdline,

@@ -16,6 +16,7 @@ use super::{
     LimitOverrides, Limits, Problems, RestartPolicy, VmSpec, DEFAULT_VM_MEMORY, MAX_COUNT,
     MAX_NAME,
 };
+use crate::devices::manifest;
 use crate::image::{Image, ImageError};
 use crate::snapshot::Snapshot;
 
@@ -361,28 +362,42 @@ fn images(entries: &[Entry], p: &mut Problems) -> BTreeMap<PathBuf, Arc<Image>> 
         if checked.contains_key(file) {
             continue;
         }
-        let loaded = match Image::from_file(file) {
-            Ok(i) => Some(Arc::new(i)),
-            Err(err) => {
-                let mut users: Vec<&str> = Vec::new();
-                for o in entries {
-                    if o.image.as_ref().map(Spanned::get_ref) == Some(file) {
-                        if let Some(n) = o.name().filter(|n| !users.contains(n)) {
-                            users.push(n);
-                        }
+        let what = || {
+            let mut users: Vec<&str> = Vec::new();
+            for o in entries {
+                if o.image.as_ref().map(Spanned::get_ref) == Some(file) {
+                    if let Some(n) = o.name().filter(|n| !users.contains(n)) {
+                        users.push(n);
                     }
                 }
-                let what = if users.is_empty() {
-                    e.label.clone()
-                } else {
-                    format!("vm `{}`", users.join("`, `"))
-                };
+            }
+            if users.is_empty() {
+                e.label.clone()
+            } else {
+                format!("vm `{}`", users.join("`, `"))
+            }
+        };
+        let loaded = match Image::from_file(file) {
+            // A fleet's VMs have no devices (yet): an image that declares
+            // one cannot run here.
+            Ok(i) => match manifest::check(&i.name, i.devices, manifest::offered(false)) {
+                Ok(()) => Some(Arc::new(i)),
+                Err(m) => {
+                    let what = what();
+                    p.at(
+                        &image.span(),
+                        format!("{what}: {m} (a fleet's VMs have no devices yet)"),
+                    );
+                    None
+                }
+            },
+            Err(err) => {
                 let why = match err {
                     // It names the file already.
                     ImageError::Read { .. } => err.to_string(),
                     _ => format!("image {}: {err}", file.display()),
                 };
-                p.at(&image.span(), format!("{what}: {why}"));
+                p.at(&image.span(), format!("{}: {why}", what()));
                 None
             }
         };
