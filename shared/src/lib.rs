@@ -52,5 +52,10 @@ pub mod trace;
 /// read by the guest's clock) and the `Snapshot` request and reply: a
 /// version-2 guest on a version-1 host would fault on the unmapped live page;
 /// and `BootInfo::loader` appended (who booted the guest: Tandem, a PVH
-/// loader, or the Multiboot2 boot loader's name).
-pub const ABI_VERSION: u32 = 2;
+/// loader, or the Multiboot2 boot loader's name). 3, the fault record
+/// ([`FaultRecord`](trace::FaultRecord) at
+/// [`KernelStats::FAULT_RECORD`](trace::KernelStats::FAULT_RECORD)): the
+/// guest's exception entry saves the registers at the first fault there, so
+/// the host's core files show the faulting frame; a version-2 guest leaves
+/// it empty.
+pub const ABI_VERSION: u32 = 3;

@@ -2,19 +2,31 @@
 //!
 //! The CPL0 part is as short as the hardware allows (CPL0 code is emulated at
 //! about 1 µs an instruction under PVM): each vector's stub pushes its number,
-//! the common code counts the entry, captures vector, error code, RIP, CR2,
-//! CS and RSP into argument registers, and `iretq`s to
-//! [`tandem_fault_report`] at CPL3 on the dedicated fault stack, where the
-//! report is formatted natively. A fault while reporting a fault exits at once
+//! the common code counts the entry, saves the registers and the CPU's frame
+//! of the first fault in the fault record (for the host's core files),
+//! captures vector, error code, RIP, CR2, CS and RSP into argument
+//! registers, and `iretq`s to [`tandem_fault_report`] at CPL3 on the
+//! dedicated fault stack, where the report is formatted natively. A fault while reporting a fault exits at once
 //! through the exit port.
 
 use tandem_abi::hypercall::{HypercallPort, EXIT_EXCEPTION};
 use tandem_abi::layout::{selector, FAULT_STACK_TOP, KSTATS_ADDR, TRACE_ADDR};
 use tandem_abi::note::{EXCEPTION_STUB_STRIDE, NOTE_DESC_SIZE, NT_TANDEM_ABI};
-use tandem_abi::trace::{KernelStats, Phase};
+use tandem_abi::trace::{FaultRecord, KernelStats, Phase};
 use tandem_abi::ABI_VERSION;
 
 const _: () = assert!(EXCEPTION_STUB_STRIDE == 16);
+// The stub stores the general registers at these offsets, in this order.
+const _: () = assert!(
+    FaultRecord::RAX == 0
+        && FaultRecord::RBX == 1
+        && FaultRecord::RCX == 2
+        && FaultRecord::RDX == 3
+        && FaultRecord::RSI == 4
+        && FaultRecord::RDI == 5
+        && FaultRecord::RBP == 6
+        && FaultRecord::R8 == 7
+);
 
 /// Stubs for vectors 0..32, 16 bytes apart. Vectors that push an error code
 /// (8, 10-14, 17, 21, 29, 30) skip the dummy push.
@@ -60,14 +72,52 @@ core::arch::global_asm!(
     "1:",
     // A #UD at tandem_poweroff_trap is the app stopping the machine where
     // there is no Tandem VMM (see boot::poweroff), not a fault.
+    // rax is kept: the fault record below wants it as it was.
     "cmp qword ptr [rsp], 6",
     "jne 5f",
+    "push rax",
     "lea rax, [rip + tandem_poweroff_trap]",
-    "cmp [rsp + 16], rax",
+    "cmp [rsp + 24], rax",
+    "pop rax",
     "je tandem_poweroff",
     "5:",
     "cmp qword ptr [{in_fault}], 0",
     "jne 2f",
+    // The first fault: save the registers and the CPU's frame in the fault
+    // record (tandem_abi::trace::FaultRecord) before reusing them, so the
+    // host's core file shows the faulting frame. IN_FAULT = 1 last: it says
+    // the record is whole.
+    "mov [{rec}], rax",
+    "mov [{rec} + 8], rbx",
+    "mov [{rec} + 16], rcx",
+    "mov [{rec} + 24], rdx",
+    "mov [{rec} + 32], rsi",
+    "mov [{rec} + 40], rdi",
+    "mov [{rec} + 48], rbp",
+    "mov [{rec} + 56], r8",
+    "mov [{rec} + 64], r9",
+    "mov [{rec} + 72], r10",
+    "mov [{rec} + 80], r11",
+    "mov [{rec} + 88], r12",
+    "mov [{rec} + 96], r13",
+    "mov [{rec} + 104], r14",
+    "mov [{rec} + 112], r15",
+    "mov rax, [rsp]",
+    "mov [{rec} + {vector}], rax",
+    "mov rax, [rsp + 8]",
+    "mov [{rec} + {error}], rax",
+    "mov rax, [rsp + 16]",
+    "mov [{rec} + {rip}], rax",
+    "mov rax, [rsp + 24]",
+    "mov [{rec} + {cs}], rax",
+    "mov rax, [rsp + 32]",
+    "mov [{rec} + {rflags}], rax",
+    "mov rax, [rsp + 40]",
+    "mov [{rec} + {rsp}], rax",
+    "mov rax, [rsp + 48]",
+    "mov [{rec} + {ss}], rax",
+    "mov rax, cr2",
+    "mov [{rec} + {cr2}], rax",
     "mov qword ptr [{in_fault}], 1",
     "mov rdi, [rsp]",
     "mov rsi, [rsp + 8]",
@@ -106,6 +156,15 @@ core::arch::global_asm!(
     ".popsection",
     entries = const KSTATS_ADDR + KernelStats::CPL0_ENTRIES,
     in_fault = const KSTATS_ADDR + KernelStats::IN_FAULT,
+    rec = const KSTATS_ADDR + KernelStats::FAULT_RECORD,
+    vector = const FaultRecord::VECTOR,
+    error = const FaultRecord::ERROR,
+    rip = const FaultRecord::RIP,
+    cs = const FaultRecord::CS,
+    rflags = const FaultRecord::RFLAGS,
+    rsp = const FaultRecord::RSP,
+    ss = const FaultRecord::SS,
+    cr2 = const FaultRecord::CR2,
     before_main = const KSTATS_ADDR + KernelStats::CPL0_BEFORE_MAIN,
     main_stamp = const TRACE_ADDR + Phase::AppMain.offset(),
     report = sym tandem_fault_report,
