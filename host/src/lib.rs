@@ -21,8 +21,8 @@
 //! ```
 //!
 //! The public surface is the crate root (the VM, its configuration, report
-//! and errors) and a few modules: [`snapshot`] and [`backup`] (files a VM
-//! leaves behind), [`fleet`] (many VMs), [`seccomp`] and [`privileges`]
+//! and errors) and a few modules: [`snapshot`], [`backup`] and [`coredump`]
+//! (files a VM leaves behind), [`fleet`] (many VMs), [`seccomp`] and [`privileges`]
 //! (what the VMM gives up before a guest runs), [`trace`], [`units`] and
 //! [`exit_code`]; with the `fuzzing` feature, `fuzzing` (the fuzz targets'
 //! bodies). Everything else is the crate's own.
@@ -37,6 +37,7 @@ mod arch;
 pub mod backup;
 mod console;
 mod control;
+pub mod coredump;
 mod entropy;
 pub mod fleet;
 #[cfg(feature = "fuzzing")]
@@ -63,7 +64,7 @@ pub use memory::MemoryError;
 pub use snapshot::{Snapshot, SnapshotError, WriteStats};
 pub use trace::BootTrace;
 pub use vm::{
-    check_mem_size, ExitStatus, RunReport, RunStats, SnapshotRecord, SnapshotTrigger, Vm,
+    check_mem_size, CoreFile, ExitStatus, RunReport, RunStats, SnapshotRecord, SnapshotTrigger, Vm,
     VmBuilder, VmConfig, VmError,
 };
 

@@ -73,7 +73,7 @@ COMMANDS:
         TANDEM_GUEST_DIR, TANDEM_BIN, TANDEM_SHIM and TANDEM_OCI_DIR set.
         Every step runs even when one fails; a summary names each failed step
         and test and ends with `N passed, M failed`. Missing Debian packages
-        (QEMU, GRUB tools, containerd, runc) are installed with apt-get as
+        (QEMU, GRUB tools, gdb, containerd, runc) are installed with apt-get as
         root. TEST-ARGS go to the test harness (for example a name filter).
 
     bench [--runs N] [--warmup N] [--json FILE]

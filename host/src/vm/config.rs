@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tandem_abi::layout;
 
+use super::core::CoreFile;
 use crate::backup::BackupConfig;
 use crate::console::{ConsoleSink, DEFAULT_CONSOLE_LIMIT, DEFAULT_CONSOLE_RATE};
 use crate::control::VmHandle;
@@ -46,6 +47,9 @@ pub struct VmConfig {
     /// The app's standard input is this process's (fd 0); otherwise the app
     /// reads end of input at once.
     pub stdin: bool,
+    /// Write a core file here if the guest crashes (panic, CPU exception,
+    /// triple fault).
+    pub core: Option<CoreFile>,
 }
 
 impl Default for VmConfig {
@@ -66,6 +70,7 @@ impl Default for VmConfig {
             backup: None,
             handle: None,
             stdin: false,
+            core: None,
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use crate::arch::ArchError;
 use crate::backup::BackupError;
+use crate::coredump::CoreError;
 use crate::kvm::KvmError;
 use crate::memory::MemoryError;
 use crate::snapshot::SnapshotError;
@@ -30,6 +31,9 @@ pub enum VmError {
     /// A backup point could not be taken.
     #[error(transparent)]
     Backup(#[from] BackupError),
+    /// A core file could not be written.
+    #[error(transparent)]
+    Core(#[from] CoreError),
 }
 
 /// Wraps a failed ioctl, named `what`, as a [`VmError`].

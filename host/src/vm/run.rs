@@ -94,6 +94,17 @@ impl Vm {
             }
         };
         self.trace.stamp(Phase::Exit);
+        // The run's outcome stands whether or not its core file could be written.
+        match self.core_if_crashed(&status) {
+            Ok(Some((path, s))) => log::info!(
+                "core file written to {} ({} pages of guest memory); open it with `gdb IMAGE {}`",
+                path.display(),
+                s.pages_written,
+                path.display()
+            ),
+            Ok(None) => {}
+            Err(e) => log::error!("{e}"),
+        }
         drop(kicker);
         drop(attached);
         stats.console_bytes = session.console.written() + self.console_before;
