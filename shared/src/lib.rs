@@ -57,5 +57,8 @@ pub mod trace;
 /// [`KernelStats::FAULT_RECORD`](trace::KernelStats::FAULT_RECORD)): the
 /// guest's exception entry saves the registers at the first fault there, so
 /// the host's core files show the faulting frame; a version-2 guest leaves
-/// it empty.
-pub const ABI_VERSION: u32 = 3;
+/// it empty. 4, debugger stops: the `DEBUGGER` and `DEBUG_ACTION` words of
+/// [`KernelStats`](trace::KernelStats) and the
+/// [`DebugTrap`](hypercall::HypercallPort::DebugTrap) port, through which
+/// the guest's exception entry stops in the VMM while gdb is attached.
+pub const ABI_VERSION: u32 = 4;

@@ -108,6 +108,26 @@ impl KernelStats {
     pub const IN_FAULT: u64 = 8;
     /// Offset of the number of CPL0 entries before the app's `main` was stamped.
     pub const CPL0_BEFORE_MAIN: u64 = 16;
+    /// Offset of the "a debugger is attached" flag, which only the host
+    /// writes: while it is 1, every exception (a trap-flag step's #DB, an
+    /// `int3` breakpoint, a fault) saves the [`FaultRecord`] and stops in
+    /// the VMM (an `out` to [`HypercallPort::DebugTrap`](crate::hypercall::HypercallPort::DebugTrap))
+    /// before anything else, without touching `IN_FAULT`.
+    pub const DEBUGGER: u64 = 24;
+    /// Offset of what the exception entry does after a debugger stop, also
+    /// written by the host: [`KernelStats::RESUME`] or [`KernelStats::DELIVER`].
+    pub const DEBUG_ACTION: u64 = 32;
+    /// [`KernelStats::DEBUG_ACTION`]: return to the code that trapped, with
+    /// the registers and `rip`, `rflags`, `rsp` of the fault record (which
+    /// the debugger may have changed).
+    pub const RESUME: u64 = 0;
+    /// [`KernelStats::DEBUG_ACTION`]: go on as without a debugger (a fault
+    /// is reported and ends the VM).
+    pub const DELIVER: u64 = 1;
+    /// `#GP` error code of an `int3` at CPL3 (the breakpoint gate is DPL0):
+    /// IDT vector 3, IDT bit set. The exception entry takes it as a
+    /// breakpoint while a debugger is attached.
+    pub const INT3_GP_ERROR: u64 = (3 << 3) | 2;
     /// Offset of the [`FaultRecord`]: the registers at the first fault, which
     /// the guest writes before `IN_FAULT` is set (so `IN_FAULT` = 1 says
     /// the record is whole).
@@ -232,7 +252,7 @@ impl FaultRecord {
 
 const _: () = {
     // The record lies in the kernel-statistics page, after the counters.
-    assert!(KernelStats::FAULT_RECORD >= KernelStats::CPL0_BEFORE_MAIN + 8);
+    assert!(KernelStats::FAULT_RECORD >= KernelStats::DEBUG_ACTION + 8);
     assert!(KernelStats::FAULT_RECORD + FaultRecord::SIZE as u64 <= crate::layout::PAGE_SIZE);
     assert!(FaultRecord::CR2 + 8 == FaultRecord::SIZE as u64);
 };
@@ -246,6 +266,14 @@ mod tests {
         // The guest's CPL0 stub writes these offsets and the host's core
         // files read them: changing one needs an ABI_VERSION bump.
         assert_eq!(KernelStats::FAULT_RECORD, 0x100);
+        assert_eq!(
+            [
+                KernelStats::DEBUGGER,
+                KernelStats::DEBUG_ACTION,
+                KernelStats::INT3_GP_ERROR
+            ],
+            [24, 32, 0x1a]
+        );
         assert_eq!(
             [
                 FaultRecord::gpr(FaultRecord::RAX),

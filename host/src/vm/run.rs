@@ -90,6 +90,11 @@ impl Vm {
                         break status;
                     }
                 }
+                ExitAction::DebugTrap => {
+                    break ExitStatus::ProtocolViolation(HypercallError::NoDebugger(
+                        tandem_abi::hypercall::HypercallPort::DebugTrap as u16,
+                    ))
+                }
                 ExitAction::Stop(status) => break status,
             }
         };
