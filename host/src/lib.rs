@@ -42,6 +42,7 @@ mod entropy;
 pub mod fleet;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod gdb;
 mod hypercall;
 mod image;
 mod kvm;

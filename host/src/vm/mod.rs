@@ -28,6 +28,7 @@ mod check;
 mod clock;
 mod config;
 mod core;
+mod debug;
 mod error;
 mod exit;
 mod freeze;

@@ -1,10 +1,12 @@
 //! The run loop. It only runs: between two `KVM_RUN`s it ends the run if
 //! asked to, lets `actions` carry out what is due, has `handle_kvm_exit`
 //! decide what each exit means, and has `actions` serve each hypercall.
+//! Under gdb, `debug` drives the same turns ([`Vm::step`]) from the stub.
 
 use std::ops::ControlFlow;
 use std::time::Instant;
 
+use tandem_abi::hypercall::HypercallPort;
 use tandem_abi::trace::Phase;
 
 use super::exit::{handle_kvm_exit, Decision, ExitAction};
@@ -12,6 +14,7 @@ use super::guest_trace::guest_stamp;
 use super::{ExitStatus, RunReport, RunStats, SnapshotRecord, Vm, VmError};
 use crate::console::Console;
 use crate::control::{Kicker, VmEvent, VmHandle, Watch};
+use crate::gdb::GdbConnection;
 use crate::hypercall::{self, HypercallError};
 
 /// What a run holds besides the VM while the guest runs.
@@ -26,11 +29,41 @@ pub(super) struct Session {
     pub(super) deadline: Option<Instant>,
 }
 
+/// What one turn of the loop came to.
+pub(super) enum Step {
+    /// Run again.
+    Again,
+    /// The guest's exception entry stopped for a debugger.
+    DebugTrap,
+    /// The run is over.
+    End(ExitStatus),
+}
+
+/// What the loop watches besides the guest.
+pub(super) struct Watchers<'a> {
+    /// The control thread, if anything is to be watched.
+    pub(super) kicker: Option<&'a Kicker>,
+    /// Who may kill the run.
+    pub(super) follower: Option<&'a VmHandle>,
+}
+
 impl Vm {
     /// Runs the guest until it stops. Protocol violations, crashes and
     /// timeouts are reported in [`RunReport::status`], not as errors: they end
     /// this VM and nothing else.
-    pub fn run(mut self) -> Result<RunReport, VmError> {
+    pub fn run(self) -> Result<RunReport, VmError> {
+        self.run_with(None)
+    }
+
+    /// [`Vm::run`] under gdb, on `gdb`'s connection
+    /// ([`wait_for_gdb`](crate::gdb::wait_for_gdb)): the guest waits for
+    /// gdb before its first instruction; when gdb detaches (or the session
+    /// breaks) it runs on without it.
+    pub fn run_with_gdb(self, gdb: GdbConnection) -> Result<RunReport, VmError> {
+        self.run_with(Some(gdb))
+    }
+
+    fn run_with(mut self, gdb: Option<GdbConnection>) -> Result<RunReport, VmError> {
         self.resume_clock_now()?;
         let console = Console::new(
             self.config.console.clone(),
@@ -58,45 +91,27 @@ impl Vm {
             h.event(VmEvent::Running);
         }
         let mut stats = RunStats::default();
-        let status = loop {
-            if follower.as_ref().is_some_and(VmHandle::killed) {
-                break ExitStatus::Stopped;
-            }
-            if let Some(k) = &kicker {
-                if k.timed_out() {
-                    break ExitStatus::TimedOut(self.config.timeout.unwrap_or_default());
-                }
-                if let ControlFlow::Break(status) = self.carry_out_due(k, &mut session) {
-                    break status;
-                }
-            }
-            let exit = match handle_kvm_exit(self.vcpu.run()) {
-                Decision::Rerun => continue,
-                Decision::Fail(status) => break status,
-                Decision::Exited(exit) => exit,
-            };
-            stats.exits += 1;
-            if guest_stamp(&self.ram.mem, Phase::AppMain) == 0 {
-                stats.exits_before_main += 1;
-            }
-            // Every exit drains the console: print! needs no exit of its own.
-            if let Err(e) = self.drain_console(&mut session.console) {
-                break ExitStatus::ProtocolViolation(e);
-            }
-            match exit {
-                ExitAction::Serve { port, data, len } => {
-                    if let ControlFlow::Break(status) = self.serve(port, &data[..len], &mut session)
-                    {
-                        break status;
+        let watchers = Watchers {
+            kicker: kicker.as_ref(),
+            follower: follower.as_ref(),
+        };
+        let debugged = match gdb {
+            Some(conn) => self.debug(conn, &mut session, &mut stats, &watchers),
+            None => None,
+        };
+        let status = match debugged {
+            Some(status) => status,
+            None => loop {
+                match self.step(&mut session, &mut stats, &watchers) {
+                    Step::Again => continue,
+                    Step::DebugTrap => {
+                        break ExitStatus::ProtocolViolation(HypercallError::NoDebugger(
+                            HypercallPort::DebugTrap as u16,
+                        ))
                     }
+                    Step::End(status) => break status,
                 }
-                ExitAction::DebugTrap => {
-                    break ExitStatus::ProtocolViolation(HypercallError::NoDebugger(
-                        tandem_abi::hypercall::HypercallPort::DebugTrap as u16,
-                    ))
-                }
-                ExitAction::Stop(status) => break status,
-            }
+            },
         };
         self.trace.stamp(Phase::Exit);
         // The run's outcome stands whether or not its core file could be written.
@@ -121,6 +136,51 @@ impl Vm {
             snapshots: session.snapshots,
             backups: self.backup_records,
         })
+    }
+
+    /// One turn: what is due, one `KVM_RUN`, and what its exit asks.
+    pub(super) fn step(
+        &mut self,
+        session: &mut Session,
+        stats: &mut RunStats,
+        watchers: &Watchers<'_>,
+    ) -> Step {
+        if watchers.follower.is_some_and(VmHandle::killed) {
+            return Step::End(ExitStatus::Stopped);
+        }
+        if let Some(k) = watchers.kicker {
+            if k.timed_out() {
+                return Step::End(ExitStatus::TimedOut(
+                    self.config.timeout.unwrap_or_default(),
+                ));
+            }
+            if let ControlFlow::Break(status) = self.carry_out_due(k, session) {
+                return Step::End(status);
+            }
+        }
+        let exit = match handle_kvm_exit(self.vcpu.run()) {
+            Decision::Rerun => return Step::Again,
+            Decision::Fail(status) => return Step::End(status),
+            Decision::Exited(exit) => exit,
+        };
+        stats.exits += 1;
+        if guest_stamp(&self.ram.mem, Phase::AppMain) == 0 {
+            stats.exits_before_main += 1;
+        }
+        // Every exit drains the console: print! needs no exit of its own.
+        if let Err(e) = self.drain_console(&mut session.console) {
+            return Step::End(ExitStatus::ProtocolViolation(e));
+        }
+        match exit {
+            ExitAction::Serve { port, data, len } => {
+                match self.serve(port, &data[..len], session) {
+                    ControlFlow::Break(status) => Step::End(status),
+                    ControlFlow::Continue(()) => Step::Again,
+                }
+            }
+            ExitAction::DebugTrap => Step::DebugTrap,
+            ExitAction::Stop(status) => Step::End(status),
+        }
     }
 
     /// Passes on what the guest's console buffer holds.

@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tandem::backup::Chain;
+use tandem::gdb::GdbListen;
 use tandem::units::{parse_duration, parse_size};
 use tandem::{
     exit_code, BackupConfig, ConsoleSink, CoreFile, ExitStatus, Hypervisor, Image, ImageError,
@@ -219,6 +220,11 @@ struct RunArgs {
     /// Take a snapshot into DIR when the app calls ready().
     #[arg(long, value_name = "DIR")]
     snapshot_at_ready: Option<PathBuf>,
+    /// Wait for gdb on localhost TCP port PORT (or a Unix socket,
+    /// unix:PATH) before the guest's first instruction, and let it debug
+    /// the guest (`target remote :PORT` in `gdb IMAGE`).
+    #[arg(long, value_name = "PORT|unix:PATH")]
+    gdb: Option<GdbListen>,
     #[command(flatten)]
     persist: PersistArgs,
 }
@@ -354,8 +360,18 @@ fn run(args: RunArgs, quiet: bool, start: u64) -> Result<u8> {
         .config(config)
         .started_at(start)
         .build()?;
-    lock_down(&args.hardening)?;
-    let report = vm.run()?;
+    let report = match &args.gdb {
+        Some(listen) => {
+            let conn = tandem::gdb::wait_for_gdb(listen)?;
+            give_up(&args.hardening)?;
+            tandem::seccomp::lock_down_as(tandem::seccomp::ThreadKind::DebuggedVcpu)?;
+            vm.run_with_gdb(conn)?
+        }
+        None => {
+            lock_down(&args.hardening)?;
+            vm.run()?
+        }
+    };
 
     if let Some(path) = &args.trace {
         let json = serde_json::to_string_pretty(&report.trace.to_chrome_json())?;
