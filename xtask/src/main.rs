@@ -12,6 +12,7 @@ mod bench_paths;
 mod bench_snapshot;
 mod elf;
 mod fuzz;
+mod gdb;
 mod guest;
 mod host;
 mod oci;
@@ -54,6 +55,13 @@ COMMANDS:
         faster accelerator on these machines; --accel kvm overrides.
         Missing Debian packages (qemu-system-x86; grub-common, grub-pc-bin,
         xorriso, mtools) are installed with apt-get when run as root.
+
+    gdb APP [-- ARGS...]
+        Build guest and host (release), boot APP with `tandem run --gdb`
+        (a Unix socket in the temporary folder; ARGS become the guest's
+        command line) and start gdb on APP's image, connected, with the
+        guest stopped before its first instruction. Installs Debian's gdb
+        when missing (as root). Exits with tandem's exit code.
 
     iso APP [--out FILE] [-- ARGS...]
         Build a bootable ISO of APP (GRUB, BIOS, Multiboot2; console on COM1)
@@ -157,6 +165,7 @@ fn try_main() -> Result<ExitCode> {
     match command.as_str() {
         "build" => build(&project, args),
         "run" => run(&project, args),
+        "gdb" => gdb_cmd(&project, args),
         "iso" => iso(&project, args),
         "oci" => oci_cmd(&project, args),
         "test" => test(&project, args),
@@ -212,6 +221,19 @@ impl Args {
             .and_then(|rest| rest.strip_prefix('='))
             .map(str::to_owned))
     }
+}
+
+fn gdb_cmd(project: &Project, args: Vec<String>) -> Result<ExitCode> {
+    let mut args = Args::new(args);
+    let mut app = None;
+    while let Some(word) = args.next() {
+        if word.starts_with('-') || app.is_some() {
+            return Err(unexpected("gdb", &word));
+        }
+        app = Some(word);
+    }
+    let app = app.context("`cargo xtask gdb` needs an APP (e.g. debugme)")?;
+    gdb::gdb(project, &app, &args.trailing.join(" "))
 }
 
 fn unexpected(command: &str, word: &str) -> anyhow::Error {
