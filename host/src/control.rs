@@ -31,11 +31,11 @@ extern "C" fn snapshot_signal_handler(
     SNAPSHOT_SIGNALS.fetch_add(1, Ordering::SeqCst);
 }
 
-fn kick_signal() -> libc::c_int {
+pub(crate) fn kick_signal() -> libc::c_int {
     vmm_sys_util::signal::SIGRTMIN()
 }
 
-fn register_kick_handler() {
+pub(crate) fn register_kick_handler() {
     static REGISTER: Once = Once::new();
     REGISTER.call_once(|| {
         // A no-op handler: its only job is to make KVM_RUN return EINTR.

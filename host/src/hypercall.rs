@@ -24,6 +24,10 @@ pub enum HypercallError {
         /// Bytes written.
         size: usize,
     },
+    /// A debugger stop (the guest's exception entry writes this port only
+    /// while the host says a debugger is attached) with no debugger.
+    #[error("debugger stop at port {0:#x} with no debugger attached")]
+    NoDebugger(u16),
     /// A read (`in`) from a Tandem port.
     #[error("read from hypercall port {0:#x} (ports are write-only)")]
     PortRead(u16),
@@ -161,6 +165,8 @@ pub fn serve_tracked(
         HypercallPort::Request => {
             serve_request(mem, mem_size, u64::from(value), wall_clock, written)
         }
+        // A debugger's run takes these before they reach the service.
+        HypercallPort::DebugTrap => Err(HypercallError::NoDebugger(port as u16)),
     }
 }
 

@@ -21,10 +21,11 @@
 //! ```
 //!
 //! The public surface is the crate root (the VM, its configuration, report
-//! and errors) and a few modules: [`snapshot`] and [`backup`] (files a VM
-//! leaves behind), [`fleet`] (many VMs), [`seccomp`] and [`privileges`]
-//! (what the VMM gives up before a guest runs), [`trace`], [`units`],
-//! [`devices`] (the virtio devices, `--net`'s parser) and [`exit_code`]; with the `fuzzing` feature, `fuzzing` (the fuzz targets'
+//! and errors) and a few modules: [`snapshot`], [`backup`] and [`coredump`]
+//! (files a VM leaves behind), [`fleet`] (many VMs), [`seccomp`] and
+//! [`privileges`] (what the VMM gives up before a guest runs), [`trace`],
+//! [`units`], [`devices`] (the virtio devices, `--net`'s parser) and
+//! [`exit_code`]; with the `fuzzing` feature, `fuzzing` (the fuzz targets'
 //! bodies). Everything else is the crate's own.
 //!
 //! The library reports through the [`log`](https://docs.rs/log) facade
@@ -37,11 +38,13 @@ mod arch;
 pub mod backup;
 mod console;
 mod control;
+pub mod coredump;
 pub mod devices;
 mod entropy;
 pub mod fleet;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod gdb;
 mod hypercall;
 mod image;
 mod kvm;
@@ -64,7 +67,7 @@ pub use memory::MemoryError;
 pub use snapshot::{Snapshot, SnapshotError, WriteStats};
 pub use trace::BootTrace;
 pub use vm::{
-    check_mem_size, ExitStatus, RunReport, RunStats, SnapshotRecord, SnapshotTrigger, Vm,
+    check_mem_size, CoreFile, ExitStatus, RunReport, RunStats, SnapshotRecord, SnapshotTrigger, Vm,
     VmBuilder, VmConfig, VmError,
 };
 

@@ -7,6 +7,7 @@
 //! | thread kind | what it does after setup |
 //! | --- | --- |
 //! | [`ThreadKind::Vcpu`] | `KVM_RUN` and the vCPU/VM state ioctls, hypercall service, console output, snapshot and backup files, the network device's tap (read, write, poll: no ioctl, it is attached before), starting the control thread |
+//! | [`ThreadKind::DebuggedVcpu`] | the same, and `KVM_SET_REGS` for gdb (`tandem run --gdb`) |
 //! | [`ThreadKind::Control`] | sleeps, kicks the vCPU thread with a signal, ends |
 //!
 //! Filters stack: a control thread started by a filtered vCPU thread runs
@@ -36,6 +37,12 @@ pub enum SeccompError {
 pub enum ThreadKind {
     /// Runs a vCPU and everything the VMM does while the guest runs.
     Vcpu,
+    /// A vCPU thread under gdb (`tandem run --gdb`): also sets the vCPU's
+    /// registers ([`DEBUG_IOCTLS`]). Its gdb connection needs no more: it
+    /// is accepted before the filter goes on and then read and written
+    /// with `read(2)` and `write(2)`; the thread that watches it for a
+    /// Ctrl-C only polls and kicks.
+    DebuggedVcpu,
     /// The control thread: timeouts, backup ticks, signal relays.
     Control,
 }
@@ -91,6 +98,13 @@ pub(crate) const IOCTLS: &[(&str, u64)] = {
         ("TCGETS", 0x5401),
     ]
 };
+
+/// What a run under gdb adds to [`IOCTLS`]: gdb's register writes and the
+/// trap flag of a single step at the first instruction or after a Ctrl-C.
+/// (KVM's own guest debugging, `KVM_SET_GUEST_DEBUG`, is not used: it sees
+/// nothing at CPL3 on these hosts; see `tandem::gdb`.)
+pub(crate) const DEBUG_IOCTLS: &[(&str, u64)] =
+    &[("KVM_SET_REGS", iow::<kvm_bindings::kvm_regs>(0x82))];
 
 const _: () = {
     assert!(core::mem::size_of::<kvm_bindings::kvm_xsave>() < 1 << 14);
@@ -190,7 +204,7 @@ pub(crate) const CONTROL_SYSCALLS: &[(&str, i64)] = &[
 /// The syscalls a thread kind may make.
 pub(crate) fn syscalls(kind: ThreadKind) -> &'static [(&'static str, i64)] {
     match kind {
-        ThreadKind::Vcpu => VCPU_SYSCALLS,
+        ThreadKind::Vcpu | ThreadKind::DebuggedVcpu => VCPU_SYSCALLS,
         ThreadKind::Control => CONTROL_SYSCALLS,
     }
 }
@@ -201,8 +215,13 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         .iter()
         .map(|&(_, nr)| (nr, Vec::new()))
         .collect();
-    if kind == ThreadKind::Vcpu {
-        let ioctls = IOCTLS
+    let ioctls: &[(&str, u64)] = match kind {
+        ThreadKind::Vcpu => IOCTLS,
+        ThreadKind::DebuggedVcpu => &[IOCTLS, DEBUG_IOCTLS].concat(),
+        ThreadKind::Control => &[],
+    };
+    if !ioctls.is_empty() {
+        let ioctls = ioctls
             .iter()
             .map(|&(_, request)| {
                 let request =
@@ -236,10 +255,15 @@ pub fn disable() {
 /// Installs the vCPU filter on the calling thread, which has just set up its
 /// VM and is about to run it, unless filtering was [`disable`]d.
 pub fn lock_down() -> Result<(), SeccompError> {
+    lock_down_as(ThreadKind::Vcpu)
+}
+
+/// [`lock_down`] for a thread of `kind` ([`ThreadKind::DebuggedVcpu`] under gdb).
+pub fn lock_down_as(kind: ThreadKind) -> Result<(), SeccompError> {
     if DISABLED.load(std::sync::atomic::Ordering::SeqCst) {
         return Ok(());
     }
-    install(ThreadKind::Vcpu)
+    install(kind)
 }
 
 /// On a control thread started by a filtered vCPU thread: adds the control
@@ -283,7 +307,14 @@ mod tests {
         assert_eq!(VCPU_SYSCALLS.len(), 54, "vCPU syscalls changed");
         assert_eq!(CONTROL_SYSCALLS.len(), 20, "control syscalls changed");
         assert_eq!(IOCTLS.len(), 16, "ioctls changed");
-        for kind in [ThreadKind::Vcpu, ThreadKind::Control] {
+        // Under gdb only (issue 16): KVM_SET_REGS, for gdb's register
+        // writes and a single step's trap flag; nothing for the socket.
+        assert_eq!(DEBUG_IOCTLS.len(), 1, "debugger ioctls changed");
+        for kind in [
+            ThreadKind::Vcpu,
+            ThreadKind::DebuggedVcpu,
+            ThreadKind::Control,
+        ] {
             let mut names: Vec<_> = syscalls(kind).iter().map(|(n, _)| n).collect();
             names.sort();
             names.dedup();
@@ -303,6 +334,7 @@ mod tests {
             IOCTLS.iter().find(|(n, _)| *n == "KVM_GET_REGS").unwrap().1,
             0x8090_AE81
         );
+        assert_eq!(DEBUG_IOCTLS[0], ("KVM_SET_REGS", 0x4090_AE82));
     }
 
     /// Runs in a child process (this test binary, re-executed): installs the

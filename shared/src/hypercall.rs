@@ -37,6 +37,12 @@ pub enum HypercallPort {
     Request = 0x0E00,
     /// `out` a 32-bit exit code; the VM stops.
     Exit = 0x0E04,
+    /// Written only by the guest's CPL0 exception entry while a debugger is
+    /// attached ([`KernelStats::DEBUGGER`](crate::trace::KernelStats::DEBUGGER)):
+    /// the guest stopped at an exception, its registers in the fault
+    /// record. Outside the range the TSS opens to CPL3, so an app cannot
+    /// write it. The value is ignored.
+    DebugTrap = 0x0E08,
 }
 
 impl HypercallPort {
@@ -52,6 +58,7 @@ impl TryFrom<u16> for HypercallPort {
         match port {
             0x0E00 => Ok(Self::Request),
             0x0E04 => Ok(Self::Exit),
+            0x0E08 => Ok(Self::DebugTrap),
             other => Err(other),
         }
     }
@@ -244,6 +251,10 @@ mod tests {
             assert!((p as u16) + 4 <= HypercallPort::FIRST + HypercallPort::SPAN);
         }
         assert_eq!(HypercallPort::try_from(0x3F8), Err(0x3F8));
+        // The debugger's port is beyond what CPL3 may write.
+        let debug = HypercallPort::DebugTrap as u16;
+        assert_eq!(HypercallPort::try_from(debug), Ok(HypercallPort::DebugTrap));
+        assert!(debug >= HypercallPort::FIRST + HypercallPort::SPAN);
     }
 
     #[test]

@@ -70,4 +70,12 @@ pub mod virtio_mmio;
 /// its absence as "no devices", which is what every older image needs; the
 /// guest's view (boot info, layout, hypercalls) is unchanged. A bump would
 /// only make new hosts refuse every existing image for no gain.
-pub const ABI_VERSION: u32 = 4;
+/// 5, the fault record ([`FaultRecord`](trace::FaultRecord) at
+/// [`KernelStats::FAULT_RECORD`](trace::KernelStats::FAULT_RECORD)): the
+/// guest's exception entry saves the registers at the first fault there, so
+/// the host's core files show the faulting frame (a version-4 guest leaves it
+/// empty); and debugger stops: the `DEBUGGER` and `DEBUG_ACTION` words of
+/// [`KernelStats`](trace::KernelStats) and the
+/// [`DebugTrap`](hypercall::HypercallPort::DebugTrap) port, through which
+/// the guest's exception entry stops in the VMM while gdb is attached.
+pub const ABI_VERSION: u32 = 5;

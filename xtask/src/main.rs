@@ -12,6 +12,7 @@ mod bench_paths;
 mod bench_snapshot;
 mod elf;
 mod fuzz;
+mod gdb;
 mod guest;
 mod host;
 mod oci;
@@ -59,6 +60,13 @@ COMMANDS:
         with host port P of 127.0.0.1 (default 8080) forwarded to theirs:
         `cargo xtask run --qemu httpd`, then `curl localhost:8080`.
 
+    gdb APP [-- ARGS...]
+        Build guest and host (release), boot APP with `tandem run --gdb`
+        (a Unix socket in the temporary folder; ARGS become the guest's
+        command line) and start gdb on APP's image, connected, with the
+        guest stopped before its first instruction. Installs Debian's gdb
+        when missing (as root). Exits with tandem's exit code.
+
     iso APP [--out FILE] [-- ARGS...]
         Build a bootable ISO of APP (GRUB, BIOS, Multiboot2; console on COM1)
         at target/iso/APP.iso, for QEMU or a USB stick on a bare-metal PC.
@@ -77,7 +85,7 @@ COMMANDS:
         TANDEM_GUEST_DIR, TANDEM_BIN, TANDEM_SHIM and TANDEM_OCI_DIR set.
         Every step runs even when one fails; a summary names each failed step
         and test and ends with `N passed, M failed`. Missing Debian packages
-        (QEMU, GRUB tools, containerd, runc) are installed with apt-get as
+        (QEMU, GRUB tools, gdb, containerd, runc) are installed with apt-get as
         root. TEST-ARGS go to the test harness (for example a name filter).
 
     bench [--runs N] [--warmup N] [--json FILE]
@@ -161,6 +169,7 @@ fn try_main() -> Result<ExitCode> {
     match command.as_str() {
         "build" => build(&project, args),
         "run" => run(&project, args),
+        "gdb" => gdb_cmd(&project, args),
         "iso" => iso(&project, args),
         "oci" => oci_cmd(&project, args),
         "test" => test(&project, args),
@@ -216,6 +225,19 @@ impl Args {
             .and_then(|rest| rest.strip_prefix('='))
             .map(str::to_owned))
     }
+}
+
+fn gdb_cmd(project: &Project, args: Vec<String>) -> Result<ExitCode> {
+    let mut args = Args::new(args);
+    let mut app = None;
+    while let Some(word) = args.next() {
+        if word.starts_with('-') || app.is_some() {
+            return Err(unexpected("gdb", &word));
+        }
+        app = Some(word);
+    }
+    let app = app.context("`cargo xtask gdb` needs an APP (e.g. debugme)")?;
+    gdb::gdb(project, &app, &args.trailing.join(" "))
 }
 
 fn unexpected(command: &str, word: &str) -> anyhow::Error {
@@ -286,7 +308,7 @@ fn run(project: &Project, args: Vec<String>) -> Result<ExitCode> {
     if port.is_some() && (forwards.is_none() || on != RunOn::Qemu) {
         let apps: Vec<&str> = qemu::NET_APPS.iter().map(|(name, _)| *name).collect();
         bail!(
-            "--port is for the network apps ({}) under --qemu; the Tandem VMM has no network device yet",
+            "--port is for the network apps ({}) under --qemu (on the Tandem VMM, give `tandem run` a tap: `--net tap=NAME,ip=A/P`, see the README)",
             apps.join(", ")
         );
     }

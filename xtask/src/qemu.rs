@@ -226,6 +226,8 @@ fn present(probe: &str) -> bool {
     project::on_path(probe)
 }
 
+/// What debugging a guest needs (core files, `cargo xtask gdb`).
+pub const GDB_TOOLS: &[(&str, &str)] = &[("gdb", "gdb")];
 /// What QEMU paths need.
 pub const QEMU_TOOLS: &[(&str, &str)] = &[("qemu-system-x86_64", "qemu-system-x86")];
 /// What making a GRUB ISO needs (BIOS modules, ISO writer, FAT tools).

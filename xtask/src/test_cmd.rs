@@ -44,10 +44,12 @@ pub fn test(project: &Project, harness_args: &[String]) -> Result<ExitCode> {
     });
     steps.run("/dev/kvm", project::require_kvm);
     steps.run("Debian packages", || {
-        // The QEMU and GRUB paths are tested too, and the containerd shim
-        // under Debian's containerd.
+        // The QEMU and GRUB paths are tested too, core files and the gdb
+        // stub with Debian's gdb, and the containerd shim under Debian's
+        // containerd.
         qemu::ensure_tools(qemu::QEMU_TOOLS)?;
         qemu::ensure_tools(qemu::GRUB_TOOLS)?;
+        qemu::ensure_tools(qemu::GDB_TOOLS)?;
         qemu::ensure_tools(oci::CONTAINERD_TOOLS)
     });
 

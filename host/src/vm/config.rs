@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tandem_abi::layout;
 
+use super::core::CoreFile;
 use crate::backup::BackupConfig;
 use crate::console::{ConsoleSink, DEFAULT_CONSOLE_LIMIT, DEFAULT_CONSOLE_RATE};
 use crate::control::VmHandle;
@@ -50,6 +51,9 @@ pub struct VmConfig {
     /// A virtio-net device on this tap (fresh boots only; not with
     /// snapshots or backups).
     pub net: Option<NetSpec>,
+    /// Write a core file here if the guest crashes (panic, CPU exception,
+    /// triple fault).
+    pub core: Option<CoreFile>,
 }
 
 impl Default for VmConfig {
@@ -71,6 +75,7 @@ impl Default for VmConfig {
             handle: None,
             stdin: false,
             net: None,
+            core: None,
         }
     }
 }

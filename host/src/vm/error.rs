@@ -2,6 +2,7 @@
 
 use crate::arch::ArchError;
 use crate::backup::BackupError;
+use crate::coredump::CoreError;
 use crate::devices::tap::TapError;
 use crate::devices::DeviceMismatch;
 use crate::kvm::KvmError;
@@ -38,6 +39,9 @@ pub enum VmError {
     /// The network device's tap could not be attached.
     #[error(transparent)]
     Tap(#[from] TapError),
+    /// A core file could not be written.
+    #[error(transparent)]
+    Core(#[from] CoreError),
 }
 
 /// Wraps a failed ioctl, named `what`, as a [`VmError`].

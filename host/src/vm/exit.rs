@@ -52,6 +52,9 @@ pub(super) enum ExitAction {
         /// How many of them.
         len: usize,
     },
+    /// The guest's exception entry stopped for a debugger (its registers
+    /// are in the fault record).
+    DebugTrap,
     /// The guest cannot go on: end the run with this status.
     Stop(ExitStatus),
 }
@@ -62,6 +65,9 @@ pub(super) fn handle_kvm_exit(exit: Result<VcpuExit<'_>, kvm_ioctls::Error>) -> 
     let stop = |status| Decision::Exited(ExitAction::Stop(status));
     let crash = |why: String| stop(ExitStatus::Crashed(why));
     match exit {
+        Ok(VcpuExit::IoOut(port, _)) if port == HypercallPort::DebugTrap as u16 => {
+            Decision::Exited(ExitAction::DebugTrap)
+        }
         Ok(VcpuExit::IoOut(port, bytes)) => {
             let mut data = [0u8; MAX_IO_BYTES];
             let len = bytes.len().min(MAX_IO_BYTES);
@@ -137,6 +143,15 @@ mod tests {
             panic!("not a hypercall");
         };
         assert_eq!((len, data), (MAX_IO_BYTES, [9; MAX_IO_BYTES]));
+    }
+
+    #[test]
+    fn the_debug_port_is_a_debugger_stop() {
+        let port = HypercallPort::DebugTrap as u16;
+        assert_eq!(
+            handle_kvm_exit(Ok(VcpuExit::IoOut(port, &[0, 0, 0, 0]))),
+            Decision::Exited(ExitAction::DebugTrap)
+        );
     }
 
     #[test]

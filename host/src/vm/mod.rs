@@ -18,7 +18,7 @@
 //!   exit means, decided by a pure function), `actions` (everything the
 //!   run carries out: hypercall actions, due snapshots and backup points),
 //!   `stdin`, `clock`, `guest_trace`, `freeze` (stopping the VM's state
-//!   into a snapshot or backup point).
+//!   into a snapshot or backup point), `core` (a crashed guest's core file).
 
 mod actions;
 mod boot;
@@ -27,6 +27,8 @@ mod builder;
 mod check;
 mod clock;
 mod config;
+mod core;
+mod debug;
 mod error;
 mod exit;
 mod freeze;
@@ -44,6 +46,7 @@ use tandem_abi::layout::LiveArea;
 pub use builder::VmBuilder;
 pub use check::check_mem_size;
 pub use config::VmConfig;
+pub use core::CoreFile;
 pub use error::VmError;
 pub use report::{ExitStatus, RunReport, RunStats, SnapshotRecord, SnapshotTrigger};
 

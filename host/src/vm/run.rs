@@ -1,11 +1,13 @@
 //! The run loop. It only runs: between two `KVM_RUN`s it ends the run if
 //! asked to, lets `actions` carry out what is due, has `handle_kvm_exit`
 //! decide what each exit means, and has `actions` serve each hypercall.
+//! Under gdb, `debug` drives the same turns ([`Vm::step`]) from the stub.
 
 use std::ops::ControlFlow;
 use std::time::Instant;
 
 use kvm_ioctls::VcpuExit;
+use tandem_abi::hypercall::HypercallPort;
 use tandem_abi::trace::Phase;
 
 use super::exit::{handle_kvm_exit, Decision, ExitAction};
@@ -13,6 +15,7 @@ use super::guest_trace::guest_stamp;
 use super::{ExitStatus, RunReport, RunStats, SnapshotRecord, Vm, VmError};
 use crate::console::Console;
 use crate::control::{Kicker, VmEvent, VmHandle, Watch};
+use crate::gdb::GdbConnection;
 use crate::hypercall::{self, HypercallError};
 
 /// What a run holds besides the VM while the guest runs.
@@ -27,11 +30,41 @@ pub(super) struct Session {
     pub(super) deadline: Option<Instant>,
 }
 
+/// What one turn of the loop came to.
+pub(super) enum Step {
+    /// Run again.
+    Again,
+    /// The guest's exception entry stopped for a debugger.
+    DebugTrap,
+    /// The run is over.
+    End(ExitStatus),
+}
+
+/// What the loop watches besides the guest.
+pub(super) struct Watchers<'a> {
+    /// The control thread, if anything is to be watched.
+    pub(super) kicker: Option<&'a Kicker>,
+    /// Who may kill the run.
+    pub(super) follower: Option<&'a VmHandle>,
+}
+
 impl Vm {
     /// Runs the guest until it stops. Protocol violations, crashes and
     /// timeouts are reported in [`RunReport::status`], not as errors: they end
     /// this VM and nothing else.
-    pub fn run(mut self) -> Result<RunReport, VmError> {
+    pub fn run(self) -> Result<RunReport, VmError> {
+        self.run_with(None)
+    }
+
+    /// [`Vm::run`] under gdb, on `gdb`'s connection
+    /// ([`wait_for_gdb`](crate::gdb::wait_for_gdb)): the guest waits for
+    /// gdb before its first instruction; when gdb detaches (or the session
+    /// breaks) it runs on without it.
+    pub fn run_with_gdb(self, gdb: GdbConnection) -> Result<RunReport, VmError> {
+        self.run_with(Some(gdb))
+    }
+
+    fn run_with(mut self, gdb: Option<GdbConnection>) -> Result<RunReport, VmError> {
         self.resume_clock_now()?;
         let console = Console::new(
             self.config.console.clone(),
@@ -59,70 +92,27 @@ impl Vm {
             h.event(VmEvent::Running);
         }
         let mut stats = RunStats::default();
-        let status = loop {
-            if follower.as_ref().is_some_and(VmHandle::killed) {
-                break ExitStatus::Stopped;
-            }
-            if let Some(k) = &kicker {
-                if k.timed_out() {
-                    break ExitStatus::TimedOut(self.config.timeout.unwrap_or_default());
-                }
-                if let ControlFlow::Break(status) = self.carry_out_due(k, &mut session) {
-                    break status;
-                }
-            }
-            let mut result = self.vcpu.run();
-            // A device register read is answered in the run area, which the
-            // next KVM_RUN hands the guest (the decision below copies out).
-            if let (Ok(VcpuExit::MmioRead(addr, data)), Some(net)) = (&mut result, &self.net) {
-                if let Some(offset) = net.offset(*addr) {
-                    net.read(offset, data);
-                }
-            }
-            let exit = match handle_kvm_exit(result) {
-                Decision::Rerun => continue,
-                Decision::Fail(status) => break status,
-                Decision::Exited(exit) => exit,
-            };
-            stats.exits += 1;
-            if guest_stamp(&self.ram.mem, Phase::AppMain) == 0 {
-                stats.exits_before_main += 1;
-            }
-            // Every exit drains the console: print! needs no exit of its own.
-            if let Err(e) = self.drain_console(&mut session.console) {
-                break ExitStatus::ProtocolViolation(e);
-            }
-            match exit {
-                ExitAction::Serve { port, data, len } => {
-                    if let ControlFlow::Break(status) = self.serve(port, &data[..len], &mut session)
-                    {
-                        break status;
+        let watchers = Watchers {
+            kicker: kicker.as_ref(),
+            follower: follower.as_ref(),
+        };
+        let debugged = match gdb {
+            Some(conn) => self.debug(conn, &mut session, &mut stats, &watchers),
+            None => None,
+        };
+        let status = match debugged {
+            Some(status) => status,
+            None => loop {
+                match self.step(&mut session, &mut stats, &watchers) {
+                    Step::Again => continue,
+                    Step::DebugTrap => {
+                        break ExitStatus::ProtocolViolation(HypercallError::NoDebugger(
+                            HypercallPort::DebugTrap as u16,
+                        ))
                     }
+                    Step::End(status) => break status,
                 }
-                ExitAction::MmioRead { addr } => {
-                    if self.net.as_ref().is_none_or(|n| n.offset(addr).is_none()) {
-                        break unbacked(addr);
-                    }
-                }
-                ExitAction::MmioWrite { addr, data, len } => {
-                    let Some(net) = self.net.as_mut() else {
-                        break unbacked(addr);
-                    };
-                    let Some(offset) = net.offset(addr) else {
-                        break unbacked(addr);
-                    };
-                    if let Err(e) = net.write(&self.ram.mem, offset, &data[..len]) {
-                        break ExitStatus::DeviceViolation(e);
-                    }
-                }
-                ExitAction::Stop(status) => break status,
-            }
-            // Every exit fills the guest's receive buffers from the tap.
-            if let Some(net) = self.net.as_mut() {
-                if let Err(e) = net.receive(&self.ram.mem) {
-                    break ExitStatus::DeviceViolation(e);
-                }
-            }
+            },
         };
         self.trace.stamp(Phase::Exit);
         if let Some(net) = &self.net {
@@ -135,6 +125,17 @@ impl Vm {
                 s.dropped
             );
         }
+        // The run's outcome stands whether or not its core file could be written.
+        match self.core_if_crashed(&status) {
+            Ok(Some((path, s))) => log::info!(
+                "core file written to {} ({} pages of guest memory); open it with `gdb IMAGE {}`",
+                path.display(),
+                s.pages_written,
+                path.display()
+            ),
+            Ok(None) => {}
+            Err(e) => log::error!("{e}"),
+        }
         drop(kicker);
         drop(attached);
         stats.console_bytes = session.console.written() + self.console_before;
@@ -146,6 +147,84 @@ impl Vm {
             snapshots: session.snapshots,
             backups: self.backup_records,
         })
+    }
+
+    /// One turn: what is due, one `KVM_RUN`, and what its exit asks.
+    pub(super) fn step(
+        &mut self,
+        session: &mut Session,
+        stats: &mut RunStats,
+        watchers: &Watchers<'_>,
+    ) -> Step {
+        if watchers.follower.is_some_and(VmHandle::killed) {
+            return Step::End(ExitStatus::Stopped);
+        }
+        if let Some(k) = watchers.kicker {
+            if k.timed_out() {
+                return Step::End(ExitStatus::TimedOut(
+                    self.config.timeout.unwrap_or_default(),
+                ));
+            }
+            if let ControlFlow::Break(status) = self.carry_out_due(k, session) {
+                return Step::End(status);
+            }
+        }
+        let mut result = self.vcpu.run();
+        // A device register read is answered in the run area, which the
+        // next KVM_RUN hands the guest (the decision below copies out).
+        if let (Ok(VcpuExit::MmioRead(addr, data)), Some(net)) = (&mut result, &self.net) {
+            if let Some(offset) = net.offset(*addr) {
+                net.read(offset, data);
+            }
+        }
+        let exit = match handle_kvm_exit(result) {
+            Decision::Rerun => return Step::Again,
+            Decision::Fail(status) => return Step::End(status),
+            Decision::Exited(exit) => exit,
+        };
+        stats.exits += 1;
+        if guest_stamp(&self.ram.mem, Phase::AppMain) == 0 {
+            stats.exits_before_main += 1;
+        }
+        // Every exit drains the console: print! needs no exit of its own.
+        if let Err(e) = self.drain_console(&mut session.console) {
+            return Step::End(ExitStatus::ProtocolViolation(e));
+        }
+        let step = match exit {
+            ExitAction::Serve { port, data, len } => {
+                match self.serve(port, &data[..len], session) {
+                    ControlFlow::Break(status) => Step::End(status),
+                    ControlFlow::Continue(()) => Step::Again,
+                }
+            }
+            ExitAction::MmioRead { addr } => {
+                if self.net.as_ref().is_none_or(|n| n.offset(addr).is_none()) {
+                    return Step::End(unbacked(addr));
+                }
+                Step::Again
+            }
+            ExitAction::MmioWrite { addr, data, len } => {
+                let Some(net) = self.net.as_mut() else {
+                    return Step::End(unbacked(addr));
+                };
+                let Some(offset) = net.offset(addr) else {
+                    return Step::End(unbacked(addr));
+                };
+                if let Err(e) = net.write(&self.ram.mem, offset, &data[..len]) {
+                    return Step::End(ExitStatus::DeviceViolation(e));
+                }
+                Step::Again
+            }
+            ExitAction::DebugTrap => Step::DebugTrap,
+            ExitAction::Stop(status) => return Step::End(status),
+        };
+        // Every exit fills the guest's receive buffers from the tap.
+        if let Some(net) = self.net.as_mut() {
+            if let Err(e) = net.receive(&self.ram.mem) {
+                return Step::End(ExitStatus::DeviceViolation(e));
+            }
+        }
+        step
     }
 
     /// Passes on what the guest's console buffer holds.

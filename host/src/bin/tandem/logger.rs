@@ -30,6 +30,8 @@ pub fn level(quiet: bool, verbose: u8) -> LevelFilter {
 pub fn init(level: LevelFilter) {
     let inner = env_logger::Builder::new()
         .filter_level(level)
+        // gdbstub notes every packet it does not implement at info.
+        .filter_module("gdbstub", level.min(LevelFilter::Warn))
         .parse_default_env()
         .format(|out, record| writeln!(out, "{}", line(record)))
         .build();

@@ -15,10 +15,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tandem::backup::Chain;
+use tandem::gdb::GdbListen;
 use tandem::units::{parse_duration, parse_size};
 use tandem::{
-    exit_code, BackupConfig, ConsoleSink, ExitStatus, Hypervisor, Image, ImageError, RunReport,
-    Snapshot, Vm, VmBuilder, VmConfig,
+    exit_code, BackupConfig, ConsoleSink, CoreFile, ExitStatus, Hypervisor, Image, ImageError,
+    RunReport, Snapshot, Vm, VmBuilder, VmConfig,
 };
 use tandem_abi::trace::Phase;
 
@@ -83,6 +84,11 @@ struct PersistArgs {
     /// Time between backup points (e.g. 500ms, 10s).
     #[arg(long, value_parser = parse_duration, requires = "backup_dir")]
     backup_every: Option<Duration>,
+    /// If the guest crashes (panic, CPU exception, triple fault), write an
+    /// ELF core file of it to FILE, for `gdb IMAGE FILE` (with --clones,
+    /// FILE.N for clone N).
+    #[arg(long, value_name = "FILE")]
+    core: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -118,6 +124,14 @@ enum SnapshotCommand {
     Info {
         /// A snapshot directory.
         dir: PathBuf,
+    },
+    /// Write the VM frozen in DIR as an ELF core file FILE, for
+    /// `gdb IMAGE FILE`.
+    Core {
+        /// A snapshot directory.
+        dir: PathBuf,
+        /// The core file to write.
+        file: PathBuf,
     },
 }
 
@@ -211,6 +225,11 @@ struct RunArgs {
     /// the guest asks DHCP).
     #[arg(long, value_name = "tap=NAME[,mac=M][,ip=A/P][,gw=G][,dns=D]")]
     net: Option<tandem::devices::NetSpec>,
+    /// Wait for gdb on localhost TCP port PORT (or a Unix socket,
+    /// unix:PATH) before the guest's first instruction, and let it debug
+    /// the guest (`target remote :PORT` in `gdb IMAGE`).
+    #[arg(long, value_name = "PORT|unix:PATH")]
+    gdb: Option<GdbListen>,
     #[command(flatten)]
     persist: PersistArgs,
 }
@@ -267,8 +286,18 @@ fn error_text(e: &anyhow::Error) -> String {
     text
 }
 
-/// Applies the snapshot and backup options to `config`.
-fn persist(config: &mut VmConfig, p: PersistArgs) -> Result<()> {
+/// The name a core file gives the program: the file name of `path`.
+fn program_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || "tandem-guest".into(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+/// Applies the snapshot, backup and core options to `config`; `program`
+/// names the guest in a core file.
+fn persist(config: &mut VmConfig, p: PersistArgs, program: String) -> Result<()> {
+    config.core = p.core.map(|path| CoreFile { path, program });
     if p.snapshot_dir.is_some() {
         tandem::install_snapshot_signal().context("cannot handle SIGUSR1")?;
         config.snapshot_on_signal = true;
@@ -339,13 +368,23 @@ fn run(args: RunArgs, quiet: bool, start: u64) -> Result<u8> {
         ..VmConfig::default()
     };
     let mut config = config;
-    persist(&mut config, args.persist)?;
+    persist(&mut config, args.persist, program_name(&args.image))?;
     let vm = VmBuilder::new(&hv, &image)
         .config(config)
         .started_at(start)
         .build()?;
-    lock_down(&args.hardening)?;
-    let report = vm.run()?;
+    let report = match &args.gdb {
+        Some(listen) => {
+            let conn = tandem::gdb::wait_for_gdb(listen)?;
+            give_up(&args.hardening)?;
+            tandem::seccomp::lock_down_as(tandem::seccomp::ThreadKind::DebuggedVcpu)?;
+            vm.run_with_gdb(conn)?
+        }
+        None => {
+            lock_down(&args.hardening)?;
+            vm.run()?
+        }
+    };
 
     if let Some(path) = &args.trace {
         let json = serde_json::to_string_pretty(&report.trace.to_chrome_json())?;
@@ -433,7 +472,8 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
     let clones = args.clones;
     let persist_dir = args.persist.snapshot_dir.clone();
     let backup_dir = args.persist.backup_dir.clone();
-    persist(&mut base, args.persist)?;
+    // A snapshot does not know its image's name: the core leaves it out.
+    persist(&mut base, args.persist, String::new())?;
     if clones == 1 {
         let vm = Vm::restore_at(&hv, &snap, base, start)
             .with_context(|| format!("cannot restore {}", args.dir.display()))?;
@@ -455,6 +495,10 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
             let mut config = base.clone();
             config.console = ConsoleSink::Capture(buf);
             config.snapshot_dir = persist_dir.as_ref().map(|d| d.join(format!("clone-{i}")));
+            config.core = config.core.map(|c| CoreFile {
+                path: PathBuf::from(format!("{}.{i}", c.path.display())),
+                program: c.program,
+            });
             config.backup = config.backup.map(|b| BackupConfig {
                 dir: backup_dir
                     .clone()
@@ -583,6 +627,17 @@ fn snapshot_cmd(cmd: SnapshotCommand) -> Result<u8> {
             println!("msrs:        {}", st.vcpu.msrs.len());
             println!("xsave bytes: {}", st.vcpu.xsave.len());
             println!("console:     {} bytes written", st.console.written);
+        }
+        SnapshotCommand::Core { dir, file } => {
+            let snap = load_snapshot(&dir, false)?;
+            let stats = tandem::coredump::from_snapshot(&snap, &file, "")?;
+            println!(
+                "{}: core file of {} written ({} pages of guest memory); open it with `gdb IMAGE {}`",
+                file.display(),
+                dir.display(),
+                stats.pages_written,
+                file.display()
+            );
         }
     }
     Ok(0)
