@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tandem_abi::platform::{QEMU_ARGS, QEMU_NETDEV_ID, QEMU_NET_DEVICE, QEMU_NET_MACHINE};
+use tandem_tests::http::exchange;
 use tandem_tests::image_path;
 
 /// How long a guest may take to print that it serves.
@@ -116,73 +117,6 @@ impl Drop for Guest {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A response: status code, headers (lower-case names), body.
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Reads one response (sized by Content-Length) from `reader`.
-fn read_response(reader: &mut BufReader<TcpStream>) -> Response {
-    let mut status_line = String::new();
-    reader
-        .read_line(&mut status_line)
-        .expect("read the status line");
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not a status line: {status_line:?}"));
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).expect("read a header");
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        let (name, value) = line.split_once(':').expect("a header line");
-        headers.push((name.to_ascii_lowercase(), value.trim().to_owned()));
-    }
-    let mut response = Response {
-        status,
-        headers,
-        body: Vec::new(),
-    };
-    let len: usize = response
-        .header("content-length")
-        .and_then(|v| v.parse().ok())
-        .expect("a Content-Length");
-    response.body = vec![0; len];
-    reader
-        .read_exact(&mut response.body)
-        .expect("read the body");
-    response
-}
-
-fn exchange(reader: &mut BufReader<TcpStream>, request: &[u8]) -> Response {
-    // Shown with a failure: which request went unanswered.
-    eprintln!(
-        "request: {:?}",
-        String::from_utf8_lossy(&request[..request.len().min(60)])
-    );
-    reader
-        .get_mut()
-        .write_all(request)
-        .expect("send the request");
-    read_response(reader)
 }
 
 /// A body of `len` bytes of every value, so a byte lost or reordered shows.

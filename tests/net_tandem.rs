@@ -5,12 +5,13 @@
 //! Needs root and `ip` (CI is root): without them the tests fail, naming
 //! what is missing.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use tandem_tests::http::exchange;
 use tandem_tests::{image_path, require_kvm, tandem_bin};
 
 /// How long a guest may take until its port answers.
@@ -156,56 +157,6 @@ impl Drop for Guest {
     }
 }
 
-/// Reads one response (sized by Content-Length): status, headers, body.
-fn read_response(reader: &mut BufReader<TcpStream>) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    let mut status_line = String::new();
-    reader
-        .read_line(&mut status_line)
-        .expect("read the status line");
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not a status line: {status_line:?}"));
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).expect("read a header");
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        let (name, value) = line.split_once(':').expect("a header line");
-        headers.push((name.to_ascii_lowercase(), value.trim().to_owned()));
-    }
-    let len: usize = headers
-        .iter()
-        .find(|(n, _)| n == "content-length")
-        .and_then(|(_, v)| v.parse().ok())
-        .expect("a Content-Length");
-    let mut body = vec![0; len];
-    reader.read_exact(&mut body).expect("read the body");
-    (status, headers, body)
-}
-
-fn exchange(
-    reader: &mut BufReader<TcpStream>,
-    request: &[u8],
-) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    reader
-        .get_mut()
-        .write_all(request)
-        .expect("send the request");
-    read_response(reader)
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
-}
-
 /// A body of `len` bytes of every value, so a byte lost or reordered shows.
 fn pattern(len: usize) -> Vec<u8> {
     (0..len)
@@ -219,13 +170,14 @@ fn httpd_serves_on_a_tap() {
     let guest = Guest::boot("httpd", &tap, 80);
     let mut conn = BufReader::new(guest.connect(80));
     let get = b"GET / HTTP/1.1\r\nHost: tandem\r\n\r\n";
-    let (status, headers, body) = exchange(&mut conn, get);
+    let first = exchange(&mut conn, get);
+    let (status, body) = (first.status, &first.body);
     assert_eq!(status, 200);
-    assert_eq!(header(&headers, "connection"), Some("keep-alive"));
-    assert!(String::from_utf8_lossy(&body).contains("Hello from Tandem!"));
+    assert_eq!(first.header("connection"), Some("keep-alive"));
+    assert!(String::from_utf8_lossy(body).contains("Hello from Tandem!"));
     // Kept alive: a second request on the same connection.
-    let (status, _, again) = exchange(&mut conn, get);
-    assert_eq!((status, &again), (200, &body));
+    let again = exchange(&mut conn, get);
+    assert_eq!((again.status, &again.body), (200, body));
 
     for len in [5, 100_000] {
         let sent = pattern(len);
@@ -233,7 +185,8 @@ fn httpd_serves_on_a_tap() {
             format!("POST /echo HTTP/1.1\r\nHost: tandem\r\nContent-Length: {len}\r\n\r\n")
                 .into_bytes();
         request.extend_from_slice(&sent);
-        let (status, _, echoed) = exchange(&mut conn, &request);
+        let reply = exchange(&mut conn, &request);
+        let (status, echoed) = (reply.status, reply.body);
         assert_eq!(status, 200);
         assert!(
             echoed == sent,
@@ -242,16 +195,17 @@ fn httpd_serves_on_a_tap() {
     }
 
     let mut bad = BufReader::new(guest.connect(80));
-    let (status, headers, _) = exchange(&mut bad, b"GARBAGE\r\n\r\n");
+    let refused = exchange(&mut bad, b"GARBAGE\r\n\r\n");
+    let status = refused.status;
     assert_eq!(status, 400);
-    assert_eq!(header(&headers, "connection"), Some("close"));
+    assert_eq!(refused.header("connection"), Some("close"));
 
     // Requests per second over one kept-alive connection (shown with
     // --nocapture; not a pass mark: this is a test, not a benchmark).
     let n = 200;
     let start = Instant::now();
     for _ in 0..n {
-        assert_eq!(exchange(&mut conn, get).0, 200);
+        assert_eq!(exchange(&mut conn, get).status, 200);
     }
     let rate = f64::from(n) / start.elapsed().as_secs_f64();
     eprintln!("httpd on a tap: {rate:.0} requests/s over one kept-alive connection");

@@ -3,6 +3,8 @@
 //! apps built by `cargo xtask test`; without them they fail with a message
 //! saying so, never skip.
 
+pub mod http;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
