@@ -226,6 +226,8 @@ fn present(probe: &str) -> bool {
     project::on_path(probe)
 }
 
+/// What the network tests need to make taps (`ip tuntap`, `ip addr`).
+pub const NET_TOOLS: &[(&str, &str)] = &[("ip", "iproute2")];
 /// What debugging a guest needs (core files, `cargo xtask gdb`).
 pub const GDB_TOOLS: &[(&str, &str)] = &[("gdb", "gdb")];
 /// What QEMU paths need.

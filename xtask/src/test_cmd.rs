@@ -45,11 +45,12 @@ pub fn test(project: &Project, harness_args: &[String]) -> Result<ExitCode> {
     steps.run("/dev/kvm", project::require_kvm);
     steps.run("Debian packages", || {
         // The QEMU and GRUB paths are tested too, core files and the gdb
-        // stub with Debian's gdb, and the containerd shim under Debian's
-        // containerd.
+        // stub with Debian's gdb, the containerd shim under Debian's
+        // containerd, and the network device on taps made with iproute2.
         qemu::ensure_tools(qemu::QEMU_TOOLS)?;
         qemu::ensure_tools(qemu::GRUB_TOOLS)?;
         qemu::ensure_tools(qemu::GDB_TOOLS)?;
+        qemu::ensure_tools(qemu::NET_TOOLS)?;
         qemu::ensure_tools(oci::CONTAINERD_TOOLS)
     });
 
