@@ -8,6 +8,8 @@ mod bench;
 mod bench_args;
 mod bench_containerd;
 mod bench_fleet;
+mod bench_net;
+mod bench_net_http;
 mod bench_paths;
 mod bench_snapshot;
 mod elf;
@@ -117,6 +119,14 @@ COMMANDS:
         static hello binary, interleaved, on a private containerd (root;
         containerd and runc installed if missing). N defaults to 30.
         Writes JSON to target/bench/containerd.json unless --json.
+
+    bench net [--runs N] [--requests N] [--json FILE]
+        httpd on the Tandem VMM (a tap the bench makes; root) and under QEMU
+        microvm + KVM (user networking): spawn to the first HTTP 200 (N runs,
+        default 10, interleaved), then requests/s and p50/p99 latency of
+        GET / over one kept-alive connection (default 2000 requests) next to
+        the same response from a host thread, and the VMM's exits per
+        request. Writes JSON to target/bench/net.json unless --json.
 
     codegen [--check]
         Regenerate the checked-in generated code from its sources, without
@@ -508,6 +518,10 @@ fn bench_cmd(project: &Project, args: Vec<String>) -> Result<ExitCode> {
     }
     if args.first().map(String::as_str) == Some("containerd") {
         bench_containerd::bench(project, &bench_containerd::parse(&args[1..])?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.first().map(String::as_str) == Some("net") {
+        bench_net::bench(project, &bench_net::parse(&args[1..])?)?;
         return Ok(ExitCode::SUCCESS);
     }
     if args.first().map(String::as_str) == Some("snapshot") {
