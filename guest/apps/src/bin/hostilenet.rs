@@ -55,9 +55,9 @@ fn main(env: &Env) -> u8 {
         return 3;
     };
     println!("hostilenet: {case}");
-    // SAFETY: a non-zero size and a power-of-two alignment.
-    let area =
-        unsafe { alloc::alloc::alloc_zeroed(Layout::from_size_align(0x3000, 0x1000).unwrap()) };
+    let layout = Layout::from_size_align(0x3000, 0x1000).unwrap();
+    // SAFETY: the layout has a non-zero size and a power-of-two alignment.
+    let area = unsafe { alloc::alloc::alloc_zeroed(layout) };
     if area.is_null() {
         return 4;
     }
