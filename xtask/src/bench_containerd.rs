@@ -13,7 +13,6 @@ use serde_json::json;
 
 use crate::project::{self, Profile, Project};
 use crate::stats::Summary;
-use crate::table::Table;
 use crate::{guest, host, oci, qemu};
 
 pub struct Options {
@@ -237,20 +236,13 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
 
     let tandem_s = Summary::of(&samples[0]).context("no samples")?;
     let runc_s = Summary::of(&samples[1]).context("no samples")?;
-    let mut table = Table::new(["ctr run --rm (ms)", "median", "p10", "p90", "min"]);
-    for (name, s) in [
-        ("Tandem shim, hello unikernel", tandem_s),
-        ("runc, static hello binary", runc_s),
-    ] {
-        table.row([
-            name.into(),
-            format!("{:.1}", s.median),
-            format!("{:.1}", s.p10),
-            format!("{:.1}", s.p90),
-            format!("{:.1}", s.min),
-        ]);
-    }
-    table.print();
+    crate::table::print_summaries(
+        "ctr run --rm (ms)",
+        &[
+            ("Tandem shim, hello unikernel", tandem_s),
+            ("runc, static hello binary", runc_s),
+        ],
+    );
     let ratio = runc_s.median / tandem_s.median;
     println!("runc / Tandem (medians): {ratio:.2}");
     let json = json!({

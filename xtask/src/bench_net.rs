@@ -352,20 +352,13 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
 
     let t_s = Summary::of(&spawn[0]).context("no samples")?;
     let q_s = Summary::of(&spawn[1]).context("no samples")?;
-    let mut table = Table::new(["spawn to first 200 (ms)", "median", "p10", "p90", "min"]);
-    for (name, s) in [
-        ("Tandem VMM, tap", t_s),
-        ("QEMU microvm + KVM, user net", q_s),
-    ] {
-        table.row([
-            name.into(),
-            format!("{:.1}", s.median),
-            format!("{:.1}", s.p10),
-            format!("{:.1}", s.p90),
-            format!("{:.1}", s.min),
-        ]);
-    }
-    table.print();
+    crate::table::print_summaries(
+        "spawn to first 200 (ms)",
+        &[
+            ("Tandem VMM, tap", t_s),
+            ("QEMU microvm + KVM, user net", q_s),
+        ],
+    );
     println!();
     let mut table = Table::new([
         "GET / on one connection",

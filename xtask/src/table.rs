@@ -49,6 +49,22 @@ impl<const N: usize> Table<N> {
     }
 }
 
+/// Prints the usual table of timing summaries: one row per `(name, summary)`
+/// with median, p10, p90 and min, under a `title` column heading.
+pub fn print_summaries(title: &str, rows: &[(&str, crate::stats::Summary)]) {
+    let mut table = Table::new([title, "median", "p10", "p90", "min"]);
+    for (name, s) in rows {
+        table.row([
+            (*name).into(),
+            format!("{:.1}", s.median),
+            format!("{:.1}", s.p10),
+            format!("{:.1}", s.p90),
+            format!("{:.1}", s.min),
+        ]);
+    }
+    table.print();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
