@@ -1,7 +1,7 @@
 //! The Tandem VMM's devices: virtio over virtio-mmio (DESIGN.md, "Devices
 //! and I/O"). `mmio` is the transport's register file (pure: no memory, no
 //! I/O), `net` the virtio-net device that moves frames between its queues
-//! and a tap, `tap` the one host resource it holds, `spec` what an
+//! and a tap (its snapshot state in `net_state`), `tap` the one host resource it holds, `spec` what an
 //! operator asks for (`--net tap=NAME,...`), `manifest` the rule that a
 //! VM gets exactly the devices its image declares.
 //!
@@ -13,11 +13,13 @@
 pub mod manifest;
 pub mod mmio;
 pub mod net;
+pub mod net_state;
 pub mod spec;
 pub mod tap;
 
 pub use manifest::DeviceMismatch;
 pub use net::NetDevice;
+pub use net_state::{NetState, NetStateError};
 pub use spec::{NetSpec, NetSpecError};
 
 /// How a guest broke the virtio rules: the VM is stopped.
