@@ -2,7 +2,8 @@
 //! and I/O"). `mmio` is the transport's register file (pure: no memory, no
 //! I/O), `net` the virtio-net device that moves frames between its queues
 //! and a tap (its snapshot state in `net_state`), `tap` the one host resource it holds, `spec` what an
-//! operator asks for (`--net tap=NAME,...`), `manifest` the rule that a
+//! operator asks for (`--net tap=NAME,...`), `clones` which device each
+//! restored clone gets, `manifest` the rule that a
 //! VM gets exactly the devices its image declares.
 //!
 //! Nothing interrupts the guest: it polls its rings at CPL3, kicks with one
@@ -10,6 +11,7 @@
 //! readable tap ends early. Every ring index, descriptor and length is
 //! hostile input: a violation ends that VM with a [`DeviceError`].
 
+pub mod clones;
 pub mod manifest;
 pub mod mmio;
 pub mod net;
