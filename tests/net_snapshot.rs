@@ -408,6 +408,66 @@ fn two_clones_answer_on_distinct_addresses() {
 }
 
 #[test]
+fn a_backup_point_of_httpd_restores_on_a_tap() {
+    let first = fresh_nets(2);
+    let work = scratch("backup");
+    let chain = work.join("chain");
+    let old = TestTap::on(first);
+    let image = image_path("httpd");
+    let mut run = Server::start(&[
+        "run",
+        s(&image),
+        "--timeout",
+        "120s",
+        "--net",
+        &old.net_arg(),
+        "--backup-dir",
+        s(&chain),
+        "--backup-every",
+        "200ms",
+    ]);
+    run.wait_for(&old.guest_ip());
+    assert_serves(&old.guest_ip());
+    // Points taken while it serves (each one holds the device's state).
+    let start = Instant::now();
+    let last = loop {
+        let points = tandem::backup::Chain::open(&chain)
+            .map(|c| c.points().iter().filter(|(_, m)| m.is_ok()).count())
+            .unwrap_or(0);
+        if points >= 4 {
+            break tandem::backup::Chain::open(&chain).unwrap().last() - 1;
+        }
+        assert!(start.elapsed() < READY_TIMEOUT, "no backup points: {}", run.output());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    drop(run);
+    let snap = work.join("point");
+    let out = tandem(&[
+        "backup",
+        "restore",
+        s(&chain),
+        "--point",
+        &last.to_string(),
+        "--out",
+        s(&snap),
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(Snapshot::load(&snap).unwrap().state.net.is_some());
+    let new = TestTap::on(first + 1);
+    let mut restored = Server::start(&[
+        "restore",
+        s(&snap),
+        "--timeout",
+        "120s",
+        "--net",
+        &new.net_arg(),
+    ]);
+    restored.wait_for(&new.guest_ip());
+    assert_serves(&new.guest_ip());
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+#[test]
 fn a_forged_device_state_is_refused() {
     let first = fresh_nets(2);
     let origin = TestTap::on(first);
