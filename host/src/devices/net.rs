@@ -86,6 +86,19 @@ pub struct NetDevice {
     pending: Option<usize>,
     frame: Vec<u8>,
     stats: NetStats,
+    /// Guest ranges the device wrote since they were last taken, kept only
+    /// when asked ([`NetDevice::track_writes`]): KVM's dirty log sees the
+    /// guest's writes, not the VMM's, and a backup point needs both.
+    written: Option<Written>,
+}
+
+/// What [`NetDevice::take_written`] hands over.
+#[derive(Debug, Default)]
+struct Written {
+    /// Receive buffers filled.
+    buffers: Vec<(u64, u64)>,
+    /// Queues whose used ring changed.
+    used: [bool; 2],
 }
 
 impl NetDevice {
@@ -104,6 +117,7 @@ impl NetDevice {
             pending: None,
             frame: vec![0u8; 64 * 1024],
             stats: NetStats::default(),
+            written: None,
         }
     }
 
@@ -163,6 +177,28 @@ impl NetDevice {
             }
         }
         Ok(dev)
+    }
+
+    /// Keeps account of the guest memory the device writes (for backups).
+    pub fn track_writes(&mut self) {
+        self.written.get_or_insert_with(Written::default);
+    }
+
+    /// The guest ranges written since the last call (with
+    /// [`track_writes`](Self::track_writes) on; else none): the receive
+    /// buffers filled and the used rings that changed.
+    pub fn take_written(&mut self) -> Vec<(u64, u64)> {
+        let Some(w) = self.written.as_mut() else {
+            return Vec::new();
+        };
+        let mut out = std::mem::take(&mut w.buffers);
+        let used = std::mem::take(&mut w.used);
+        for (q, _) in (0u16..).zip(used).filter(|(_, changed)| *changed) {
+            if let Some(regs) = self.transport.queue(q) {
+                out.push((regs.used, 6 + 8 * u64::from(regs.size)));
+            }
+        }
+        out
     }
 
     /// The register window: guest-physical base and size.
@@ -347,6 +383,9 @@ impl NetDevice {
         head: u16,
         len: u32,
     ) -> Result<(), DeviceError> {
+        if let Some(w) = self.written.as_mut() {
+            w.used[usize::from(q) % 2] = true;
+        }
         let queue = &mut self.queues[usize::from(q)];
         queue
             .add_used(mem, head, len)
@@ -444,6 +483,9 @@ impl NetDevice {
                         addr: b.addr,
                         len: b.len,
                     })?;
+                if let Some(w) = self.written.as_mut() {
+                    w.buffers.push((b.addr, n as u64));
+                }
                 rest = &rest[n..];
                 if rest.is_empty() {
                     break;

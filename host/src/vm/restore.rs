@@ -95,7 +95,7 @@ impl Vm {
             console_written: st.console.written,
         };
         let mut vm = machine.into_vm(config, start);
-        vm.net = net;
+        vm.attach_net(net);
         Ok(vm)
     }
 }

@@ -639,6 +639,20 @@ fn snapshot_cmd(cmd: SnapshotCommand) -> Result<u8> {
             println!("msrs:        {}", st.vcpu.msrs.len());
             println!("xsave bytes: {}", st.vcpu.xsave.len());
             println!("console:     {} bytes written", st.console.written);
+            match &st.net {
+                None => println!("network:     none"),
+                Some(n) => {
+                    let mac: Vec<String> = n.mac.iter().map(|b| format!("{b:02x}")).collect();
+                    let ip = n.ipv4.map_or("DHCP".to_string(), |ip| {
+                        let a = std::net::Ipv4Addr::from(ip.address);
+                        format!("{a}/{}", ip.prefix_len)
+                    });
+                    println!(
+                        "network:     virtio-net, MAC {}, {ip} (restore with --net tap=NAME)",
+                        mac.join(":")
+                    );
+                }
+            }
         }
         SnapshotCommand::Core { dir, file } => {
             let snap = load_snapshot(&dir, false)?;
