@@ -444,7 +444,7 @@ fn a_backup_point_of_httpd_restores_on_a_tap() {
             .unwrap_or(0)
     };
     let start = Instant::now();
-    let mut wait_points = |n: usize, run: &mut Server| {
+    let wait_points = |n: usize, run: &mut Server| {
         while points() < n {
             assert!(
                 start.elapsed() < READY_TIMEOUT,
