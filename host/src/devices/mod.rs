@@ -3,7 +3,8 @@
 //! I/O), `net` the virtio-net device that moves frames between its queues
 //! and a tap, `tap` the one host resource it holds, `spec` what an
 //! operator asks for (`--net tap=NAME,...`), `manifest` the rule that a
-//! VM gets exactly the devices its image declares.
+//! VM gets exactly the devices its image declares, `rate_limiter` the
+//! token buckets (bytes and operations a second) any device may use.
 //!
 //! Nothing interrupts the guest: it polls its rings at CPL3, kicks with one
 //! notify write per batch, and waits in the Idle hypercall, which a
@@ -13,6 +14,7 @@
 pub mod manifest;
 pub mod mmio;
 pub mod net;
+pub mod rate_limiter;
 pub mod spec;
 pub mod tap;
 
