@@ -93,11 +93,17 @@ struct Guest {
 
 impl Guest {
     fn boot(app: &str, tap: &TestTap, port: u16) -> Self {
+        Self::boot_with(app, tap, port, "")
+    }
+
+    /// `boot` with more `--net` items (`extra` starts with a comma).
+    fn boot_with(app: &str, tap: &TestTap, port: u16, extra: &str) -> Self {
         require_kvm();
+        let net = format!("{}{extra}", tap.net_arg());
         let child = Command::new(tandem_bin())
             .arg("run")
             .arg(image_path(app))
-            .args(["--timeout", "120s", "--net", &tap.net_arg()])
+            .args(["--timeout", "120s", "--net", &net])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -240,6 +246,94 @@ fn echo_answers_udp_on_a_tap() {
             data.len()
         );
     }
+}
+
+/// How long a rate-limited transfer may take at most (it must take at
+/// least what the limit implies; the rest is a loaded machine's slack).
+const LIMITED_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[test]
+fn the_byte_rate_limit_holds_on_a_tap() {
+    // 100 KiB/s each way with a 16 KiB burst; 400 KiB through TCP echo.
+    const RATE: u64 = 100 << 10;
+    const BURST: u64 = 16 << 10;
+    const LEN: usize = 400 << 10;
+    let tap = TestTap::new();
+    // The device's buckets start full after this instant.
+    let spawned = Instant::now();
+    let guest = Guest::boot_with("echo", &tap, 7, ",rate=100K,rate_burst=16K");
+    let stream = guest.connect(7);
+    let sent = pattern(LEN);
+    let mut writer = stream.try_clone().unwrap();
+    let to_send = sent.clone();
+    let writing = std::thread::spawn(move || writer.write_all(&to_send));
+    let mut reader = stream;
+    let mut back = vec![0u8; LEN];
+    let mut got = 0;
+    while got < LEN {
+        assert!(
+            spawned.elapsed() < LIMITED_TIMEOUT,
+            "only {got} of {LEN} bytes came back within {LIMITED_TIMEOUT:?}"
+        );
+        match reader.read(&mut back[got..]) {
+            Ok(0) => panic!("echo closed the connection after {got} of {LEN} bytes"),
+            Ok(n) => got += n,
+            Err(e) => panic!("reading the echo after {got} of {LEN} bytes: {e}"),
+        }
+    }
+    let elapsed = spawned.elapsed().as_secs_f64();
+    writing.join().unwrap().expect("send the bytes to echo");
+    assert!(back == sent, "the echoed bytes came back changed");
+    // Every byte went into the guest and out again, each way inside
+    // frames (payload plus headers) that the limit counts: over the
+    // whole run at most a burst plus the rate times its length.
+    let bound = BURST as f64 + RATE as f64 * elapsed;
+    eprintln!("{LEN} bytes echoed in {elapsed:.2} s under a limit of {RATE} B/s: bound {bound:.0}");
+    assert!(
+        LEN as f64 <= bound,
+        "{LEN} bytes came back in {elapsed:.2} s: more than {bound:.0} ({RATE} B/s and a {BURST}-byte burst allow)"
+    );
+}
+
+#[test]
+fn the_frame_rate_limit_holds_on_a_tap() {
+    // 20 frames a second each way with a burst of 5; 40 UDP echoes.
+    const PPS: u64 = 20;
+    const BURST: u64 = 5;
+    const DATAGRAMS: usize = 40;
+    let tap = TestTap::new();
+    let spawned = Instant::now();
+    let guest = Guest::boot_with("echo", &tap, 7, ",pps=20,pps_burst=5");
+    let udp = UdpSocket::bind(format!("10.99.{}.1:0", tap.net)).unwrap();
+    udp.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    // All at once: the device holds what the limit does not let through
+    // yet, and the tap's queue holds the rest (nothing is lost).
+    for i in 0..DATAGRAMS {
+        udp.send_to(format!("datagram {i}").as_bytes(), (guest.addr.as_str(), 7))
+            .unwrap();
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < DATAGRAMS {
+        assert!(
+            spawned.elapsed() < LIMITED_TIMEOUT,
+            "only {} of {DATAGRAMS} echoes within {LIMITED_TIMEOUT:?}",
+            seen.len()
+        );
+        let mut buf = [0u8; 64];
+        if let Ok((n, _)) = udp.recv_from(&mut buf) {
+            seen.insert(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    let elapsed = spawned.elapsed().as_secs_f64();
+    // Each echo is one frame in and one out (the SYNs of Guest::boot and
+    // ARP only add frames): at most a burst plus the rate times the run.
+    let bound = BURST as f64 + PPS as f64 * elapsed;
+    eprintln!("{DATAGRAMS} UDP echoes in {elapsed:.2} s under {PPS} frames/s: bound {bound:.1}");
+    assert!(
+        DATAGRAMS as f64 <= bound,
+        "{DATAGRAMS} echoes in {elapsed:.2} s: more than {bound:.1} ({PPS} frames/s and a burst of {BURST} allow)"
+    );
 }
 
 #[test]

@@ -102,5 +102,7 @@ fn net_device(spec: &NetSpec, mem_size: u64) -> Result<NetDevice, VmError> {
         m[0] = (m[0] & 0xfc) | 0x02;
         m
     });
-    Ok(NetDevice::new(tap, mac, mem_size))
+    let mut device = NetDevice::new(tap, mac, mem_size);
+    device.set_rate_limit(spec.limit);
+    Ok(device)
 }
