@@ -42,9 +42,11 @@ pub fn parse_count(s: &str) -> Result<u64, String> {
         "k" => 1_000,
         "m" => 1_000_000,
         "g" => 1_000_000_000,
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "unknown count unit '{other}' in '{s}' (use k, M or G: thousands, millions, billions)"
-        )),
+        ))
+        }
     };
     n.checked_mul(factor)
         .ok_or_else(|| format!("'{s}' is too large"))

@@ -1,7 +1,9 @@
 //! The Tandem VMM's devices: virtio over virtio-mmio (DESIGN.md, "Devices
 //! and I/O"). `mmio` is the transport's register file (pure: no memory, no
 //! I/O), `net` the virtio-net device that moves frames between its queues
-//! and a tap, `tap` the one host resource it holds, `spec` what an
+//! and a tap, `tap` the one host resource it holds (attached, or made when
+//! the process may), `netif` the host interfaces around it (up, address,
+//! bridge, the capability probe), `spec` what an
 //! operator asks for (`--net tap=NAME,...`), `manifest` the rule that a
 //! VM gets exactly the devices its image declares, `rate_limiter` the
 //! token buckets (bytes and operations a second) any device may use.
@@ -14,6 +16,7 @@
 pub mod manifest;
 pub mod mmio;
 pub mod net;
+pub mod netif;
 pub mod rate_limiter;
 pub mod spec;
 pub mod tap;

@@ -12,6 +12,7 @@
 use std::net::Ipv4Addr;
 
 use super::rate_limiter::{Bucket, RateLimit};
+use super::tap::TapSetup;
 use crate::units::{parse_count, parse_size};
 
 /// A burst left out is the rate divided by this: a tenth of a second.
@@ -28,6 +29,24 @@ pub struct NetSpec {
     pub ipv4: Option<StaticIpv4>,
     /// Token-bucket limits for each direction (default: none).
     pub limit: RateLimit,
+    /// The bridge a tap Tandem makes joins (a fleet's network; not a
+    /// `--net` item): then the host side gets no address of its own.
+    pub bridge: Option<String>,
+}
+
+impl NetSpec {
+    /// How the tap is to be attached or made: a tap Tandem makes gets the
+    /// gateway's address (with the guest's prefix) on the host side, or
+    /// joins the bridge.
+    pub fn tap_setup(&self) -> TapSetup {
+        TapSetup {
+            name: self.tap.clone(),
+            host_ipv4: self
+                .ipv4
+                .and_then(|ip| ip.gateway.map(|g| (g, ip.prefix_len))),
+            bridge: self.bridge.clone(),
+        }
+    }
 }
 
 /// Static IPv4 settings handed to the guest in its boot-info block.
@@ -177,6 +196,7 @@ impl std::str::FromStr for NetSpec {
             mac,
             ipv4,
             limit,
+            bridge: None,
         })
     }
 }
@@ -341,6 +361,7 @@ mod tests {
                 mac: None,
                 ipv4: None,
                 limit: RateLimit::default(),
+                bridge: None,
             }
         );
     }
@@ -414,6 +435,23 @@ mod tests {
         // A tiny rate still gets a burst of at least one.
         assert_eq!(parse("tap=a,pps=3").unwrap().limit.ops.unwrap().burst(), 1);
         assert!(!parse("tap=a").unwrap().limit.is_limited());
+    }
+
+    #[test]
+    fn a_made_tap_gets_the_gateway_address() {
+        let spec = parse("tap=t0,ip=10.9.0.2/24,gw=10.9.0.1").unwrap();
+        assert_eq!(
+            spec.tap_setup().host_ipv4,
+            Some((Ipv4Addr::new(10, 9, 0, 1), 24))
+        );
+        assert_eq!(
+            parse("tap=t0,ip=10.9.0.2/24")
+                .unwrap()
+                .tap_setup()
+                .host_ipv4,
+            None
+        );
+        assert_eq!(parse("tap=t0").unwrap().tap_setup().bridge, None);
     }
 
     #[test]
