@@ -236,8 +236,9 @@ fn present(probe: &str) -> bool {
     project::on_path(probe)
 }
 
-/// What the network tests need to make taps (`ip tuntap`, `ip addr`).
-pub const NET_TOOLS: &[(&str, &str)] = &[("ip", "iproute2")];
+/// What the network tests need: taps (`ip tuntap`, `ip addr`) and a run
+/// without CAP_NET_ADMIN (`setpriv`).
+pub const NET_TOOLS: &[(&str, &str)] = &[("ip", "iproute2"), ("setpriv", "util-linux")];
 /// What debugging a guest needs (core files, `cargo xtask gdb`).
 pub const GDB_TOOLS: &[(&str, &str)] = &[("gdb", "gdb")];
 /// What QEMU paths need.

@@ -229,8 +229,13 @@ struct RunArgs {
     snapshot_at_ready: Option<PathBuf>,
     /// A virtio-net device on an existing tap (`ip tuntap add NAME mode
     /// tap`), with the guest's MAC and static IPv4 settings (without ip=
-    /// the guest asks DHCP).
-    #[arg(long, value_name = "tap=NAME[,mac=M][,ip=A/P][,gw=G][,dns=D]")]
+    /// the guest asks DHCP), and rate limits for each direction: rate=
+    /// bytes/s (10M = 10 MiB/s), pps= frames/s (10k = 10000), each with a
+    /// burst (rate_burst=, pps_burst=; default a tenth of a second's worth).
+    #[arg(
+        long,
+        value_name = "tap=NAME[,mac=M][,ip=A/P][,gw=G][,dns=D][,rate=B][,pps=N][,rate_burst=B][,pps_burst=N]"
+    )]
     net: Option<tandem::devices::NetSpec>,
     /// Wait for gdb on localhost TCP port PORT (or a Unix socket,
     /// unix:PATH) before the guest's first instruction, and let it debug
