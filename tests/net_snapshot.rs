@@ -437,7 +437,11 @@ fn a_backup_point_of_httpd_restores_on_a_tap() {
         if points >= 4 {
             break tandem::backup::Chain::open(&chain).unwrap().last() - 1;
         }
-        assert!(start.elapsed() < READY_TIMEOUT, "no backup points: {}", run.output());
+        assert!(
+            start.elapsed() < READY_TIMEOUT,
+            "no backup points: {}",
+            run.output()
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     drop(run);
