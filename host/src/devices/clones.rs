@@ -136,9 +136,9 @@ pub fn plan(
             None => derived_mac(ipv4.map(|ip| ip.address), state.mac, i),
         };
         specs.push(NetSpec {
-            tap: spec.tap,
             mac: Some(mac),
             ipv4,
+            ..spec
         });
     }
     refuse_sharing(&specs)?;

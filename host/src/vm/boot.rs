@@ -83,10 +83,11 @@ impl Vm {
     }
 }
 
-/// The virtio-net device `spec` asks for: its tap attached, its MAC the
-/// one asked for or a random locally administered one.
+/// The virtio-net device `spec` asks for: its tap attached (or made, when
+/// missing and the process may), its MAC the one asked for or a random
+/// locally administered one, its rate limits.
 fn net_device(spec: &NetSpec, mem_size: u64) -> Result<NetDevice, VmError> {
-    let tap = Tap::open(&spec.tap)?;
+    let tap = Tap::setup(&spec.tap_setup())?;
     let mac = spec.mac.unwrap_or_else(|| {
         let mut m = [0u8; 6];
         fill_random(&mut m);
@@ -94,5 +95,7 @@ fn net_device(spec: &NetSpec, mem_size: u64) -> Result<NetDevice, VmError> {
         m[0] = (m[0] & 0xfc) | 0x02;
         m
     });
-    Ok(NetDevice::new(tap, mac, mem_size))
+    let mut device = NetDevice::new(tap, mac, mem_size);
+    device.set_rate_limit(spec.limit);
+    Ok(device)
 }

@@ -49,7 +49,12 @@ impl Vm {
         config.vm_id = st.machine.vm_id;
         config.console_limit = st.machine.console_limit;
         // Before KVM is touched: a missing tap is the likeliest mistake.
-        let tap = config.net.as_ref().map(|n| Tap::open(&n.tap)).transpose()?;
+        // As at boot, a missing tap is made when the process may.
+        let tap = config
+            .net
+            .as_ref()
+            .map(|n| Tap::setup(&n.tap_setup()))
+            .transpose()?;
         let machine = Machine::new(hv, &config, start_tsc, || {
             let file = snapshot.open_memory()?;
             let populate = populate_ranges(&file, st.machine.mem_size);
@@ -60,8 +65,10 @@ impl Vm {
         let net = match (tap, &st.net, &config.net) {
             (Some(tap), Some(state), Some(spec)) => {
                 let mac = spec.mac.unwrap_or(state.mac);
-                let dev = NetDevice::restore(tap, state, mac, &machine.ram.mem, config.mem_size)
-                    .map_err(SnapshotError::Net)?;
+                let mut dev =
+                    NetDevice::restore(tap, state, mac, &machine.ram.mem, config.mem_size)
+                        .map_err(SnapshotError::Net)?;
+                dev.set_rate_limit(spec.limit);
                 Some(dev)
             }
             _ => None,
@@ -120,7 +127,7 @@ fn restored_net(
         (Some(state), Some(spec)) => Ok(Some(NetSpec {
             mac: Some(spec.mac.unwrap_or(state.mac)),
             ipv4: spec.ipv4.or(state.ipv4.map(Into::into)),
-            tap: spec.tap,
+            ..spec
         })),
     }
 }

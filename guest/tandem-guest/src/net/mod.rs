@@ -235,8 +235,14 @@ impl Stack {
         Ok(changed)
     }
 
-    /// How long the stack has nothing to do: until its next timer, at most `max`.
+    /// How long the stack has nothing to do: until its next timer, at most
+    /// `max`. With every transmit buffer held by the device (a rate limit
+    /// on the Tandem VMM) the stack wants to send now but cannot: it waits
+    /// the whole `max`, which the device ends when a buffer comes back.
     fn quiet_for(&mut self, max: Duration) -> Duration {
+        if self.device.tx_starved() {
+            return max;
+        }
         self.iface
             .poll_delay(smol_now(), &self.sockets)
             .map_or(max, |d| Duration::from_micros(d.total_micros()).min(max))

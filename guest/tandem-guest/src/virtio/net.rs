@@ -210,6 +210,14 @@ impl VirtioNet {
         self.transport.version()
     }
 
+    /// Whether every transmit buffer is with the device (after taking back
+    /// those it is done with): nothing more can be sent until it returns
+    /// one, which a device with a rate limit does when its tokens are back.
+    pub fn tx_starved(&mut self) -> bool {
+        self.tx.reclaim();
+        self.broken.is_none() && self.tx.free.is_empty()
+    }
+
     /// Why the device was given up, if it was.
     pub fn broken(&self) -> Option<DeviceError> {
         self.broken

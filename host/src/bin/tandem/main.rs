@@ -55,7 +55,7 @@ fn exit_codes_help() -> String {
 #[derive(Subcommand)]
 enum Command {
     /// Boot IMAGE and run it to the end; exits with the guest's exit code.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Resume the VM frozen in snapshot directory DIR (or N clones of it).
     Restore(RestoreArgs),
     /// Inspect or check a snapshot directory.
@@ -229,8 +229,13 @@ struct RunArgs {
     snapshot_at_ready: Option<PathBuf>,
     /// A virtio-net device on an existing tap (`ip tuntap add NAME mode
     /// tap`), with the guest's MAC and static IPv4 settings (without ip=
-    /// the guest asks DHCP).
-    #[arg(long, value_name = "tap=NAME[,mac=M][,ip=A/P][,gw=G][,dns=D]")]
+    /// the guest asks DHCP), and rate limits for each direction: rate=
+    /// bytes/s (10M = 10 MiB/s), pps= frames/s (10k = 10000), each with a
+    /// burst (rate_burst=, pps_burst=; default a tenth of a second's worth).
+    #[arg(
+        long,
+        value_name = "tap=NAME[,mac=M][,ip=A/P][,gw=G][,dns=D][,rate=B][,pps=N][,rate_burst=B][,pps_burst=N]"
+    )]
     net: Option<tandem::devices::NetSpec>,
     /// Wait for gdb on localhost TCP port PORT (or a Unix socket,
     /// unix:PATH) before the guest's first instruction, and let it debug
@@ -251,7 +256,7 @@ fn main() -> ExitCode {
     logger::init(logger::level(cli.quiet || json, cli.verbose));
     let quiet = cli.quiet;
     let result = match cli.command {
-        Command::Run(args) => run(args, quiet, start),
+        Command::Run(args) => run(*args, quiet, start),
         Command::Restore(args) => restore(args, quiet, start),
         Command::Snapshot(cmd) => snapshot_cmd(cmd),
         Command::Backup(cmd) => backup_cmd(cmd),
