@@ -3,7 +3,8 @@
 //! `ready()` answers on a new tap after `tandem restore --net`, a
 //! connection open at the snapshot is reset (not left hanging), clones of
 //! `--clones N` answer on their own addresses with their own MACs (read
-//! from the host's neighbour table), and what must be refused is: clones
+//! from the host's neighbour table), a backup point taken while it served
+//! restores (with what the device wrote), and what must be refused is: clones
 //! sharing a tap or an address, a restore without `--net` (or with one for
 //! a VM that had none), a forged device state.
 
@@ -535,5 +536,53 @@ fn a_forged_device_state_is_refused() {
     );
     let e = forge("mac", &|n| n.mac = [0xff; 6]);
     assert!(e.contains("network device: MAC"), "{e}");
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+}
+
+#[test]
+fn a_vm_without_a_network_device_refuses_net_on_restore() {
+    let dir = scratch("no-net").join("snap");
+    let image = image_path("counter");
+    let out = tandem(&[
+        "run",
+        s(&image),
+        "--timeout",
+        "30s",
+        "--cmdline",
+        "ready exit-at=100",
+        "--snapshot-at-ready",
+        s(&dir),
+        "--exit-after-snapshot",
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let info = tandem(&["snapshot", "info", s(&dir)]);
+    assert!(info.stdout.contains("network:     none"), "{}", info.stdout);
+    for clones in ["1", "2"] {
+        let out = tandem(&[
+            "restore",
+            s(&dir),
+            "--clones",
+            clones,
+            "--timeout",
+            "10s",
+            "--net",
+            "tap=tdn-none0",
+        ]);
+        assert_eq!(
+            out.code,
+            Some(i32::from(tandem::exit_code::VMM_ERROR)),
+            "{}",
+            out.stderr
+        );
+        assert!(
+            out.stderr
+                .contains("the snapshot's VM has no network device: remove --net"),
+            "{}",
+            out.stderr
+        );
+    }
+    // Without --net it resumes as ever.
+    let out = tandem(&["restore", s(&dir), "--timeout", "30s"]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
     let _ = std::fs::remove_dir_all(dir.parent().unwrap());
 }
