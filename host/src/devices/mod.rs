@@ -10,12 +10,14 @@
 //! readable tap ends early. Every ring index, descriptor and length is
 //! hostile input: a violation ends that VM with a [`DeviceError`].
 
+pub mod blk;
 pub mod manifest;
 pub mod mmio;
 pub mod net;
 pub mod spec;
 pub mod tap;
 
+pub use blk::{BlkDevice, BlkError, DiskSpec};
 pub use manifest::DeviceMismatch;
 pub use net::NetDevice;
 pub use spec::{NetSpec, NetSpecError};
@@ -134,4 +136,7 @@ pub enum DeviceError {
         /// Bytes of the chain.
         len: u64,
     },
+    /// The guest broke the virtio-blk rules of one of its disks.
+    #[error(transparent)]
+    Block(#[from] BlkError),
 }

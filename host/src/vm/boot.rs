@@ -14,8 +14,9 @@ use super::machine::{Machine, Start};
 use super::prefault::prefault;
 use super::{Vm, VmConfig, VmError};
 use crate::arch;
+use crate::devices::blk::DiskFile;
 use crate::devices::tap::Tap;
-use crate::devices::{manifest, NetDevice, NetSpec};
+use crate::devices::{manifest, BlkDevice, NetDevice, NetSpec};
 use crate::entropy::fill_random;
 use crate::image::Image;
 use crate::kvm::Hypervisor;
@@ -34,8 +35,14 @@ impl Vm {
         manifest::check(
             &image.name,
             image.devices,
-            manifest::offered(config.net.is_some()),
+            manifest::offered_with(config.net.is_some(), !config.disks.is_empty()),
         )?;
+        // Every disk image checked and locked before KVM is asked for anything.
+        let disk_files = config
+            .disks
+            .iter()
+            .map(|d| DiskFile::open(&d.path, d.read_only))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut machine = Machine::new(hv, &config, start_tsc, || {
             Ok(GuestRam::new(config.mem_size, config.huge_pages)?)
         })?;
@@ -43,12 +50,12 @@ impl Vm {
             Some(spec) => Some(net_device(spec, config.mem_size)?),
             None => None,
         };
+        let disks = blk_devices(disk_files, config.mem_size);
         let mmio: Vec<MmioWindow> = net
             .iter()
-            .map(|n| {
-                let (start, len) = n.window();
-                MmioWindow { start, len }
-            })
+            .map(NetDevice::window)
+            .chain(disks.iter().map(BlkDevice::window))
+            .map(|(start, len)| MmioWindow { start, len })
             .collect();
         let mem = &machine.ram.mem;
         image.load(mem)?;
@@ -67,6 +74,7 @@ impl Vm {
             to_guest(start_tsc),
             to_guest(rdtsc()),
             net.as_ref(),
+            &disks,
         );
         // BOOT_INFO_MAX is 8 KiB, which fits any usize.
         #[allow(clippy::cast_possible_truncation)]
@@ -87,8 +95,19 @@ impl Vm {
             .map_err(ioctl("KVM_SET_REGS"))?;
         let mut vm = machine.into_vm(config, Start::Boot);
         vm.net = net;
+        vm.disks = disks;
         Ok(vm)
     }
+}
+
+/// The virtio-blk devices for `files`, in the windows after the network
+/// device's.
+pub(super) fn blk_devices(files: Vec<DiskFile>, mem_size: u64) -> Vec<BlkDevice> {
+    files
+        .into_iter()
+        .zip(1u64..)
+        .map(|(f, slot)| BlkDevice::new(f, layout::virtio_mmio_window(slot), mem_size))
+        .collect()
 }
 
 /// The virtio-net device `spec` asks for: its tap attached, its MAC the

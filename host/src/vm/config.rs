@@ -9,7 +9,7 @@ use super::core::CoreFile;
 use crate::backup::BackupConfig;
 use crate::console::{ConsoleSink, DEFAULT_CONSOLE_LIMIT, DEFAULT_CONSOLE_RATE};
 use crate::control::VmHandle;
-use crate::devices::NetSpec;
+use crate::devices::{DiskSpec, NetSpec};
 
 /// What a VM is given.
 #[derive(Debug, Clone)]
@@ -51,6 +51,8 @@ pub struct VmConfig {
     /// A virtio-net device on this tap (fresh boots only; not with
     /// snapshots or backups).
     pub net: Option<NetSpec>,
+    /// Disks (virtio-blk), in order: the guest sees them in this order.
+    pub disks: Vec<DiskSpec>,
     /// Write a core file here if the guest crashes (panic, CPU exception,
     /// triple fault).
     pub core: Option<CoreFile>,
@@ -75,6 +77,7 @@ impl Default for VmConfig {
             handle: None,
             stdin: false,
             net: None,
+            disks: Vec::new(),
             core: None,
         }
     }

@@ -42,6 +42,9 @@ pub enum VmError {
     /// A core file could not be written.
     #[error(transparent)]
     Core(#[from] CoreError),
+    /// A disk image was refused or could not be opened.
+    #[error(transparent)]
+    Disk(#[from] crate::devices::blk::DiskError),
 }
 
 /// Wraps a failed ioctl, named `what`, as a [`VmError`].

@@ -38,6 +38,11 @@ impl Vm {
         mut config: VmConfig,
         start_tsc: u64,
     ) -> Result<Self, VmError> {
+        if !config.disks.is_empty() {
+            return Err(VmError::Config(
+                "a restored VM cannot have a disk yet".into(),
+            ));
+        }
         if config.net.is_some() {
             return Err(VmError::Config(
                 "a restored VM cannot have a network device yet".into(),

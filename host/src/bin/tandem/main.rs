@@ -225,6 +225,11 @@ struct RunArgs {
     /// the guest asks DHCP).
     #[arg(long, value_name = "tap=NAME[,mac=M][,ip=A/P][,gw=G][,dns=D]")]
     net: Option<tandem::devices::NetSpec>,
+    /// A virtio-blk disk on a raw image file (repeatable: the guest sees
+    /// them in order); `ro` refuses the guest's writes. The file must exist,
+    /// be whole 512-byte sectors, and be used by no other VM (it is locked).
+    #[arg(long = "disk", value_name = "path=FILE[,ro]")]
+    disks: Vec<tandem::devices::DiskSpec>,
     /// Wait for gdb on localhost TCP port PORT (or a Unix socket,
     /// unix:PATH) before the guest's first instruction, and let it debug
     /// the guest (`target remote :PORT` in `gdb IMAGE`).
@@ -351,7 +356,7 @@ fn run(args: RunArgs, quiet: bool, start: u64) -> Result<u8> {
     tandem::devices::manifest::check(
         &image.name,
         image.devices,
-        tandem::devices::manifest::offered(args.net.is_some()),
+        tandem::devices::manifest::offered_with(args.net.is_some(), !args.disks.is_empty()),
     )?;
     let hv = Hypervisor::open()?;
     let config = VmConfig {
@@ -365,6 +370,7 @@ fn run(args: RunArgs, quiet: bool, start: u64) -> Result<u8> {
         // The app's standard input is tandem's.
         stdin: true,
         net: args.net,
+        disks: args.disks,
         ..VmConfig::default()
     };
     let mut config = config;
