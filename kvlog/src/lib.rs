@@ -193,34 +193,43 @@ impl<D: Disk> Store<D> {
         // Sectors [buf_start, buf_start + buf.len() / SECTOR) are in buf.
         let mut buf: Vec<u8> = Vec::new();
         let mut buf_start = 0u64;
+        // Byte offset in `buf` of sector `at`'s sector `n` later, if all there.
+        let place = |buf: &[u8], buf_start: u64, at: u64, n: usize| {
+            let off = usize::try_from(at.checked_sub(buf_start)?)
+                .ok()?
+                .checked_mul(SECTOR)?;
+            (off.checked_add(n.checked_mul(SECTOR)?)? <= buf.len()).then_some(off)
+        };
         loop {
-            let have = |buf: &Vec<u8>, start: u64, from: u64, n: usize| {
-                from >= start && (from - start) as usize * SECTOR + n * SECTOR <= buf.len()
-            };
-            let left = capacity.saturating_sub(sector);
+            let left = usize::try_from(capacity.saturating_sub(sector)).unwrap_or(usize::MAX);
             if left == 0 {
                 break;
             }
-            if !have(&buf, buf_start, sector, 1) {
-                let n = usize::try_from(left).unwrap_or(usize::MAX).min(READ_AHEAD);
-                buf.resize(n * SECTOR, 0);
-                disk.read(sector, &mut buf).map_err(Error::Disk)?;
-                buf_start = sector;
-            }
-            let at = (sector - buf_start) as usize * SECTOR;
-            let Some(n) = header_sectors(seq, &buf[at..]) else {
+            let off = match place(&buf, buf_start, sector, 1) {
+                Some(off) => off,
+                None => {
+                    buf.resize(left.min(READ_AHEAD) * SECTOR, 0);
+                    disk.read(sector, &mut buf).map_err(Error::Disk)?;
+                    buf_start = sector;
+                    0
+                }
+            };
+            let Some(n) = header_sectors(seq, &buf[off..]) else {
                 break;
             };
-            if n as u64 > left {
+            if n > left {
                 break;
             }
-            if !have(&buf, buf_start, sector, n) {
-                buf.resize(n.max(READ_AHEAD.min(left as usize)) * SECTOR, 0);
-                disk.read(sector, &mut buf).map_err(Error::Disk)?;
-                buf_start = sector;
-            }
-            let at = (sector - buf_start) as usize * SECTOR;
-            match decode(seq, &buf[at..at + n * SECTOR]) {
+            let off = match place(&buf, buf_start, sector, n) {
+                Some(off) => off,
+                None => {
+                    buf.resize(n.max(left.min(READ_AHEAD)) * SECTOR, 0);
+                    disk.read(sector, &mut buf).map_err(Error::Disk)?;
+                    buf_start = sector;
+                    0
+                }
+            };
+            match decode(seq, &buf[off..off + n * SECTOR]) {
                 Some(Record::Put { key, value }) => {
                     map.insert(key.to_vec(), value.to_vec());
                 }
@@ -330,7 +339,7 @@ impl MemDisk {
     fn range(&self, sector: u64, len: usize) -> Option<core::ops::Range<usize>> {
         let start = usize::try_from(sector).ok()?.checked_mul(SECTOR)?;
         let end = start.checked_add(len)?;
-        (len % SECTOR == 0 && end <= self.bytes.len()).then_some(start..end)
+        (len.is_multiple_of(SECTOR) && end <= self.bytes.len()).then_some(start..end)
     }
 }
 
@@ -488,7 +497,7 @@ mod tests {
                 value: b"y",
             },
         );
-        h[20..24].copy_from_slice(&(MAX_VALUE as u32).to_le_bytes());
+        h[20..24].copy_from_slice(&u32::try_from(MAX_VALUE).unwrap().to_le_bytes());
         fuzz_replay(&h);
     }
 }
