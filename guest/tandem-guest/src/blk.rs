@@ -82,7 +82,7 @@ impl Disk {
     }
 
     fn check(&self, sector: u64, len: usize) -> Result<()> {
-        if len % SECTOR_SIZE != 0 {
+        if !len.is_multiple_of(SECTOR_SIZE) {
             return Err(Error::Unaligned);
         }
         let end = sector.checked_add((len / SECTOR_SIZE) as u64);

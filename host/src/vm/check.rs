@@ -79,14 +79,6 @@ pub(super) fn check_config(config: &VmConfig) -> Result<(), VmError> {
                 layout::VIRTIO_MMIO_BASE
             )));
         }
-        if config.snapshot_dir.is_some()
-            || config.snapshot_at_ready.is_some()
-            || config.backup.is_some()
-        {
-            return Err(VmError::Config(
-                "snapshots and backups of a VM with a network device are not supported yet".into(),
-            ));
-        }
     }
     Ok(())
 }

@@ -48,8 +48,9 @@ pub struct VmConfig {
     /// The app's standard input is this process's (fd 0); otherwise the app
     /// reads end of input at once.
     pub stdin: bool,
-    /// A virtio-net device on this tap (fresh boots only; not with
-    /// snapshots or backups).
+    /// A virtio-net device on this tap. For a restore: the tap to attach
+    /// the snapshot's device to (given exactly when the snapshot has one),
+    /// with the MAC and IPv4 settings that replace the snapshot's.
     pub net: Option<NetSpec>,
     /// Disks (virtio-blk), in order: the guest sees them in this order.
     pub disks: Vec<DiskSpec>,

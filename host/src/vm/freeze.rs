@@ -35,7 +35,7 @@ impl Vm {
     }
 
     /// Captures everything but memory: vCPU registers, machine, clock,
-    /// trace, console totals. The vCPU must be stopped with no I/O pending.
+    /// trace, console totals, the network device. The vCPU must be stopped with no I/O pending.
     fn capture_state(&mut self, console_written: u64) -> Result<SnapshotState, VmError> {
         self.complete_pending_io()?;
         let live = LiveState {
@@ -53,6 +53,8 @@ impl Vm {
             cpu_features: self.cpu_features,
         };
         let trace = self.trace_with_guest_stamps();
+        let ipv4 = self.config.net.as_ref().and_then(|n| n.ipv4);
+        let net = self.net.as_ref().map(|n| n.state(ipv4));
         Ok(SnapshotState::capture(
             &self.vm,
             &self.vcpu,
@@ -60,6 +62,7 @@ impl Vm {
             live,
             &trace,
             console_written,
+            net,
         )?)
     }
 

@@ -111,6 +111,13 @@ struct RestoreArgs {
     /// Print the run report as one JSON object on stderr.
     #[arg(long)]
     json: bool,
+    /// The tap to attach the snapshot's network device to, with the MAC
+    /// and IPv4 settings that replace the snapshot's (what is left out is
+    /// kept). With --clones: one per clone, or one with {i} or {i+K} (the
+    /// clone's index, plus K) in it, e.g. tap=tc{i},ip=10.0.0.{i+10}/24;
+    /// a clone without mac= gets one derived from its address.
+    #[arg(long, value_name = "tap=NAME[,mac=M][,ip=A/P][,gw=G][,dns=D]")]
+    net: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -222,8 +229,13 @@ struct RunArgs {
     snapshot_at_ready: Option<PathBuf>,
     /// A virtio-net device on an existing tap (`ip tuntap add NAME mode
     /// tap`), with the guest's MAC and static IPv4 settings (without ip=
-    /// the guest asks DHCP).
-    #[arg(long, value_name = "tap=NAME[,mac=M][,ip=A/P][,gw=G][,dns=D]")]
+    /// the guest asks DHCP), and rate limits for each direction: rate=
+    /// bytes/s (10M = 10 MiB/s), pps= frames/s (10k = 10000), each with a
+    /// burst (rate_burst=, pps_burst=; default a tenth of a second's worth).
+    #[arg(
+        long,
+        value_name = "tap=NAME[,mac=M][,ip=A/P][,gw=G][,dns=D][,rate=B][,pps=N][,rate_burst=B][,pps_burst=N]"
+    )]
     net: Option<tandem::devices::NetSpec>,
     /// A virtio-blk disk on a raw image file (repeatable: the guest sees
     /// them in order); `ro` refuses the guest's writes. The file must exist,
@@ -476,11 +488,15 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
         ..VmConfig::default()
     };
     let clones = args.clones;
+    // Every clone's device, checked before any starts.
+    let nets = tandem::devices::clones::plan(&args.net, clones, snap.state.net.as_ref())
+        .with_context(|| format!("cannot restore {}", args.dir.display()))?;
     let persist_dir = args.persist.snapshot_dir.clone();
     let backup_dir = args.persist.backup_dir.clone();
     // A snapshot does not know its image's name: the core leaves it out.
     persist(&mut base, args.persist, String::new())?;
     if clones == 1 {
+        base.net = nets.into_iter().next().flatten();
         let vm = Vm::restore_at(&hv, &snap, base, start)
             .with_context(|| format!("cannot restore {}", args.dir.display()))?;
         let generation = vm.generation();
@@ -495,10 +511,11 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
     std::thread::scope(|scope| -> Result<u8> {
         let mut handles = Vec::new();
         let mut buffers = Vec::new();
-        for i in 0..clones {
+        for (i, net) in (0..clones).zip(nets) {
             let buf = Arc::new(Mutex::new(Vec::new()));
             buffers.push(buf.clone());
             let mut config = base.clone();
+            config.net = net;
             config.console = ConsoleSink::Capture(buf);
             config.snapshot_dir = persist_dir.as_ref().map(|d| d.join(format!("clone-{i}")));
             config.core = config.core.map(|c| CoreFile {
