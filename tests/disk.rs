@@ -337,3 +337,60 @@ fn each_hostile_request_ends_only_its_vm() {
     assert_eq!(code, Some(0), "{out}{err}");
     assert_eq!(answers(&out), ["ok", "hostile"], "{out}");
 }
+
+/// Runs diskbench `args` on `disk`; returns (bytes, requests, guest
+/// microseconds) and the VMM's stderr.
+fn diskbench(disk: &str, args: &str) -> ((u64, u64, u64), String) {
+    let out = run_app(
+        "diskbench",
+        &["--disk", disk, "--cmdline", args, "--timeout", "120s"],
+    );
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    let line = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("diskbench: "))
+        .unwrap_or_else(|| panic!("no diskbench line: {}", out.stdout));
+    let w: Vec<&str> = line.split(' ').collect();
+    let num = |i: usize| -> u64 {
+        w.get(i)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"))
+    };
+    ((num(1), num(3), num(5)), out.stderr)
+}
+
+#[test]
+fn rate_limits_hold_over_a_window() {
+    let s = Scratch::new("rate");
+    let img = s.image("d.img", 64 << 20);
+    // 4 MiB/s with the default burst (a tenth of a second): 12 MiB need at
+    // least (12 - 0.4) / 4 s however fast the host is.
+    let rate = 4u64 << 20;
+    let burst = rate / 10;
+    let ((bytes, _, us), err) = diskbench(&disk_arg(&img, ",rate=4M"), "seqwrite 12");
+    assert_eq!(bytes, 12 << 20);
+    let allowed = burst as f64 + rate as f64 * us as f64 / 1e6;
+    assert!(
+        bytes as f64 <= allowed,
+        "{bytes} bytes in {us} us, past the {allowed:.0} a 4 MiB/s limit allows"
+    );
+    assert!(
+        !err.contains(" 0 held"),
+        "the limit never held a request: {err}"
+    );
+
+    // 500 requests a second (burst 50): 1000 writes and a flush need at
+    // least (1001 - 50) / 500 s.
+    let ((_, requests, us), err) = diskbench(&disk_arg(&img, ",iops=500"), "randwrite 1000");
+    assert_eq!(requests, 1001);
+    let allowed = 50.0 + 500.0 * us as f64 / 1e6;
+    assert!(
+        requests as f64 <= allowed,
+        "{requests} requests in {us} us, past the {allowed:.0} a 500/s limit allows"
+    );
+    assert!(
+        !err.contains(" 0 held"),
+        "the limit never held a request: {err}"
+    );
+}

@@ -49,7 +49,10 @@ impl Vm {
             Some(spec) => Some(net_device(spec, config.mem_size)?),
             None => None,
         };
-        let disks = blk_devices(disk_files, config.mem_size);
+        let mut disks = blk_devices(disk_files, config.mem_size);
+        for (d, spec) in disks.iter_mut().zip(&config.disks) {
+            d.set_rate_limit(spec.limit);
+        }
         let mmio: Vec<MmioWindow> = net
             .iter()
             .map(NetDevice::window)

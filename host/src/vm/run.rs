@@ -130,7 +130,7 @@ impl Vm {
         for d in &self.disks {
             let s = d.stats();
             log::info!(
-                "disk {}: {} reads ({} bytes), {} writes ({} bytes), {} flushes, {} errors, {} kicks",
+                "disk {}: {} reads ({} bytes), {} writes ({} bytes), {} flushes, {} errors, {} kicks, {} held",
                 d.disk().path().display(),
                 s.reads,
                 s.bytes_read,
@@ -138,7 +138,8 @@ impl Vm {
                 s.bytes_written,
                 s.flushes,
                 s.errors,
-                s.kicks
+                s.kicks,
+                s.held
             );
         }
         // The run's outcome stands whether or not its core file could be written.
@@ -232,6 +233,12 @@ impl Vm {
         if let Some(net) = self.net.as_mut() {
             if let Err(e) = net.pump(&self.ram.mem) {
                 return Step::End(ExitStatus::DeviceViolation(e));
+            }
+        }
+        // And serves a disk request a rate limit held, once it may go.
+        for d in &mut self.disks {
+            if let Err(e) = d.pump(&self.ram.mem) {
+                return Step::End(ExitStatus::DeviceViolation(e.into()));
             }
         }
         step

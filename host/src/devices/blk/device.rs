@@ -3,6 +3,12 @@
 //! that announces them (one exit per batch, no interrupt: the guest polls
 //! its used ring).
 //!
+//! With rate limits ([`BlkDevice::set_rate_limit`]) a request the buckets
+//! cannot pay for yet stays in the available ring (the device steps back
+//! over it) and the device is *held* until the instant they can
+//! ([`BlkDevice::held_until`]): an Idle wait ends then, and the next VM
+//! exit serves it ([`BlkDevice::pump`]).
+//!
 //! The queue is rust-vmm's `virtio-queue`, as for the network device; what
 //! it leaves to its user is checked here (rings inside the app's memory,
 //! the available index at most a queue ahead, a chain's head and links)
@@ -11,6 +17,7 @@
 
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use tandem_abi::layout;
 use virtio_bindings::virtio_blk::{
@@ -18,16 +25,17 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::disk::DiskFile;
 use super::request::{
-    self, Action, Desc, DeviceId, Geometry, Header, HEADER_LEN, MAX_CHAIN, MAX_REQUEST_BYTES,
-    SECTOR_SIZE, SEG_MAX,
+    self, Action, Desc, DeviceId, Geometry, Header, Shape, HEADER_LEN, MAX_CHAIN,
+    MAX_REQUEST_BYTES, SECTOR_SIZE, SEG_MAX,
 };
 use super::BlkError;
 use crate::devices::mmio::{low32, Effect, Transport};
+use crate::devices::rate_limiter::{Admit, RateLimit, RateLimiter};
 
 /// The request queue.
 pub const REQUEST_QUEUE: u16 = 0;
@@ -51,6 +59,8 @@ pub struct BlkStats {
     pub errors: u64,
     /// Notify writes (kicks).
     pub kicks: u64,
+    /// Times a rate limit held a request back.
+    pub held: u64,
 }
 
 /// A virtio-blk device on a disk image.
@@ -64,6 +74,9 @@ pub struct BlkDevice {
     app: (u64, u64),
     scratch: Vec<u8>,
     stats: BlkStats,
+    limiter: Option<RateLimiter>,
+    /// When the request a rate limit holds back may go.
+    held: Option<Instant>,
 }
 
 impl BlkDevice {
@@ -89,6 +102,36 @@ impl BlkDevice {
             app: (layout::HEAP_ADDR, mem_size),
             scratch: Vec::new(),
             stats: BlkStats::default(),
+            limiter: None,
+            held: None,
+        }
+    }
+
+    /// Limits the bytes and requests a second it serves (none: unlimited).
+    pub fn set_rate_limit(&mut self, limit: RateLimit) {
+        self.limiter = limit
+            .is_limited()
+            .then(|| RateLimiter::from_limit(limit, Instant::now()));
+    }
+
+    /// Its rate limits.
+    pub fn rate_limit(&self) -> RateLimit {
+        self.limiter
+            .as_ref()
+            .map(RateLimiter::limit)
+            .unwrap_or_default()
+    }
+
+    /// When the request a rate limit holds back may go, if one is held.
+    pub fn held_until(&self) -> Option<Instant> {
+        self.held
+    }
+
+    /// What every VM exit does: serves a held request once it may go.
+    pub fn pump(&mut self, mem: &GuestMemoryMmap) -> Result<(), BlkError> {
+        match self.held {
+            Some(at) if Instant::now() >= at => self.serve(mem),
+            _ => Ok(()),
         }
     }
 
@@ -194,9 +237,24 @@ impl BlkDevice {
         if !self.transport.live() || !self.queue.ready() {
             return Ok(());
         }
+        self.held = None;
         for _ in 0..self.available(mem)? {
             let (head, descs) = self.pop_chain(mem)?;
-            let written = self.serve_one(mem, head, &descs)?;
+            let (shape, action) = self.decide(mem, head, &descs)?;
+            if let Some(limiter) = &mut self.limiter {
+                let bytes = match action {
+                    Action::Read { len, .. } | Action::Write { len, .. } => len,
+                    _ => 0,
+                };
+                if let Admit::At(at) = limiter.admit(bytes, Instant::now()) {
+                    // It stays available: taken (and checked again) later.
+                    self.queue.go_to_previous_position();
+                    self.held = Some(at);
+                    self.stats.held += 1;
+                    return Ok(());
+                }
+            }
+            let written = self.carry_out(mem, &descs, shape, action)?;
             let q = REQUEST_QUEUE;
             self.queue
                 .add_used(mem, head, written)
@@ -268,17 +326,17 @@ impl BlkDevice {
         Ok((head, descs))
     }
 
-    /// Serves one checked chain; says how many bytes it wrote into it.
-    fn serve_one(
-        &mut self,
+    /// What chain `head` asks: its shape checked, its header copied out
+    /// once and decided on.
+    fn decide(
+        &self,
         mem: &GuestMemoryMmap,
         head: u16,
         descs: &[Desc],
-    ) -> Result<u32, BlkError> {
+    ) -> Result<(Shape, Action), BlkError> {
         let q = REQUEST_QUEUE;
         let shape = request::shape(q, head, descs, self.app)?;
-        let (readable, writable): (Vec<Desc>, Vec<Desc>) =
-            descs.iter().partition(|d| !d.write_only);
+        let readable: Vec<Desc> = descs.iter().copied().filter(|d| !d.write_only).collect();
         let mut header = Header::default();
         if shape.readable >= HEADER_LEN {
             gather(mem, &readable, 0, &mut header)?;
@@ -287,7 +345,20 @@ impl BlkDevice {
             sectors: self.disk.sectors(),
             read_only: self.disk.read_only(),
         };
-        let action = request::parse(q, head, &header, shape, geometry)?;
+        Ok((shape, request::parse(q, head, &header, shape, geometry)?))
+    }
+
+    /// Carries out a decided request over its chain; says how many bytes
+    /// it wrote into the chain.
+    fn carry_out(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        descs: &[Desc],
+        shape: Shape,
+        action: Action,
+    ) -> Result<u32, BlkError> {
+        let (readable, writable): (Vec<Desc>, Vec<Desc>) =
+            descs.iter().partition(|d| !d.write_only);
         let ok = status_byte(VIRTIO_BLK_S_OK);
         let ioerr = status_byte(VIRTIO_BLK_S_IOERR);
         // `parse` bounds every length by MAX_REQUEST_BYTES (1 MiB).
