@@ -69,7 +69,9 @@ impl IfReq {
     /// A `sockaddr_in` of `addr` in the union (family, port 0, address).
     fn with_ipv4(mut self, addr: Ipv4Addr) -> Self {
         self.data = [0; 24];
-        let family = (libc::AF_INET as u16).to_ne_bytes();
+        let family = libc::sa_family_t::try_from(libc::AF_INET)
+            .unwrap_or_default()
+            .to_ne_bytes();
         self.data[..2].copy_from_slice(&family);
         self.data[4..8].copy_from_slice(&addr.octets());
         self
@@ -171,10 +173,12 @@ pub fn set_up(name: &str, up: bool) -> Result<(), NetifError> {
     let control = Control::open()?;
     let mut req = IfReq::new(name)?;
     control.ifreq(libc::SIOCGIFFLAGS, &mut req, "read the flags of", name)?;
+    // IFF_UP is bit 0: it fits the request's 16-bit flags.
+    let iff_up = libc::c_short::try_from(libc::IFF_UP).unwrap_or(1);
     let flags = if up {
-        req.flags() | libc::IFF_UP as libc::c_short
+        req.flags() | iff_up
     } else {
-        req.flags() & !(libc::IFF_UP as libc::c_short)
+        req.flags() & !iff_up
     };
     let mut req = req.with_flags(flags);
     let what = if up { "bring up" } else { "bring down" };

@@ -71,14 +71,12 @@ pub(super) fn check_config(config: &VmConfig) -> Result<(), VmError> {
             "snapshots and backups of a VM with a disk are not supported yet".into(),
         ));
     }
-    if config.net.is_some() {
-        if config.mem_size > layout::VIRTIO_MMIO_BASE {
-            return Err(VmError::Config(format!(
-                "a VM with a network device has at most {} MiB of memory (its device window is at {:#x})",
-                layout::VIRTIO_MMIO_BASE >> 20,
-                layout::VIRTIO_MMIO_BASE
-            )));
-        }
+    if config.net.is_some() && config.mem_size > layout::VIRTIO_MMIO_BASE {
+        return Err(VmError::Config(format!(
+            "a VM with a network device has at most {} MiB of memory (its device window is at {:#x})",
+            layout::VIRTIO_MMIO_BASE >> 20,
+            layout::VIRTIO_MMIO_BASE
+        )));
     }
     Ok(())
 }

@@ -360,7 +360,9 @@ fn current_devices() -> Vec<tandem_abi::bootinfo::Device> {
     match tandem_abi::bootinfo::BootInfo::decode(crate::pages::boot_info_block()) {
         Ok(info) => info.devices.iter().copied().collect(),
         Err(e) => {
-            crate::println!("tandem: the restored boot-info block is refused ({e}); keeping the boot's devices");
+            crate::println!(
+                "tandem: the restored boot-info block is refused ({e}); keeping the boot's devices"
+            );
             booted()
         }
     }

@@ -55,7 +55,7 @@ fn exit_codes_help() -> String {
 #[derive(Subcommand)]
 enum Command {
     /// Boot IMAGE and run it to the end; exits with the guest's exit code.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Resume the VM frozen in snapshot directory DIR (or N clones of it).
     Restore(RestoreArgs),
     /// Inspect or check a snapshot directory.
@@ -261,7 +261,7 @@ fn main() -> ExitCode {
     logger::init(logger::level(cli.quiet || json, cli.verbose));
     let quiet = cli.quiet;
     let result = match cli.command {
-        Command::Run(args) => run(args, quiet, start),
+        Command::Run(args) => run(*args, quiet, start),
         Command::Restore(args) => restore(args, quiet, start),
         Command::Snapshot(cmd) => snapshot_cmd(cmd),
         Command::Backup(cmd) => backup_cmd(cmd),
