@@ -99,7 +99,7 @@ fn kvstore_keeps_its_keys_across_runs() {
             "missing",
             "ok",
             "missing",
-            "error: usage: put KEY VALUE | get KEY | del KEY"
+            "error: usage: put KEY VALUE | get KEY | del KEY | snapshot"
         ],
         "{out}"
     );
@@ -392,5 +392,198 @@ fn rate_limits_hold_over_a_window() {
     assert!(
         !err.contains(" 0 held"),
         "the limit never held a request: {err}"
+    );
+}
+
+/// A kvstore VM driven one command at a time (each answer awaited before
+/// the next command is sent, so nothing sits unread in the guest's input
+/// at a snapshot).
+struct Session {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Session {
+    fn start(args: &[&str]) -> Self {
+        require_kvm();
+        let mut child = Command::new(tandem_bin())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start tandem");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// The next answer (banners skipped).
+    fn answer(&mut self) -> String {
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(60)) {
+                Ok(l) if l.starts_with("kvstore:") => continue,
+                Ok(l) => return l,
+                Err(_) => {
+                    let _ = self.child.kill();
+                    let out = self.child.wait_with_output_now();
+                    panic!("no answer from kvstore in 60 s; stderr: {out}");
+                }
+            }
+        }
+    }
+
+    fn ask(&mut self, line: &str) -> String {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").expect("write to kvstore");
+        self.answer()
+    }
+
+    /// Ends the input and waits; returns the exit code and stderr.
+    fn finish(mut self) -> (Option<i32>, String) {
+        drop(self.stdin.take());
+        let out = self.child.wait_with_output().expect("wait");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+trait WaitNow {
+    fn wait_with_output_now(&mut self) -> String;
+}
+
+impl WaitNow for Child {
+    fn wait_with_output_now(&mut self) -> String {
+        let _ = self.wait();
+        let mut err = String::new();
+        if let Some(mut e) = self.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        err
+    }
+}
+
+#[test]
+fn a_snapshot_keeps_memory_and_disk_consistent_and_clones_write_apart() {
+    let s = Scratch::new("snap");
+    let img = s.image("kv.img", 8 << 20);
+    let snap = s.0.join("snap");
+    let disk = disk_arg(&img, "");
+    let image = image_path("kvstore");
+    let mut vm = Session::start(&[
+        "run",
+        "--timeout",
+        "120s",
+        "--disk",
+        &disk,
+        "--snapshot-dir",
+        snap.to_str().unwrap(),
+        image.to_str().unwrap(),
+    ]);
+    assert_eq!(vm.ask("put before 1"), "ok");
+    assert_eq!(vm.ask("snapshot"), "snapshot taken");
+    assert_eq!(vm.ask("put after 2"), "ok");
+    let (code, err) = vm.finish();
+    assert_eq!(code, Some(0), "{err}");
+
+    let restore = |path: &Path| {
+        Session::start(&[
+            "restore",
+            "--timeout",
+            "120s",
+            snap.to_str().unwrap(),
+            "--disk",
+            &disk_arg(path, ""),
+        ])
+    };
+    // A restore is the VM at the snapshot: the key written before it is
+    // there (in memory and on its disk), the one written after is not.
+    let first = s.0.join("first.img");
+    let mut r = restore(&first);
+    assert_eq!(r.answer(), "restored");
+    assert_eq!(r.ask("get before"), "1");
+    assert_eq!(r.ask("get after"), "missing");
+    assert_eq!(r.ask("put mine first"), "ok");
+    let (code, err) = r.finish();
+    assert_eq!(code, Some(0), "{err}");
+    // Its disk is its own file: replayed cold, it has the same keys.
+    let (code, out, err) = kvstore(&disk_arg(&first, ""), "get before\nget after\nget mine\n");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(answers(&out), ["1", "missing", "first"], "{out}");
+
+    // A second restore does not see the first one's write.
+    let second = s.0.join("second.img");
+    let mut r = restore(&second);
+    assert_eq!(r.answer(), "restored");
+    assert_eq!(r.ask("get mine"), "missing");
+    assert_eq!(r.ask("put mine second"), "ok");
+    let (code, err) = r.finish();
+    assert_eq!(code, Some(0), "{err}");
+    let (_, out, _) = kvstore(&disk_arg(&first, ""), "get mine\n");
+    assert_eq!(answers(&out), ["first"], "{out}");
+    // And the original disk went on from the snapshot on its own.
+    let (_, out, _) = kvstore(&disk, "get after\nget mine\n");
+    assert_eq!(answers(&out), ["2", "missing"], "{out}");
+
+    // Clones get a file each, from a {i} template; never one shared.
+    let out = tandem_tests::tandem(&[
+        "restore",
+        "--timeout",
+        "60s",
+        snap.to_str().unwrap(),
+        "--clones",
+        "2",
+        "--disk",
+        &disk_arg(&s.0.join("clone{i}.img"), ""),
+    ]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(s.0.join("clone0.img").is_file() && s.0.join("clone1.img").is_file());
+    let out = tandem_tests::tandem(&[
+        "restore",
+        snap.to_str().unwrap(),
+        "--clones",
+        "2",
+        "--disk",
+        &disk_arg(&s.0.join("shared.img"), ""),
+    ]);
+    assert!(
+        out.stderr.contains("clones need one disk file each"),
+        "{}",
+        out.stderr
+    );
+    // A restore needs a new file for each disk.
+    let out = tandem_tests::tandem(&["restore", snap.to_str().unwrap()]);
+    assert!(
+        out.stderr
+            .contains("the snapshot's VM has 1 disk(s) and 0 --disk were given"),
+        "{}",
+        out.stderr
+    );
+    let out = tandem_tests::tandem(&[
+        "restore",
+        snap.to_str().unwrap(),
+        "--disk",
+        &disk_arg(&first, ""),
+    ]);
+    assert!(
+        out.stderr.contains("the destination exists"),
+        "{}",
+        out.stderr
     );
 }

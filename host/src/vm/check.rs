@@ -62,13 +62,9 @@ pub(super) fn check_config(config: &VmConfig) -> Result<(), VmError> {
             layout::VIRTIO_MMIO_BASE
         )));
     }
-    if !config.disks.is_empty()
-        && (config.backup.is_some()
-            || config.snapshot_dir.is_some()
-            || config.snapshot_at_ready.is_some())
-    {
+    if !config.disks.is_empty() && config.backup.is_some() {
         return Err(VmError::Config(
-            "snapshots and backups of a VM with a disk are not supported yet".into(),
+            "backups of a VM with a disk are not supported yet (snapshots are)".into(),
         ));
     }
     if config.net.is_some() && config.mem_size > layout::VIRTIO_MMIO_BASE {

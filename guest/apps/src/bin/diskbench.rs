@@ -41,7 +41,9 @@ fn main(env: &Env) -> Result<(), String> {
         if seq {
             (i * unit / SECTOR_SIZE) as u64
         } else {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (x >> 33) % blocks * per_block
         }
     };

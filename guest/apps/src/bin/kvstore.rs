@@ -2,11 +2,15 @@
 //! checksummed records (`tandem_kvlog`), replayed on start. Commands on
 //! standard input, one a line: `put KEY VALUE` answers `ok` once the
 //! record is on the disk and flushed; `get KEY` the value or `missing`;
-//! `del KEY` `ok`. Anything else, or a failed write, answers `error: ...`.
+//! `del KEY` `ok`; `snapshot` asks the VMM for a snapshot (memory and
+//! disk at one instant) and answers `snapshot taken` (or `not taken`), and
+//! `restored` in a VM restored from it. Anything else, or a failed write,
+//! answers `error: ...`.
 #![no_std]
 #![no_main]
 
 use tandem_guest::blk::{self, Disk};
+use tandem_guest::env::SnapshotOutcome;
 use tandem_guest::prelude::*;
 use tandem_kvlog::Store;
 
@@ -90,9 +94,15 @@ fn serve(store: &mut Store<LogDisk>, line: &[u8]) {
             |v| String::from_utf8_lossy(v).into_owned(),
         )),
         (b"del", Some(key), None) => store.del(key).map(|()| "ok".to_string()),
+        (b"snapshot", None, None) => Ok(match tandem_guest::env::snapshot() {
+            SnapshotOutcome::Taken => "snapshot taken",
+            SnapshotOutcome::Restored => "restored",
+            SnapshotOutcome::NotTaken => "snapshot not taken",
+        }
+        .to_string()),
         (b"", None, None) => return,
         _ => {
-            println!("error: usage: put KEY VALUE | get KEY | del KEY");
+            println!("error: usage: put KEY VALUE | get KEY | del KEY | snapshot");
             return;
         }
     };

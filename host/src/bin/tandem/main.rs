@@ -118,6 +118,12 @@ struct RestoreArgs {
     /// a clone without mac= gets one derived from its address.
     #[arg(long, value_name = "tap=NAME[,mac=M][,ip=A/P][,gw=G][,dns=D]")]
     net: Vec<String>,
+    /// A new file for each disk of the snapshot's VM, in order, made from
+    /// the snapshot's copy (a reflink where the file system offers one),
+    /// so that what this VM writes is its own. With --clones: put {i} (the
+    /// clone's index) in the path, e.g. path=clone{i}.img.
+    #[arg(long = "disk", value_name = "path=NEWFILE[,ro][,rate=..][,iops=..]")]
+    disks: Vec<tandem::devices::DiskSpec>,
 }
 
 #[derive(Subcommand)]
@@ -495,8 +501,21 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
     let backup_dir = args.persist.backup_dir.clone();
     // A snapshot does not know its image's name: the core leaves it out.
     persist(&mut base, args.persist, String::new())?;
+    // Every clone's disks, checked before any starts.
+    let disks = (0..clones)
+        .map(|i| {
+            args.disks
+                .iter()
+                .map(|d| d.for_clone(i, clones))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("cannot restore {}", args.dir.display()))?;
     if clones == 1 {
         base.net = nets.into_iter().next().flatten();
+        base.disks = disks.into_iter().next().unwrap_or_default();
+        // One restored VM reads tandem's standard input, as `tandem run` does.
+        base.stdin = true;
         let vm = Vm::restore_at(&hv, &snap, base, start)
             .with_context(|| format!("cannot restore {}", args.dir.display()))?;
         let generation = vm.generation();
@@ -511,11 +530,12 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
     std::thread::scope(|scope| -> Result<u8> {
         let mut handles = Vec::new();
         let mut buffers = Vec::new();
-        for (i, net) in (0..clones).zip(nets) {
+        for ((i, net), disks) in (0..clones).zip(nets).zip(disks) {
             let buf = Arc::new(Mutex::new(Vec::new()));
             buffers.push(buf.clone());
             let mut config = base.clone();
             config.net = net;
+            config.disks = disks;
             config.console = ConsoleSink::Capture(buf);
             config.snapshot_dir = persist_dir.as_ref().map(|d| d.join(format!("clone-{i}")));
             config.core = config.core.map(|c| CoreFile {

@@ -33,8 +33,10 @@ use super::request::{
     self, Action, Desc, DeviceId, Geometry, Header, Shape, HEADER_LEN, MAX_CHAIN,
     MAX_REQUEST_BYTES, SECTOR_SIZE, SEG_MAX,
 };
+use super::state::{BlkState, BlkStateError};
 use super::BlkError;
-use crate::devices::mmio::{low32, Effect, Transport};
+use crate::devices::mmio::{low32, Effect, QueueRegs, Transport};
+use crate::devices::net_state::QueuePosition;
 use crate::devices::rate_limiter::{Admit, RateLimit, RateLimiter};
 
 /// The request queue.
@@ -83,15 +85,10 @@ impl BlkDevice {
     /// A device with its register window at `base` on `disk`, for a guest
     /// of `mem_size` bytes.
     pub fn new(disk: DiskFile, base: u64, mem_size: u64) -> Self {
-        let mut features = 1 << VIRTIO_BLK_F_FLUSH | 1 << VIRTIO_BLK_F_SEG_MAX;
-        features |= 1 << VIRTIO_BLK_F_SIZE_MAX;
-        if disk.read_only() {
-            features |= 1 << VIRTIO_BLK_F_RO;
-        }
         Self {
             transport: Transport::new(
                 VIRTIO_ID_BLOCK,
-                features,
+                features(disk.read_only()),
                 1,
                 QUEUE_MAX,
                 config_space(disk.sectors()),
@@ -145,6 +142,60 @@ impl BlkDevice {
         &self.disk
     }
 
+    /// Its part of a snapshot (the disk's copy is named by the caller).
+    pub fn state(&self, file: String) -> BlkState {
+        BlkState {
+            transport: self.transport.state(),
+            position: QueuePosition {
+                next_avail: self.queue.next_avail(),
+                next_used: self.queue.next_used(),
+            },
+            file,
+            sectors: self.disk.sectors(),
+            read_only: self.disk.read_only(),
+        }
+    }
+
+    /// A device on `disk` with its window at `base`, picking up where
+    /// `state` left off, for a guest of `mem_size` bytes whose memory
+    /// `mem` the snapshot restored: `state` is checked first, the ready
+    /// queue again against guest memory, and its used index there must be
+    /// the device's.
+    pub fn restore(
+        disk: DiskFile,
+        state: &BlkState,
+        base: u64,
+        mem: &GuestMemoryMmap,
+        mem_size: u64,
+    ) -> Result<Self, BlkStateError> {
+        state.check(mem_size)?;
+        if disk.sectors() != state.sectors {
+            return Err(BlkStateError::Size {
+                found: disk.sectors(),
+                expected: state.sectors,
+            });
+        }
+        let mut dev = Self::new(disk, base, mem_size);
+        dev.transport.set_state(&state.transport);
+        if dev.transport.queue(REQUEST_QUEUE).is_some_and(|r| r.ready) {
+            dev.ready_queue(mem, REQUEST_QUEUE)?;
+            let pos = state.position;
+            dev.queue.set_next_avail(pos.next_avail);
+            dev.queue.set_next_used(pos.next_used);
+            let used = dev
+                .queue
+                .used_idx(mem, Ordering::Acquire)
+                .map_err(|_| ring_error(REQUEST_QUEUE, "used ring", dev.queue.used_ring()))?;
+            if used.0 != pos.next_used {
+                return Err(BlkStateError::UsedIndex {
+                    memory: used.0,
+                    device: pos.next_used,
+                });
+            }
+        }
+        Ok(dev)
+    }
+
     /// What it has done so far.
     pub fn stats(&self) -> BlkStats {
         self.stats
@@ -187,30 +238,8 @@ impl BlkDevice {
         let Some(regs) = self.transport.queue(q).copied() else {
             return Ok(());
         };
-        let size = regs.size;
-        if size == 0 || size > QUEUE_MAX || !size.is_power_of_two() {
-            return Err(BlkError::QueueSize {
-                queue: q,
-                size,
-                max: QUEUE_MAX,
-            });
-        }
-        let n = u64::from(size);
-        let rings = [
-            ("descriptor table", regs.desc, 16 * n, 16),
-            ("available ring", regs.avail, 6 + 2 * n, 2),
-            ("used ring", regs.used, 6 + 8 * n, 4),
-        ];
-        for (what, addr, len, align) in rings {
-            if !request::in_app(self.app, addr, len) || addr % align != 0 {
-                return Err(BlkError::RingOutside {
-                    queue: q,
-                    what,
-                    addr,
-                    len,
-                });
-            }
-        }
+        check_queue(q, &regs, self.app)?;
+        let (size, n) = (regs.size, u64::from(regs.size));
         let queue = &mut self.queue;
         queue.set_size(size);
         let split = |a: u64| (Some(low32(a)), Some(low32(a >> 32)));
@@ -421,6 +450,46 @@ impl BlkDevice {
         debug_assert!(data_in <= MAX_REQUEST_BYTES);
         Ok(u32::try_from(data_in + 1).unwrap_or(u32::MAX))
     }
+}
+
+/// Checks the registers of a queue the driver made ready (or a snapshot
+/// says it had): a power-of-two size up to [`QUEUE_MAX`], each ring
+/// aligned and inside the app's memory `app`.
+pub(super) fn check_queue(q: u16, regs: &QueueRegs, app: (u64, u64)) -> Result<(), BlkError> {
+    let size = regs.size;
+    if size == 0 || size > QUEUE_MAX || !size.is_power_of_two() {
+        return Err(BlkError::QueueSize {
+            queue: q,
+            size,
+            max: QUEUE_MAX,
+        });
+    }
+    let n = u64::from(size);
+    let rings = [
+        ("descriptor table", regs.desc, 16 * n, 16),
+        ("available ring", regs.avail, 6 + 2 * n, 2),
+        ("used ring", regs.used, 6 + 8 * n, 4),
+    ];
+    for (what, addr, len, align) in rings {
+        if !request::in_app(app, addr, len) || addr % align != 0 {
+            return Err(BlkError::RingOutside {
+                queue: q,
+                what,
+                addr,
+                len,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The features the device offers for a disk (`read_only` adds `RO`).
+pub(super) fn features(read_only: bool) -> u64 {
+    let mut f = 1 << VIRTIO_BLK_F_FLUSH | 1 << VIRTIO_BLK_F_SEG_MAX | 1 << VIRTIO_BLK_F_SIZE_MAX;
+    if read_only {
+        f |= 1 << VIRTIO_BLK_F_RO;
+    }
+    f
 }
 
 /// The configuration space: capacity in sectors, `size_max`, `seg_max`.

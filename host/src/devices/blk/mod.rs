@@ -4,16 +4,19 @@
 //! `spec` what an operator asks for (`--disk path=FILE[,ro]`), `error`
 //! every way a guest can break the rules.
 
+pub mod copy;
 pub mod device;
 pub mod disk;
 pub mod error;
 pub mod request;
 pub mod spec;
+pub mod state;
 
 pub use device::{BlkDevice, BlkStats};
 pub use disk::{DiskError, DiskFile};
 pub use error::BlkError;
 pub use spec::{DiskSpec, DiskSpecError};
+pub use state::{BlkState, BlkStateError};
 
 /// Most disks one VM may have.
 pub const MAX_DISKS: usize = 4;

@@ -55,6 +55,9 @@ pub enum DiskSpecError {
         /// What is wrong with it.
         reason: String,
     },
+    /// Clones that would share one disk file.
+    #[error("--disk path={0}: clones need one disk file each: put {{i}} (the clone's index) in the path")]
+    SharedByClones(String),
     /// A burst without its rate.
     #[error("--disk: {burst}= needs {rate}= (a burst of no limit means nothing)")]
     BurstWithoutRate {
@@ -114,6 +117,22 @@ impl std::str::FromStr for DiskSpec {
                 bytes: bucket(rate, rate_burst, ("rate", "rate_burst"))?,
                 ops: bucket(iops, iops_burst, ("iops", "iops_burst"))?,
             },
+        })
+    }
+}
+
+impl DiskSpec {
+    /// Clone `i`'s disk, of `clones` restored side by side: `{i}` in the
+    /// path becomes the clone's index; without it, more than one clone
+    /// would share the file, which is refused.
+    pub fn for_clone(&self, i: u32, clones: u32) -> Result<DiskSpec, DiskSpecError> {
+        let path = self.path.to_string_lossy();
+        if clones > 1 && !path.contains("{i}") {
+            return Err(DiskSpecError::SharedByClones(path.into_owned()));
+        }
+        Ok(DiskSpec {
+            path: PathBuf::from(path.replace("{i}", &i.to_string())),
+            ..self.clone()
         })
     }
 }
@@ -183,6 +202,20 @@ mod tests {
             }
         );
         assert!(parse("ro,path=/x/y").unwrap().read_only);
+    }
+
+    #[test]
+    fn clones_get_a_file_each() {
+        let spec = parse("path=/d/c{i}.img,ro").unwrap();
+        let c = spec.for_clone(3, 4).unwrap();
+        assert_eq!(c.path, PathBuf::from("/d/c3.img"));
+        assert!(c.read_only);
+        let one = parse("path=/d/r.img").unwrap();
+        assert_eq!(one.for_clone(0, 1).unwrap(), one);
+        assert!(matches!(
+            one.for_clone(0, 2),
+            Err(DiskSpecError::SharedByClones(_))
+        ));
     }
 
     #[test]
