@@ -105,7 +105,9 @@ fn host_run(path: &Path, mode: &str, n: usize) -> Result<Sample> {
     let seq = mode.starts_with("seq");
     let unit = if seq { MIB } else { BLOCK };
     let blocks = DISK_BYTES / BLOCK as u64;
-    let mut buf: Vec<u8> = (0..unit).map(|i| u8::try_from(i % 251).unwrap_or(0)).collect();
+    let mut buf: Vec<u8> = (0..unit)
+        .map(|i| u8::try_from(i % 251).unwrap_or(0))
+        .collect();
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     let start = Instant::now();
     for i in 0..n {

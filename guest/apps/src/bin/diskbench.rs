@@ -3,6 +3,8 @@
 //! `seqwrite` or `seqread` (N MiB in 1 MiB calls, each a batch of 16
 //! requests) or `randwrite` or `randread` (N 4 KiB requests at scattered
 //! places, one a call). Writes end with a flush, counted in the time.
+//! `seqverify N` reads N MiB as `seqread` does and checks them against the
+//! pattern `seqwrite` writes (byte `i` of each MiB is `i % 251`).
 //! Prints `diskbench: MODE BYTES bytes REQUESTS requests MICROS us`.
 #![no_std]
 #![no_main]
@@ -54,6 +56,23 @@ fn main(env: &Env) -> Result<(), String> {
         let r = match mode {
             "seqwrite" | "randwrite" => disk.write(at, &buf),
             "seqread" | "randread" => disk.read(at, &mut buf),
+            "seqverify" => {
+                buf.fill(0);
+                disk.read(at, &mut buf)
+            }
+            .and_then(|()| {
+                match buf
+                    .iter()
+                    .enumerate()
+                    .position(|(j, &b)| b != (j % 251) as u8)
+                {
+                    Some(j) => {
+                        println!("diskbench: byte {} of MiB {i} differs", j);
+                        Err(tandem_guest::blk::Error::Io)
+                    }
+                    None => Ok(()),
+                }
+            }),
             _ => return Err(format!("unknown mode {mode}")),
         };
         r.map_err(|e| format!("{mode} at sector {at}: {e}"))?;
