@@ -96,6 +96,8 @@ pub(crate) const IOCTLS: &[(&str, u64)] = {
         ("KVM_CLEAR_DIRTY_LOG", iowr::<kvm_clear_dirty_log>(0xc0)),
         ("KVM_GET_XSAVE2", ior::<kvm_xsave>(0xcf)),
         ("TCGETS", 0x5401),
+        // A snapshot's copy of a disk, by reflink where the file system can.
+        ("FICLONE", crate::devices::blk::copy::FICLONE),
     ]
 };
 
@@ -306,7 +308,8 @@ mod tests {
         // only together with the list, and say why in the commit.
         assert_eq!(VCPU_SYSCALLS.len(), 54, "vCPU syscalls changed");
         assert_eq!(CONTROL_SYSCALLS.len(), 20, "control syscalls changed");
-        assert_eq!(IOCTLS.len(), 16, "ioctls changed");
+        // 17th: FICLONE, a snapshot's reflink of a disk (issue 13).
+        assert_eq!(IOCTLS.len(), 17, "ioctls changed");
         // Under gdb only (issue 16): KVM_SET_REGS, for gdb's register
         // writes and a single step's trap flag; nothing for the socket.
         assert_eq!(DEBUG_IOCTLS.len(), 1, "debugger ioctls changed");

@@ -144,6 +144,17 @@ pub enum SnapshotError {
     /// The network device's state is not one the device could have been in.
     #[error("invalid snapshot: network device: {0}")]
     Net(#[from] crate::devices::NetStateError),
+    /// A disk's state is not one the device could have been in.
+    #[error("invalid snapshot: disk: {0}")]
+    Disk(#[from] crate::devices::blk::BlkStateError),
+    /// A disk's copy is missing or not the size the state says.
+    #[error("snapshot disk {path}: {why}")]
+    DiskFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
 }
 
 /// A snapshot directory whose state file has been read and checked.
@@ -188,6 +199,21 @@ impl Snapshot {
             state,
         };
         snapshot.open_memory()?;
+        for d in &snapshot.state.disks {
+            let path = dir.join(&d.file);
+            let why = match std::fs::metadata(&path) {
+                Ok(m) if m.len() == d.sectors * crate::devices::blk::request::SECTOR_SIZE => None,
+                Ok(m) => Some(format!(
+                    "is {} bytes, the snapshot's disk {}",
+                    m.len(),
+                    d.sectors * crate::devices::blk::request::SECTOR_SIZE
+                )),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(why) = why {
+                return Err(SnapshotError::DiskFile { path, why });
+            }
+        }
         log::debug!(
             "snapshot {}: {} MiB of memory, {} data pages, generation {:#x}",
             dir.display(),
@@ -297,7 +323,7 @@ pub(crate) fn write_with(
             return Err(e);
         }
     };
-    remove_stale(dir, &name);
+    remove_stale(dir, &name, &state.disks);
     Ok(WriteStats {
         pages_scanned: stats.pages_scanned,
         pages_written: stats.pages_written,
@@ -307,7 +333,7 @@ pub(crate) fn write_with(
 
 /// Removes memory files other than `keep` and leftover temporary files
 /// (only after the state file naming `keep` is durable).
-fn remove_stale(dir: &Path, keep: &str) {
+fn remove_stale(dir: &Path, keep: &str, disks: &[crate::devices::blk::BlkState]) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -315,6 +341,9 @@ fn remove_stale(dir: &Path, keep: &str) {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         let stale_memory = format::valid_memory_name(name) && name != keep;
+        let stale_disk = crate::devices::blk::state::valid_disk_name(name)
+            && !disks.iter().any(|d| d.file == name);
+        let stale_memory = stale_memory || stale_disk;
         let temp = name.starts_with('.') && name.contains(".tmp-");
         if stale_memory || (temp && !temp_in_use(name)) {
             let _ = std::fs::remove_file(entry.path());

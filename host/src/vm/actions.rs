@@ -109,6 +109,14 @@ impl Vm {
             Action::Snapshot(reply) => self.guest_snapshot(reply, session),
             Action::Exit(code) => Break(ExitStatus::Exited(code)),
             Action::Idle { nanos, reply } => {
+                // A disk request a rate limit holds ends the wait when it may go.
+                let nanos = match self.disks.iter().filter_map(|d| d.held_until()).min() {
+                    Some(at) => {
+                        let left = at.saturating_duration_since(Instant::now()).as_nanos();
+                        nanos.min(u64::try_from(left).unwrap_or(u64::MAX))
+                    }
+                    None => nanos,
+                };
                 let stop = match self.net.as_mut() {
                     Some(net) => {
                         let handle = session.handle.as_ref();

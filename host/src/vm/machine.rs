@@ -125,6 +125,7 @@ impl Machine {
             backup: None,
             backup_records: Vec::new(),
             net: None,
+            disks: Vec::new(),
         }
     }
 }

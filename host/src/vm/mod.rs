@@ -51,7 +51,7 @@ pub use error::VmError;
 pub use report::{ExitStatus, RunReport, RunStats, SnapshotRecord, SnapshotTrigger};
 
 use crate::backup::{BackupRecord, BackupWriter};
-use crate::devices::NetDevice;
+use crate::devices::{BlkDevice, NetDevice};
 use crate::memory::GuestRam;
 use crate::trace::BootTrace;
 
@@ -82,6 +82,8 @@ pub struct Vm {
     backup_records: Vec<BackupRecord>,
     /// The virtio-net device, if the VM has one.
     net: Option<NetDevice>,
+    /// The virtio-blk devices, in the order of `config.disks`.
+    disks: Vec<BlkDevice>,
 }
 
 impl Vm {

@@ -8,8 +8,10 @@ use tandem_abi::layout::{self, LiveArea};
 use super::boot_info::{boot_info, write_boot_info};
 use super::machine::{Machine, Start};
 use super::{Vm, VmConfig, VmError};
+use crate::devices::blk::request::SECTOR_SIZE;
+use crate::devices::blk::{copy, DiskFile};
 use crate::devices::tap::Tap;
-use crate::devices::{NetDevice, NetSpec, NetState};
+use crate::devices::{BlkDevice, DiskSpec, NetDevice, NetSpec, NetState};
 use crate::entropy::fill_random;
 use crate::kvm::Hypervisor;
 use crate::memory::GuestRam;
@@ -43,6 +45,8 @@ impl Vm {
         start_tsc: u64,
     ) -> Result<Self, VmError> {
         let st = &snapshot.state;
+        // Each disk a new writable copy of the snapshot's, before KVM.
+        let disk_files = restored_disks(snapshot, &config.disks)?;
         config.net = restored_net(st.net.as_ref(), config.net.take())?;
         config.mem_size = st.machine.mem_size;
         config.cmdline = st.machine.cmdline.clone();
@@ -73,6 +77,20 @@ impl Vm {
             }
             _ => None,
         };
+        let mut disks = Vec::with_capacity(disk_files.len());
+        for ((file, state), slot) in disk_files.into_iter().zip(&st.disks).zip(1u64..) {
+            let base = layout::virtio_mmio_window(slot);
+            disks.push(BlkDevice::restore(
+                file,
+                state,
+                base,
+                &machine.ram.mem,
+                config.mem_size,
+            )?);
+        }
+        for (d, spec) in disks.iter_mut().zip(&config.disks) {
+            d.set_rate_limit(spec.limit);
+        }
 
         let mut live = LiveArea {
             generation: new_generation(st.live.generation),
@@ -93,6 +111,7 @@ impl Vm {
             to_guest(start_tsc),
             to_guest(rdtsc()),
             net.as_ref(),
+            &disks,
         );
         info.generation = live.generation;
         write_boot_info(&machine.ram.mem, &info)?;
@@ -103,8 +122,51 @@ impl Vm {
         };
         let mut vm = machine.into_vm(config, start);
         vm.attach_net(net);
+        vm.disks = disks;
         Ok(vm)
     }
+}
+
+/// The disks a restored VM gets: one `--disk path=NEWFILE` per disk of
+/// the snapshot's VM, each file made (it must not exist) as a reflink or
+/// copy of the snapshot's copy, so that what this VM writes is its own
+/// and the snapshot (and every other restore of it) keeps its disk.
+fn restored_disks(snapshot: &Snapshot, given: &[DiskSpec]) -> Result<Vec<DiskFile>, VmError> {
+    let wanted = &snapshot.state.disks;
+    if given.len() != wanted.len() {
+        return Err(VmError::Config(format!(
+            "the snapshot's VM has {} disk(s) and {} --disk were given: give one --disk path=NEWFILE per disk (each made from the snapshot's copy)",
+            wanted.len(),
+            given.len()
+        )));
+    }
+    let mut files = Vec::with_capacity(given.len());
+    for (i, (state, spec)) in wanted.iter().zip(given).enumerate() {
+        if spec.read_only != state.read_only {
+            return Err(VmError::Config(format!(
+                "disk {i} was {} in the snapshot: {} ,ro on its --disk",
+                if state.read_only {
+                    "read-only"
+                } else {
+                    "writable"
+                },
+                if state.read_only { "add" } else { "remove" }
+            )));
+        }
+        let from_path = snapshot.dir.join(&state.file);
+        let from = std::fs::File::open(&from_path).map_err(|e| SnapshotError::DiskFile {
+            path: from_path.clone(),
+            why: e.to_string(),
+        })?;
+        let len = state.sectors * SECTOR_SIZE;
+        let kind = copy::clone_file(&from, &from_path, len, &spec.path)?;
+        log::debug!(
+            "disk {i}: {} made from the snapshot ({kind:?})",
+            spec.path.display()
+        );
+        files.push(DiskFile::open(&spec.path, spec.read_only)?);
+    }
+    Ok(files)
 }
 
 /// The network device a restored VM gets: the snapshot's VM had one

@@ -118,6 +118,12 @@ struct RestoreArgs {
     /// a clone without mac= gets one derived from its address.
     #[arg(long, value_name = "tap=NAME[,mac=M][,ip=A/P][,gw=G][,dns=D]")]
     net: Vec<String>,
+    /// A new file for each disk of the snapshot's VM, in order, made from
+    /// the snapshot's copy (a reflink where the file system offers one),
+    /// so that what this VM writes is its own. With --clones: put {i} (the
+    /// clone's index) in the path, e.g. path=clone{i}.img.
+    #[arg(long = "disk", value_name = "path=NEWFILE[,ro][,rate=..][,iops=..]")]
+    disks: Vec<tandem::devices::DiskSpec>,
 }
 
 #[derive(Subcommand)]
@@ -237,6 +243,11 @@ struct RunArgs {
         value_name = "tap=NAME[,mac=M][,ip=A/P][,gw=G][,dns=D][,rate=B][,pps=N][,rate_burst=B][,pps_burst=N]"
     )]
     net: Option<tandem::devices::NetSpec>,
+    /// A virtio-blk disk on a raw image file (repeatable: the guest sees
+    /// them in order); `ro` refuses the guest's writes. The file must exist,
+    /// be whole 512-byte sectors, and be used by no other VM (it is locked).
+    #[arg(long = "disk", value_name = "path=FILE[,ro]")]
+    disks: Vec<tandem::devices::DiskSpec>,
     /// Wait for gdb on localhost TCP port PORT (or a Unix socket,
     /// unix:PATH) before the guest's first instruction, and let it debug
     /// the guest (`target remote :PORT` in `gdb IMAGE`).
@@ -363,7 +374,7 @@ fn run(args: RunArgs, quiet: bool, start: u64) -> Result<u8> {
     tandem::devices::manifest::check(
         &image.name,
         image.devices,
-        tandem::devices::manifest::offered(args.net.is_some()),
+        tandem::devices::manifest::offered_with(args.net.is_some(), !args.disks.is_empty()),
     )?;
     let hv = Hypervisor::open()?;
     let config = VmConfig {
@@ -377,6 +388,7 @@ fn run(args: RunArgs, quiet: bool, start: u64) -> Result<u8> {
         // The app's standard input is tandem's.
         stdin: true,
         net: args.net,
+        disks: args.disks,
         ..VmConfig::default()
     };
     let mut config = config;
@@ -489,8 +501,21 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
     let backup_dir = args.persist.backup_dir.clone();
     // A snapshot does not know its image's name: the core leaves it out.
     persist(&mut base, args.persist, String::new())?;
+    // Every clone's disks, checked before any starts.
+    let disks = (0..clones)
+        .map(|i| {
+            args.disks
+                .iter()
+                .map(|d| d.for_clone(i, clones))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("cannot restore {}", args.dir.display()))?;
     if clones == 1 {
         base.net = nets.into_iter().next().flatten();
+        base.disks = disks.into_iter().next().unwrap_or_default();
+        // One restored VM reads tandem's standard input, as `tandem run` does.
+        base.stdin = true;
         let vm = Vm::restore_at(&hv, &snap, base, start)
             .with_context(|| format!("cannot restore {}", args.dir.display()))?;
         let generation = vm.generation();
@@ -505,11 +530,12 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
     std::thread::scope(|scope| -> Result<u8> {
         let mut handles = Vec::new();
         let mut buffers = Vec::new();
-        for (i, net) in (0..clones).zip(nets) {
+        for ((i, net), disks) in (0..clones).zip(nets).zip(disks) {
             let buf = Arc::new(Mutex::new(Vec::new()));
             buffers.push(buf.clone());
             let mut config = base.clone();
             config.net = net;
+            config.disks = disks;
             config.console = ConsoleSink::Capture(buf);
             config.snapshot_dir = persist_dir.as_ref().map(|d| d.join(format!("clone-{i}")));
             config.core = config.core.map(|c| CoreFile {
