@@ -7,7 +7,7 @@
 //! | thread kind | what it does after setup |
 //! | --- | --- |
 //! | [`ThreadKind::Vcpu`] | `KVM_RUN` and the vCPU/VM state ioctls, hypercall service, console output, snapshot and backup files, the network device's tap (read, write, poll: no ioctl, it is attached before), starting the control thread |
-//! | [`ThreadKind::DebuggedVcpu`] | the same, and `KVM_SET_REGS` for gdb (`tandem run --gdb`) |
+//! | [`ThreadKind::DebuggedVcpu`] | the same, and `KVM_SET_REGS` and `KVM_SET_XSAVE` for gdb (`tandem run --gdb`, `tandem restore --gdb`) |
 //! | [`ThreadKind::Control`] | sleeps, kicks the vCPU thread with a signal, ends |
 //!
 //! Filters stack: a control thread started by a filtered vCPU thread runs
@@ -99,12 +99,15 @@ pub(crate) const IOCTLS: &[(&str, u64)] = {
     ]
 };
 
-/// What a run under gdb adds to [`IOCTLS`]: gdb's register writes and the
-/// trap flag of a single step at the first instruction or after a Ctrl-C.
+/// What a run under gdb adds to [`IOCTLS`]: gdb's register writes (the
+/// SSE registers through the XSAVE area) and the trap flag of a single
+/// step at the first instruction or after a Ctrl-C.
 /// (KVM's own guest debugging, `KVM_SET_GUEST_DEBUG`, is not used: it sees
 /// nothing at CPL3 on these hosts; see `tandem::gdb`.)
-pub(crate) const DEBUG_IOCTLS: &[(&str, u64)] =
-    &[("KVM_SET_REGS", iow::<kvm_bindings::kvm_regs>(0x82))];
+pub(crate) const DEBUG_IOCTLS: &[(&str, u64)] = &[
+    ("KVM_SET_REGS", iow::<kvm_bindings::kvm_regs>(0x82)),
+    ("KVM_SET_XSAVE", iow::<kvm_bindings::kvm_xsave>(0xa5)),
+];
 
 const _: () = {
     assert!(core::mem::size_of::<kvm_bindings::kvm_xsave>() < 1 << 14);
@@ -308,8 +311,9 @@ mod tests {
         assert_eq!(CONTROL_SYSCALLS.len(), 20, "control syscalls changed");
         assert_eq!(IOCTLS.len(), 16, "ioctls changed");
         // Under gdb only (issue 16): KVM_SET_REGS, for gdb's register
-        // writes and a single step's trap flag; nothing for the socket.
-        assert_eq!(DEBUG_IOCTLS.len(), 1, "debugger ioctls changed");
+        // writes and a single step's trap flag, and KVM_SET_XSAVE for its
+        // SSE register writes; nothing for the socket.
+        assert_eq!(DEBUG_IOCTLS.len(), 2, "debugger ioctls changed");
         for kind in [
             ThreadKind::Vcpu,
             ThreadKind::DebuggedVcpu,
@@ -335,6 +339,7 @@ mod tests {
             0x8090_AE81
         );
         assert_eq!(DEBUG_IOCTLS[0], ("KVM_SET_REGS", 0x4090_AE82));
+        assert_eq!(DEBUG_IOCTLS[1], ("KVM_SET_XSAVE", 0x5000_AEA5));
     }
 
     /// Runs in a child process (this test binary, re-executed): installs the
