@@ -9,6 +9,7 @@ mod bench_args;
 mod bench_containerd;
 mod bench_disk;
 mod bench_fleet;
+mod bench_floor;
 mod bench_net;
 mod bench_net_http;
 mod bench_paths;

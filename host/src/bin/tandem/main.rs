@@ -124,6 +124,10 @@ struct RestoreArgs {
     /// clone's index) in the path, e.g. path=clone{i}.img.
     #[arg(long = "disk", value_name = "path=NEWFILE[,ro][,rate=..][,iops=..]")]
     disks: Vec<tandem::devices::DiskSpec>,
+    /// Wait for gdb on localhost TCP port PORT (or unix:PATH) before the
+    /// restored guest runs on, and let it debug the guest (not with --clones).
+    #[arg(long, value_name = "PORT|unix:PATH")]
+    gdb: Option<GdbListen>,
 }
 
 #[derive(Subcommand)]
@@ -397,18 +401,7 @@ fn run(args: RunArgs, quiet: bool, start: u64) -> Result<u8> {
         .config(config)
         .started_at(start)
         .build()?;
-    let report = match &args.gdb {
-        Some(listen) => {
-            let conn = tandem::gdb::wait_for_gdb(listen)?;
-            give_up(&args.hardening)?;
-            tandem::seccomp::lock_down_as(tandem::seccomp::ThreadKind::DebuggedVcpu)?;
-            vm.run_with_gdb(conn)?
-        }
-        None => {
-            lock_down(&args.hardening)?;
-            vm.run()?
-        }
-    };
+    let report = run_vm(vm, args.gdb.as_ref(), &args.hardening)?;
 
     if let Some(path) = &args.trace {
         let json = serde_json::to_string_pretty(&report.trace.to_chrome_json())?;
@@ -433,6 +426,23 @@ fn run(args: RunArgs, quiet: bool, start: u64) -> Result<u8> {
         eprint!("{}", report.trace.table());
     }
     Ok(code)
+}
+
+/// Gives up what `h` says and runs `vm` to its end, under gdb if asked
+/// (waiting for it first: the listener binds and accepts before the filter).
+fn run_vm(vm: Vm, gdb: Option<&GdbListen>, h: &Hardening) -> Result<RunReport> {
+    Ok(match gdb {
+        Some(listen) => {
+            let conn = tandem::gdb::wait_for_gdb(listen)?;
+            give_up(h)?;
+            tandem::seccomp::lock_down_as(tandem::seccomp::ThreadKind::DebuggedVcpu)?;
+            vm.run_with_gdb(conn)?
+        }
+        None => {
+            lock_down(h)?;
+            vm.run()?
+        }
+    })
 }
 
 fn report_json(report: &RunReport) -> serde_json::Value {
@@ -486,6 +496,9 @@ fn load_snapshot(dir: &Path, verify: bool) -> Result<Snapshot> {
 
 fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
     args.hardening.check()?;
+    if args.gdb.is_some() && args.clones != 1 {
+        anyhow::bail!("--gdb debugs one VM: not with --clones");
+    }
     let hv = Hypervisor::open()?;
     let snap = load_snapshot(&args.dir, args.verify)?;
     let mut base = VmConfig {
@@ -519,8 +532,7 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
         let vm = Vm::restore_at(&hv, &snap, base, start)
             .with_context(|| format!("cannot restore {}", args.dir.display()))?;
         let generation = vm.generation();
-        lock_down(&args.hardening)?;
-        let report = vm.run()?;
+        let report = run_vm(vm, args.gdb.as_ref(), &args.hardening)?;
         return Ok(finish_restore(&report, generation, args.json, quiet, None));
     }
     // Clones run side by side, one thread each; their console lines are
