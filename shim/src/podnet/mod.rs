@@ -1,0 +1,214 @@
+//! The VM on the pod's network: inside the pod's network namespace, a tap
+//! joined to the interface the CNI plugin made (the decisions are in
+//! [`plan`]), done with iproute2's `ip` and `tc`, and undone when the VM
+//! ends. [`netns`] runs a program inside the namespace.
+
+pub mod netns;
+pub mod plan;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+pub use netns::Netns;
+use plan::{Cmd, PlanError, PodNetwork};
+
+/// Why a VM cannot be put on its pod's network.
+#[derive(Debug, thiserror::Error)]
+pub enum PodNetError {
+    /// The network namespace cannot be opened.
+    #[error("cannot open the pod's network namespace {}: {source}", .path.display())]
+    Open {
+        /// Its path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The path is no network namespace.
+    #[error("{} is not a network namespace", .0.display())]
+    NotNetns(PathBuf),
+    /// `ip` or `tc` is not installed.
+    #[error(
+        "cannot run {program} (Debian package iproute2) in the pod's network namespace: {source}"
+    )]
+    Tool {
+        /// The program.
+        program: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A command failed.
+    #[error("`{command}` in the pod's network namespace {} failed ({status}): {stderr}", .netns.display())]
+    Command {
+        /// The command line.
+        command: String,
+        /// The namespace.
+        netns: PathBuf,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// The pod's interface cannot be read.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// The value computed for `--net` is refused by the VMM's own parser.
+    #[error("the pod's network gives --net {arg:?}, which tandem refuses: {source}")]
+    Spec {
+        /// The value.
+        arg: String,
+        /// Why.
+        source: tandem::devices::NetSpecError,
+    },
+    /// Another VM of the pod has the network.
+    #[error("the pod's network ({}) is already given to the VM of container {holder}; a pod's network goes to one Tandem VM at a time", .netns.display())]
+    Taken {
+        /// The namespace.
+        netns: PathBuf,
+        /// The container holding it.
+        holder: String,
+    },
+}
+
+/// Opens the namespace at `path`, refusing what is none.
+pub fn open(path: &Path) -> Result<Netns, PodNetError> {
+    match Netns::open(path) {
+        Ok(Some(ns)) => Ok(ns),
+        Ok(None) => Err(PodNetError::NotNetns(path.into())),
+        Err(source) => Err(PodNetError::Open {
+            path: path.into(),
+            source,
+        }),
+    }
+}
+
+/// Runs `cmd` inside `ns`; returns its stdout.
+fn run(ns: &Netns, cmd: &Cmd) -> Result<Vec<u8>, PodNetError> {
+    let Some((program, args)) = cmd.split_first() else {
+        return Ok(Vec::new());
+    };
+    let mut c = Command::new(program);
+    c.args(args).stdin(Stdio::null());
+    ns.enter(&mut c);
+    let out = c.output().map_err(|source| PodNetError::Tool {
+        program: program.clone(),
+        source,
+    })?;
+    if !out.status.success() {
+        return Err(PodNetError::Command {
+            command: cmd.join(" "),
+            netns: ns.path().into(),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(out.stdout)
+}
+
+fn words(w: &[&str]) -> Cmd {
+    w.iter().map(|s| s.to_string()).collect()
+}
+
+/// Who holds each pod network namespace (one VM at a time).
+#[derive(Debug, Default, Clone)]
+pub struct Holders(Arc<Mutex<HashMap<PathBuf, String>>>);
+
+impl Holders {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, String>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A VM's place on its pod's network: the tap is joined to the pod's
+/// interface while this lives; dropping it undoes that and frees the
+/// network for another VM of the pod.
+#[derive(Debug)]
+pub struct Attached {
+    ns: Netns,
+    net: PodNetwork,
+    arg: String,
+    holders: Holders,
+}
+
+impl Attached {
+    /// The VM's `--net` value.
+    pub fn arg(&self) -> &str {
+        &self.arg
+    }
+
+    /// The namespace (the VMM runs in it).
+    pub fn netns(&self) -> &Netns {
+        &self.ns
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        for cmd in plan::detach(&self.net) {
+            if let Err(e) = run(&self.ns, &cmd) {
+                log::warn!("undoing the pod network: {e}");
+            }
+        }
+        self.holders.lock().remove(self.ns.path());
+        log::info!("pod network {} released", self.ns.path().display());
+    }
+}
+
+/// Joins a new tap to the pod's interface in the namespace at `path`, for
+/// task `id`; refuses if another task of the pod has it.
+pub fn attach(path: &Path, id: &str, holders: &Holders) -> Result<Attached, PodNetError> {
+    let ns = open(path)?;
+    {
+        let mut held = holders.lock();
+        if let Some(holder) = held.get(path) {
+            return Err(PodNetError::Taken {
+                netns: path.into(),
+                holder: holder.clone(),
+            });
+        }
+        held.insert(path.into(), id.into());
+    }
+    let addrs = run(&ns, &words(&["ip", "-j", "addr", "show"]));
+    let routes = run(&ns, &words(&["ip", "-j", "-4", "route", "show", "default"]));
+    let net = addrs.and_then(|a| Ok(plan::pod_network(&a, &routes?)?));
+    let net = match net {
+        Ok(n) => n,
+        Err(e) => {
+            holders.lock().remove(path);
+            return Err(e);
+        }
+    };
+    let arg = plan::net_arg(&net);
+    // From here on, dropping `attached` undoes what was done.
+    let attached = Attached {
+        ns,
+        net,
+        arg,
+        holders: holders.clone(),
+    };
+    if let Err(source) = attached.arg.parse::<tandem::devices::NetSpec>() {
+        return Err(PodNetError::Spec {
+            arg: attached.arg.clone(),
+            source,
+        });
+    }
+    if attached.net.stale_tap {
+        for cmd in plan::detach(&attached.net) {
+            if let Err(e) = run(&attached.ns, &cmd) {
+                log::info!("removing a tap left over: {e}");
+            }
+        }
+    }
+    for cmd in plan::attach(&attached.net) {
+        run(&attached.ns, &cmd)?;
+    }
+    log::info!(
+        "pod network {}: {} joined to {} for {id}: --net {}",
+        path.display(),
+        plan::TAP,
+        attached.net.iface.name,
+        attached.arg
+    );
+    Ok(attached)
+}
