@@ -196,7 +196,7 @@ pub fn test_image_dir(project: &Project) -> PathBuf {
 }
 
 /// The images the containerd tests import, in target/oci: the hello,
-/// service, panic, sysinfo, cat and counter apps, `pause` (the CRI sandbox image) and
+/// service, panic, sysinfo, cat, counter and httpd apps, `pause` (the CRI sandbox image) and
 /// `notelf` (a shell script as the entrypoint).
 pub fn test_images(project: &Project) -> Result<PathBuf> {
     let dir = test_image_dir(project);

@@ -212,3 +212,139 @@ pub fn attach(path: &Path, id: &str, holders: &Holders) -> Result<Attached, PodN
     );
     Ok(attached)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A network namespace as CNI leaves a pod's: `eth0` (one end of a
+    /// veth pair) with an address and a default route. Deleted on drop.
+    struct TestPod {
+        name: String,
+    }
+
+    fn ip(args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run ip (Debian's iproute2 is needed): {e}"));
+        assert!(
+            out.status.success(),
+            "`ip {}` failed (this test needs root): {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    impl TestPod {
+        fn new(tag: &str) -> Self {
+            let name = format!("tdm-shim-{}-{tag}", std::process::id());
+            let _ = Command::new("ip").args(["netns", "del", &name]).output();
+            ip(&["netns", "add", &name]);
+            let pod = TestPod { name };
+            let n = pod.name.as_str();
+            ip(&[
+                "-n", n, "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+            ]);
+            ip(&[
+                "-n",
+                n,
+                "link",
+                "set",
+                "eth0",
+                "address",
+                "02:aa:00:00:00:07",
+            ]);
+            ip(&["-n", n, "addr", "add", "10.77.0.7/24", "dev", "eth0"]);
+            ip(&["-n", n, "link", "set", "eth0", "up"]);
+            ip(&["-n", n, "link", "set", "peer0", "up"]);
+            ip(&["-n", n, "route", "add", "default", "via", "10.77.0.1"]);
+            pod
+        }
+
+        fn path(&self) -> PathBuf {
+            Path::new("/run/netns").join(&self.name)
+        }
+
+        fn tc(&self, args: &[&str]) -> String {
+            let ns = open(&self.path()).unwrap();
+            let cmd: Cmd = std::iter::once("tc")
+                .chain(args.iter().copied())
+                .map(String::from)
+                .collect();
+            String::from_utf8(run(&ns, &cmd).unwrap()).unwrap()
+        }
+    }
+
+    impl Drop for TestPod {
+        fn drop(&mut self) {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .output();
+        }
+    }
+
+    #[test]
+    fn attach_joins_a_tap_to_the_pod_interface_and_drop_undoes_it() {
+        let pod = TestPod::new("attach");
+        let holders = Holders::default();
+        let attached = attach(&pod.path(), "web", &holders).unwrap();
+        assert_eq!(
+            attached.arg(),
+            "tap=tandem0,mac=02:aa:00:00:00:07,ip=10.77.0.7/24,gw=10.77.0.1"
+        );
+        let links = ip(&["-n", &pod.name, "-o", "link", "show", "tandem0"]);
+        assert!(
+            links.contains("state UP") || links.contains(",UP"),
+            "{links}"
+        );
+        let to_tap = pod.tc(&["filter", "show", "dev", "eth0", "ingress"]);
+        assert!(
+            to_tap.contains("mirred") && to_tap.contains("Redirect to device tandem0"),
+            "{to_tap}"
+        );
+        let to_pod = pod.tc(&["filter", "show", "dev", "tandem0", "ingress"]);
+        assert!(to_pod.contains("Redirect to device eth0"), "{to_pod}");
+
+        // One VM at a time.
+        let e = attach(&pod.path(), "other", &holders).unwrap_err();
+        assert!(
+            matches!(&e, PodNetError::Taken { holder, .. } if holder == "web"),
+            "{e}"
+        );
+
+        drop(attached);
+        let links = ip(&["-n", &pod.name, "-o", "link", "show"]);
+        assert!(!links.contains("tandem0"), "{links}");
+        let qdiscs = pod.tc(&["qdisc", "show", "dev", "eth0"]);
+        assert!(!qdiscs.contains("ingress"), "{qdiscs}");
+        // The network is free again, and a tap left behind (a VM that died
+        // with its shim) is replaced.
+        let again = attach(&pod.path(), "other", &holders).unwrap();
+        std::mem::forget(again);
+        holders.lock().clear();
+        let third = attach(&pod.path(), "third", &holders).unwrap();
+        assert_eq!(
+            third.arg(),
+            "tap=tandem0,mac=02:aa:00:00:00:07,ip=10.77.0.7/24,gw=10.77.0.1"
+        );
+    }
+
+    #[test]
+    fn what_is_no_pod_network_is_named() {
+        let e = attach(Path::new("/etc/hostname"), "c", &Holders::default()).unwrap_err();
+        assert_eq!(e.to_string(), "/etc/hostname is not a network namespace");
+        let e = attach(Path::new("/run/netns/tdm-none"), "c", &Holders::default()).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("cannot open the pod's network namespace /run/netns/tdm-none: "),
+            "{e}"
+        );
+        // An empty namespace: no interface CNI made.
+        let pod = TestPod::new("empty");
+        ip(&["-n", &pod.name, "link", "del", "eth0"]);
+        let e = attach(&pod.path(), "c", &Holders::default()).unwrap_err();
+        assert!(e.to_string().contains("did the CNI plugin run?"), "{e}");
+    }
+}
