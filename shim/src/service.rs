@@ -259,8 +259,15 @@ impl Service {
         if let Some(p) = &payload {
             check_network(p, netns.as_deref())?;
         }
-        if let Some(ns) = &netns {
-            log::info!("create {}: pod network namespace {}", req.id, ns.display());
+        if let Some(spec) = &pod.netns {
+            let joins = netns
+                .as_deref()
+                .map_or_else(|| "none".to_string(), |p| p.display().to_string());
+            log::info!(
+                "create {}: the spec names network namespace {}; the VM joins {joins}",
+                req.id,
+                spec.display()
+            );
         }
         let io = TaskIo {
             stdin: req.stdin.clone(),
