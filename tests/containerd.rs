@@ -1276,14 +1276,10 @@ async fn start_container(client: &mut CriClient, id: &str) -> Result<(), String>
 }
 
 /// GETs `/` on `addr` until httpd's page comes (the VM may still boot).
-async fn wait_for_page(addr: &str) -> Result<(), String> {
+fn wait_for_page(addr: &str) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let addr_owned = addr.to_string();
-        let got = tokio::task::spawn_blocking(move || http_get(&addr_owned))
-            .await
-            .map_err(|e| e.to_string())?;
-        match got {
+        match http_get(addr) {
             Ok((status, body)) if status.starts_with("HTTP/1.1 200") => {
                 if body.contains("<h1>Hello from Tandem!</h1>") {
                     return Ok(());
@@ -1293,9 +1289,17 @@ async fn wait_for_page(addr: &str) -> Result<(), String> {
             other if Instant::now() > deadline => {
                 return Err(format!("GET http://{addr}/ within 60 s: {other:?}"));
             }
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            _ => std::thread::sleep(Duration::from_millis(200)),
         }
     }
+}
+
+/// [`wait_for_page`] off the async runtime's thread.
+async fn page_at(addr: &str) -> Result<(), String> {
+    let addr = addr.to_string();
+    tokio::task::spawn_blocking(move || wait_for_page(&addr))
+        .await
+        .map_err(|e| e.to_string())?
 }
 
 async fn network_pod_checks(
@@ -1334,7 +1338,7 @@ async fn network_pod_checks(
         .await
         .map_err(|e| format!("StartContainer httpd: {e}"))?;
     let addr = format!("{pod_ip}:80");
-    wait_for_page(&addr).await?;
+    page_at(&addr).await?;
     // The VM itself has the pod's address and gateway (CRI log format:
     // "TIME stdout F LINE").
     let log = fs::read_to_string(logs.join("httpd.log")).unwrap_or_default();
@@ -1405,4 +1409,123 @@ async fn network_pod_checks(
         ));
     }
     Ok(())
+}
+
+/// A network namespace an operator wired by hand: `eth0` in it, the other
+/// end of a veth pair on the node with the gateway address. Deleted on
+/// drop (the veth pair goes with it).
+struct HandNetns {
+    name: String,
+    /// The third octet of its 10.215.N.0/24.
+    net: u8,
+}
+
+impl HandNetns {
+    fn new() -> HandNetns {
+        require_root();
+        tandem_tests::require_tool("ip", "iproute2");
+        let pid = std::process::id();
+        let ns = HandNetns {
+            name: format!("tdm-ctr-{pid}"),
+            net: u8::try_from(pid % 200 + 20).unwrap(),
+        };
+        let host = format!("tdmv{}", pid % 100_000);
+        let _ = ip_cmd(&["netns", "del", &ns.name]);
+        let _ = ip_cmd(&["link", "del", &host]);
+        ip_ok(&["netns", "add", &ns.name]);
+        let n = ns.name.as_str();
+        ip_ok(&[
+            "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", n,
+        ]);
+        ip_ok(&[
+            "addr",
+            "add",
+            &format!("10.215.{}.1/24", ns.net),
+            "dev",
+            &host,
+        ]);
+        ip_ok(&["link", "set", &host, "up"]);
+        ip_ok(&[
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("{}/24", ns.address()),
+            "dev",
+            "eth0",
+        ]);
+        ip_ok(&["-n", n, "link", "set", "eth0", "up"]);
+        ip_ok(&[
+            "-n",
+            n,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.215.{}.1", ns.net),
+        ]);
+        ns
+    }
+
+    fn address(&self) -> String {
+        format!("10.215.{}.2", self.net)
+    }
+
+    fn path(&self) -> String {
+        format!("{NETNS_DIR}/{}", self.name)
+    }
+}
+
+impl Drop for HandNetns {
+    fn drop(&mut self) {
+        let _ = ip_cmd(&["netns", "del", &self.name]);
+    }
+}
+
+/// Without Kubernetes: `ctr run --with-ns network:PATH` puts httpd's VM on
+/// a network namespace wired by hand, at that namespace's address; killing
+/// the task removes the tap; an image with a network device and no
+/// namespace to put it in is refused at create, naming the fix.
+#[test]
+fn ctr_run_with_a_network_namespace_serves_httpd_at_its_address() {
+    let ns = HandNetns::new();
+    let mut c = Containerd::start("netns");
+    let httpd = c.import("httpd");
+    let with_ns = format!("network:{}", ns.path());
+    c.ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--with-ns",
+        &with_ns,
+        &httpd,
+        "web-1",
+    ]);
+    let page = wait_for_page(&format!("{}:80", ns.address()));
+    let links = ip_ok(&["-n", &ns.name, "-o", "link", "show"]);
+    c.ok(&["task", "kill", "web-1"]);
+    eventually(Duration::from_secs(20), "web-1 stopped", || {
+        c.task_status("web-1").as_deref() == Some("STOPPED")
+    });
+    let after = ip_ok(&["-n", &ns.name, "-o", "link", "show"]);
+    c.ok(&["task", "rm", "web-1"]);
+    c.ok(&["containers", "rm", "web-1"]);
+    page.unwrap_or_else(|e| panic!("{e}\n--- containerd log\n{}", c.log()));
+    assert!(
+        links.contains("tandem0"),
+        "no tap while httpd ran:\n{links}"
+    );
+    assert!(
+        !after.contains("tandem0"),
+        "the tap outlived the VM:\n{after}"
+    );
+
+    let out = c.ctr(&["run", "--rm", "--runtime", RUNTIME, &httpd, "web-2"]);
+    assert_ne!(out.code, Some(0), "{out}");
+    assert!(
+        out.stderr.contains("/httpd declares a network device")
+            && out.stderr.contains("--with-ns network:PATH"),
+        "{out}"
+    );
 }
