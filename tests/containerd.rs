@@ -1149,6 +1149,10 @@ fn cri_pod_on_the_pod_network_answers_on_its_pod_ip() {
         Ok(Err(e)) => panic!("{e}\n--- containerd log\n{}", shim_log()),
         Ok(Ok(())) => {}
     }
+    // The shim's account of the wiring (and its time), shown.
+    for line in c.log().lines().filter(|l| l.contains("joined to")) {
+        eprintln!("{line}");
+    }
     assert_eq!(
         c.ok(&["-n", "k8s.io", "tasks", "ls", "-q"]).stdout.trim(),
         "",
@@ -1334,11 +1338,17 @@ async fn network_pod_checks(
     }
 
     let httpd = create_httpd(client, pod, pod_config, "httpd").await?;
+    let began = Instant::now();
     start_container(client, &httpd)
         .await
         .map_err(|e| format!("StartContainer httpd: {e}"))?;
     let addr = format!("{pod_ip}:80");
     page_at(&addr).await?;
+    // Shown, never asserted on.
+    eprintln!(
+        "StartContainer to httpd's page on the pod IP: {:?}",
+        began.elapsed()
+    );
     // The VM itself has the pod's address and gateway (CRI log format:
     // "TIME stdout F LINE").
     let log = fs::read_to_string(logs.join("httpd.log")).unwrap_or_default();
