@@ -255,7 +255,16 @@ impl Service {
         let bundle = Path::new(&req.bundle);
         let pod = bundle::pod(bundle)?;
         let payload = load_payload(&req.id, &pod, bundle, &root_mounts(&req.rootfs))?;
-        let netns = self.task_netns(&pod)?;
+        let netns = match self.task_netns(&pod) {
+            Ok(n) => n,
+            // Only a VM that declares a network device needs the namespace
+            // (and a placeholder keeps it for such VMs, which then fail).
+            Err(e) if !payload.as_ref().is_some_and(|p| p.net) => {
+                log::warn!("create {}: {e}; no pod network", req.id);
+                None
+            }
+            Err(e) => return Err(e),
+        };
         if let Some(p) = &payload {
             check_network(p, netns.as_deref())?;
         }
@@ -914,6 +923,40 @@ mod tests {
         assert_eq!(events.exit_status(), Some(143));
         delete(&s, "pod-1").unwrap();
         assert!(s.tasks().is_empty());
+    }
+
+    #[test]
+    fn a_networked_image_needs_a_namespace_and_no_snapshot() {
+        let p = Payload {
+            elf: "/b/rootfs/httpd".into(),
+            name: "/httpd".into(),
+            cmdline: String::new(),
+            memory: None,
+            snapshot: None,
+            net: true,
+        };
+        let ns = Path::new("/var/run/netns/cni-1");
+        assert!(check_network(&p, Some(ns)).is_ok());
+        let e = check_network(&p, None).unwrap_err();
+        assert!(matches!(e, ShimError::NoNetwork(_)), "{e}");
+        assert_eq!(e.code(), ttrpc::Code::INVALID_ARGUMENT);
+        assert!(
+            e.to_string()
+                .starts_with("tandem: /httpd declares a network device"),
+            "{e}"
+        );
+        let snap = Payload {
+            snapshot: Some("web-ready".into()),
+            ..p.clone()
+        };
+        assert!(matches!(
+            check_network(&snap, Some(ns)),
+            Err(ShimError::SnapshotNetwork(_))
+        ));
+        // No device declared: runs with or without a namespace.
+        let plain = Payload { net: false, ..p };
+        assert!(check_network(&plain, None).is_ok());
+        assert!(check_network(&plain, Some(ns)).is_ok());
     }
 
     #[test]
