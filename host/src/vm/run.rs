@@ -118,11 +118,12 @@ impl Vm {
         if let Some(net) = &self.net {
             let s = net.stats();
             log::info!(
-                "net: {} frames in, {} out, {} kicks, {} dropped",
+                "net: {} frames in, {} out, {} kicks, {} dropped, {} held by the rate limit",
                 s.rx_frames,
                 s.tx_frames,
                 s.kicks,
-                s.dropped
+                s.dropped,
+                s.held
             );
         }
         // The run's outcome stands whether or not its core file could be written.
@@ -218,9 +219,10 @@ impl Vm {
             ExitAction::DebugTrap => Step::DebugTrap,
             ExitAction::Stop(status) => return Step::End(status),
         };
-        // Every exit fills the guest's receive buffers from the tap.
+        // Every exit fills the guest's receive buffers from the tap (and
+        // sends a frame a rate limit held, once it may go).
         if let Some(net) = self.net.as_mut() {
-            if let Err(e) = net.receive(&self.ram.mem) {
+            if let Err(e) = net.pump(&self.ram.mem) {
                 return Step::End(ExitStatus::DeviceViolation(e));
             }
         }

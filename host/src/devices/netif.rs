@@ -1,0 +1,315 @@
+//! The host's own network interfaces, as far as Tandem sets them up: bring
+//! one up or down, give it an IPv4 address, make and remove a bridge, put
+//! an interface on a bridge, and ask whether the process may do any of it
+//! (`CAP_NET_ADMIN`). All through the classic `SIOC*` ioctls on a datagram
+//! socket (the same calls `ip` and `brctl` make), so no netlink library and
+//! no external command.
+//!
+//! What to do is decided in [`plan_tap`] (pure, tested here); this module
+//! and [`super::tap`] do it.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+/// `CAP_NET_ADMIN`'s bit in the capability sets.
+pub const CAP_NET_ADMIN: u32 = 12;
+
+const SIOCBRADDBR: libc::c_ulong = 0x89a0;
+const SIOCBRDELBR: libc::c_ulong = 0x89a1;
+const SIOCBRADDIF: libc::c_ulong = 0x89a2;
+
+/// Why an interface could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum NetifError {
+    /// No control socket.
+    #[error("cannot open a socket to configure network interfaces: {0}")]
+    Socket(#[source] io::Error),
+    /// A name that is no interface name.
+    #[error("{0:?} is not an interface name (1 to 15 bytes)")]
+    Name(String),
+    /// The kernel refused a step.
+    #[error("cannot {what} {name}: {source}")]
+    Ioctl {
+        /// What was asked (`bring up`, `set the address of`, ...).
+        what: &'static str,
+        /// The interface.
+        name: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// `struct ifreq`: a name and a 24-byte union (an address, flags or an
+/// index), 40 bytes in all.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct IfReq {
+    name: [u8; libc::IFNAMSIZ],
+    data: [u8; 24],
+}
+
+const _: () = assert!(std::mem::size_of::<IfReq>() == 40);
+
+impl IfReq {
+    fn new(name: &str) -> Result<Self, NetifError> {
+        let mut req = Self {
+            name: [0; libc::IFNAMSIZ],
+            data: [0; 24],
+        };
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
+            return Err(NetifError::Name(name.into()));
+        }
+        req.name[..name.len()].copy_from_slice(name.as_bytes());
+        Ok(req)
+    }
+
+    /// A `sockaddr_in` of `addr` in the union (family, port 0, address).
+    fn with_ipv4(mut self, addr: Ipv4Addr) -> Self {
+        self.data = [0; 24];
+        let family = libc::sa_family_t::try_from(libc::AF_INET)
+            .unwrap_or_default()
+            .to_ne_bytes();
+        self.data[..2].copy_from_slice(&family);
+        self.data[4..8].copy_from_slice(&addr.octets());
+        self
+    }
+
+    fn flags(&self) -> libc::c_short {
+        libc::c_short::from_ne_bytes([self.data[0], self.data[1]])
+    }
+
+    fn with_flags(mut self, flags: libc::c_short) -> Self {
+        self.data[..2].copy_from_slice(&flags.to_ne_bytes());
+        self
+    }
+
+    fn index(&self) -> libc::c_int {
+        libc::c_int::from_ne_bytes([self.data[0], self.data[1], self.data[2], self.data[3]])
+    }
+
+    fn with_index(mut self, index: libc::c_int) -> Self {
+        self.data[..4].copy_from_slice(&index.to_ne_bytes());
+        self
+    }
+}
+
+/// A datagram socket to send interface ioctls on.
+struct Control(OwnedFd);
+
+impl Control {
+    fn open() -> Result<Self, NetifError> {
+        // SAFETY: socket has no memory preconditions; the result is checked.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(NetifError::Socket(io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` was just returned by socket and is owned by no one else.
+        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// One ioctl with an ifreq (read and written back by the kernel).
+    fn ifreq(
+        &self,
+        request: libc::c_ulong,
+        req: &mut IfReq,
+        what: &'static str,
+        name: &str,
+    ) -> Result<(), NetifError> {
+        // SAFETY: `req` is a valid, initialised 40-byte ifreq that outlives
+        // the call; every request used here reads and writes at most that.
+        let rc = unsafe { libc::ioctl(self.0.as_raw_fd(), request, req as *mut IfReq) };
+        if rc < 0 {
+            return Err(NetifError::Ioctl {
+                what,
+                name: name.into(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
+    /// One bridge ioctl that takes the bridge's name as a C string.
+    fn named(
+        &self,
+        request: libc::c_ulong,
+        what: &'static str,
+        name: &str,
+    ) -> Result<(), NetifError> {
+        let req = IfReq::new(name)?;
+        // SAFETY: `req.name` is a NUL-terminated name (IfReq::new keeps a
+        // zero byte at the end) that outlives the call; the kernel reads at
+        // most IFNAMSIZ bytes of it.
+        let rc = unsafe { libc::ioctl(self.0.as_raw_fd(), request, req.name.as_ptr()) };
+        if rc < 0 {
+            return Err(NetifError::Ioctl {
+                what,
+                name: name.into(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Whether an interface `name` exists.
+pub fn exists(name: &str) -> bool {
+    !name.is_empty() && !name.contains('/') && Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Whether the interface `name` is a tap (or tun) device.
+pub fn is_tap(name: &str) -> bool {
+    exists(name)
+        && Path::new("/sys/class/net")
+            .join(name)
+            .join("tun_flags")
+            .exists()
+}
+
+/// Brings `name` up (or down).
+pub fn set_up(name: &str, up: bool) -> Result<(), NetifError> {
+    let control = Control::open()?;
+    let mut req = IfReq::new(name)?;
+    control.ifreq(libc::SIOCGIFFLAGS, &mut req, "read the flags of", name)?;
+    // IFF_UP is bit 0: it fits the request's 16-bit flags.
+    let iff_up = libc::c_short::try_from(libc::IFF_UP).unwrap_or(1);
+    let flags = if up {
+        req.flags() | iff_up
+    } else {
+        req.flags() & !iff_up
+    };
+    let mut req = req.with_flags(flags);
+    let what = if up { "bring up" } else { "bring down" };
+    control.ifreq(libc::SIOCSIFFLAGS, &mut req, what, name)
+}
+
+/// Gives `name` the address `addr/prefix_len` (its netmask too).
+pub fn set_ipv4(name: &str, addr: Ipv4Addr, prefix_len: u8) -> Result<(), NetifError> {
+    let control = Control::open()?;
+    let mut req = IfReq::new(name)?.with_ipv4(addr);
+    control.ifreq(libc::SIOCSIFADDR, &mut req, "set the address of", name)?;
+    let mut req = IfReq::new(name)?.with_ipv4(netmask(prefix_len));
+    control.ifreq(libc::SIOCSIFNETMASK, &mut req, "set the netmask of", name)
+}
+
+/// Makes the bridge `name` (down, no address).
+pub fn add_bridge(name: &str) -> Result<(), NetifError> {
+    Control::open()?.named(SIOCBRADDBR, "make the bridge", name)
+}
+
+/// Removes the bridge `name` (brought down first, as the kernel requires).
+pub fn remove_bridge(name: &str) -> Result<(), NetifError> {
+    set_up(name, false)?;
+    Control::open()?.named(SIOCBRDELBR, "remove the bridge", name)
+}
+
+/// Puts the interface `port` on the bridge `bridge`.
+pub fn add_to_bridge(bridge: &str, port: &str) -> Result<(), NetifError> {
+    let control = Control::open()?;
+    let mut req = IfReq::new(port)?;
+    control.ifreq(libc::SIOCGIFINDEX, &mut req, "find the index of", port)?;
+    let index = req.index();
+    let mut req = IfReq::new(bridge)?.with_index(index);
+    control.ifreq(SIOCBRADDIF, &mut req, "add a port to the bridge", bridge)
+}
+
+/// The netmask of a prefix length (0 to 32).
+pub fn netmask(prefix_len: u8) -> Ipv4Addr {
+    let bits = u32::MAX
+        .checked_shl(32 - u32::from(prefix_len.min(32)))
+        .unwrap_or(0);
+    Ipv4Addr::from(bits)
+}
+
+/// Whether this process holds `CAP_NET_ADMIN` in its effective set (what
+/// making a tap or bridge needs; root without it, as under `setpriv`, does
+/// not). Read from `/proc/self/status`; unreadable counts as no.
+pub fn has_net_admin() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| effective_has(&s, CAP_NET_ADMIN))
+        .unwrap_or(false)
+}
+
+/// Whether the `CapEff:` line of a `/proc/PID/status` text has bit `cap`.
+fn effective_has(status: &str, cap: u32) -> Option<bool> {
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
+    let set = u64::from_str_radix(hex, 16).ok()?;
+    Some(cap < 64 && set & (1 << cap) != 0)
+}
+
+/// What to do for a tap of a name, given what is there and what the
+/// process may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TapPlan {
+    /// A tap of that name exists (the operator's): attach it, change nothing.
+    Attach,
+    /// None exists and the process may make one: make it (and remove it
+    /// when done).
+    Create,
+    /// An interface of that name exists but is no tap.
+    NotATap,
+    /// None exists and the process may not make one.
+    NoCapability,
+}
+
+/// Decides what [`TapPlan`] applies.
+pub fn plan_tap(exists: bool, is_tap: bool, may_create: bool) -> TapPlan {
+    match (exists, is_tap, may_create) {
+        (true, true, _) => TapPlan::Attach,
+        (true, false, _) => TapPlan::NotATap,
+        (false, _, true) => TapPlan::Create,
+        (false, _, false) => TapPlan::NoCapability,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_effective_capability_set() {
+        let root = "Name:\tx\nCapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\nCapEff:\t000001ffffffffff\n";
+        assert_eq!(effective_has(root, CAP_NET_ADMIN), Some(true));
+        // setpriv --bounding-set -net_admin: bit 12 cleared.
+        let without = "CapEff:\t000001ffffffefff\n";
+        assert_eq!(effective_has(without, CAP_NET_ADMIN), Some(false));
+        assert_eq!(effective_has("CapEff:\tzz\n", CAP_NET_ADMIN), None);
+        assert_eq!(effective_has("Name:\tx\n", CAP_NET_ADMIN), None);
+        assert_eq!(effective_has(root, 64), Some(false));
+    }
+
+    #[test]
+    fn plans_attach_create_or_refuse() {
+        assert_eq!(plan_tap(true, true, false), TapPlan::Attach);
+        assert_eq!(plan_tap(true, true, true), TapPlan::Attach);
+        assert_eq!(plan_tap(true, false, true), TapPlan::NotATap);
+        assert_eq!(plan_tap(false, false, true), TapPlan::Create);
+        assert_eq!(plan_tap(false, false, false), TapPlan::NoCapability);
+    }
+
+    #[test]
+    fn netmasks_and_names() {
+        assert_eq!(netmask(24), Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(netmask(32), Ipv4Addr::BROADCAST);
+        assert_eq!(netmask(0), Ipv4Addr::UNSPECIFIED);
+        assert_eq!(netmask(17), Ipv4Addr::new(255, 255, 128, 0));
+        assert!(matches!(IfReq::new(""), Err(NetifError::Name(_))));
+        assert!(matches!(
+            IfReq::new("0123456789abcdef"),
+            Err(NetifError::Name(_))
+        ));
+        assert!(IfReq::new("0123456789abcde").is_ok());
+        let r = IfReq::new("x").unwrap().with_index(7);
+        assert_eq!(r.index(), 7);
+        let r = r.with_flags(0x41);
+        assert_eq!(r.flags(), 0x41);
+        let r = r.with_ipv4(Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(&r.data[4..8], &[10, 0, 0, 1]);
+    }
+}
