@@ -125,6 +125,7 @@ impl Machine {
             backup: None,
             backup_records: Vec::new(),
             net: None,
+            record_working_set: None,
         }
     }
 }

@@ -34,6 +34,7 @@ mod exit;
 mod freeze;
 mod guest_trace;
 mod machine;
+mod memory_plan;
 mod prefault;
 mod report;
 mod restore;
@@ -48,7 +49,9 @@ pub use check::check_mem_size;
 pub use config::VmConfig;
 pub use core::CoreFile;
 pub use error::VmError;
+pub use memory_plan::Prefetch;
 pub use report::{ExitStatus, RunReport, RunStats, SnapshotRecord, SnapshotTrigger};
+pub(crate) use restore::RestoreInputs;
 
 use crate::backup::{BackupRecord, BackupWriter};
 use crate::devices::NetDevice;
@@ -82,12 +85,38 @@ pub struct Vm {
     backup_records: Vec<BackupRecord>,
     /// The virtio-net device, if the VM has one.
     net: Option<NetDevice>,
+    /// For `--prefetch record`: the snapshot whose working set this run records.
+    record_working_set: Option<crate::snapshot::Snapshot>,
 }
 
 impl Vm {
     /// Guest memory (for inspection by tests and tools).
     pub fn memory(&self) -> &vm_memory::GuestMemoryMmap {
         &self.ram.mem
+    }
+
+    /// Replaces what a VM is told by its runner (console, timeout, stdin,
+    /// follower, snapshot and core settings) with `config`'s, keeping what
+    /// it was built with: its machine and memory (a pooled VM taken for a
+    /// new start).
+    pub(crate) fn reconfigure(&mut self, config: VmConfig) {
+        let old = &self.config;
+        self.config = VmConfig {
+            mem_size: old.mem_size,
+            cmdline: old.cmdline.clone(),
+            vm_id: old.vm_id,
+            console_limit: old.console_limit,
+            huge_pages: old.huge_pages,
+            backup: None,
+            net: None,
+            prefetch: old.prefetch,
+            ..config
+        };
+    }
+
+    /// The boot trace, for a pool to restamp a VM's setup at its take.
+    pub(crate) fn trace_mut(&mut self) -> &mut BootTrace {
+        &mut self.trace
     }
 
     /// The generation this VM's guest sees (0 for a VM that booted and was

@@ -115,6 +115,7 @@ impl Vm {
             },
         };
         self.trace.stamp(Phase::Exit);
+        self.record_working_set();
         if let Some(net) = &self.net {
             let s = net.stats();
             log::info!(
