@@ -210,3 +210,83 @@ fn restore_clones_from_a_pool_on_the_command_line() {
     assert_eq!(generations.len(), 4, "{}", run.stdout);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_fleet_keeps_warm_vms_within_its_memory_budget() {
+    let dir = scratch("pool-fleet");
+    // A service snapshotted at ready() that crashes 10 ms after it.
+    let snap = dir.join("snap");
+    let made = tandem(&[
+        "run",
+        s(&tandem_tests::image_path("service")),
+        "--mem",
+        "8M",
+        "--cmdline",
+        "crash-after-ms=10",
+        "--snapshot-at-ready",
+        s(&snap),
+        "--exit-after-snapshot",
+        "-q",
+    ]);
+    assert_eq!(made.code, Some(0), "{}", made.stderr);
+    // Two replicas share a pool of two (16 MiB held for the whole run) in
+    // a 32 MiB budget: at most two VMs run at once.
+    let fleet = dir.join("fleet.toml");
+    std::fs::write(
+        &fleet,
+        format!(
+            "[fleet]\nmemory_budget = \"32M\"\n[[vm]]\nname = \"web\"\ncount = 2\nimage = \"{}\"\nmemory = \"8M\"\nsnapshot = \"{}\"\nwarm = 2\nrestart = \"on-failure\"\nmax_restarts = 2\nbackoff = \"5ms\"\n",
+            tandem_tests::image_path("service").display(),
+            snap.display()
+        ),
+    )
+    .unwrap();
+    let json = dir.join("report.json");
+    let run = tandem(&[
+        "fleet",
+        s(&fleet),
+        "--json",
+        s(&json),
+        "-q",
+        "--stop-after",
+        "5s",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&json)
+            .unwrap_or_else(|e| panic!("no report ({e}): {}", run.stderr)),
+    )
+    .unwrap();
+    for vm in report["vms"].as_array().unwrap() {
+        let attempts = vm["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 3, "{vm}");
+        assert!(attempts.iter().all(|a| a["source"] == "snapshot"), "{vm}");
+        // Each attempt is the snapshot's service, which crashes as it did.
+        assert!(attempts.iter().all(|a| a["exit_code"] == 101), "{vm}");
+    }
+    let timeline = report["timeline"].as_array().unwrap();
+    assert!(
+        timeline.iter().all(|t| {
+            let m = t["memory"].as_u64().unwrap();
+            (16 << 20..=32 << 20).contains(&m)
+        }),
+        "pool memory is counted and the budget holds: {timeline:?}"
+    );
+    // warm without a snapshot is refused by name before anything starts.
+    std::fs::write(
+        &fleet,
+        format!(
+            "[[vm]]\nname = \"web\"\nimage = \"{}\"\nwarm = 1\n",
+            tandem_tests::image_path("service").display()
+        ),
+    )
+    .unwrap();
+    let bad = tandem(&["fleet", s(&fleet)]);
+    assert_ne!(bad.code, Some(0));
+    assert!(
+        bad.stderr
+            .contains("`warm` keeps VMs restored ahead from a `snapshot`"),
+        "{}",
+        bad.stderr
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
