@@ -13,8 +13,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
 use std::thread::Scope;
 use std::time::{Duration, Instant};
 
@@ -75,7 +75,8 @@ fn warm_pools(spec: &FleetSpec) -> Result<Vec<Option<Arc<Pool>>>, RunError> {
                         console: crate::ConsoleSink::Discard,
                         ..VmConfig::default()
                     };
-                    let p = Arc::new(Pool::new(snap, n, template).map_err(|e| fail(e.to_string()))?);
+                    let p =
+                        Arc::new(Pool::new(snap, n, template).map_err(|e| fail(e.to_string()))?);
                     by_group.insert(&v.group, p.clone());
                     Some(p)
                 }

@@ -796,7 +796,10 @@ mod tests {
         s.on_ended(0, ms(2), Outcome::Exited(0), false);
         assert_eq!(started(&s.poll(ms(2))), [1]);
         assert!(s.samples().iter().all(|x| x.memory <= 16 << 20));
-        assert!(s.samples().iter().all(|x| x.memory >= 8 << 20), "the pool is counted");
+        assert!(
+            s.samples().iter().all(|x| x.memory >= 8 << 20),
+            "the pool is counted"
+        );
     }
 
     #[test]

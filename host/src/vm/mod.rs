@@ -13,12 +13,13 @@
 //!   `report`, `error`; the public way in, `builder`;
 //! - how it is made: `machine` (the one construction path, with the one
 //!   memory-slot call), `boot` (with `boot_info` and `prefault`),
-//!   `restore`;
+//!   `restore` (with `memory_plan`, which decides what a restore faults in);
 //! - how it runs: `run` (the loop, which only runs), `exit` (what a KVM
 //!   exit means, decided by a pure function), `actions` (everything the
 //!   run carries out: hypercall actions, due snapshots and backup points),
 //!   `stdin`, `clock`, `guest_trace`, `freeze` (stopping the VM's state
-//!   into a snapshot or backup point), `core` (a crashed guest's core file).
+//!   into a snapshot or backup point), `core` (a crashed guest's core file),
+//!   `teardown` (a finished VM torn down off the runner's path).
 
 mod actions;
 mod boot;
@@ -40,6 +41,7 @@ mod report;
 mod restore;
 mod run;
 mod stdin;
+mod teardown;
 
 use kvm_ioctls::{VcpuFd, VmFd};
 use tandem_abi::layout::LiveArea;

@@ -13,8 +13,8 @@ use toml::Spanned;
 use super::raw::{Decoded, Integer, Period, RawFleet, RawVm};
 use super::{
     app_dirs, default_max_concurrent_boots, default_memory_budget, vm_label, FleetSpec,
-    LimitOverrides, Limits, Problems, RestartPolicy, VmSpec, DEFAULT_VM_MEMORY, MAX_COUNT, MAX_WARM,
-    MAX_NAME,
+    LimitOverrides, Limits, Problems, RestartPolicy, VmSpec, DEFAULT_VM_MEMORY, MAX_COUNT,
+    MAX_NAME, MAX_WARM,
 };
 use crate::devices::manifest;
 use crate::image::{Image, ImageError};
@@ -243,7 +243,11 @@ fn entry(
     let warm = int(vm.warm.as_ref(), 0..=MAX_WARM, &what, "warm", p)
         .and_then(|n| usize::try_from(n).ok())
         .unwrap_or(0);
-    if let Some(w) = vm.warm.as_ref().filter(|_| warm > 0 && vm.snapshot.is_none()) {
+    if let Some(w) = vm
+        .warm
+        .as_ref()
+        .filter(|_| warm > 0 && vm.snapshot.is_none())
+    {
         p.at(
             &w.span(),
             format!("{what}: `warm` keeps VMs restored ahead from a `snapshot`, and it has none"),

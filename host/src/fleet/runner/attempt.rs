@@ -13,9 +13,9 @@ use super::super::config::VmSpec;
 use super::super::scheduler::{Attempt, Outcome, StartSource};
 use crate::control::{VmEvent, VmHandle};
 use crate::kvm::Hypervisor;
+use crate::pool::Pool;
 use crate::snapshot::Snapshot;
 use crate::trace::rdtsc;
-use crate::pool::Pool;
 use crate::vm::{ExitStatus, RunReport, SnapshotTrigger, Vm, VmBuilder, VmConfig};
 use crate::ConsoleSink;
 
