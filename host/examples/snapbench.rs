@@ -105,8 +105,14 @@ fn us(t: Instant) -> f64 {
 
 /// Boots the counter to `ready()`, snapshots it there into `dir` and stops.
 fn make_snapshot(hv: &Hypervisor, image: &Image, mem: u64, dir: &Path) -> f64 {
+    make_snapshot_of(hv, image, mem, dir, "ready exit-at=1")
+}
+
+/// Boots the counter with `cmdline` to `ready()`, snapshots it there into
+/// `dir` and stops; the snapshot's time in ms.
+fn make_snapshot_of(hv: &Hypervisor, image: &Image, mem: u64, dir: &Path, cmdline: &str) -> f64 {
     let _ = std::fs::remove_dir_all(dir);
-    let mut c = config(mem, "ready exit-at=1");
+    let mut c = config(mem, cmdline);
     c.snapshot_at_ready = Some(dir.to_path_buf());
     c.exit_after_snapshot = true;
     let report = VmBuilder::new(hv, image).config(c).run().expect("boot");
@@ -117,6 +123,39 @@ fn make_snapshot(hv: &Hypervisor, image: &Image, mem: u64, dir: &Path) -> f64 {
     );
     let stats = report.snapshots[0].result.as_ref().expect("snapshot");
     stats.elapsed.as_secs_f64() * 1e3
+}
+
+/// The counter with a 16 MiB table filled before `ready()` and read
+/// whole at exit: cold boot, and restore to exit lazily, with the memory
+/// file's data and with the recorded working set, round by round.
+fn heap_app(hv: &Hypervisor, image: &Image, mem: u64, scratch: &Path, runs: usize) -> Value {
+    const APP: &str = "ready exit-at=1 pages=4096 fill";
+    let dir = scratch.join(format!("heap-{}", mem >> 20));
+    make_snapshot_of(hv, image, mem, &dir, APP);
+    let snap = Snapshot::load(&dir).expect("load");
+    restore_once(hv, &snap, mem, Prefetch::Record);
+    let mut cold = Vec::new();
+    let (mut lazy, mut data, mut ws) = (Series::default(), Series::default(), Series::default());
+    for _ in 0..runs {
+        let t = Instant::now();
+        let r = VmBuilder::new(hv, image)
+            .config(config(mem, APP))
+            .run()
+            .expect("cold boot");
+        assert_eq!(r.status, ExitStatus::Exited(0));
+        cold.push(us(t));
+        lazy.add(restore_once(hv, &snap, mem, Prefetch::Lazy));
+        data.add(restore_once(hv, &snap, mem, Prefetch::Data));
+        ws.add(restore_once(hv, &snap, mem, Prefetch::Auto));
+    }
+    json!({
+        "cold_boot_to_exit_us": summary(cold),
+        "lazy_restore_to_exit_us": summary(lazy.to_exit),
+        "data_restore_to_exit_us": summary(data.to_exit),
+        "data_restore_setup_us": summary(data.setup),
+        "prefetch_restore_to_exit_us": summary(ws.to_exit),
+        "prefetch_restore_setup_us": summary(ws.setup),
+    })
 }
 
 fn main() {
@@ -177,6 +216,7 @@ fn main() {
             pooled_exit.push(us(t));
         }
         drop(pool);
+        let heap = heap_app(&hv, &image, mem, &scratch, runs);
         by_mem.insert(
             name.into(),
             json!({
@@ -194,6 +234,7 @@ fn main() {
                 "prefetch_restore_phases_us": ws.phases.json(),
                 "pool_take_us": summary(take),
                 "pool_take_to_exit_us": summary(pooled_exit),
+                "heap_16m": heap,
             }),
         );
     }

@@ -134,7 +134,7 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
         let [a, b] = cells;
         t.row([label.to_string(), a, b]);
     };
-    let inproc_rows: [(&str, &[&str]); 11] = [
+    let inproc_rows: [(&str, &[&str]); 16] = [
         ("in process: cold boot to exit", &["cold_boot_to_exit_us"]),
         ("in process: restore setup (data)", &["restore_setup_us"]),
         (
@@ -167,6 +167,26 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
         ),
         ("in process: pooled take", &["pool_take_us"]),
         ("in process: pooled take to exit", &["pool_take_to_exit_us"]),
+        (
+            "16 MiB heap app: cold boot to exit",
+            &["heap_16m", "cold_boot_to_exit_us"],
+        ),
+        (
+            "16 MiB heap app: restore to exit (lazy)",
+            &["heap_16m", "lazy_restore_to_exit_us"],
+        ),
+        (
+            "16 MiB heap app: restore to exit (data)",
+            &["heap_16m", "data_restore_to_exit_us"],
+        ),
+        (
+            "16 MiB heap app: restore setup (working set)",
+            &["heap_16m", "prefetch_restore_setup_us"],
+        ),
+        (
+            "16 MiB heap app: restore to exit (working set)",
+            &["heap_16m", "prefetch_restore_to_exit_us"],
+        ),
     ];
     for (label, path) in inproc_rows {
         let cells = both(
