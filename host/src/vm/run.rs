@@ -123,6 +123,7 @@ impl Vm {
             },
         };
         self.trace.stamp(Phase::Exit);
+        self.record_working_set();
         if let Some(net) = &self.net {
             let s = net.stats();
             log::info!(
@@ -164,13 +165,18 @@ impl Vm {
         drop(attached);
         stats.console_bytes = session.console.written() + self.console_before;
         self.collect_guest_trace(&mut stats);
-        Ok(RunReport {
+        let report = RunReport {
             status,
-            trace: self.trace,
+            trace: std::mem::replace(&mut self.trace, crate::trace::BootTrace::new(0)),
             stats,
             snapshots: session.snapshots,
-            backups: self.backup_records,
-        })
+            backups: std::mem::take(&mut self.backup_records),
+        };
+        // The tap is let go at once (a next VM may open it); the rest of
+        // the VM is torn down off this path.
+        drop(self.net.take());
+        super::teardown::dispose(self);
+        Ok(report)
     }
 
     /// One turn: what is due, one `KVM_RUN`, and what its exit asks.

@@ -16,6 +16,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tandem::backup::Chain;
 use tandem::gdb::GdbListen;
+use tandem::pool::Pool;
 use tandem::units::{parse_duration, parse_size};
 use tandem::{
     exit_code, BackupConfig, ConsoleSink, CoreFile, ExitStatus, Hypervisor, Image, ImageError,
@@ -100,9 +101,20 @@ struct RestoreArgs {
     /// Start N independent clones of the snapshot (console lines prefixed `[clone i]`).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     clones: u32,
+    /// Keep N VMs of the snapshot restored ahead (a warm pool, refilled by
+    /// a background thread); each clone starts from one. Not with backups.
+    #[arg(long, value_name = "N", default_value_t = 0, conflicts_with = "backup_dir",
+          value_parser = clap::value_parser!(u32).range(0..=1024))]
+    pool: u32,
     /// Check the memory file against its digest first (reads it all).
     #[arg(long)]
     verify: bool,
+    /// What to fault in before the guest runs: auto (the snapshot's working
+    /// set if it has a valid one, else its data), data, lazy (nothing), or
+    /// record (nothing, then write the pages the guest touched as the
+    /// snapshot's working set when it stops).
+    #[arg(long, default_value = "auto", value_name = "MODE")]
+    prefetch: tandem::Prefetch,
     /// Stop the guest after this long.
     #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,
@@ -504,6 +516,7 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
     let mut base = VmConfig {
         timeout: args.timeout,
         console: ConsoleSink::Stdout,
+        prefetch: args.prefetch,
         ..VmConfig::default()
     };
     let clones = args.clones;
@@ -524,13 +537,26 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
         })
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("cannot restore {}", args.dir.display()))?;
+    if args.pool > 0 && (!args.net.is_empty() || !args.disks.is_empty()) {
+        anyhow::bail!("--pool keeps VMs without devices ready: not with --net or --disk");
+    }
+    let pool = match args.pool {
+        0 => None,
+        n => Some(
+            Pool::new(snap.clone(), n as usize, base.clone())
+                .with_context(|| format!("cannot fill a pool from {}", args.dir.display()))?,
+        ),
+    };
     if clones == 1 {
         base.net = nets.into_iter().next().flatten();
         base.disks = disks.into_iter().next().unwrap_or_default();
         // One restored VM reads tandem's standard input, as `tandem run` does.
         base.stdin = true;
-        let vm = Vm::restore_at(&hv, &snap, base, start)
-            .with_context(|| format!("cannot restore {}", args.dir.display()))?;
+        let vm = match &pool {
+            Some(pool) => pool.take(Some(base))?,
+            None => Vm::restore_at(&hv, &snap, base, start)
+                .with_context(|| format!("cannot restore {}", args.dir.display()))?,
+        };
         let generation = vm.generation();
         let report = run_vm(vm, args.gdb.as_ref(), &args.hardening)?;
         return Ok(finish_restore(&report, generation, args.json, quiet, None));
@@ -562,9 +588,17 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
                 every: b.every,
             });
             let (hv, snap) = (&hv, &snap);
+            // From the pool, the clone is taken here, in start order.
+            let pooled = match &pool {
+                Some(pool) => Some(pool.take(Some(config.clone()))?),
+                None => None,
+            };
 
             handles.push(scope.spawn(move || -> Result<(RunReport, u64)> {
-                let vm = Vm::restore(hv, snap, config)?;
+                let vm = match pooled {
+                    Some(vm) => vm,
+                    None => Vm::restore(hv, snap, config)?,
+                };
                 let generation = vm.generation();
                 tandem::seccomp::lock_down()?;
                 Ok((vm.run()?, generation))
