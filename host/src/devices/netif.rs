@@ -166,6 +166,15 @@ pub fn is_tap(name: &str) -> bool {
             .exists()
 }
 
+/// Whether the interface `name` is a bridge.
+pub fn is_bridge(name: &str) -> bool {
+    exists(name)
+        && Path::new("/sys/class/net")
+            .join(name)
+            .join("bridge")
+            .exists()
+}
+
 /// Brings `name` up (or down).
 pub fn set_up(name: &str, up: bool) -> Result<(), NetifError> {
     let control = Control::open()?;

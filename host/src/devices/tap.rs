@@ -61,6 +61,7 @@ pub enum TapError {
 }
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 
@@ -181,6 +182,38 @@ impl Tap {
             name: name.into(),
             made,
         })
+    }
+
+    /// Makes the tap `name` and keeps it after this process lets it go
+    /// (a fleet's taps outlive each VM attempt, so they stay on their
+    /// bridge); [`Tap::remove_persistent`] removes it.
+    pub fn create_persistent(name: &str) -> Result<(), TapError> {
+        Self::tunsetiff(name, true)?.set_persist(true)
+    }
+
+    /// Removes a tap made by [`Tap::create_persistent`] (no VM may hold it).
+    pub fn remove_persistent(name: &str) -> Result<(), TapError> {
+        // Closing the last descriptor of a tap no longer persistent removes it.
+        Self::tunsetiff(name, false)?.set_persist(false)
+    }
+
+    fn set_persist(&self, on: bool) -> Result<(), TapError> {
+        // SAFETY: `file` is an open, attached tun descriptor; TUNSETPERSIST
+        // takes its argument by value and touches no memory of ours.
+        let rc = unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                TUNSETPERSIST,
+                libc::c_ulong::from(on),
+            )
+        };
+        if rc < 0 {
+            return Err(TapError::Attach {
+                name: self.name.clone(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(())
     }
 
     /// Whether Tandem made it (it goes away with this value).

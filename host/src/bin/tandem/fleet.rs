@@ -38,6 +38,9 @@ pub struct FleetArgs {
     /// How long a VM asked to stop may take before it is killed.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub stop_grace: Option<Duration>,
+    /// Append each VM's console (every attempt) to DIR/NAME.log.
+    #[arg(long, value_name = "DIR")]
+    pub console_dir: Option<PathBuf>,
     /// Check the fleet file and print the plan; boot nothing.
     #[arg(long)]
     pub check: bool,
@@ -144,6 +147,7 @@ pub fn run(args: FleetArgs, quiet: bool) -> Result<u8, CliError> {
         stop_grace: args.stop_grace,
         user: args.user.clone(),
         group: args.group.clone(),
+        console_dir: args.console_dir.clone(),
     };
     let tty = std::io::stderr().is_terminal() && !quiet;
     let bar = tty.then(|| {

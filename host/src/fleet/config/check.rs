@@ -10,15 +10,18 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{Decoded, Integer, Period, RawFleet, RawVm};
+use super::network::{self, FleetNetwork};
+use super::raw::{Decoded, Integer, Period, RawFleet, RawNetwork, RawVm};
 use super::{
     app_dirs, default_max_concurrent_boots, default_memory_budget, vm_label, FleetSpec,
     LimitOverrides, Limits, Problems, RestartPolicy, VmSpec, DEFAULT_VM_MEMORY, MAX_COUNT,
     MAX_NAME,
 };
 use crate::devices::manifest;
+use crate::devices::spec::{LimitItems, NetSpec, StaticIpv4};
 use crate::image::{Image, ImageError};
 use crate::snapshot::Snapshot;
+use tandem_abi::note::DeviceKind;
 
 /// Checks a decoded file and builds its fleet; `None` when any problem was
 /// found (here or while decoding).
@@ -30,6 +33,11 @@ pub(super) fn fleet(
 ) -> Option<FleetSpec> {
     let file = &decoded.file;
     let limits = limits(file.fleet.as_ref(), overrides, p);
+    let net = file
+        .fleet
+        .as_ref()
+        .and_then(|f| f.network.as_ref())
+        .and_then(|n| network(n, p));
     let defaults = file.defaults.clone().unwrap_or_default();
     refuse_per_vm_keys(&defaults, p);
     let raw_vms = file.vm.as_ref().map_or(&[][..], |l| &l.0[..]);
@@ -47,9 +55,14 @@ pub(super) fn fleet(
         .map(|(i, raw)| entry(i, raw, &defaults, decoded, &paths, &limits, p))
         .collect();
     duplicates(&entries, p);
-    let images = images(&entries, p);
+    let images = images(&entries, net.is_some(), p);
     let groups = groups(&entries);
     let afters = dependencies(&entries, &groups, p);
+    let nets = net
+        .as_ref()
+        .map(|n| vm_networks(&entries, &images, n, p))
+        .unwrap_or_default();
+    let cmdlines = references(&entries, &nets, p);
     for cycle in cycles(&entries) {
         p.at(
             &cycle.at,
@@ -60,9 +73,204 @@ pub(super) fn fleet(
         return None;
     }
     Some(FleetSpec {
-        vms: expand(&entries, &afters, &images),
+        vms: expand(&entries, &afters, &images, &nets, &cmdlines),
         limits,
+        network: net.map(|n| n.net),
     })
+}
+
+/// The `network` table, checked, with the places its later problems are
+/// reported at.
+struct NetworkPlan {
+    net: FleetNetwork,
+    /// The `subnet` value (a pool too small) and the `bridge` value (tap
+    /// names too long).
+    subnet_at: Range<usize>,
+    bridge_at: Range<usize>,
+}
+
+fn network(raw: &Spanned<RawNetwork>, p: &mut Problems) -> Option<NetworkPlan> {
+    let table = raw.span();
+    let n = raw.get_ref();
+    let what = "[fleet] network";
+    let (Some(bridge), Some(subnet)) = (&n.bridge, &n.subnet) else {
+        p.at(
+            &table,
+            format!("{what}: needs `bridge` and `subnet` (like {{ bridge = \"tandem0\", subnet = \"10.77.0.0/24\" }})"),
+        );
+        return None;
+    };
+    let mut items = LimitItems::default();
+    let mut ok = true;
+    for (key, value) in [
+        ("rate", &n.rate),
+        ("rate_burst", &n.rate_burst),
+        ("pps", &n.pps),
+        ("pps_burst", &n.pps_burst),
+    ] {
+        let Some(v) = value else { continue };
+        if let Err(e) = items.set(key, &v.get_ref().0) {
+            p.at(&v.span(), format!("{what}: {e}"));
+            ok = false;
+        }
+    }
+    let limit = match items.build() {
+        Ok(l) => l,
+        Err(e) => {
+            p.at(&table, format!("{what}: {e}"));
+            return None;
+        }
+    };
+    if let Err(e) = network::check_ifname(bridge.get_ref()) {
+        p.at(&bridge.span(), format!("{what}: `bridge`: {e}"));
+        ok = false;
+    }
+    let net = match FleetNetwork::new(bridge.get_ref(), subnet.get_ref(), limit) {
+        Ok(net) => net,
+        Err(e) => {
+            if network::check_ifname(bridge.get_ref()).is_ok() {
+                p.at(&subnet.span(), format!("{what}: `subnet`: {e}"));
+            }
+            return None;
+        }
+    };
+    ok.then_some(NetworkPlan {
+        net,
+        subnet_at: subnet.span(),
+        bridge_at: bridge.span(),
+    })
+}
+
+/// Each VM's network device (replicas expanded): the VMs whose image
+/// declares one, in order, get the pool's addresses and taps.
+fn vm_networks(
+    entries: &[Entry],
+    images: &BTreeMap<PathBuf, Arc<Image>>,
+    plan: &NetworkPlan,
+    p: &mut Problems,
+) -> Vec<Option<NetSpec>> {
+    let net = &plan.net;
+    let mut nets = Vec::new();
+    let mut next = 0usize;
+    for e in entries {
+        // An image that did not load is reported already; counting it
+        // networked keeps references to it from adding noise.
+        let declares = e.image.as_ref().is_none_or(|i| {
+            images
+                .get(i.get_ref())
+                .is_none_or(|i| i.devices.contains(DeviceKind::Net))
+        });
+        for _ in 0..e.count {
+            if !declares {
+                nets.push(None);
+                continue;
+            }
+            let k = next;
+            next += 1;
+            nets.push(net.address(k).map(|address| NetSpec {
+                tap: net.tap_name(k),
+                mac: Some(network::mac_for(address)),
+                ipv4: Some(StaticIpv4 {
+                    address,
+                    prefix_len: net.prefix_len,
+                    gateway: Some(net.gateway),
+                    dns: None,
+                }),
+                limit: net.limit,
+                bridge: Some(net.bridge.clone()),
+            }));
+        }
+    }
+    if next > net.capacity() {
+        p.at(
+            &plan.subnet_at,
+            format!(
+                "[fleet] network: subnet {}/{} has room for {} VMs, and {next} VMs of the fleet have a network device",
+                net.subnet,
+                net.prefix_len,
+                net.capacity()
+            ),
+        );
+    }
+    if let Err(e) = net.check_tap_names(next) {
+        p.at(&plan.bridge_at, format!("[fleet] network: {e}"));
+    }
+    nets
+}
+
+/// Each entry's command line with its `${NAME.ip}` references replaced by
+/// the addresses they name. A reference must name a VM of the fleet that
+/// has a network device and that the entry waits for (`after`), so the
+/// address answers by the time the app reads it; else it is a problem at
+/// the reference.
+fn references(entries: &[Entry], nets: &[Option<NetSpec>], p: &mut Problems) -> Vec<String> {
+    // Expanded names: `db`, `web-0`, ...; a group of one is its name.
+    let mut vms: HashMap<String, (usize, &str)> = HashMap::new();
+    let mut next = 0usize;
+    for e in entries {
+        let Some(group) = e.name() else {
+            next += e.count;
+            continue;
+        };
+        for r in 0..e.count {
+            let name = if e.count == 1 {
+                group.to_string()
+            } else {
+                format!("{group}-{r}")
+            };
+            vms.entry(name).or_insert((next + r, group));
+        }
+        next += e.count;
+    }
+    let text = p.text;
+    entries
+        .iter()
+        .map(|e| {
+            let Some(span) = &e.cmdline_at else {
+                return e.cmdline.clone();
+            };
+            // The reference's own column when the string is written as it
+            // reads (no escapes); else the string's.
+            let exact = text.get(span.start + 1..span.start + 1 + e.cmdline.len())
+                == Some(e.cmdline.as_str());
+            let place = |at: usize| {
+                if exact {
+                    span.start + 1 + at..span.start + 2 + at
+                } else {
+                    span.clone()
+                }
+            };
+            let refs = match network::references(&e.cmdline) {
+                Ok(r) => r,
+                Err(bad) => {
+                    p.at(&place(bad.at), format!("{}: `cmdline`: {}", e.label, bad.message));
+                    return e.cmdline.clone();
+                }
+            };
+            for r in &refs {
+                let name = r.name.as_str();
+                let problem = match vms.get(name) {
+                    None => Some(format!("`${{{name}.ip}}` names no VM of this fleet")),
+                    Some(&(_, group)) if !e.after.iter().any(|a| a.get_ref() == group) => {
+                        Some(format!(
+                            "`${{{name}.ip}}`: `{group}` is not in `after` (add after = [\"{group}\"], so that it is up first)"
+                        ))
+                    }
+                    Some(&(i, _)) if nets.get(i).is_none_or(Option::is_none) => Some(format!(
+                        "`${{{name}.ip}}`: vm `{name}` has no network device (its image declares none, or the fleet has no [fleet] network)"
+                    )),
+                    Some(_) => None,
+                };
+                if let Some(problem) = problem {
+                    p.at(&place(r.at), format!("{}: `cmdline`: {problem}", e.label));
+                }
+            }
+            network::substitute(&e.cmdline, |name| {
+                let &(i, _) = vms.get(name)?;
+                nets.get(i)?.as_ref()?.ipv4.map(|ip| ip.address)
+            })
+        })
+        .collect()
 }
 
 /// One `[[vm]]` entry, checked, before names are resolved.
@@ -75,6 +283,8 @@ struct Entry {
     image: Option<Spanned<PathBuf>>,
     mem_size: u64,
     cmdline: String,
+    /// Where the command line's string is.
+    cmdline_at: Option<Range<usize>>,
     priority: i64,
     after: Vec<Spanned<String>>,
     snapshot: Option<PathBuf>,
@@ -246,6 +456,7 @@ fn entry(
         image,
         mem_size: memory(&vm, &header, &what, limits, p),
         cmdline: cmdline(&vm, &what, p),
+        cmdline_at: vm.cmdline.as_ref().map(Spanned::span),
         priority: int(
             vm.priority.as_ref(),
             -1_000_000..=1_000_000,
@@ -354,7 +565,7 @@ fn duplicates(entries: &[Entry], p: &mut Problems) {
 
 /// Each distinct image file checked once, shared by the VMs that boot it;
 /// a bad one is reported once, at its first use, naming every user.
-fn images(entries: &[Entry], p: &mut Problems) -> BTreeMap<PathBuf, Arc<Image>> {
+fn images(entries: &[Entry], network: bool, p: &mut Problems) -> BTreeMap<PathBuf, Arc<Image>> {
     let mut checked: BTreeMap<PathBuf, Option<Arc<Image>>> = BTreeMap::new();
     for e in entries {
         let Some(image) = &e.image else { continue };
@@ -378,19 +589,25 @@ fn images(entries: &[Entry], p: &mut Problems) -> BTreeMap<PathBuf, Arc<Image>> 
             }
         };
         let loaded = match Image::from_file(file) {
-            // A fleet's VMs have no devices (yet): an image that declares
-            // one cannot run here.
-            Ok(i) => match manifest::check(&i.name, i.devices, manifest::offered(false)) {
-                Ok(()) => Some(Arc::new(i)),
-                Err(m) => {
-                    let what = what();
-                    p.at(
-                        &image.span(),
-                        format!("{what}: {m} (a fleet's VMs have no devices yet)"),
-                    );
-                    None
+            // With a fleet network, a VM whose image declares a network
+            // device gets one; without, it cannot run here. No other
+            // device is offered.
+            Ok(i) => {
+                let net = network && i.devices.contains(DeviceKind::Net);
+                match manifest::check(&i.name, i.devices, manifest::offered(net)) {
+                    Ok(()) => Some(Arc::new(i)),
+                    Err(m) => {
+                        let what = what();
+                        let hint = if i.devices.contains(DeviceKind::Net) && !network {
+                            " (give the fleet a network: [fleet] network = { bridge = \"tandem0\", subnet = \"10.77.0.0/24\" })"
+                        } else {
+                            " (a fleet offers VMs no device but the network)"
+                        };
+                        p.at(&image.span(), format!("{what}: {m}{hint}"));
+                        None
+                    }
                 }
-            },
+            }
             Err(err) => {
                 let why = match err {
                     // It names the file already.
@@ -532,9 +749,14 @@ fn expand(
     entries: &[Entry],
     afters: &[Vec<usize>],
     images: &BTreeMap<PathBuf, Arc<Image>>,
+    nets: &[Option<NetSpec>],
+    cmdlines: &[String],
 ) -> Vec<VmSpec> {
     let mut vms = Vec::with_capacity(entries.iter().map(|e| e.count).sum());
-    for (e, after) in entries.iter().zip(afters) {
+    let mut index = 0usize;
+    for ((e, after), cmdline) in entries.iter().zip(afters).zip(cmdlines) {
+        let first = index;
+        index += e.count;
         let (Some(group), Some(path)) = (e.name(), &e.image) else {
             continue;
         };
@@ -553,7 +775,8 @@ fn expand(
                 image_path: path.get_ref().clone(),
                 image: image.clone(),
                 mem_size: e.mem_size,
-                cmdline: e.cmdline.clone(),
+                cmdline: cmdline.clone(),
+                net: nets.get(first + r).cloned().flatten(),
                 priority: e.priority,
                 after: after.clone(),
                 snapshot: e.snapshot.clone(),

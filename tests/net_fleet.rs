@@ -1,0 +1,135 @@
+//! Fleets with a network (`[fleet] network = { bridge, subnet }`): tandem
+//! makes the bridge and a tap per networked VM, hands out addresses, puts
+//! another VM's address into a command line (`${web.ip}`), and removes
+//! what it made when the fleet ends. Needs root (CI is root): without it
+//! the test fails, naming what is missing.
+
+use std::path::{Path, PathBuf};
+
+use tandem_tests::{image_path, require_kvm, tandem};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tandem-netfleet-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn interface_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+#[test]
+fn fetch_finds_httpd_by_its_address_on_the_fleets_bridge() {
+    require_kvm();
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test needs root (CAP_NET_ADMIN) for the fleet's bridge and taps"
+    );
+    let pid = std::process::id();
+    let bridge = format!("tdf{}", pid % 100_000);
+    let subnet = format!("10.94.{}.0/24", pid % 250);
+    assert!(
+        !interface_exists(&bridge),
+        "{bridge} exists before the test"
+    );
+    let dir = scratch("fetch");
+    let config = dir.join("fleet.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[fleet]
+network = {{ bridge = "{bridge}", subnet = "{subnet}" }}
+
+[[vm]]
+name = "web"
+image = "{httpd}"
+memory = "16M"
+boot_timeout = "30s"
+
+[[vm]]
+name = "client"
+image = "{fetch}"
+memory = "16M"
+boot_timeout = "30s"
+after = ["web"]
+cmdline = "${{web.ip}}:80"
+"#,
+            httpd = image_path("httpd").display(),
+            fetch = image_path("fetch").display(),
+        ),
+    )
+    .unwrap();
+    let consoles = dir.join("console");
+    let run = tandem(&[
+        "fleet",
+        config.to_str().unwrap(),
+        "--stop-when-ready",
+        "--stop-after",
+        "120s",
+        "--console-dir",
+        consoles.to_str().unwrap(),
+    ]);
+    let read = |name: &str| {
+        std::fs::read_to_string(consoles.join(format!("{name}.log"))).unwrap_or_default()
+    };
+    let (web, client) = (read("web"), read("client"));
+    let all = format!("{}\n--- web:\n{web}\n--- client:\n{client}", run.stderr);
+    assert_eq!(run.code, Some(0), "{all}");
+    // httpd got the pool's first address, fetch the next, and the client
+    // was told httpd's (the gateway is the bridge, .1).
+    let net = subnet.trim_end_matches("0/24");
+    assert!(web.contains(&format!("serving http://{net}2:80/")), "{all}");
+    assert!(client.contains("fetch: HTTP/1.1 200 OK"), "{all}");
+    assert!(client.contains("<h1>Hello from Tandem!</h1>"), "{all}");
+    assert!(
+        run.stderr.contains(&format!("made bridge {bridge}")),
+        "{all}"
+    );
+    // Removed at the end: the bridge and both taps.
+    for name in [bridge.clone(), format!("{bridge}-0"), format!("{bridge}-1")] {
+        assert!(
+            !interface_exists(&name),
+            "{name} is still there after the fleet ended"
+        );
+    }
+}
+
+#[test]
+fn a_reference_to_a_vm_outside_after_is_refused_at_its_place() {
+    let dir = scratch("refs");
+    let config = dir.join("fleet.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[fleet]\nnetwork = {{ bridge = \"tdfx0\", subnet = \"10.94.251.0/24\" }}\n\
+             [[vm]]\nname = \"web\"\nimage = \"{httpd}\"\n\
+             [[vm]]\nname = \"client\"\nimage = \"{fetch}\"\ncmdline = \"${{web.ip}}:80 ${{nobody.ip}}\"\n",
+            httpd = image_path("httpd").display(),
+            fetch = image_path("fetch").display(),
+        ),
+    )
+    .unwrap();
+    let run = tandem(&["fleet", config.to_str().unwrap(), "--check"]);
+    assert_eq!(
+        run.code,
+        Some(i32::from(tandem::exit_code::VMM_ERROR)),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("9:12: vm `client`: `cmdline`: `${web.ip}`: `web` is not in `after`"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("9:25: vm `client`: `cmdline`: `${nobody.ip}` names no VM of this fleet"),
+        "{}",
+        run.stderr
+    );
+    assert!(!interface_exists("tdfx0"));
+}
