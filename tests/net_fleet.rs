@@ -21,6 +21,17 @@ fn interface_exists(name: &str) -> bool {
 
 #[test]
 fn fetch_finds_httpd_by_its_address_on_the_fleets_bridge() {
+    fetch_fleet("fetch", &[]);
+}
+
+#[test]
+fn a_fleet_that_drops_to_a_user_attaches_the_taps_made_for_it() {
+    // The taps are made as root and given to `nobody` before the drop.
+    fetch_fleet("user", &["--user", "nobody"]);
+}
+
+/// Runs httpd and fetch on a fleet network, with `extra` options.
+fn fetch_fleet(name: &str, extra: &[&str]) {
     require_kvm();
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
@@ -29,13 +40,14 @@ fn fetch_finds_httpd_by_its_address_on_the_fleets_bridge() {
         "this test needs root (CAP_NET_ADMIN) for the fleet's bridge and taps"
     );
     let pid = std::process::id();
-    let bridge = format!("tdf{}", pid % 100_000);
-    let subnet = format!("10.94.{}.0/24", pid % 250);
+    let n = u32::from(!extra.is_empty());
+    let bridge = format!("tdf{}x{n}", pid % 100_000);
+    let subnet = format!("10.94.{}.0/24", (pid + n) % 250);
     assert!(
         !interface_exists(&bridge),
         "{bridge} exists before the test"
     );
-    let dir = scratch("fetch");
+    let dir = scratch(name);
     let config = dir.join("fleet.toml");
     std::fs::write(
         &config,
@@ -63,7 +75,14 @@ cmdline = "${{web.ip}}:80"
     )
     .unwrap();
     let consoles = dir.join("console");
-    let run = tandem(&[
+    // Written by the fleet's user, whoever that is.
+    std::fs::create_dir_all(&consoles).unwrap();
+    std::fs::set_permissions(
+        &consoles,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let mut args = vec![
         "fleet",
         config.to_str().unwrap(),
         "--stop-when-ready",
@@ -71,7 +90,9 @@ cmdline = "${{web.ip}}:80"
         "120s",
         "--console-dir",
         consoles.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let run = tandem(&args);
     let read = |name: &str| {
         std::fs::read_to_string(consoles.join(format!("{name}.log"))).unwrap_or_default()
     };

@@ -3,12 +3,16 @@
 //! and removed when the fleet ends. What the fleet finds already there
 //! (an operator's bridge or tap) it uses and leaves alone.
 //!
-//! The taps are persistent: a VM attempt attaches its tap and lets it go
-//! at its end, and the tap stays on the bridge for the next attempt (a
-//! restart) until [`FleetNet`] is dropped.
+//! The fleet holds each tap it made open ([`Tap::hold`]): a VM attempt gets
+//! a duplicate of its descriptor and lets it go at its end, and the tap
+//! stays on the bridge for the next attempt (a restart) until [`FleetNet`]
+//! is dropped; then it goes with its last descriptor, as it also does if
+//! the process is killed. A bridge the fleet made is removed by a small
+//! child process ([`BridgeReaper`]) when the fleet lets it go or ends in
+//! any way, which also works after the fleet has dropped to `--user`.
 
-use crate::devices::netif::{self, NetifError};
-use crate::devices::tap::{Tap, TapError};
+use crate::devices::netif::{self, BridgeReaper, NetifError};
+use crate::devices::tap::{self, Tap, TapError, TapSetup};
 use crate::fleet::config::{FleetNetwork, VmSpec};
 
 /// Why a fleet's network could not be set up.
@@ -52,7 +56,7 @@ pub enum NetworkError {
 /// The bridge and taps a fleet made; dropping it removes them.
 #[derive(Debug)]
 pub struct FleetNet {
-    bridge: Option<String>,
+    bridge: Option<BridgeReaper>,
     taps: Vec<String>,
 }
 
@@ -81,7 +85,13 @@ impl FleetNet {
                 source,
             };
             netif::add_bridge(bridge).map_err(on_bridge)?;
-            made.bridge = Some(bridge.into());
+            match BridgeReaper::spawn(bridge) {
+                Ok(reaper) => made.bridge = Some(reaper),
+                Err(e) => {
+                    let _ = netif::remove_bridge(bridge);
+                    return Err(on_bridge(e));
+                }
+            }
             netif::set_ipv4(bridge, net.gateway, net.prefix_len).map_err(on_bridge)?;
             netif::set_up(bridge, true).map_err(on_bridge)?;
             log::info!(
@@ -106,10 +116,13 @@ impl FleetNet {
                     user,
                 })));
             }
-            Tap::create_persistent(tap).map_err(|e| on_tap(Box::new(e)))?;
+            let setup = TapSetup {
+                name: tap.into(),
+                host_ipv4: None,
+                bridge: Some(bridge.into()),
+            };
+            Tap::create(&setup).map_err(|e| on_tap(Box::new(e)))?.hold();
             made.taps.push(tap.into());
-            netif::add_to_bridge(bridge, tap).map_err(|e| on_tap(Box::new(e)))?;
-            netif::set_up(tap, true).map_err(|e| on_tap(Box::new(e)))?;
         }
         if !made.taps.is_empty() {
             log::info!(
@@ -123,15 +136,11 @@ impl FleetNet {
 
 impl Drop for FleetNet {
     fn drop(&mut self) {
-        for tap in self.taps.drain(..) {
-            if let Err(e) = Tap::remove_persistent(&tap) {
-                log::warn!("cannot remove the fleet's tap {tap}: {e}");
-            }
+        // Every VM thread has ended: the fleet's descriptor is the last.
+        for name in self.taps.drain(..) {
+            tap::release(&name);
         }
-        if let Some(bridge) = self.bridge.take() {
-            if let Err(e) = netif::remove_bridge(&bridge) {
-                log::warn!("cannot remove the fleet's bridge {bridge}: {e}");
-            }
-        }
+        // After the taps: the reaper removes the bridge and is waited for.
+        drop(self.bridge.take());
     }
 }
