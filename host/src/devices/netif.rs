@@ -16,6 +16,14 @@ use std::path::Path;
 /// `CAP_NET_ADMIN`'s bit in the capability sets.
 pub const CAP_NET_ADMIN: u32 = 12;
 
+/// `IFF_UP` as the `c_short` flags field holds it (it is bit 0).
+const IFF_UP: libc::c_short = 0x1;
+/// `AF_INET` as `sockaddr_in`'s 16-bit family field holds it.
+const AF_INET: u16 = 2;
+
+const _: () =
+    assert!(IFF_UP as libc::c_int == libc::IFF_UP && AF_INET as libc::c_int == libc::AF_INET);
+
 const SIOCBRADDBR: libc::c_ulong = 0x89a0;
 const SIOCBRDELBR: libc::c_ulong = 0x89a1;
 const SIOCBRADDIF: libc::c_ulong = 0x89a2;
@@ -69,7 +77,7 @@ impl IfReq {
     /// A `sockaddr_in` of `addr` in the union (family, port 0, address).
     fn with_ipv4(mut self, addr: Ipv4Addr) -> Self {
         self.data = [0; 24];
-        let family = (libc::AF_INET as u16).to_ne_bytes();
+        let family = AF_INET.to_ne_bytes();
         self.data[..2].copy_from_slice(&family);
         self.data[4..8].copy_from_slice(&addr.octets());
         self
@@ -181,9 +189,9 @@ pub fn set_up(name: &str, up: bool) -> Result<(), NetifError> {
     let mut req = IfReq::new(name)?;
     control.ifreq(libc::SIOCGIFFLAGS, &mut req, "read the flags of", name)?;
     let flags = if up {
-        req.flags() | libc::IFF_UP as libc::c_short
+        req.flags() | IFF_UP
     } else {
-        req.flags() & !(libc::IFF_UP as libc::c_short)
+        req.flags() & !IFF_UP
     };
     let mut req = req.with_flags(flags);
     let what = if up { "bring up" } else { "bring down" };
@@ -286,7 +294,7 @@ unsafe fn reap(read_end: libc::c_int, write_end: libc::c_int, mut req: IfReq) ->
         if sock >= 0 {
             let name = req.name;
             if libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req as *mut IfReq) == 0 {
-                let flags = req.flags() & !(libc::IFF_UP as libc::c_short);
+                let flags = req.flags() & !IFF_UP;
                 req.data[..2].copy_from_slice(&flags.to_ne_bytes());
                 libc::ioctl(sock, libc::SIOCSIFFLAGS, &mut req as *mut IfReq);
             }

@@ -240,7 +240,8 @@ impl LimitItems {
     /// Takes `key=value` if `key` is a limit key (`Ok(false)` if it is
     /// not); refuses a bad value or a key given twice.
     pub fn set(&mut self, key: &str, value: &str) -> Result<bool, NetSpecError> {
-        let (key, slot, parse): (&'static str, _, fn(&str) -> Result<u64, String>) = match key {
+        type Parse = fn(&str) -> Result<u64, String>;
+        let (key, slot, parse): (&'static str, _, Parse) = match key {
             "rate" => ("rate", &mut self.rate, parse_size),
             "rate_burst" => ("rate_burst", &mut self.rate_burst, parse_size),
             "pps" => ("pps", &mut self.pps, parse_count),

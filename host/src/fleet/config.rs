@@ -441,10 +441,10 @@ mod tests {
             assert!(p.iter().any(|l| l.starts_with(says)), "{says}:\n{p:#?}");
         }
         // A pool too small and tap names too long, at the values.
-        let p = problems(&format!(
-            "[fleet]\nnetwork = {{ bridge = \"tdm-fleet-long\", subnet = \"10.77.0.0/30\" }}\n\
-             [[vm]]\nname = \"a\"\ncount = 2\nimage = \"/no/such/image\"\n"
-        ));
+        let p = problems(
+            "[fleet]\nnetwork = { bridge = \"tdm-fleet-long\", subnet = \"10.77.0.0/30\" }\n\
+             [[vm]]\nname = \"a\"\ncount = 2\nimage = \"/no/such/image\"\n",
+        );
         assert!(
             p.iter().any(|l| l.starts_with(
                 "2:49: [fleet] network: subnet 10.77.0.0/30 has room for 1 VMs, and 2 VMs"
