@@ -154,3 +154,53 @@ fn a_reference_to_a_vm_outside_after_is_refused_at_its_place() {
     );
     assert!(!interface_exists("tdfx0"));
 }
+
+#[test]
+fn the_plan_shows_addresses_taps_limits_and_the_filled_in_cmdline() {
+    let dir = scratch("plan");
+    let config = dir.join("fleet.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[fleet]\nnetwork = {{ bridge = \"tdfy0\", subnet = \"10.94.252.0/24\", rate = \"10M\", pps = \"10k\" }}\n\
+             [[vm]]\nname = \"web\"\ncount = 2\nimage = \"{httpd}\"\n\
+             [[vm]]\nname = \"hello\"\nimage = \"{hello}\"\n\
+             [[vm]]\nname = \"client\"\nimage = \"{fetch}\"\nafter = [\"web\"]\ncmdline = \"${{web-1.ip}}:80\"\n",
+            httpd = image_path("httpd").display(),
+            hello = image_path("hello").display(),
+            fetch = image_path("fetch").display(),
+        ),
+    )
+    .unwrap();
+    let run = tandem(&["fleet", config.to_str().unwrap(), "--check"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let out = &run.stdout;
+    assert!(
+        out.contains("network: bridge tdfy0 at 10.94.252.1/24"),
+        "{out}"
+    );
+    // The networked VMs in order; hello declares no device and gets none.
+    for (vm, addr, tap) in [
+        ("web-0", "10.94.252.2", "tdfy0-0"),
+        ("web-1", "10.94.252.3", "tdfy0-1"),
+        ("client", "10.94.252.4", "tdfy0-2"),
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(vm))
+            .unwrap_or_else(|| panic!("no line for {vm}: {out}"));
+        assert!(
+            line.contains(&format!(
+                "net {addr} on {tap}, 10485760 B/s, 10000 frames/s"
+            )),
+            "{line}"
+        );
+    }
+    let hello = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("hello"))
+        .unwrap();
+    assert!(!hello.contains("net "), "{hello}");
+    assert!(out.contains("cmdline 10.94.252.3:80"), "{out}");
+    assert!(!interface_exists("tdfy0"), "--check made the bridge");
+}
