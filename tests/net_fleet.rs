@@ -165,7 +165,7 @@ fn the_plan_shows_addresses_taps_limits_and_the_filled_in_cmdline() {
             "[fleet]\nnetwork = {{ bridge = \"tdfy0\", subnet = \"10.94.252.0/24\", rate = \"10M\", pps = \"10k\" }}\n\
              [[vm]]\nname = \"web\"\ncount = 2\nimage = \"{httpd}\"\n\
              [[vm]]\nname = \"hello\"\nimage = \"{hello}\"\n\
-             [[vm]]\nname = \"client\"\nimage = \"{fetch}\"\nafter = [\"web\"]\ncmdline = \"${{web-1.ip}}:80\"\n",
+             [[vm]]\nname = \"client\"\nimage = \"{fetch}\"\nafter = [\"web\"]\ncmdline = \"${{web-1.ip}}:80\"\nnet = {{ rate = \"1M\" }}\n",
             httpd = image_path("httpd").display(),
             hello = image_path("hello").display(),
             fetch = image_path("fetch").display(),
@@ -180,19 +180,18 @@ fn the_plan_shows_addresses_taps_limits_and_the_filled_in_cmdline() {
         "{out}"
     );
     // The networked VMs in order; hello declares no device and gets none.
-    for (vm, addr, tap) in [
-        ("web-0", "10.94.252.2", "tdfy0-0"),
-        ("web-1", "10.94.252.3", "tdfy0-1"),
-        ("client", "10.94.252.4", "tdfy0-2"),
+    // The fleet's limits are the defaults; the client's own rate wins.
+    for (vm, addr, tap, rate) in [
+        ("web-0", "10.94.252.2", "tdfy0-0", 10 << 20),
+        ("web-1", "10.94.252.3", "tdfy0-1", 10 << 20),
+        ("client", "10.94.252.4", "tdfy0-2", 1 << 20),
     ] {
         let line = out
             .lines()
             .find(|l| l.trim_start().starts_with(vm))
             .unwrap_or_else(|| panic!("no line for {vm}: {out}"));
         assert!(
-            line.contains(&format!(
-                "net {addr} on {tap}, 10485760 B/s, 10000 frames/s"
-            )),
+            line.contains(&format!("net {addr} on {tap}, {rate} B/s, 10000 frames/s")),
             "{line}"
         );
     }

@@ -33,6 +33,7 @@
 //! count = 4                     # web-0 .. web-3; `after = ["web"]` means all four
 //! after = ["db"]                # boots once db has called ready()
 //! cmdline = "db=${db.ip}"       # another VM's address: it must be in `after`
+//! net = { rate = "1M" }         # its own limits over the fleet network's
 //! ```
 
 use std::fmt;
@@ -404,6 +405,33 @@ mod tests {
             p.iter().any(|l| l.starts_with(
                 "8:12: vm `app`: `cmdline`: `${web.ip}`: vm `web` has no network device"
             )),
+            "{p:#?}"
+        );
+    }
+
+    #[test]
+    fn a_vms_own_limits_are_checked_at_their_place() {
+        let p = problems(&format!(
+            "{NETWORK}[[vm]]\nname = \"a\"\nimage = \"/no/such/image\"\nnet = {{ rate = \"fast\" }}\n"
+        ));
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("6:16: vm `a`: `net`: rate=\"fast\": 'fast' is not a size")),
+            "{p:#?}"
+        );
+        let p = problems(&format!(
+            "{NETWORK}[[vm]]\nname = \"a\"\nimage = \"/no/such/image\"\nnet = {{ pps_burst = 3 }}\n"
+        ));
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("6:7: vm `a`: `net`: pps_burst= needs pps=")),
+            "{p:#?}"
+        );
+        let p =
+            problems("[[vm]]\nname = \"a\"\nimage = \"/no/such/image\"\nnet = { rate = \"1M\" }\n");
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("4:7: vm `a`: `net` limits need a fleet network")),
             "{p:#?}"
         );
     }

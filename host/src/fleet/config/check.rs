@@ -11,7 +11,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::network::{self, FleetNetwork};
-use super::raw::{Decoded, Integer, Period, RawFleet, RawNetwork, RawVm};
+use super::raw::{Decoded, Integer, Period, RawFleet, RawNetwork, RawVm, Text};
 use super::{
     app_dirs, default_max_concurrent_boots, default_memory_budget, vm_label, FleetSpec,
     LimitOverrides, Limits, Problems, RestartPolicy, VmSpec, DEFAULT_VM_MEMORY, MAX_COUNT,
@@ -58,10 +58,20 @@ pub(super) fn fleet(
     let images = images(&entries, net.is_some(), p);
     let groups = groups(&entries);
     let afters = dependencies(&entries, &groups, p);
-    let nets = net
-        .as_ref()
-        .map(|n| vm_networks(&entries, &images, n, p))
-        .unwrap_or_default();
+    let nets = match &net {
+        Some(n) => vm_networks(&entries, &images, n, p),
+        None => {
+            for e in &entries {
+                if let Some((_, at)) = &e.net_items {
+                    p.at(
+                        at,
+                        format!("{}: `net` limits need a fleet network ([fleet] network = {{ bridge = ..., subnet = ... }})", e.label),
+                    );
+                }
+            }
+            Vec::new()
+        }
+    };
     let cmdlines = references(&entries, &nets, p);
     for cycle in cycles(&entries) {
         p.at(
@@ -83,10 +93,31 @@ pub(super) fn fleet(
 /// reported at.
 struct NetworkPlan {
     net: FleetNetwork,
+    /// Its rate-limit items, under each VM's own.
+    items: LimitItems,
     /// The `subnet` value (a pool too small) and the `bridge` value (tap
     /// names too long).
     subnet_at: Range<usize>,
     bridge_at: Range<usize>,
+}
+
+/// Rate-limit items as a table gives them, each bad value a problem at it
+/// (`None` then).
+fn limit_items(
+    values: [(&str, &Option<Spanned<Text>>); 4],
+    what: &str,
+    p: &mut Problems,
+) -> Option<LimitItems> {
+    let mut items = LimitItems::default();
+    let mut ok = true;
+    for (key, value) in values {
+        let Some(v) = value else { continue };
+        if let Err(e) = items.set(key, &v.get_ref().0) {
+            p.at(&v.span(), format!("{what}: {e}"));
+            ok = false;
+        }
+    }
+    ok.then_some(items)
 }
 
 fn network(raw: &Spanned<RawNetwork>, p: &mut Problems) -> Option<NetworkPlan> {
@@ -100,20 +131,15 @@ fn network(raw: &Spanned<RawNetwork>, p: &mut Problems) -> Option<NetworkPlan> {
         );
         return None;
     };
-    let mut items = LimitItems::default();
-    let mut ok = true;
-    for (key, value) in [
+    let values = [
         ("rate", &n.rate),
         ("rate_burst", &n.rate_burst),
         ("pps", &n.pps),
         ("pps_burst", &n.pps_burst),
-    ] {
-        let Some(v) = value else { continue };
-        if let Err(e) = items.set(key, &v.get_ref().0) {
-            p.at(&v.span(), format!("{what}: {e}"));
-            ok = false;
-        }
-    }
+    ];
+    let items = limit_items(values, what, p);
+    let mut ok = items.is_some();
+    let items = items.unwrap_or_default();
     let limit = match items.build() {
         Ok(l) => l,
         Err(e) => {
@@ -136,6 +162,7 @@ fn network(raw: &Spanned<RawNetwork>, p: &mut Problems) -> Option<NetworkPlan> {
     };
     ok.then_some(NetworkPlan {
         net,
+        items,
         subnet_at: subnet.span(),
         bridge_at: bridge.span(),
     })
@@ -160,6 +187,25 @@ fn vm_networks(
                 .get(i.get_ref())
                 .is_none_or(|i| i.devices.contains(DeviceKind::Net))
         });
+        let limit = match &e.net_items {
+            None => net.limit,
+            Some((items, at)) => match plan.items.overlay(*items).build() {
+                Ok(l) => l,
+                Err(err) => {
+                    p.at(at, format!("{}: `net`: {err}", e.label));
+                    net.limit
+                }
+            },
+        };
+        if let (Some((_, at)), false) = (&e.net_items, declares) {
+            p.at(
+                at,
+                format!(
+                    "{}: `net` limits for a VM whose image declares no network device",
+                    e.label
+                ),
+            );
+        }
         for _ in 0..e.count {
             if !declares {
                 nets.push(None);
@@ -176,7 +222,7 @@ fn vm_networks(
                     gateway: Some(net.gateway),
                     dns: None,
                 }),
-                limit: net.limit,
+                limit,
                 bridge: Some(net.bridge.clone()),
             }));
         }
@@ -285,6 +331,8 @@ struct Entry {
     cmdline: String,
     /// Where the command line's string is.
     cmdline_at: Option<Range<usize>>,
+    /// Its own network limits (`net = { ... }`), and where they are.
+    net_items: Option<(LimitItems, Range<usize>)>,
     priority: i64,
     after: Vec<Spanned<String>>,
     snapshot: Option<PathBuf>,
@@ -457,6 +505,17 @@ fn entry(
         mem_size: memory(&vm, &header, &what, limits, p),
         cmdline: cmdline(&vm, &what, p),
         cmdline_at: vm.cmdline.as_ref().map(Spanned::span),
+        net_items: vm.net.as_ref().and_then(|n| {
+            let t = n.get_ref();
+            let values = [
+                ("rate", &t.rate),
+                ("rate_burst", &t.rate_burst),
+                ("pps", &t.pps),
+                ("pps_burst", &t.pps_burst),
+            ];
+            let items = limit_items(values, &format!("{what}: `net`"), p)?;
+            Some((items, n.span()))
+        }),
         priority: int(
             vm.priority.as_ref(),
             -1_000_000..=1_000_000,

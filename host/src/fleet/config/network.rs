@@ -7,7 +7,7 @@
 //! turn), the next addresses, a tap `BRIDGE-N` on the bridge (N from 0),
 //! and a MAC made from their address ([`mac_for`]). The table's `rate`,
 //! `rate_burst`, `pps` and `pps_burst` are every such VM's rate limits, as
-//! `--net` takes them.
+//! `--net` takes them, under a VM's own `net = { ... }`.
 //!
 //! A command line names another VM's address as `${NAME.ip}`
 //! ([`substitute`]).

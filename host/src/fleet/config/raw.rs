@@ -74,6 +74,7 @@ pub(super) struct RawVm {
     pub backoff_max: Option<Spanned<Period>>,
     pub boot_timeout: Option<Spanned<Period>>,
     pub count: Option<Spanned<Integer>>,
+    pub net: Option<Spanned<RawVmNet>>,
 }
 
 impl RawVm {
@@ -98,6 +99,7 @@ impl RawVm {
             backoff: or(&self.backoff, &defaults.backoff),
             backoff_max: or(&self.backoff_max, &defaults.backoff_max),
             boot_timeout: or(&self.boot_timeout, &defaults.boot_timeout),
+            net: or(&self.net, &defaults.net),
         }
     }
 }
@@ -109,6 +111,20 @@ pub(super) struct Integer(pub i64);
 /// A size: a positive integer of bytes or a string such as `"64M"`.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Size(pub u64);
+
+/// A VM's own network limits: `net = { rate = "1M", pps = "1k" }`, each
+/// over the fleet's.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table such as { rate = \"1M\", pps = \"1k\" }"
+)]
+pub(super) struct RawVmNet {
+    pub rate: Option<Spanned<Text>>,
+    pub rate_burst: Option<Spanned<Text>>,
+    pub pps: Option<Spanned<Text>>,
+    pub pps_burst: Option<Spanned<Text>>,
+}
 
 /// A string, or an integer taken as its digits (`rate = 1000`).
 #[derive(Debug, Clone)]
