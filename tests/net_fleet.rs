@@ -203,3 +203,39 @@ fn the_plan_shows_addresses_taps_limits_and_the_filled_in_cmdline() {
     assert!(out.contains("cmdline 10.94.252.3:80"), "{out}");
     assert!(!interface_exists("tdfy0"), "--check made the bridge");
 }
+
+#[test]
+fn without_net_admin_a_missing_bridge_is_refused_with_the_commands() {
+    tandem_tests::require_tool("setpriv", "util-linux");
+    require_kvm();
+    let dir = scratch("nocap");
+    let config = dir.join("fleet.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[fleet]\nnetwork = {{ bridge = \"tdfz0\", subnet = \"10.94.253.0/24\" }}\n\
+             [[vm]]\nname = \"web\"\nimage = \"{httpd}\"\n",
+            httpd = image_path("httpd").display(),
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--inh-caps=-net_admin", "--bounding-set=-net_admin"])
+        .arg(tandem_tests::tandem_bin())
+        .args(["fleet", config.to_str().unwrap(), "--stop-when-ready"])
+        .output()
+        .expect("run tandem fleet under setpriv");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(tandem::exit_code::VMM_ERROR)),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("the fleet's bridge tdfz0 does not exist, and tandem lacks CAP_NET_ADMIN")
+            && stderr.contains("`ip link add tdfz0 type bridge`")
+            && stderr.contains("`ip addr add 10.94.253.1/24 dev tdfz0`"),
+        "{stderr}"
+    );
+    assert!(!interface_exists("tdfz0"));
+}
