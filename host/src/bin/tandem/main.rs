@@ -53,6 +53,8 @@ fn exit_codes_help() -> String {
     text
 }
 
+// Parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Boot IMAGE and run it to the end; exits with the guest's exit code.
