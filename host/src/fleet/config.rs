@@ -379,6 +379,19 @@ mod tests {
     const NETWORK: &str = "[fleet]\nnetwork = { bridge = \"tdm0\", subnet = \"10.77.0.0/24\" }\n";
 
     #[test]
+    fn a_vm_on_the_fleet_network_is_not_kept_warm() {
+        let text = format!(
+            "{NETWORK}[[vm]]\nname = \"web\"\nimage = \"/no/such/image\"\nsnapshot = \"nosnap\"\nwarm = 2\n"
+        );
+        let p = problems(&text);
+        assert!(
+            p.iter().any(|l| l
+                == "7:8: vm `web`: `warm` pools keep VMs without devices, and this VM is on the fleet network"),
+            "{p:#?}"
+        );
+    }
+
+    #[test]
     fn references_to_other_vms_are_checked_at_their_place() {
         let text = format!(
             "{NETWORK}[[vm]]\nname = \"web\"\nimage = \"/no/such/image\"\n\

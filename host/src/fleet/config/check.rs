@@ -75,6 +75,7 @@ pub(super) fn fleet(
         }
     };
     let cmdlines = net::references(&entries, &nets, p);
+    warm_without_devices(&entries, &nets, p);
     for cycle in cycles(&entries) {
         p.at(
             &cycle.at,
@@ -116,6 +117,8 @@ struct Entry {
     backoff_max: Duration,
     boot_timeout: Option<Duration>,
     warm: usize,
+    /// Where `warm` is, when given.
+    warm_at: Option<Range<usize>>,
 }
 
 impl Entry {
@@ -286,6 +289,7 @@ fn entry(
     Entry {
         // Without a snapshot (refused above) there is no pool to count.
         warm: if vm.snapshot.is_some() { warm } else { 0 },
+        warm_at: vm.warm.as_ref().map(|w| w.span()),
         group: vm.name.clone(),
         count: int(vm.count.as_ref(), 1..=MAX_COUNT, &what, "count", p)
             .and_then(|n| usize::try_from(n).ok())
@@ -360,6 +364,27 @@ fn memory(vm: &RawVm, header: &Range<usize>, what: &str, limits: &Limits, p: &mu
 
 /// Warm pools hold their memory for the whole run: with them, every VM
 /// must still fit the budget, or it could never start.
+/// A warm pool keeps VMs without devices: a VM on the fleet network
+/// (`nets`, replicas expanded) cannot start from one.
+fn warm_without_devices(entries: &[Entry], nets: &[Option<NetSpec>], p: &mut Problems) {
+    let mut first = 0usize;
+    for e in entries {
+        let networked = nets
+            .get(first..first.saturating_add(e.count))
+            .is_some_and(|n| n.iter().any(Option::is_some));
+        first = first.saturating_add(e.count);
+        if let (true, true, Some(at)) = (networked, e.warm > 0, &e.warm_at) {
+            p.at(
+                at,
+                format!(
+                    "{}: `warm` pools keep VMs without devices, and this VM is on the fleet network",
+                    e.label
+                ),
+            );
+        }
+    }
+}
+
 fn warm_budget(entries: &[Entry], limits: &Limits, p: &mut Problems) {
     let pools: u64 = entries
         .iter()
