@@ -586,3 +586,81 @@ fn a_vm_without_a_network_device_refuses_net_on_restore() {
     assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
     let _ = std::fs::remove_dir_all(dir.parent().unwrap());
 }
+
+/// A transmit chain a rate limit holds when the snapshot is taken goes
+/// back to the ring: the state's transmit positions are equal again, so the
+/// restored device takes and sends it, and the guest loses no buffer. The
+/// device is driven here as a driver would, through its registers, over
+/// guest memory made by the test.
+#[test]
+fn a_chain_held_by_a_rate_limit_goes_back_to_the_ring_in_a_snapshot() {
+    use tandem::devices::rate_limiter::{Bucket, RateLimit};
+    use tandem::devices::tap::Tap;
+    use tandem::devices::NetDevice;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    const MEM: u64 = 64 << 20;
+    let heap = tandem_abi::layout::HEAP_ADDR;
+    let (desc, avail, used, bufs) = (heap, heap + 0x1000, heap + 0x2000, heap + 0x3000);
+    let net = fresh_nets(1);
+    let tap = TestTap::on(net);
+    let mem =
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), usize::try_from(MEM).unwrap())])
+            .unwrap();
+    let mut dev = NetDevice::new(Tap::open(&tap.name).unwrap(), [2, 0, 0, 0, 0, 7], MEM);
+    dev.set_rate_limit(RateLimit {
+        bytes: None,
+        ops: Some(Bucket::new(1, 1).unwrap()),
+    });
+    let mut reg = |offset: u64, value: u32| {
+        dev.write(&mem, offset, &value.to_le_bytes())
+            .expect("a valid register write")
+    };
+    // virtio-mmio v2 registers: status, features, the transmit queue (1).
+    reg(0x70, 1 | 2);
+    reg(0x24, 1);
+    reg(0x20, 1); // VIRTIO_F_VERSION_1
+    reg(0x70, 1 | 2 | 8);
+    reg(0x30, 1);
+    reg(0x38, 8);
+    reg(0x80, u32::try_from(desc).unwrap());
+    reg(0x90, u32::try_from(avail).unwrap());
+    reg(0xa0, u32::try_from(used).unwrap());
+    reg(0x44, 1);
+    reg(0x70, 1 | 2 | 8 | 4);
+    // Three frames of 60 bytes behind the 12-byte header, one descriptor each.
+    for i in 0..3u64 {
+        let buf = bufs + i * 0x100;
+        let mut frame = vec![0u8; 12 + 60];
+        frame[12..18].copy_from_slice(&[0xff; 6]);
+        mem.write_slice(&frame, GuestAddress(buf)).unwrap();
+        let mut d = [0u8; 16];
+        d[..8].copy_from_slice(&buf.to_le_bytes());
+        d[8..12].copy_from_slice(&72u32.to_le_bytes());
+        mem.write_slice(&d, GuestAddress(desc + i * 16)).unwrap();
+        mem.write_obj(u16::try_from(i).unwrap(), GuestAddress(avail + 4 + i * 2))
+            .unwrap();
+    }
+    mem.write_obj(3u16, GuestAddress(avail + 2)).unwrap();
+    dev.write(&mem, 0x50, &1u32.to_le_bytes()).unwrap();
+    // One frame passed (the burst), the next is held, the third waits.
+    let used_idx: u16 = mem.read_obj(GuestAddress(used + 2)).unwrap();
+    assert_eq!(used_idx, 1, "the rate limit let one frame through");
+    let state = dev.state(None);
+    assert_eq!(state.positions[1].next_used, 1);
+    assert_eq!(
+        state.positions[1].next_avail, 1,
+        "the held chain is handed back to the ring"
+    );
+    assert_eq!(state.check(MEM), Ok(()));
+    // The state restores on another device, which sends the rest.
+    drop(dev);
+    let mut back = NetDevice::restore(Tap::open(&tap.name).unwrap(), &state, state.mac, &mem, MEM)
+        .expect("the state restores");
+    back.write(&mem, 0x50, &1u32.to_le_bytes()).unwrap();
+    let used_idx: u16 = mem.read_obj(GuestAddress(used + 2)).unwrap();
+    assert_eq!(
+        used_idx, 3,
+        "the restored device sent the held and the waiting frame"
+    );
+}
