@@ -66,8 +66,10 @@ pub const CONSOLE_DATA_OFFSET: u64 = 8;
 pub const CONSOLE_CAPACITY: u64 = CONSOLE_SIZE - CONSOLE_DATA_OFFSET;
 
 /// The live area: a small [`LiveArea`] record the host rewrites while the
-/// vCPU is stopped (on every restore or clone), unlike the boot-info block,
-/// which describes the boot and never changes. One page, user read-only.
+/// vCPU is stopped (on every restore or clone). The boot-info block is
+/// rewritten then too (ABI version 6), to describe the restored VM; the
+/// live area's generation is what tells the guest to read it again. One
+/// page, user read-only.
 pub const LIVE_ADDR: u64 = 0x1_D000;
 /// Size of the live area.
 pub const LIVE_SIZE: u64 = PAGE_SIZE;

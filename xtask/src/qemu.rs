@@ -201,17 +201,27 @@ pub fn ensure_tools(tools: &[(&str, &str)]) -> Result<()> {
         bail!("missing Debian packages: {list}\ninstall them with: sudo apt-get install -y {list}");
     }
     eprintln!("xtask: installing missing Debian packages with apt-get: {list}");
-    let mut update = Command::new("apt-get");
-    update
-        .args(["update", "-qq"])
-        .env("DEBIAN_FRONTEND", "noninteractive");
-    project::run(&mut update, "apt-get update")?;
-    let mut install = Command::new("apt-get");
-    install
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive");
-    project::run(&mut install, "apt-get install")?;
+    project::run_downloading(
+        || {
+            let mut update = Command::new("apt-get");
+            update
+                .args(["update", "-qq"])
+                .env("DEBIAN_FRONTEND", "noninteractive");
+            update
+        },
+        "apt-get update",
+    )?;
+    project::run_downloading(
+        || {
+            let mut install = Command::new("apt-get");
+            install
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive");
+            install
+        },
+        "apt-get install",
+    )?;
     if let Some((probe, package)) = tools.iter().find(|(probe, _)| !present(probe)) {
         bail!("{probe} is still missing after installing {package}");
     }

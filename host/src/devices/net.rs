@@ -36,7 +36,8 @@ use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::mmio::{low32, Effect, Transport};
+use super::mmio::{low32, Effect, QueueRegs, Transport};
+use super::net_state::{NetState, NetStateError, QueuePosition};
 use super::rate_limiter::{Admit, RateLimit, RateLimiter};
 use super::tap::Tap;
 use super::DeviceError;
@@ -55,6 +56,8 @@ pub const MAX_FRAME: usize = 1514;
 pub const MAX_CHAIN: usize = 32;
 /// Most bytes one chain may cover.
 pub const MAX_CHAIN_BYTES: u64 = 64 * 1024;
+/// The features the device offers (the transport adds `VIRTIO_F_VERSION_1`).
+pub const FEATURES: u64 = 1 << VIRTIO_NET_F_MAC;
 /// Longest slice of an idle wait between two looks at a stop request.
 const IDLE_SLICE: Duration = Duration::from_millis(50);
 
@@ -127,6 +130,19 @@ pub struct NetDevice {
     tx_limit: Option<Throttle>,
     rx_limit: Option<Throttle>,
     stats: NetStats,
+    /// Guest ranges the device wrote since they were last taken, kept only
+    /// when asked ([`NetDevice::track_writes`]): KVM's dirty log sees the
+    /// guest's writes, not the VMM's, and a backup point needs both.
+    written: Option<Written>,
+}
+
+/// What [`NetDevice::take_written`] hands over.
+#[derive(Debug, Default)]
+struct Written {
+    /// Receive buffers filled.
+    buffers: Vec<(u64, u64)>,
+    /// Queues whose used ring changed.
+    used: [bool; 2],
 }
 
 impl NetDevice {
@@ -136,7 +152,7 @@ impl NetDevice {
         let mut config = mac.to_vec();
         config.resize(8, 0);
         Self {
-            transport: Transport::new(VIRTIO_ID_NET, 1 << VIRTIO_NET_F_MAC, 2, QUEUE_MAX, config),
+            transport: Transport::new(VIRTIO_ID_NET, FEATURES, 2, QUEUE_MAX, config),
             queues: [new_queue(), new_queue()],
             tap,
             base: layout::VIRTIO_MMIO_BASE,
@@ -148,7 +164,94 @@ impl NetDevice {
             tx_limit: None,
             rx_limit: None,
             stats: NetStats::default(),
+            written: None,
         }
+    }
+
+    /// The device's part of a snapshot (taken between two runs of the
+    /// vCPU, when every chain it took is back in the used ring but one a
+    /// rate limit holds, which is handed back). A frame read from the tap
+    /// and not yet delivered is not part of it: lost, as on a wire.
+    pub fn state(&self, ipv4: Option<super::spec::StaticIpv4>) -> NetState {
+        let mut positions: Vec<QueuePosition> = self
+            .queues
+            .iter()
+            .map(|q| QueuePosition {
+                next_avail: q.next_avail(),
+                next_used: q.next_used(),
+            })
+            .collect();
+        // A chain a rate limit holds goes back to the ring (it is still
+        // there, not yet used): the restored device takes and sends it again.
+        if let (Some(_), Some(tx)) = (&self.tx_held, positions.get_mut(usize::from(TX))) {
+            tx.next_avail = tx.next_avail.wrapping_sub(1);
+        }
+        NetState {
+            transport: self.transport.state(),
+            positions,
+            mac: self.mac,
+            ipv4: ipv4.map(Into::into),
+        }
+    }
+
+    /// A device on `tap` picking up where `state` (checked with
+    /// [`NetState::check`]) left off, with MAC `mac` (the guest re-reads
+    /// it when it sees its new generation), for a guest of `mem_size`
+    /// bytes whose memory `mem` the snapshot restored. Each ready queue is
+    /// checked again as when the driver made it ready, and its used index
+    /// in guest memory must be the device's.
+    pub fn restore(
+        tap: Tap,
+        state: &NetState,
+        mac: [u8; 6],
+        mem: &GuestMemoryMmap,
+        mem_size: u64,
+    ) -> Result<Self, NetStateError> {
+        state.check(mem_size)?;
+        let mut dev = Self::new(tap, mac, mem_size);
+        dev.transport.set_state(&state.transport);
+        for (q, pos) in (0u16..).zip(&state.positions) {
+            if !dev.transport.queue(q).is_some_and(|r| r.ready) {
+                continue;
+            }
+            dev.ready_queue(mem, q)?;
+            let queue = &mut dev.queues[usize::from(q)];
+            queue.set_next_avail(pos.next_avail);
+            queue.set_next_used(pos.next_used);
+            let used = queue
+                .used_idx(mem, Ordering::Acquire)
+                .map_err(|_| ring_error(q, "used ring", queue.used_ring()))?;
+            if used.0 != pos.next_used {
+                return Err(NetStateError::UsedIndex {
+                    queue: q,
+                    memory: used.0,
+                    device: pos.next_used,
+                });
+            }
+        }
+        Ok(dev)
+    }
+
+    /// Keeps account of the guest memory the device writes (for backups).
+    pub fn track_writes(&mut self) {
+        self.written.get_or_insert_with(Written::default);
+    }
+
+    /// The guest ranges written since the last call (with
+    /// [`track_writes`](Self::track_writes) on; else none): the receive
+    /// buffers filled and the used rings that changed.
+    pub fn take_written(&mut self) -> Vec<(u64, u64)> {
+        let Some(w) = self.written.as_mut() else {
+            return Vec::new();
+        };
+        let mut out = std::mem::take(&mut w.buffers);
+        let used = std::mem::take(&mut w.used);
+        for (q, _) in (0u16..).zip(used).filter(|(_, changed)| *changed) {
+            if let Some(regs) = self.transport.queue(q) {
+                out.push((regs.used, 6 + 8 * u64::from(regs.size)));
+            }
+        }
+        out
     }
 
     /// Limits each direction to `limit` (buckets full from now); an
@@ -258,30 +361,8 @@ impl NetDevice {
         let Some(queue) = self.queues.get_mut(usize::from(q)) else {
             return Ok(());
         };
-        let size = regs.size;
-        if size == 0 || size > QUEUE_MAX || !size.is_power_of_two() {
-            return Err(DeviceError::QueueSize {
-                queue: q,
-                size,
-                max: QUEUE_MAX,
-            });
-        }
-        let n = u64::from(size);
-        let rings = [
-            ("descriptor table", regs.desc, 16 * n, 16),
-            ("available ring", regs.avail, 6 + 2 * n, 2),
-            ("used ring", regs.used, 6 + 8 * n, 4),
-        ];
-        for (what, addr, len, align) in rings {
-            if !in_app(self.app, addr, len) || addr % align != 0 {
-                return Err(DeviceError::RingOutside {
-                    queue: q,
-                    what,
-                    addr,
-                    len,
-                });
-            }
-        }
+        check_queue(q, &regs, self.app)?;
+        let (size, n) = (regs.size, u64::from(regs.size));
         queue.set_size(size);
         let split = |a: u64| (Some(low32(a)), Some(low32(a >> 32)));
         let (lo, hi) = split(regs.desc);
@@ -398,6 +479,9 @@ impl NetDevice {
         head: u16,
         len: u32,
     ) -> Result<(), DeviceError> {
+        if let Some(w) = self.written.as_mut() {
+            w.used[usize::from(q) % 2] = true;
+        }
         let queue = &mut self.queues[usize::from(q)];
         queue
             .add_used(mem, head, len)
@@ -535,6 +619,9 @@ impl NetDevice {
                         addr: b.addr,
                         len: b.len,
                     })?;
+                if let Some(w) = self.written.as_mut() {
+                    w.buffers.push((b.addr, n as u64));
+                }
                 rest = &rest[n..];
                 if rest.is_empty() {
                     break;
@@ -587,6 +674,37 @@ impl NetDevice {
             }
         }
     }
+}
+
+/// Checks the registers of queue `q` as the driver made it ready: a size
+/// that is a power of two up to [`QUEUE_MAX`], and rings inside the app's
+/// memory `app`, aligned as the spec asks.
+pub(super) fn check_queue(q: u16, regs: &QueueRegs, app: (u64, u64)) -> Result<(), DeviceError> {
+    let size = regs.size;
+    if size == 0 || size > QUEUE_MAX || !size.is_power_of_two() {
+        return Err(DeviceError::QueueSize {
+            queue: q,
+            size,
+            max: QUEUE_MAX,
+        });
+    }
+    let n = u64::from(size);
+    let rings = [
+        ("descriptor table", regs.desc, 16 * n, 16),
+        ("available ring", regs.avail, 6 + 2 * n, 2),
+        ("used ring", regs.used, 6 + 8 * n, 4),
+    ];
+    for (what, addr, len, align) in rings {
+        if !in_app(app, addr, len) || addr % align != 0 {
+            return Err(DeviceError::RingOutside {
+                queue: q,
+                what,
+                addr,
+                len,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn new_queue() -> Queue {

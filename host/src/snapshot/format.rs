@@ -24,11 +24,16 @@ use tandem_abi::{layout, le};
 
 use super::vcpu::VcpuState;
 use super::SnapshotError;
+use crate::devices::NetState;
 
 /// The state file's magic.
 pub const MAGIC: [u8; 8] = *b"TNDMSNAP";
-/// Version of the state file format; bumped on any change of the body.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the state file format (and of backup points' metadata, sealed
+/// the same way); bumped on any change of the body. History: 1, the
+/// foundation. 2, [`SnapshotState::net`] appended (the virtio-net
+/// device's [`NetState`]), so that VMs with a network device can be
+/// snapshotted, restored, cloned and backed up.
+pub const FORMAT_VERSION: u32 = 2;
 /// ELF machine number of x86_64, the only architecture Tandem snapshots.
 pub const ARCH_X86_64: u32 = 62;
 /// Size of the fixed header.
@@ -116,6 +121,8 @@ pub struct SnapshotState {
     pub console: ConsoleState,
     /// The memory file.
     pub memory: MemoryRef,
+    /// The virtio-net device, if the VM had one (format version 2).
+    pub net: Option<NetState>,
 }
 
 /// Whether `name` is a memory file name this format writes: `memory-` and
@@ -182,6 +189,9 @@ impl SnapshotState {
                 "{} data pages in {m} bytes of memory",
                 self.memory.data_pages
             )));
+        }
+        if let Some(net) = &self.net {
+            net.check(m)?;
         }
         self.vcpu.check()
     }

@@ -2,8 +2,8 @@
 //!
 //! A snapshot directory holds a state file (`state`: header with magic,
 //! format version and architecture, a `postcard` body with every vCPU
-//! register set, MSRs, XSAVE, the VM's configuration, clock, console totals
-//! and boot trace, and a BLAKE3 digest of the body; see [`SnapshotState`]) and a
+//! register set, MSRs, XSAVE, the VM's configuration, clock, console totals,
+//! boot trace and network device, and a BLAKE3 digest of the body; see [`SnapshotState`]) and a
 //! memory file of raw pages (`memory-<16 hex digits>`, sparse: zero pages
 //! are holes), which restore maps `MAP_PRIVATE` without reading it.
 //!
@@ -141,6 +141,9 @@ pub enum SnapshotError {
     /// Guest memory could not be mapped or inspected.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// The network device's state is not one the device could have been in.
+    #[error("invalid snapshot: network device: {0}")]
+    Net(#[from] crate::devices::NetStateError),
 }
 
 /// A snapshot directory whose state file has been read and checked.

@@ -4,11 +4,9 @@
 //! before its first instruction.
 
 use tandem_abi::cpu::MmioWindow;
-use tandem_abi::layout;
 use tandem_abi::trace::Phase;
-use vm_memory::{Bytes, GuestAddress};
 
-use super::boot_info::boot_info;
+use super::boot_info::{boot_info, write_boot_info};
 use super::error::ioctl;
 use super::machine::{Machine, Start};
 use super::prefault::prefault;
@@ -68,13 +66,7 @@ impl Vm {
             to_guest(rdtsc()),
             net.as_ref(),
         );
-        // BOOT_INFO_MAX is 8 KiB, which fits any usize.
-        #[allow(clippy::cast_possible_truncation)]
-        let mut block = [0u8; layout::BOOT_INFO_MAX as usize];
-        let n = info
-            .encode(&mut block)
-            .map_err(|e| VmError::Config(format!("boot-info block: {e}")))?;
-        mem.write_slice(&block[..n], GuestAddress(layout::BOOT_INFO_ADDR))?;
+        write_boot_info(mem, &info)?;
         prefault(mem, image)?;
         machine.trace.stamp(Phase::ImageLoaded);
 
@@ -86,7 +78,7 @@ impl Vm {
         vcpu.set_regs(&arch::entry_regs(image.entry))
             .map_err(ioctl("KVM_SET_REGS"))?;
         let mut vm = machine.into_vm(config, Start::Boot);
-        vm.net = net;
+        vm.attach_net(net);
         Ok(vm)
     }
 }

@@ -6,7 +6,9 @@ use tandem_abi::bootinfo::{
 };
 use tandem_abi::layout;
 
-use super::VmConfig;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::{VmConfig, VmError};
 use crate::devices::NetDevice;
 use crate::entropy::fill_random;
 
@@ -58,6 +60,19 @@ pub(super) fn boot_info(
         entropy,
         loader: heapless::String::try_from("tandem").unwrap_or_default(),
     }
+}
+
+/// Writes `info` at [`layout::BOOT_INFO_ADDR`] (while the vCPU is stopped:
+/// before a boot, or when a restore rewrites it).
+pub(super) fn write_boot_info(mem: &GuestMemoryMmap, info: &BootInfo) -> Result<(), VmError> {
+    // BOOT_INFO_MAX is 8 KiB, which fits any usize.
+    #[allow(clippy::cast_possible_truncation)]
+    let mut block = [0u8; layout::BOOT_INFO_MAX as usize];
+    let n = info
+        .encode(&mut block)
+        .map_err(|e| VmError::Config(format!("boot-info block: {e}")))?;
+    mem.write_slice(&block[..n], GuestAddress(layout::BOOT_INFO_ADDR))?;
+    Ok(())
 }
 
 /// The devices the guest is told of: the network device's window and, if

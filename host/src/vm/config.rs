@@ -48,8 +48,9 @@ pub struct VmConfig {
     /// The app's standard input is this process's (fd 0); otherwise the app
     /// reads end of input at once.
     pub stdin: bool,
-    /// A virtio-net device on this tap (fresh boots only; not with
-    /// snapshots or backups).
+    /// A virtio-net device on this tap. For a restore: the tap to attach
+    /// the snapshot's device to (given exactly when the snapshot has one),
+    /// with the MAC and IPv4 settings that replace the snapshot's.
     pub net: Option<NetSpec>,
     /// Write a core file here if the guest crashes (panic, CPU exception,
     /// triple fault).

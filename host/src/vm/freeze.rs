@@ -14,6 +14,7 @@ use super::error::ioctl;
 use super::{Vm, VmError};
 use crate::backup::{BackupConfig, BackupRecord, BackupWriter};
 use crate::console::Console;
+use crate::devices::NetDevice;
 use crate::snapshot::{self, LiveState, MachineState, SnapshotState, WriteStats};
 
 impl Vm {
@@ -35,7 +36,7 @@ impl Vm {
     }
 
     /// Captures everything but memory: vCPU registers, machine, clock,
-    /// trace, console totals. The vCPU must be stopped with no I/O pending.
+    /// trace, console totals, the network device. The vCPU must be stopped with no I/O pending.
     fn capture_state(&mut self, console_written: u64) -> Result<SnapshotState, VmError> {
         self.complete_pending_io()?;
         let live = LiveState {
@@ -53,6 +54,8 @@ impl Vm {
             cpu_features: self.cpu_features,
         };
         let trace = self.trace_with_guest_stamps();
+        let ipv4 = self.config.net.as_ref().and_then(|n| n.ipv4);
+        let net = self.net.as_ref().map(|n| n.state(ipv4));
         Ok(SnapshotState::capture(
             &self.vm,
             &self.vcpu,
@@ -60,6 +63,7 @@ impl Vm {
             live,
             &trace,
             console_written,
+            net,
         )?)
     }
 
@@ -104,10 +108,24 @@ impl Vm {
 
     /// Writes the next backup point with `state` (the vCPU stopped).
     fn write_backup_point(&mut self, state: &SnapshotState) -> Result<BackupRecord, VmError> {
+        // What the network device wrote (the dirty log does not see it).
+        if let Some(net) = self.net.as_mut() {
+            let written = net.take_written();
+            self.note_host_writes(&written);
+        }
         let Some(writer) = self.backup.as_mut() else {
             return Err(VmError::Config("backup writer missing".into()));
         };
         Ok(writer.write_next(&self.vm, &self.ram, state)?)
+    }
+
+    /// Gives the VM its network device; with backups on, the device keeps
+    /// account of what it writes, for the next backup point.
+    pub(super) fn attach_net(&mut self, net: Option<NetDevice>) {
+        self.net = net;
+        if let (Some(net), Some(_)) = (self.net.as_mut(), &self.config.backup) {
+            net.track_writes();
+        }
     }
 
     /// Notes guest ranges the VMM wrote, for the next backup point.

@@ -108,6 +108,8 @@ pub struct VirtioNet {
     rx: RxSide,
     tx: TxSide,
     mac: [u8; 6],
+    /// Whether the MAC comes from the device's configuration space.
+    device_mac: bool,
     broken: Option<DeviceError>,
 }
 
@@ -170,6 +172,7 @@ impl VirtioNet {
                 error: None,
             },
             mac,
+            device_mac: accept & F_MAC != 0,
             broken: None,
         };
         net.flush();
@@ -179,6 +182,20 @@ impl VirtioNet {
 
     /// The MAC address.
     pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// Reads the MAC address from the device again (a restored or cloned
+    /// VM's may have changed) and returns it. A multicast address read
+    /// back is not taken: the old one stays.
+    pub fn reread_mac(&mut self) -> [u8; 6] {
+        if self.device_mac && self.broken.is_none() {
+            let mut mac = [0u8; 6];
+            self.transport.config_bytes(0, &mut mac);
+            if mac[0] & 1 == 0 && mac != [0; 6] {
+                self.mac = mac;
+            }
+        }
         self.mac
     }
 

@@ -57,7 +57,7 @@ fn exit_codes_help() -> String {
 #[derive(Subcommand)]
 enum Command {
     /// Boot IMAGE and run it to the end; exits with the guest's exit code.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Resume the VM frozen in snapshot directory DIR (or N clones of it).
     Restore(RestoreArgs),
     /// Inspect or check a snapshot directory.
@@ -113,6 +113,13 @@ struct RestoreArgs {
     /// Print the run report as one JSON object on stderr.
     #[arg(long)]
     json: bool,
+    /// The tap to attach the snapshot's network device to, with the MAC
+    /// and IPv4 settings that replace the snapshot's (what is left out is
+    /// kept). With --clones: one per clone, or one with {i} or {i+K} (the
+    /// clone's index, plus K) in it, e.g. tap=tc{i},ip=10.0.0.{i+10}/24;
+    /// a clone without mac= gets one derived from its address.
+    #[arg(long, value_name = "tap=NAME[,mac=M][,ip=A/P][,gw=G][,dns=D]")]
+    net: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -251,7 +258,7 @@ fn main() -> ExitCode {
     logger::init(logger::level(cli.quiet || json, cli.verbose));
     let quiet = cli.quiet;
     let result = match cli.command {
-        Command::Run(args) => run(args, quiet, start),
+        Command::Run(args) => run(*args, quiet, start),
         Command::Restore(args) => restore(args, quiet, start),
         Command::Snapshot(cmd) => snapshot_cmd(cmd),
         Command::Backup(cmd) => backup_cmd(cmd),
@@ -477,11 +484,15 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
         ..VmConfig::default()
     };
     let clones = args.clones;
+    // Every clone's device, checked before any starts.
+    let nets = tandem::devices::clones::plan(&args.net, clones, snap.state.net.as_ref())
+        .with_context(|| format!("cannot restore {}", args.dir.display()))?;
     let persist_dir = args.persist.snapshot_dir.clone();
     let backup_dir = args.persist.backup_dir.clone();
     // A snapshot does not know its image's name: the core leaves it out.
     persist(&mut base, args.persist, String::new())?;
     if clones == 1 {
+        base.net = nets.into_iter().next().flatten();
         let vm = Vm::restore_at(&hv, &snap, base, start)
             .with_context(|| format!("cannot restore {}", args.dir.display()))?;
         let generation = vm.generation();
@@ -496,10 +507,11 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
     std::thread::scope(|scope| -> Result<u8> {
         let mut handles = Vec::new();
         let mut buffers = Vec::new();
-        for i in 0..clones {
+        for (i, net) in (0..clones).zip(nets) {
             let buf = Arc::new(Mutex::new(Vec::new()));
             buffers.push(buf.clone());
             let mut config = base.clone();
+            config.net = net;
             config.console = ConsoleSink::Capture(buf);
             config.snapshot_dir = persist_dir.as_ref().map(|d| d.join(format!("clone-{i}")));
             config.core = config.core.map(|c| CoreFile {
@@ -634,6 +646,20 @@ fn snapshot_cmd(cmd: SnapshotCommand) -> Result<u8> {
             println!("msrs:        {}", st.vcpu.msrs.len());
             println!("xsave bytes: {}", st.vcpu.xsave.len());
             println!("console:     {} bytes written", st.console.written);
+            match &st.net {
+                None => println!("network:     none"),
+                Some(n) => {
+                    let mac: Vec<String> = n.mac.iter().map(|b| format!("{b:02x}")).collect();
+                    let ip = n.ipv4.map_or("DHCP".to_string(), |ip| {
+                        let a = std::net::Ipv4Addr::from(ip.address);
+                        format!("{a}/{}", ip.prefix_len)
+                    });
+                    println!(
+                        "network:     virtio-net, MAC {}, {ip} (restore with --net tap=NAME)",
+                        mac.join(":")
+                    );
+                }
+            }
         }
         SnapshotCommand::Core { dir, file } => {
             let snap = load_snapshot(&dir, false)?;
