@@ -177,6 +177,15 @@ pub const VIRTIO_MMIO_BASE: u64 = 0xFEB0_0000;
 /// Bytes of each virtio-mmio register window (registers and the device's
 /// configuration space).
 pub const VIRTIO_MMIO_SIZE: u64 = 0x200;
+/// Register windows the Tandem VMM may place, one after the other from
+/// [`VIRTIO_MMIO_BASE`]: the network device in the first, disks after it.
+pub const VIRTIO_MMIO_SLOTS: u64 = 8;
+
+/// Guest-physical address of register window `slot` (below
+/// [`VIRTIO_MMIO_SLOTS`]).
+pub const fn virtio_mmio_window(slot: u64) -> u64 {
+    VIRTIO_MMIO_BASE + slot * VIRTIO_MMIO_SIZE
+}
 
 /// Selectors of the GDT built by [`cpu::gdt`](crate::cpu::gdt).
 pub mod selector {
@@ -289,7 +298,7 @@ const _: () = {
     assert!(IMAGE_END.is_multiple_of(LARGE_PAGE_SIZE));
     // Every address handed to the guest fits the 32-bit hypercall argument.
     assert!(MAX_MEM_SIZE <= 1 << 32);
-    assert!(VIRTIO_MMIO_BASE + VIRTIO_MMIO_SIZE <= MAX_MEM_SIZE);
+    assert!(virtio_mmio_window(VIRTIO_MMIO_SLOTS) <= MAX_MEM_SIZE);
 };
 
 /// Bytes of heap in a guest of `mem_size` bytes (0 when too small).

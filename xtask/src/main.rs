@@ -7,7 +7,9 @@
 mod bench;
 mod bench_args;
 mod bench_containerd;
+mod bench_disk;
 mod bench_fleet;
+mod bench_floor;
 mod bench_net;
 mod bench_net_http;
 mod bench_paths;
@@ -123,6 +125,13 @@ COMMANDS:
         static hello binary, interleaved, on a private containerd (root;
         containerd and runc installed if missing). N defaults to 30.
         Writes JSON to target/bench/containerd.json unless --json.
+
+    bench disk [--runs N] [--json FILE]
+        diskbench on a virtio-blk disk (a sparse file) under the Tandem VMM
+        against the same calls on a host file, interleaved: 64 MiB written
+        and read in 1 MiB calls, 2000 random 4 KiB writes and reads, writes
+        ending with fdatasync. Medians (N rounds, default 5) of MiB/s and
+        requests/s and their ratio (target/bench/disk.json).
 
     bench net [--runs N] [--requests N] [--json FILE]
         httpd on the Tandem VMM (a tap the bench makes; root) and under QEMU
@@ -531,6 +540,10 @@ fn bench_cmd(project: &Project, args: Vec<String>) -> Result<ExitCode> {
     }
     if args.first().map(String::as_str) == Some("containerd") {
         bench_containerd::bench(project, &bench_containerd::parse(&args[1..])?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.first().map(String::as_str) == Some("disk") {
+        bench_disk::bench(project, &bench_disk::parse(&args[1..])?)?;
         return Ok(ExitCode::SUCCESS);
     }
     if args.first().map(String::as_str) == Some("net") {

@@ -14,6 +14,7 @@
 //! readable tap ends early. Every ring index, descriptor and length is
 //! hostile input: a violation ends that VM with a [`DeviceError`].
 
+pub mod blk;
 pub mod clones;
 pub mod manifest;
 pub mod mmio;
@@ -24,6 +25,7 @@ pub mod rate_limiter;
 pub mod spec;
 pub mod tap;
 
+pub use blk::{BlkDevice, BlkError, DiskSpec};
 pub use manifest::DeviceMismatch;
 pub use net::NetDevice;
 pub use net_state::{NetState, NetStateError};
@@ -143,4 +145,7 @@ pub enum DeviceError {
         /// Bytes of the chain.
         len: u64,
     },
+    /// The guest broke the virtio-blk rules of one of its disks.
+    #[error(transparent)]
+    Block(#[from] BlkError),
 }

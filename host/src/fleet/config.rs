@@ -27,6 +27,8 @@
 //! max_restarts = 3
 //! backoff = "100ms"             # doubles on each restart, up to backoff_max
 //! checkpoint = "state/db"       # snapshot at ready(); restarts restore from it
+//! # snapshot = "snaps/db"       # start from this snapshot instead of booting
+//! # warm = 2                    # with `snapshot`: keep 2 restored ahead (a warm pool)
 //!
 //! [[vm]]
 //! name = "web"
@@ -214,6 +216,9 @@ pub struct VmSpec {
     pub backoff_max: Duration,
     /// Longest time from admission to `ready()`.
     pub boot_timeout: Option<Duration>,
+    /// VMs of this `[[vm]]` entry kept restored ahead from its snapshot (one
+    /// warm pool, shared by its replicas; counted against the budget).
+    pub warm: usize,
     /// Its network device, when the fleet has a network and its image
     /// declares one: its tap on the bridge, address, MAC, rate limits.
     pub net: Option<crate::devices::NetSpec>,
@@ -247,6 +252,9 @@ pub struct FleetSpec {
     /// The bridge and address pool of `[fleet] network`.
     pub network: Option<FleetNetwork>,
 }
+
+/// Most VMs one `[[vm]]` entry keeps warm.
+pub const MAX_WARM: i64 = 64;
 
 /// Most replicas of one `[[vm]]` entry.
 pub const MAX_COUNT: i64 = 100_000;
@@ -663,6 +671,22 @@ memory = "8M"
         assert_eq!(
             problems_with("", LIMITS),
             ["the fleet has no VMs (add [[vm]] entries)"]
+        );
+    }
+
+    #[test]
+    fn warm_pools_need_a_snapshot_a_bound_and_room_in_the_budget() {
+        let text = "[[vm]]\nname = \"a\"\nimage = \"/x\"\nwarm = 2\n[[vm]]\nname = \"b\"\nimage = \"/x\"\nsnapshot = \"nosnap\"\nwarm = 65\n[[vm]]\nname = \"c\"\nimage = \"/x\"\nmemory = \"512M\"\nsnapshot = \"nosnap\"\nwarm = 2\n";
+        let p = problems_with(text, LIMITS);
+        let has = |s: &str| p.iter().any(|l| l.contains(s));
+        assert!(
+            has("4:8: vm `a`: `warm` keeps VMs restored ahead from a `snapshot`, and it has none"),
+            "{p:#?}"
+        );
+        assert!(has("9:8: vm `b`: `warm` = 65 is outside 0..=64"), "{p:#?}");
+        assert!(
+            has("warm pools hold 1024 MiB of the 1024 MiB memory budget: vm `a` (8 MiB) could never start"),
+            "{p:#?}"
         );
     }
 

@@ -11,8 +11,10 @@
 //! what to tell the user) is in free functions with their tests. One
 //! attempt on its vCPU thread, and what its end means, is in `attempt`.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
 use std::thread::Scope;
 use std::time::{Duration, Instant};
 
@@ -20,7 +22,9 @@ use super::config::FleetSpec;
 use super::scheduler::{Action, Outcome, Sample, Scheduler, StartSource, VmRecord, VmState};
 use crate::control::{VmEvent, VmHandle};
 use crate::kvm::Hypervisor;
-use crate::vm::RunReport;
+use crate::pool::Pool;
+use crate::snapshot::Snapshot;
+use crate::vm::{RunReport, VmConfig};
 
 mod attempt;
 pub mod network;
@@ -41,6 +45,14 @@ pub enum RunError {
     /// Privileges could not be dropped.
     #[error(transparent)]
     Privileges(#[from] crate::privileges::PrivilegeError),
+    /// A warm pool could not be filled.
+    #[error("vm `{group}`: cannot fill its warm pool: {reason}")]
+    Pool {
+        /// The `[[vm]]` entry.
+        group: String,
+        /// Why.
+        reason: String,
+    },
     /// The fleet's bridge or taps could not be set up.
     #[error(transparent)]
     Network(#[from] network::NetworkError),
@@ -53,6 +65,40 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// One warm pool per `[[vm]]` entry with `warm = N`, shared by its
+/// replicas; per VM, the pool it starts from (when it starts from its
+/// snapshot).
+fn warm_pools(spec: &FleetSpec) -> Result<Vec<Option<Arc<Pool>>>, RunError> {
+    let mut by_group: HashMap<&str, Arc<Pool>> = HashMap::new();
+    let mut out = Vec::with_capacity(spec.vms.len());
+    for v in &spec.vms {
+        let pool = match (&v.snapshot, v.warm) {
+            (Some(dir), n) if n > 0 => {
+                if let Some(p) = by_group.get(v.group.as_str()) {
+                    Some(p.clone())
+                } else {
+                    let fail = |reason: String| RunError::Pool {
+                        group: v.group.clone(),
+                        reason,
+                    };
+                    let snap = Snapshot::load(dir).map_err(|e| fail(e.to_string()))?;
+                    let template = VmConfig {
+                        console: crate::ConsoleSink::Discard,
+                        ..VmConfig::default()
+                    };
+                    let p =
+                        Arc::new(Pool::new(snap, n, template).map_err(|e| fail(e.to_string()))?);
+                    by_group.insert(&v.group, p.clone());
+                    Some(p)
+                }
+            }
+            _ => None,
+        };
+        out.push(pool);
+    }
+    Ok(out)
 }
 
 /// How to run a fleet.
@@ -155,8 +201,9 @@ pub fn run(
     };
     // Ids change for every thread that exists: do it before VM threads start.
     crate::privileges::drop_to(opts.user.as_deref(), opts.group.as_deref())?;
+    let pools = warm_pools(spec)?;
     let (tx, rx) = mpsc::channel::<Msg>();
-    let mut fleet = Fleet::new(spec, opts, &hv, tx, observe);
+    let mut fleet = Fleet::new(spec, opts, &hv, &pools, tx, observe);
     std::thread::scope(|scope| {
         // The first round decides at once; later ones wait for news.
         let mut wait = Duration::ZERO;
@@ -187,6 +234,8 @@ struct Fleet<'env, F> {
     spec: &'env FleetSpec,
     opts: &'env RunOptions,
     hv: &'env Hypervisor,
+    /// Per VM, the warm pool it starts from, if any.
+    pools: &'env [Option<Arc<Pool>>],
     sched: Scheduler,
     /// The handle of each VM's running attempt.
     handles: Vec<Option<VmHandle>>,
@@ -206,6 +255,7 @@ impl<'env, F: FnMut(&Scheduler, Update)> Fleet<'env, F> {
         spec: &'env FleetSpec,
         opts: &'env RunOptions,
         hv: &'env Hypervisor,
+        pools: &'env [Option<Arc<Pool>>],
         tx: Sender<Msg>,
         observe: F,
     ) -> Self {
@@ -217,6 +267,7 @@ impl<'env, F: FnMut(&Scheduler, Update)> Fleet<'env, F> {
             spec,
             opts,
             hv,
+            pools,
             sched,
             handles: vec![None; spec.vms.len()],
             tx,
@@ -366,8 +417,10 @@ impl<'env, F: FnMut(&Scheduler, Update)> Fleet<'env, F> {
         let fleet_spec: &'env FleetSpec = self.spec;
         let spec = &fleet_spec.vms[vm];
         self.say(admitted_line(&spec.name, &source, attempt));
+        let pools: &'env [Option<Arc<Pool>>] = self.pools;
         let launch = Launch {
             hv: self.hv,
+            pool: pools.get(vm).and_then(|p| p.as_deref()),
             spec,
             vm,
             attempt,

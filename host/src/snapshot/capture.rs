@@ -50,6 +50,7 @@ impl SnapshotState {
             },
             machine,
             net,
+            disks: Vec::new(),
         })
     }
 }

@@ -24,6 +24,7 @@ use tandem_abi::{layout, le};
 
 use super::vcpu::VcpuState;
 use super::SnapshotError;
+use crate::devices::blk::BlkState;
 use crate::devices::NetState;
 
 /// The state file's magic.
@@ -32,8 +33,10 @@ pub const MAGIC: [u8; 8] = *b"TNDMSNAP";
 /// the same way); bumped on any change of the body. History: 1, the
 /// foundation. 2, [`SnapshotState::net`] appended (the virtio-net
 /// device's [`NetState`]), so that VMs with a network device can be
-/// snapshotted, restored, cloned and backed up.
-pub const FORMAT_VERSION: u32 = 2;
+/// snapshotted, restored, cloned and backed up. 3, [`SnapshotState::disks`]
+/// appended (each virtio-blk device's [`BlkState`], naming the disk's copy
+/// in the snapshot directory).
+pub const FORMAT_VERSION: u32 = 3;
 /// ELF machine number of x86_64, the only architecture Tandem snapshots.
 pub const ARCH_X86_64: u32 = 62;
 /// Size of the fixed header.
@@ -123,6 +126,8 @@ pub struct SnapshotState {
     pub memory: MemoryRef,
     /// The virtio-net device, if the VM had one (format version 2).
     pub net: Option<NetState>,
+    /// The disks, in order (format version 3).
+    pub disks: Vec<BlkState>,
 }
 
 /// Whether `name` is a memory file name this format writes: `memory-` and
@@ -192,6 +197,12 @@ impl SnapshotState {
         }
         if let Some(net) = &self.net {
             net.check(m)?;
+        }
+        if self.disks.len() > crate::devices::blk::MAX_DISKS {
+            return Err(invalid(format!("{} disks", self.disks.len())));
+        }
+        for d in &self.disks {
+            d.check(m)?;
         }
         self.vcpu.check()
     }

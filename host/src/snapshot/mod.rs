@@ -23,6 +23,7 @@ mod capture;
 pub(crate) mod files;
 pub(crate) mod format;
 pub(crate) mod vcpu;
+pub mod working_set;
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -32,6 +33,7 @@ pub use format::{
     ConsoleState, LiveState, MachineState, MemoryRef, SnapshotState, TraceState, FORMAT_VERSION,
 };
 pub use vcpu::{MsrValue, VcpuState};
+pub use working_set::{WorkingSet, WorkingSetError, WORKING_SET_FILE};
 
 use crate::memory::{GuestRam, MemoryError};
 use files::io;
@@ -144,6 +146,17 @@ pub enum SnapshotError {
     /// The network device's state is not one the device could have been in.
     #[error("invalid snapshot: network device: {0}")]
     Net(#[from] crate::devices::NetStateError),
+    /// A disk's state is not one the device could have been in.
+    #[error("invalid snapshot: disk: {0}")]
+    Disk(#[from] crate::devices::blk::BlkStateError),
+    /// A disk's copy is missing or not the size the state says.
+    #[error("snapshot disk {path}: {why}")]
+    DiskFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
 }
 
 /// A snapshot directory whose state file has been read and checked.
@@ -188,6 +201,21 @@ impl Snapshot {
             state,
         };
         snapshot.open_memory()?;
+        for d in &snapshot.state.disks {
+            let path = dir.join(&d.file);
+            let why = match std::fs::metadata(&path) {
+                Ok(m) if m.len() == d.sectors * crate::devices::blk::request::SECTOR_SIZE => None,
+                Ok(m) => Some(format!(
+                    "is {} bytes, the snapshot's disk {}",
+                    m.len(),
+                    d.sectors * crate::devices::blk::request::SECTOR_SIZE
+                )),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(why) = why {
+                return Err(SnapshotError::DiskFile { path, why });
+            }
+        }
         log::debug!(
             "snapshot {}: {} MiB of memory, {} data pages, generation {:#x}",
             dir.display(),
@@ -222,6 +250,20 @@ impl Snapshot {
             });
         }
         Ok(file)
+    }
+
+    /// The working set recorded for this snapshot (`working-set` in its
+    /// directory): `Ok(None)` if there is none, an error naming what is
+    /// wrong with a damaged, hostile or stale one.
+    pub fn working_set(&self) -> Result<Option<WorkingSet>, String> {
+        working_set::read(&self.dir, self.state.memory.size, &self.state.memory.digest)
+    }
+
+    /// Writes `pages` as this snapshot's working set, atomically (at most
+    /// [`working_set::MAX_WORKING_SET_PAGES`] are kept).
+    pub fn write_working_set(&self, pages: &[u32]) -> Result<(), SnapshotError> {
+        let bytes = WorkingSet::encode(pages, self.state.memory.size, &self.state.memory.digest);
+        files::write_atomic(&self.dir, WORKING_SET_FILE, &bytes)
     }
 
     /// Reads the whole memory file and checks it against the recorded digest.
@@ -297,7 +339,7 @@ pub(crate) fn write_with(
             return Err(e);
         }
     };
-    remove_stale(dir, &name);
+    remove_stale(dir, &name, &state.disks);
     Ok(WriteStats {
         pages_scanned: stats.pages_scanned,
         pages_written: stats.pages_written,
@@ -305,16 +347,22 @@ pub(crate) fn write_with(
     })
 }
 
-/// Removes memory files other than `keep` and leftover temporary files
+/// Removes memory files other than `keep`, the old working set and leftover temporary files
 /// (only after the state file naming `keep` is durable).
-fn remove_stale(dir: &Path, keep: &str) {
+fn remove_stale(dir: &Path, keep: &str, disks: &[crate::devices::blk::BlkState]) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let stale_memory = format::valid_memory_name(name) && name != keep;
+        // A working set lists the pages of the memory file it was recorded
+        // against; the new snapshot's guest may use others.
+        let stale_memory = (format::valid_memory_name(name) && name != keep)
+            || name == WORKING_SET_FILE;
+        let stale_disk = crate::devices::blk::state::valid_disk_name(name)
+            && !disks.iter().any(|d| d.file == name);
+        let stale_memory = stale_memory || stale_disk;
         let temp = name.starts_with('.') && name.contains(".tmp-");
         if stale_memory || (temp && !temp_in_use(name)) {
             let _ = std::fs::remove_file(entry.path());

@@ -33,6 +33,7 @@ fn sample() -> SnapshotState {
             digest: [9; 32],
         },
         net: None,
+        disks: Vec::new(),
     }
 }
 
@@ -171,7 +172,7 @@ fn refuses_a_version_1_state_file_naming_both_versions() {
     // A state file of format 1 (before the network device's state was
     // appended): its body would decode as something else, so the header
     // refuses it first.
-    assert_eq!(FORMAT_VERSION, 2);
+    assert_eq!(FORMAT_VERSION, 3);
     let mut old = sample().encode().unwrap();
     old[8..12].copy_from_slice(&1u32.to_le_bytes());
     let e = SnapshotState::decode(&old).unwrap_err();
@@ -179,12 +180,12 @@ fn refuses_a_version_1_state_file_naming_both_versions() {
         e,
         SnapshotError::VersionMismatch {
             found: 1,
-            expected: 2
+            expected: 3
         }
     ));
     assert_eq!(
         e.to_string(),
-        "snapshot format version 1; this tandem reads version 2"
+        "snapshot format version 1; this tandem reads version 3"
     );
 }
 

@@ -9,7 +9,7 @@ use super::core::CoreFile;
 use crate::backup::BackupConfig;
 use crate::console::{ConsoleSink, DEFAULT_CONSOLE_LIMIT, DEFAULT_CONSOLE_RATE};
 use crate::control::VmHandle;
-use crate::devices::NetSpec;
+use crate::devices::{DiskSpec, NetSpec};
 
 /// What a VM is given.
 #[derive(Debug, Clone)]
@@ -52,9 +52,13 @@ pub struct VmConfig {
     /// the snapshot's device to (given exactly when the snapshot has one),
     /// with the MAC and IPv4 settings that replace the snapshot's.
     pub net: Option<NetSpec>,
+    /// Disks (virtio-blk), in order: the guest sees them in this order.
+    pub disks: Vec<DiskSpec>,
     /// Write a core file here if the guest crashes (panic, CPU exception,
     /// triple fault).
     pub core: Option<CoreFile>,
+    /// What a restore faults in before the guest runs (ignored by a boot).
+    pub prefetch: super::Prefetch,
 }
 
 impl Default for VmConfig {
@@ -76,7 +80,9 @@ impl Default for VmConfig {
             handle: None,
             stdin: false,
             net: None,
+            disks: Vec::new(),
             core: None,
+            prefetch: super::Prefetch::Auto,
         }
     }
 }

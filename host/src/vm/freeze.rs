@@ -14,6 +14,7 @@ use super::error::ioctl;
 use super::{Vm, VmError};
 use crate::backup::{BackupConfig, BackupRecord, BackupWriter};
 use crate::console::Console;
+use crate::devices::blk::copy;
 use crate::devices::NetDevice;
 use crate::snapshot::{self, LiveState, MachineState, SnapshotState, WriteStats};
 
@@ -75,7 +76,9 @@ impl Vm {
         console_written: u64,
     ) -> Result<WriteStats, VmError> {
         let mut state = self.capture_state(console_written)?;
-        let result = snapshot::write(dir, &mut state, &self.ram);
+        let result = self
+            .copy_disks(dir, &mut state)
+            .and_then(|()| Ok(snapshot::write(dir, &mut state, &self.ram)?));
         // With backups on, every snapshot is also a backup point, taken at
         // the same stop (before the clock below changes the live area), so
         // the chain can be restored to exactly the snapshot's moment.
@@ -86,7 +89,30 @@ impl Vm {
             }
         }
         self.set_guest_clock(state.live.guest_clock)?;
-        Ok(result?)
+        result
+    }
+
+    /// Puts each disk's state at this instant into `dir` (a reflink where
+    /// the file system offers one, else a copy of its data) and into
+    /// `state`, before the state file that names them is written.
+    fn copy_disks(&self, dir: &Path, state: &mut SnapshotState) -> Result<(), VmError> {
+        if self.disks.is_empty() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(dir)
+            .map_err(|e| VmError::Config(format!("{}: {e}", dir.display())))?;
+        for (i, d) in self.disks.iter().enumerate() {
+            let name = format!("disk-{i}-{:016x}", snapshot::files::nonce());
+            let disk = d.disk();
+            let len = disk.sectors() * crate::devices::blk::request::SECTOR_SIZE;
+            let kind = copy::clone_file(disk.file(), disk.path(), len, &dir.join(&name))?;
+            log::debug!(
+                "disk {} copied into the snapshot as {name} ({kind:?})",
+                disk.path().display()
+            );
+            state.disks.push(d.state(name));
+        }
+        Ok(())
     }
 
     /// Writes the next backup point of this (stopped) VM: the base on the

@@ -17,7 +17,7 @@ use super::raw::{Decoded, Integer, Period, RawFleet, RawVm};
 use super::{
     app_dirs, default_max_concurrent_boots, default_memory_budget, vm_label, FleetSpec,
     LimitOverrides, Limits, Problems, RestartPolicy, VmSpec, DEFAULT_VM_MEMORY, MAX_COUNT,
-    MAX_NAME,
+    MAX_NAME, MAX_WARM,
 };
 use crate::devices::manifest;
 use crate::devices::spec::{LimitItems, NetSpec};
@@ -81,6 +81,7 @@ pub(super) fn fleet(
             format!("dependency cycle: {}", cycle.names.join(" -> ")),
         );
     }
+    warm_budget(&entries, &limits, p);
     if !p.is_empty() {
         return None;
     }
@@ -114,6 +115,7 @@ struct Entry {
     backoff: Duration,
     backoff_max: Duration,
     boot_timeout: Option<Duration>,
+    warm: usize,
 }
 
 impl Entry {
@@ -268,7 +270,22 @@ fn entry(
         );
     }
     let duration = |d: &Option<Spanned<Period>>| d.as_ref().map(|d| d.get_ref().0);
+    let warm = int(vm.warm.as_ref(), 0..=MAX_WARM, &what, "warm", p)
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(0);
+    if let Some(w) = vm
+        .warm
+        .as_ref()
+        .filter(|_| warm > 0 && vm.snapshot.is_none())
+    {
+        p.at(
+            &w.span(),
+            format!("{what}: `warm` keeps VMs restored ahead from a `snapshot`, and it has none"),
+        );
+    }
     Entry {
+        // Without a snapshot (refused above) there is no pool to count.
+        warm: if vm.snapshot.is_some() { warm } else { 0 },
         group: vm.name.clone(),
         count: int(vm.count.as_ref(), 1..=MAX_COUNT, &what, "count", p)
             .and_then(|n| usize::try_from(n).ok())
@@ -339,6 +356,30 @@ fn memory(vm: &RawVm, header: &Range<usize>, what: &str, limits: &Limits, p: &mu
         );
     }
     mem_size
+}
+
+/// Warm pools hold their memory for the whole run: with them, every VM
+/// must still fit the budget, or it could never start.
+fn warm_budget(entries: &[Entry], limits: &Limits, p: &mut Problems) {
+    let pools: u64 = entries
+        .iter()
+        .map(|e| crate::pool::pool_memory(e.warm, e.mem_size))
+        .fold(0, u64::saturating_add);
+    if pools == 0 {
+        return;
+    }
+    if let Some(e) = entries
+        .iter()
+        .find(|e| pools.saturating_add(e.mem_size) > limits.memory_budget)
+    {
+        p.unplaced(format!(
+            "warm pools hold {} MiB of the {} MiB memory budget: {} ({} MiB) could never start",
+            pools >> 20,
+            limits.memory_budget >> 20,
+            e.label,
+            e.mem_size >> 20
+        ));
+    }
 }
 
 /// The app's command line: it must fit the boot information.
@@ -623,6 +664,7 @@ fn expand(
                 backoff: e.backoff,
                 backoff_max: e.backoff_max,
                 boot_timeout: e.boot_timeout,
+                warm: e.warm,
             });
         }
     }

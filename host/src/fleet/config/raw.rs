@@ -74,6 +74,7 @@ pub(super) struct RawVm {
     pub backoff_max: Option<Spanned<Period>>,
     pub boot_timeout: Option<Spanned<Period>>,
     pub count: Option<Spanned<Integer>>,
+    pub warm: Option<Spanned<Integer>>,
     pub net: Option<Spanned<RawVmNet>>,
 }
 
@@ -99,6 +100,7 @@ impl RawVm {
             backoff: or(&self.backoff, &defaults.backoff),
             backoff_max: or(&self.backoff_max, &defaults.backoff_max),
             boot_timeout: or(&self.boot_timeout, &defaults.boot_timeout),
+            warm: or(&self.warm, &defaults.warm),
             net: or(&self.net, &defaults.net),
         }
     }

@@ -13,6 +13,7 @@ use super::super::config::VmSpec;
 use super::super::scheduler::{Attempt, Outcome, StartSource};
 use crate::control::{VmEvent, VmHandle};
 use crate::kvm::Hypervisor;
+use crate::pool::Pool;
 use crate::snapshot::Snapshot;
 use crate::trace::rdtsc;
 use crate::vm::{ExitStatus, RunReport, SnapshotTrigger, Vm, VmBuilder, VmConfig};
@@ -63,6 +64,8 @@ pub(super) fn vm_id(vm: usize, attempt: u32) -> u64 {
 /// Everything one attempt needs on its thread.
 pub(super) struct Launch<'a> {
     pub hv: &'a Hypervisor,
+    /// The warm pool a start from the VM's snapshot takes from.
+    pub pool: Option<&'a Pool>,
     pub spec: &'a VmSpec,
     pub vm: usize,
     pub attempt: u32,
@@ -84,6 +87,7 @@ impl Launch<'_> {
         let vm_id = vm_id(self.vm, self.attempt);
         let result = boot(
             self.hv,
+            self.pool,
             self.spec,
             &self.source,
             self.handle,
@@ -109,6 +113,7 @@ impl Launch<'_> {
 /// Boots one attempt to its end on the calling thread.
 fn boot(
     hv: &Hypervisor,
+    pool: Option<&Pool>,
     spec: &VmSpec,
     source: &StartSource,
     handle: VmHandle,
@@ -137,6 +142,12 @@ fn boot(
                 .build()
                 .map_err(|e| e.to_string())?;
             // This thread only runs this VM from here on (see tandem::seccomp).
+            crate::seccomp::lock_down().map_err(|e| e.to_string())?;
+            vm.run().map_err(|e| e.to_string())
+        }
+        StartSource::Snapshot(_) if pool.is_some() => {
+            let pool = pool.ok_or("no pool")?;
+            let vm = pool.take(Some(config)).map_err(|e| e.to_string())?;
             crate::seccomp::lock_down().map_err(|e| e.to_string())?;
             vm.run().map_err(|e| e.to_string())
         }
