@@ -28,7 +28,11 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("virtio_cmdline", virtio_cmdline),
     ("blk_request", blk_request),
     ("kvlog_replay", kvlog_replay),
+    ("virtio_net_queue", virtio_net_queue),
 ];
+
+mod net_queue;
+pub use net_queue::virtio_net_queue;
 
 /// The body of target `name`.
 pub fn target(name: &str) -> Option<Body> {
@@ -512,6 +516,7 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
             torn.truncate(log.len() - 512 - 100);
             vec![log, torn]
         }
+        "virtio_net_queue" => net_queue::seeds(),
         _ => Vec::new(),
     }
 }

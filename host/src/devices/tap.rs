@@ -13,8 +13,9 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -205,6 +206,19 @@ impl Tap {
             file,
             name: name.into(),
             made,
+        })
+    }
+
+    /// A stand-in for a tap: one end of a datagram socket pair, which
+    /// reads and writes one frame per call as a tap does, named `name`.
+    /// Lets the device run where no tap can be made (its fuzz target and
+    /// unit tests); the other end plays the host's side of the link.
+    pub fn from_socket(socket: UnixDatagram, name: &str) -> io::Result<Self> {
+        socket.set_nonblocking(true)?;
+        Ok(Self {
+            file: File::from(OwnedFd::from(socket)),
+            name: name.into(),
+            made: false,
         })
     }
 
