@@ -173,6 +173,15 @@ impl Transport {
         self.queues.get_mut(i)
     }
 
+    /// The selected queue if it is not ready: its size and ring addresses
+    /// may change only then (the spec forbids the driver to write them
+    /// while it is ready). The device keeps using the rings it took at
+    /// ready, so a later write would make the registers, and what a
+    /// snapshot or backup reads from them, tell of other rings.
+    fn selected_idle(&mut self) -> Option<&mut QueueRegs> {
+        self.selected().filter(|q| !q.ready)
+    }
+
     /// Reads `data.len()` bytes at `offset` into the window.
     pub fn read(&self, offset: u64, data: &mut [u8]) {
         data.fill(0);
@@ -237,7 +246,7 @@ impl Transport {
             },
             VIRTIO_MMIO_QUEUE_SEL => self.queue_sel = value,
             VIRTIO_MMIO_QUEUE_NUM => {
-                if let Some(q) = self.selected() {
+                if let Some(q) = self.selected_idle() {
                     q.size = u16::try_from(value).unwrap_or(u16::MAX);
                 }
             }
@@ -259,12 +268,20 @@ impl Transport {
                 }
             }
             VIRTIO_MMIO_STATUS => return self.write_status(value),
-            VIRTIO_MMIO_QUEUE_DESC_LOW => self.selected().map_or((), |q| set_low(&mut q.desc)),
-            VIRTIO_MMIO_QUEUE_DESC_HIGH => self.selected().map_or((), |q| set_high(&mut q.desc)),
-            VIRTIO_MMIO_QUEUE_AVAIL_LOW => self.selected().map_or((), |q| set_low(&mut q.avail)),
-            VIRTIO_MMIO_QUEUE_AVAIL_HIGH => self.selected().map_or((), |q| set_high(&mut q.avail)),
-            VIRTIO_MMIO_QUEUE_USED_LOW => self.selected().map_or((), |q| set_low(&mut q.used)),
-            VIRTIO_MMIO_QUEUE_USED_HIGH => self.selected().map_or((), |q| set_high(&mut q.used)),
+            VIRTIO_MMIO_QUEUE_DESC_LOW => self.selected_idle().map_or((), |q| set_low(&mut q.desc)),
+            VIRTIO_MMIO_QUEUE_DESC_HIGH => {
+                self.selected_idle().map_or((), |q| set_high(&mut q.desc))
+            }
+            VIRTIO_MMIO_QUEUE_AVAIL_LOW => {
+                self.selected_idle().map_or((), |q| set_low(&mut q.avail))
+            }
+            VIRTIO_MMIO_QUEUE_AVAIL_HIGH => {
+                self.selected_idle().map_or((), |q| set_high(&mut q.avail))
+            }
+            VIRTIO_MMIO_QUEUE_USED_LOW => self.selected_idle().map_or((), |q| set_low(&mut q.used)),
+            VIRTIO_MMIO_QUEUE_USED_HIGH => {
+                self.selected_idle().map_or((), |q| set_high(&mut q.used))
+            }
             _ => {}
         }
         Effect::None
@@ -433,6 +450,22 @@ mod tests {
             Effect::Notify(1)
         );
         assert_eq!(write(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 2), Effect::None);
+        // A ready queue's size and rings stay those the device took (a
+        // driver may not move them; a snapshot or backup reads them).
+        let ready = t.queue(1).copied();
+        write(&mut t, VIRTIO_MMIO_QUEUE_NUM, 8);
+        write(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW, 0x8000);
+        write(&mut t, VIRTIO_MMIO_QUEUE_AVAIL_HIGH, 1);
+        write(&mut t, VIRTIO_MMIO_QUEUE_USED_LOW, 0x9000);
+        assert_eq!(t.queue(1).copied(), ready);
+        // Once not ready, they may change, and ready takes them again.
+        assert_eq!(write(&mut t, VIRTIO_MMIO_QUEUE_READY, 0), Effect::None);
+        write(&mut t, VIRTIO_MMIO_QUEUE_USED_LOW, 0x9000);
+        assert_eq!(t.queue(1).map(|q| q.used), Some(0x9000));
+        assert_eq!(
+            write(&mut t, VIRTIO_MMIO_QUEUE_READY, 1),
+            Effect::QueueReady(1)
+        );
         // A queue that does not exist has no maximum and takes no writes.
         write(&mut t, VIRTIO_MMIO_QUEUE_SEL, 9);
         assert_eq!(read(&t, VIRTIO_MMIO_QUEUE_NUM_MAX), 0);
