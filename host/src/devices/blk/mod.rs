@@ -29,3 +29,6 @@ const _: () = {
     assert!(MAX_DISKS + 2 <= tandem_abi::bootinfo::MAX_DEVICES);
     assert!((MAX_DISKS as u64) < tandem_abi::layout::VIRTIO_MMIO_SLOTS);
 };
+
+#[cfg(test)]
+mod device_tests;
