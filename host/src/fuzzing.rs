@@ -26,12 +26,72 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("fleet_config", fleet_config),
     ("acpi_tables", acpi_tables),
     ("virtio_cmdline", virtio_cmdline),
+    ("blk_request", blk_request),
+    ("kvlog_replay", kvlog_replay),
     ("working_set", working_set),
 ];
 
 /// The body of target `name`.
 pub fn target(name: &str) -> Option<Body> {
     TARGETS.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
+}
+
+/// The virtio-blk device's request decisions: a chain's shape, then its
+/// header, against a disk. Input: a flags byte (bit 0: read-only), the
+/// disk's sectors (8 bytes), the 16-byte header, then descriptors of 13
+/// bytes each (address, length, flags with bit 0 device-writable).
+pub fn blk_request(data: &[u8]) {
+    use crate::devices::blk::request::{self, Action, Desc, Geometry, MAX_REQUEST_BYTES};
+    let byte = |i: usize| data.get(i).copied().unwrap_or(0);
+    let le = |at: usize, n: usize| (0..n).fold(0u64, |v, i| v | u64::from(byte(at + i)) << (8 * i));
+    let disk = Geometry {
+        read_only: byte(0) & 1 != 0,
+        sectors: le(1, 8),
+    };
+    let mut header = request::Header::default();
+    for (i, b) in header.iter_mut().enumerate() {
+        *b = byte(9 + i);
+    }
+    let descs: Vec<Desc> = data
+        .get(25..)
+        .unwrap_or(&[])
+        .chunks_exact(13)
+        .map(|c| Desc {
+            addr: u64::from_le_bytes(c[..8].try_into().unwrap_or_default()),
+            len: u32::from_le_bytes(c[8..12].try_into().unwrap_or_default()),
+            write_only: c[12] & 1 != 0,
+        })
+        .collect();
+    let app = (layout::HEAP_ADDR, 64 << 20);
+    let Ok(shape) = request::shape(0, 0, &descs, app) else {
+        return;
+    };
+    assert!(shape.readable + shape.writable <= request::HEADER_LEN + MAX_REQUEST_BYTES + 1);
+    let in_disk = |sector: u64, len: u64| {
+        len.is_multiple_of(request::SECTOR_SIZE)
+            && len <= MAX_REQUEST_BYTES
+            && sector
+                .checked_add(len / request::SECTOR_SIZE)
+                .is_some_and(|end| end <= disk.sectors)
+    };
+    match request::parse(0, 0, &header, shape, disk) {
+        Ok(Action::Read { sector, len }) => {
+            assert!(in_disk(sector, len));
+            assert_eq!(shape.writable, len + 1);
+        }
+        Ok(Action::Write { sector, len }) => {
+            assert!(!disk.read_only && in_disk(sector, len));
+            assert_eq!(shape.readable, len + request::HEADER_LEN);
+        }
+        Ok(Action::GetId { len }) => assert!(len < shape.writable),
+        Ok(Action::Flush | Action::Decline { .. }) | Err(_) => {}
+    }
+}
+
+/// The kvstore app's log replay over arbitrary disk bytes
+/// ([`tandem_kvlog::fuzz_replay`]).
+pub fn kvlog_replay(data: &[u8]) {
+    tandem_kvlog::fuzz_replay(data);
 }
 
 /// The guest's decoder of `virtio_mmio.device=` parameters on the command
@@ -442,6 +502,43 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
             b"[[vm]]\nname = \"a\"\nafter = [\"b\"]\n[[vm]]\nname = \"b\"\nafter = [\"a\"]\n".to_vec(),
         ],
         "acpi_tables" => vec![acpi_seed(false), acpi_seed(true)],
+        "blk_request" => {
+            // A 1 MiB disk; chains in the app's memory.
+            let at = layout::HEAP_ADDR;
+            let seed = |flags: u8, kind: u32, sector: u64, descs: &[(u64, u32, u8)]| {
+                let mut b = vec![flags];
+                b.extend(2048u64.to_le_bytes());
+                b.extend(kind.to_le_bytes());
+                b.extend(0u32.to_le_bytes());
+                b.extend(sector.to_le_bytes());
+                for &(addr, len, w) in descs {
+                    b.extend(addr.to_le_bytes());
+                    b.extend(len.to_le_bytes());
+                    b.push(w);
+                }
+                b
+            };
+            let read = [(at, 16, 0), (at + 4096, 4096, 1), (at + 64, 1, 1)];
+            let write = [(at, 16, 0), (at + 4096, 512, 0), (at + 64, 1, 1)];
+            let status = [(at, 16, 0), (at + 64, 1, 1)];
+            vec![
+                seed(0, 0, 8, &read),
+                seed(0, 1, 2047, &write),
+                seed(1, 1, 0, &write),
+                seed(0, 4, 0, &status),
+                seed(0, 8, 0, &[(at, 16, 0), (at + 64, 21, 1)]),
+                seed(0, 0, 2047, &read),
+            ]
+        }
+        "kvlog_replay" => {
+            use tandem_kvlog::{encode, Record};
+            let mut log = encode(0, &Record::Put { key: b"a", value: b"1" });
+            log.extend(encode(1, &Record::Put { key: b"b", value: &[7u8; 700] }));
+            log.extend(encode(2, &Record::Del { key: b"a" }));
+            let mut torn = log.clone();
+            torn.truncate(log.len() - 512 - 100);
+            vec![log, torn]
+        }
         "working_set" => vec![
             crate::snapshot::WorkingSet::encode(&[5, 1, 16383, 1024], 64 << 20, &[7; 32]),
             crate::snapshot::WorkingSet::encode(&[3, 4, 3], 64 << 20, &[7; 32]),

@@ -217,6 +217,9 @@ fn check_template(c: &VmConfig) -> Result<(), PoolError> {
     if c.net.is_some() {
         return Err(PoolError::Config("a network device"));
     }
+    if !c.disks.is_empty() {
+        return Err(PoolError::Config("disks"));
+    }
     if c.prefetch == Prefetch::Record {
         return Err(PoolError::Config("--prefetch record"));
     }

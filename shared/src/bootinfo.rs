@@ -184,7 +184,9 @@ pub struct BootInfo {
     pub host: HostStamps,
     /// Identity of this VM on its host.
     pub vm_id: u64,
-    /// Changes on every restore or clone, so the guest can reseed.
+    /// Changes on every restore or clone, so the guest can reseed (the
+    /// host rewrites the block of a restored VM with the live area's
+    /// generation, ABI version 6).
     pub generation: u64,
     /// Devices offered.
     pub devices: Vec<Device, MAX_DEVICES>,
@@ -374,7 +376,7 @@ mod tests {
         // Pins the encoding: any change to field order or types changes these
         // bytes and must come with an ABI_VERSION bump.
         let expected: &[u8] = &[
-            0x54, 0x4e, 0x44, 0x4d, 0x05, 0x00, 0x00, 0x00, 0x5d, 0x00, 0x00, 0x00, 0x77, 0xe4,
+            0x54, 0x4e, 0x44, 0x4d, 0x06, 0x00, 0x00, 0x00, 0x5d, 0x00, 0x00, 0x00, 0x77, 0xe4,
             0xdd, 0xcd, // header
             0x00, // boot_path = TandemPv
             0x02, 0x00, 0x80, 0x80, 0x80, 0x02, 0x01, 0x80, 0x80, 0x80, 0x02, 0x80, 0x80, 0x80,

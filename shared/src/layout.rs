@@ -66,8 +66,10 @@ pub const CONSOLE_DATA_OFFSET: u64 = 8;
 pub const CONSOLE_CAPACITY: u64 = CONSOLE_SIZE - CONSOLE_DATA_OFFSET;
 
 /// The live area: a small [`LiveArea`] record the host rewrites while the
-/// vCPU is stopped (on every restore or clone), unlike the boot-info block,
-/// which describes the boot and never changes. One page, user read-only.
+/// vCPU is stopped (on every restore or clone). The boot-info block is
+/// rewritten then too (ABI version 6), to describe the restored VM; the
+/// live area's generation is what tells the guest to read it again. One
+/// page, user read-only.
 pub const LIVE_ADDR: u64 = 0x1_D000;
 /// Size of the live area.
 pub const LIVE_SIZE: u64 = PAGE_SIZE;
@@ -175,6 +177,15 @@ pub const VIRTIO_MMIO_BASE: u64 = 0xFEB0_0000;
 /// Bytes of each virtio-mmio register window (registers and the device's
 /// configuration space).
 pub const VIRTIO_MMIO_SIZE: u64 = 0x200;
+/// Register windows the Tandem VMM may place, one after the other from
+/// [`VIRTIO_MMIO_BASE`]: the network device in the first, disks after it.
+pub const VIRTIO_MMIO_SLOTS: u64 = 8;
+
+/// Guest-physical address of register window `slot` (below
+/// [`VIRTIO_MMIO_SLOTS`]).
+pub const fn virtio_mmio_window(slot: u64) -> u64 {
+    VIRTIO_MMIO_BASE + slot * VIRTIO_MMIO_SIZE
+}
 
 /// Selectors of the GDT built by [`cpu::gdt`](crate::cpu::gdt).
 pub mod selector {
@@ -287,7 +298,7 @@ const _: () = {
     assert!(IMAGE_END.is_multiple_of(LARGE_PAGE_SIZE));
     // Every address handed to the guest fits the 32-bit hypercall argument.
     assert!(MAX_MEM_SIZE <= 1 << 32);
-    assert!(VIRTIO_MMIO_BASE + VIRTIO_MMIO_SIZE <= MAX_MEM_SIZE);
+    assert!(virtio_mmio_window(VIRTIO_MMIO_SLOTS) <= MAX_MEM_SIZE);
 };
 
 /// Bytes of heap in a guest of `mem_size` bytes (0 when too small).

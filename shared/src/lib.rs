@@ -78,4 +78,11 @@ pub mod virtio_mmio;
 /// [`KernelStats`](trace::KernelStats) and the
 /// [`DebugTrap`](hypercall::HypercallPort::DebugTrap) port, through which
 /// the guest's exception entry stops in the VMM while gdb is attached.
-pub const ABI_VERSION: u32 = 5;
+/// 6, the boot-info block of a restored or cloned VM is rewritten by the
+/// host (its `generation` the live area's, its devices the restored VM's:
+/// a clone's own `NetConfig`), and the MAC in the virtio-net device's
+/// configuration space may change across a restore; a guest that sees the
+/// live area's generation change reads both again and renews its network
+/// stack (open connections reset). A version-5 guest would keep its old
+/// address and MAC, so a clone would answer as its parent.
+pub const ABI_VERSION: u32 = 6;

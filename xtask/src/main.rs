@@ -7,7 +7,9 @@
 mod bench;
 mod bench_args;
 mod bench_containerd;
+mod bench_disk;
 mod bench_fleet;
+mod bench_floor;
 mod bench_net;
 mod bench_net_http;
 mod bench_paths;
@@ -47,7 +49,7 @@ COMMANDS:
         that builds the guest first adds x86_64-unknown-none to the toolchain
         of rust-toolchain.toml with rustup when it lacks it.
 
-    run [APP] [--qemu | --grub] [--accel kvm|tcg] [--machine microvm|q35] [--port P] [-- ARGS...]
+    run [APP] [--qemu | --grub] [--accel kvm|tcg] [--machine microvm|q35] [--port P] [--net SPEC] [-- ARGS...]
         Build guest and host (release), then boot APP (default: hello) with
         `tandem run`; ARGS become the guest's command line. Exits with the
         guest's exit code.
@@ -61,6 +63,10 @@ COMMANDS:
         --qemu, a virtio-net device on QEMU's user network (DHCP, no root)
         with host port P of 127.0.0.1 (default 8080) forwarded to theirs:
         `cargo xtask run --qemu httpd`, then `curl localhost:8080`.
+        On the Tandem VMM they take --net SPEC, passed to `tandem run --net`
+        (as root a missing tap is made and removed at exit):
+        `cargo xtask run httpd --net tap=tdm0,ip=10.99.1.2/24,gw=10.99.1.1`,
+        then `curl 10.99.1.2`.
 
     gdb APP [-- ARGS...]
         Build guest and host (release), boot APP with `tandem run --gdb`
@@ -119,6 +125,13 @@ COMMANDS:
         static hello binary, interleaved, on a private containerd (root;
         containerd and runc installed if missing). N defaults to 30.
         Writes JSON to target/bench/containerd.json unless --json.
+
+    bench disk [--runs N] [--json FILE]
+        diskbench on a virtio-blk disk (a sparse file) under the Tandem VMM
+        against the same calls on a host file, interleaved: 64 MiB written
+        and read in 1 MiB calls, 2000 random 4 KiB writes and reads, writes
+        ending with fdatasync. Medians (N rounds, default 5) of MiB/s and
+        requests/s and their ratio (target/bench/disk.json).
 
     bench net [--runs N] [--requests N] [--json FILE]
         httpd on the Tandem VMM (a tap the bench makes; root) and under QEMU
@@ -290,8 +303,11 @@ fn run(project: &Project, args: Vec<String>) -> Result<ExitCode> {
     let mut accel = qemu::Accel::Tcg;
     let mut machine = None;
     let mut port = None;
+    let mut net = None;
     while let Some(word) = args.next() {
-        if let Some(v) = args.value(&word, "--port")? {
+        if let Some(v) = args.value(&word, "--net")? {
+            net = Some(v);
+        } else if let Some(v) = args.value(&word, "--port")? {
             let p: u16 =
                 v.parse().ok().filter(|&p| p != 0).with_context(|| {
                     format!("--port {v}: expected a port number from 1 to 65535")
@@ -318,9 +334,12 @@ fn run(project: &Project, args: Vec<String>) -> Result<ExitCode> {
     if port.is_some() && (forwards.is_none() || on != RunOn::Qemu) {
         let apps: Vec<&str> = qemu::NET_APPS.iter().map(|(name, _)| *name).collect();
         bail!(
-            "--port is for the network apps ({}) under --qemu (on the Tandem VMM, give `tandem run` a tap: `--net tap=NAME,ip=A/P`, see the README)",
+            "--port is for the network apps ({}) under --qemu (on the Tandem VMM, give them a tap: `--net tap=NAME,ip=A/P,gw=G`, see the README)",
             apps.join(", ")
         );
+    }
+    if net.is_some() && on != RunOn::Tandem {
+        bail!("--net is for the Tandem VMM (a tap); --qemu gives the network apps QEMU's user network (with --port)");
     }
     if on == RunOn::Tandem {
         project::require_kvm()?;
@@ -340,6 +359,9 @@ fn run(project: &Project, args: Vec<String>) -> Result<ExitCode> {
             cmd.arg("run").arg(&image);
             if !cmdline.is_empty() {
                 cmd.arg("--cmdline").arg(&cmdline);
+            }
+            if let Some(net) = &net {
+                cmd.arg("--net").arg(net);
             }
             cmd
         }
@@ -518,6 +540,10 @@ fn bench_cmd(project: &Project, args: Vec<String>) -> Result<ExitCode> {
     }
     if args.first().map(String::as_str) == Some("containerd") {
         bench_containerd::bench(project, &bench_containerd::parse(&args[1..])?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.first().map(String::as_str) == Some("disk") {
+        bench_disk::bench(project, &bench_disk::parse(&args[1..])?)?;
         return Ok(ExitCode::SUCCESS);
     }
     if args.first().map(String::as_str) == Some("net") {

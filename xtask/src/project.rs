@@ -203,6 +203,50 @@ pub fn run(cmd: &mut Command, what: &str) -> Result<()> {
     check(status, what)
 }
 
+/// Waits between the tries of [`run_downloading`]: a download from a
+/// package registry can fail for a minute while the network recovers, and a
+/// fresh machine that gives up on the first try fails every later step.
+pub const DOWNLOAD_RETRY_WAITS: [std::time::Duration; 3] = [
+    std::time::Duration::from_secs(5),
+    std::time::Duration::from_secs(20),
+    std::time::Duration::from_secs(60),
+];
+
+/// [`run`] for a command that downloads (rustup, apt-get): a failure is
+/// tried again after each of `DOWNLOAD_RETRY_WAITS`, saying so; the last
+/// failure is the error. `make` builds the command afresh for each try.
+pub fn run_downloading(make: impl FnMut() -> Command, what: &str) -> Result<()> {
+    run_retrying(make, what, &DOWNLOAD_RETRY_WAITS)
+}
+
+fn run_retrying(
+    mut make: impl FnMut() -> Command,
+    what: &str,
+    retry_waits: &[std::time::Duration],
+) -> Result<()> {
+    let mut waits = retry_waits.iter();
+    loop {
+        match run(&mut make(), what) {
+            Ok(()) => return Ok(()),
+            Err(e) => match waits.next() {
+                Some(wait) => {
+                    eprintln!(
+                        "xtask: {what} failed ({e:#}); the network may be down, trying again in {} s",
+                        wait.as_secs()
+                    );
+                    std::thread::sleep(*wait);
+                }
+                None => {
+                    return Err(e.context(format!(
+                        "{what} failed {} times; is the package registry reachable?",
+                        retry_waits.len() + 1
+                    )))
+                }
+            },
+        }
+    }
+}
+
 pub fn check(status: ExitStatus, what: &str) -> Result<()> {
     if status.success() {
         Ok(())
@@ -230,4 +274,38 @@ pub fn shell_code(status: ExitStatus) -> u8 {
         .or_else(|| status.signal().map(|s| 128 + s))
         .unwrap_or(1);
     u8::try_from(code & 0xff).unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A command that fails until it has run `fail` times.
+    fn flaky(counter: &Path, fail: u32) -> impl FnMut() -> Command + '_ {
+        move || {
+            let mut cmd = Command::new("sh");
+            cmd.arg("-c").arg(format!(
+                "n=$(cat {0} 2>/dev/null || echo 0); echo $((n+1)) > {0}; [ $n -ge {fail} ]",
+                counter.display()
+            ));
+            cmd
+        }
+    }
+
+    #[test]
+    fn a_download_that_fails_twice_is_tried_again() {
+        let dir = std::env::temp_dir().join(format!("xtask-retry-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let counter = dir.join("a");
+        let waits = [Duration::ZERO; 3];
+        run_retrying(flaky(&counter, 2), "flaky", &waits).unwrap();
+        assert_eq!(std::fs::read_to_string(&counter).unwrap().trim(), "3");
+
+        let counter = dir.join("b");
+        let e = run_retrying(flaky(&counter, 10), "flaky", &waits).unwrap_err();
+        assert!(format!("{e:#}").contains("failed 4 times"), "{e:#}");
+        assert_eq!(std::fs::read_to_string(&counter).unwrap().trim(), "4");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -201,17 +201,27 @@ pub fn ensure_tools(tools: &[(&str, &str)]) -> Result<()> {
         bail!("missing Debian packages: {list}\ninstall them with: sudo apt-get install -y {list}");
     }
     eprintln!("xtask: installing missing Debian packages with apt-get: {list}");
-    let mut update = Command::new("apt-get");
-    update
-        .args(["update", "-qq"])
-        .env("DEBIAN_FRONTEND", "noninteractive");
-    project::run(&mut update, "apt-get update")?;
-    let mut install = Command::new("apt-get");
-    install
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive");
-    project::run(&mut install, "apt-get install")?;
+    project::run_downloading(
+        || {
+            let mut update = Command::new("apt-get");
+            update
+                .args(["update", "-qq"])
+                .env("DEBIAN_FRONTEND", "noninteractive");
+            update
+        },
+        "apt-get update",
+    )?;
+    project::run_downloading(
+        || {
+            let mut install = Command::new("apt-get");
+            install
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive");
+            install
+        },
+        "apt-get install",
+    )?;
     if let Some((probe, package)) = tools.iter().find(|(probe, _)| !present(probe)) {
         bail!("{probe} is still missing after installing {package}");
     }
@@ -226,8 +236,9 @@ fn present(probe: &str) -> bool {
     project::on_path(probe)
 }
 
-/// What the network tests need to make taps (`ip tuntap`, `ip addr`).
-pub const NET_TOOLS: &[(&str, &str)] = &[("ip", "iproute2")];
+/// What the network tests need: taps (`ip tuntap`, `ip addr`) and a run
+/// without CAP_NET_ADMIN (`setpriv`).
+pub const NET_TOOLS: &[(&str, &str)] = &[("ip", "iproute2"), ("setpriv", "util-linux")];
 /// What debugging a guest needs (core files, `cargo xtask gdb`).
 pub const GDB_TOOLS: &[(&str, &str)] = &[("gdb", "gdb")];
 /// What QEMU paths need.

@@ -249,9 +249,14 @@ fn apply(probe: &Probe, missing: &Missing) -> Result<()> {
     ) {
         Action::Rustup { announce, args } => {
             eprintln!("{announce}");
-            let mut cmd = Command::new("rustup");
-            cmd.args(&args);
-            project::run(&mut cmd, "rustup")
+            project::run_downloading(
+                || {
+                    let mut cmd = Command::new("rustup");
+                    cmd.args(&args);
+                    cmd
+                },
+                "rustup",
+            )
         }
         Action::Fail(message) => bail!("{message}\n(sysroot: {})", probe.sysroot.display()),
     }

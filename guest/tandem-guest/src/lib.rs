@@ -31,6 +31,7 @@ mod panic;
 mod tsc;
 mod virtio;
 
+pub mod blk;
 pub mod console;
 pub mod env;
 pub mod hypercall;
@@ -79,7 +80,8 @@ macro_rules! entry {
 /// device manifest, a second ELF note (`tandem_abi::note::NT_TANDEM_DEVICES`),
 /// and the Tandem VMM refuses to run the image without those devices, or
 /// with one it does not declare. An app without it needs no devices. Known
-/// names: `net` (the virtio-net device, [`net`]). Once per image: a second
+/// names: `net` (the virtio-net device, [`net`]), `block` (virtio-blk
+/// disks, [`blk`]). Once per image: a second
 /// use is a duplicate-symbol link error.
 #[macro_export]
 macro_rules! devices {
@@ -113,13 +115,13 @@ macro_rules! __device_kind {
         $crate::abi::note::DeviceKind::Net
     };
     (block) => {
-        ::core::compile_error!("devices!: `block` is reserved; Tandem has no block device yet")
+        $crate::abi::note::DeviceKind::Block
     };
     ($other:ident) => {
         ::core::compile_error!(::core::concat!(
             "devices!: unknown device `",
             ::core::stringify!($other),
-            "` (known: net)"
+            "` (known: net, block)"
         ))
     };
 }

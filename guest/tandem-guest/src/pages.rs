@@ -26,7 +26,8 @@ use tandem_abi::trace::Phase;
 
 /// The boot-info block's bytes (header and body; the decoder checks them).
 pub(crate) fn boot_info_block() -> &'static [u8] {
-    // SAFETY: see the module doc; the block is never written once the guest runs.
+    // SAFETY: see the module doc; the host rewrites the block only while
+    // the vCPU is stopped (a restore), so it never changes under a reader.
     unsafe { core::slice::from_raw_parts(BOOT_INFO_ADDR as *const u8, BOOT_INFO_MAX as usize) }
 }
 

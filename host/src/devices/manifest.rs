@@ -29,24 +29,31 @@ pub enum DeviceMismatch {
 fn offer_hint(kind: DeviceKind) -> &'static str {
     match kind {
         DeviceKind::Net => "run it with --net tap=NAME",
-        DeviceKind::Block => "this VMM cannot offer one yet",
+        DeviceKind::Block => "run it with --disk path=FILE",
     }
 }
 
 fn remove_hint(kind: DeviceKind) -> &'static str {
     match kind {
         DeviceKind::Net => "remove --net",
-        DeviceKind::Block => "remove the block device",
+        DeviceKind::Block => "remove --disk",
     }
 }
 
 /// The devices a run offers when `net` is set (what
 /// [`VmConfig`](crate::VmConfig) asks for).
 pub fn offered(net: bool) -> DeviceSet {
-    if net {
-        DeviceSet::of(&[DeviceKind::Net])
-    } else {
-        DeviceSet::NONE
+    offered_with(net, false)
+}
+
+/// The devices a run offers with a network device when `net` and disks
+/// when `block`.
+pub fn offered_with(net: bool, block: bool) -> DeviceSet {
+    match (net, block) {
+        (false, false) => DeviceSet::NONE,
+        (true, false) => DeviceSet::of(&[DeviceKind::Net]),
+        (false, true) => DeviceSet::of(&[DeviceKind::Block]),
+        (true, true) => DeviceSet::of(&[DeviceKind::Net, DeviceKind::Block]),
     }
 }
 
@@ -121,7 +128,7 @@ mod tests {
         );
         assert_eq!(
             text(BLOCK, NET),
-            "image httpd needs a block device: this VMM cannot offer one yet"
+            "image httpd needs a block device: run it with --disk path=FILE"
         );
         assert!(text(BOTH, NET).contains("needs a block device"));
     }
@@ -139,7 +146,9 @@ mod tests {
                 kind: DeviceKind::Net
             })
         );
-        assert!(text(NET, BOTH).contains("does not declare a block device"));
+        assert!(text(NET, BOTH).contains("does not declare a block device; remove --disk"));
+        assert_eq!(offered_with(true, true), BOTH);
+        assert_eq!(offered_with(false, true), BLOCK);
     }
 
     #[test]

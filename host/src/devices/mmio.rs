@@ -12,6 +12,8 @@ use virtio_bindings::virtio_config::{
 };
 use virtio_bindings::virtio_mmio::*;
 
+use serde::{Deserialize, Serialize};
+
 /// `"virt"` little-endian.
 pub const MAGIC: u32 = 0x7472_6976;
 /// The modern layout.
@@ -20,7 +22,7 @@ pub const VERSION: u32 = 2;
 pub const VENDOR_ID: u32 = u32::from_le_bytes(*b"TNDM");
 
 /// One queue's registers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueRegs {
     /// Entries the driver chose (`QueueNum`).
     pub size: u16,
@@ -47,6 +49,27 @@ pub enum Effect {
     Reset,
     /// The driver set `DRIVER_OK`: the device is live.
     DriverOk,
+}
+
+/// What the driver wrote into a [`Transport`]'s registers: its part of a
+/// snapshot. The device's own facts (type, features offered, queue
+/// maximum, configuration space) are not in it: the device that restores
+/// it supplies them. Hostile input when read back: the device's state
+/// checks it (`NetState::check`) before [`Transport::set_state`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransportState {
+    /// `DeviceFeaturesSel`.
+    pub device_features_sel: u32,
+    /// `DriverFeaturesSel`.
+    pub driver_features_sel: u32,
+    /// The features the driver accepted.
+    pub driver_features: u64,
+    /// The device status register.
+    pub status: u32,
+    /// `QueueSel`.
+    pub queue_sel: u32,
+    /// Every queue's registers, in queue order.
+    pub queues: Vec<QueueRegs>,
 }
 
 /// The register file of one virtio-mmio device.
@@ -86,6 +109,37 @@ impl Transport {
             status: 0,
             queue_sel: 0,
             queues: vec![QueueRegs::default(); queues],
+        }
+    }
+
+    /// The device features offered (with `VIRTIO_F_VERSION_1`).
+    pub fn device_features(&self) -> u64 {
+        self.device_features
+    }
+
+    /// What the driver has written, for a snapshot.
+    pub fn state(&self) -> TransportState {
+        TransportState {
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            status: self.status,
+            queue_sel: self.queue_sel,
+            queues: self.queues.clone(),
+        }
+    }
+
+    /// Takes back what the driver had written (a checked
+    /// [`TransportState`] with one entry per queue; the queue registers
+    /// are left alone otherwise).
+    pub fn set_state(&mut self, state: &TransportState) {
+        self.device_features_sel = state.device_features_sel;
+        self.driver_features_sel = state.driver_features_sel;
+        self.driver_features = state.driver_features;
+        self.status = state.status;
+        self.queue_sel = state.queue_sel;
+        if state.queues.len() == self.queues.len() {
+            self.queues.clone_from(&state.queues);
         }
     }
 
@@ -323,6 +377,30 @@ mod tests {
         assert_eq!(write(&mut t, VIRTIO_MMIO_STATUS, 0), Effect::Reset);
         assert!(!t.live());
         assert_eq!(t.driver_features(), 0);
+    }
+
+    #[test]
+    fn state_round_trips_what_the_driver_wrote() {
+        let mut t = net();
+        write(&mut t, VIRTIO_MMIO_STATUS, 3);
+        write(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 1 << 5);
+        write(&mut t, VIRTIO_MMIO_QUEUE_SEL, 1);
+        write(&mut t, VIRTIO_MMIO_QUEUE_NUM, 64);
+        write(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW, 0x5000);
+        write(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
+        let state = t.state();
+        let mut back = net();
+        back.set_state(&state);
+        assert_eq!(back.state(), state);
+        assert_eq!(read(&back, VIRTIO_MMIO_STATUS), 3);
+        assert_eq!(read(&back, VIRTIO_MMIO_QUEUE_READY), 1);
+        assert_eq!(back.queue(1).map(|q| (q.size, q.desc)), Some((64, 0x5000)));
+        // A state with another number of queues leaves the queues alone.
+        let mut short = state.clone();
+        short.queues.pop();
+        let mut other = net();
+        other.set_state(&short);
+        assert_eq!(other.queue(1), Some(&QueueRegs::default()));
     }
 
     #[test]

@@ -1,23 +1,34 @@
 //! The Tandem VMM's devices: virtio over virtio-mmio (DESIGN.md, "Devices
 //! and I/O"). `mmio` is the transport's register file (pure: no memory, no
 //! I/O), `net` the virtio-net device that moves frames between its queues
-//! and a tap, `tap` the one host resource it holds, `spec` what an
-//! operator asks for (`--net tap=NAME,...`), `manifest` the rule that a
-//! VM gets exactly the devices its image declares.
+//! and a tap (its snapshot state in `net_state`), `tap` the one host
+//! resource it holds (attached, or made when the process may), `netif` the
+//! host interfaces around it (up, address, bridge, the capability probe),
+//! `spec` what an operator asks for (`--net tap=NAME,...`), `clones` which
+//! device each restored clone gets, `manifest` the rule that a VM gets
+//! exactly the devices its image declares, `rate_limiter` the token
+//! buckets (bytes and operations a second) any device may use.
 //!
 //! Nothing interrupts the guest: it polls its rings at CPL3, kicks with one
 //! notify write per batch, and waits in the Idle hypercall, which a
 //! readable tap ends early. Every ring index, descriptor and length is
 //! hostile input: a violation ends that VM with a [`DeviceError`].
 
+pub mod blk;
+pub mod clones;
 pub mod manifest;
 pub mod mmio;
 pub mod net;
+pub mod net_state;
+pub mod netif;
+pub mod rate_limiter;
 pub mod spec;
 pub mod tap;
 
+pub use blk::{BlkDevice, BlkError, DiskSpec};
 pub use manifest::DeviceMismatch;
 pub use net::NetDevice;
+pub use net_state::{NetState, NetStateError};
 pub use spec::{NetSpec, NetSpecError};
 
 /// How a guest broke the virtio rules: the VM is stopped.
@@ -134,4 +145,7 @@ pub enum DeviceError {
         /// Bytes of the chain.
         len: u64,
     },
+    /// The guest broke the virtio-blk rules of one of its disks.
+    #[error(transparent)]
+    Block(#[from] BlkError),
 }

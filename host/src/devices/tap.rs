@@ -2,12 +2,23 @@
 //! attached with `TUNSETIFF`: Ethernet frames without a packet-information
 //! prefix and without a virtio-net header (the device adds and strips
 //! that itself). Non-blocking: a read with nothing queued says so.
+//!
+//! [`Tap::setup`] also makes a missing one when the process holds
+//! `CAP_NET_ADMIN` ([`super::netif`]): not persistent, so the kernel
+//! removes it when its descriptor closes (at exit, also after a crash),
+//! brought up, with the host side's address or on a bridge. A tap the
+//! operator made is attached and left as it is.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::Mutex;
+
+use super::netif::{self, NetifError, TapPlan};
 
 /// Why a tap could not be attached.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +28,26 @@ pub enum TapError {
         "no tap device {0} (create it with `ip tuntap add {0} mode tap` and `ip link set {0} up`)"
     )]
     Missing(String),
+    /// No tap of that name, and no right to make one.
+    #[error("no tap device {name}, and tandem lacks CAP_NET_ADMIN to create it: create it with `ip tuntap add {name} mode tap user {user}` and `ip link set {name} up` (or run tandem as root)")]
+    NoCapability {
+        /// The tap.
+        name: String,
+        /// Who should own it (`$USER`).
+        user: String,
+    },
+    /// An interface of that name that is not a tap.
+    #[error("network interface {0} is not a tap device (choose another name for --net tap=)")]
+    NotATap(String),
+    /// A tap Tandem made could not be set up.
+    #[error("cannot set up tap {name} made for the VM: {source}")]
+    Setup {
+        /// The tap.
+        name: String,
+        /// Why.
+        #[source]
+        source: NetifError,
+    },
     /// `/dev/net/tun` could not be opened.
     #[error("cannot open /dev/net/tun: {0}")]
     Open(#[source] io::Error),
@@ -46,11 +77,34 @@ struct IfReq {
 
 const _: () = assert!(std::mem::size_of::<IfReq>() == 40);
 
+/// Taps held open for VMs to come ([`Tap::hold`]), by name.
+static HELD: Mutex<BTreeMap<String, File>> = Mutex::new(BTreeMap::new());
+
+/// Lets the held tap `name` go (a tap Tandem made is removed once no VM
+/// holds a duplicate either).
+pub fn release(name: &str) {
+    if let Ok(mut held) = HELD.lock() {
+        held.remove(name);
+    }
+}
+
+/// What [`Tap::setup`] is to do for a VM's tap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapSetup {
+    /// The tap's name.
+    pub name: String,
+    /// The host side's address on a tap Tandem makes (the guest's gateway).
+    pub host_ipv4: Option<(Ipv4Addr, u8)>,
+    /// The bridge a tap Tandem makes joins (instead of an address).
+    pub bridge: Option<String>,
+}
+
 /// An attached tap.
 #[derive(Debug)]
 pub struct Tap {
     file: File,
     name: String,
+    made: bool,
 }
 
 impl Tap {
@@ -65,6 +119,66 @@ impl Tap {
         {
             return Err(TapError::Missing(name.into()));
         }
+        Self::tunsetiff(name, false)
+    }
+
+    /// Attaches the tap `setup` names if it exists (changing nothing about
+    /// it); else makes it, if the process holds `CAP_NET_ADMIN`, brings it
+    /// up and gives it the host's address or puts it on the bridge. Without
+    /// the capability the error names the tap and the command to make it.
+    pub fn setup(setup: &TapSetup) -> Result<Self, TapError> {
+        let name = setup.name.as_str();
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('/') {
+            return Err(TapError::Missing(name.into()));
+        }
+        if let Some(tap) = Self::held(name) {
+            return tap;
+        }
+        let plan = netif::plan_tap(
+            netif::exists(name),
+            netif::is_tap(name),
+            netif::has_net_admin(),
+        );
+        match plan {
+            TapPlan::Attach => Self::tunsetiff(name, false),
+            TapPlan::NotATap => Err(TapError::NotATap(name.into())),
+            TapPlan::NoCapability => Err(TapError::NoCapability {
+                name: name.into(),
+                user: std::env::var("USER").unwrap_or_else(|_| "$USER".into()),
+            }),
+            TapPlan::Create => {
+                let tap = Self::create(setup)?;
+                log::info!("made tap {name} (removed when the VM ends)");
+                Ok(tap)
+            }
+        }
+    }
+
+    /// Makes the tap `setup` names (not persistent: it goes with its last
+    /// descriptor), brings it up, and gives it the host's address or puts
+    /// it on the bridge. The caller has checked the capability.
+    pub fn create(setup: &TapSetup) -> Result<Self, TapError> {
+        let name = setup.name.as_str();
+        let tap = Self::tunsetiff(name, true)?;
+        let set_up = || -> Result<(), NetifError> {
+            match (&setup.bridge, setup.host_ipv4) {
+                (Some(bridge), _) => netif::add_to_bridge(bridge, name)?,
+                (None, Some((addr, prefix))) => netif::set_ipv4(name, addr, prefix)?,
+                (None, None) => {}
+            }
+            netif::set_up(name, true)
+        };
+        // On failure `tap` is dropped, which removes it again.
+        set_up().map_err(|source| TapError::Setup {
+            name: name.into(),
+            source,
+        })?;
+        Ok(tap)
+    }
+
+    /// `TUNSETIFF` of `name` on a fresh `/dev/net/tun` descriptor: attaches
+    /// an existing tap or (`made`) makes a new, not persistent one.
+    fn tunsetiff(name: &str, made: bool) -> Result<Self, TapError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -90,7 +204,43 @@ impl Tap {
         Ok(Self {
             file,
             name: name.into(),
+            made,
         })
+    }
+
+    /// Keeps this tap open for VMs to come: until [`release`] of its name,
+    /// [`Tap::setup`] of that name attaches a duplicate of this descriptor
+    /// instead of a fresh `TUNSETIFF` (which needs `/dev/net/tun` and, for
+    /// a tap of another owner, CAP_NET_ADMIN: both may be gone once a fleet
+    /// has dropped its privileges). A tap Tandem made goes with the last
+    /// descriptor, so it lives exactly as long as the fleet holds it.
+    pub fn hold(self) {
+        if let Ok(mut held) = HELD.lock() {
+            held.insert(self.name.clone(), self.file);
+        }
+    }
+
+    /// A duplicate of the held tap `name`, if one is held.
+    fn held(name: &str) -> Option<Result<Self, TapError>> {
+        let held = HELD.lock().ok()?;
+        let file = held.get(name)?;
+        Some(
+            file.try_clone()
+                .map(|file| Self {
+                    file,
+                    name: name.into(),
+                    made: false,
+                })
+                .map_err(|source| TapError::Attach {
+                    name: name.into(),
+                    source,
+                }),
+        )
+    }
+
+    /// Whether Tandem made it (it goes away with this value).
+    pub fn made(&self) -> bool {
+        self.made
     }
 
     /// The interface's name.
@@ -148,5 +298,25 @@ mod tests {
         assert!(matches!(Tap::open("../lo"), Err(TapError::Missing(_))));
         // `lo` exists but is no tap.
         assert!(matches!(Tap::open("lo"), Err(TapError::Missing(_))));
+        let lo = TapSetup {
+            name: "lo".into(),
+            host_ipv4: None,
+            bridge: None,
+        };
+        assert!(matches!(Tap::setup(&lo), Err(TapError::NotATap(_))));
+    }
+
+    #[test]
+    fn the_capability_refusal_names_the_command() {
+        let e = TapError::NoCapability {
+            name: "tdm7".into(),
+            user: "alice".into(),
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("no tap device tdm7")
+                && text.contains("`ip tuntap add tdm7 mode tap user alice`"),
+            "{text}"
+        );
     }
 }

@@ -27,6 +27,7 @@ use crate::snapshot::Snapshot;
 use crate::vm::{RunReport, VmConfig};
 
 mod attempt;
+pub mod network;
 
 use attempt::{Launch, Msg};
 
@@ -51,6 +52,18 @@ pub enum RunError {
         group: String,
         /// Why.
         reason: String,
+    },
+    /// The fleet's bridge or taps could not be set up.
+    #[error(transparent)]
+    Network(#[from] network::NetworkError),
+    /// The console folder could not be made.
+    #[error("cannot make the console folder {path}: {source}")]
+    ConsoleDir {
+        /// The folder.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
 }
 
@@ -104,6 +117,8 @@ pub struct RunOptions {
     pub user: Option<String>,
     /// With `user`: this group instead of the user's own.
     pub group: Option<String>,
+    /// Append each VM's console, every attempt, to `DIR/NAME.log`.
+    pub console_dir: Option<std::path::PathBuf>,
 }
 
 /// What happened, for live displays.
@@ -171,7 +186,19 @@ pub fn run(
     observe: impl FnMut(&Scheduler, Update),
 ) -> Result<FleetRun, RunError> {
     raise_fd_limit();
+    if let Some(dir) = &opts.console_dir {
+        std::fs::create_dir_all(dir).map_err(|source| RunError::ConsoleDir {
+            path: dir.clone(),
+            source,
+        })?;
+    }
     let hv = Hypervisor::open()?;
+    // Before privileges go: making a bridge or tap needs CAP_NET_ADMIN.
+    // Dropped last, when every VM thread has ended.
+    let _net = match &spec.network {
+        Some(net) => Some(network::FleetNet::up(net, &spec.vms)?),
+        None => None,
+    };
     // Ids change for every thread that exists: do it before VM threads start.
     crate::privileges::drop_to(opts.user.as_deref(), opts.group.as_deref())?;
     let pools = warm_pools(spec)?;
@@ -275,9 +302,31 @@ impl<'env, F: FnMut(&Scheduler, Update)> Fleet<'env, F> {
                     result,
                     started,
                     console_tail,
+                    console,
                     restored,
-                } => self.on_ended(vm, now, &result, started, console_tail, restored),
+                } => {
+                    self.keep_console(vm, &console);
+                    self.on_ended(vm, now, &result, started, console_tail, restored)
+                }
             }
+        }
+    }
+
+    /// Appends an attempt's console to its VM's file, if asked to (here, on
+    /// the main thread: the vCPU threads may not open files).
+    fn keep_console(&mut self, vm: usize, console: &[u8]) {
+        use std::io::Write;
+        let Some(dir) = &self.opts.console_dir else {
+            return;
+        };
+        let path = dir.join(format!("{}.log", self.spec.vms[vm].name));
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(console));
+        if let Err(e) = written {
+            log::warn!("cannot write {}: {e}", path.display());
         }
     }
 

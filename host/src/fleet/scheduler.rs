@@ -726,12 +726,14 @@ mod tests {
                     backoff_max: ms(100),
                     boot_timeout: Some(ms(500)),
                     warm: 0,
+                    net: None,
                 })
                 .collect(),
             limits: Limits {
                 max_concurrent_boots: cap,
                 memory_budget: budget_mib << 20,
             },
+            network: None,
         }
     }
 

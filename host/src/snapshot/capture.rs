@@ -10,13 +10,14 @@ use super::{
     ConsoleState, LiveState, MachineState, MemoryRef, SnapshotError, SnapshotState, TraceState,
     VcpuState,
 };
+use crate::devices::NetState;
 use crate::trace::BootTrace;
 
 impl SnapshotState {
     /// The state of a stopped VM (its vCPU with no I/O pending): the
     /// registers of `vcpu`, with the VM's `machine`, its `live` clock and
-    /// identity, its `trace` in host TSC stamps, and the console bytes
-    /// written so far. `memory` names no file yet: the writer fills it in.
+    /// identity, its `trace` in host TSC stamps, the console bytes
+    /// written so far and its network device's state. `memory` names no file yet: the writer fills it in.
     pub fn capture(
         vm: &VmFd,
         vcpu: &VcpuFd,
@@ -24,6 +25,7 @@ impl SnapshotState {
         live: LiveState,
         trace: &BootTrace,
         console_written: u64,
+        net: Option<NetState>,
     ) -> Result<Self, SnapshotError> {
         let vcpu = VcpuState::capture(vm, vcpu)?;
         Ok(Self {
@@ -47,6 +49,8 @@ impl SnapshotState {
                 digest: [0; 32],
             },
             machine,
+            net,
+            disks: Vec::new(),
         })
     }
 }

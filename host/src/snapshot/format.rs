@@ -24,11 +24,19 @@ use tandem_abi::{layout, le};
 
 use super::vcpu::VcpuState;
 use super::SnapshotError;
+use crate::devices::blk::BlkState;
+use crate::devices::NetState;
 
 /// The state file's magic.
 pub const MAGIC: [u8; 8] = *b"TNDMSNAP";
-/// Version of the state file format; bumped on any change of the body.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the state file format (and of backup points' metadata, sealed
+/// the same way); bumped on any change of the body. History: 1, the
+/// foundation. 2, [`SnapshotState::net`] appended (the virtio-net
+/// device's [`NetState`]), so that VMs with a network device can be
+/// snapshotted, restored, cloned and backed up. 3, [`SnapshotState::disks`]
+/// appended (each virtio-blk device's [`BlkState`], naming the disk's copy
+/// in the snapshot directory).
+pub const FORMAT_VERSION: u32 = 3;
 /// ELF machine number of x86_64, the only architecture Tandem snapshots.
 pub const ARCH_X86_64: u32 = 62;
 /// Size of the fixed header.
@@ -116,6 +124,10 @@ pub struct SnapshotState {
     pub console: ConsoleState,
     /// The memory file.
     pub memory: MemoryRef,
+    /// The virtio-net device, if the VM had one (format version 2).
+    pub net: Option<NetState>,
+    /// The disks, in order (format version 3).
+    pub disks: Vec<BlkState>,
 }
 
 /// Whether `name` is a memory file name this format writes: `memory-` and
@@ -182,6 +194,15 @@ impl SnapshotState {
                 "{} data pages in {m} bytes of memory",
                 self.memory.data_pages
             )));
+        }
+        if let Some(net) = &self.net {
+            net.check(m)?;
+        }
+        if self.disks.len() > crate::devices::blk::MAX_DISKS {
+            return Err(invalid(format!("{} disks", self.disks.len())));
+        }
+        for d in &self.disks {
+            d.check(m)?;
         }
         self.vcpu.check()
     }

@@ -2,8 +2,8 @@
 //!
 //! A snapshot directory holds a state file (`state`: header with magic,
 //! format version and architecture, a `postcard` body with every vCPU
-//! register set, MSRs, XSAVE, the VM's configuration, clock, console totals
-//! and boot trace, and a BLAKE3 digest of the body; see [`SnapshotState`]) and a
+//! register set, MSRs, XSAVE, the VM's configuration, clock, console totals,
+//! boot trace and network device, and a BLAKE3 digest of the body; see [`SnapshotState`]) and a
 //! memory file of raw pages (`memory-<16 hex digits>`, sparse: zero pages
 //! are holes), which restore maps `MAP_PRIVATE` without reading it.
 //!
@@ -143,6 +143,20 @@ pub enum SnapshotError {
     /// Guest memory could not be mapped or inspected.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// The network device's state is not one the device could have been in.
+    #[error("invalid snapshot: network device: {0}")]
+    Net(#[from] crate::devices::NetStateError),
+    /// A disk's state is not one the device could have been in.
+    #[error("invalid snapshot: disk: {0}")]
+    Disk(#[from] crate::devices::blk::BlkStateError),
+    /// A disk's copy is missing or not the size the state says.
+    #[error("snapshot disk {path}: {why}")]
+    DiskFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
 }
 
 /// A snapshot directory whose state file has been read and checked.
@@ -187,6 +201,21 @@ impl Snapshot {
             state,
         };
         snapshot.open_memory()?;
+        for d in &snapshot.state.disks {
+            let path = dir.join(&d.file);
+            let why = match std::fs::metadata(&path) {
+                Ok(m) if m.len() == d.sectors * crate::devices::blk::request::SECTOR_SIZE => None,
+                Ok(m) => Some(format!(
+                    "is {} bytes, the snapshot's disk {}",
+                    m.len(),
+                    d.sectors * crate::devices::blk::request::SECTOR_SIZE
+                )),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(why) = why {
+                return Err(SnapshotError::DiskFile { path, why });
+            }
+        }
         log::debug!(
             "snapshot {}: {} MiB of memory, {} data pages, generation {:#x}",
             dir.display(),
@@ -310,7 +339,7 @@ pub(crate) fn write_with(
             return Err(e);
         }
     };
-    remove_stale(dir, &name);
+    remove_stale(dir, &name, &state.disks);
     Ok(WriteStats {
         pages_scanned: stats.pages_scanned,
         pages_written: stats.pages_written,
@@ -320,7 +349,7 @@ pub(crate) fn write_with(
 
 /// Removes memory files other than `keep`, the old working set and leftover temporary files
 /// (only after the state file naming `keep` is durable).
-fn remove_stale(dir: &Path, keep: &str) {
+fn remove_stale(dir: &Path, keep: &str, disks: &[crate::devices::blk::BlkState]) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -329,8 +358,11 @@ fn remove_stale(dir: &Path, keep: &str) {
         let Some(name) = name.to_str() else { continue };
         // A working set lists the pages of the memory file it was recorded
         // against; the new snapshot's guest may use others.
-        let stale_memory =
-            (format::valid_memory_name(name) && name != keep) || name == WORKING_SET_FILE;
+        let stale_memory = (format::valid_memory_name(name) && name != keep)
+            || name == WORKING_SET_FILE;
+        let stale_disk = crate::devices::blk::state::valid_disk_name(name)
+            && !disks.iter().any(|d| d.file == name);
+        let stale_memory = stale_memory || stale_disk;
         let temp = name.starts_with('.') && name.contains(".tmp-");
         if stale_memory || (temp && !temp_in_use(name)) {
             let _ = std::fs::remove_file(entry.path());

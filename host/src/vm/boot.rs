@@ -6,16 +6,16 @@
 use tandem_abi::cpu::MmioWindow;
 use tandem_abi::layout;
 use tandem_abi::trace::Phase;
-use vm_memory::{Bytes, GuestAddress};
 
-use super::boot_info::boot_info;
+use super::boot_info::{boot_info, write_boot_info};
 use super::error::ioctl;
 use super::machine::{Machine, Start};
 use super::prefault::prefault;
 use super::{Vm, VmConfig, VmError};
 use crate::arch;
+use crate::devices::blk::DiskFile;
 use crate::devices::tap::Tap;
-use crate::devices::{manifest, NetDevice, NetSpec};
+use crate::devices::{manifest, BlkDevice, NetDevice, NetSpec};
 use crate::entropy::fill_random;
 use crate::image::Image;
 use crate::kvm::Hypervisor;
@@ -34,8 +34,14 @@ impl Vm {
         manifest::check(
             &image.name,
             image.devices,
-            manifest::offered(config.net.is_some()),
+            manifest::offered_with(config.net.is_some(), !config.disks.is_empty()),
         )?;
+        // Every disk image checked and locked before KVM is asked for anything.
+        let disk_files = config
+            .disks
+            .iter()
+            .map(|d| DiskFile::open(&d.path, d.read_only))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut machine = Machine::new(hv, &config, start_tsc, || {
             Ok(GuestRam::new(config.mem_size, config.huge_pages)?)
         })?;
@@ -43,12 +49,15 @@ impl Vm {
             Some(spec) => Some(net_device(spec, config.mem_size)?),
             None => None,
         };
+        let mut disks = blk_devices(disk_files, config.mem_size);
+        for (d, spec) in disks.iter_mut().zip(&config.disks) {
+            d.set_rate_limit(spec.limit);
+        }
         let mmio: Vec<MmioWindow> = net
             .iter()
-            .map(|n| {
-                let (start, len) = n.window();
-                MmioWindow { start, len }
-            })
+            .map(NetDevice::window)
+            .chain(disks.iter().map(BlkDevice::window))
+            .map(|(start, len)| MmioWindow { start, len })
             .collect();
         let mem = &machine.ram.mem;
         image.load(mem)?;
@@ -67,14 +76,9 @@ impl Vm {
             to_guest(start_tsc),
             to_guest(rdtsc()),
             net.as_ref(),
+            &disks,
         );
-        // BOOT_INFO_MAX is 8 KiB, which fits any usize.
-        #[allow(clippy::cast_possible_truncation)]
-        let mut block = [0u8; layout::BOOT_INFO_MAX as usize];
-        let n = info
-            .encode(&mut block)
-            .map_err(|e| VmError::Config(format!("boot-info block: {e}")))?;
-        mem.write_slice(&block[..n], GuestAddress(layout::BOOT_INFO_ADDR))?;
+        write_boot_info(mem, &info)?;
         prefault(mem, image)?;
         machine.trace.stamp(Phase::ImageLoaded);
 
@@ -86,15 +90,27 @@ impl Vm {
         vcpu.set_regs(&arch::entry_regs(image.entry))
             .map_err(ioctl("KVM_SET_REGS"))?;
         let mut vm = machine.into_vm(config, Start::Boot);
-        vm.net = net;
+        vm.attach_net(net);
+        vm.disks = disks;
         Ok(vm)
     }
 }
 
-/// The virtio-net device `spec` asks for: its tap attached, its MAC the
-/// one asked for or a random locally administered one.
+/// The virtio-blk devices for `files`, in the windows after the network
+/// device's.
+pub(super) fn blk_devices(files: Vec<DiskFile>, mem_size: u64) -> Vec<BlkDevice> {
+    files
+        .into_iter()
+        .zip(1u64..)
+        .map(|(f, slot)| BlkDevice::new(f, layout::virtio_mmio_window(slot), mem_size))
+        .collect()
+}
+
+/// The virtio-net device `spec` asks for: its tap attached (or made, when
+/// missing and the process may), its MAC the one asked for or a random
+/// locally administered one, its rate limits.
 fn net_device(spec: &NetSpec, mem_size: u64) -> Result<NetDevice, VmError> {
-    let tap = Tap::open(&spec.tap)?;
+    let tap = Tap::setup(&spec.tap_setup())?;
     let mac = spec.mac.unwrap_or_else(|| {
         let mut m = [0u8; 6];
         fill_random(&mut m);
@@ -102,5 +118,7 @@ fn net_device(spec: &NetSpec, mem_size: u64) -> Result<NetDevice, VmError> {
         m[0] = (m[0] & 0xfc) | 0x02;
         m
     });
-    Ok(NetDevice::new(tap, mac, mem_size))
+    let mut device = NetDevice::new(tap, mac, mem_size);
+    device.set_rate_limit(spec.limit);
+    Ok(device)
 }

@@ -6,8 +6,10 @@ use tandem_abi::bootinfo::{
 };
 use tandem_abi::layout;
 
-use super::VmConfig;
-use crate::devices::NetDevice;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::{VmConfig, VmError};
+use crate::devices::{BlkDevice, NetDevice};
 use crate::entropy::fill_random;
 
 /// The boot-info block for a VM of `config` whose vCPU runs its TSC at
@@ -20,6 +22,7 @@ pub(super) fn boot_info(
     vmm_start: u64,
     vcpu_ready: u64,
     net: Option<&NetDevice>,
+    disks: &[BlkDevice],
 ) -> BootInfo {
     let mut memory = heapless::Vec::new();
     let heap = MemRegion {
@@ -54,19 +57,49 @@ pub(super) fn boot_info(
         },
         vm_id: config.vm_id,
         generation: 0,
-        devices: devices(config, net),
+        devices: devices(config, net, disks),
         entropy,
         loader: heapless::String::try_from("tandem").unwrap_or_default(),
     }
 }
 
+/// Writes `info` at [`layout::BOOT_INFO_ADDR`] (while the vCPU is stopped:
+/// before a boot, or when a restore rewrites it).
+pub(super) fn write_boot_info(mem: &GuestMemoryMmap, info: &BootInfo) -> Result<(), VmError> {
+    // BOOT_INFO_MAX is 8 KiB, which fits any usize.
+    #[allow(clippy::cast_possible_truncation)]
+    let mut block = [0u8; layout::BOOT_INFO_MAX as usize];
+    let n = info
+        .encode(&mut block)
+        .map_err(|e| VmError::Config(format!("boot-info block: {e}")))?;
+    mem.write_slice(&block[..n], GuestAddress(layout::BOOT_INFO_ADDR))?;
+    Ok(())
+}
+
 /// The devices the guest is told of: the network device's window and, if
-/// the operator gave them, its static IPv4 settings.
-fn devices(config: &VmConfig, net: Option<&NetDevice>) -> heapless::Vec<Device, MAX_DEVICES> {
+/// the operator gave them, its static IPv4 settings; then each disk's window.
+fn devices(
+    config: &VmConfig,
+    net: Option<&NetDevice>,
+    disks: &[BlkDevice],
+) -> heapless::Vec<Device, MAX_DEVICES> {
     let mut devices = heapless::Vec::new();
-    let Some(net) = net else {
-        return devices;
-    };
+    if let Some(net) = net {
+        net_devices(config, net, &mut devices);
+    }
+    for d in disks {
+        let (base, size) = d.window();
+        // MAX_DISKS (4) and the network device's two entries fit MAX_DEVICES.
+        let _ = devices.push(Device::VirtioMmio { base, size, irq: 0 });
+    }
+    devices
+}
+
+fn net_devices(
+    config: &VmConfig,
+    net: &NetDevice,
+    devices: &mut heapless::Vec<Device, MAX_DEVICES>,
+) {
     let (base, size) = net.window();
     // Two entries always fit MAX_DEVICES.
     let _ = devices.push(Device::VirtioMmio { base, size, irq: 0 });
@@ -79,7 +112,6 @@ fn devices(config: &VmConfig, net: Option<&NetDevice>) -> heapless::Vec<Device, 
             dns: ip.dns.map(|d| d.octets()),
         });
     }
-    devices
 }
 
 #[cfg(test)]
@@ -94,7 +126,7 @@ mod tests {
             vm_id: 7,
             ..VmConfig::default()
         };
-        let info = boot_info(&config, 2_000_000, (0x11, 0x22), 5, 9, None);
+        let info = boot_info(&config, 2_000_000, (0x11, 0x22), 5, 9, None, &[]);
         assert_eq!(info.boot_path, BootPath::TandemPv);
         assert_eq!(info.cmdline.as_str(), "a b");
         assert_eq!(info.vm_id, 7);

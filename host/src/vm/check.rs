@@ -48,22 +48,31 @@ pub(super) fn check_config(config: &VmConfig) -> Result<(), VmError> {
             MAX_CMDLINE
         )));
     }
-    if config.net.is_some() {
-        if config.mem_size > layout::VIRTIO_MMIO_BASE {
-            return Err(VmError::Config(format!(
-                "a VM with a network device has at most {} MiB of memory (its device window is at {:#x})",
-                layout::VIRTIO_MMIO_BASE >> 20,
-                layout::VIRTIO_MMIO_BASE
-            )));
-        }
-        if config.snapshot_dir.is_some()
-            || config.snapshot_at_ready.is_some()
-            || config.backup.is_some()
-        {
-            return Err(VmError::Config(
-                "snapshots and backups of a VM with a network device are not supported yet".into(),
-            ));
-        }
+    if config.disks.len() > crate::devices::blk::MAX_DISKS {
+        return Err(VmError::Config(format!(
+            "{} disks asked for; a VM has at most {}",
+            config.disks.len(),
+            crate::devices::blk::MAX_DISKS
+        )));
+    }
+    if !config.disks.is_empty() && config.mem_size > layout::VIRTIO_MMIO_BASE {
+        return Err(VmError::Config(format!(
+            "a VM with a disk has at most {} MiB of memory (its device windows are at {:#x})",
+            layout::VIRTIO_MMIO_BASE >> 20,
+            layout::VIRTIO_MMIO_BASE
+        )));
+    }
+    if !config.disks.is_empty() && config.backup.is_some() {
+        return Err(VmError::Config(
+            "backups of a VM with a disk are not supported yet (snapshots are)".into(),
+        ));
+    }
+    if config.net.is_some() && config.mem_size > layout::VIRTIO_MMIO_BASE {
+        return Err(VmError::Config(format!(
+            "a VM with a network device has at most {} MiB of memory (its device window is at {:#x})",
+            layout::VIRTIO_MMIO_BASE >> 20,
+            layout::VIRTIO_MMIO_BASE
+        )));
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use super::core::CoreFile;
 use crate::backup::BackupConfig;
 use crate::console::{ConsoleSink, DEFAULT_CONSOLE_LIMIT, DEFAULT_CONSOLE_RATE};
 use crate::control::VmHandle;
-use crate::devices::NetSpec;
+use crate::devices::{DiskSpec, NetSpec};
 
 /// What a VM is given.
 #[derive(Debug, Clone)]
@@ -48,9 +48,12 @@ pub struct VmConfig {
     /// The app's standard input is this process's (fd 0); otherwise the app
     /// reads end of input at once.
     pub stdin: bool,
-    /// A virtio-net device on this tap (fresh boots only; not with
-    /// snapshots or backups).
+    /// A virtio-net device on this tap. For a restore: the tap to attach
+    /// the snapshot's device to (given exactly when the snapshot has one),
+    /// with the MAC and IPv4 settings that replace the snapshot's.
     pub net: Option<NetSpec>,
+    /// Disks (virtio-blk), in order: the guest sees them in this order.
+    pub disks: Vec<DiskSpec>,
     /// Write a core file here if the guest crashes (panic, CPU exception,
     /// triple fault).
     pub core: Option<CoreFile>,
@@ -77,6 +80,7 @@ impl Default for VmConfig {
             handle: None,
             stdin: false,
             net: None,
+            disks: Vec::new(),
             core: None,
             prefetch: super::Prefetch::Auto,
         }

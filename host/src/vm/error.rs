@@ -42,6 +42,15 @@ pub enum VmError {
     /// A core file could not be written.
     #[error(transparent)]
     Core(#[from] CoreError),
+    /// A disk image was refused or could not be opened.
+    #[error(transparent)]
+    Disk(#[from] crate::devices::blk::DiskError),
+    /// A disk could not be copied for a snapshot or a restore.
+    #[error(transparent)]
+    DiskCopy(#[from] crate::devices::blk::copy::CopyError),
+    /// A snapshot's disk state could not be taken on.
+    #[error("restoring a disk: {0}")]
+    DiskState(#[from] crate::devices::blk::BlkStateError),
 }
 
 /// Wraps a failed ioctl, named `what`, as a [`VmError`].

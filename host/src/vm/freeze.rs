@@ -14,6 +14,8 @@ use super::error::ioctl;
 use super::{Vm, VmError};
 use crate::backup::{BackupConfig, BackupRecord, BackupWriter};
 use crate::console::Console;
+use crate::devices::blk::copy;
+use crate::devices::NetDevice;
 use crate::snapshot::{self, LiveState, MachineState, SnapshotState, WriteStats};
 
 impl Vm {
@@ -35,7 +37,7 @@ impl Vm {
     }
 
     /// Captures everything but memory: vCPU registers, machine, clock,
-    /// trace, console totals. The vCPU must be stopped with no I/O pending.
+    /// trace, console totals, the network device. The vCPU must be stopped with no I/O pending.
     fn capture_state(&mut self, console_written: u64) -> Result<SnapshotState, VmError> {
         self.complete_pending_io()?;
         let live = LiveState {
@@ -53,6 +55,8 @@ impl Vm {
             cpu_features: self.cpu_features,
         };
         let trace = self.trace_with_guest_stamps();
+        let ipv4 = self.config.net.as_ref().and_then(|n| n.ipv4);
+        let net = self.net.as_ref().map(|n| n.state(ipv4));
         Ok(SnapshotState::capture(
             &self.vm,
             &self.vcpu,
@@ -60,6 +64,7 @@ impl Vm {
             live,
             &trace,
             console_written,
+            net,
         )?)
     }
 
@@ -71,7 +76,9 @@ impl Vm {
         console_written: u64,
     ) -> Result<WriteStats, VmError> {
         let mut state = self.capture_state(console_written)?;
-        let result = snapshot::write(dir, &mut state, &self.ram);
+        let result = self
+            .copy_disks(dir, &mut state)
+            .and_then(|()| Ok(snapshot::write(dir, &mut state, &self.ram)?));
         // With backups on, every snapshot is also a backup point, taken at
         // the same stop (before the clock below changes the live area), so
         // the chain can be restored to exactly the snapshot's moment.
@@ -82,7 +89,30 @@ impl Vm {
             }
         }
         self.set_guest_clock(state.live.guest_clock)?;
-        Ok(result?)
+        result
+    }
+
+    /// Puts each disk's state at this instant into `dir` (a reflink where
+    /// the file system offers one, else a copy of its data) and into
+    /// `state`, before the state file that names them is written.
+    fn copy_disks(&self, dir: &Path, state: &mut SnapshotState) -> Result<(), VmError> {
+        if self.disks.is_empty() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(dir)
+            .map_err(|e| VmError::Config(format!("{}: {e}", dir.display())))?;
+        for (i, d) in self.disks.iter().enumerate() {
+            let name = format!("disk-{i}-{:016x}", snapshot::files::nonce());
+            let disk = d.disk();
+            let len = disk.sectors() * crate::devices::blk::request::SECTOR_SIZE;
+            let kind = copy::clone_file(disk.file(), disk.path(), len, &dir.join(&name))?;
+            log::debug!(
+                "disk {} copied into the snapshot as {name} ({kind:?})",
+                disk.path().display()
+            );
+            state.disks.push(d.state(name));
+        }
+        Ok(())
     }
 
     /// Writes the next backup point of this (stopped) VM: the base on the
@@ -104,10 +134,24 @@ impl Vm {
 
     /// Writes the next backup point with `state` (the vCPU stopped).
     fn write_backup_point(&mut self, state: &SnapshotState) -> Result<BackupRecord, VmError> {
+        // What the network device wrote (the dirty log does not see it).
+        if let Some(net) = self.net.as_mut() {
+            let written = net.take_written();
+            self.note_host_writes(&written);
+        }
         let Some(writer) = self.backup.as_mut() else {
             return Err(VmError::Config("backup writer missing".into()));
         };
         Ok(writer.write_next(&self.vm, &self.ram, state)?)
+    }
+
+    /// Gives the VM its network device; with backups on, the device keeps
+    /// account of what it writes, for the next backup point.
+    pub(super) fn attach_net(&mut self, net: Option<NetDevice>) {
+        self.net = net;
+        if let (Some(net), Some(_)) = (self.net.as_mut(), &self.config.backup) {
+            net.track_writes();
+        }
     }
 
     /// Notes guest ranges the VMM wrote, for the next backup point.

@@ -126,6 +126,7 @@ impl Machine {
             backup: None,
             backup_records: Vec::new(),
             net: None,
+            disks: Vec::new(),
             record_working_set: None,
         }
     }

@@ -56,7 +56,7 @@ pub use report::{ExitStatus, RunReport, RunStats, SnapshotRecord, SnapshotTrigge
 pub(crate) use restore::RestoreInputs;
 
 use crate::backup::{BackupRecord, BackupWriter};
-use crate::devices::NetDevice;
+use crate::devices::{BlkDevice, NetDevice};
 use crate::memory::GuestRam;
 use crate::trace::BootTrace;
 
@@ -87,6 +87,8 @@ pub struct Vm {
     backup_records: Vec<BackupRecord>,
     /// The virtio-net device, if the VM has one.
     net: Option<NetDevice>,
+    /// The virtio-blk devices, in the order of `config.disks`.
+    disks: Vec<BlkDevice>,
     /// For `--prefetch record`: the snapshot whose working set this run records.
     record_working_set: Option<crate::snapshot::Snapshot>,
 }
@@ -111,6 +113,7 @@ impl Vm {
             huge_pages: old.huge_pages,
             backup: None,
             net: None,
+            disks: Vec::new(),
             prefetch: old.prefetch,
             ..config
         };

@@ -1,12 +1,18 @@
 //! Bringing a VM back from a snapshot: the shared construction over the
-//! memory file mapped copy-on-write, then the snapshot's registers, a new
-//! generation and fresh entropy.
+//! memory file mapped copy-on-write, then the snapshot's registers and
+//! network device (on the tap the restore names), a new generation, fresh
+//! entropy, and a boot-info block rewritten for the new VM.
 
-use tandem_abi::layout::LiveArea;
+use tandem_abi::layout::{self, LiveArea};
 
+use super::boot_info::{boot_info, write_boot_info};
 use super::machine::{Machine, Start};
 use super::memory_plan::{self, MemoryPlan, PlanInput, Prefetch};
 use super::{Vm, VmConfig, VmError};
+use crate::devices::blk::request::SECTOR_SIZE;
+use crate::devices::blk::{copy, DiskFile};
+use crate::devices::tap::Tap;
+use crate::devices::{BlkDevice, DiskSpec, NetDevice, NetSpec, NetState};
 use crate::entropy::fill_random;
 use crate::kvm::Hypervisor;
 use crate::memory::GuestRam;
@@ -78,16 +84,21 @@ impl Vm {
         mut config: VmConfig,
         start_tsc: u64,
     ) -> Result<Self, VmError> {
-        if config.net.is_some() {
-            return Err(VmError::Config(
-                "a restored VM cannot have a network device yet".into(),
-            ));
-        }
         let st = &snapshot.state;
+        // Each disk a new writable copy of the snapshot's, before KVM.
+        let disk_files = restored_disks(snapshot, &config.disks)?;
+        config.net = restored_net(st.net.as_ref(), config.net.take())?;
         config.mem_size = st.machine.mem_size;
         config.cmdline = st.machine.cmdline.clone();
         config.vm_id = st.machine.vm_id;
         config.console_limit = st.machine.console_limit;
+        // Before KVM is touched: a missing tap is the likeliest mistake.
+        // As at boot, a missing tap is made when the process may.
+        let tap = config
+            .net
+            .as_ref()
+            .map(|n| Tap::setup(&n.tap_setup()))
+            .transpose()?;
         let prefetch = config.prefetch;
         let machine = Machine::new(hv, &config, start_tsc, || {
             let file = snapshot.open_memory()?;
@@ -106,6 +117,31 @@ impl Vm {
         })?;
         check_host(&st.machine, machine.tsc_khz, machine.cpu_features)?;
         st.vcpu.apply(&machine.vm, &machine.vcpu)?;
+        let net = match (tap, &st.net, &config.net) {
+            (Some(tap), Some(state), Some(spec)) => {
+                let mac = spec.mac.unwrap_or(state.mac);
+                let mut dev =
+                    NetDevice::restore(tap, state, mac, &machine.ram.mem, config.mem_size)
+                        .map_err(SnapshotError::Net)?;
+                dev.set_rate_limit(spec.limit);
+                Some(dev)
+            }
+            _ => None,
+        };
+        let mut disks = Vec::with_capacity(disk_files.len());
+        for ((file, state), slot) in disk_files.into_iter().zip(&st.disks).zip(1u64..) {
+            let base = layout::virtio_mmio_window(slot);
+            disks.push(BlkDevice::restore(
+                file,
+                state,
+                base,
+                &machine.ram.mem,
+                config.mem_size,
+            )?);
+        }
+        for (d, spec) in disks.iter_mut().zip(&config.disks) {
+            d.set_rate_limit(spec.limit);
+        }
 
         let mut live = LiveArea {
             generation: new_generation(st.live.generation),
@@ -115,12 +151,29 @@ impl Vm {
             entropy: [0; 32],
         };
         fill_random(&mut live.entropy);
+        // The block now describes this VM: its generation and devices (a
+        // clone's own address); the guest reads it again when it sees the
+        // live area's new generation.
+        let to_guest = |host: u64| host.wrapping_add_signed(machine.tsc_offset);
+        let mut info = boot_info(
+            &config,
+            machine.tsc_khz,
+            machine.cpu_features,
+            to_guest(start_tsc),
+            to_guest(rdtsc()),
+            net.as_ref(),
+            &disks,
+        );
+        info.generation = live.generation;
+        write_boot_info(&machine.ram.mem, &info)?;
         let start = Start::Resume {
             live,
             guest_clock: st.live.guest_clock,
             console_written: st.console.written,
         };
         let mut vm = machine.into_vm(config, start);
+        vm.attach_net(net);
+        vm.disks = disks;
         if prefetch == Prefetch::Record {
             vm.record_working_set = Some(snapshot.clone());
         }
@@ -150,6 +203,73 @@ impl Vm {
             ),
             Err(e) => log::warn!("cannot record the working set: {e}"),
         }
+    }
+}
+
+/// The disks a restored VM gets: one `--disk path=NEWFILE` per disk of
+/// the snapshot's VM, each file made (it must not exist) as a reflink or
+/// copy of the snapshot's copy, so that what this VM writes is its own
+/// and the snapshot (and every other restore of it) keeps its disk.
+fn restored_disks(snapshot: &Snapshot, given: &[DiskSpec]) -> Result<Vec<DiskFile>, VmError> {
+    let wanted = &snapshot.state.disks;
+    if given.len() != wanted.len() {
+        return Err(VmError::Config(format!(
+            "the snapshot's VM has {} disk(s) and {} --disk were given: give one --disk path=NEWFILE per disk (each made from the snapshot's copy)",
+            wanted.len(),
+            given.len()
+        )));
+    }
+    let mut files = Vec::with_capacity(given.len());
+    for (i, (state, spec)) in wanted.iter().zip(given).enumerate() {
+        if spec.read_only != state.read_only {
+            return Err(VmError::Config(format!(
+                "disk {i} was {} in the snapshot: {} ,ro on its --disk",
+                if state.read_only {
+                    "read-only"
+                } else {
+                    "writable"
+                },
+                if state.read_only { "add" } else { "remove" }
+            )));
+        }
+        let from_path = snapshot.dir.join(&state.file);
+        let from = std::fs::File::open(&from_path).map_err(|e| SnapshotError::DiskFile {
+            path: from_path.clone(),
+            why: e.to_string(),
+        })?;
+        let len = state.sectors * SECTOR_SIZE;
+        let kind = copy::clone_file(&from, &from_path, len, &spec.path)?;
+        log::debug!(
+            "disk {i}: {} made from the snapshot ({kind:?})",
+            spec.path.display()
+        );
+        files.push(DiskFile::open(&spec.path, spec.read_only)?);
+    }
+    Ok(files)
+}
+
+/// The network device a restored VM gets: the snapshot's VM had one
+/// exactly when `--net` gives one. The MAC and static IPv4 settings
+/// `given` leaves out are the snapshot's (the same VM, moved to another
+/// tap); the result names both.
+fn restored_net(
+    state: Option<&NetState>,
+    given: Option<NetSpec>,
+) -> Result<Option<NetSpec>, VmError> {
+    match (state, given) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(VmError::Config(
+            "the snapshot's VM has a network device: restore it with --net tap=NAME (a tap to attach it to)".into(),
+        )),
+        (None, Some(spec)) => Err(VmError::Config(format!(
+            "the snapshot's VM has no network device: remove --net tap={}",
+            spec.tap
+        ))),
+        (Some(state), Some(spec)) => Ok(Some(NetSpec {
+            mac: Some(spec.mac.unwrap_or(state.mac)),
+            ipv4: spec.ipv4.or(state.ipv4.map(Into::into)),
+            ..spec
+        })),
     }
 }
 
@@ -237,6 +357,41 @@ mod tests {
         assert!(e.to_string().contains("2000000 kHz"), "{e}");
         let e = check_host(&machine(), 2_000_000, (0x1234, 0)).unwrap_err();
         assert!(e.to_string().contains("00001234:00000000"), "{e}");
+    }
+
+    #[test]
+    fn a_network_device_is_restored_exactly_when_one_is_given() {
+        let state = crate::devices::net_state::tests::sample();
+        let spec = |s: &str| s.parse::<NetSpec>().unwrap();
+        assert!(restored_net(None, None).unwrap().is_none());
+        let e = restored_net(Some(&state), None).unwrap_err().to_string();
+        assert!(
+            e.contains("has a network device: restore it with --net tap=NAME"),
+            "{e}"
+        );
+        let e = restored_net(None, Some(spec("tap=t0")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("has no network device: remove --net tap=t0"),
+            "{e}"
+        );
+        // What --net leaves out is the snapshot's.
+        let kept = restored_net(Some(&state), Some(spec("tap=t1")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(kept.tap, "t1");
+        assert_eq!(kept.mac, Some(state.mac));
+        assert_eq!(kept.ipv4.map(Into::into), state.ipv4);
+        let moved = restored_net(
+            Some(&state),
+            Some(spec("tap=t2,mac=02:00:00:00:00:09,ip=10.1.0.2/16")),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(moved.mac, Some([2, 0, 0, 0, 0, 9]));
+        assert_eq!(moved.ipv4.unwrap().address.octets(), [10, 1, 0, 2]);
+        assert_eq!(moved.ipv4.unwrap().gateway, None);
     }
 
     #[test]

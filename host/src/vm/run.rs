@@ -10,12 +10,14 @@ use kvm_ioctls::VcpuExit;
 use tandem_abi::hypercall::HypercallPort;
 use tandem_abi::trace::Phase;
 
+use super::actions::PendingIdle;
 use super::exit::{handle_kvm_exit, Decision, ExitAction};
 use super::guest_trace::guest_stamp;
 use super::{ExitStatus, RunReport, RunStats, SnapshotRecord, Vm, VmError};
 use crate::console::Console;
 use crate::control::{Kicker, VmEvent, VmHandle, Watch};
-use crate::gdb::GdbConnection;
+use crate::devices::{BlkDevice, DeviceError, NetDevice};
+use crate::gdb::{GdbConnection, Interrupt};
 use crate::hypercall::{self, HypercallError};
 
 /// What a run holds besides the VM while the guest runs.
@@ -28,6 +30,10 @@ pub(super) struct Session {
     pub(super) handle: Option<VmHandle>,
     /// When the run times out.
     pub(super) deadline: Option<Instant>,
+    /// Under gdb: whether it wants to break in (ends waits in the VMM).
+    pub(super) debugger: Option<Interrupt>,
+    /// An `Idle` wait gdb broke into: it goes on when the guest runs again.
+    pub(super) pending_idle: Option<PendingIdle>,
 }
 
 /// What one turn of the loop came to.
@@ -87,6 +93,8 @@ impl Vm {
             snapshots: Vec::new(),
             handle: follower.clone(),
             deadline: self.config.timeout.map(|t| Instant::now() + t),
+            debugger: None,
+            pending_idle: None,
         };
         if let Some(h) = &follower {
             h.event(VmEvent::Running);
@@ -119,11 +127,27 @@ impl Vm {
         if let Some(net) = &self.net {
             let s = net.stats();
             log::info!(
-                "net: {} frames in, {} out, {} kicks, {} dropped",
+                "net: {} frames in, {} out, {} kicks, {} dropped, {} held by the rate limit",
                 s.rx_frames,
                 s.tx_frames,
                 s.kicks,
-                s.dropped
+                s.dropped,
+                s.held
+            );
+        }
+        for d in &self.disks {
+            let s = d.stats();
+            log::info!(
+                "disk {}: {} reads ({} bytes), {} writes ({} bytes), {} flushes, {} errors, {} kicks, {} held",
+                d.disk().path().display(),
+                s.reads,
+                s.bytes_read,
+                s.writes,
+                s.bytes_written,
+                s.flushes,
+                s.errors,
+                s.kicks,
+                s.held
             );
         }
         // The run's outcome stands whether or not its core file could be written.
@@ -165,12 +189,22 @@ impl Vm {
         if watchers.follower.is_some_and(VmHandle::killed) {
             return Step::End(ExitStatus::Stopped);
         }
-        if let Some(k) = watchers.kicker {
-            if k.timed_out() {
-                return Step::End(ExitStatus::TimedOut(
-                    self.config.timeout.unwrap_or_default(),
-                ));
+        if watchers.kicker.is_some_and(Kicker::timed_out) {
+            return Step::End(ExitStatus::TimedOut(
+                self.config.timeout.unwrap_or_default(),
+            ));
+        }
+        // An Idle wait gdb broke into goes on first: the guest sees one
+        // wait, as long as it asked for.
+        if let Some(pending) = session.pending_idle.take() {
+            if let ControlFlow::Break(status) = self.idle_until(pending, session) {
+                return Step::End(status);
             }
+            if session.pending_idle.is_some() {
+                return Step::Again;
+            }
+        }
+        if let Some(k) = watchers.kicker {
             if let ControlFlow::Break(status) = self.carry_out_due(k, session) {
                 return Step::End(status);
             }
@@ -178,10 +212,8 @@ impl Vm {
         let mut result = self.vcpu.run();
         // A device register read is answered in the run area, which the
         // next KVM_RUN hands the guest (the decision below copies out).
-        if let (Ok(VcpuExit::MmioRead(addr, data)), Some(net)) = (&mut result, &self.net) {
-            if let Some(offset) = net.offset(*addr) {
-                net.read(offset, data);
-            }
+        if let Ok(VcpuExit::MmioRead(addr, data)) = &mut result {
+            mmio_read(self.net.as_ref(), &self.disks, *addr, data);
         }
         let exit = match handle_kvm_exit(result) {
             Decision::Rerun => return Step::Again,
@@ -204,33 +236,60 @@ impl Vm {
                 }
             }
             ExitAction::MmioRead { addr } => {
-                if self.net.as_ref().is_none_or(|n| n.offset(addr).is_none()) {
+                if !self.mmio_backed(addr) {
                     return Step::End(unbacked(addr));
                 }
                 Step::Again
             }
             ExitAction::MmioWrite { addr, data, len } => {
-                let Some(net) = self.net.as_mut() else {
-                    return Step::End(unbacked(addr));
-                };
-                let Some(offset) = net.offset(addr) else {
-                    return Step::End(unbacked(addr));
-                };
-                if let Err(e) = net.write(&self.ram.mem, offset, &data[..len]) {
-                    return Step::End(ExitStatus::DeviceViolation(e));
+                match self.mmio_write(addr, &data[..len]) {
+                    Ok(true) => Step::Again,
+                    Ok(false) => return Step::End(unbacked(addr)),
+                    Err(e) => return Step::End(ExitStatus::DeviceViolation(e)),
                 }
-                Step::Again
             }
             ExitAction::DebugTrap => Step::DebugTrap,
             ExitAction::Stop(status) => return Step::End(status),
         };
-        // Every exit fills the guest's receive buffers from the tap.
+        // Every exit fills the guest's receive buffers from the tap (and
+        // sends a frame a rate limit held, once it may go).
         if let Some(net) = self.net.as_mut() {
-            if let Err(e) = net.receive(&self.ram.mem) {
+            if let Err(e) = net.pump(&self.ram.mem) {
                 return Step::End(ExitStatus::DeviceViolation(e));
             }
         }
+        // And serves a disk request a rate limit held, once it may go.
+        for d in &mut self.disks {
+            if let Err(e) = d.pump(&self.ram.mem) {
+                return Step::End(ExitStatus::DeviceViolation(e.into()));
+            }
+        }
         step
+    }
+
+    /// Whether a device's register window holds guest-physical `addr`.
+    fn mmio_backed(&self, addr: u64) -> bool {
+        self.net.as_ref().is_some_and(|n| n.offset(addr).is_some())
+            || self.disks.iter().any(|d| d.offset(addr).is_some())
+    }
+
+    /// Hands a register write at `addr` to the device whose window holds
+    /// it; `Ok(false)` if none does.
+    fn mmio_write(&mut self, addr: u64, data: &[u8]) -> Result<bool, DeviceError> {
+        let mem = &self.ram.mem;
+        if let Some(net) = self.net.as_mut() {
+            if let Some(offset) = net.offset(addr) {
+                net.write(mem, offset, data)?;
+                return Ok(true);
+            }
+        }
+        for d in &mut self.disks {
+            if let Some(offset) = d.offset(addr) {
+                d.write(mem, offset, data)?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Passes on what the guest's console buffer holds.
@@ -238,6 +297,18 @@ impl Vm {
         let text = hypercall::drain_console(&self.ram.mem)?;
         console.write(&text);
         Ok(())
+    }
+}
+
+/// Answers a register read at `addr` from the device whose window holds it.
+fn mmio_read(net: Option<&NetDevice>, disks: &[BlkDevice], addr: u64, data: &mut [u8]) {
+    if let Some((net, offset)) = net.and_then(|n| Some((n, n.offset(addr)?))) {
+        net.read(offset, data);
+    }
+    for d in disks {
+        if let Some(offset) = d.offset(addr) {
+            d.read(offset, data);
+        }
     }
 }
 

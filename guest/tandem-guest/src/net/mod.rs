@@ -2,9 +2,11 @@
 //! [`smoltcp`] interface configured by the block's static settings for it
 //! (`Device::NetConfig`, which the Tandem VMM's `--net ...,ip=A/P` gives)
 //! or else by DHCP, and blocking sockets that feel like std's
-//! ([`TcpListener`], [`TcpStream`], [`UdpSocket`]).
+//! ([`TcpListener`], [`TcpStream`] with `connect`, [`UdpSocket`]).
 //!
-//! The stack comes up on first use. Every blocking call polls the
+//! The stack comes up on first use. A restored or cloned VM renews it
+//! (`Stack::renew_if_restored`): open connections are reset, the MAC and
+//! settings read again from the device and the rewritten boot-info block. Every blocking call polls the
 //! interface (and so the device's rings) until it can make progress. When
 //! a round changed nothing it waits in the host until the stack's next
 //! timer (the Idle hypercall, which a frame for the guest ends early): on
@@ -50,6 +52,8 @@ pub enum Error {
     InvalidInput,
     /// The peer reset the connection (or it timed out in the stack).
     ConnectionReset,
+    /// The peer refused a connection (reset its handshake).
+    ConnectionRefused,
     /// The connection is closed for writing.
     BrokenPipe,
     /// The call's timeout passed.
@@ -67,6 +71,7 @@ impl core::fmt::Display for Error {
             Self::AddrInUse => write!(f, "address in use"),
             Self::InvalidInput => write!(f, "invalid argument"),
             Self::ConnectionReset => write!(f, "connection reset by peer"),
+            Self::ConnectionRefused => write!(f, "connection refused"),
             Self::BrokenPipe => write!(f, "broken pipe"),
             Self::TimedOut => write!(f, "timed out"),
             Self::WouldBlock => write!(f, "operation would block"),
@@ -115,6 +120,8 @@ pub(crate) struct Stack {
     tcp_ports: Vec<u16>,
     udp_ports: Vec<u16>,
     next_ephemeral: u16,
+    /// The VM generation the interface was built for.
+    generation: u64,
 }
 
 enum State {
@@ -139,36 +146,21 @@ fn smol_now() -> smoltcp::time::Instant {
 impl Stack {
     fn start() -> Result<Self> {
         let env = crate::env::get();
+        let generation = env.generation();
         let entropy = env.entropy();
         let fallback_mac = [
             0x02, entropy[0], entropy[1], entropy[2], entropy[3], entropy[4],
         ];
-        let mut device = match VirtioNet::find(&env.boot_info().devices, fallback_mac) {
+        let devices = current_devices();
+        let mut device = match VirtioNet::find(&devices, fallback_mac) {
             Ok(Some(d)) => d,
             Ok(None) => return Err(Error::NoDevice),
             Err(e) => return Err(Error::Device(e)),
         };
-        let mac = EthernetAddress(device.mac());
-        let mut config = IfaceConfig::new(HardwareAddress::Ethernet(mac));
-        let mut seed = [0u8; 8];
-        seed.copy_from_slice(&entropy[8..16]);
-        config.random_seed = u64::from_le_bytes(seed) ^ crate::time::rdtsc();
-        let mut iface = Interface::new(config, &mut device, smol_now());
+        let fixed = static_config(&devices, &device);
+        let iface = interface(&mut device, fixed, &entropy);
         let mut sockets = SocketSet::new(Vec::new());
-        let fixed = static_config(&env.boot_info().devices, &device);
-        let dhcp = match fixed {
-            Some(c) => {
-                let cidr = smoltcp::wire::Ipv4Cidr::new(c.address, c.prefix_len);
-                iface.update_ip_addrs(|addrs| {
-                    let _ = addrs.push(IpCidr::Ipv4(cidr));
-                });
-                if let Some(gw) = c.gateway {
-                    let _ = iface.routes_mut().add_default_ipv4_route(gw);
-                }
-                None
-            }
-            None => Some(sockets.add(dhcpv4::Socket::new())),
-        };
+        let dhcp = fixed.is_none().then(|| sockets.add(dhcpv4::Socket::new()));
         Ok(Self {
             device,
             iface,
@@ -179,7 +171,55 @@ impl Stack {
             tcp_ports: Vec::new(),
             udp_ports: Vec::new(),
             next_ephemeral: EPHEMERAL_FIRST,
+            generation,
         })
+    }
+
+    /// After a restore or clone (the live area's generation changed, which
+    /// costs one load to see): every TCP connection is aborted (its peer
+    /// gets a reset when the address is kept; with another address smoltcp
+    /// drops it, as the peer cannot be reached from it), the MAC and the
+    /// settings are read again and the interface is rebuilt on them, with
+    /// a fresh neighbour cache (the host side may be another tap).
+    /// Listeners and UDP sockets stay as they are.
+    fn renew_if_restored(&mut self) {
+        let env = crate::env::get();
+        let generation = env.generation();
+        if generation == self.generation {
+            return;
+        }
+        self.generation = generation;
+        for (_, socket) in self.sockets.iter_mut() {
+            if let smoltcp::socket::Socket::Tcp(tcp) = socket {
+                if tcp.state() != smoltcp::socket::tcp::State::Listen {
+                    tcp.abort();
+                }
+            }
+        }
+        let mac = self.device.reread_mac();
+        let fixed = static_config(&current_devices(), &self.device);
+        match (fixed, self.dhcp) {
+            (Some(_), Some(h)) => {
+                self.sockets.remove(h);
+                self.dhcp = None;
+            }
+            (None, Some(h)) => self.sockets.get_mut::<dhcpv4::Socket>(h).reset(),
+            (None, None) => self.dhcp = Some(self.sockets.add(dhcpv4::Socket::new())),
+            (Some(_), None) => {}
+        }
+        self.iface = interface(&mut self.device, fixed, &env.entropy());
+        self.config = fixed;
+        let m = mac;
+        match fixed {
+            Some(c) => crate::println!(
+                "tandem: network renewed for generation {generation:#x}: {}/{}, MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                c.address, c.prefix_len, m[0], m[1], m[2], m[3], m[4], m[5]
+            ),
+            None => crate::println!(
+                "tandem: network renewed for generation {generation:#x}: DHCP, MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                m[0], m[1], m[2], m[3], m[4], m[5]
+            ),
+        }
     }
 
     /// One round: frames in and out, one notification per queue, DHCP
@@ -198,8 +238,14 @@ impl Stack {
         Ok(changed)
     }
 
-    /// How long the stack has nothing to do: until its next timer, at most `max`.
+    /// How long the stack has nothing to do: until its next timer, at most
+    /// `max`. With every transmit buffer held by the device (a rate limit
+    /// on the Tandem VMM) the stack wants to send now but cannot: it waits
+    /// the whole `max`, which the device ends when a buffer comes back.
     fn quiet_for(&mut self, max: Duration) -> Duration {
+        if self.device.tx_starved() {
+            return max;
+        }
         self.iface
             .poll_delay(smol_now(), &self.sockets)
             .map_or(max, |d| Duration::from_micros(d.total_micros()).min(max))
@@ -238,10 +284,13 @@ impl Stack {
         use smoltcp::socket::tcp::{Socket, State};
         let sockets = &mut self.sockets;
         self.closing.retain(|&h| {
-            let done = matches!(
-                sockets.get::<Socket>(h).state(),
-                State::Closed | State::TimeWait
-            );
+            let socket = sockets.get::<Socket>(h);
+            // An aborted socket keeps its peer until its reset is out.
+            let done = match socket.state() {
+                State::Closed => socket.remote_endpoint().is_none(),
+                State::TimeWait => true,
+                _ => false,
+            };
             if done {
                 sockets.remove(h);
             }
@@ -282,6 +331,46 @@ impl Stack {
     }
 }
 
+/// An interface on `device` with its MAC and, if given, static settings.
+fn interface(device: &mut VirtioNet, fixed: Option<Config>, entropy: &[u8; 32]) -> Interface {
+    let mac = EthernetAddress(device.mac());
+    let mut config = IfaceConfig::new(HardwareAddress::Ethernet(mac));
+    let mut seed = [0u8; 8];
+    seed.copy_from_slice(&entropy[8..16]);
+    config.random_seed = u64::from_le_bytes(seed) ^ crate::time::rdtsc();
+    let mut iface = Interface::new(config, device, smol_now());
+    if let Some(c) = fixed {
+        let cidr = smoltcp::wire::Ipv4Cidr::new(c.address, c.prefix_len);
+        iface.update_ip_addrs(|addrs| {
+            let _ = addrs.push(IpCidr::Ipv4(cidr));
+        });
+        if let Some(gw) = c.gateway {
+            let _ = iface.routes_mut().add_default_ipv4_route(gw);
+        }
+    }
+    iface
+}
+
+/// The devices the machine has now. A restored VM's host rewrote the
+/// boot-info block (its generation the live area's): then it is read
+/// again, else the block the VM booted with serves.
+fn current_devices() -> Vec<tandem_abi::bootinfo::Device> {
+    let env = crate::env::get();
+    let booted = || env.boot_info().devices.iter().copied().collect();
+    if env.generation() == env.boot_info().generation {
+        return booted();
+    }
+    match tandem_abi::bootinfo::BootInfo::decode(crate::pages::boot_info_block()) {
+        Ok(info) => info.devices.iter().copied().collect(),
+        Err(e) => {
+            crate::println!(
+                "tandem: the restored boot-info block is refused ({e}); keeping the boot's devices"
+            );
+            booted()
+        }
+    }
+}
+
 /// The static settings the boot-info block gives for `device`, if any.
 fn static_config(devices: &[tandem_abi::bootinfo::Device], device: &VirtioNet) -> Option<Config> {
     devices.iter().find_map(|d| match *d {
@@ -315,7 +404,10 @@ fn with_stack<R>(f: impl FnOnce(&mut Stack) -> R) -> Result<R> {
         };
     }
     match &mut *state {
-        State::Up(stack) => Ok(f(stack)),
+        State::Up(stack) => {
+            stack.renew_if_restored();
+            Ok(f(stack))
+        }
         State::Failed(e) => Err(*e),
         State::Down => Err(Error::NoDevice),
     }

@@ -16,6 +16,7 @@
 //! queue area named by its page frame), which QEMU's virtio-mmio
 //! transport defaults to (`force-legacy=true`).
 
+pub mod blk;
 mod dma;
 mod mmio;
 pub mod net;

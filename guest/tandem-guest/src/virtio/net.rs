@@ -108,6 +108,8 @@ pub struct VirtioNet {
     rx: RxSide,
     tx: TxSide,
     mac: [u8; 6],
+    /// Whether the MAC comes from the device's configuration space.
+    device_mac: bool,
     broken: Option<DeviceError>,
 }
 
@@ -170,6 +172,7 @@ impl VirtioNet {
                 error: None,
             },
             mac,
+            device_mac: accept & F_MAC != 0,
             broken: None,
         };
         net.flush();
@@ -182,6 +185,20 @@ impl VirtioNet {
         self.mac
     }
 
+    /// Reads the MAC address from the device again (a restored or cloned
+    /// VM's may have changed) and returns it. A multicast address read
+    /// back is not taken: the old one stays.
+    pub fn reread_mac(&mut self) -> [u8; 6] {
+        if self.device_mac && self.broken.is_none() {
+            let mut mac = [0u8; 6];
+            self.transport.config_bytes(0, &mut mac);
+            if mac[0] & 1 == 0 && mac != [0; 6] {
+                self.mac = mac;
+            }
+        }
+        self.mac
+    }
+
     /// The transport version (1 legacy, 2 modern).
     /// The register window's guest-physical address (which names the
     /// device in the boot-info block).
@@ -191,6 +208,14 @@ impl VirtioNet {
 
     pub fn transport_version(&self) -> u32 {
         self.transport.version()
+    }
+
+    /// Whether every transmit buffer is with the device (after taking back
+    /// those it is done with): nothing more can be sent until it returns
+    /// one, which a device with a rate limit does when its tokens are back.
+    pub fn tx_starved(&mut self) -> bool {
+        self.tx.reclaim();
+        self.broken.is_none() && self.tx.free.is_empty()
     }
 
     /// Why the device was given up, if it was.

@@ -15,6 +15,8 @@ use core::sync::atomic::{fence, Ordering};
 use super::dma::DmaRegion;
 use super::mmio::{DeviceError, LEGACY_PAGE};
 
+/// Descriptor flag: the chain goes on at `next`.
+const DESC_F_NEXT: u16 = 1;
 /// Descriptor flag: the device writes the buffer.
 pub(crate) const DESC_F_WRITE: u16 = 2;
 /// Available-ring flag: the driver wants no interrupt (it polls).
@@ -115,6 +117,40 @@ impl Virtqueue {
         self.avail_idx = self.avail_idx.wrapping_add(1);
         self.ring.write_u16(self.layout.avail + 2, self.avail_idx);
         self.in_flight[slot] = true;
+        self.in_flight_count += 1;
+        self.kick = true;
+    }
+
+    /// Makes the chain of `bufs` (`(addr, len, flags)` each) available,
+    /// in descriptors `head`, `head + 1`, ...: only `head` is then in
+    /// flight (and named by the used entry); the others belong to it.
+    /// Ignored if the descriptors do not fit or `head` is in flight.
+    pub(crate) fn push_chain(&mut self, head: u16, bufs: &[(u64, u32, u16)]) {
+        let first = usize::from(head);
+        let Some(end) = first.checked_add(bufs.len()) else {
+            return;
+        };
+        if bufs.is_empty() || end > self.in_flight.len() || self.in_flight[first] {
+            return;
+        }
+        for (i, &(addr, len, flags)) in bufs.iter().enumerate() {
+            let d = (first + i) * DESC_SIZE;
+            let last = i + 1 == bufs.len();
+            self.ring.write_u64(d, addr);
+            self.ring.write_u32(d + 8, len);
+            self.ring
+                .write_u16(d + 12, if last { flags } else { flags | DESC_F_NEXT });
+            // `end` is at most the queue size, a u16.
+            self.ring
+                .write_u16(d + 14, if last { 0 } else { (first + i + 1) as u16 });
+        }
+        let ring_slot = usize::from(self.avail_idx % self.layout.size);
+        self.ring
+            .write_u16(self.layout.avail + 4 + 2 * ring_slot, head);
+        fence(Ordering::SeqCst);
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        self.ring.write_u16(self.layout.avail + 2, self.avail_idx);
+        self.in_flight[first] = true;
         self.in_flight_count += 1;
         self.kick = true;
     }

@@ -53,10 +53,12 @@ fn exit_codes_help() -> String {
     text
 }
 
+// Parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Boot IMAGE and run it to the end; exits with the guest's exit code.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Resume the VM frozen in snapshot directory DIR (or N clones of it).
     Restore(RestoreArgs),
     /// Inspect or check a snapshot directory.
@@ -123,6 +125,23 @@ struct RestoreArgs {
     /// Print the run report as one JSON object on stderr.
     #[arg(long)]
     json: bool,
+    /// The tap to attach the snapshot's network device to, with the MAC
+    /// and IPv4 settings that replace the snapshot's (what is left out is
+    /// kept). With --clones: one per clone, or one with {i} or {i+K} (the
+    /// clone's index, plus K) in it, e.g. tap=tc{i},ip=10.0.0.{i+10}/24;
+    /// a clone without mac= gets one derived from its address.
+    #[arg(long, value_name = "tap=NAME[,mac=M][,ip=A/P][,gw=G][,dns=D]")]
+    net: Vec<String>,
+    /// A new file for each disk of the snapshot's VM, in order, made from
+    /// the snapshot's copy (a reflink where the file system offers one),
+    /// so that what this VM writes is its own. With --clones: put {i} (the
+    /// clone's index) in the path, e.g. path=clone{i}.img.
+    #[arg(long = "disk", value_name = "path=NEWFILE[,ro][,rate=..][,iops=..]")]
+    disks: Vec<tandem::devices::DiskSpec>,
+    /// Wait for gdb on localhost TCP port PORT (or unix:PATH) before the
+    /// restored guest runs on, and let it debug the guest (not with --clones).
+    #[arg(long, value_name = "PORT|unix:PATH")]
+    gdb: Option<GdbListen>,
 }
 
 #[derive(Subcommand)]
@@ -234,9 +253,19 @@ struct RunArgs {
     snapshot_at_ready: Option<PathBuf>,
     /// A virtio-net device on an existing tap (`ip tuntap add NAME mode
     /// tap`), with the guest's MAC and static IPv4 settings (without ip=
-    /// the guest asks DHCP).
-    #[arg(long, value_name = "tap=NAME[,mac=M][,ip=A/P][,gw=G][,dns=D]")]
+    /// the guest asks DHCP), and rate limits for each direction: rate=
+    /// bytes/s (10M = 10 MiB/s), pps= frames/s (10k = 10000), each with a
+    /// burst (rate_burst=, pps_burst=; default a tenth of a second's worth).
+    #[arg(
+        long,
+        value_name = "tap=NAME[,mac=M][,ip=A/P][,gw=G][,dns=D][,rate=B][,pps=N][,rate_burst=B][,pps_burst=N]"
+    )]
     net: Option<tandem::devices::NetSpec>,
+    /// A virtio-blk disk on a raw image file (repeatable: the guest sees
+    /// them in order); `ro` refuses the guest's writes. The file must exist,
+    /// be whole 512-byte sectors, and be used by no other VM (it is locked).
+    #[arg(long = "disk", value_name = "path=FILE[,ro]")]
+    disks: Vec<tandem::devices::DiskSpec>,
     /// Wait for gdb on localhost TCP port PORT (or a Unix socket,
     /// unix:PATH) before the guest's first instruction, and let it debug
     /// the guest (`target remote :PORT` in `gdb IMAGE`).
@@ -256,7 +285,7 @@ fn main() -> ExitCode {
     logger::init(logger::level(cli.quiet || json, cli.verbose));
     let quiet = cli.quiet;
     let result = match cli.command {
-        Command::Run(args) => run(args, quiet, start),
+        Command::Run(args) => run(*args, quiet, start),
         Command::Restore(args) => restore(args, quiet, start),
         Command::Snapshot(cmd) => snapshot_cmd(cmd),
         Command::Backup(cmd) => backup_cmd(cmd),
@@ -363,7 +392,7 @@ fn run(args: RunArgs, quiet: bool, start: u64) -> Result<u8> {
     tandem::devices::manifest::check(
         &image.name,
         image.devices,
-        tandem::devices::manifest::offered(args.net.is_some()),
+        tandem::devices::manifest::offered_with(args.net.is_some(), !args.disks.is_empty()),
     )?;
     let hv = Hypervisor::open()?;
     let config = VmConfig {
@@ -377,6 +406,7 @@ fn run(args: RunArgs, quiet: bool, start: u64) -> Result<u8> {
         // The app's standard input is tandem's.
         stdin: true,
         net: args.net,
+        disks: args.disks,
         ..VmConfig::default()
     };
     let mut config = config;
@@ -385,18 +415,7 @@ fn run(args: RunArgs, quiet: bool, start: u64) -> Result<u8> {
         .config(config)
         .started_at(start)
         .build()?;
-    let report = match &args.gdb {
-        Some(listen) => {
-            let conn = tandem::gdb::wait_for_gdb(listen)?;
-            give_up(&args.hardening)?;
-            tandem::seccomp::lock_down_as(tandem::seccomp::ThreadKind::DebuggedVcpu)?;
-            vm.run_with_gdb(conn)?
-        }
-        None => {
-            lock_down(&args.hardening)?;
-            vm.run()?
-        }
-    };
+    let report = run_vm(vm, args.gdb.as_ref(), &args.hardening)?;
 
     if let Some(path) = &args.trace {
         let json = serde_json::to_string_pretty(&report.trace.to_chrome_json())?;
@@ -421,6 +440,23 @@ fn run(args: RunArgs, quiet: bool, start: u64) -> Result<u8> {
         eprint!("{}", report.trace.table());
     }
     Ok(code)
+}
+
+/// Gives up what `h` says and runs `vm` to its end, under gdb if asked
+/// (waiting for it first: the listener binds and accepts before the filter).
+fn run_vm(vm: Vm, gdb: Option<&GdbListen>, h: &Hardening) -> Result<RunReport> {
+    Ok(match gdb {
+        Some(listen) => {
+            let conn = tandem::gdb::wait_for_gdb(listen)?;
+            give_up(h)?;
+            tandem::seccomp::lock_down_as(tandem::seccomp::ThreadKind::DebuggedVcpu)?;
+            vm.run_with_gdb(conn)?
+        }
+        None => {
+            lock_down(h)?;
+            vm.run()?
+        }
+    })
 }
 
 fn report_json(report: &RunReport) -> serde_json::Value {
@@ -474,6 +510,9 @@ fn load_snapshot(dir: &Path, verify: bool) -> Result<Snapshot> {
 
 fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
     args.hardening.check()?;
+    if args.gdb.is_some() && args.clones != 1 {
+        anyhow::bail!("--gdb debugs one VM: not with --clones");
+    }
     let hv = Hypervisor::open()?;
     let snap = load_snapshot(&args.dir, args.verify)?;
     let mut base = VmConfig {
@@ -483,10 +522,26 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
         ..VmConfig::default()
     };
     let clones = args.clones;
+    // Every clone's device, checked before any starts.
+    let nets = tandem::devices::clones::plan(&args.net, clones, snap.state.net.as_ref())
+        .with_context(|| format!("cannot restore {}", args.dir.display()))?;
     let persist_dir = args.persist.snapshot_dir.clone();
     let backup_dir = args.persist.backup_dir.clone();
     // A snapshot does not know its image's name: the core leaves it out.
     persist(&mut base, args.persist, String::new())?;
+    // Every clone's disks, checked before any starts.
+    let disks = (0..clones)
+        .map(|i| {
+            args.disks
+                .iter()
+                .map(|d| d.for_clone(i, clones))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("cannot restore {}", args.dir.display()))?;
+    if args.pool > 0 && (!args.net.is_empty() || !args.disks.is_empty()) {
+        anyhow::bail!("--pool keeps VMs without devices ready: not with --net or --disk");
+    }
     let pool = match args.pool {
         0 => None,
         n => Some(
@@ -495,14 +550,17 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
         ),
     };
     if clones == 1 {
+        base.net = nets.into_iter().next().flatten();
+        base.disks = disks.into_iter().next().unwrap_or_default();
+        // One restored VM reads tandem's standard input, as `tandem run` does.
+        base.stdin = true;
         let vm = match &pool {
-            Some(pool) => pool.take(None)?,
+            Some(pool) => pool.take(Some(base))?,
             None => Vm::restore_at(&hv, &snap, base, start)
                 .with_context(|| format!("cannot restore {}", args.dir.display()))?,
         };
         let generation = vm.generation();
-        lock_down(&args.hardening)?;
-        let report = vm.run()?;
+        let report = run_vm(vm, args.gdb.as_ref(), &args.hardening)?;
         return Ok(finish_restore(&report, generation, args.json, quiet, None));
     }
     // Clones run side by side, one thread each; their console lines are
@@ -512,10 +570,12 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
     std::thread::scope(|scope| -> Result<u8> {
         let mut handles = Vec::new();
         let mut buffers = Vec::new();
-        for i in 0..clones {
+        for ((i, net), disks) in (0..clones).zip(nets).zip(disks) {
             let buf = Arc::new(Mutex::new(Vec::new()));
             buffers.push(buf.clone());
             let mut config = base.clone();
+            config.net = net;
+            config.disks = disks;
             config.console = ConsoleSink::Capture(buf);
             config.snapshot_dir = persist_dir.as_ref().map(|d| d.join(format!("clone-{i}")));
             config.core = config.core.map(|c| CoreFile {
@@ -658,6 +718,20 @@ fn snapshot_cmd(cmd: SnapshotCommand) -> Result<u8> {
             println!("msrs:        {}", st.vcpu.msrs.len());
             println!("xsave bytes: {}", st.vcpu.xsave.len());
             println!("console:     {} bytes written", st.console.written);
+            match &st.net {
+                None => println!("network:     none"),
+                Some(n) => {
+                    let mac: Vec<String> = n.mac.iter().map(|b| format!("{b:02x}")).collect();
+                    let ip = n.ipv4.map_or("DHCP".to_string(), |ip| {
+                        let a = std::net::Ipv4Addr::from(ip.address);
+                        format!("{a}/{}", ip.prefix_len)
+                    });
+                    println!(
+                        "network:     virtio-net, MAC {}, {ip} (restore with --net tap=NAME)",
+                        mac.join(":")
+                    );
+                }
+            }
         }
         SnapshotCommand::Core { dir, file } => {
             let snap = load_snapshot(&dir, false)?;

@@ -1,6 +1,9 @@
 //! The rules a fleet must follow, checked on the decoded file. Each broken
 //! rule is reported at the value that breaks it and checking goes on, so
-//! that one run names every problem.
+//! that one run names every problem. The fleet network's rules are in
+//! `check/net.rs`.
+
+mod net;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::{Range, RangeInclusive};
@@ -17,8 +20,10 @@ use super::{
     MAX_NAME, MAX_WARM,
 };
 use crate::devices::manifest;
+use crate::devices::spec::{LimitItems, NetSpec};
 use crate::image::{Image, ImageError};
 use crate::snapshot::Snapshot;
+use tandem_abi::note::DeviceKind;
 
 /// Checks a decoded file and builds its fleet; `None` when any problem was
 /// found (here or while decoding).
@@ -30,6 +35,11 @@ pub(super) fn fleet(
 ) -> Option<FleetSpec> {
     let file = &decoded.file;
     let limits = limits(file.fleet.as_ref(), overrides, p);
+    let net = file
+        .fleet
+        .as_ref()
+        .and_then(|f| f.network.as_ref())
+        .and_then(|n| net::network(n, p));
     let defaults = file.defaults.clone().unwrap_or_default();
     refuse_per_vm_keys(&defaults, p);
     let raw_vms = file.vm.as_ref().map_or(&[][..], |l| &l.0[..]);
@@ -47,9 +57,24 @@ pub(super) fn fleet(
         .map(|(i, raw)| entry(i, raw, &defaults, decoded, &paths, &limits, p))
         .collect();
     duplicates(&entries, p);
-    let images = images(&entries, p);
+    let images = images(&entries, net.is_some(), p);
     let groups = groups(&entries);
     let afters = dependencies(&entries, &groups, p);
+    let nets = match &net {
+        Some(n) => net::vm_networks(&entries, &images, n, p),
+        None => {
+            for e in &entries {
+                if let Some((_, at)) = &e.net_items {
+                    p.at(
+                        at,
+                        format!("{}: `net` limits need a fleet network ([fleet] network = {{ bridge = ..., subnet = ... }})", e.label),
+                    );
+                }
+            }
+            Vec::new()
+        }
+    };
+    let cmdlines = net::references(&entries, &nets, p);
     for cycle in cycles(&entries) {
         p.at(
             &cycle.at,
@@ -61,8 +86,9 @@ pub(super) fn fleet(
         return None;
     }
     Some(FleetSpec {
-        vms: expand(&entries, &afters, &images),
+        vms: expand(&entries, &afters, &images, &nets, &cmdlines),
         limits,
+        network: net.map(|n| n.net),
     })
 }
 
@@ -76,6 +102,10 @@ struct Entry {
     image: Option<Spanned<PathBuf>>,
     mem_size: u64,
     cmdline: String,
+    /// Where the command line's string is.
+    cmdline_at: Option<Range<usize>>,
+    /// Its own network limits (`net = { ... }`), and where they are.
+    net_items: Option<(LimitItems, Range<usize>)>,
     priority: i64,
     after: Vec<Spanned<String>>,
     snapshot: Option<PathBuf>,
@@ -263,6 +293,18 @@ fn entry(
         image,
         mem_size: memory(&vm, &header, &what, limits, p),
         cmdline: cmdline(&vm, &what, p),
+        cmdline_at: vm.cmdline.as_ref().map(Spanned::span),
+        net_items: vm.net.as_ref().and_then(|n| {
+            let t = n.get_ref();
+            let values = [
+                ("rate", &t.rate),
+                ("rate_burst", &t.rate_burst),
+                ("pps", &t.pps),
+                ("pps_burst", &t.pps_burst),
+            ];
+            let items = net::limit_items(values, &format!("{what}: `net`"), p)?;
+            Some((items, n.span()))
+        }),
         priority: int(
             vm.priority.as_ref(),
             -1_000_000..=1_000_000,
@@ -395,7 +437,7 @@ fn duplicates(entries: &[Entry], p: &mut Problems) {
 
 /// Each distinct image file checked once, shared by the VMs that boot it;
 /// a bad one is reported once, at its first use, naming every user.
-fn images(entries: &[Entry], p: &mut Problems) -> BTreeMap<PathBuf, Arc<Image>> {
+fn images(entries: &[Entry], network: bool, p: &mut Problems) -> BTreeMap<PathBuf, Arc<Image>> {
     let mut checked: BTreeMap<PathBuf, Option<Arc<Image>>> = BTreeMap::new();
     for e in entries {
         let Some(image) = &e.image else { continue };
@@ -419,19 +461,25 @@ fn images(entries: &[Entry], p: &mut Problems) -> BTreeMap<PathBuf, Arc<Image>> 
             }
         };
         let loaded = match Image::from_file(file) {
-            // A fleet's VMs have no devices (yet): an image that declares
-            // one cannot run here.
-            Ok(i) => match manifest::check(&i.name, i.devices, manifest::offered(false)) {
-                Ok(()) => Some(Arc::new(i)),
-                Err(m) => {
-                    let what = what();
-                    p.at(
-                        &image.span(),
-                        format!("{what}: {m} (a fleet's VMs have no devices yet)"),
-                    );
-                    None
+            // With a fleet network, a VM whose image declares a network
+            // device gets one; without, it cannot run here. No other
+            // device is offered.
+            Ok(i) => {
+                let net = network && i.devices.contains(DeviceKind::Net);
+                match manifest::check(&i.name, i.devices, manifest::offered(net)) {
+                    Ok(()) => Some(Arc::new(i)),
+                    Err(m) => {
+                        let what = what();
+                        let hint = if i.devices.contains(DeviceKind::Net) && !network {
+                            " (give the fleet a network: [fleet] network = { bridge = \"tandem0\", subnet = \"10.77.0.0/24\" })"
+                        } else {
+                            " (a fleet offers VMs no device but the network)"
+                        };
+                        p.at(&image.span(), format!("{what}: {m}{hint}"));
+                        None
+                    }
                 }
-            },
+            }
             Err(err) => {
                 let why = match err {
                     // It names the file already.
@@ -573,9 +621,14 @@ fn expand(
     entries: &[Entry],
     afters: &[Vec<usize>],
     images: &BTreeMap<PathBuf, Arc<Image>>,
+    nets: &[Option<NetSpec>],
+    cmdlines: &[String],
 ) -> Vec<VmSpec> {
     let mut vms = Vec::with_capacity(entries.iter().map(|e| e.count).sum());
-    for (e, after) in entries.iter().zip(afters) {
+    let mut index = 0usize;
+    for ((e, after), cmdline) in entries.iter().zip(afters).zip(cmdlines) {
+        let first = index;
+        index += e.count;
         let (Some(group), Some(path)) = (e.name(), &e.image) else {
             continue;
         };
@@ -594,7 +647,8 @@ fn expand(
                 image_path: path.get_ref().clone(),
                 image: image.clone(),
                 mem_size: e.mem_size,
-                cmdline: e.cmdline.clone(),
+                cmdline: cmdline.clone(),
+                net: nets.get(first + r).cloned().flatten(),
                 priority: e.priority,
                 after: after.clone(),
                 snapshot: e.snapshot.clone(),

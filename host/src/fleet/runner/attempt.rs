@@ -33,6 +33,8 @@ pub(super) enum Msg {
         /// When its thread started, since the fleet started.
         started: Duration,
         console_tail: String,
+        /// Everything it printed (for `RunOptions::console_dir`).
+        console: Vec<u8>,
         /// It started from a snapshot.
         restored: bool,
     },
@@ -92,12 +94,17 @@ impl Launch<'_> {
             console,
             vm_id,
         );
-        let console_tail = capture.lock().map(|c| tail(&c)).unwrap_or_default();
+        let console = capture
+            .lock()
+            .map(|mut c| std::mem::take(&mut *c))
+            .unwrap_or_default();
+        let console_tail = tail(&console);
         let _ = self.tx.send(Msg::Ended {
             vm: self.vm,
             result: Box::new(result),
             started,
             console_tail,
+            console,
             restored,
         });
     }
@@ -124,6 +131,7 @@ fn boot(
             StartSource::Cold => spec.checkpoint.clone(),
             _ => None,
         },
+        net: spec.net.clone(),
         ..VmConfig::default()
     };
     match source {
