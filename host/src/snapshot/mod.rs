@@ -358,8 +358,8 @@ fn remove_stale(dir: &Path, keep: &str, disks: &[crate::devices::blk::BlkState])
         let Some(name) = name.to_str() else { continue };
         // A working set lists the pages of the memory file it was recorded
         // against; the new snapshot's guest may use others.
-        let stale_memory = (format::valid_memory_name(name) && name != keep)
-            || name == WORKING_SET_FILE;
+        let stale_memory =
+            (format::valid_memory_name(name) && name != keep) || name == WORKING_SET_FILE;
         let stale_disk = crate::devices::blk::state::valid_disk_name(name)
             && !disks.iter().any(|d| d.file == name);
         let stale_memory = stale_memory || stale_disk;
