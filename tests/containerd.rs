@@ -18,6 +18,11 @@ use tandem_tests::{image_path, require_kvm, tandem_bin};
 mod cri;
 
 const RUNTIME: &str = "io.containerd.tandem.v1";
+/// Where Debian's containernetworking-plugins puts the plugins.
+const CNI_PLUGIN_DIR: &str = "/usr/lib/cni";
+/// The plugins the pod-network test's CNI config uses (containerd adds the
+/// loopback network of every pod itself).
+const CNI_PLUGINS: [&str; 3] = ["bridge", "host-local", "loopback"];
 /// Longest any one `ctr` command may take.
 const CTR_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -131,6 +136,17 @@ impl Containerd {
     /// node's network), and `docker.io/tandem/pause:latest` as the sandbox
     /// image (imported, never pulled).
     fn start_with(name: &str, cri: bool) -> Containerd {
+        Containerd::start_full(name, cri, None)
+    }
+
+    /// CRI as [`Containerd::start_with`], and CNI for pod networks:
+    /// `conflist` in the CNI config folder, Debian's plugins (bridge,
+    /// host-local, loopback) in the CNI bin folder.
+    fn start_with_cni(name: &str, conflist: &str) -> Containerd {
+        Containerd::start_full(name, true, Some(conflist))
+    }
+
+    fn start_full(name: &str, cri: bool, cni: Option<&str>) -> Containerd {
         require_kvm();
         require_root();
         tandem_tests::require_tool("containerd", "containerd");
@@ -141,6 +157,24 @@ impl Containerd {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         let d = dir.display();
+        if let Some(conflist) = cni {
+            let (bin, conf) = (dir.join("cni/bin"), dir.join("cni/conf"));
+            fs::create_dir_all(&bin).unwrap();
+            fs::create_dir_all(&conf).unwrap();
+            for plugin in CNI_PLUGINS {
+                let path = Path::new(CNI_PLUGIN_DIR).join(plugin);
+                assert!(
+                    path.is_file(),
+                    "the CNI plugin {} is missing: these tests need Debian's \
+                     containernetworking-plugins (`cargo xtask test` installs it, \
+                     or `apt-get install containernetworking-plugins`)",
+                    path.display()
+                );
+                std::os::unix::fs::symlink(&path, bin.join(plugin)).unwrap();
+            }
+            let conflist = conflist.replace("{dir}", &d.to_string());
+            fs::write(conf.join("10-tandem-test.conflist"), conflist).unwrap();
+        }
         let plugins = if cri {
             let p = "[plugins.\"io.containerd.grpc.v1.cri\"";
             format!(
@@ -952,4 +986,556 @@ async fn cri_pod(sock: PathBuf, logs: PathBuf) -> Result<(), String> {
         .await
         .map_err(|e| format!("RemovePodSandbox: {e}"))?;
     Ok(())
+}
+
+/// A bridge of the test's own holding the pod network's gateway address
+/// (so the test reaches pods from the node without changing the node's
+/// forwarding), and the CNI config putting pods on it. Dropping it (also
+/// after a failure) removes the bridge and any network namespace CNI left
+/// with an address on its subnet.
+struct PodBridge {
+    name: String,
+    /// The third octet of the pods' 10.214.N.0/24.
+    net: u8,
+}
+
+/// The node's named network namespaces (`/var/run/netns`), where CRI pins a
+/// pod's.
+const NETNS_DIR: &str = "/var/run/netns";
+
+fn ip_cmd(args: &[&str]) -> std::process::Output {
+    Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `ip` (Debian's iproute2 is needed): {e}"))
+}
+
+fn ip_ok(args: &[&str]) -> String {
+    let out = ip_cmd(args);
+    assert!(
+        out.status.success(),
+        "`ip {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl PodBridge {
+    fn new() -> PodBridge {
+        require_root();
+        tandem_tests::require_tool("ip", "iproute2");
+        tandem_tests::require_tool("tc", "iproute2");
+        let pid = std::process::id();
+        let bridge = PodBridge {
+            name: format!("tdmpod{}", pid % 100_000),
+            net: u8::try_from(pid % 200 + 20).unwrap(),
+        };
+        let _ = ip_cmd(&["link", "del", &bridge.name]);
+        ip_ok(&["link", "add", &bridge.name, "type", "bridge"]);
+        ip_ok(&["addr", "add", &bridge.gateway_cidr(), "dev", &bridge.name]);
+        ip_ok(&["link", "set", &bridge.name, "up"]);
+        bridge
+    }
+
+    fn gateway(&self) -> String {
+        format!("10.214.{}.1", self.net)
+    }
+
+    fn gateway_cidr(&self) -> String {
+        format!("{}/24", self.gateway())
+    }
+
+    /// The CNI config: Debian's bridge plugin on our bridge (no gateway
+    /// or masquerading of its own), host-local addresses with a default
+    /// route via the bridge; `{dir}` is the test's folder.
+    fn conflist(&self) -> String {
+        let n = self.net;
+        format!(
+            r#"{{"cniVersion":"0.4.0","name":"tandem-test","plugins":[{{"type":"bridge","bridge":"{}","isGateway":false,"ipMasq":false,"ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.214.{n}.0/24","gateway":"10.214.{n}.1"}}]],"routes":[{{"dst":"0.0.0.0/0"}}],"dataDir":"{{dir}}/cni/ipam"}}}}]}}"#,
+            self.name
+        )
+    }
+
+    /// CRI's network namespaces with an address on our subnet.
+    fn namespaces(&self) -> Vec<String> {
+        let prefix = format!("10.214.{}.", self.net);
+        let Ok(dir) = fs::read_dir(NETNS_DIR) else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|name| name.starts_with("cni-"))
+            .filter(|name| {
+                let out = ip_cmd(&["-n", name, "-4", "-o", "addr", "show"]);
+                String::from_utf8_lossy(&out.stdout).contains(&prefix)
+            })
+            .collect()
+    }
+}
+
+impl Drop for PodBridge {
+    fn drop(&mut self) {
+        for ns in self.namespaces() {
+            let _ = ip_cmd(&["netns", "del", &ns]);
+        }
+        let _ = ip_cmd(&["link", "del", &self.name]);
+    }
+}
+
+/// `GET /` on `addr`: status line and body, or why not.
+fn http_get(addr: &str) -> Result<(String, String), String> {
+    use std::io::{Read, Write};
+    let sock: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(5))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("send: {e}"))?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)
+        .map_err(|e| format!("read: {e}"))?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.lines().next().unwrap_or_default().to_string();
+    Ok((status, body.to_string()))
+}
+
+/// What kubelet does for a pod on the pod network with `runtimeClassName:
+/// tandem`: CRI makes the pod's network namespace and runs the CNI bridge
+/// plugin (Debian's containernetworking-plugins, host-local addresses) for
+/// the placeholder; the shim puts `httpd`'s VM on that network, so a GET
+/// on the pod IP from the node answers with httpd's page. A second VM in
+/// the same pod is refused the network while the first has it; once the
+/// first is stopped its tap and tc filters are gone from the pod's
+/// namespace, and the pod is stopped and removed with nothing left.
+#[test]
+fn cri_pod_on_the_pod_network_answers_on_its_pod_ip() {
+    // Dropped last: the bridge and any namespace left go after containerd.
+    let bridge = PodBridge::new();
+    let mut c = Containerd::start_with_cni("podnet", &bridge.conflist());
+    for name in ["pause", "httpd"] {
+        let tar = oci_image(name);
+        c.ok(&["-n", "k8s.io", "images", "import", tar.to_str().unwrap()]);
+    }
+    let logs = c.dir.join("pod-logs");
+    fs::create_dir_all(&logs).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sock = c.dir.join("c.sock");
+    let gateway = bridge.gateway();
+    let result = rt.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(180),
+            cri_network_pod(sock, logs.clone(), &gateway),
+        )
+        .await
+    });
+    let shim_log = || {
+        let mut all = c.log();
+        for log in ["httpd.log", "httpd-2.log"] {
+            all.push_str(&format!(
+                "\n--- {log}\n{}",
+                fs::read_to_string(logs.join(log)).unwrap_or_default()
+            ));
+        }
+        all
+    };
+    match result {
+        Err(_) => panic!(
+            "the networked CRI pod did not finish within 180 s:\n{}",
+            shim_log()
+        ),
+        Ok(Err(e)) => panic!("{e}\n--- containerd log\n{}", shim_log()),
+        Ok(Ok(())) => {}
+    }
+    // The shim's account of the wiring (and its time), shown.
+    for line in c.log().lines().filter(|l| l.contains("joined to")) {
+        eprintln!("{line}");
+    }
+    assert_eq!(
+        c.ok(&["-n", "k8s.io", "tasks", "ls", "-q"]).stdout.trim(),
+        "",
+        "no task is left"
+    );
+    assert_eq!(
+        bridge.namespaces(),
+        Vec::<String>::new(),
+        "RemovePodSandbox removed the pod's network namespace"
+    );
+}
+
+/// The network namespace CRI made for `pod`, from its verbose status.
+fn pod_netns_name(info: &std::collections::HashMap<String, String>) -> Result<String, String> {
+    let raw = info
+        .get("info")
+        .ok_or("PodSandboxStatus: no verbose info")?;
+    let v: serde_json::Value =
+        serde_json::from_str(raw).map_err(|e| format!("PodSandboxStatus info: {e}"))?;
+    let path = v["runtimeSpec"]["linux"]["namespaces"]
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["type"] == "network"))
+        .and_then(|n| n["path"].as_str())
+        .ok_or_else(|| format!("no network namespace in the sandbox's spec: {raw}"))?;
+    path.strip_prefix(&format!("{NETNS_DIR}/"))
+        .map(String::from)
+        .ok_or_else(|| format!("the pod's network namespace {path} is not in {NETNS_DIR}"))
+}
+
+/// Runs the networked pod; always stops and removes it, returning the
+/// first failure.
+async fn cri_network_pod(sock: PathBuf, logs: PathBuf, gateway: &str) -> Result<(), String> {
+    use cri::v1::*;
+    let mut client = cri::connect(sock).await?;
+    let pod_config = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "tandem-web".into(),
+            uid: "uid-tandem-web".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        log_directory: logs.to_string_lossy().into_owned(),
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Pod as i32,
+                    pid: NamespaceMode::Pod as i32,
+                    ipc: NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let pod = client
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod_config.clone()),
+            runtime_handler: "tandem".into(),
+        })
+        .await
+        .map_err(|e| format!("RunPodSandbox: {e}"))?
+        .into_inner()
+        .pod_sandbox_id;
+    let result = network_pod_checks(&mut client, &pod, &pod_config, &logs, gateway).await;
+    let stopped = client
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .map_err(|e| format!("StopPodSandbox: {e}"));
+    let removed = client
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .map_err(|e| format!("RemovePodSandbox: {e}"));
+    result?;
+    stopped?;
+    removed?;
+    Ok(())
+}
+
+type CriClient = cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>;
+
+async fn create_httpd(
+    client: &mut CriClient,
+    pod: &str,
+    pod_config: &cri::v1::PodSandboxConfig,
+    name: &str,
+) -> Result<String, String> {
+    use cri::v1::*;
+    Ok(client
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(ContainerConfig {
+                metadata: Some(ContainerMetadata {
+                    name: name.into(),
+                    attempt: 0,
+                }),
+                image: Some(ImageSpec {
+                    image: "docker.io/tandem/httpd:latest".into(),
+                    ..Default::default()
+                }),
+                log_path: format!("{name}.log"),
+                ..Default::default()
+            }),
+            sandbox_config: Some(pod_config.clone()),
+        })
+        .await
+        .map_err(|e| format!("CreateContainer {name}: {e}"))?
+        .into_inner()
+        .container_id)
+}
+
+async fn start_container(client: &mut CriClient, id: &str) -> Result<(), String> {
+    client
+        .start_container(cri::v1::StartContainerRequest {
+            container_id: id.into(),
+        })
+        .await
+        .map(drop)
+        .map_err(|e| e.message().to_string())
+}
+
+/// GETs `/` on `addr` until httpd's page comes (the VM may still boot).
+fn wait_for_page(addr: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match http_get(addr) {
+            Ok((status, body)) if status.starts_with("HTTP/1.1 200") => {
+                if body.contains("<h1>Hello from Tandem!</h1>") {
+                    return Ok(());
+                }
+                return Err(format!("GET http://{addr}/: {status}, body {body:?}"));
+            }
+            other if Instant::now() > deadline => {
+                return Err(format!("GET http://{addr}/ within 60 s: {other:?}"));
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// [`wait_for_page`] off the async runtime's thread.
+async fn page_at(addr: &str) -> Result<(), String> {
+    let addr = addr.to_string();
+    tokio::task::spawn_blocking(move || wait_for_page(&addr))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+async fn network_pod_checks(
+    client: &mut CriClient,
+    pod: &str,
+    pod_config: &cri::v1::PodSandboxConfig,
+    logs: &Path,
+    gateway: &str,
+) -> Result<(), String> {
+    use cri::v1::*;
+    let status = client
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: pod.into(),
+            verbose: true,
+        })
+        .await
+        .map_err(|e| format!("PodSandboxStatus: {e}"))?
+        .into_inner();
+    let pod_ip = status
+        .status
+        .as_ref()
+        .and_then(|s| s.network.as_ref())
+        .map(|n| n.ip.clone())
+        .filter(|ip| !ip.is_empty())
+        .ok_or("PodSandboxStatus has no pod IP: did CNI run?")?;
+    let netns = pod_netns_name(&status.info)?;
+    let prefix = gateway.rsplit_once('.').map_or("", |(p, _)| p);
+    if !pod_ip.starts_with(prefix) {
+        return Err(format!(
+            "pod IP {pod_ip} is not on the bridge's {gateway}/24"
+        ));
+    }
+
+    let httpd = create_httpd(client, pod, pod_config, "httpd").await?;
+    let began = Instant::now();
+    start_container(client, &httpd)
+        .await
+        .map_err(|e| format!("StartContainer httpd: {e}"))?;
+    let addr = format!("{pod_ip}:80");
+    page_at(&addr).await?;
+    // Shown, never asserted on.
+    eprintln!(
+        "StartContainer to httpd's page on the pod IP: {:?}",
+        began.elapsed()
+    );
+    // The VM itself has the pod's address and gateway (CRI log format:
+    // "TIME stdout F LINE").
+    let log = fs::read_to_string(logs.join("httpd.log")).unwrap_or_default();
+    let line = format!("stdout F httpd: {pod_ip}/24 via Some({gateway})");
+    if !log.contains(&line) {
+        return Err(format!("httpd's log has no {line:?}:\n{log}"));
+    }
+
+    // Inside the pod's namespace: our tap, redirected to and from eth0.
+    let links = ip_ok(&["-n", &netns, "-o", "link", "show"]);
+    if !links.contains("tandem0") {
+        return Err(format!("no tap tandem0 in {netns}:\n{links}"));
+    }
+    let filters = Command::new("ip")
+        .args([
+            "netns", "exec", &netns, "tc", "filter", "show", "dev", "eth0", "ingress",
+        ])
+        .output()
+        .map_err(|e| format!("tc: {e}"))?;
+    let filters = String::from_utf8_lossy(&filters.stdout).into_owned();
+    if !filters.contains("mirred") || !filters.contains("tandem0") {
+        return Err(format!(
+            "eth0's ingress does not redirect to tandem0:\n{filters}"
+        ));
+    }
+
+    // The pod's network goes to one VM at a time.
+    let second = create_httpd(client, pod, pod_config, "httpd-2").await?;
+    match start_container(client, &second).await {
+        Ok(()) => return Err("a second VM got the pod's network".into()),
+        Err(e) if e.contains("a pod's network goes to one Tandem VM at a time") => {}
+        Err(e) => return Err(format!("StartContainer httpd-2: unexpected error {e}")),
+    }
+
+    // Stopping httpd undoes the wiring; the page is gone.
+    client
+        .stop_container(StopContainerRequest {
+            container_id: httpd.clone(),
+            timeout: 10,
+        })
+        .await
+        .map_err(|e| format!("StopContainer httpd: {e}"))?;
+    let links = ip_ok(&["-n", &netns, "-o", "link", "show"]);
+    if links.contains("tandem0") {
+        return Err(format!(
+            "tap tandem0 left in {netns} after httpd stopped:\n{links}"
+        ));
+    }
+    let qdiscs = Command::new("ip")
+        .args([
+            "netns", "exec", &netns, "tc", "qdisc", "show", "dev", "eth0",
+        ])
+        .output()
+        .map_err(|e| format!("tc: {e}"))?;
+    let qdiscs = String::from_utf8_lossy(&qdiscs.stdout).into_owned();
+    if qdiscs.contains("ingress") {
+        return Err(format!(
+            "eth0's ingress qdisc left after httpd stopped:\n{qdiscs}"
+        ));
+    }
+    let addr_owned = addr.clone();
+    if let Ok((status, _)) = tokio::task::spawn_blocking(move || http_get(&addr_owned))
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        return Err(format!(
+            "{addr} still answers ({status}) after httpd stopped"
+        ));
+    }
+    Ok(())
+}
+
+/// A network namespace an operator wired by hand: `eth0` in it, the other
+/// end of a veth pair on the node with the gateway address. Deleted on
+/// drop (the veth pair goes with it).
+struct HandNetns {
+    name: String,
+    /// The third octet of its 10.215.N.0/24.
+    net: u8,
+}
+
+impl HandNetns {
+    fn new() -> HandNetns {
+        require_root();
+        tandem_tests::require_tool("ip", "iproute2");
+        let pid = std::process::id();
+        let ns = HandNetns {
+            name: format!("tdm-ctr-{pid}"),
+            net: u8::try_from(pid % 200 + 20).unwrap(),
+        };
+        let host = format!("tdmv{}", pid % 100_000);
+        let _ = ip_cmd(&["netns", "del", &ns.name]);
+        let _ = ip_cmd(&["link", "del", &host]);
+        ip_ok(&["netns", "add", &ns.name]);
+        let n = ns.name.as_str();
+        ip_ok(&[
+            "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", n,
+        ]);
+        ip_ok(&[
+            "addr",
+            "add",
+            &format!("10.215.{}.1/24", ns.net),
+            "dev",
+            &host,
+        ]);
+        ip_ok(&["link", "set", &host, "up"]);
+        ip_ok(&[
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("{}/24", ns.address()),
+            "dev",
+            "eth0",
+        ]);
+        ip_ok(&["-n", n, "link", "set", "eth0", "up"]);
+        ip_ok(&[
+            "-n",
+            n,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.215.{}.1", ns.net),
+        ]);
+        ns
+    }
+
+    fn address(&self) -> String {
+        format!("10.215.{}.2", self.net)
+    }
+
+    fn path(&self) -> String {
+        format!("{NETNS_DIR}/{}", self.name)
+    }
+}
+
+impl Drop for HandNetns {
+    fn drop(&mut self) {
+        let _ = ip_cmd(&["netns", "del", &self.name]);
+    }
+}
+
+/// Without Kubernetes: `ctr run --with-ns network:PATH` puts httpd's VM on
+/// a network namespace wired by hand, at that namespace's address; killing
+/// the task removes the tap; an image with a network device and no
+/// namespace to put it in is refused at create, naming the fix.
+#[test]
+fn ctr_run_with_a_network_namespace_serves_httpd_at_its_address() {
+    let ns = HandNetns::new();
+    let mut c = Containerd::start("netns");
+    let httpd = c.import("httpd");
+    let with_ns = format!("network:{}", ns.path());
+    c.ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--with-ns",
+        &with_ns,
+        &httpd,
+        "web-1",
+    ]);
+    let page = wait_for_page(&format!("{}:80", ns.address()));
+    let links = ip_ok(&["-n", &ns.name, "-o", "link", "show"]);
+    c.ok(&["task", "kill", "web-1"]);
+    eventually(Duration::from_secs(20), "web-1 stopped", || {
+        c.task_status("web-1").as_deref() == Some("STOPPED")
+    });
+    let after = ip_ok(&["-n", &ns.name, "-o", "link", "show"]);
+    c.ok(&["task", "rm", "web-1"]);
+    c.ok(&["containers", "rm", "web-1"]);
+    page.unwrap_or_else(|e| panic!("{e}\n--- containerd log\n{}", c.log()));
+    assert!(
+        links.contains("tandem0"),
+        "no tap while httpd ran:\n{links}"
+    );
+    assert!(
+        !after.contains("tandem0"),
+        "the tap outlived the VM:\n{after}"
+    );
+
+    let out = c.ctr(&["run", "--rm", "--runtime", RUNTIME, &httpd, "web-2"]);
+    assert_ne!(out.code, Some(0), "{out}");
+    assert!(
+        out.stderr.contains("/httpd declares a network device")
+            && out.stderr.contains("--with-ns network:PATH"),
+        "{out}"
+    );
 }

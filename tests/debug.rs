@@ -165,32 +165,39 @@ fn a_snapshot_becomes_a_core_file() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// A `tandem run APP --gdb unix:SOCKET` in the background, and its socket.
+/// A `tandem run APP --gdb unix:SOCKET` (or `tandem restore`) in the
+/// background, and its socket.
 struct Debuggee {
     child: std::process::Child,
     socket: PathBuf,
 }
 
+/// How long a test waits for tandem to listen (a loaded machine is slow).
+const LISTEN_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 impl Debuggee {
     fn start(dir: &Path, app: &str, cmdline: &str) -> Self {
+        let timeout = if app == "spin" { "3s" } else { "60s" };
+        let image = image_path(app);
+        Self::spawn(
+            dir,
+            &["run", s(&image), "--timeout", timeout, "--cmdline", cmdline],
+        )
+    }
+
+    /// `tandem ARGS --gdb unix:DIR/gdb.sock`, once it listens.
+    fn spawn(dir: &Path, args: &[&str]) -> Self {
         tandem_tests::require_kvm();
         let socket = dir.join("gdb.sock");
         let child = Command::new(tandem_tests::tandem_bin())
-            .args([
-                "run",
-                s(&image_path(app)),
-                "--timeout",
-                if app == "spin" { "3s" } else { "60s" },
-                "--cmdline",
-                cmdline,
-            ])
+            .args(args)
             .arg("--gdb")
             .arg(format!("unix:{}", s(&socket)))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("cannot start tandem");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let deadline = std::time::Instant::now() + LISTEN_WAIT;
         while !socket.exists() {
             assert!(
                 std::time::Instant::now() < deadline,
@@ -379,4 +386,269 @@ fn hostile_remote_protocol_input_ends_the_session_not_the_vmm() {
     assert_eq!(code, Some(124), "{stderr}");
     assert!(stderr.contains("gdb"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn gdb_debugs_a_restored_guest() {
+    let dir = scratch("gdb-restore");
+    let snap = dir.join("snap");
+    // 1 + 4 + 9 = 14, snapshotted at ready(), before the sum.
+    let r = run_app(
+        "debugme",
+        &["--cmdline", "3 ready", "--snapshot-at-ready", s(&snap)],
+    );
+    assert_eq!(r.code, Some(14), "{}{}", r.stdout, r.stderr);
+    let guest = Debuggee::spawn(&dir, &["restore", s(&snap), "--timeout", "60s"]);
+    let out = gdb_remote(
+        &image_path("debugme"),
+        &guest.socket,
+        &[
+            "p/x $pc",
+            "break debugme_square",
+            "continue",
+            "bt",
+            "p $rdi",
+            "p (unsigned long) DEBUGME_TOTAL",
+            "delete",
+            "continue",
+        ],
+    );
+    let (code, stdout, stderr) = guest.finish();
+    // Stopped where the snapshot froze it (the snapshot's rip), in the app.
+    let info = tandem(&["snapshot", "info", s(&snap)]);
+    assert_eq!(
+        hex_after(&out, "$1 = "),
+        hex_after(&info.stdout, "rip:         "),
+        "{out}"
+    );
+    assert!(out.contains("Breakpoint 1, 0x"), "{out}");
+    let bt: Vec<&str> = out.lines().filter(|l| l.starts_with('#')).collect();
+    assert!(
+        bt.first().is_some_and(|l| l.contains("debugme_square")),
+        "{out}"
+    );
+    assert!(bt.iter().any(|l| l.contains("__tandem_app_main")), "{out}");
+    // The first square after the snapshot, nothing summed yet.
+    assert!(out.contains("$2 = 1\n"), "{out}");
+    assert!(out.contains("$3 = 0\n"), "{out}");
+    assert!(out.contains("exited with code 016"), "{out}");
+    assert_eq!(code, Some(14), "{stdout}{stderr}");
+    assert!(stderr.contains("restored"), "{stderr}");
+    // One VM per debugger.
+    let clones = tandem(&["restore", s(&snap), "--clones", "2", "--gdb", "1"]);
+    assert_eq!(clones.code, Some(125), "{}", clones.stderr);
+    assert!(clones.stderr.contains("--clones"), "{}", clones.stderr);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn gdb_reads_and_writes_sse_registers() {
+    let dir = scratch("gdb-sse");
+    let guest = Debuggee::start(&dir, "debugme", "sse");
+    let out = gdb_remote(
+        &image_path("debugme"),
+        &guest.socket,
+        &[
+            "break debugme_sse_loaded",
+            "continue",
+            "p/x $xmm0.v2_int64",
+            "p/x $mxcsr",
+            "set $xmm1.v2_int64[0] = 0x5555666677778888",
+            "p/x $xmm1.v2_int64[0]",
+            "continue",
+        ],
+    );
+    let (code, stdout, stderr) = guest.finish();
+    // What the app put in xmm0, both halves.
+    assert!(
+        out.contains("$1 = {0x123456789abcdef, 0xfedcba9876543210}"),
+        "{out}"
+    );
+    // The power-on MXCSR: all exceptions masked.
+    assert!(out.contains("$2 = 0x1f80"), "{out}");
+    // gdb's write reached the app: it reads xmm1 back after the stop.
+    assert!(stdout.contains("xmm1 0x5555666677778888"), "{stdout}{out}");
+    assert_eq!(code, Some(55), "{stdout}{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn ctrl_c_stops_a_guest_waiting_in_the_host_and_the_wait_goes_on() {
+    use std::io::Write;
+    // The app waits 8 s in the host (an Idle request, no vCPU running):
+    // gdb's Ctrl-C must stop it during the wait, and the wait must still
+    // last the 8 s the app asked for once it goes on.
+    let dir = scratch("gdb-idle");
+    let guest = Debuggee::start(&dir, "debugme", "idle-ms=8000");
+    let mut sock = std::os::unix::net::UnixStream::connect(&guest.socket).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    sock.write_all(&packet("c")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    sock.write_all(&[0x03]).unwrap();
+    let stop = reply(&mut sock);
+    // A stop (SIGINT), not the end of the run: the wait was broken into.
+    assert!(
+        stop.starts_with("S02") || stop.starts_with("T02"),
+        "expected a SIGINT stop while the guest waits: {stop}"
+    );
+    sock.write_all(b"+").unwrap();
+    sock.write_all(&packet("c")).unwrap();
+    let end = reply(&mut sock);
+    assert!(end.starts_with("W37"), "exit 55: {end}");
+    drop(sock);
+    let (code, stdout, stderr) = guest.finish();
+    assert_eq!(code, Some(55), "{stdout}{stderr}");
+    let idled: u64 = stdout
+        .split("idled ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no `idled N ms` in {stdout}"));
+    assert!(idled >= 8000, "the wait was cut short: {idled} ms");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_triple_fault_core_opens_in_gdb() {
+    use tandem::{ConsoleSink, CoreFile, ExitStatus, Image, VmBuilder, VmConfig};
+    use vm_memory::{Bytes, GuestAddress};
+    let dir = scratch("triple");
+    let core = dir.join("triple.core");
+    let hv = tandem_tests::hypervisor();
+    let image = Image::from_file(&image_path("pagefault")).unwrap();
+    let console = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let config = VmConfig {
+        cmdline: "null".into(),
+        timeout: Some(std::time::Duration::from_secs(60)),
+        console: ConsoleSink::Capture(console.clone()),
+        core: Some(CoreFile {
+            path: core.clone(),
+            program: "pagefault".into(),
+        }),
+        ..VmConfig::default()
+    };
+    let vm = VmBuilder::new(&hv, &image).config(config).build().unwrap();
+    // With the IDT wiped, the app's page fault cannot be delivered: #PF,
+    // then #DF, then shutdown (as in tests/guest.rs).
+    vm.memory()
+        .write_slice(&[0u8; 4096], GuestAddress(tandem_abi::layout::IDT_ADDR))
+        .unwrap();
+    let report = vm.run().unwrap();
+    let text = String::from_utf8_lossy(&console.lock().unwrap()).into_owned();
+    match &report.status {
+        ExitStatus::Crashed(why) => assert!(why.contains("triple fault"), "{why}"),
+        other => panic!("expected a triple fault, got {other:?}: {text}"),
+    }
+    assert_eq!(report.status.code(), tandem::exit_code::CRASHED);
+    assert!(core.exists(), "no core file of the triple fault");
+    let out = gdb(&image_path("pagefault"), &core, &["bt", "p/x $cs"]);
+    assert!(!out.contains("may not match"), "{out}");
+    assert!(out.contains("SIGSEGV"), "{out}");
+    // Where the vCPU was when it shut down: the faulting function.
+    let frame0 = out.lines().find(|l| l.starts_with("#0")).unwrap_or("");
+    assert!(frame0.contains("pagefault::read_null"), "{out}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The local addresses of TCP sockets listening on `port` (from
+/// /proc/net/tcp and tcp6), as the kernel writes them.
+fn listeners(port: u16) -> Vec<String> {
+    let mut found = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // Fields: sl, local_address (HEX_IP:HEX_PORT), rem_address, st (0A: LISTEN).
+            if f.len() > 3 && f[3] == "0A" && f[1].ends_with(&format!(":{port:04X}")) {
+                found.push(f[1].to_string());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn gdb_over_tcp_listens_on_localhost_only_and_only_when_asked() {
+    tandem_tests::require_kvm();
+    // A free port: the kernel's pick, given back.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(tandem_tests::tandem_bin())
+        .args([
+            "run",
+            s(&image_path("debugme")),
+            "--timeout",
+            "60s",
+            "--gdb",
+            &port.to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cannot start tandem");
+    let deadline = std::time::Instant::now() + LISTEN_WAIT;
+    let found = loop {
+        let found = listeners(port);
+        if !found.is_empty() {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tandem never listened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    // 127.0.0.1 (0100007F as the kernel writes it), nothing else.
+    assert_eq!(found, vec![format!("0100007F:{port:04X}")]);
+    let out = Command::new("gdb")
+        .args(["-batch", "-nx", "-ex"])
+        .arg(format!("target remote 127.0.0.1:{port}"))
+        .args([
+            "-ex",
+            "break debugme_square",
+            "-ex",
+            "continue",
+            "-ex",
+            "bt",
+        ])
+        .args(["-ex", "delete", "-ex", "continue"])
+        .arg(image_path("debugme"))
+        .output()
+        .expect("cannot start gdb: install Debian's gdb (cargo xtask test does)");
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = child.wait_with_output().unwrap();
+    assert!(out.contains("Breakpoint 1, 0x"), "{out}");
+    assert!(out.contains("exited with code 067"), "{out}");
+    assert_eq!(run.status.code(), Some(55));
+    // The listener closed with the connection: one debugger per VM.
+    assert!(listeners(port).is_empty());
+
+    // Without --gdb the VMM holds no socket at all.
+    let mut spin = Command::new(tandem_tests::tandem_bin())
+        .args(["run", s(&image_path("spin")), "--timeout", "60s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("cannot start tandem");
+    // Wait for the guest's first line: the VM is set up and running.
+    let mut line = String::new();
+    let mut stdout = std::io::BufReader::new(spin.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert!(line.contains("spinning"), "{line}");
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", spin.id())).unwrap();
+    let sockets: Vec<PathBuf> = fds
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .collect();
+    spin.kill().unwrap();
+    let _ = spin.wait();
+    assert!(sockets.is_empty(), "sockets without --gdb: {sockets:?}");
 }

@@ -4,17 +4,23 @@
 //! object: cold boot of the counter app next to restore (setup, and to the
 //! guest's exit) for 64 MiB and 1 GiB guests, snapshot time by memory size
 //! and by dirty pages, clones per second, and backup point cost by dirty
-//! pages. Snapshots are written under SCRATCH and left there for the
+//! pages; restore with the recorded working set (`Prefetch::Auto`) and
+//! lazily; a warm pool's take and take to exit; clones per second restored
+//! and from a pool. Snapshots are written under SCRATCH and left there for the
 //! whole-process measurements xtask makes next.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use tandem::pool::Pool;
+use tandem::trace::BootTrace;
 use tandem::{
-    BackupConfig, ConsoleSink, ExitStatus, Hypervisor, Image, Snapshot, Vm, VmBuilder, VmConfig,
+    BackupConfig, ConsoleSink, ExitStatus, Hypervisor, Image, Prefetch, Snapshot, Vm, VmBuilder,
+    VmConfig,
 };
 use tandem_abi::stats::quantile;
+use tandem_abi::trace::Phase;
 
 fn summary(mut v: Vec<f64>) -> Value {
     v.sort_by(f64::total_cmp);
@@ -33,14 +39,80 @@ fn config(mem: u64, cmdline: &str) -> VmConfig {
     }
 }
 
+fn with_prefetch(mem: u64, prefetch: Prefetch) -> VmConfig {
+    VmConfig {
+        prefetch,
+        ..config(mem, "")
+    }
+}
+
+/// Restore setup split by phase: VM created, memory mapped (plan carried
+/// out and the slot registered), vCPU ready (created, registers set).
+#[derive(Default)]
+struct Phases {
+    vm: Vec<f64>,
+    memory: Vec<f64>,
+    vcpu: Vec<f64>,
+}
+
+impl Phases {
+    fn add(&mut self, t: &BootTrace) {
+        let d = |a, b| t.between(a, b).unwrap_or(f64::NAN);
+        self.vm.push(d(Phase::VmmStart, Phase::VmCreated));
+        self.memory.push(d(Phase::VmCreated, Phase::MemoryMapped));
+        self.vcpu.push(d(Phase::MemoryMapped, Phase::VcpuReady));
+    }
+    fn json(self) -> Value {
+        json!({"vm_created": summary(self.vm), "memory_mapped": summary(self.memory), "vcpu_ready": summary(self.vcpu)})
+    }
+}
+
+/// Restore setup and to-exit times of one restore mode.
+#[derive(Default)]
+struct Series {
+    setup: Vec<f64>,
+    to_exit: Vec<f64>,
+    phases: Phases,
+}
+
+impl Series {
+    fn add(&mut self, (setup, to_exit, trace): (f64, f64, BootTrace)) {
+        self.setup.push(setup);
+        self.to_exit.push(to_exit);
+        self.phases.add(&trace);
+    }
+}
+
+/// Restores `snap` with `prefetch` and runs it to exit: setup time, time
+/// to exit, and the run's trace.
+fn restore_once(
+    hv: &Hypervisor,
+    snap: &Snapshot,
+    mem: u64,
+    prefetch: Prefetch,
+) -> (f64, f64, BootTrace) {
+    let t = Instant::now();
+    let vm = Vm::restore(hv, snap, with_prefetch(mem, prefetch)).expect("restore");
+    let setup = us(t);
+    let r = vm.run().expect("run");
+    assert_eq!(r.status, ExitStatus::Exited(0));
+    (setup, us(t), r.trace)
+}
+
 fn us(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e6
 }
 
 /// Boots the counter to `ready()`, snapshots it there into `dir` and stops.
 fn make_snapshot(hv: &Hypervisor, image: &Image, mem: u64, dir: &Path) -> f64 {
+    make_snapshot_of(hv, image, mem, dir, "ready exit-at=1")
+}
+
+/// Boots the counter with `cmdline` to `ready()`, snapshots it there into
+/// `dir` and stops; the snapshot's time in ms.
+fn make_snapshot_of(hv: &Hypervisor, image: &Image, mem: u64, dir: &Path, cmdline: &str) -> f64 {
     let _ = std::fs::remove_dir_all(dir);
-    let mut c = config(mem, "ready exit-at=1");
+    let mut c = config(mem, cmdline);
     c.snapshot_at_ready = Some(dir.to_path_buf());
     c.exit_after_snapshot = true;
     let report = VmBuilder::new(hv, image).config(c).run().expect("boot");
@@ -51,6 +123,39 @@ fn make_snapshot(hv: &Hypervisor, image: &Image, mem: u64, dir: &Path) -> f64 {
     );
     let stats = report.snapshots[0].result.as_ref().expect("snapshot");
     stats.elapsed.as_secs_f64() * 1e3
+}
+
+/// The counter with a 16 MiB table filled before `ready()` and read
+/// whole at exit: cold boot, and restore to exit lazily, with the memory
+/// file's data and with the recorded working set, round by round.
+fn heap_app(hv: &Hypervisor, image: &Image, mem: u64, scratch: &Path, runs: usize) -> Value {
+    const APP: &str = "ready exit-at=1 pages=4096 fill";
+    let dir = scratch.join(format!("heap-{}", mem >> 20));
+    make_snapshot_of(hv, image, mem, &dir, APP);
+    let snap = Snapshot::load(&dir).expect("load");
+    restore_once(hv, &snap, mem, Prefetch::Record);
+    let mut cold = Vec::new();
+    let (mut lazy, mut data, mut ws) = (Series::default(), Series::default(), Series::default());
+    for _ in 0..runs {
+        let t = Instant::now();
+        let r = VmBuilder::new(hv, image)
+            .config(config(mem, APP))
+            .run()
+            .expect("cold boot");
+        assert_eq!(r.status, ExitStatus::Exited(0));
+        cold.push(us(t));
+        lazy.add(restore_once(hv, &snap, mem, Prefetch::Lazy));
+        data.add(restore_once(hv, &snap, mem, Prefetch::Data));
+        ws.add(restore_once(hv, &snap, mem, Prefetch::Auto));
+    }
+    json!({
+        "cold_boot_to_exit_us": summary(cold),
+        "lazy_restore_to_exit_us": summary(lazy.to_exit),
+        "data_restore_to_exit_us": summary(data.to_exit),
+        "data_restore_setup_us": summary(data.setup),
+        "prefetch_restore_to_exit_us": summary(ws.to_exit),
+        "prefetch_restore_setup_us": summary(ws.setup),
+    })
 }
 
 fn main() {
@@ -75,7 +180,22 @@ fn main() {
         let dir = scratch.join(format!("ready-{name}"));
         let snap_ms = make_snapshot(&hv, &image, mem, &dir);
         let snap = Snapshot::load(&dir).expect("load");
-        let (mut cold, mut setup, mut to_exit) = (Vec::new(), Vec::new(), Vec::new());
+        // Record the working set once (a restore that faults nothing in
+        // and lists what the guest touched), then measure round by round:
+        // each round boots cold, restores with the memory file's data,
+        // lazily and with the working set, and takes from a warm pool, so
+        // machine noise hits every variant alike.
+        restore_once(&hv, &snap, mem, Prefetch::Record);
+        let ws_pages = snap
+            .working_set()
+            .expect("working set")
+            .map_or(0, |w| w.pages.len());
+        let pool = Pool::new(snap.clone(), 2, with_prefetch(mem, Prefetch::Auto)).expect("pool");
+        let mut cold = Vec::new();
+        let mut data = Series::default();
+        let mut lazy = Series::default();
+        let mut ws = Series::default();
+        let (mut take, mut pooled_exit) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             let t = Instant::now();
             let r = VmBuilder::new(&hv, &image)
@@ -84,22 +204,37 @@ fn main() {
                 .expect("cold boot");
             assert_eq!(r.status, ExitStatus::Exited(0));
             cold.push(us(t));
-
+            data.add(restore_once(&hv, &snap, mem, Prefetch::Data));
+            lazy.add(restore_once(&hv, &snap, mem, Prefetch::Lazy));
+            ws.add(restore_once(&hv, &snap, mem, Prefetch::Auto));
+            assert!(pool.wait_full(Duration::from_secs(30)), "pool refills");
             let t = Instant::now();
-            let vm = Vm::restore(&hv, &snap, config(mem, "")).expect("restore");
-            setup.push(us(t));
+            let vm = pool.take(None).expect("take");
+            take.push(us(t));
             let r = vm.run().expect("run");
             assert_eq!(r.status, ExitStatus::Exited(0));
-            to_exit.push(us(t));
+            pooled_exit.push(us(t));
         }
+        drop(pool);
+        let heap = heap_app(&hv, &image, mem, &scratch, runs);
         by_mem.insert(
             name.into(),
             json!({
                 "snapshot_at_ready_ms": (snap_ms * 100.0).round() / 100.0,
                 "snapshot_data_pages": snap.state.memory.data_pages,
+                "working_set_pages": ws_pages,
                 "cold_boot_to_exit_us": summary(cold),
-                "restore_setup_us": summary(setup),
-                "restore_to_exit_us": summary(to_exit),
+                "restore_setup_us": summary(data.setup),
+                "restore_to_exit_us": summary(data.to_exit),
+                "restore_phases_us": data.phases.json(),
+                "lazy_restore_setup_us": summary(lazy.setup),
+                "lazy_restore_to_exit_us": summary(lazy.to_exit),
+                "prefetch_restore_setup_us": summary(ws.setup),
+                "prefetch_restore_to_exit_us": summary(ws.to_exit),
+                "prefetch_restore_phases_us": ws.phases.json(),
+                "pool_take_us": summary(take),
+                "pool_take_to_exit_us": summary(pooled_exit),
+                "heap_16m": heap,
             }),
         );
     }
@@ -116,6 +251,16 @@ fn main() {
         assert_eq!(r.status, ExitStatus::Exited(0));
     }
     let clones_per_s = n as f64 / t.elapsed().as_secs_f64();
+    // The same from a pool of 4, refilled by its own thread meanwhile.
+    let pool = Pool::new(snap.clone(), 4, config(64 << 20, "")).expect("pool");
+    let t = Instant::now();
+    for _ in 0..n {
+        let r = pool.take(None).expect("take").run().expect("run");
+        assert_eq!(r.status, ExitStatus::Exited(0));
+    }
+    let pooled_clones_per_s = n as f64 / t.elapsed().as_secs_f64();
+    let pool_misses = pool.stats().misses;
+    drop(pool);
 
     // Snapshot and backup point cost by dirty pages (256 MiB guest).
     let mut by_dirty = Vec::new();
@@ -151,6 +296,8 @@ fn main() {
         json!({
             "by_memory": by_mem,
             "clones_per_s": (clones_per_s * 10.0).round() / 10.0,
+            "pooled_clones_per_s": (pooled_clones_per_s * 10.0).round() / 10.0,
+            "pooled_clones_misses": pool_misses,
             "by_dirty_pages": by_dirty,
             "runs": runs,
         })

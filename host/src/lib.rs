@@ -49,6 +49,7 @@ mod hypercall;
 mod image;
 mod kvm;
 mod memory;
+pub mod pool;
 pub mod privileges;
 pub mod seccomp;
 pub mod snapshot;
@@ -67,8 +68,8 @@ pub use memory::MemoryError;
 pub use snapshot::{Snapshot, SnapshotError, WriteStats};
 pub use trace::BootTrace;
 pub use vm::{
-    check_mem_size, CoreFile, ExitStatus, RunReport, RunStats, SnapshotRecord, SnapshotTrigger, Vm,
-    VmBuilder, VmConfig, VmError,
+    check_mem_size, CoreFile, ExitStatus, Prefetch, RunReport, RunStats, SnapshotRecord,
+    SnapshotTrigger, Vm, VmBuilder, VmConfig, VmError,
 };
 
 /// Process exit codes of the `tandem` binary beyond the guest's own (0–255

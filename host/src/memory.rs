@@ -109,6 +109,68 @@ fn reserve_aligned(len: usize, size: u64) -> Result<*mut libc::c_void, MemoryErr
     Ok(aligned as *mut libc::c_void)
 }
 
+/// Page range `[first, end)` as a byte range `(start, len)` inside a
+/// mapping of `len` bytes (clipped), or `None` if empty; with `whole`,
+/// only whole 2 MiB regions are kept.
+fn byte_range(first: u64, end: u64, len: usize, whole: bool) -> Option<(usize, usize)> {
+    let page = tandem_abi::layout::PAGE_SIZE;
+    let start = usize::try_from(first.checked_mul(page)?).ok()?;
+    let end = usize::try_from(end.checked_mul(page)?).ok()?.min(len);
+    // LARGE_PAGE_SIZE is 2 MiB, which fits any usize.
+    #[allow(clippy::cast_possible_truncation)]
+    let region = LARGE_PAGE_SIZE as usize;
+    if start >= end || (whole && (start % region != 0 || end % region != 0)) {
+        return None;
+    }
+    Some((start, end - start))
+}
+
+/// Replaces `base+start .. +len` of a file mapping with anonymous huge-page
+/// memory holding the same bytes of `file` (holes read as zeros).
+fn copy_in(
+    base: *mut libc::c_void,
+    start: usize,
+    len: usize,
+    file: &File,
+    size: u64,
+) -> Result<(), MemoryError> {
+    let prot = libc::PROT_READ | libc::PROT_WRITE;
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED;
+    // SAFETY: `base+start .. +len` lies inside the caller's own mapping
+    // (checked by `byte_range`), which nothing uses yet: the guest has not
+    // run and no slot maps it. MAP_FIXED replaces exactly that range.
+    let raw = unsafe { libc::mmap(base.byte_add(start), len, prot, flags, -1, 0) };
+    if raw == libc::MAP_FAILED {
+        return Err(MemoryError::Mmap {
+            size,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: advice on the range just mapped; failure only loses the hint.
+    unsafe { libc::madvise(raw, len, libc::MADV_HUGEPAGE) };
+    let mut done = 0usize;
+    while done < len {
+        let off = i64::try_from(start + done).map_err(|_| MemoryError::Region("offset".into()))?;
+        // SAFETY: reads into the anonymous range just mapped, which no Rust
+        // reference points into and no one else uses yet; at most
+        // `len - done` bytes, inside it.
+        let n = unsafe { libc::pread(file.as_raw_fd(), raw.byte_add(done), len - done, off) };
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        if n <= 0 {
+            let e = if n == 0 {
+                std::io::Error::from(std::io::ErrorKind::UnexpectedEof)
+            } else {
+                std::io::Error::last_os_error()
+            };
+            return Err(MemoryError::Io(e));
+        }
+        done += n.unsigned_abs();
+    }
+    Ok(())
+}
+
 fn wrap(addr: *mut libc::c_void, len: usize, flags: i32) -> Result<GuestMemoryMmap, MemoryError> {
     let prot = libc::PROT_READ | libc::PROT_WRITE;
     // SAFETY: `addr..addr+len` is a valid mapping with these prot and flags,
@@ -150,11 +212,19 @@ impl GuestRam {
     }
 
     /// Maps `file` (exactly `size` bytes, a multiple of 2 MiB) copy-on-write
-    /// as guest memory at a 2 MiB-aligned host address. Reads nothing: pages
-    /// come from the page cache when first touched, and writes stay private
-    /// to this mapping. `populate` ranges (guest addresses) are faulted in
-    /// at once, writable, so the guest's first touches there are cheap.
-    pub fn from_file(file: File, size: u64, populate: &[(u64, u64)]) -> Result<Self, MemoryError> {
+    /// as guest memory at a 2 MiB-aligned host address. Reads nothing but
+    /// what the plan asks: `copy` page ranges (whole 2 MiB regions) are
+    /// replaced by anonymous huge-page memory holding the file's bytes, so
+    /// KVM can map them 2 MiB at a time; `populate` page ranges are faulted
+    /// in, writable, so the guest's first touches there are cheap. All
+    /// other pages come from the page cache when first touched, and writes
+    /// stay private to this mapping.
+    pub fn from_file(
+        file: File,
+        size: u64,
+        copy: &[(u64, u64)],
+        populate: &[(u64, u64)],
+    ) -> Result<Self, MemoryError> {
         let found = file.metadata().map_err(MemoryError::Io)?.len();
         if found != size {
             return Err(MemoryError::FileSize {
@@ -185,26 +255,23 @@ impl GuestRam {
                 source: std::io::Error::last_os_error(),
             });
         }
-        for &(start, end) in populate {
-            let (Ok(start), Ok(end)) = (usize::try_from(start), usize::try_from(end)) else {
+        for &(first, end) in copy {
+            let Some((start, n)) = byte_range(first, end, len, true) else {
                 continue;
             };
-            let end = end.min(len);
-            if start < end {
-                // SAFETY: advice on a range inside our own mapping; failure
-                // only loses the prefault. POPULATE_WRITE makes the private
-                // copies now (a page-cache copy each), so the guest's first
-                // touches find present, writable host pages: under PVM a
-                // guest fault then costs about 3 us instead of 22, and KVM
-                // maps a page's present neighbours along with it.
-                unsafe {
-                    libc::madvise(
-                        aligned.byte_add(start),
-                        end - start,
-                        libc::MADV_POPULATE_WRITE,
-                    )
-                };
-            }
+            copy_in(aligned, start, n, &file, size)?;
+        }
+        for &(first, end) in populate {
+            let Some((start, n)) = byte_range(first, end, len, false) else {
+                continue;
+            };
+            // SAFETY: advice on a range inside our own mapping; failure
+            // only loses the prefault. POPULATE_WRITE makes the private
+            // copies now (a page-cache copy each), so the guest's first
+            // touches find present, writable host pages: under PVM a
+            // guest fault then costs about 3 us instead of 22, and KVM
+            // maps a page's present neighbours along with it.
+            unsafe { libc::madvise(aligned.byte_add(start), n, libc::MADV_POPULATE_WRITE) };
         }
         let mem = wrap(aligned, len, flags)?;
         Ok(Self {
@@ -212,6 +279,37 @@ impl GuestRam {
             source: Some(file),
             mapping,
         })
+    }
+
+    /// The guest pages present in this process's page tables: those the
+    /// guest (through KVM) or the VMM touched since the memory was mapped,
+    /// in address order (from `/proc/self/pagemap`).
+    pub fn present_pages(&self) -> Result<Vec<u32>, MemoryError> {
+        use std::os::unix::fs::FileExt;
+        let pagemap = File::open("/proc/self/pagemap").map_err(MemoryError::Io)?;
+        let page = tandem_abi::layout::PAGE_SIZE;
+        let first = self.mapping.addr as u64 / page;
+        let pages = self.size() / page;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 8 * 4096];
+        let mut at = 0u64;
+        while at < pages {
+            let n = (pages - at).min(4096);
+            let bytes = &mut buf[..usize::try_from(n * 8).unwrap_or(0)];
+            pagemap
+                .read_exact_at(bytes, (first + at) * 8)
+                .map_err(MemoryError::Io)?;
+            for (i, e) in bytes.chunks_exact(8).enumerate() {
+                let entry = u64::from_le_bytes(e.try_into().unwrap_or([0; 8]));
+                if entry & (1 << 63) != 0 {
+                    if let Ok(p) = u32::try_from(at + i as u64) {
+                        out.push(p);
+                    }
+                }
+            }
+            at += n;
+        }
+        Ok(out)
     }
 
     /// The memory file behind a restored VM's memory.

@@ -7,18 +7,23 @@
 //! | thread kind | what it does after setup |
 //! | --- | --- |
 //! | [`ThreadKind::Vcpu`] | `KVM_RUN` and the vCPU/VM state ioctls, hypercall service, console output, snapshot and backup files, the network device's tap (read, write, poll: no ioctl, it is attached before), starting the control thread |
-//! | [`ThreadKind::DebuggedVcpu`] | the same, and `KVM_SET_REGS` for gdb (`tandem run --gdb`) |
+//! | [`ThreadKind::DebuggedVcpu`] | the same, and `KVM_SET_REGS` and `KVM_SET_XSAVE` for gdb (`tandem run --gdb`, `tandem restore --gdb`) |
 //! | [`ThreadKind::Control`] | sleeps, kicks the vCPU thread with a signal, ends |
 //!
 //! Filters stack: a control thread started by a filtered vCPU thread runs
 //! under both, so its own list narrows the vCPU's. The lists below are the
 //! whole truth; `allow_list_is_pinned` fails when one grows unnoticed.
 
+mod tree;
+
+#[cfg(test)]
 use std::collections::BTreeMap;
 
+use seccompiler::BpfProgram;
+#[cfg(test)]
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+    TargetArch,
 };
 
 /// Why a filter could not be built or installed.
@@ -72,8 +77,8 @@ const fn iowr<T>(nr: u32) -> u64 {
 /// (and the MSR list a snapshot saves), dirty logging for backups; and
 /// `TCGETS` (is a terminal?). Not `KVM_CREATE_VM`, `KVM_CREATE_VCPU`, no
 /// `KVM_SET_*` of vCPU state (a restore sets it before the filter goes on),
-/// no device ioctl. Every entry costs filter length, and the kernel's time
-/// to install the filter grows with it (about 0.5 µs an instruction here).
+/// no device ioctl. Every entry costs filter length (ioctl's requests are
+/// compared one after another, but only for `ioctl`: see [`tree`]).
 pub(crate) const IOCTLS: &[(&str, u64)] = {
     use kvm_bindings::*;
     &[
@@ -101,12 +106,15 @@ pub(crate) const IOCTLS: &[(&str, u64)] = {
     ]
 };
 
-/// What a run under gdb adds to [`IOCTLS`]: gdb's register writes and the
-/// trap flag of a single step at the first instruction or after a Ctrl-C.
+/// What a run under gdb adds to [`IOCTLS`]: gdb's register writes (the
+/// SSE registers through the XSAVE area) and the trap flag of a single
+/// step at the first instruction or after a Ctrl-C.
 /// (KVM's own guest debugging, `KVM_SET_GUEST_DEBUG`, is not used: it sees
 /// nothing at CPL3 on these hosts; see `tandem::gdb`.)
-pub(crate) const DEBUG_IOCTLS: &[(&str, u64)] =
-    &[("KVM_SET_REGS", iow::<kvm_bindings::kvm_regs>(0x82))];
+pub(crate) const DEBUG_IOCTLS: &[(&str, u64)] = &[
+    ("KVM_SET_REGS", iow::<kvm_bindings::kvm_regs>(0x82)),
+    ("KVM_SET_XSAVE", iow::<kvm_bindings::kvm_xsave>(0xa5)),
+];
 
 const _: () = {
     assert!(core::mem::size_of::<kvm_bindings::kvm_xsave>() < 1 << 14);
@@ -211,17 +219,33 @@ pub(crate) fn syscalls(kind: ThreadKind) -> &'static [(&'static str, i64)] {
     }
 }
 
-/// The compiled filter of a thread kind: default kill-process.
+/// The ioctl requests a thread kind may make.
+fn ioctls(kind: ThreadKind) -> Vec<(&'static str, u64)> {
+    match kind {
+        ThreadKind::Vcpu => IOCTLS.to_vec(),
+        ThreadKind::DebuggedVcpu => [IOCTLS, DEBUG_IOCTLS].concat(),
+        ThreadKind::Control => Vec::new(),
+    }
+}
+
+/// The compiled filter of a thread kind: default kill-process, laid out as
+/// a search on the syscall number ([`tree`]: cheap to install and to run).
 pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
+    let allowed: Vec<i64> = syscalls(kind).iter().map(|&(_, nr)| nr).collect();
+    let requests: Vec<u64> = ioctls(kind).iter().map(|&(_, r)| r).collect();
+    let ioctl = (!requests.is_empty()).then_some((libc::SYS_ioctl, &requests[..]));
+    Ok(tree::program(&allowed, ioctl))
+}
+
+/// The same rules compiled by seccompiler (a chain of comparisons): what
+/// [`filter`] must decide alike.
+#[cfg(test)]
+fn chain(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = syscalls(kind)
         .iter()
         .map(|&(_, nr)| (nr, Vec::new()))
         .collect();
-    let ioctls: &[(&str, u64)] = match kind {
-        ThreadKind::Vcpu => IOCTLS,
-        ThreadKind::DebuggedVcpu => &[IOCTLS, DEBUG_IOCTLS].concat(),
-        ThreadKind::Control => &[],
-    };
+    let ioctls = ioctls(kind);
     if !ioctls.is_empty() {
         let ioctls = ioctls
             .iter()
@@ -311,8 +335,9 @@ mod tests {
         // 17th: FICLONE, a snapshot's reflink of a disk (issue 13).
         assert_eq!(IOCTLS.len(), 17, "ioctls changed");
         // Under gdb only (issue 16): KVM_SET_REGS, for gdb's register
-        // writes and a single step's trap flag; nothing for the socket.
-        assert_eq!(DEBUG_IOCTLS.len(), 1, "debugger ioctls changed");
+        // writes and a single step's trap flag, and KVM_SET_XSAVE for its
+        // SSE register writes; nothing for the socket.
+        assert_eq!(DEBUG_IOCTLS.len(), 2, "debugger ioctls changed");
         for kind in [
             ThreadKind::Vcpu,
             ThreadKind::DebuggedVcpu,
@@ -323,6 +348,46 @@ mod tests {
             names.dedup();
             assert_eq!(names.len(), syscalls(kind).len(), "duplicate entry");
             filter(kind).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_search_tree_decides_as_seccompiler_does() {
+        use tree::tests::run;
+        let arch = 62 | 0x8000_0000 | 0x4000_0000u32;
+        for kind in [
+            ThreadKind::Vcpu,
+            ThreadKind::DebuggedVcpu,
+            ThreadKind::Control,
+        ] {
+            let (ours, theirs) = (filter(kind).unwrap(), chain(kind).unwrap());
+            let mut requests: Vec<u64> = ioctls(kind).iter().map(|&(_, r)| r).collect();
+            for r in requests.clone() {
+                requests.extend([r | 1 << 32, r ^ 1, r + 0x100]);
+            }
+            requests.extend([0, u64::MAX]);
+            let ioctl = u32::try_from(libc::SYS_ioctl).unwrap();
+            let mut longest = 0;
+            for nr in (0..1024u32).chain([0x4000_0000, 0x4000_0010, u32::MAX]) {
+                for &request in if nr == ioctl { &requests[..] } else { &[0][..] } {
+                    let mut d = Vec::new();
+                    d.extend_from_slice(&nr.to_le_bytes());
+                    d.extend_from_slice(&arch.to_le_bytes());
+                    d.extend_from_slice(&0u64.to_le_bytes());
+                    for a in [3, request, 0, 0, 0, 0u64] {
+                        d.extend_from_slice(&a.to_le_bytes());
+                    }
+                    let (a, steps) = run(&ours, &d);
+                    let (b, _) = run(&theirs, &d);
+                    assert_eq!(a, b, "{kind:?}: syscall {nr}, request {request:#x}");
+                    if nr != ioctl {
+                        longest = longest.max(steps);
+                    }
+                }
+            }
+            // A dozen comparisons at most, whatever the syscall (ioctl's
+            // request list aside); the chain takes up to a few hundred.
+            assert!(longest <= 20, "{kind:?}: {longest} instructions");
         }
     }
 
@@ -338,6 +403,7 @@ mod tests {
             0x8090_AE81
         );
         assert_eq!(DEBUG_IOCTLS[0], ("KVM_SET_REGS", 0x4090_AE82));
+        assert_eq!(DEBUG_IOCTLS[1], ("KVM_SET_XSAVE", 0x5000_AEA5));
     }
 
     /// Runs in a child process (this test binary, re-executed): installs the

@@ -12,6 +12,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 use tandem_abi::bootinfo::MAX_CMDLINE;
+use tandem_abi::note::DeviceKind;
 
 /// Largest `config.json` read.
 const MAX_CONFIG: u64 = 4 << 20;
@@ -77,6 +78,9 @@ pub enum BundleError {
         "the guest command line would be {0} bytes, more than the {MAX_CMDLINE} the guest accepts"
     )]
     CmdlineTooLong(usize),
+    /// The spec's network namespace path is not absolute.
+    #[error("linux.namespaces: network namespace path {0:?} is not absolute")]
+    Netns(String),
     /// An annotation has a bad value.
     #[error("annotation {key}={value:?}: {why}")]
     Annotation {
@@ -115,6 +119,10 @@ pub struct Payload {
     /// The snapshot to start from, from the `tandem.dev/snapshot`
     /// annotation: a plain name (no path), checked by [`snapshot_name`].
     pub snapshot: Option<String>,
+    /// Whether the image declares a network device (its device manifest):
+    /// the VMM refuses to boot it without one, and refuses to offer one to
+    /// an image that does not declare it.
+    pub net: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -123,6 +131,21 @@ struct Spec {
     process: Option<Process>,
     root: Option<Root>,
     annotations: HashMap<String, String>,
+    linux: Option<Linux>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Linux {
+    namespaces: Vec<Namespace>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Namespace {
+    #[serde(rename = "type")]
+    kind: String,
+    path: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -150,6 +173,9 @@ pub struct Pod {
     pub sandbox_id: Option<String>,
     /// The pod's placeholder (the CRI pause container): it boots no VM.
     pub is_sandbox: bool,
+    /// The network namespace the spec joins (`linux.namespaces`, type
+    /// `network`, with a path): a CRI pod's, which its CNI plugin wired.
+    pub netns: Option<PathBuf>,
 }
 
 /// Reads the pod annotations of `bundle/config.json`.
@@ -178,10 +204,28 @@ pub fn pod(bundle: &Path) -> Result<Pod, BundleError> {
         .annotations
         .get(CONTAINER_TYPE_ANNOTATION)
         .is_some_and(|t| t == "sandbox");
+    let netns = network_namespace(spec.linux.unwrap_or_default())?;
     Ok(Pod {
         sandbox_id,
         is_sandbox,
+        netns,
     })
+}
+
+/// The path of the network namespace `linux` joins, if it names one (a
+/// namespace without a path is a new, empty one: nothing to wire).
+fn network_namespace(linux: Linux) -> Result<Option<PathBuf>, BundleError> {
+    let Some(ns) = linux
+        .namespaces
+        .into_iter()
+        .find(|n| n.kind == "network" && !n.path.is_empty())
+    else {
+        return Ok(None);
+    };
+    if !ns.path.starts_with('/') {
+        return Err(BundleError::Netns(ns.path));
+    }
+    Ok(Some(PathBuf::from(ns.path)))
 }
 
 /// Reads `bundle/config.json` and finds the app in the root filesystem,
@@ -213,7 +257,7 @@ pub fn load(bundle: &Path, rootfs: &[RootMount]) -> Result<Payload, BundleError>
         }
     };
     let elf = find(&layers, &rel, name)?;
-    tandem::Image::from_file(&elf).map_err(|source| BundleError::Image {
+    let image = tandem::Image::from_file(&elf).map_err(|source| BundleError::Image {
         path: name.clone(),
         source,
     })?;
@@ -232,6 +276,7 @@ pub fn load(bundle: &Path, rootfs: &[RootMount]) -> Result<Payload, BundleError>
         cmdline,
         memory,
         snapshot,
+        net: image.devices.contains(DeviceKind::Net),
     })
 }
 
@@ -566,6 +611,30 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(pod(&dir), Err(BundleError::Annotation { .. })));
+        // The network namespace CRI hands a pod's containers; one without a
+        // path (a new, empty namespace) is none to wire.
+        fs::write(
+            dir.join("config.json"),
+            br#"{"linux":{"namespaces":[{"type":"pid"},{"type":"network","path":"/var/run/netns/cni-1"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            pod(&dir).unwrap().netns.as_deref(),
+            Some(Path::new("/var/run/netns/cni-1"))
+        );
+        fs::write(
+            dir.join("config.json"),
+            br#"{"linux":{"namespaces":[{"type":"network"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(pod(&dir).unwrap().netns, None);
+        fs::write(
+            dir.join("config.json"),
+            br#"{"linux":{"namespaces":[{"type":"network","path":"netns/x"}]}}"#,
+        )
+        .unwrap();
+        let err = pod(&dir).unwrap_err().to_string();
+        assert!(err.contains("\"netns/x\" is not absolute"), "{err}");
         fs::remove_dir_all(&dir).unwrap();
     }
 

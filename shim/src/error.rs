@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use containerd_shim::protos::ttrpc::{self, Code};
 
 use crate::bundle::BundleError;
+use crate::podnet::PodNetError;
 use crate::task::Refusal;
 use crate::vmm::{VmmError, DEFAULT_SNAPSHOT_DIR, SNAPSHOT_DIR_ENV};
 
@@ -56,6 +57,15 @@ pub enum ShimError {
     /// The VMM cannot be started.
     #[error(transparent)]
     Vmm(#[from] VmmError),
+    /// An image with a network device and no pod network for it.
+    #[error("tandem: {0} declares a network device, which the Tandem shim gives only to a container in a network namespace of its own (a CRI pod's, or `ctr run --with-ns network:PATH`)")]
+    NoNetwork(String),
+    /// An image with a network device started from a snapshot in a pod.
+    #[error("tandem: {0} declares a network device: the pod network cannot be given to a VM restored from tandem.dev/snapshot yet")]
+    SnapshotNetwork(String),
+    /// The VM cannot be put on its pod's network.
+    #[error("tandem: {0}")]
+    PodNet(#[from] PodNetError),
 }
 
 /// The shim's result.
@@ -83,7 +93,9 @@ impl ShimError {
             | ShimError::NoSnapshot { .. }
             | ShimError::BadSignal(_) => Code::INVALID_ARGUMENT,
             ShimError::AlreadyStarted(_) | ShimError::Running(_) => Code::FAILED_PRECONDITION,
-            ShimError::Vmm(_) => Code::INTERNAL,
+            ShimError::NoNetwork(_) | ShimError::SnapshotNetwork(_) => Code::INVALID_ARGUMENT,
+            ShimError::PodNet(PodNetError::Taken { .. }) => Code::FAILED_PRECONDITION,
+            ShimError::Vmm(_) | ShimError::PodNet(_) => Code::INTERNAL,
         }
     }
 }

@@ -9,10 +9,12 @@
 //! Modules: `shim` (the process's lifecycle), `service` (the ttrpc task
 //! service), `task` (a task's states, pure), `vmm` (the `tandem` child),
 //! `stdio` (the task's FIFOs), `socket` (stale shim sockets), `bundle`
-//! (reading the OCI bundle), `error` (what containerd is told).
+//! (reading the OCI bundle), `podnet` (the VM on its pod's network),
+//! `error` (what containerd is told).
 
 mod bundle;
 mod error;
+mod podnet;
 mod service;
 mod shim;
 mod socket;

@@ -17,8 +17,9 @@ use containerd_shim::protos::types::mount::Mount;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{ExitSignal, TtrpcContext};
 
-use crate::bundle::{self, Payload, RootMount};
+use crate::bundle::{self, Payload, Pod, RootMount};
 use crate::error::{Result, ShimError};
+use crate::podnet::{self, Holders, Netns};
 use crate::stdio::TaskIo;
 use crate::task::{Kill, Kind, Start, TaskState};
 use crate::vmm::{self, Signal, VmmError};
@@ -58,6 +59,9 @@ struct Task {
     io: TaskIo,
     /// What to boot; `None` for a pod's placeholder, which boots nothing.
     payload: Option<Payload>,
+    /// The pod network namespace the task's VM joins ([`podnet::plan::task_netns`]);
+    /// a placeholder keeps its pod's for the pod's app containers.
+    netns: Option<PathBuf>,
     state: Mutex<TaskState>,
     exited: Condvar,
     /// Held from `start` until its start event is out, and taken to publish
@@ -68,7 +72,13 @@ struct Task {
 }
 
 impl Task {
-    fn new(id: String, bundle: String, io: TaskIo, payload: Option<Payload>) -> Self {
+    fn new(
+        id: String,
+        bundle: String,
+        io: TaskIo,
+        payload: Option<Payload>,
+        netns: Option<PathBuf>,
+    ) -> Self {
         let kind = if payload.is_some() {
             Kind::Vm
         } else {
@@ -79,6 +89,7 @@ impl Task {
             bundle,
             io,
             payload,
+            netns,
             state: Mutex::new(TaskState::new(kind)),
             exited: Condvar::new(),
             event_order: Mutex::new(()),
@@ -118,6 +129,8 @@ struct Inner {
     events: Box<dyn Events>,
     exit: Arc<ExitSignal>,
     find_tandem: FindTandem,
+    /// Which task's VM has each pod network.
+    holders: Holders,
 }
 
 /// The task service containerd talks to over ttrpc.
@@ -149,8 +162,13 @@ fn root_mounts(rootfs: &[Mount]) -> Vec<RootMount> {
 }
 
 /// What a bundle boots: `None` for a pod's placeholder.
-fn load_payload(id: &str, bundle: &Path, rootfs: &[RootMount]) -> Result<Option<Payload>> {
-    if bundle::pod(bundle)?.is_sandbox {
+fn load_payload(
+    id: &str,
+    pod: &Pod,
+    bundle: &Path,
+    rootfs: &[RootMount],
+) -> Result<Option<Payload>> {
+    if pod.is_sandbox {
         log::info!("create {id}: pod placeholder, no VM");
         return Ok(None);
     }
@@ -171,6 +189,17 @@ fn load_payload(id: &str, bundle: &Path, rootfs: &[RootMount]) -> Result<Option<
         payload.cmdline
     );
     Ok(Some(payload))
+}
+
+/// Refuses a VM that declares a network device but has no pod network to
+/// put it on (the VMM would refuse it at start), and one that would have to
+/// restore a snapshot onto the pod network (not done yet).
+fn check_network(payload: &Payload, netns: Option<&Path>) -> Result<()> {
+    match (payload.net, netns, &payload.snapshot) {
+        (true, None, _) => Err(ShimError::NoNetwork(payload.name.clone())),
+        (true, Some(_), Some(_)) => Err(ShimError::SnapshotNetwork(payload.name.clone())),
+        _ => Ok(()),
+    }
 }
 
 fn signal(raw: u32) -> Result<Signal> {
@@ -195,6 +224,7 @@ impl Service {
                 events,
                 exit,
                 find_tandem,
+                holders: Holders::default(),
             }),
         }
     }
@@ -222,13 +252,44 @@ impl Service {
         if self.tasks().contains_key(&req.id) {
             return Err(ShimError::AlreadyExists(req.id.clone()));
         }
-        let payload = load_payload(&req.id, Path::new(&req.bundle), &root_mounts(&req.rootfs))?;
+        let bundle = Path::new(&req.bundle);
+        let pod = bundle::pod(bundle)?;
+        let payload = load_payload(&req.id, &pod, bundle, &root_mounts(&req.rootfs))?;
+        let netns = match self.task_netns(&pod) {
+            Ok(n) => n,
+            // Only a VM that declares a network device needs the namespace
+            // (and a placeholder keeps it for such VMs, which then fail).
+            Err(e) if !payload.as_ref().is_some_and(|p| p.net) => {
+                log::warn!("create {}: {e}; no pod network", req.id);
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(p) = &payload {
+            check_network(p, netns.as_deref())?;
+        }
+        if let Some(spec) = &pod.netns {
+            let joins = netns
+                .as_deref()
+                .map_or_else(|| "none".to_string(), |p| p.display().to_string());
+            log::info!(
+                "create {}: the spec names network namespace {}; the VM joins {joins}",
+                req.id,
+                spec.display()
+            );
+        }
         let io = TaskIo {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
             stderr: req.stderr.clone(),
         };
-        self.insert(Task::new(req.id.clone(), req.bundle.clone(), io, payload));
+        self.insert(Task::new(
+            req.id.clone(),
+            req.bundle.clone(),
+            io,
+            payload,
+            netns,
+        ));
         self.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
             Box::new(TaskCreate {
@@ -244,6 +305,29 @@ impl Service {
             pid: 0,
             ..Default::default()
         })
+    }
+
+    /// The network namespace a new task's VM joins: the one its spec
+    /// names, or, for an app container naming the shim's own (the pod
+    /// placeholder's pid is the shim's), its sandbox's.
+    fn task_netns(&self, pod: &Pod) -> Result<Option<PathBuf>> {
+        let Some(spec) = pod.netns.as_deref() else {
+            return Ok(None);
+        };
+        let names_shim = Netns::is_own(spec).map_err(|source| podnet::PodNetError::Open {
+            path: spec.into(),
+            source,
+        })?;
+        let sandbox = pod
+            .sandbox_id
+            .as_ref()
+            .and_then(|id| self.tasks().get(id).and_then(|t| t.netns.clone()));
+        Ok(podnet::plan::task_netns(
+            Some(spec),
+            pod.is_sandbox,
+            names_shim,
+            sandbox.as_deref(),
+        ))
     }
 
     fn insert(&self, task: Task) {
@@ -281,19 +365,35 @@ impl Service {
         let result = self.launch(task);
         if let Err(e) = &result {
             // After a timeout the VMM may still come up and report itself.
-            if !matches!(e, VmmError::StartTimeout) && task.lock().start_failed(Timestamp::now()) {
+            let timeout = matches!(e, ShimError::Vmm(VmmError::StartTimeout));
+            if !timeout && task.lock().start_failed(Timestamp::now()) {
                 task.exited.notify_all();
             }
         }
-        Ok(result?)
+        result
     }
 
-    fn launch(&self, task: &Arc<Task>) -> std::result::Result<u32, VmmError> {
+    fn launch(&self, task: &Arc<Task>) -> Result<u32> {
         let payload = task.payload.as_ref().ok_or(VmmError::Placeholder)?;
         let tandem = (self.inner.find_tandem)()?;
         let bundle = PathBuf::from(&task.bundle);
-        let args = vmm::vm_args(payload, &vmm::snapshot_dir());
-        let cmd = vmm::command(&tandem, &args, &bundle, task.io.open()?);
+        // Held by the VMM's supervisor until the VM has ended; a failed
+        // start drops it, which undoes the wiring.
+        let net = match (&task.netns, payload.net) {
+            (Some(ns), true) => Some(podnet::attach(ns, &task.id, &self.inner.holders)?),
+            _ => None,
+        };
+        let net_arg = net.as_ref().map(podnet::Attached::arg);
+        let args = vmm::vm_args(payload, &vmm::snapshot_dir(), net_arg);
+        let mut cmd = vmm::command(
+            &tandem,
+            &args,
+            &bundle,
+            task.io.open().map_err(VmmError::from)?,
+        );
+        if let Some(net) = &net {
+            net.netns().enter_with_sysfs(&mut cmd);
+        }
         let on_start = {
             let (task, bundle) = (task.clone(), bundle.clone());
             move |pid| {
@@ -308,6 +408,9 @@ impl Service {
         let on_exit = {
             let (task, service) = (task.clone(), self.clone());
             move |_pid, status| {
+                // The tap is gone before containerd hears of the exit (and
+                // tears the pod's network down).
+                drop(net);
                 vmm::remove_pid_file(&bundle);
                 let exit = {
                     let mut state = task.lock();
@@ -319,7 +422,7 @@ impl Service {
                 service.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(exit));
             }
         };
-        vmm::spawn_supervised(cmd, on_start, on_exit)
+        Ok(vmm::spawn_supervised(cmd, on_start, on_exit)?)
     }
 
     fn state_of(&self, req: &api::StateRequest) -> Result<api::StateResponse> {
@@ -574,13 +677,14 @@ mod tests {
             cmdline: cmdline.into(),
             memory: None,
             snapshot: None,
+            net: false,
         };
         let io = TaskIo {
             stdout: stdout.to_str().unwrap().into(),
             ..TaskIo::default()
         };
         let bundle_str = bundle.to_str().unwrap().to_string();
-        service.insert(Task::new(id.into(), bundle_str, io, Some(payload)));
+        service.insert(Task::new(id.into(), bundle_str, io, Some(payload), None));
         bundle
     }
 
@@ -819,6 +923,40 @@ mod tests {
         assert_eq!(events.exit_status(), Some(143));
         delete(&s, "pod-1").unwrap();
         assert!(s.tasks().is_empty());
+    }
+
+    #[test]
+    fn a_networked_image_needs_a_namespace_and_no_snapshot() {
+        let p = Payload {
+            elf: "/b/rootfs/httpd".into(),
+            name: "/httpd".into(),
+            cmdline: String::new(),
+            memory: None,
+            snapshot: None,
+            net: true,
+        };
+        let ns = Path::new("/var/run/netns/cni-1");
+        assert!(check_network(&p, Some(ns)).is_ok());
+        let e = check_network(&p, None).unwrap_err();
+        assert!(matches!(e, ShimError::NoNetwork(_)), "{e}");
+        assert_eq!(e.code(), ttrpc::Code::INVALID_ARGUMENT);
+        assert!(
+            e.to_string()
+                .starts_with("tandem: /httpd declares a network device"),
+            "{e}"
+        );
+        let snap = Payload {
+            snapshot: Some("web-ready".into()),
+            ..p.clone()
+        };
+        assert!(matches!(
+            check_network(&snap, Some(ns)),
+            Err(ShimError::SnapshotNetwork(_))
+        ));
+        // No device declared: runs with or without a namespace.
+        let plain = Payload { net: false, ..p };
+        assert!(check_network(&plain, None).is_ok());
+        assert!(check_network(&plain, Some(ns)).is_ok());
     }
 
     #[test]

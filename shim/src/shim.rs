@@ -136,6 +136,7 @@ mod tests {
         let pod = |sandbox_id: Option<&str>| Pod {
             sandbox_id: sandbox_id.map(String::from),
             is_sandbox: false,
+            netns: None,
         };
         assert_eq!(grouping(Ok(pod(Some("pod-1"))), "c1"), "pod-1");
         assert_eq!(grouping(Ok(pod(None)), "c1"), "c1");

@@ -142,9 +142,10 @@ fn snapshot_dir_from(env: Option<OsString>) -> PathBuf {
     env.map_or_else(|| PathBuf::from(DEFAULT_SNAPSHOT_DIR), PathBuf::from)
 }
 
-/// The arguments of `tandem` for `payload`: `run` of its ELF, or `restore`
-/// of its snapshot in `snapshots`.
-pub fn vm_args(payload: &Payload, snapshots: &Path) -> Vec<OsString> {
+/// The arguments of `tandem` for `payload`: `run` of its ELF (with `--net
+/// net` when it has a network), or `restore` of its snapshot in
+/// `snapshots`.
+pub fn vm_args(payload: &Payload, snapshots: &Path, net: Option<&str>) -> Vec<OsString> {
     let mut args: Vec<OsString> = Vec::new();
     if let Some(name) = &payload.snapshot {
         // The frozen VM carries its own memory and command line.
@@ -154,6 +155,9 @@ pub fn vm_args(payload: &Payload, snapshots: &Path) -> Vec<OsString> {
         args.extend(["run", "--quiet"].map(OsString::from));
         if let Some(mem) = payload.memory {
             args.push(format!("--mem={mem}").into());
+        }
+        if let Some(net) = net {
+            args.push(format!("--net={net}").into());
         }
         args.push(format!("--cmdline={}", payload.cmdline).into());
         args.push("--".into());
@@ -278,6 +282,7 @@ mod tests {
             cmdline: "one two MODE=fast".into(),
             memory: None,
             snapshot: None,
+            net: false,
         }
     }
 
@@ -312,7 +317,7 @@ mod tests {
     fn run_arguments() {
         let snapshots = Path::new("/snaps");
         assert_eq!(
-            strings(&vm_args(&payload(), snapshots)),
+            strings(&vm_args(&payload(), snapshots, None)),
             [
                 "run",
                 "--quiet",
@@ -327,12 +332,27 @@ mod tests {
             ..payload()
         };
         assert_eq!(
-            strings(&vm_args(&with_mem, snapshots)),
+            strings(&vm_args(&with_mem, snapshots, None)),
             [
                 "run",
                 "--quiet",
                 "--mem=33554432",
                 "--cmdline=",
+                "--",
+                "/bundle/rootfs/hello"
+            ]
+        );
+        assert_eq!(
+            strings(&vm_args(
+                &payload(),
+                snapshots,
+                Some("tap=tandem0,ip=10.0.0.2/24")
+            )),
+            [
+                "run",
+                "--quiet",
+                "--net=tap=tandem0,ip=10.0.0.2/24",
+                "--cmdline=one two MODE=fast",
                 "--",
                 "/bundle/rootfs/hello"
             ]
@@ -347,7 +367,7 @@ mod tests {
             ..payload()
         };
         assert_eq!(
-            strings(&vm_args(&p, Path::new("/snaps"))),
+            strings(&vm_args(&p, Path::new("/snaps"), Some("tap=t"))),
             ["restore", "--quiet", "--", "/snaps/counter-ready"]
         );
     }
@@ -433,7 +453,7 @@ mod tests {
         };
         let cmd = command(
             tandem,
-            &vm_args(&p, &dir),
+            &vm_args(&p, &dir, None),
             &dir,
             TaskIo::default().open().unwrap(),
         );

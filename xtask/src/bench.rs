@@ -1,6 +1,8 @@
 //! `cargo xtask bench`: boot figures for the `hello` app, in process (from
 //! the `bench` example of the host crate) and as whole processes, side by side
-//! with a baseline process that only creates a VM and runs one instruction.
+//! with two floors that only create a VM and run one instruction: the same
+//! in Rust (the example's `--baseline-process`) and the minimal C VMM of
+//! `tools/minvmm` (static). Each whole process's peak RSS too.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -12,10 +14,12 @@ use serde_json::{json, Map, Value};
 use crate::project::{self, Profile, Project};
 use crate::stats::{round3, Summary};
 use crate::table::Table;
-use crate::{elf, guest, host};
+use crate::{bench_floor, elf, guest, host};
 
 const APP: &str = "hello";
 const EXAMPLE: &str = "bench";
+/// Runs of each process whose peak RSS is measured (the median is shown).
+const RSS_RUNS: usize = 15;
 
 pub struct Options {
     pub runs: usize,
@@ -46,9 +50,10 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
         ensure!(bin.is_file(), "{} was not built", bin.display());
     }
 
+    let floor = bench_floor::build(project)?;
     let size = image_size(&image)?;
     let in_process = in_process(&example, &image, opts.runs)?;
-    let whole = whole_process(&tandem, &example, &image, opts)?;
+    let whole = whole_process(&tandem, &example, &floor, &image, opts)?;
 
     let report = json!({
         "app": APP,
@@ -61,7 +66,8 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
             "load_file_bytes": size.load.file_bytes,
             "load_mem_bytes": size.load.mem_bytes,
         },
-        "whole_process_ms": whole.to_json(project, &tandem, &example, &image),
+        "whole_process_ms": whole.to_json(project, &tandem, &example, &floor.minvmm, &image),
+        "peak_rss_kib": whole.rss_json(),
         "in_process": in_process,
     });
 
@@ -124,6 +130,9 @@ fn in_process(example: &Path, image: &Path, runs: usize) -> Result<Value> {
 struct WholeProcess {
     tandem: Summary,
     baseline: Summary,
+    minvmm: Summary,
+    /// Median peak RSS (KiB) of tandem, the Rust baseline and the C VMM.
+    rss: [u64; 3],
     warmup: usize,
 }
 
@@ -132,54 +141,111 @@ impl WholeProcess {
         self.tandem.median / self.baseline.median
     }
 
-    fn to_json(&self, project: &Project, tandem: &Path, example: &Path, image: &Path) -> Value {
+    fn ratio_c(&self) -> f64 {
+        self.tandem.median / self.minvmm.median
+    }
+
+    fn to_json(
+        &self,
+        project: &Project,
+        tandem: &Path,
+        example: &Path,
+        minvmm: &Path,
+        image: &Path,
+    ) -> Value {
         json!({
             "warmup": self.warmup,
             "tandem": self.tandem.to_json(),
             "baseline_process": self.baseline.to_json(),
+            "c_vmm": self.minvmm.to_json(),
             "ratio_median": round3(self.ratio()),
-            "tandem_command": format!("{} run {}", project.show(tandem), project.show(image)),
+            "ratio_median_c_vmm": round3(self.ratio_c()),
+            "tandem_command": format!("{} run -q {}", project.show(tandem), project.show(image)),
             "baseline_command": format!("{} --baseline-process", project.show(example)),
+            "c_vmm_command": project.show(minvmm),
+        })
+    }
+
+    fn rss_json(&self) -> Value {
+        json!({
+            "runs": RSS_RUNS,
+            "tandem": self.rss[0],
+            "baseline_process": self.rss[1],
+            "c_vmm": self.rss[2],
         })
     }
 }
 
-/// Times `tandem run IMAGE` and the baseline process, alternating one run of
-/// each so that noise on the machine hits both alike.
+/// Times `tandem run -q IMAGE`, the Rust baseline process and the C VMM,
+/// alternating one run of each so that noise on the machine hits all alike;
+/// then their peak RSS.
 fn whole_process(
     tandem: &Path,
     example: &Path,
+    floor: &bench_floor::Floor,
     image: &Path,
     opts: &Options,
 ) -> Result<WholeProcess> {
-    let mut run_tandem = Command::new(tandem);
-    run_tandem.arg("run").arg(image);
-    let mut run_baseline = Command::new(example);
-    run_baseline.arg("--baseline-process");
-    for cmd in [&mut run_tandem, &mut run_baseline] {
-        cmd.stdin(Stdio::null())
+    let tandem_args = [
+        tandem.as_os_str(),
+        "run".as_ref(),
+        "-q".as_ref(),
+        image.as_os_str(),
+    ];
+    let baseline_args = [example.as_os_str(), "--baseline-process".as_ref()];
+    let minvmm_args = [floor.minvmm.as_os_str()];
+    let command = |args: &[&std::ffi::OsStr]| {
+        let mut cmd = Command::new(args[0]);
+        cmd.args(&args[1..])
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-    }
+        cmd
+    };
+    let mut run_tandem = command(&tandem_args);
+    let mut run_baseline = command(&baseline_args);
+    let mut run_minvmm = command(&minvmm_args);
     eprintln!(
-        "timing {} whole-process runs each of `tandem run {APP}` and the baseline \
-         (after {} warm-up runs)",
+        "timing {} whole-process runs each of `tandem run -q {APP}`, the baseline \
+         and the C VMM (after {} warm-up runs)",
         opts.runs, opts.warmup
     );
 
     for _ in 0..opts.warmup {
         time(&mut run_tandem, "tandem run")?;
         time(&mut run_baseline, "the baseline process")?;
+        time(&mut run_minvmm, "the C VMM")?;
     }
     let mut a = Vec::with_capacity(opts.runs);
     let mut b = Vec::with_capacity(opts.runs);
+    let mut c = Vec::with_capacity(opts.runs);
     for _ in 0..opts.runs {
         a.push(time(&mut run_tandem, "tandem run")?);
         b.push(time(&mut run_baseline, "the baseline process")?);
+        c.push(time(&mut run_minvmm, "the C VMM")?);
     }
+    let mut rss = [const { Vec::new() }; 3];
+    for _ in 0..RSS_RUNS {
+        for (i, args) in [&tandem_args[..], &baseline_args, &minvmm_args]
+            .into_iter()
+            .enumerate()
+        {
+            rss[i].push(bench_floor::peak_rss_kib(&floor.rss, args)?);
+        }
+    }
+    let median = |v: &mut Vec<u64>| {
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
     Ok(WholeProcess {
         tandem: Summary::of(&a).context("no samples")?,
         baseline: Summary::of(&b).context("no samples")?,
+        minvmm: Summary::of(&c).context("no samples")?,
+        rss: [
+            median(&mut rss[0]),
+            median(&mut rss[1]),
+            median(&mut rss[2]),
+        ],
         warmup: opts.warmup,
     })
 }
@@ -248,10 +314,26 @@ fn print_report(
     t.print();
     println!();
 
-    let mut t = Table::new(["whole process (ms)", "median", "p10", "p90", "min"]);
-    for (name, s) in [
-        (format!("tandem run {APP}"), whole.tandem),
-        ("baseline (VM + 1 instruction)".to_owned(), whole.baseline),
+    let mut t = Table::new([
+        "whole process (ms)",
+        "median",
+        "p10",
+        "p90",
+        "min",
+        "peak RSS (KiB)",
+    ]);
+    for (name, s, rss) in [
+        (format!("tandem run -q {APP}"), whole.tandem, whole.rss[0]),
+        (
+            "baseline, Rust (VM + 1 instruction)".to_owned(),
+            whole.baseline,
+            whole.rss[1],
+        ),
+        (
+            "C VMM, static (VM + 1 instruction)".to_owned(),
+            whole.minvmm,
+            whole.rss[2],
+        ),
     ] {
         t.row([
             name,
@@ -259,10 +341,15 @@ fn print_report(
             format!("{:.3}", s.p10),
             format!("{:.3}", s.p90),
             format!("{:.3}", s.min),
+            rss.to_string(),
         ]);
     }
     t.print();
-    println!("ratio of medians, tandem / baseline: {:.2}", whole.ratio());
+    println!(
+        "ratio of medians, tandem / Rust baseline: {:.2}; tandem / C VMM: {:.2}",
+        whole.ratio(),
+        whole.ratio_c()
+    );
     println!();
 
     let mut fields = Vec::new();

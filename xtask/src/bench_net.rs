@@ -1,6 +1,7 @@
 //! `cargo xtask bench net`: `httpd` on the Tandem VMM (a tap) against the
 //! same image under QEMU microvm + KVM (user networking): spawn to the
-//! first HTTP 200, runs interleaved; then requests per second and latency
+//! first HTTP 200, cold and (Tandem) restored from a snapshot taken at
+//! `ready()`, runs interleaved; then requests per second and latency
 //! over one kept-alive connection on both, next to the same response served
 //! by a thread of this process on 127.0.0.1; then the Tandem VMM's exits per
 //! request. As root (the bench makes a tap).
@@ -154,6 +155,17 @@ impl Vm {
             .arg(image)
             .args(["--net", &tap.net_arg()])
             .args(extra);
+        let addr = SocketAddr::new(GUEST_IP.parse()?, 80);
+        Vm::spawn(cmd, addr)
+    }
+
+    /// `tandem restore SNAP` on `tap` (the snapshot's MAC and address).
+    fn restored(tandem: &Path, snap: &Path, tap: &Tap) -> Result<Vm> {
+        tap.pin_neighbour()?;
+        let mut cmd = Command::new(tandem);
+        cmd.arg("restore")
+            .arg(snap)
+            .args(["--net", &format!("tap={}", tap.name)]);
         let addr = SocketAddr::new(GUEST_IP.parse()?, 80);
         Vm::spawn(cmd, addr)
     }
@@ -315,19 +327,36 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
     let image = guest::image(project, APP)?;
     let tap = Tap::create()?;
 
+    // httpd frozen at ready(), for the restored spawns.
+    let snap = project.target_dir().join("bench").join("net-snapshot");
+    let _ = fs::remove_dir_all(&snap);
+    let snap_arg = snap.to_string_lossy().into_owned();
+    let made = Vm::tandem(
+        &tandem,
+        &image,
+        &tap,
+        &["--snapshot-at-ready", &snap_arg, "--exit-after-snapshot"],
+    )?
+    .wait_stderr()?;
+    if !snap.join("state").is_file() {
+        bail!("httpd wrote no snapshot at ready(): {made}");
+    }
+
     eprintln!(
         "bench net: {} spawn runs of each, interleaved, after 1 warm-up run",
         opts.runs
     );
-    let mut spawn = [Vec::new(), Vec::new()];
+    let mut spawn = [Vec::new(), Vec::new(), Vec::new()];
     let mut page = Vec::new();
     for i in 0..=opts.runs {
         let (t_ms, bytes) = Vm::tandem(&tandem, &image, &tap, &[])?.first_200()?;
+        let (r_ms, _) = Vm::restored(&tandem, &snap, &tap)?.first_200()?;
         let (q_ms, _) = Vm::qemu(&image)?.first_200()?;
         page = bytes;
         if i > 0 {
             spawn[0].push(t_ms);
             spawn[1].push(q_ms);
+            spawn[2].push(r_ms);
         }
     }
 
@@ -352,10 +381,12 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
 
     let t_s = Summary::of(&spawn[0]).context("no samples")?;
     let q_s = Summary::of(&spawn[1]).context("no samples")?;
+    let r_s = Summary::of(&spawn[2]).context("no samples")?;
     crate::table::print_summaries(
         "spawn to first 200 (ms)",
         &[
             ("Tandem VMM, tap", t_s),
+            ("Tandem VMM, tap, restored at ready()", r_s),
             ("QEMU microvm + KVM, user net", q_s),
         ],
     );
@@ -387,9 +418,10 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
     );
 
     let json = json!({
-        "what": "httpd: spawn to the first HTTP 200 on GET /, then GET / over one kept-alive connection",
+        "what": "httpd: spawn to the first HTTP 200 on GET / (cold, and restored from a snapshot taken at ready()), then GET / over one kept-alive connection",
         "spawn_to_first_200_ms": {
             "tandem_tap": t_s.to_json(),
+            "tandem_tap_restored": r_s.to_json(),
             "qemu_microvm_kvm_user": q_s.to_json(),
             "poll_attempt_ms": ATTEMPT.as_millis(),
         },

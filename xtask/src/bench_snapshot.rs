@@ -1,8 +1,12 @@
 //! `cargo xtask bench snapshot`: what snapshots, restores, clones and
 //! backups cost, next to a cold boot of the same app (`counter`).
+//! Whole process: `tandem restore --prefetch data` and `--prefetch auto`
+//! (with the working set snapbench recorded) against `tandem run`.
 //!
-//! In process (`examples/snapbench`): cold boot to exit, restore setup and
-//! restore to exit for 64 MiB and 1 GiB guests, snapshot time by memory
+//! In process (`examples/snapbench`): cold boot to exit, restore setup (by
+//! phase) and restore to exit for 64 MiB and 1 GiB guests with the memory
+//! file's data prefetched, lazily and with the recorded working set, a
+//! warm pool's take and take to exit (all interleaved round by round), snapshot time by memory
 //! size and by dirty pages, clones per second, backup point cost by dirty
 //! pages. Whole process: `tandem restore DIR` against `tandem run` of the
 //! same app to the same point, alternated run by run so machine noise hits
@@ -85,7 +89,7 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
     let mut whole = serde_json::Map::new();
     for (name, mem) in [("64M", "64M"), ("1G", "1G")] {
         let snap = scratch.join(format!("ready-{name}"));
-        let (mut boot, mut restore) = (Vec::new(), Vec::new());
+        let (mut boot, mut restore, mut prefetch) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..opts.runs {
             boot.push(wall_ms(
                 Command::new(&tandem).arg("run").arg(&counter).args([
@@ -97,16 +101,27 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
                 ]),
             )?);
             restore.push(wall_ms(
-                Command::new(&tandem).arg("restore").arg(&snap).arg("-q"),
+                Command::new(&tandem)
+                    .arg("restore")
+                    .arg(&snap)
+                    .args(["--prefetch", "data", "-q"]),
+            )?);
+            // snapbench recorded the snapshot's working set.
+            prefetch.push(wall_ms(
+                Command::new(&tandem)
+                    .arg("restore")
+                    .arg(&snap)
+                    .args(["--prefetch", "auto", "-q"]),
             )?);
         }
-        let (b, r) = (
-            Summary::of(&boot).context("no samples")?,
-            Summary::of(&restore).context("no samples")?,
-        );
+        let summary = |v: &[f64]| Summary::of(v).context("no samples");
         whole.insert(
             name.into(),
-            json!({"cold_boot_ms": b.to_json(), "restore_ms": r.to_json()}),
+            json!({
+                "cold_boot_ms": summary(&boot)?.to_json(),
+                "restore_ms": summary(&restore)?.to_json(),
+                "prefetch_restore_ms": summary(&prefetch)?.to_json(),
+            }),
         );
     }
     let whole = Value::Object(whole);
@@ -119,39 +134,90 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
         let [a, b] = cells;
         t.row([label.to_string(), a, b]);
     };
-    row(
-        &mut t,
-        "in process: cold boot to exit (median)",
-        both(
-            &|m| get(&inproc, &["by_memory", m, "cold_boot_to_exit_us", "median"]),
-            "us",
+    let inproc_rows: [(&str, &[&str]); 16] = [
+        ("in process: cold boot to exit", &["cold_boot_to_exit_us"]),
+        ("in process: restore setup (data)", &["restore_setup_us"]),
+        (
+            "  of which VM created",
+            &["restore_phases_us", "vm_created"],
         ),
-    );
-    row(
-        &mut t,
-        "in process: restore setup (median)",
-        both(
-            &|m| get(&inproc, &["by_memory", m, "restore_setup_us", "median"]),
-            "us",
+        (
+            "  of which memory mapped",
+            &["restore_phases_us", "memory_mapped"],
         ),
-    );
-    row(
-        &mut t,
-        "in process: restore to exit (median)",
-        both(
-            &|m| get(&inproc, &["by_memory", m, "restore_to_exit_us", "median"]),
-            "us",
+        (
+            "  of which vCPU ready",
+            &["restore_phases_us", "vcpu_ready"],
         ),
-    );
+        (
+            "in process: restore to exit (data)",
+            &["restore_to_exit_us"],
+        ),
+        (
+            "in process: restore to exit (lazy)",
+            &["lazy_restore_to_exit_us"],
+        ),
+        (
+            "in process: restore setup (working set)",
+            &["prefetch_restore_setup_us"],
+        ),
+        (
+            "in process: restore to exit (working set)",
+            &["prefetch_restore_to_exit_us"],
+        ),
+        ("in process: pooled take", &["pool_take_us"]),
+        ("in process: pooled take to exit", &["pool_take_to_exit_us"]),
+        (
+            "16 MiB heap app: cold boot to exit",
+            &["heap_16m", "cold_boot_to_exit_us"],
+        ),
+        (
+            "16 MiB heap app: restore to exit (lazy)",
+            &["heap_16m", "lazy_restore_to_exit_us"],
+        ),
+        (
+            "16 MiB heap app: restore to exit (data)",
+            &["heap_16m", "data_restore_to_exit_us"],
+        ),
+        (
+            "16 MiB heap app: restore setup (working set)",
+            &["heap_16m", "prefetch_restore_setup_us"],
+        ),
+        (
+            "16 MiB heap app: restore to exit (working set)",
+            &["heap_16m", "prefetch_restore_to_exit_us"],
+        ),
+    ];
+    for (label, path) in inproc_rows {
+        let cells = both(
+            &|m| {
+                let mut p = vec!["by_memory", m];
+                p.extend_from_slice(path);
+                p.push("median");
+                get(&inproc, &p)
+            },
+            "us",
+        );
+        row(&mut t, &format!("{label} (median)"), cells);
+    }
+    for (label, key) in [
+        ("whole process: cold boot", "cold_boot_ms"),
+        ("whole process: restore (data)", "restore_ms"),
+        (
+            "whole process: restore (working set)",
+            "prefetch_restore_ms",
+        ),
+    ] {
+        let cells = both(&|m| get(&whole, &[m, key, "median"]), "ms");
+        row(&mut t, &format!("{label} (median)"), cells);
+    }
     row(
         &mut t,
-        "whole process: cold boot (median)",
-        both(&|m| get(&whole, &[m, "cold_boot_ms", "median"]), "ms"),
-    );
-    row(
-        &mut t,
-        "whole process: restore (median)",
-        both(&|m| get(&whole, &[m, "restore_ms", "median"]), "ms"),
+        "working-set pages recorded",
+        both(
+            &|m| get(&inproc, &["by_memory", m, "working_set_pages"]),
+            "",
+        ),
     );
     row(
         &mut t,
@@ -163,8 +229,10 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
     );
     t.print();
     println!(
-        "clones per second (in process, restore + run to exit, one core): {}",
-        get(&inproc, &["clones_per_s"])
+        "clones per second (in process, 64 MiB, run to exit one after another): restored {}, from a pool of 4 (refilled by its own thread) {} ({} takes found it empty)",
+        get(&inproc, &["clones_per_s"]),
+        get(&inproc, &["pooled_clones_per_s"]),
+        get(&inproc, &["pooled_clones_misses"])
     );
     let mut d = Table::new([
         "dirtied pages (256 MiB guest)",

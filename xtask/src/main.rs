@@ -9,6 +9,7 @@ mod bench_args;
 mod bench_containerd;
 mod bench_disk;
 mod bench_fleet;
+mod bench_floor;
 mod bench_net;
 mod bench_net_http;
 mod bench_paths;
@@ -48,7 +49,7 @@ COMMANDS:
         that builds the guest first adds x86_64-unknown-none to the toolchain
         of rust-toolchain.toml with rustup when it lacks it.
 
-    run [APP] [--qemu | --grub] [--accel kvm|tcg] [--machine microvm|q35] [--port P] [-- ARGS...]
+    run [APP] [--qemu | --grub] [--accel kvm|tcg] [--machine microvm|q35] [--port P] [--net SPEC] [-- ARGS...]
         Build guest and host (release), then boot APP (default: hello) with
         `tandem run`; ARGS become the guest's command line. Exits with the
         guest's exit code.
@@ -62,6 +63,10 @@ COMMANDS:
         --qemu, a virtio-net device on QEMU's user network (DHCP, no root)
         with host port P of 127.0.0.1 (default 8080) forwarded to theirs:
         `cargo xtask run --qemu httpd`, then `curl localhost:8080`.
+        On the Tandem VMM they take --net SPEC, passed to `tandem run --net`
+        (as root a missing tap is made and removed at exit):
+        `cargo xtask run httpd --net tap=tdm0,ip=10.99.1.2/24,gw=10.99.1.1`,
+        then `curl 10.99.1.2`.
 
     gdb APP [-- ARGS...]
         Build guest and host (release), boot APP with `tandem run --gdb`
@@ -298,8 +303,11 @@ fn run(project: &Project, args: Vec<String>) -> Result<ExitCode> {
     let mut accel = qemu::Accel::Tcg;
     let mut machine = None;
     let mut port = None;
+    let mut net = None;
     while let Some(word) = args.next() {
-        if let Some(v) = args.value(&word, "--port")? {
+        if let Some(v) = args.value(&word, "--net")? {
+            net = Some(v);
+        } else if let Some(v) = args.value(&word, "--port")? {
             let p: u16 =
                 v.parse().ok().filter(|&p| p != 0).with_context(|| {
                     format!("--port {v}: expected a port number from 1 to 65535")
@@ -326,9 +334,12 @@ fn run(project: &Project, args: Vec<String>) -> Result<ExitCode> {
     if port.is_some() && (forwards.is_none() || on != RunOn::Qemu) {
         let apps: Vec<&str> = qemu::NET_APPS.iter().map(|(name, _)| *name).collect();
         bail!(
-            "--port is for the network apps ({}) under --qemu (on the Tandem VMM, give `tandem run` a tap: `--net tap=NAME,ip=A/P`, see the README)",
+            "--port is for the network apps ({}) under --qemu (on the Tandem VMM, give them a tap: `--net tap=NAME,ip=A/P,gw=G`, see the README)",
             apps.join(", ")
         );
+    }
+    if net.is_some() && on != RunOn::Tandem {
+        bail!("--net is for the Tandem VMM (a tap); --qemu gives the network apps QEMU's user network (with --port)");
     }
     if on == RunOn::Tandem {
         project::require_kvm()?;
@@ -348,6 +359,9 @@ fn run(project: &Project, args: Vec<String>) -> Result<ExitCode> {
             cmd.arg("run").arg(&image);
             if !cmdline.is_empty() {
                 cmd.arg("--cmdline").arg(&cmdline);
+            }
+            if let Some(net) = &net {
+                cmd.arg("--net").arg(net);
             }
             cmd
         }

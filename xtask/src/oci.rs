@@ -166,6 +166,12 @@ pub const CONTAINERD_TOOLS: &[(&str, &str)] = &[
     ("containerd", "containerd"),
     ("ctr", "containerd"),
     ("runc", "runc"),
+    // The pod-network test: CNI's bridge and host-local plugins, and the
+    // shim's `ip`/`tc`.
+    ("/usr/lib/cni/bridge", "containernetworking-plugins"),
+    ("/usr/lib/cni/host-local", "containernetworking-plugins"),
+    ("/usr/lib/cni/loopback", "containernetworking-plugins"),
+    ("tc", "iproute2"),
 ];
 
 /// Builds the shim (debug) and returns its path.
@@ -190,11 +196,13 @@ pub fn test_image_dir(project: &Project) -> PathBuf {
 }
 
 /// The images the containerd tests import, in target/oci: the hello,
-/// service, panic, sysinfo, cat and counter apps, `pause` (the CRI sandbox image) and
+/// service, panic, sysinfo, cat, counter and httpd apps, `pause` (the CRI sandbox image) and
 /// `notelf` (a shell script as the entrypoint).
 pub fn test_images(project: &Project) -> Result<PathBuf> {
     let dir = test_image_dir(project);
-    for app in ["hello", "service", "panic", "sysinfo", "cat", "counter"] {
+    for app in [
+        "hello", "service", "panic", "sysinfo", "cat", "counter", "httpd",
+    ] {
         let image = crate::guest::image(project, app)?;
         app_image(
             &image,

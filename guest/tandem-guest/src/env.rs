@@ -48,7 +48,10 @@ impl Env {
         self.info.cmdline.split_whitespace()
     }
 
-    /// The checked boot-info block.
+    /// The checked boot-info block, as the VM booted with it. (For a
+    /// restored or cloned VM the host rewrites the block in memory with its
+    /// new generation and devices; the network stack reads that one again
+    /// when it sees the generation change.)
     pub fn boot_info(&self) -> &BootInfo {
         &self.info
     }

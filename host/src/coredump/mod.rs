@@ -343,7 +343,7 @@ pub fn from_snapshot(
     let file = snapshot
         .open_memory()
         .map_err(|e| CoreError::Memory(e.to_string()))?;
-    let ram = GuestRam::from_file(file, st.machine.mem_size, &[])
+    let ram = GuestRam::from_file(file, st.machine.mem_size, &[], &[])
         .map_err(|e| CoreError::Memory(e.to_string()))?;
     let (regs, stop) = match fault_record(&ram.mem) {
         Some(rec) => (at_fault(regs, &rec), Stop::Exception(rec.vector)),

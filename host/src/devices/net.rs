@@ -130,6 +130,19 @@ pub struct NetDevice {
     tx_limit: Option<Throttle>,
     rx_limit: Option<Throttle>,
     stats: NetStats,
+    /// Guest ranges the device wrote since they were last taken, kept only
+    /// when asked ([`NetDevice::track_writes`]): KVM's dirty log sees the
+    /// guest's writes, not the VMM's, and a backup point needs both.
+    written: Option<Written>,
+}
+
+/// What [`NetDevice::take_written`] hands over.
+#[derive(Debug, Default)]
+struct Written {
+    /// Receive buffers filled.
+    buffers: Vec<(u64, u64)>,
+    /// Queues whose used ring changed.
+    used: [bool; 2],
 }
 
 impl NetDevice {
@@ -151,24 +164,31 @@ impl NetDevice {
             tx_limit: None,
             rx_limit: None,
             stats: NetStats::default(),
+            written: None,
         }
     }
 
     /// The device's part of a snapshot (taken between two runs of the
-    /// vCPU, when every chain it took is back in the used ring). A frame
-    /// read from the tap and not yet delivered is not part of it: lost,
-    /// as on a wire.
+    /// vCPU, when every chain it took is back in the used ring but one a
+    /// rate limit holds, which is handed back). A frame read from the tap
+    /// and not yet delivered is not part of it: lost, as on a wire.
     pub fn state(&self, ipv4: Option<super::spec::StaticIpv4>) -> NetState {
+        let mut positions: Vec<QueuePosition> = self
+            .queues
+            .iter()
+            .map(|q| QueuePosition {
+                next_avail: q.next_avail(),
+                next_used: q.next_used(),
+            })
+            .collect();
+        // A chain a rate limit holds goes back to the ring (it is still
+        // there, not yet used): the restored device takes and sends it again.
+        if let (Some(_), Some(tx)) = (&self.tx_held, positions.get_mut(usize::from(TX))) {
+            tx.next_avail = tx.next_avail.wrapping_sub(1);
+        }
         NetState {
             transport: self.transport.state(),
-            positions: self
-                .queues
-                .iter()
-                .map(|q| QueuePosition {
-                    next_avail: q.next_avail(),
-                    next_used: q.next_used(),
-                })
-                .collect(),
+            positions,
             mac: self.mac,
             ipv4: ipv4.map(Into::into),
         }
@@ -210,6 +230,28 @@ impl NetDevice {
             }
         }
         Ok(dev)
+    }
+
+    /// Keeps account of the guest memory the device writes (for backups).
+    pub fn track_writes(&mut self) {
+        self.written.get_or_insert_with(Written::default);
+    }
+
+    /// The guest ranges written since the last call (with
+    /// [`track_writes`](Self::track_writes) on; else none): the receive
+    /// buffers filled and the used rings that changed.
+    pub fn take_written(&mut self) -> Vec<(u64, u64)> {
+        let Some(w) = self.written.as_mut() else {
+            return Vec::new();
+        };
+        let mut out = std::mem::take(&mut w.buffers);
+        let used = std::mem::take(&mut w.used);
+        for (q, _) in (0u16..).zip(used).filter(|(_, changed)| *changed) {
+            if let Some(regs) = self.transport.queue(q) {
+                out.push((regs.used, 6 + 8 * u64::from(regs.size)));
+            }
+        }
+        out
     }
 
     /// Limits each direction to `limit` (buckets full from now); an
@@ -437,6 +479,9 @@ impl NetDevice {
         head: u16,
         len: u32,
     ) -> Result<(), DeviceError> {
+        if let Some(w) = self.written.as_mut() {
+            w.used[usize::from(q) % 2] = true;
+        }
         let queue = &mut self.queues[usize::from(q)];
         queue
             .add_used(mem, head, len)
@@ -574,6 +619,9 @@ impl NetDevice {
                         addr: b.addr,
                         len: b.len,
                     })?;
+                if let Some(w) = self.written.as_mut() {
+                    w.buffers.push((b.addr, n as u64));
+                }
                 rest = &rest[n..];
                 if rest.is_empty() {
                     break;

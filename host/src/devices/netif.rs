@@ -16,6 +16,14 @@ use std::path::Path;
 /// `CAP_NET_ADMIN`'s bit in the capability sets.
 pub const CAP_NET_ADMIN: u32 = 12;
 
+/// `IFF_UP` as the `c_short` flags field holds it (it is bit 0).
+const IFF_UP: libc::c_short = 0x1;
+/// `AF_INET` as `sockaddr_in`'s 16-bit family field holds it.
+const AF_INET: u16 = 2;
+
+const _: () =
+    assert!(IFF_UP as libc::c_int == libc::IFF_UP && AF_INET as libc::c_int == libc::AF_INET);
+
 const SIOCBRADDBR: libc::c_ulong = 0x89a0;
 const SIOCBRDELBR: libc::c_ulong = 0x89a1;
 const SIOCBRADDIF: libc::c_ulong = 0x89a2;
@@ -69,9 +77,7 @@ impl IfReq {
     /// A `sockaddr_in` of `addr` in the union (family, port 0, address).
     fn with_ipv4(mut self, addr: Ipv4Addr) -> Self {
         self.data = [0; 24];
-        let family = libc::sa_family_t::try_from(libc::AF_INET)
-            .unwrap_or_default()
-            .to_ne_bytes();
+        let family = AF_INET.to_ne_bytes();
         self.data[..2].copy_from_slice(&family);
         self.data[4..8].copy_from_slice(&addr.octets());
         self
@@ -154,18 +160,46 @@ impl Control {
     }
 }
 
-/// Whether an interface `name` exists.
-pub fn exists(name: &str) -> bool {
-    !name.is_empty() && !name.contains('/') && Path::new("/sys/class/net").join(name).exists()
+/// The index of interface `name` in this process's network namespace (by
+/// ioctl on a socket, so it is right under a plain `nsenter --net` too,
+/// where `/sys` still shows the namespace it was mounted in); 0 if none.
+fn index(name: &str) -> u32 {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return 0;
+    };
+    // SAFETY: `c` is a NUL-terminated string that outlives the call, which
+    // only reads it.
+    unsafe { libc::if_nametoindex(c.as_ptr()) }
 }
 
-/// Whether the interface `name` is a tap (or tun) device.
+/// A file of interface `name` in `/sys/class/net`, when that sysfs shows
+/// this network namespace (the interface's index there is the one the
+/// kernel gives this process); `None` when it may show another one.
+fn sysfs(name: &str, file: &str) -> Option<bool> {
+    let dir = Path::new("/sys/class/net").join(name);
+    let shown: u32 = std::fs::read_to_string(dir.join("ifindex"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (shown == index(name)).then(|| dir.join(file).exists())
+}
+
+/// Whether an interface `name` exists.
+pub fn exists(name: &str) -> bool {
+    !name.is_empty() && !name.contains('/') && index(name) != 0
+}
+
+/// Whether the interface `name` is a tap (or tun) device. Where sysfs
+/// shows another namespace it is taken to be one: attaching it then fails
+/// with the kernel's own error if it is not.
 pub fn is_tap(name: &str) -> bool {
-    exists(name)
-        && Path::new("/sys/class/net")
-            .join(name)
-            .join("tun_flags")
-            .exists()
+    exists(name) && sysfs(name, "tun_flags").unwrap_or(true)
+}
+
+/// Whether the interface `name` is a bridge.
+pub fn is_bridge(name: &str) -> bool {
+    exists(name) && sysfs(name, "bridge").unwrap_or(false)
 }
 
 /// Brings `name` up (or down).
@@ -173,12 +207,10 @@ pub fn set_up(name: &str, up: bool) -> Result<(), NetifError> {
     let control = Control::open()?;
     let mut req = IfReq::new(name)?;
     control.ifreq(libc::SIOCGIFFLAGS, &mut req, "read the flags of", name)?;
-    // IFF_UP is bit 0: it fits the request's 16-bit flags.
-    let iff_up = libc::c_short::try_from(libc::IFF_UP).unwrap_or(1);
     let flags = if up {
-        req.flags() | iff_up
+        req.flags() | IFF_UP
     } else {
-        req.flags() & !iff_up
+        req.flags() & !IFF_UP
     };
     let mut req = req.with_flags(flags);
     let what = if up { "bring up" } else { "bring down" };
@@ -203,6 +235,105 @@ pub fn add_bridge(name: &str) -> Result<(), NetifError> {
 pub fn remove_bridge(name: &str) -> Result<(), NetifError> {
     set_up(name, false)?;
     Control::open()?.named(SIOCBRDELBR, "remove the bridge", name)
+}
+
+/// A child process that removes a bridge when this process lets go of it:
+/// when the reaper is dropped, or when this process ends in any way (also
+/// killed), since the child waits for the end of a pipe only this process
+/// writes. It keeps the capability to remove the bridge after this
+/// process has dropped its privileges (a fleet run with `--user`).
+#[derive(Debug)]
+pub struct BridgeReaper {
+    pid: libc::pid_t,
+    pipe: Option<OwnedFd>,
+    bridge: String,
+}
+
+impl BridgeReaper {
+    /// Starts the child for `bridge`. Call it before threads that matter
+    /// exist: the child only makes system calls (no allocation, no lock).
+    pub fn spawn(bridge: &str) -> Result<Self, NetifError> {
+        let req = IfReq::new(bridge)?;
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: `fds` is a two-int array pipe2 fills.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(NetifError::Socket(io::Error::last_os_error()));
+        }
+        let [read_end, write_end] = fds;
+        // SAFETY: both descriptors were just made by pipe2 and are owned here.
+        let (read_end, write_end) = unsafe {
+            (
+                OwnedFd::from_raw_fd(read_end),
+                OwnedFd::from_raw_fd(write_end),
+            )
+        };
+        // SAFETY: fork has no memory preconditions. The child below only
+        // makes async-signal-safe system calls on memory prepared before
+        // the fork (`req`), and leaves with `_exit`.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(NetifError::Socket(io::Error::last_os_error()));
+        }
+        if pid == 0 {
+            // SAFETY: in the child; see `reap`.
+            unsafe { reap(read_end.as_raw_fd(), write_end.as_raw_fd(), req) }
+        }
+        drop(read_end);
+        Ok(Self {
+            pid,
+            pipe: Some(write_end),
+            bridge: bridge.into(),
+        })
+    }
+}
+
+/// The reaper child: waits until the pipe's write end is closed everywhere
+/// but here, then brings `req`'s bridge down, removes it and exits.
+///
+/// # Safety
+/// Only to be called in a freshly forked child, which it never returns from.
+unsafe fn reap(read_end: libc::c_int, write_end: libc::c_int, mut req: IfReq) -> ! {
+    // SAFETY: plain system calls on descriptors and stack memory of this
+    // process; none allocates or takes a lock, as a forked child of a
+    // threaded process requires.
+    unsafe {
+        libc::close(write_end);
+        // Ctrl-C reaches the whole process group: the child outlives it.
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        let mut byte = 0u8;
+        loop {
+            let n = libc::read(read_end, (&mut byte as *mut u8).cast(), 1);
+            if n == 0 || (n < 0 && *libc::__errno_location() != libc::EINTR) {
+                break;
+            }
+        }
+        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        if sock >= 0 {
+            let name = req.name;
+            if libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req as *mut IfReq) == 0 {
+                let flags = req.flags() & !IFF_UP;
+                req.data[..2].copy_from_slice(&flags.to_ne_bytes());
+                libc::ioctl(sock, libc::SIOCSIFFLAGS, &mut req as *mut IfReq);
+            }
+            libc::ioctl(sock, SIOCBRDELBR, name.as_ptr());
+        }
+        libc::_exit(0)
+    }
+}
+
+impl Drop for BridgeReaper {
+    fn drop(&mut self) {
+        // The end of the pipe: the child removes the bridge and exits.
+        drop(self.pipe.take());
+        let mut status = 0;
+        // SAFETY: `pid` is our child; `status` is an int waitpid writes.
+        unsafe { libc::waitpid(self.pid, &mut status, 0) };
+        if exists(&self.bridge) {
+            log::warn!("the fleet's bridge {} could not be removed", self.bridge);
+        }
+    }
 }
 
 /// Puts the interface `port` on the bridge `bridge`.

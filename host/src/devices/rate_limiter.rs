@@ -348,6 +348,47 @@ mod tests {
     }
 
     #[test]
+    fn random_traffic_never_beats_the_bound() {
+        // A small xorshift: units of 1..3000 bytes offered at random steps;
+        // at every instant what passed is at most burst + rate * elapsed,
+        // plus once the excess of a unit larger than the burst.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for (rate, burst) in [
+            (1_000u64, 500u64),
+            (100_000, 20_000),
+            (7, 3_000),
+            (1 << 20, 1),
+        ] {
+            let t0 = Instant::now();
+            let mut l = RateLimiter::new(Some(Bucket::new(rate, burst).unwrap()), None, t0);
+            let (mut now, mut passed, mut largest) = (t0, 0u128, 0u64);
+            for _ in 0..20_000 {
+                now += Duration::from_micros(next() % 2_000);
+                let n = 1 + next() % 3_000;
+                if l.admit(n, now) == Admit::Now {
+                    passed += u128::from(n);
+                    largest = largest.max(n);
+                }
+                let elapsed = now.duration_since(t0).as_nanos();
+                let bound = u128::from(burst)
+                    + u128::from(rate) * elapsed / NANOS
+                    + u128::from(largest.saturating_sub(burst));
+                assert!(
+                    passed <= bound,
+                    "rate {rate} burst {burst}: {passed} > {bound}"
+                );
+            }
+            assert!(passed > 0, "rate {rate} burst {burst}: nothing passed");
+        }
+    }
+
+    #[test]
     fn over_a_window_at_most_burst_plus_rate_times_window_passes() {
         // A greedy sender offering 1514-byte units every 100 µs for 2 s.
         let t0 = Instant::now();

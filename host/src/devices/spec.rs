@@ -266,6 +266,17 @@ impl LimitItems {
         Ok(true)
     }
 
+    /// These items, with each one `over` gives taking the place of this one
+    /// (a fleet VM's own limits over the fleet's).
+    pub fn overlay(self, over: LimitItems) -> LimitItems {
+        LimitItems {
+            rate: over.rate.or(self.rate),
+            rate_burst: over.rate_burst.or(self.rate_burst),
+            pps: over.pps.or(self.pps),
+            pps_burst: over.pps_burst.or(self.pps_burst),
+        }
+    }
+
     /// The limit they describe; a burst left out is a tenth of a second's
     /// worth (at least 1).
     pub fn build(self) -> Result<RateLimit, NetSpecError> {
@@ -436,6 +447,18 @@ mod tests {
         // A tiny rate still gets a burst of at least one.
         assert_eq!(parse("tap=a,pps=3").unwrap().limit.ops.unwrap().burst(), 1);
         assert!(!parse("tap=a").unwrap().limit.is_limited());
+    }
+
+    #[test]
+    fn a_vms_items_overlay_the_fleets() {
+        let mut fleet = LimitItems::default();
+        fleet.set("rate", "10M").unwrap();
+        fleet.set("pps", "10k").unwrap();
+        let mut vm = LimitItems::default();
+        vm.set("rate", "1M").unwrap();
+        let limit = fleet.overlay(vm).build().unwrap();
+        assert_eq!(limit.bytes.unwrap().rate(), 1 << 20);
+        assert_eq!(limit.ops.unwrap().rate(), 10_000);
     }
 
     #[test]

@@ -9,12 +9,13 @@
 //! brought up, with the host side's address or on a bridge. A tap the
 //! operator made is attached and left as it is.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::sync::Mutex;
 
 use super::netif::{self, NetifError, TapPlan};
 
@@ -75,6 +76,17 @@ struct IfReq {
 
 const _: () = assert!(std::mem::size_of::<IfReq>() == 40);
 
+/// Taps held open for VMs to come ([`Tap::hold`]), by name.
+static HELD: Mutex<BTreeMap<String, File>> = Mutex::new(BTreeMap::new());
+
+/// Lets the held tap `name` go (a tap Tandem made is removed once no VM
+/// holds a duplicate either).
+pub fn release(name: &str) {
+    if let Ok(mut held) = HELD.lock() {
+        held.remove(name);
+    }
+}
+
 /// What [`Tap::setup`] is to do for a VM's tap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TapSetup {
@@ -98,12 +110,7 @@ impl Tap {
     /// Attaches the existing tap `name` (refusing to create one: a
     /// `TUNSETIFF` of an unknown name would make a new interface).
     pub fn open(name: &str) -> Result<Self, TapError> {
-        let sys = Path::new("/sys/class/net").join(name);
-        if name.is_empty()
-            || name.len() >= libc::IFNAMSIZ
-            || name.contains('/')
-            || !sys.join("tun_flags").exists()
-        {
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ || !netif::is_tap(name) {
             return Err(TapError::Missing(name.into()));
         }
         Self::tunsetiff(name, false)
@@ -118,6 +125,9 @@ impl Tap {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('/') {
             return Err(TapError::Missing(name.into()));
         }
+        if let Some(tap) = Self::held(name) {
+            return tap;
+        }
         let plan = netif::plan_tap(
             netif::exists(name),
             netif::is_tap(name),
@@ -131,24 +141,33 @@ impl Tap {
                 user: std::env::var("USER").unwrap_or_else(|_| "$USER".into()),
             }),
             TapPlan::Create => {
-                let tap = Self::tunsetiff(name, true)?;
-                let set_up = || -> Result<(), NetifError> {
-                    match (&setup.bridge, setup.host_ipv4) {
-                        (Some(bridge), _) => netif::add_to_bridge(bridge, name)?,
-                        (None, Some((addr, prefix))) => netif::set_ipv4(name, addr, prefix)?,
-                        (None, None) => {}
-                    }
-                    netif::set_up(name, true)
-                };
-                // On failure `tap` is dropped, which removes it again.
-                set_up().map_err(|source| TapError::Setup {
-                    name: name.into(),
-                    source,
-                })?;
+                let tap = Self::create(setup)?;
                 log::info!("made tap {name} (removed when the VM ends)");
                 Ok(tap)
             }
         }
+    }
+
+    /// Makes the tap `setup` names (not persistent: it goes with its last
+    /// descriptor), brings it up, and gives it the host's address or puts
+    /// it on the bridge. The caller has checked the capability.
+    pub fn create(setup: &TapSetup) -> Result<Self, TapError> {
+        let name = setup.name.as_str();
+        let tap = Self::tunsetiff(name, true)?;
+        let set_up = || -> Result<(), NetifError> {
+            match (&setup.bridge, setup.host_ipv4) {
+                (Some(bridge), _) => netif::add_to_bridge(bridge, name)?,
+                (None, Some((addr, prefix))) => netif::set_ipv4(name, addr, prefix)?,
+                (None, None) => {}
+            }
+            netif::set_up(name, true)
+        };
+        // On failure `tap` is dropped, which removes it again.
+        set_up().map_err(|source| TapError::Setup {
+            name: name.into(),
+            source,
+        })?;
+        Ok(tap)
     }
 
     /// `TUNSETIFF` of `name` on a fresh `/dev/net/tun` descriptor: attaches
@@ -181,6 +200,36 @@ impl Tap {
             name: name.into(),
             made,
         })
+    }
+
+    /// Keeps this tap open for VMs to come: until [`release`] of its name,
+    /// [`Tap::setup`] of that name attaches a duplicate of this descriptor
+    /// instead of a fresh `TUNSETIFF` (which needs `/dev/net/tun` and, for
+    /// a tap of another owner, CAP_NET_ADMIN: both may be gone once a fleet
+    /// has dropped its privileges). A tap Tandem made goes with the last
+    /// descriptor, so it lives exactly as long as the fleet holds it.
+    pub fn hold(self) {
+        if let Ok(mut held) = HELD.lock() {
+            held.insert(self.name.clone(), self.file);
+        }
+    }
+
+    /// A duplicate of the held tap `name`, if one is held.
+    fn held(name: &str) -> Option<Result<Self, TapError>> {
+        let held = HELD.lock().ok()?;
+        let file = held.get(name)?;
+        Some(
+            file.try_clone()
+                .map(|file| Self {
+                    file,
+                    name: name.into(),
+                    made: false,
+                })
+                .map_err(|source| TapError::Attach {
+                    name: name.into(),
+                    source,
+                }),
+        )
     }
 
     /// Whether Tandem made it (it goes away with this value).

@@ -8,6 +8,10 @@
 //! [fleet]                       # optional; command-line options win
 //! max_concurrent_boots = 2
 //! memory_budget = "1G"
+//! # A bridge and an address pool: every VM whose image declares a network
+//! # device gets a tap on it (tandem0-0, ...), the next address, a MAC made
+//! # from it; rate limits as `--net` takes them (optional).
+//! network = { bridge = "tandem0", subnet = "10.77.0.0/24", rate = "10M", pps = "10k" }
 //!
 //! [defaults]                    # optional; any VM key except name, after and count
 //! memory = "8M"
@@ -23,11 +27,15 @@
 //! max_restarts = 3
 //! backoff = "100ms"             # doubles on each restart, up to backoff_max
 //! checkpoint = "state/db"       # snapshot at ready(); restarts restore from it
+//! # snapshot = "snaps/db"       # start from this snapshot instead of booting
+//! # warm = 2                    # with `snapshot`: keep 2 restored ahead (a warm pool)
 //!
 //! [[vm]]
 //! name = "web"
 //! count = 4                     # web-0 .. web-3; `after = ["web"]` means all four
 //! after = ["db"]                # boots once db has called ready()
+//! cmdline = "db=${db.ip}"       # another VM's address: it must be in `after`
+//! net = { rate = "1M" }         # its own limits over the fleet network's
 //! ```
 
 use std::fmt;
@@ -39,7 +47,10 @@ use std::time::Duration;
 use crate::image::Image;
 
 mod check;
+pub mod network;
 mod raw;
+
+pub use network::FleetNetwork;
 
 /// Why a fleet file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +216,12 @@ pub struct VmSpec {
     pub backoff_max: Duration,
     /// Longest time from admission to `ready()`.
     pub boot_timeout: Option<Duration>,
+    /// VMs of this `[[vm]]` entry kept restored ahead from its snapshot (one
+    /// warm pool, shared by its replicas; counted against the budget).
+    pub warm: usize,
+    /// Its network device, when the fleet has a network and its image
+    /// declares one: its tap on the bridge, address, MAC, rate limits.
+    pub net: Option<crate::devices::NetSpec>,
 }
 
 /// Admission limits.
@@ -232,7 +249,12 @@ pub struct FleetSpec {
     pub vms: Vec<VmSpec>,
     /// Admission limits.
     pub limits: Limits,
+    /// The bridge and address pool of `[fleet] network`.
+    pub network: Option<FleetNetwork>,
 }
+
+/// Most VMs one `[[vm]]` entry keeps warm.
+pub const MAX_WARM: i64 = 64;
 
 /// Most replicas of one `[[vm]]` entry.
 pub const MAX_COUNT: i64 = 100_000;
@@ -352,6 +374,137 @@ mod tests {
             Err(e) => vec![e.to_string()],
             Ok(_) => Vec::new(),
         }
+    }
+
+    const NETWORK: &str = "[fleet]\nnetwork = { bridge = \"tdm0\", subnet = \"10.77.0.0/24\" }\n";
+
+    #[test]
+    fn a_vm_on_the_fleet_network_is_not_kept_warm() {
+        let text = format!(
+            "{NETWORK}[[vm]]\nname = \"web\"\nimage = \"/no/such/image\"\nsnapshot = \"nosnap\"\nwarm = 2\n"
+        );
+        let p = problems(&text);
+        assert!(
+            p.iter().any(|l| l
+                == "7:8: vm `web`: `warm` pools keep VMs without devices, and this VM is on the fleet network"),
+            "{p:#?}"
+        );
+    }
+
+    #[test]
+    fn references_to_other_vms_are_checked_at_their_place() {
+        let text = format!(
+            "{NETWORK}[[vm]]\nname = \"web\"\nimage = \"/no/such/image\"\n\
+             [[vm]]\nname = \"db\"\nimage = \"/no/such/image\"\n\
+             [[vm]]\nname = \"app\"\nimage = \"/no/such/image\"\nafter = [\"web\"]\n\
+             cmdline = \"a=${{web.ip}} b=${{db.ip}} c=${{ghost.ip}}\"\n"
+        );
+        let p = problems(&text);
+        let refs: Vec<&String> = p.iter().filter(|l| l.contains("`cmdline`")).collect();
+        assert_eq!(
+            refs,
+            [
+                "13:26: vm `app`: `cmdline`: `${db.ip}`: `db` is not in `after` (add after = [\"db\"], so that it is up first)",
+                "13:37: vm `app`: `cmdline`: `${ghost.ip}` names no VM of this fleet",
+            ],
+            "{p:#?}"
+        );
+        let p = problems(&format!(
+            "{NETWORK}[[vm]]\nname = \"a\"\nimage = \"/no/such/image\"\ncmdline = \"x ${{a.mac}}\"\n"
+        ));
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("6:14: vm `a`: `cmdline`: `${a.mac}` is not a reference")),
+            "{p:#?}"
+        );
+        // Without a fleet network no VM has an address to name.
+        let p = problems(
+            "[[vm]]\nname = \"web\"\nimage = \"/no/such/image\"\n\
+             [[vm]]\nname = \"app\"\nimage = \"/no/such/image\"\nafter = [\"web\"]\ncmdline = \"${web.ip}\"\n",
+        );
+        assert!(
+            p.iter().any(|l| l.starts_with(
+                "8:12: vm `app`: `cmdline`: `${web.ip}`: vm `web` has no network device"
+            )),
+            "{p:#?}"
+        );
+    }
+
+    #[test]
+    fn a_vms_own_limits_are_checked_at_their_place() {
+        let p = problems(&format!(
+            "{NETWORK}[[vm]]\nname = \"a\"\nimage = \"/no/such/image\"\nnet = {{ rate = \"fast\" }}\n"
+        ));
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("6:16: vm `a`: `net`: rate=\"fast\": 'fast' is not a size")),
+            "{p:#?}"
+        );
+        let p = problems(&format!(
+            "{NETWORK}[[vm]]\nname = \"a\"\nimage = \"/no/such/image\"\nnet = {{ pps_burst = 3 }}\n"
+        ));
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("6:7: vm `a`: `net`: pps_burst= needs pps=")),
+            "{p:#?}"
+        );
+        let p =
+            problems("[[vm]]\nname = \"a\"\nimage = \"/no/such/image\"\nnet = { rate = \"1M\" }\n");
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("4:7: vm `a`: `net` limits need a fleet network")),
+            "{p:#?}"
+        );
+    }
+
+    #[test]
+    fn network_tables_are_checked_at_their_place() {
+        let vm = "[[vm]]\nname = \"a\"\nimage = \"/no/such/image\"\n";
+        for (network, says) in [
+            (
+                "{ bridge = \"tdm0\" }",
+                "2:11: [fleet] network: needs `bridge` and `subnet`",
+            ),
+            (
+                "{ bridge = \"tdm0\", subnet = \"10.77.0.9/24\" }",
+                "2:39: [fleet] network: `subnet`: subnet `10.77.0.9/24` has host bits set",
+            ),
+            (
+                "{ bridge = \"no/slash\", subnet = \"10.77.0.0/24\" }",
+                "2:22: [fleet] network: `bridge`: `no/slash` is not an interface name",
+            ),
+            (
+                "{ bridge = \"tdm0\", subnet = \"10.77.0.0/24\", rate = \"10Q\" }",
+                "2:62: [fleet] network: rate=\"10Q\": unknown size unit",
+            ),
+            (
+                "{ bridge = \"tdm0\", subnet = \"10.77.0.0/24\", pps_burst = 5 }",
+                "2:11: [fleet] network: pps_burst= needs pps=",
+            ),
+            (
+                "{ bridge = \"tdm0\", subnet = \"10.77.0.0/24\", colour = 1 }",
+                "2:55: [fleet]: `network`: unknown field `colour`",
+            ),
+        ] {
+            let p = problems(&format!("[fleet]\nnetwork = {network}\n{vm}"));
+            assert!(p.iter().any(|l| l.starts_with(says)), "{says}:\n{p:#?}");
+        }
+        // A pool too small and tap names too long, at the values.
+        let p = problems(
+            "[fleet]\nnetwork = { bridge = \"tdm-fleet-long\", subnet = \"10.77.0.0/30\" }\n\
+             [[vm]]\nname = \"a\"\ncount = 2\nimage = \"/no/such/image\"\n",
+        );
+        assert!(
+            p.iter().any(|l| l.starts_with(
+                "2:49: [fleet] network: subnet 10.77.0.0/30 has room for 1 VMs, and 2 VMs"
+            )),
+            "{p:#?}"
+        );
+        assert!(
+            p.iter().any(|l| l
+                .starts_with("2:22: [fleet] network: bridge name `tdm-fleet-long` is too long")),
+            "{p:#?}"
+        );
     }
 
     #[test]
@@ -531,6 +684,22 @@ memory = "8M"
         assert_eq!(
             problems_with("", LIMITS),
             ["the fleet has no VMs (add [[vm]] entries)"]
+        );
+    }
+
+    #[test]
+    fn warm_pools_need_a_snapshot_a_bound_and_room_in_the_budget() {
+        let text = "[[vm]]\nname = \"a\"\nimage = \"/x\"\nwarm = 2\n[[vm]]\nname = \"b\"\nimage = \"/x\"\nsnapshot = \"nosnap\"\nwarm = 65\n[[vm]]\nname = \"c\"\nimage = \"/x\"\nmemory = \"512M\"\nsnapshot = \"nosnap\"\nwarm = 2\n";
+        let p = problems_with(text, LIMITS);
+        let has = |s: &str| p.iter().any(|l| l.contains(s));
+        assert!(
+            has("4:8: vm `a`: `warm` keeps VMs restored ahead from a `snapshot`, and it has none"),
+            "{p:#?}"
+        );
+        assert!(has("9:8: vm `b`: `warm` = 65 is outside 0..=64"), "{p:#?}");
+        assert!(
+            has("warm pools hold 1024 MiB of the 1024 MiB memory budget: vm `a` (8 MiB) could never start"),
+            "{p:#?}"
         );
     }
 

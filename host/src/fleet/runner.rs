@@ -11,8 +11,10 @@
 //! what to tell the user) is in free functions with their tests. One
 //! attempt on its vCPU thread, and what its end means, is in `attempt`.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
 use std::thread::Scope;
 use std::time::{Duration, Instant};
 
@@ -20,9 +22,12 @@ use super::config::FleetSpec;
 use super::scheduler::{Action, Outcome, Sample, Scheduler, StartSource, VmRecord, VmState};
 use crate::control::{VmEvent, VmHandle};
 use crate::kvm::Hypervisor;
-use crate::vm::RunReport;
+use crate::pool::Pool;
+use crate::snapshot::Snapshot;
+use crate::vm::{RunReport, VmConfig};
 
 mod attempt;
+pub mod network;
 
 use attempt::{Launch, Msg};
 
@@ -40,6 +45,60 @@ pub enum RunError {
     /// Privileges could not be dropped.
     #[error(transparent)]
     Privileges(#[from] crate::privileges::PrivilegeError),
+    /// A warm pool could not be filled.
+    #[error("vm `{group}`: cannot fill its warm pool: {reason}")]
+    Pool {
+        /// The `[[vm]]` entry.
+        group: String,
+        /// Why.
+        reason: String,
+    },
+    /// The fleet's bridge or taps could not be set up.
+    #[error(transparent)]
+    Network(#[from] network::NetworkError),
+    /// The console folder could not be made.
+    #[error("cannot make the console folder {path}: {source}")]
+    ConsoleDir {
+        /// The folder.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One warm pool per `[[vm]]` entry with `warm = N`, shared by its
+/// replicas; per VM, the pool it starts from (when it starts from its
+/// snapshot).
+fn warm_pools(spec: &FleetSpec) -> Result<Vec<Option<Arc<Pool>>>, RunError> {
+    let mut by_group: HashMap<&str, Arc<Pool>> = HashMap::new();
+    let mut out = Vec::with_capacity(spec.vms.len());
+    for v in &spec.vms {
+        let pool = match (&v.snapshot, v.warm) {
+            (Some(dir), n) if n > 0 => {
+                if let Some(p) = by_group.get(v.group.as_str()) {
+                    Some(p.clone())
+                } else {
+                    let fail = |reason: String| RunError::Pool {
+                        group: v.group.clone(),
+                        reason,
+                    };
+                    let snap = Snapshot::load(dir).map_err(|e| fail(e.to_string()))?;
+                    let template = VmConfig {
+                        console: crate::ConsoleSink::Discard,
+                        ..VmConfig::default()
+                    };
+                    let p =
+                        Arc::new(Pool::new(snap, n, template).map_err(|e| fail(e.to_string()))?);
+                    by_group.insert(&v.group, p.clone());
+                    Some(p)
+                }
+            }
+            _ => None,
+        };
+        out.push(pool);
+    }
+    Ok(out)
 }
 
 /// How to run a fleet.
@@ -58,6 +117,8 @@ pub struct RunOptions {
     pub user: Option<String>,
     /// With `user`: this group instead of the user's own.
     pub group: Option<String>,
+    /// Append each VM's console, every attempt, to `DIR/NAME.log`.
+    pub console_dir: Option<std::path::PathBuf>,
 }
 
 /// What happened, for live displays.
@@ -125,11 +186,24 @@ pub fn run(
     observe: impl FnMut(&Scheduler, Update),
 ) -> Result<FleetRun, RunError> {
     raise_fd_limit();
+    if let Some(dir) = &opts.console_dir {
+        std::fs::create_dir_all(dir).map_err(|source| RunError::ConsoleDir {
+            path: dir.clone(),
+            source,
+        })?;
+    }
     let hv = Hypervisor::open()?;
+    // Before privileges go: making a bridge or tap needs CAP_NET_ADMIN.
+    // Dropped last, when every VM thread has ended.
+    let _net = match &spec.network {
+        Some(net) => Some(network::FleetNet::up(net, &spec.vms)?),
+        None => None,
+    };
     // Ids change for every thread that exists: do it before VM threads start.
     crate::privileges::drop_to(opts.user.as_deref(), opts.group.as_deref())?;
+    let pools = warm_pools(spec)?;
     let (tx, rx) = mpsc::channel::<Msg>();
-    let mut fleet = Fleet::new(spec, opts, &hv, tx, observe);
+    let mut fleet = Fleet::new(spec, opts, &hv, &pools, tx, observe);
     std::thread::scope(|scope| {
         // The first round decides at once; later ones wait for news.
         let mut wait = Duration::ZERO;
@@ -160,6 +234,8 @@ struct Fleet<'env, F> {
     spec: &'env FleetSpec,
     opts: &'env RunOptions,
     hv: &'env Hypervisor,
+    /// Per VM, the warm pool it starts from, if any.
+    pools: &'env [Option<Arc<Pool>>],
     sched: Scheduler,
     /// The handle of each VM's running attempt.
     handles: Vec<Option<VmHandle>>,
@@ -179,6 +255,7 @@ impl<'env, F: FnMut(&Scheduler, Update)> Fleet<'env, F> {
         spec: &'env FleetSpec,
         opts: &'env RunOptions,
         hv: &'env Hypervisor,
+        pools: &'env [Option<Arc<Pool>>],
         tx: Sender<Msg>,
         observe: F,
     ) -> Self {
@@ -190,6 +267,7 @@ impl<'env, F: FnMut(&Scheduler, Update)> Fleet<'env, F> {
             spec,
             opts,
             hv,
+            pools,
             sched,
             handles: vec![None; spec.vms.len()],
             tx,
@@ -224,9 +302,31 @@ impl<'env, F: FnMut(&Scheduler, Update)> Fleet<'env, F> {
                     result,
                     started,
                     console_tail,
+                    console,
                     restored,
-                } => self.on_ended(vm, now, &result, started, console_tail, restored),
+                } => {
+                    self.keep_console(vm, &console);
+                    self.on_ended(vm, now, &result, started, console_tail, restored)
+                }
             }
+        }
+    }
+
+    /// Appends an attempt's console to its VM's file, if asked to (here, on
+    /// the main thread: the vCPU threads may not open files).
+    fn keep_console(&mut self, vm: usize, console: &[u8]) {
+        use std::io::Write;
+        let Some(dir) = &self.opts.console_dir else {
+            return;
+        };
+        let path = dir.join(format!("{}.log", self.spec.vms[vm].name));
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(console));
+        if let Err(e) = written {
+            log::warn!("cannot write {}: {e}", path.display());
         }
     }
 
@@ -317,8 +417,10 @@ impl<'env, F: FnMut(&Scheduler, Update)> Fleet<'env, F> {
         let fleet_spec: &'env FleetSpec = self.spec;
         let spec = &fleet_spec.vms[vm];
         self.say(admitted_line(&spec.name, &source, attempt));
+        let pools: &'env [Option<Arc<Pool>>] = self.pools;
         let launch = Launch {
             hv: self.hv,
+            pool: pools.get(vm).and_then(|p| p.as_deref()),
             spec,
             vm,
             attempt,

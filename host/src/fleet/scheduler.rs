@@ -172,7 +172,7 @@ pub struct Sample {
     pub booting: usize,
     /// VMs with a live vCPU thread.
     pub live: usize,
-    /// Guest memory of live VMs.
+    /// Guest memory of live VMs and of warm pools.
     pub memory: u64,
     /// VMs ready.
     pub ready: usize,
@@ -212,8 +212,21 @@ pub struct Scheduler {
     booting: usize,
     running: usize,
     memory: u64,
+    /// Guest memory the warm pools hold for the whole run.
+    pooled: u64,
     shutting_down: bool,
     grace: Duration,
+}
+
+/// Guest memory of every warm pool: `warm` VMs per `[[vm]]` entry (its
+/// replicas share one pool), each of the entry's memory size.
+fn warm_memory(spec: &FleetSpec) -> u64 {
+    let mut seen = std::collections::BTreeSet::new();
+    spec.vms
+        .iter()
+        .filter(|v| v.warm > 0 && seen.insert(v.group.as_str()))
+        .map(|v| crate::pool::pool_memory(v.warm, v.mem_size))
+        .fold(0, u64::saturating_add)
 }
 
 fn is_live(s: &VmState) -> bool {
@@ -276,6 +289,7 @@ impl Scheduler {
             booting: 0,
             running: 0,
             memory: 0,
+            pooled: warm_memory(spec),
             shutting_down: false,
             grace: STOP_GRACE,
         }
@@ -347,7 +361,7 @@ impl Scheduler {
             t,
             booting: self.booting,
             live: self.running,
-            memory: self.memory,
+            memory: self.memory + self.pooled,
             ready: self.state.iter().filter(|s| **s == VmState::Ready).count(),
         };
         match self.samples.last_mut() {
@@ -639,7 +653,7 @@ impl Scheduler {
             if self.booting >= self.limits.max_concurrent_boots {
                 break;
             }
-            if self.memory + self.nodes[vm].mem > self.limits.memory_budget {
+            if self.memory + self.pooled + self.nodes[vm].mem > self.limits.memory_budget {
                 continue;
             }
             let source = if self.live[vm].has_checkpoint {
@@ -711,12 +725,15 @@ mod tests {
                     backoff: ms(10),
                     backoff_max: ms(100),
                     boot_timeout: Some(ms(500)),
+                    warm: 0,
+                    net: None,
                 })
                 .collect(),
             limits: Limits {
                 max_concurrent_boots: cap,
                 memory_budget: budget_mib << 20,
             },
+            network: None,
         }
     }
 
@@ -764,6 +781,27 @@ mod tests {
         s.on_ended(0, ms(2), Outcome::Exited(0), false);
         assert_eq!(started(&s.poll(ms(2))), [2]);
         assert!(s.samples().iter().all(|x| x.memory <= 16 << 20));
+    }
+
+    #[test]
+    fn warm_pools_count_against_the_memory_budget() {
+        // 16 MiB of budget, 8 MiB VMs; `a` keeps one warm (8 MiB for the
+        // whole run, shared by its two replicas): one VM at a time fits.
+        let mut spec = spec(&[("a", 0, &[]), ("b", 0, &[]), ("c", 0, &[])], 8, 16);
+        spec.vms[0].warm = 1;
+        spec.vms[1].warm = 1;
+        spec.vms[1].group = "a".into();
+        let mut s = Scheduler::new(&spec);
+        assert_eq!(started(&s.poll(ms(0))), [0]);
+        s.on_ready(0, ms(1));
+        assert!(started(&s.poll(ms(1))).is_empty());
+        s.on_ended(0, ms(2), Outcome::Exited(0), false);
+        assert_eq!(started(&s.poll(ms(2))), [1]);
+        assert!(s.samples().iter().all(|x| x.memory <= 16 << 20));
+        assert!(
+            s.samples().iter().all(|x| x.memory >= 8 << 20),
+            "the pool is counted"
+        );
     }
 
     #[test]

@@ -298,6 +298,25 @@ impl Watcher {
     pub(crate) fn has_data(&self) -> bool {
         self.state.data.load(Ordering::SeqCst)
     }
+
+    /// What a wait in the VMM on the guest's behalf (an `Idle` request)
+    /// asks to see gdb break in.
+    pub(crate) fn interrupt(&self) -> Interrupt {
+        Interrupt(self.state.clone())
+    }
+}
+
+/// Whether gdb has sent something (a Ctrl-C) while the guest runs: a wait
+/// in the VMM for the guest ends early when it has, so gdb can stop the
+/// guest.
+#[derive(Clone)]
+pub(crate) struct Interrupt(Arc<WatchState>);
+
+impl Interrupt {
+    /// Whether gdb wants in.
+    pub(crate) fn asked(&self) -> bool {
+        self.0.data.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for Watcher {

@@ -1,7 +1,7 @@
 //! The registers gdb sees (`gdbstub_arch`'s x86_64 with SSE) made from
 //! KVM's register sets or the guest's fault record, and gdb's writes taken
 //! back, with what gdb may not change (privilege, interrupt and I/O
-//! flags; the segment selectors) kept as it was.
+//! flags; the segment selectors; the x87 state and MXCSR) kept as it was.
 
 use gdbstub_arch::x86::reg::{X86SegmentRegs, X86_64CoreRegs, X87FpuInternalRegs};
 use kvm_bindings::{kvm_regs, kvm_sregs};
@@ -133,10 +133,31 @@ pub fn add_fxsave(regs: &mut X86_64CoreRegs, fx: &[u8]) {
         st.copy_from_slice(&fx[32 + 16 * i..32 + 16 * i + 10]);
     }
     for (i, x) in regs.xmm.iter_mut().enumerate() {
-        let at = 160 + 16 * i;
+        let at = FXSAVE_XMM + 16 * i;
         *x = u128::from(w64(at)) | (u128::from(w64(at + 8)) << 64);
     }
     regs.mxcsr = u32_at(fx, 24).unwrap_or(0);
+}
+
+/// Where XMM0 starts in an FXSAVE image (16 bytes a register).
+const FXSAVE_XMM: usize = 160;
+
+/// gdb's XMM registers written into an FXSAVE image (the first 512 bytes
+/// of an XSAVE area); whether that changed it. The x87 registers and MXCSR
+/// stay read-only: a bad MXCSR would make the host's XRSTOR fault.
+pub fn set_fxsave_xmm(fx: &mut [u8], regs: &X86_64CoreRegs) -> bool {
+    let Some(area) = fx.get_mut(FXSAVE_XMM..FXSAVE_XMM + 16 * regs.xmm.len()) else {
+        return false;
+    };
+    let mut changed = false;
+    for (slot, x) in area.chunks_exact_mut(16).zip(regs.xmm.iter()) {
+        let bytes = x.to_le_bytes();
+        if *slot != bytes {
+            slot.copy_from_slice(&bytes);
+            changed = true;
+        }
+    }
+    changed
 }
 
 #[cfg(test)]
@@ -209,5 +230,29 @@ mod tests {
         let mut h = X86_64CoreRegs::default();
         add_fxsave(&mut h, &fx[..100]);
         assert_eq!(h, X86_64CoreRegs::default());
+    }
+
+    #[test]
+    fn xmm_writes_land_in_the_fxsave_image_and_nothing_else() {
+        let mut fx = [0u8; 512];
+        fx[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+        let mut g = X86_64CoreRegs::default();
+        add_fxsave(&mut g, &fx);
+        assert!(!set_fxsave_xmm(&mut fx, &g), "nothing changed");
+        g.xmm[1] = 0xAABB_u128 << 64 | 0xCCDD;
+        g.mxcsr = 0xFFFF_FFFF;
+        let before = fx;
+        assert!(set_fxsave_xmm(&mut fx, &g));
+        let mut back = X86_64CoreRegs::default();
+        add_fxsave(&mut back, &fx);
+        assert_eq!(back.xmm[1], g.xmm[1]);
+        assert_eq!(back.mxcsr, 0x1f80, "MXCSR is read-only");
+        let differing: Vec<usize> = (0..512).filter(|&i| fx[i] != before[i]).collect();
+        assert!(
+            differing.iter().all(|&i| (176..192).contains(&i)),
+            "{differing:?}"
+        );
+        // Too short: nothing written.
+        assert!(!set_fxsave_xmm(&mut fx[..100], &g));
     }
 }

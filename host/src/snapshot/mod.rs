@@ -23,6 +23,7 @@ mod capture;
 pub(crate) mod files;
 pub(crate) mod format;
 pub(crate) mod vcpu;
+pub mod working_set;
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -32,6 +33,7 @@ pub use format::{
     ConsoleState, LiveState, MachineState, MemoryRef, SnapshotState, TraceState, FORMAT_VERSION,
 };
 pub use vcpu::{MsrValue, VcpuState};
+pub use working_set::{WorkingSet, WorkingSetError, WORKING_SET_FILE};
 
 use crate::memory::{GuestRam, MemoryError};
 use files::io;
@@ -250,6 +252,20 @@ impl Snapshot {
         Ok(file)
     }
 
+    /// The working set recorded for this snapshot (`working-set` in its
+    /// directory): `Ok(None)` if there is none, an error naming what is
+    /// wrong with a damaged, hostile or stale one.
+    pub fn working_set(&self) -> Result<Option<WorkingSet>, String> {
+        working_set::read(&self.dir, self.state.memory.size, &self.state.memory.digest)
+    }
+
+    /// Writes `pages` as this snapshot's working set, atomically (at most
+    /// [`working_set::MAX_WORKING_SET_PAGES`] are kept).
+    pub fn write_working_set(&self, pages: &[u32]) -> Result<(), SnapshotError> {
+        let bytes = WorkingSet::encode(pages, self.state.memory.size, &self.state.memory.digest);
+        files::write_atomic(&self.dir, WORKING_SET_FILE, &bytes)
+    }
+
     /// Reads the whole memory file and checks it against the recorded digest.
     pub fn verify_memory(&self) -> Result<(), SnapshotError> {
         let file = self.open_memory()?;
@@ -331,7 +347,7 @@ pub(crate) fn write_with(
     })
 }
 
-/// Removes memory files other than `keep` and leftover temporary files
+/// Removes memory files other than `keep`, the old working set and leftover temporary files
 /// (only after the state file naming `keep` is durable).
 fn remove_stale(dir: &Path, keep: &str, disks: &[crate::devices::blk::BlkState]) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -340,7 +356,10 @@ fn remove_stale(dir: &Path, keep: &str, disks: &[crate::devices::blk::BlkState])
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let stale_memory = format::valid_memory_name(name) && name != keep;
+        // A working set lists the pages of the memory file it was recorded
+        // against; the new snapshot's guest may use others.
+        let stale_memory =
+            (format::valid_memory_name(name) && name != keep) || name == WORKING_SET_FILE;
         let stale_disk = crate::devices::blk::state::valid_disk_name(name)
             && !disks.iter().any(|d| d.file == name);
         let stale_memory = stale_memory || stale_disk;

@@ -276,7 +276,8 @@ fn bytes_to_words(bytes: &[u8], out: &mut [u32]) {
     }
 }
 
-fn capture_xsave(vm: &VmFd, vcpu: &VcpuFd) -> Result<Vec<u8>, SnapshotError> {
+/// The vCPU's whole XSAVE area (the legacy region first), as bytes.
+pub(crate) fn capture_xsave(vm: &VmFd, vcpu: &VcpuFd) -> Result<Vec<u8>, SnapshotError> {
     let legacy = std::mem::size_of::<kvm_xsave>();
     let size = xsave_size(vm);
     let extra = (size - legacy).div_ceil(4);
@@ -291,7 +292,8 @@ fn capture_xsave(vm: &VmFd, vcpu: &VcpuFd) -> Result<Vec<u8>, SnapshotError> {
     Ok(out)
 }
 
-fn apply_xsave(vm: &VmFd, vcpu: &VcpuFd, bytes: &[u8]) -> Result<(), SnapshotError> {
+/// Sets the vCPU's XSAVE area from [`capture_xsave`]'s bytes.
+pub(crate) fn apply_xsave(vm: &VmFd, vcpu: &VcpuFd, bytes: &[u8]) -> Result<(), SnapshotError> {
     let legacy = std::mem::size_of::<kvm_xsave>();
     let size = xsave_size(vm);
     let expected = legacy + (size - legacy).div_ceil(4) * 4;

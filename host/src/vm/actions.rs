@@ -17,6 +17,7 @@ use super::{ExitStatus, SnapshotRecord, SnapshotTrigger, Vm, VmError};
 use crate::backup::BackupRecord;
 use crate::console::Console;
 use crate::control::{Kicker, VmEvent, VmHandle};
+use crate::gdb::Interrupt;
 use crate::hypercall::{self, Action, HypercallError};
 
 /// Longest single wait of a `Request::Idle` (the app asks again if it wants more).
@@ -109,27 +110,12 @@ impl Vm {
             Action::Snapshot(reply) => self.guest_snapshot(reply, session),
             Action::Exit(code) => Break(ExitStatus::Exited(code)),
             Action::Idle { nanos, reply } => {
+                let mut until = Instant::now() + idle_limit(nanos, session.deadline);
                 // A disk request a rate limit holds ends the wait when it may go.
-                let nanos = match self.disks.iter().filter_map(|d| d.held_until()).min() {
-                    Some(at) => {
-                        let left = at.saturating_duration_since(Instant::now()).as_nanos();
-                        nanos.min(u64::try_from(left).unwrap_or(u64::MAX))
-                    }
-                    None => nanos,
-                };
-                let stop = match self.net.as_mut() {
-                    Some(net) => {
-                        let handle = session.handle.as_ref();
-                        let asked = || handle.is_some_and(VmHandle::stop_asked);
-                        let limit = idle_limit(nanos, session.deadline);
-                        if let Err(e) = net.idle(&self.ram.mem, limit, &asked) {
-                            return Break(ExitStatus::DeviceViolation(e));
-                        }
-                        asked()
-                    }
-                    None => idle(session.handle.as_ref(), nanos, session.deadline),
-                };
-                self.reply(reply, &Reply::Idle { stop })
+                if let Some(at) = self.disks.iter().filter_map(|d| d.held_until()).min() {
+                    until = until.min(at);
+                }
+                self.idle_until(PendingIdle { until, reply }, session)
             }
             Action::ReadStdin { buf, reply } => {
                 let mut data = vec![0u8; buf.len as usize];
@@ -152,6 +138,48 @@ impl Vm {
 
     /// Writes `answer` into the guest's `reply` buffer (checked there) and
     /// notes it for the next backup point.
+    /// Serves an `Idle` wait until `wait.until`, a frame (with a network
+    /// device) or a stop request. Under gdb a Ctrl-C breaks in: the wait is
+    /// left in `session.pending_idle`, unanswered, for the run loop to go on
+    /// with once the guest runs again (as a signal restarts a sleep).
+    pub(super) fn idle_until(
+        &mut self,
+        wait: PendingIdle,
+        session: &mut Session,
+    ) -> ControlFlow<ExitStatus> {
+        let debugger = session.debugger.clone();
+        let broken_in = || debugger.as_ref().is_some_and(Interrupt::asked);
+        let handle = session.handle.as_ref();
+        let stop = match self.net.as_mut() {
+            Some(net) => {
+                // A frame may end the wait early anyway: the guest's network
+                // loop asks again, so a Ctrl-C just ends it too.
+                let asked = || handle.is_some_and(VmHandle::stop_asked);
+                let limit = wait.until.saturating_duration_since(Instant::now());
+                if let Err(e) = net.idle(&self.ram.mem, limit, &|| asked() || broken_in()) {
+                    return Break(ExitStatus::DeviceViolation(e));
+                }
+                asked()
+            }
+            None => loop {
+                let now = Instant::now();
+                let end = match debugger {
+                    Some(_) => wait.until.min(now + DEBUGGED_IDLE_SLICE),
+                    None => wait.until,
+                };
+                let stop = idle(handle, end.saturating_duration_since(now));
+                if stop || Instant::now() >= wait.until {
+                    break stop;
+                }
+                if broken_in() {
+                    session.pending_idle = Some(wait);
+                    return Continue(());
+                }
+            },
+        };
+        self.reply(wait.reply, &Reply::Idle { stop })
+    }
+
     fn reply(&mut self, reply: GuestBuf, answer: &Reply) -> ControlFlow<ExitStatus> {
         let mem_size = self.config.mem_size;
         violation(hypercall::write_reply(
@@ -224,10 +252,19 @@ impl Vm {
     }
 }
 
-/// Serves `Request::Idle`: waits up to `nanos` (capped by [`MAX_IDLE`] and
-/// the run's deadline) or until a stop is asked; returns whether one was.
-fn idle(handle: Option<&VmHandle>, nanos: u64, deadline: Option<Instant>) -> bool {
-    let limit = idle_limit(nanos, deadline);
+/// An `Idle` wait: when it ends and where its answer goes.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PendingIdle {
+    until: Instant,
+    reply: GuestBuf,
+}
+
+/// Longest stretch of an `Idle` wait under gdb before the VMM looks whether
+/// gdb wants in (how soon a Ctrl-C stops a waiting guest).
+const DEBUGGED_IDLE_SLICE: Duration = Duration::from_millis(5);
+
+/// Waits up to `limit` or until a stop is asked; returns whether one was.
+fn idle(handle: Option<&VmHandle>, limit: Duration) -> bool {
     match handle {
         Some(h) => h.idle(limit),
         None => {
@@ -255,10 +292,10 @@ mod tests {
     fn an_idle_wait_ends_at_a_stop_request_or_the_deadline() {
         let h = VmHandle::new();
         h.request_stop();
-        assert!(idle(Some(&h), u64::MAX, None));
+        assert!(idle(Some(&h), MAX_IDLE));
         let t = Instant::now();
-        assert!(!idle(None, u64::MAX, Some(t)));
-        assert!(!idle(Some(&VmHandle::new()), 1_000, None));
+        assert!(!idle(None, idle_limit(u64::MAX, Some(t))));
+        assert!(!idle(Some(&VmHandle::new()), Duration::from_micros(1)));
         assert!(t.elapsed() < Duration::from_secs(5));
     }
 }

@@ -90,7 +90,7 @@ impl Vm {
         vcpu.set_regs(&arch::entry_regs(image.entry))
             .map_err(ioctl("KVM_SET_REGS"))?;
         let mut vm = machine.into_vm(config, Start::Boot);
-        vm.net = net;
+        vm.attach_net(net);
         vm.disks = disks;
         Ok(vm)
     }

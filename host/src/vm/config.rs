@@ -57,6 +57,8 @@ pub struct VmConfig {
     /// Write a core file here if the guest crashes (panic, CPU exception,
     /// triple fault).
     pub core: Option<CoreFile>,
+    /// What a restore faults in before the guest runs (ignored by a boot).
+    pub prefetch: super::Prefetch,
 }
 
 impl Default for VmConfig {
@@ -80,6 +82,7 @@ impl Default for VmConfig {
             net: None,
             disks: Vec::new(),
             core: None,
+            prefetch: super::Prefetch::Auto,
         }
     }
 }

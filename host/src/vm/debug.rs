@@ -351,11 +351,11 @@ impl SingleThreadBase for DebugTarget<'_, '_> {
             }
             Stopped::InStub { .. } => regs::from_record(&self.record().map_err(fatal)?, &sregs),
         };
-        // The SSE registers are a nicety: read-only, and left out if KVM
-        // will not say.
-        if let Ok(x) = self.vm.vcpu.get_xsave() {
-            let bytes: Vec<u8> = x.region.iter().flat_map(|w| w.to_le_bytes()).collect();
-            regs::add_fxsave(regs, &bytes);
+        // The SSE registers are left out if KVM will not say. (The guest's
+        // code is soft-float: its exception entry leaves them as the
+        // trapping code had them.)
+        if let Ok(xsave) = crate::snapshot::vcpu::capture_xsave(&self.vm.vm, &self.vm.vcpu) {
+            regs::add_fxsave(regs, &xsave);
         }
         Ok(())
     }
@@ -374,6 +374,12 @@ impl SingleThreadBase for DebugTarget<'_, '_> {
                 self.set_record(&regs::to_record(&old, regs))
                     .map_err(fatal)?;
             }
+        }
+        let mut xsave =
+            crate::snapshot::vcpu::capture_xsave(&self.vm.vm, &self.vm.vcpu).map_err(fatal)?;
+        if regs::set_fxsave_xmm(&mut xsave, regs) {
+            crate::snapshot::vcpu::apply_xsave(&self.vm.vm, &self.vm.vcpu, &xsave)
+                .map_err(fatal)?;
         }
         Ok(())
     }
@@ -466,6 +472,7 @@ impl Vm {
         watchers: &Watchers<'_>,
     ) -> Option<ExitStatus> {
         let watcher = Watcher::start(&conn);
+        session.debugger = Some(watcher.interrupt());
         let mut target = DebugTarget {
             vm: self,
             session,
@@ -479,10 +486,12 @@ impl Vm {
         };
         if let Err(e) = target.set_kstat(KernelStats::DEBUGGER, 1) {
             log::error!("gdb: cannot attach: {e}");
+            target.session.debugger = None;
             return None;
         }
         let outcome = drive(&mut target, conn, &watcher);
         watcher.disarm();
+        target.session.debugger = None;
         match outcome {
             Ok(Outcome::Over(status)) => Some(status),
             Ok(Outcome::Detached) => {

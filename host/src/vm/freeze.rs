@@ -15,6 +15,7 @@ use super::{Vm, VmError};
 use crate::backup::{BackupConfig, BackupRecord, BackupWriter};
 use crate::console::Console;
 use crate::devices::blk::copy;
+use crate::devices::NetDevice;
 use crate::snapshot::{self, LiveState, MachineState, SnapshotState, WriteStats};
 
 impl Vm {
@@ -133,10 +134,24 @@ impl Vm {
 
     /// Writes the next backup point with `state` (the vCPU stopped).
     fn write_backup_point(&mut self, state: &SnapshotState) -> Result<BackupRecord, VmError> {
+        // What the network device wrote (the dirty log does not see it).
+        if let Some(net) = self.net.as_mut() {
+            let written = net.take_written();
+            self.note_host_writes(&written);
+        }
         let Some(writer) = self.backup.as_mut() else {
             return Err(VmError::Config("backup writer missing".into()));
         };
         Ok(writer.write_next(&self.vm, &self.ram, state)?)
+    }
+
+    /// Gives the VM its network device; with backups on, the device keeps
+    /// account of what it writes, for the next backup point.
+    pub(super) fn attach_net(&mut self, net: Option<NetDevice>) {
+        self.net = net;
+        if let (Some(net), Some(_)) = (self.net.as_mut(), &self.config.backup) {
+            net.track_writes();
+        }
     }
 
     /// Notes guest ranges the VMM wrote, for the next backup point.

@@ -63,6 +63,7 @@ impl Machine {
         ram: impl FnOnce() -> Result<GuestRam, VmError>,
     ) -> Result<Self, VmError> {
         check_config(config)?;
+        super::teardown::start();
         let mut trace = BootTrace::new(0);
         trace.set(Phase::VmmStart, start_tsc);
         trace.stamp(Phase::KvmReady);
@@ -126,6 +127,7 @@ impl Machine {
             backup_records: Vec::new(),
             net: None,
             disks: Vec::new(),
+            record_working_set: None,
         }
     }
 }

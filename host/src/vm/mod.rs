@@ -13,12 +13,13 @@
 //!   `report`, `error`; the public way in, `builder`;
 //! - how it is made: `machine` (the one construction path, with the one
 //!   memory-slot call), `boot` (with `boot_info` and `prefault`),
-//!   `restore`;
+//!   `restore` (with `memory_plan`, which decides what a restore faults in);
 //! - how it runs: `run` (the loop, which only runs), `exit` (what a KVM
 //!   exit means, decided by a pure function), `actions` (everything the
 //!   run carries out: hypercall actions, due snapshots and backup points),
 //!   `stdin`, `clock`, `guest_trace`, `freeze` (stopping the VM's state
-//!   into a snapshot or backup point), `core` (a crashed guest's core file).
+//!   into a snapshot or backup point), `core` (a crashed guest's core file),
+//!   `teardown` (a finished VM torn down off the runner's path).
 
 mod actions;
 mod boot;
@@ -34,11 +35,13 @@ mod exit;
 mod freeze;
 mod guest_trace;
 mod machine;
+mod memory_plan;
 mod prefault;
 mod report;
 mod restore;
 mod run;
 mod stdin;
+mod teardown;
 
 use kvm_ioctls::{VcpuFd, VmFd};
 use tandem_abi::layout::LiveArea;
@@ -48,7 +51,9 @@ pub use check::check_mem_size;
 pub use config::VmConfig;
 pub use core::CoreFile;
 pub use error::VmError;
+pub use memory_plan::Prefetch;
 pub use report::{ExitStatus, RunReport, RunStats, SnapshotRecord, SnapshotTrigger};
+pub(crate) use restore::RestoreInputs;
 
 use crate::backup::{BackupRecord, BackupWriter};
 use crate::devices::{BlkDevice, NetDevice};
@@ -84,12 +89,39 @@ pub struct Vm {
     net: Option<NetDevice>,
     /// The virtio-blk devices, in the order of `config.disks`.
     disks: Vec<BlkDevice>,
+    /// For `--prefetch record`: the snapshot whose working set this run records.
+    record_working_set: Option<crate::snapshot::Snapshot>,
 }
 
 impl Vm {
     /// Guest memory (for inspection by tests and tools).
     pub fn memory(&self) -> &vm_memory::GuestMemoryMmap {
         &self.ram.mem
+    }
+
+    /// Replaces what a VM is told by its runner (console, timeout, stdin,
+    /// follower, snapshot and core settings) with `config`'s, keeping what
+    /// it was built with: its machine and memory (a pooled VM taken for a
+    /// new start).
+    pub(crate) fn reconfigure(&mut self, config: VmConfig) {
+        let old = &self.config;
+        self.config = VmConfig {
+            mem_size: old.mem_size,
+            cmdline: old.cmdline.clone(),
+            vm_id: old.vm_id,
+            console_limit: old.console_limit,
+            huge_pages: old.huge_pages,
+            backup: None,
+            net: None,
+            disks: Vec::new(),
+            prefetch: old.prefetch,
+            ..config
+        };
+    }
+
+    /// The boot trace, for a pool to restamp a VM's setup at its take.
+    pub(crate) fn trace_mut(&mut self) -> &mut BootTrace {
+        &mut self.trace
     }
 
     /// The generation this VM's guest sees (0 for a VM that booted and was

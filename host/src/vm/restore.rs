@@ -7,6 +7,7 @@ use tandem_abi::layout::{self, LiveArea};
 
 use super::boot_info::{boot_info, write_boot_info};
 use super::machine::{Machine, Start};
+use super::memory_plan::{self, MemoryPlan, PlanInput, Prefetch};
 use super::{Vm, VmConfig, VmError};
 use crate::devices::blk::request::SECTOR_SIZE;
 use crate::devices::blk::{copy, DiskFile};
@@ -15,8 +16,35 @@ use crate::devices::{BlkDevice, DiskSpec, NetDevice, NetSpec, NetState};
 use crate::entropy::fill_random;
 use crate::kvm::Hypervisor;
 use crate::memory::GuestRam;
-use crate::snapshot::{self, MachineState, Snapshot, SnapshotError};
+use crate::snapshot::{self, MachineState, Snapshot, SnapshotError, WorkingSet};
 use crate::trace::rdtsc;
+
+/// What a restore of one snapshot may reuse from the last: its working
+/// set, read and checked once (pools restore the same snapshot many times).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RestoreInputs {
+    /// The checked working set, if the snapshot has a valid one.
+    pub working_set: Option<WorkingSet>,
+}
+
+impl RestoreInputs {
+    /// Reads what a restore in `prefetch` mode needs from `snapshot`. A
+    /// damaged, hostile or stale working set is not an error: it only
+    /// speeds restores up, so it is ignored with a warning that names what
+    /// is wrong, and the restore falls back to the memory file's data.
+    pub(crate) fn read(snapshot: &Snapshot, prefetch: Prefetch) -> Self {
+        if prefetch != Prefetch::Auto {
+            return Self::default();
+        }
+        match snapshot.working_set() {
+            Ok(ws) => Self { working_set: ws },
+            Err(e) => {
+                log::warn!("ignoring the working set: {e}");
+                Self::default()
+            }
+        }
+    }
+}
 
 impl Vm {
     /// Creates a VM from a checked snapshot, ready to run from exactly where
@@ -41,6 +69,18 @@ impl Vm {
     pub fn restore_at(
         hv: &Hypervisor,
         snapshot: &Snapshot,
+        config: VmConfig,
+        start_tsc: u64,
+    ) -> Result<Self, VmError> {
+        let inputs = RestoreInputs::read(snapshot, config.prefetch);
+        Self::restore_with(hv, snapshot, &inputs, config, start_tsc)
+    }
+
+    /// [`Vm::restore_at`] with the snapshot's working set already read.
+    pub(crate) fn restore_with(
+        hv: &Hypervisor,
+        snapshot: &Snapshot,
+        inputs: &RestoreInputs,
         mut config: VmConfig,
         start_tsc: u64,
     ) -> Result<Self, VmError> {
@@ -59,10 +99,21 @@ impl Vm {
             .as_ref()
             .map(|n| Tap::setup(&n.tap_setup()))
             .transpose()?;
+        let prefetch = config.prefetch;
         let machine = Machine::new(hv, &config, start_tsc, || {
             let file = snapshot.open_memory()?;
-            let populate = populate_ranges(&file, st.machine.mem_size);
-            Ok(GuestRam::from_file(file, st.machine.mem_size, &populate)?)
+            let plan = restore_plan(&file, st.machine.mem_size, inputs, prefetch);
+            log::debug!(
+                "restore: {} pages copied into huge pages, {} prefaulted ({prefetch:?})",
+                plan.copied_pages(),
+                plan.populated_pages()
+            );
+            Ok(GuestRam::from_file(
+                file,
+                st.machine.mem_size,
+                &plan.copy,
+                &plan.populate,
+            )?)
         })?;
         check_host(&st.machine, machine.tsc_khz, machine.cpu_features)?;
         st.vcpu.apply(&machine.vm, &machine.vcpu)?;
@@ -121,9 +172,37 @@ impl Vm {
             console_written: st.console.written,
         };
         let mut vm = machine.into_vm(config, start);
-        vm.net = net;
+        vm.attach_net(net);
         vm.disks = disks;
+        if prefetch == Prefetch::Record {
+            vm.record_working_set = Some(snapshot.clone());
+        }
         Ok(vm)
+    }
+
+    /// Writes the pages the guest touched since its restore as the
+    /// snapshot's working set (`--prefetch record`), once its run is over.
+    pub(super) fn record_working_set(&mut self) {
+        let Some(snapshot) = self.record_working_set.take() else {
+            return;
+        };
+        let result = self
+            .ram
+            .present_pages()
+            .map_err(|e| e.to_string())
+            .and_then(|pages| {
+                snapshot
+                    .write_working_set(&pages)
+                    .map(|()| pages.len())
+                    .map_err(|e| e.to_string())
+            });
+        match result {
+            Ok(n) => log::info!(
+                "working set of {n} pages recorded in {}",
+                snapshot.dir.join(snapshot::WORKING_SET_FILE).display()
+            ),
+            Err(e) => log::warn!("cannot record the working set: {e}"),
+        }
     }
 }
 
@@ -194,6 +273,28 @@ fn restored_net(
     }
 }
 
+/// The plan for one restore: the memory file's data extents (read with
+/// SEEK_DATA, cost by extent, not by memory size) and the working set.
+fn restore_plan(
+    file: &std::fs::File,
+    mem_size: u64,
+    inputs: &RestoreInputs,
+    prefetch: Prefetch,
+) -> MemoryPlan {
+    let mem_pages = mem_size / tandem_abi::layout::PAGE_SIZE;
+    let working_set = inputs.working_set.as_ref().map(|w| w.pages.as_slice());
+    let data = match (prefetch, working_set) {
+        (Prefetch::Data, _) | (Prefetch::Auto, None) => snapshot::files::data_pages(file, mem_size),
+        _ => Vec::new(),
+    };
+    memory_plan::plan(&PlanInput {
+        mem_pages,
+        data: &data,
+        working_set,
+        prefetch,
+    })
+}
+
 /// Refuses a host whose vCPU would not be the one the guest was told of:
 /// another TSC frequency (the guest converts ticks with it) or other CPUID
 /// features (it may use them).
@@ -227,26 +328,6 @@ fn new_generation(old: u64) -> u64 {
             return g;
         }
     }
-}
-
-/// Most pages a restore prefaults: the cost is bounded (about 1 us a
-/// page), whatever the snapshot holds; the rest come in on first touch.
-const POPULATE_MAX_PAGES: u64 = 2048;
-
-/// The data of the memory file (pages the guest had used), low addresses
-/// first, up to [`POPULATE_MAX_PAGES`], as guest ranges to prefault.
-fn populate_ranges(file: &std::fs::File, size: u64) -> Vec<(u64, u64)> {
-    let mut left = POPULATE_MAX_PAGES;
-    let mut out = Vec::new();
-    for (first, end) in snapshot::files::data_pages(file, size) {
-        if left == 0 {
-            break;
-        }
-        let n = (end - first).min(left);
-        left -= n;
-        out.push((first * layout::PAGE_SIZE, (first + n) * layout::PAGE_SIZE));
-    }
-    out
 }
 
 #[cfg(test)]

@@ -10,13 +10,14 @@ use kvm_ioctls::VcpuExit;
 use tandem_abi::hypercall::HypercallPort;
 use tandem_abi::trace::Phase;
 
+use super::actions::PendingIdle;
 use super::exit::{handle_kvm_exit, Decision, ExitAction};
 use super::guest_trace::guest_stamp;
 use super::{ExitStatus, RunReport, RunStats, SnapshotRecord, Vm, VmError};
 use crate::console::Console;
 use crate::control::{Kicker, VmEvent, VmHandle, Watch};
 use crate::devices::{BlkDevice, DeviceError, NetDevice};
-use crate::gdb::GdbConnection;
+use crate::gdb::{GdbConnection, Interrupt};
 use crate::hypercall::{self, HypercallError};
 
 /// What a run holds besides the VM while the guest runs.
@@ -29,6 +30,10 @@ pub(super) struct Session {
     pub(super) handle: Option<VmHandle>,
     /// When the run times out.
     pub(super) deadline: Option<Instant>,
+    /// Under gdb: whether it wants to break in (ends waits in the VMM).
+    pub(super) debugger: Option<Interrupt>,
+    /// An `Idle` wait gdb broke into: it goes on when the guest runs again.
+    pub(super) pending_idle: Option<PendingIdle>,
 }
 
 /// What one turn of the loop came to.
@@ -88,6 +93,8 @@ impl Vm {
             snapshots: Vec::new(),
             handle: follower.clone(),
             deadline: self.config.timeout.map(|t| Instant::now() + t),
+            debugger: None,
+            pending_idle: None,
         };
         if let Some(h) = &follower {
             h.event(VmEvent::Running);
@@ -116,6 +123,7 @@ impl Vm {
             },
         };
         self.trace.stamp(Phase::Exit);
+        self.record_working_set();
         if let Some(net) = &self.net {
             let s = net.stats();
             log::info!(
@@ -157,13 +165,18 @@ impl Vm {
         drop(attached);
         stats.console_bytes = session.console.written() + self.console_before;
         self.collect_guest_trace(&mut stats);
-        Ok(RunReport {
+        let report = RunReport {
             status,
-            trace: self.trace,
+            trace: std::mem::replace(&mut self.trace, crate::trace::BootTrace::new(0)),
             stats,
             snapshots: session.snapshots,
-            backups: self.backup_records,
-        })
+            backups: std::mem::take(&mut self.backup_records),
+        };
+        // The tap is let go at once (a next VM may open it); the rest of
+        // the VM is torn down off this path.
+        drop(self.net.take());
+        super::teardown::dispose(self);
+        Ok(report)
     }
 
     /// One turn: what is due, one `KVM_RUN`, and what its exit asks.
@@ -176,12 +189,22 @@ impl Vm {
         if watchers.follower.is_some_and(VmHandle::killed) {
             return Step::End(ExitStatus::Stopped);
         }
-        if let Some(k) = watchers.kicker {
-            if k.timed_out() {
-                return Step::End(ExitStatus::TimedOut(
-                    self.config.timeout.unwrap_or_default(),
-                ));
+        if watchers.kicker.is_some_and(Kicker::timed_out) {
+            return Step::End(ExitStatus::TimedOut(
+                self.config.timeout.unwrap_or_default(),
+            ));
+        }
+        // An Idle wait gdb broke into goes on first: the guest sees one
+        // wait, as long as it asked for.
+        if let Some(pending) = session.pending_idle.take() {
+            if let ControlFlow::Break(status) = self.idle_until(pending, session) {
+                return Step::End(status);
             }
+            if session.pending_idle.is_some() {
+                return Step::Again;
+            }
+        }
+        if let Some(k) = watchers.kicker {
             if let ControlFlow::Break(status) = self.carry_out_due(k, session) {
                 return Step::End(status);
             }

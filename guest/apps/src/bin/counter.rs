@@ -8,7 +8,9 @@
 //! - `exit-at=N`: exit 0 after step N (default: count forever);
 //! - `pages=N`: spread the state over N heap pages (default 16), one written per step;
 //! - `every=N`: print only every Nth step (default 1);
-//! - `pause-us=N`: busy-wait N microseconds between steps (default 0).
+//! - `pause-us=N`: busy-wait N microseconds between steps (default 0);
+//! - `fill`: fill every table page with a pattern before `ready()` and check
+//!   every byte of it at exit (so a restore that loses a page shows).
 #![no_std]
 #![no_main]
 
@@ -26,6 +28,7 @@ struct Options {
     pages: usize,
     every: u64,
     pause_us: u64,
+    fill: bool,
 }
 
 fn options(env: &Env) -> Result<Options, String> {
@@ -36,6 +39,7 @@ fn options(env: &Env) -> Result<Options, String> {
         pages: 16,
         every: 1,
         pause_us: 0,
+        fill: false,
     };
     for word in env.args() {
         let (key, value) = word.split_once('=').unwrap_or((word, ""));
@@ -51,6 +55,7 @@ fn options(env: &Env) -> Result<Options, String> {
             "pages" => o.pages = usize::try_from(num()?.clamp(1, 1 << 16)).unwrap_or(1),
             "every" => o.every = num()?.max(1),
             "pause-us" => o.pause_us = num()?,
+            "fill" => o.fill = true,
             _ => return Err(format!("unknown option `{word}`")),
         }
     }
@@ -67,6 +72,12 @@ fn fold(hash: u64, value: u64) -> u64 {
     h
 }
 
+/// The byte `fill` puts at table offset `i`.
+fn pattern(i: usize) -> u8 {
+    let low = |x: usize| u8::try_from(x % 256).unwrap_or(0);
+    low(i) ^ low(i / PAGE).wrapping_mul(31) ^ 0x5A
+}
+
 fn main(env: &Env) -> Result<(), String> {
     let o = options(env)?;
     let mut table = vec![0u8; o.pages * PAGE];
@@ -77,6 +88,11 @@ fn main(env: &Env) -> Result<(), String> {
         env.generation(),
         env.restores()
     );
+    if o.fill {
+        for (i, b) in table.iter_mut().enumerate() {
+            *b = pattern(i);
+        }
+    }
     if o.ready {
         ready();
     }
@@ -113,6 +129,17 @@ fn main(env: &Env) -> Result<(), String> {
             let sum = table.chunks(PAGE).fold(0u64, |acc, p| {
                 fold(acc, u64::from_le_bytes(p[..8].try_into().unwrap_or([0; 8])))
             });
+            if o.fill {
+                // Bytes 0..8 of each page hold the hash of a step.
+                let bad = table
+                    .iter()
+                    .enumerate()
+                    .find(|&(i, &b)| i % PAGE >= 8 && b != pattern(i));
+                match bad {
+                    None => println!("fill check: {} pages intact", o.pages),
+                    Some((i, _)) => println!("fill check: byte {i} WRONG"),
+                }
+            }
             println!(
                 "final count {count} hash {hash:016x} table {sum:016x} generation {}",
                 env.generation()

@@ -2,7 +2,7 @@
 //! [`smoltcp`] interface configured by the block's static settings for it
 //! (`Device::NetConfig`, which the Tandem VMM's `--net ...,ip=A/P` gives)
 //! or else by DHCP, and blocking sockets that feel like std's
-//! ([`TcpListener`], [`TcpStream`], [`UdpSocket`]).
+//! ([`TcpListener`], [`TcpStream`] with `connect`, [`UdpSocket`]).
 //!
 //! The stack comes up on first use. A restored or cloned VM renews it
 //! (`Stack::renew_if_restored`): open connections are reset, the MAC and
@@ -52,6 +52,8 @@ pub enum Error {
     InvalidInput,
     /// The peer reset the connection (or it timed out in the stack).
     ConnectionReset,
+    /// The peer refused a connection (reset its handshake).
+    ConnectionRefused,
     /// The connection is closed for writing.
     BrokenPipe,
     /// The call's timeout passed.
@@ -69,6 +71,7 @@ impl core::fmt::Display for Error {
             Self::AddrInUse => write!(f, "address in use"),
             Self::InvalidInput => write!(f, "invalid argument"),
             Self::ConnectionReset => write!(f, "connection reset by peer"),
+            Self::ConnectionRefused => write!(f, "connection refused"),
             Self::BrokenPipe => write!(f, "broken pipe"),
             Self::TimedOut => write!(f, "timed out"),
             Self::WouldBlock => write!(f, "operation would block"),

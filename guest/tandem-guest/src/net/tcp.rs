@@ -131,6 +131,42 @@ impl TcpStream {
         }
     }
 
+    /// Connects to `to` from a free local port, waiting up to `timeout` for
+    /// the handshake, like `std::net::TcpStream::connect_timeout`. A peer
+    /// that resets the handshake gives [`Error::ConnectionRefused`].
+    pub fn connect(to: SocketAddr, timeout: Duration) -> Result<Self> {
+        if to.port == 0 || to.addr.is_unspecified() {
+            return Err(Error::InvalidInput);
+        }
+        let h = with_stack(|s| {
+            let port = s.ephemeral(|s, p| s.tcp_ports.contains(&p));
+            let mut socket = Stack::tcp_socket();
+            socket
+                .connect(s.iface.context(), to, port)
+                .map_err(|_| Error::InvalidInput)?;
+            socket.set_timeout(Some(STALL_TIMEOUT.into()));
+            Ok(s.sockets.add(socket))
+        })??;
+        let wait = Wait {
+            nonblocking: false,
+            timeout: Some(timeout),
+        };
+        let done = block_on(wait, |s| match s.sockets.get::<Socket>(h).state() {
+            State::SynSent | State::SynReceived => None,
+            State::Established => Some(Ok(())),
+            _ => Some(Err(Error::ConnectionRefused)),
+        });
+        match done {
+            Ok(()) => Ok(Self::new(h, to)),
+            Err(e) => {
+                let _ = with_stack(|s| {
+                    s.sockets.remove(h);
+                });
+                Err(e)
+            }
+        }
+    }
+
     /// The peer's address.
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer

@@ -38,6 +38,9 @@ pub struct FleetArgs {
     /// How long a VM asked to stop may take before it is killed.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub stop_grace: Option<Duration>,
+    /// Append each VM's console (every attempt) to DIR/NAME.log.
+    #[arg(long, value_name = "DIR")]
+    pub console_dir: Option<PathBuf>,
     /// Check the fleet file and print the plan; boot nothing.
     #[arg(long)]
     pub check: bool,
@@ -119,10 +122,28 @@ pub fn run(args: FleetArgs, quiet: bool) -> Result<u8, CliError> {
             spec.limits.max_concurrent_boots,
             spec.limits.memory_budget >> 20
         );
+        if let Some(n) = &spec.network {
+            println!(
+                "  network: bridge {} at {}/{}",
+                n.bridge, n.gateway, n.prefix_len
+            );
+        }
         for v in &spec.vms {
             let after: Vec<&str> = v.after.iter().map(|&d| spec.vms[d].name.as_str()).collect();
+            let net = v.net.as_ref().map_or_else(String::new, |n| {
+                let addr = n.ipv4.map_or_else(String::new, |ip| ip.address.to_string());
+                let rate = n
+                    .limit
+                    .bytes
+                    .map_or_else(String::new, |b| format!(", {} B/s", b.rate()));
+                let pps = n
+                    .limit
+                    .ops
+                    .map_or_else(String::new, |b| format!(", {} frames/s", b.rate()));
+                format!("  net {addr} on {}{rate}{pps}", n.tap)
+            });
             println!(
-                "  {:<20} priority {:>4}  {:>5} MiB  {}{}",
+                "  {:<20} priority {:>4}  {:>5} MiB  {}{}{net}",
                 v.name,
                 v.priority,
                 v.mem_size >> 20,
@@ -133,6 +154,9 @@ pub fn run(args: FleetArgs, quiet: bool) -> Result<u8, CliError> {
                     format!("  after {}", after.join(", "))
                 }
             );
+            if v.net.is_some() && !v.cmdline.is_empty() {
+                println!("  {:<20} cmdline {}", "", v.cmdline);
+            }
         }
         return Ok(0);
     }
@@ -144,6 +168,7 @@ pub fn run(args: FleetArgs, quiet: bool) -> Result<u8, CliError> {
         stop_grace: args.stop_grace,
         user: args.user.clone(),
         group: args.group.clone(),
+        console_dir: args.console_dir.clone(),
     };
     let tty = std::io::stderr().is_terminal() && !quiet;
     let bar = tty.then(|| {

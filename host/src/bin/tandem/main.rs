@@ -16,6 +16,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tandem::backup::Chain;
 use tandem::gdb::GdbListen;
+use tandem::pool::Pool;
 use tandem::units::{parse_duration, parse_size};
 use tandem::{
     exit_code, BackupConfig, ConsoleSink, CoreFile, ExitStatus, Hypervisor, Image, ImageError,
@@ -52,6 +53,8 @@ fn exit_codes_help() -> String {
     text
 }
 
+// Parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Boot IMAGE and run it to the end; exits with the guest's exit code.
@@ -100,9 +103,20 @@ struct RestoreArgs {
     /// Start N independent clones of the snapshot (console lines prefixed `[clone i]`).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     clones: u32,
+    /// Keep N VMs of the snapshot restored ahead (a warm pool, refilled by
+    /// a background thread); each clone starts from one. Not with backups.
+    #[arg(long, value_name = "N", default_value_t = 0, conflicts_with = "backup_dir",
+          value_parser = clap::value_parser!(u32).range(0..=1024))]
+    pool: u32,
     /// Check the memory file against its digest first (reads it all).
     #[arg(long)]
     verify: bool,
+    /// What to fault in before the guest runs: auto (the snapshot's working
+    /// set if it has a valid one, else its data), data, lazy (nothing), or
+    /// record (nothing, then write the pages the guest touched as the
+    /// snapshot's working set when it stops).
+    #[arg(long, default_value = "auto", value_name = "MODE")]
+    prefetch: tandem::Prefetch,
     /// Stop the guest after this long.
     #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,
@@ -124,6 +138,10 @@ struct RestoreArgs {
     /// clone's index) in the path, e.g. path=clone{i}.img.
     #[arg(long = "disk", value_name = "path=NEWFILE[,ro][,rate=..][,iops=..]")]
     disks: Vec<tandem::devices::DiskSpec>,
+    /// Wait for gdb on localhost TCP port PORT (or unix:PATH) before the
+    /// restored guest runs on, and let it debug the guest (not with --clones).
+    #[arg(long, value_name = "PORT|unix:PATH")]
+    gdb: Option<GdbListen>,
 }
 
 #[derive(Subcommand)]
@@ -397,18 +415,7 @@ fn run(args: RunArgs, quiet: bool, start: u64) -> Result<u8> {
         .config(config)
         .started_at(start)
         .build()?;
-    let report = match &args.gdb {
-        Some(listen) => {
-            let conn = tandem::gdb::wait_for_gdb(listen)?;
-            give_up(&args.hardening)?;
-            tandem::seccomp::lock_down_as(tandem::seccomp::ThreadKind::DebuggedVcpu)?;
-            vm.run_with_gdb(conn)?
-        }
-        None => {
-            lock_down(&args.hardening)?;
-            vm.run()?
-        }
-    };
+    let report = run_vm(vm, args.gdb.as_ref(), &args.hardening)?;
 
     if let Some(path) = &args.trace {
         let json = serde_json::to_string_pretty(&report.trace.to_chrome_json())?;
@@ -433,6 +440,23 @@ fn run(args: RunArgs, quiet: bool, start: u64) -> Result<u8> {
         eprint!("{}", report.trace.table());
     }
     Ok(code)
+}
+
+/// Gives up what `h` says and runs `vm` to its end, under gdb if asked
+/// (waiting for it first: the listener binds and accepts before the filter).
+fn run_vm(vm: Vm, gdb: Option<&GdbListen>, h: &Hardening) -> Result<RunReport> {
+    Ok(match gdb {
+        Some(listen) => {
+            let conn = tandem::gdb::wait_for_gdb(listen)?;
+            give_up(h)?;
+            tandem::seccomp::lock_down_as(tandem::seccomp::ThreadKind::DebuggedVcpu)?;
+            vm.run_with_gdb(conn)?
+        }
+        None => {
+            lock_down(h)?;
+            vm.run()?
+        }
+    })
 }
 
 fn report_json(report: &RunReport) -> serde_json::Value {
@@ -486,11 +510,15 @@ fn load_snapshot(dir: &Path, verify: bool) -> Result<Snapshot> {
 
 fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
     args.hardening.check()?;
+    if args.gdb.is_some() && args.clones != 1 {
+        anyhow::bail!("--gdb debugs one VM: not with --clones");
+    }
     let hv = Hypervisor::open()?;
     let snap = load_snapshot(&args.dir, args.verify)?;
     let mut base = VmConfig {
         timeout: args.timeout,
         console: ConsoleSink::Stdout,
+        prefetch: args.prefetch,
         ..VmConfig::default()
     };
     let clones = args.clones;
@@ -511,16 +539,28 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
         })
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("cannot restore {}", args.dir.display()))?;
+    if args.pool > 0 && (!args.net.is_empty() || !args.disks.is_empty()) {
+        anyhow::bail!("--pool keeps VMs without devices ready: not with --net or --disk");
+    }
+    let pool = match args.pool {
+        0 => None,
+        n => Some(
+            Pool::new(snap.clone(), n as usize, base.clone())
+                .with_context(|| format!("cannot fill a pool from {}", args.dir.display()))?,
+        ),
+    };
     if clones == 1 {
         base.net = nets.into_iter().next().flatten();
         base.disks = disks.into_iter().next().unwrap_or_default();
         // One restored VM reads tandem's standard input, as `tandem run` does.
         base.stdin = true;
-        let vm = Vm::restore_at(&hv, &snap, base, start)
-            .with_context(|| format!("cannot restore {}", args.dir.display()))?;
+        let vm = match &pool {
+            Some(pool) => pool.take(Some(base))?,
+            None => Vm::restore_at(&hv, &snap, base, start)
+                .with_context(|| format!("cannot restore {}", args.dir.display()))?,
+        };
         let generation = vm.generation();
-        lock_down(&args.hardening)?;
-        let report = vm.run()?;
+        let report = run_vm(vm, args.gdb.as_ref(), &args.hardening)?;
         return Ok(finish_restore(&report, generation, args.json, quiet, None));
     }
     // Clones run side by side, one thread each; their console lines are
@@ -550,9 +590,17 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
                 every: b.every,
             });
             let (hv, snap) = (&hv, &snap);
+            // From the pool, the clone is taken here, in start order.
+            let pooled = match &pool {
+                Some(pool) => Some(pool.take(Some(config.clone()))?),
+                None => None,
+            };
 
             handles.push(scope.spawn(move || -> Result<(RunReport, u64)> {
-                let vm = Vm::restore(hv, snap, config)?;
+                let vm = match pooled {
+                    Some(vm) => vm,
+                    None => Vm::restore(hv, snap, config)?,
+                };
                 let generation = vm.generation();
                 tandem::seccomp::lock_down()?;
                 Ok((vm.run()?, generation))
@@ -670,6 +718,20 @@ fn snapshot_cmd(cmd: SnapshotCommand) -> Result<u8> {
             println!("msrs:        {}", st.vcpu.msrs.len());
             println!("xsave bytes: {}", st.vcpu.xsave.len());
             println!("console:     {} bytes written", st.console.written);
+            match &st.net {
+                None => println!("network:     none"),
+                Some(n) => {
+                    let mac: Vec<String> = n.mac.iter().map(|b| format!("{b:02x}")).collect();
+                    let ip = n.ipv4.map_or("DHCP".to_string(), |ip| {
+                        let a = std::net::Ipv4Addr::from(ip.address);
+                        format!("{a}/{}", ip.prefix_len)
+                    });
+                    println!(
+                        "network:     virtio-net, MAC {}, {ip} (restore with --net tap=NAME)",
+                        mac.join(":")
+                    );
+                }
+            }
         }
         SnapshotCommand::Core { dir, file } => {
             let snap = load_snapshot(&dir, false)?;

@@ -1,6 +1,9 @@
 //! The rules a fleet must follow, checked on the decoded file. Each broken
 //! rule is reported at the value that breaks it and checking goes on, so
-//! that one run names every problem.
+//! that one run names every problem. The fleet network's rules are in
+//! `check/net.rs`.
+
+mod net;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::{Range, RangeInclusive};
@@ -14,11 +17,13 @@ use super::raw::{Decoded, Integer, Period, RawFleet, RawVm};
 use super::{
     app_dirs, default_max_concurrent_boots, default_memory_budget, vm_label, FleetSpec,
     LimitOverrides, Limits, Problems, RestartPolicy, VmSpec, DEFAULT_VM_MEMORY, MAX_COUNT,
-    MAX_NAME,
+    MAX_NAME, MAX_WARM,
 };
 use crate::devices::manifest;
+use crate::devices::spec::{LimitItems, NetSpec};
 use crate::image::{Image, ImageError};
 use crate::snapshot::Snapshot;
+use tandem_abi::note::DeviceKind;
 
 /// Checks a decoded file and builds its fleet; `None` when any problem was
 /// found (here or while decoding).
@@ -30,6 +35,11 @@ pub(super) fn fleet(
 ) -> Option<FleetSpec> {
     let file = &decoded.file;
     let limits = limits(file.fleet.as_ref(), overrides, p);
+    let net = file
+        .fleet
+        .as_ref()
+        .and_then(|f| f.network.as_ref())
+        .and_then(|n| net::network(n, p));
     let defaults = file.defaults.clone().unwrap_or_default();
     refuse_per_vm_keys(&defaults, p);
     let raw_vms = file.vm.as_ref().map_or(&[][..], |l| &l.0[..]);
@@ -47,21 +57,39 @@ pub(super) fn fleet(
         .map(|(i, raw)| entry(i, raw, &defaults, decoded, &paths, &limits, p))
         .collect();
     duplicates(&entries, p);
-    let images = images(&entries, p);
+    let images = images(&entries, net.is_some(), p);
     let groups = groups(&entries);
     let afters = dependencies(&entries, &groups, p);
+    let nets = match &net {
+        Some(n) => net::vm_networks(&entries, &images, n, p),
+        None => {
+            for e in &entries {
+                if let Some((_, at)) = &e.net_items {
+                    p.at(
+                        at,
+                        format!("{}: `net` limits need a fleet network ([fleet] network = {{ bridge = ..., subnet = ... }})", e.label),
+                    );
+                }
+            }
+            Vec::new()
+        }
+    };
+    let cmdlines = net::references(&entries, &nets, p);
+    warm_without_devices(&entries, &nets, p);
     for cycle in cycles(&entries) {
         p.at(
             &cycle.at,
             format!("dependency cycle: {}", cycle.names.join(" -> ")),
         );
     }
+    warm_budget(&entries, &limits, p);
     if !p.is_empty() {
         return None;
     }
     Some(FleetSpec {
-        vms: expand(&entries, &afters, &images),
+        vms: expand(&entries, &afters, &images, &nets, &cmdlines),
         limits,
+        network: net.map(|n| n.net),
     })
 }
 
@@ -75,6 +103,10 @@ struct Entry {
     image: Option<Spanned<PathBuf>>,
     mem_size: u64,
     cmdline: String,
+    /// Where the command line's string is.
+    cmdline_at: Option<Range<usize>>,
+    /// Its own network limits (`net = { ... }`), and where they are.
+    net_items: Option<(LimitItems, Range<usize>)>,
     priority: i64,
     after: Vec<Spanned<String>>,
     snapshot: Option<PathBuf>,
@@ -84,6 +116,9 @@ struct Entry {
     backoff: Duration,
     backoff_max: Duration,
     boot_timeout: Option<Duration>,
+    warm: usize,
+    /// Where `warm` is, when given.
+    warm_at: Option<Range<usize>>,
 }
 
 impl Entry {
@@ -238,7 +273,23 @@ fn entry(
         );
     }
     let duration = |d: &Option<Spanned<Period>>| d.as_ref().map(|d| d.get_ref().0);
+    let warm = int(vm.warm.as_ref(), 0..=MAX_WARM, &what, "warm", p)
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(0);
+    if let Some(w) = vm
+        .warm
+        .as_ref()
+        .filter(|_| warm > 0 && vm.snapshot.is_none())
+    {
+        p.at(
+            &w.span(),
+            format!("{what}: `warm` keeps VMs restored ahead from a `snapshot`, and it has none"),
+        );
+    }
     Entry {
+        // Without a snapshot (refused above) there is no pool to count.
+        warm: if vm.snapshot.is_some() { warm } else { 0 },
+        warm_at: vm.warm.as_ref().map(|w| w.span()),
         group: vm.name.clone(),
         count: int(vm.count.as_ref(), 1..=MAX_COUNT, &what, "count", p)
             .and_then(|n| usize::try_from(n).ok())
@@ -246,6 +297,18 @@ fn entry(
         image,
         mem_size: memory(&vm, &header, &what, limits, p),
         cmdline: cmdline(&vm, &what, p),
+        cmdline_at: vm.cmdline.as_ref().map(Spanned::span),
+        net_items: vm.net.as_ref().and_then(|n| {
+            let t = n.get_ref();
+            let values = [
+                ("rate", &t.rate),
+                ("rate_burst", &t.rate_burst),
+                ("pps", &t.pps),
+                ("pps_burst", &t.pps_burst),
+            ];
+            let items = net::limit_items(values, &format!("{what}: `net`"), p)?;
+            Some((items, n.span()))
+        }),
         priority: int(
             vm.priority.as_ref(),
             -1_000_000..=1_000_000,
@@ -297,6 +360,51 @@ fn memory(vm: &RawVm, header: &Range<usize>, what: &str, limits: &Limits, p: &mu
         );
     }
     mem_size
+}
+
+/// Warm pools hold their memory for the whole run: with them, every VM
+/// must still fit the budget, or it could never start.
+/// A warm pool keeps VMs without devices: a VM on the fleet network
+/// (`nets`, replicas expanded) cannot start from one.
+fn warm_without_devices(entries: &[Entry], nets: &[Option<NetSpec>], p: &mut Problems) {
+    let mut first = 0usize;
+    for e in entries {
+        let networked = nets
+            .get(first..first.saturating_add(e.count))
+            .is_some_and(|n| n.iter().any(Option::is_some));
+        first = first.saturating_add(e.count);
+        if let (true, true, Some(at)) = (networked, e.warm > 0, &e.warm_at) {
+            p.at(
+                at,
+                format!(
+                    "{}: `warm` pools keep VMs without devices, and this VM is on the fleet network",
+                    e.label
+                ),
+            );
+        }
+    }
+}
+
+fn warm_budget(entries: &[Entry], limits: &Limits, p: &mut Problems) {
+    let pools: u64 = entries
+        .iter()
+        .map(|e| crate::pool::pool_memory(e.warm, e.mem_size))
+        .fold(0, u64::saturating_add);
+    if pools == 0 {
+        return;
+    }
+    if let Some(e) = entries
+        .iter()
+        .find(|e| pools.saturating_add(e.mem_size) > limits.memory_budget)
+    {
+        p.unplaced(format!(
+            "warm pools hold {} MiB of the {} MiB memory budget: {} ({} MiB) could never start",
+            pools >> 20,
+            limits.memory_budget >> 20,
+            e.label,
+            e.mem_size >> 20
+        ));
+    }
 }
 
 /// The app's command line: it must fit the boot information.
@@ -354,7 +462,7 @@ fn duplicates(entries: &[Entry], p: &mut Problems) {
 
 /// Each distinct image file checked once, shared by the VMs that boot it;
 /// a bad one is reported once, at its first use, naming every user.
-fn images(entries: &[Entry], p: &mut Problems) -> BTreeMap<PathBuf, Arc<Image>> {
+fn images(entries: &[Entry], network: bool, p: &mut Problems) -> BTreeMap<PathBuf, Arc<Image>> {
     let mut checked: BTreeMap<PathBuf, Option<Arc<Image>>> = BTreeMap::new();
     for e in entries {
         let Some(image) = &e.image else { continue };
@@ -378,19 +486,25 @@ fn images(entries: &[Entry], p: &mut Problems) -> BTreeMap<PathBuf, Arc<Image>> 
             }
         };
         let loaded = match Image::from_file(file) {
-            // A fleet's VMs have no devices (yet): an image that declares
-            // one cannot run here.
-            Ok(i) => match manifest::check(&i.name, i.devices, manifest::offered(false)) {
-                Ok(()) => Some(Arc::new(i)),
-                Err(m) => {
-                    let what = what();
-                    p.at(
-                        &image.span(),
-                        format!("{what}: {m} (a fleet's VMs have no devices yet)"),
-                    );
-                    None
+            // With a fleet network, a VM whose image declares a network
+            // device gets one; without, it cannot run here. No other
+            // device is offered.
+            Ok(i) => {
+                let net = network && i.devices.contains(DeviceKind::Net);
+                match manifest::check(&i.name, i.devices, manifest::offered(net)) {
+                    Ok(()) => Some(Arc::new(i)),
+                    Err(m) => {
+                        let what = what();
+                        let hint = if i.devices.contains(DeviceKind::Net) && !network {
+                            " (give the fleet a network: [fleet] network = { bridge = \"tandem0\", subnet = \"10.77.0.0/24\" })"
+                        } else {
+                            " (a fleet offers VMs no device but the network)"
+                        };
+                        p.at(&image.span(), format!("{what}: {m}{hint}"));
+                        None
+                    }
                 }
-            },
+            }
             Err(err) => {
                 let why = match err {
                     // It names the file already.
@@ -532,9 +646,14 @@ fn expand(
     entries: &[Entry],
     afters: &[Vec<usize>],
     images: &BTreeMap<PathBuf, Arc<Image>>,
+    nets: &[Option<NetSpec>],
+    cmdlines: &[String],
 ) -> Vec<VmSpec> {
     let mut vms = Vec::with_capacity(entries.iter().map(|e| e.count).sum());
-    for (e, after) in entries.iter().zip(afters) {
+    let mut index = 0usize;
+    for ((e, after), cmdline) in entries.iter().zip(afters).zip(cmdlines) {
+        let first = index;
+        index += e.count;
         let (Some(group), Some(path)) = (e.name(), &e.image) else {
             continue;
         };
@@ -553,7 +672,8 @@ fn expand(
                 image_path: path.get_ref().clone(),
                 image: image.clone(),
                 mem_size: e.mem_size,
-                cmdline: e.cmdline.clone(),
+                cmdline: cmdline.clone(),
+                net: nets.get(first + r).cloned().flatten(),
                 priority: e.priority,
                 after: after.clone(),
                 snapshot: e.snapshot.clone(),
@@ -569,6 +689,7 @@ fn expand(
                 backoff: e.backoff,
                 backoff_max: e.backoff_max,
                 boot_timeout: e.boot_timeout,
+                warm: e.warm,
             });
         }
     }

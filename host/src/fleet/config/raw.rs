@@ -37,6 +37,22 @@ pub(super) struct RawFile {
 pub(super) struct RawFleet {
     pub max_concurrent_boots: Option<Spanned<Integer>>,
     pub memory_budget: Option<Spanned<Size>>,
+    pub network: Option<Spanned<RawNetwork>>,
+}
+
+/// `[fleet] network = { bridge = "...", subnet = "...", rate = "10M", ... }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table such as { bridge = \"tandem0\", subnet = \"10.77.0.0/24\" }"
+)]
+pub(super) struct RawNetwork {
+    pub bridge: Option<Spanned<String>>,
+    pub subnet: Option<Spanned<String>>,
+    pub rate: Option<Spanned<Text>>,
+    pub rate_burst: Option<Spanned<Text>>,
+    pub pps: Option<Spanned<Text>>,
+    pub pps_burst: Option<Spanned<Text>>,
 }
 
 /// A `[[vm]]` entry, and `[defaults]` (where `name`, `after` and `count`
@@ -58,6 +74,8 @@ pub(super) struct RawVm {
     pub backoff_max: Option<Spanned<Period>>,
     pub boot_timeout: Option<Spanned<Period>>,
     pub count: Option<Spanned<Integer>>,
+    pub warm: Option<Spanned<Integer>>,
+    pub net: Option<Spanned<RawVmNet>>,
 }
 
 impl RawVm {
@@ -82,6 +100,8 @@ impl RawVm {
             backoff: or(&self.backoff, &defaults.backoff),
             backoff_max: or(&self.backoff_max, &defaults.backoff_max),
             boot_timeout: or(&self.boot_timeout, &defaults.boot_timeout),
+            warm: or(&self.warm, &defaults.warm),
+            net: or(&self.net, &defaults.net),
         }
     }
 }
@@ -93,6 +113,46 @@ pub(super) struct Integer(pub i64);
 /// A size: a positive integer of bytes or a string such as `"64M"`.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Size(pub u64);
+
+/// A VM's own network limits: `net = { rate = "1M", pps = "1k" }`, each
+/// over the fleet's.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table such as { rate = \"1M\", pps = \"1k\" }"
+)]
+pub(super) struct RawVmNet {
+    pub rate: Option<Spanned<Text>>,
+    pub rate_burst: Option<Spanned<Text>>,
+    pub pps: Option<Spanned<Text>>,
+    pub pps_burst: Option<Spanned<Text>>,
+}
+
+/// A string, or an integer taken as its digits (`rate = 1000`).
+#[derive(Debug, Clone)]
+pub(super) struct Text(pub String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Text;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number or a string such as \"10M\"")
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Text, E> {
+                Ok(Text(n.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Text, E> {
+                Ok(Text(n.to_string()))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Text, E> {
+                Ok(Text(s.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
 
 /// A duration, as a string such as `"250ms"`.
 #[derive(Debug, Clone, Copy)]

@@ -13,6 +13,7 @@ use super::super::config::VmSpec;
 use super::super::scheduler::{Attempt, Outcome, StartSource};
 use crate::control::{VmEvent, VmHandle};
 use crate::kvm::Hypervisor;
+use crate::pool::Pool;
 use crate::snapshot::Snapshot;
 use crate::trace::rdtsc;
 use crate::vm::{ExitStatus, RunReport, SnapshotTrigger, Vm, VmBuilder, VmConfig};
@@ -32,6 +33,8 @@ pub(super) enum Msg {
         /// When its thread started, since the fleet started.
         started: Duration,
         console_tail: String,
+        /// Everything it printed (for `RunOptions::console_dir`).
+        console: Vec<u8>,
         /// It started from a snapshot.
         restored: bool,
     },
@@ -61,6 +64,8 @@ pub(super) fn vm_id(vm: usize, attempt: u32) -> u64 {
 /// Everything one attempt needs on its thread.
 pub(super) struct Launch<'a> {
     pub hv: &'a Hypervisor,
+    /// The warm pool a start from the VM's snapshot takes from.
+    pub pool: Option<&'a Pool>,
     pub spec: &'a VmSpec,
     pub vm: usize,
     pub attempt: u32,
@@ -82,18 +87,24 @@ impl Launch<'_> {
         let vm_id = vm_id(self.vm, self.attempt);
         let result = boot(
             self.hv,
+            self.pool,
             self.spec,
             &self.source,
             self.handle,
             console,
             vm_id,
         );
-        let console_tail = capture.lock().map(|c| tail(&c)).unwrap_or_default();
+        let console = capture
+            .lock()
+            .map(|mut c| std::mem::take(&mut *c))
+            .unwrap_or_default();
+        let console_tail = tail(&console);
         let _ = self.tx.send(Msg::Ended {
             vm: self.vm,
             result: Box::new(result),
             started,
             console_tail,
+            console,
             restored,
         });
     }
@@ -102,6 +113,7 @@ impl Launch<'_> {
 /// Boots one attempt to its end on the calling thread.
 fn boot(
     hv: &Hypervisor,
+    pool: Option<&Pool>,
     spec: &VmSpec,
     source: &StartSource,
     handle: VmHandle,
@@ -119,6 +131,7 @@ fn boot(
             StartSource::Cold => spec.checkpoint.clone(),
             _ => None,
         },
+        net: spec.net.clone(),
         ..VmConfig::default()
     };
     match source {
@@ -129,6 +142,12 @@ fn boot(
                 .build()
                 .map_err(|e| e.to_string())?;
             // This thread only runs this VM from here on (see tandem::seccomp).
+            crate::seccomp::lock_down().map_err(|e| e.to_string())?;
+            vm.run().map_err(|e| e.to_string())
+        }
+        StartSource::Snapshot(_) if pool.is_some() => {
+            let pool = pool.ok_or("no pool")?;
+            let vm = pool.take(Some(config)).map_err(|e| e.to_string())?;
             crate::seccomp::lock_down().map_err(|e| e.to_string())?;
             vm.run().map_err(|e| e.to_string())
         }
