@@ -531,3 +531,44 @@ fn a_hostile_ring_ends_that_vm_only() {
         );
     }
 }
+
+/// A network namespace of the test's own; deleted when dropped.
+struct TestNetns(String);
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn a_tap_in_the_namespace_tandem_runs_in_is_found_under_a_plain_nsenter() {
+    tandem_tests::require_tool("nsenter", "util-linux");
+    let ns = TestNetns(format!("tdmns{}", std::process::id() % 100_000));
+    ip(&["netns", "add", &ns.0]);
+    // nsenter switches only the network namespace: /sys still shows the
+    // host's interfaces, where this tap is not.
+    let tap = "tdmnstap0";
+    ip(&[
+        "netns", "exec", &ns.0, "ip", "tuntap", "add", tap, "mode", "tap",
+    ]);
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", ns.0))
+        .arg(tandem_bin())
+        .args([
+            "run",
+            image_path("httpd").to_str().unwrap(),
+            "--timeout",
+            "3s",
+            "--net",
+            &format!("tap={tap},ip=10.98.0.2/24,gw=10.98.0.1"),
+        ])
+        .output()
+        .expect("cannot run nsenter");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(stdout.contains("serving http://"), "{stdout}{stderr}");
+    assert!(!stderr.contains("made tap"), "{stderr}");
+}

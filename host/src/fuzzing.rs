@@ -28,6 +28,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("virtio_cmdline", virtio_cmdline),
     ("blk_request", blk_request),
     ("kvlog_replay", kvlog_replay),
+    ("working_set", working_set),
     ("virtio_net_queue", virtio_net_queue),
 ];
 
@@ -244,6 +245,32 @@ pub fn snapshot_state(data: &[u8]) {
     use crate::snapshot::format::{seal, SnapshotState, MAGIC};
     let _ = SnapshotState::decode(data);
     let _ = SnapshotState::decode(&seal(&MAGIC, data));
+}
+
+/// Working-set files of a 64 MiB snapshot, as found and with the checksum
+/// made valid (so the range, duplicate and binding checks are reached).
+/// What decodes lists distinct pages inside memory.
+pub fn working_set(data: &[u8]) {
+    use crate::snapshot::WorkingSet;
+    const MEM: u64 = 64 << 20;
+    let digest = [7u8; 32];
+    let mut fixed = data.to_vec();
+    if fixed.len() >= 32 {
+        let n = fixed.len() - 32;
+        let sum = blake3::hash(&fixed[..n]);
+        fixed[n..].copy_from_slice(sum.as_bytes());
+    }
+    for bytes in [data, &fixed[..]] {
+        if let Ok(ws) = WorkingSet::decode(bytes, MEM, &digest) {
+            let mut pages = ws.pages.clone();
+            pages.sort_unstable();
+            pages.dedup();
+            assert_eq!(pages.len(), ws.pages.len());
+            assert!(pages
+                .iter()
+                .all(|&p| u64::from(p) < MEM / layout::PAGE_SIZE));
+        }
+    }
 }
 
 /// Backup point metadata, as found and re-sealed.
@@ -516,6 +543,10 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
             torn.truncate(log.len() - 512 - 100);
             vec![log, torn]
         }
+        "working_set" => vec![
+            crate::snapshot::WorkingSet::encode(&[5, 1, 16383, 1024], 64 << 20, &[7; 32]),
+            crate::snapshot::WorkingSet::encode(&[3, 4, 3], 64 << 20, &[7; 32]),
+        ],
         "virtio_net_queue" => net_queue::seeds(),
         _ => Vec::new(),
     }

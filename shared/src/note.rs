@@ -88,8 +88,7 @@ impl AbiNote {
 pub enum DeviceKind {
     /// A virtio-net device (bit 0).
     Net = 0,
-    /// A block device (bit 1): reserved for the disk device, which no VMM
-    /// offers yet.
+    /// A virtio-blk disk (bit 1): the Tandem VMM's `--disk`.
     Block = 1,
 }
 

@@ -7,7 +7,8 @@
 //! `spec` what an operator asks for (`--net tap=NAME,...`), `clones` which
 //! device each restored clone gets, `manifest` the rule that a VM gets
 //! exactly the devices its image declares, `rate_limiter` the token
-//! buckets (bytes and operations a second) any device may use.
+//! buckets (bytes and operations a second) any device may use, `blk` the
+//! virtio-blk device and its disks (`--disk path=FILE,...`).
 //!
 //! Nothing interrupts the guest: it polls its rings at CPL3, kicks with one
 //! notify write per batch, and waits in the Idle hypercall, which a

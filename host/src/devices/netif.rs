@@ -160,27 +160,46 @@ impl Control {
     }
 }
 
-/// Whether an interface `name` exists.
-pub fn exists(name: &str) -> bool {
-    !name.is_empty() && !name.contains('/') && Path::new("/sys/class/net").join(name).exists()
+/// The index of interface `name` in this process's network namespace (by
+/// ioctl on a socket, so it is right under a plain `nsenter --net` too,
+/// where `/sys` still shows the namespace it was mounted in); 0 if none.
+fn index(name: &str) -> u32 {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return 0;
+    };
+    // SAFETY: `c` is a NUL-terminated string that outlives the call, which
+    // only reads it.
+    unsafe { libc::if_nametoindex(c.as_ptr()) }
 }
 
-/// Whether the interface `name` is a tap (or tun) device.
+/// A file of interface `name` in `/sys/class/net`, when that sysfs shows
+/// this network namespace (the interface's index there is the one the
+/// kernel gives this process); `None` when it may show another one.
+fn sysfs(name: &str, file: &str) -> Option<bool> {
+    let dir = Path::new("/sys/class/net").join(name);
+    let shown: u32 = std::fs::read_to_string(dir.join("ifindex"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (shown == index(name)).then(|| dir.join(file).exists())
+}
+
+/// Whether an interface `name` exists.
+pub fn exists(name: &str) -> bool {
+    !name.is_empty() && !name.contains('/') && index(name) != 0
+}
+
+/// Whether the interface `name` is a tap (or tun) device. Where sysfs
+/// shows another namespace it is taken to be one: attaching it then fails
+/// with the kernel's own error if it is not.
 pub fn is_tap(name: &str) -> bool {
-    exists(name)
-        && Path::new("/sys/class/net")
-            .join(name)
-            .join("tun_flags")
-            .exists()
+    exists(name) && sysfs(name, "tun_flags").unwrap_or(true)
 }
 
 /// Whether the interface `name` is a bridge.
 pub fn is_bridge(name: &str) -> bool {
-    exists(name)
-        && Path::new("/sys/class/net")
-            .join(name)
-            .join("bridge")
-            .exists()
+    exists(name) && sysfs(name, "bridge").unwrap_or(false)
 }
 
 /// Brings `name` up (or down).

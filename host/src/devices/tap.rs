@@ -16,7 +16,6 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixDatagram;
-use std::path::Path;
 use std::sync::Mutex;
 
 use super::netif::{self, NetifError, TapPlan};
@@ -112,12 +111,7 @@ impl Tap {
     /// Attaches the existing tap `name` (refusing to create one: a
     /// `TUNSETIFF` of an unknown name would make a new interface).
     pub fn open(name: &str) -> Result<Self, TapError> {
-        let sys = Path::new("/sys/class/net").join(name);
-        if name.is_empty()
-            || name.len() >= libc::IFNAMSIZ
-            || name.contains('/')
-            || !sys.join("tun_flags").exists()
-        {
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ || !netif::is_tap(name) {
             return Err(TapError::Missing(name.into()));
         }
         Self::tunsetiff(name, false)

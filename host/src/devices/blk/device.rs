@@ -192,6 +192,10 @@ impl BlkDevice {
                     device: pos.next_used,
                 });
             }
+            // A request a rate limit held at the snapshot is still in the
+            // ring, and the guest will not kick for it again: the first
+            // exit serves what is there.
+            dev.held = Some(Instant::now());
         }
         Ok(dev)
     }

@@ -1,8 +1,10 @@
 //! The virtio-blk device and its disks: `request` decides what a request
 //! asks (pure, fuzzed), `device` does it against the rings and the disk,
 //! `disk` is the image file (checked, locked, flushed with fdatasync),
-//! `spec` what an operator asks for (`--disk path=FILE[,ro]`), `error`
-//! every way a guest can break the rules.
+//! `spec` what an operator asks for (`--disk path=FILE[,ro][,rate=..]`),
+//! `state` the device's part of a snapshot, `copy` the disk's copy for a
+//! snapshot or a restore (reflink, else its data), `error` every way a
+//! guest can break the rules.
 
 pub mod copy;
 pub mod device;
@@ -27,3 +29,6 @@ const _: () = {
     assert!(MAX_DISKS + 2 <= tandem_abi::bootinfo::MAX_DEVICES);
     assert!((MAX_DISKS as u64) < tandem_abi::layout::VIRTIO_MMIO_SLOTS);
 };
+
+#[cfg(test)]
+mod device_tests;
