@@ -56,6 +56,10 @@ pub const MAX_FRAME: usize = 1514;
 pub const MAX_CHAIN: usize = 32;
 /// Most bytes one chain may cover.
 pub const MAX_CHAIN_BYTES: u64 = 64 * 1024;
+/// Most bytes of a transmit chain: the header and one frame (no offloads
+/// are offered), so an oversized frame ends the VM instead of reaching
+/// the tap.
+pub const MAX_TX_CHAIN_BYTES: u64 = (HDR_LEN + MAX_FRAME) as u64;
 /// The features the device offers (the transport adds `VIRTIO_F_VERSION_1`).
 pub const FEATURES: u64 = 1 << VIRTIO_NET_F_MAC;
 /// Longest slice of an idle wait between two looks at a stop request.
@@ -434,6 +438,13 @@ impl NetDevice {
             head,
             max: MAX_CHAIN,
         };
+        // Without offloads a frame to send is at most one Ethernet frame
+        // and its header; a receive chain may offer bigger buffers.
+        let max_bytes = if writable {
+            MAX_CHAIN_BYTES
+        } else {
+            MAX_TX_CHAIN_BYTES
+        };
         let mut bufs = Vec::new();
         let mut total = 0u64;
         let mut more = true;
@@ -453,11 +464,11 @@ impl NetDevice {
                 return Err(DeviceError::Direction { queue: q, head });
             }
             total += u64::from(len);
-            if total > MAX_CHAIN_BYTES {
+            if total > max_bytes {
                 return Err(DeviceError::ChainTooLong {
                     queue: q,
                     len: total,
-                    max: MAX_CHAIN_BYTES,
+                    max: max_bytes,
                 });
             }
             bufs.push(Buf { addr, len });

@@ -387,7 +387,8 @@ fn tx_packet() -> Vec<u8> {
 /// one frame in, by a VM exit and by Idle), then hostile rings: a buffer
 /// outside memory, a loop in the `next` links, a `next` past the table, a
 /// head past the queue size, an available index past it, a ring below the
-/// app's memory, a queue size that is no power of two.
+/// app's memory, a queue size that is no power of two, a frame to send
+/// longer than an Ethernet frame.
 pub(super) fn seeds() -> Vec<Vec<u8>> {
     let packet = tx_packet();
     let len = u32::try_from(packet.len()).unwrap_or(0);
@@ -434,6 +435,10 @@ pub(super) fn seeds() -> Vec<Vec<u8>> {
         hostile_tx(|s| s.avail(TX, 100, &[0])),
         Script::new([SEED_SIZE; 2], -0x1000).0,
         Script::new([100, SEED_SIZE], 0x3000).0,
+        hostile_tx(|s| {
+            s.desc(TX, 0, app(SEED_TX_BUF), 2000, 0, 0)
+                .avail(TX, 1, &[0])
+        }),
     ]
 }
 
@@ -538,6 +543,14 @@ mod tests {
                     queue: RX,
                     size: 100,
                     ..
+                })
+            ),
+            matches!(
+                outcomes[7],
+                Err(DeviceError::ChainTooLong {
+                    queue: TX,
+                    len: 2000,
+                    max: 1526
                 })
             ),
         ];
