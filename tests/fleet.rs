@@ -522,3 +522,71 @@ fn fleet_drops_to_user_before_booting() {
     let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&json).unwrap());
     assert_eq!(owner, 65534, "the report was written by the dropped user");
 }
+
+#[test]
+fn replicas_write_their_own_disks() {
+    require_kvm();
+    let dir = scratch("disks");
+    for i in 0..2 {
+        let f = std::fs::File::create(dir.join(format!("d{i}.img"))).unwrap();
+        f.set_len(4 << 20).unwrap();
+    }
+    let body = format!(
+        r#"
+        [[vm]]
+        name = "w"
+        image = "{}"
+        count = 2
+        cmdline = "seqwrite 2"
+        disk = ["path=d{{i}}.img"]
+        io_rate = "64M"
+        "#,
+        image_path("diskbench").display()
+    );
+    let config = write_fleet(&dir, &body);
+    let check = tandem(&["fleet", config.to_str().unwrap(), "--check"]);
+    assert_eq!(check.code, Some(0), "{}", check.stderr);
+    for i in 0..2 {
+        let line = format!(
+            "disk {} (rw, {} B/s)",
+            dir.join(format!("d{i}.img")).display(),
+            64 << 20
+        );
+        assert!(
+            check.stdout.contains(&line),
+            "no `{line}` in:\n{}",
+            check.stdout
+        );
+    }
+    let json = dir.join("report.json");
+    let run = tandem(&[
+        "fleet",
+        config.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+        "-q",
+    ]);
+    let text = std::fs::read_to_string(&json)
+        .unwrap_or_else(|e| panic!("no report ({e}); exit {:?}:\n{}", run.code, run.stderr));
+    let report: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(run.code, Some(0), "{}\n{report}", run.stderr);
+    // diskbench's pattern: byte i of each MiB is i % 251, over 2 MiB.
+    let pattern: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    for i in 0..2 {
+        let name = format!("w-{i}");
+        assert_eq!(vm(&report, &name)["state"], "finished", "{report}");
+        let disk = std::fs::read(dir.join(format!("d{i}.img"))).unwrap();
+        assert_eq!(disk.len(), 4 << 20, "{name}'s disk changed size");
+        for mib in 0..2 {
+            assert!(
+                disk[mib << 20..(mib + 1) << 20] == pattern[..],
+                "{name} did not write MiB {mib} of its own disk"
+            );
+        }
+        assert!(
+            disk[2 << 20..].iter().all(|&b| b == 0),
+            "{name}'s disk has writes past what it wrote"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -370,7 +370,7 @@ fn read_notes(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A minimal valid image: kernel segment, code segment, ABI note.
@@ -380,7 +380,7 @@ mod tests {
 
     /// [`tiny_image`] with a device manifest note after the ABI note for
     /// each descriptor in `manifests`.
-    fn tiny_image_with(abi: u32, manifests: &[&[u8]]) -> Vec<u8> {
+    pub(crate) fn tiny_image_with(abi: u32, manifests: &[&[u8]]) -> Vec<u8> {
         let mut f = vec![0u8; 0x3000];
         f[..4].copy_from_slice(b"\x7fELF");
         f[4] = 2;

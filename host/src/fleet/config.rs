@@ -222,6 +222,9 @@ pub struct VmSpec {
     /// Its network device, when the fleet has a network and its image
     /// declares one: its tap on the bridge, address, MAC, rate limits.
     pub net: Option<crate::devices::NetSpec>,
+    /// Its disks (`disk = [...]`, `{i}` replaced by its replica index),
+    /// with `io_rate` and `iops` under each disk's own limits.
+    pub disks: Vec<crate::devices::DiskSpec>,
 }
 
 /// Admission limits.

@@ -727,6 +727,7 @@ mod tests {
                     boot_timeout: Some(ms(500)),
                     warm: 0,
                     net: None,
+                    disks: Vec::new(),
                 })
                 .collect(),
             limits: Limits {

@@ -5,7 +5,8 @@
 //! places, one a call). Writes end with a flush, counted in the time.
 //! `seqverify N` reads N MiB as `seqread` does and checks them against the
 //! pattern `seqwrite` writes (byte `i` of each MiB is `i % 251`).
-//! Prints `diskbench: MODE BYTES bytes REQUESTS requests MICROS us`.
+//! Prints `diskbench: MODE BYTES bytes REQUESTS requests MICROS us`, then
+//! calls `ready()` (in a fleet, its disk is written once it is ready).
 #![no_std]
 #![no_main]
 
@@ -87,5 +88,7 @@ fn main(env: &Env) -> Result<(), String> {
         "diskbench: {mode} {} bytes {requests} requests {us} us",
         n * unit
     );
+    // Done (and flushed): a fleet member is ready once its disk is written.
+    tandem_guest::ready();
     Ok(())
 }

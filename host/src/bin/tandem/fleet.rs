@@ -157,6 +157,22 @@ pub fn run(args: FleetArgs, quiet: bool) -> Result<u8, CliError> {
             if v.net.is_some() && !v.cmdline.is_empty() {
                 println!("  {:<20} cmdline {}", "", v.cmdline);
             }
+            for d in &v.disks {
+                let rate = d
+                    .limit
+                    .bytes
+                    .map_or_else(String::new, |b| format!(", {} B/s", b.rate()));
+                let iops = d
+                    .limit
+                    .ops
+                    .map_or_else(String::new, |b| format!(", {} IOPS", b.rate()));
+                let mode = if d.read_only { "ro" } else { "rw" };
+                println!(
+                    "  {:<20} disk {} ({mode}{rate}{iops})",
+                    "",
+                    d.path.display()
+                );
+            }
         }
         return Ok(0);
     }

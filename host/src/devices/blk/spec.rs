@@ -137,6 +137,36 @@ impl DiskSpec {
     }
 }
 
+impl DiskSpec {
+    /// This disk, with `limit`'s buckets for those it sets none of
+    /// (a fleet VM's `io_rate` and `iops` under a disk's own `rate=` and
+    /// `iops=`).
+    pub fn or_limit(mut self, limit: RateLimit) -> Self {
+        self.limit.bytes = self.limit.bytes.or(limit.bytes);
+        self.limit.ops = self.limit.ops.or(limit.ops);
+        self
+    }
+}
+
+/// The limits `rate=RATE` and `iops=IOPS` give a disk, with their default
+/// bursts, parsed as `--disk` parses them.
+///
+/// ```
+/// use tandem::devices::blk::spec::rate_limit;
+/// let l = rate_limit(Some("50M"), None).unwrap();
+/// assert_eq!(l.bytes.unwrap().rate(), 50 << 20);
+/// assert!(l.ops.is_none());
+/// assert!(rate_limit(None, Some("0")).is_err());
+/// ```
+pub fn rate_limit(rate: Option<&str>, iops: Option<&str>) -> Result<RateLimit, DiskSpecError> {
+    let rate = rate.map(|v| parse_limit("rate", v)).transpose()?;
+    let iops = iops.map(|v| parse_limit("iops", v)).transpose()?;
+    Ok(RateLimit {
+        bytes: bucket(rate, None, ("rate", "rate_burst"))?,
+        ops: bucket(iops, None, ("iops", "iops_burst"))?,
+    })
+}
+
 /// The limit keys, in the order `from_str` keeps them.
 const LIMIT_KEYS: [&str; 4] = ["rate", "rate_burst", "iops", "iops_burst"];
 

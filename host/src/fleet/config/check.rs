@@ -3,6 +3,7 @@
 //! that one run names every problem. The fleet network's rules are in
 //! `check/net.rs`.
 
+mod disk;
 mod net;
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,6 +22,7 @@ use super::{
 };
 use crate::devices::manifest;
 use crate::devices::spec::{LimitItems, NetSpec};
+use crate::devices::DiskSpec;
 use crate::image::{Image, ImageError};
 use crate::snapshot::Snapshot;
 use tandem_abi::note::DeviceKind;
@@ -58,6 +60,8 @@ pub(super) fn fleet(
         .collect();
     duplicates(&entries, p);
     let images = images(&entries, net.is_some(), p);
+    disk::manifests(&entries, &images, p);
+    let disks = disk::vm_disks(&entries, p);
     let groups = groups(&entries);
     let afters = dependencies(&entries, &groups, p);
     let nets = match &net {
@@ -87,7 +91,7 @@ pub(super) fn fleet(
         return None;
     }
     Some(FleetSpec {
-        vms: expand(&entries, &afters, &images, &nets, &cmdlines),
+        vms: expand(&entries, &afters, &images, &nets, &disks, &cmdlines),
         limits,
         network: net.map(|n| n.net),
     })
@@ -119,6 +123,8 @@ struct Entry {
     warm: usize,
     /// Where `warm` is, when given.
     warm_at: Option<Range<usize>>,
+    /// Its disks, and where `disk` is.
+    disks: disk::EntryDisks,
 }
 
 impl Entry {
@@ -286,14 +292,16 @@ fn entry(
             format!("{what}: `warm` keeps VMs restored ahead from a `snapshot`, and it has none"),
         );
     }
+    let count = int(vm.count.as_ref(), 1..=MAX_COUNT, &what, "count", p)
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(1);
     Entry {
+        disks: disk::entry_disks(&vm, raw.get_ref(), count, paths.base, &what, p),
         // Without a snapshot (refused above) there is no pool to count.
         warm: if vm.snapshot.is_some() { warm } else { 0 },
         warm_at: vm.warm.as_ref().map(|w| w.span()),
         group: vm.name.clone(),
-        count: int(vm.count.as_ref(), 1..=MAX_COUNT, &what, "count", p)
-            .and_then(|n| usize::try_from(n).ok())
-            .unwrap_or(1),
+        count,
         image,
         mem_size: memory(&vm, &header, &what, limits, p),
         cmdline: cmdline(&vm, &what, p),
@@ -490,15 +498,17 @@ fn images(entries: &[Entry], network: bool, p: &mut Problems) -> BTreeMap<PathBu
             // device gets one; without, it cannot run here. No other
             // device is offered.
             Ok(i) => {
+                // Disks are each VM's own: checked per entry (`check/disk.rs`).
                 let net = network && i.devices.contains(DeviceKind::Net);
-                match manifest::check(&i.name, i.devices, manifest::offered(net)) {
+                let block = i.devices.contains(DeviceKind::Block);
+                match manifest::check(&i.name, i.devices, manifest::offered_with(net, block)) {
                     Ok(()) => Some(Arc::new(i)),
                     Err(m) => {
                         let what = what();
                         let hint = if i.devices.contains(DeviceKind::Net) && !network {
                             " (give the fleet a network: [fleet] network = { bridge = \"tandem0\", subnet = \"10.77.0.0/24\" })"
                         } else {
-                            " (a fleet offers VMs no device but the network)"
+                            " (a fleet offers VMs the network and disks only)"
                         };
                         p.at(&image.span(), format!("{what}: {m}{hint}"));
                         None
@@ -647,6 +657,7 @@ fn expand(
     afters: &[Vec<usize>],
     images: &BTreeMap<PathBuf, Arc<Image>>,
     nets: &[Option<NetSpec>],
+    disks: &[Vec<DiskSpec>],
     cmdlines: &[String],
 ) -> Vec<VmSpec> {
     let mut vms = Vec::with_capacity(entries.iter().map(|e| e.count).sum());
@@ -674,6 +685,7 @@ fn expand(
                 mem_size: e.mem_size,
                 cmdline: cmdline.clone(),
                 net: nets.get(first + r).cloned().flatten(),
+                disks: disks.get(first + r).cloned().unwrap_or_default(),
                 priority: e.priority,
                 after: after.clone(),
                 snapshot: e.snapshot.clone(),

@@ -76,6 +76,9 @@ pub(super) struct RawVm {
     pub count: Option<Spanned<Integer>>,
     pub warm: Option<Spanned<Integer>>,
     pub net: Option<Spanned<RawVmNet>>,
+    pub disk: Option<Spanned<List<Spanned<DiskItem>>>>,
+    pub io_rate: Option<Spanned<Text>>,
+    pub iops: Option<Spanned<Text>>,
 }
 
 impl RawVm {
@@ -102,6 +105,9 @@ impl RawVm {
             boot_timeout: or(&self.boot_timeout, &defaults.boot_timeout),
             warm: or(&self.warm, &defaults.warm),
             net: or(&self.net, &defaults.net),
+            disk: or(&self.disk, &defaults.disk),
+            io_rate: or(&self.io_rate, &defaults.io_rate),
+            iops: or(&self.iops, &defaults.iops),
         }
     }
 }
@@ -154,6 +160,26 @@ impl<'de> Deserialize<'de> for Text {
     }
 }
 
+/// One disk of `disk = [...]`: what `--disk` takes, as a string.
+#[derive(Debug, Clone)]
+pub(super) struct DiskItem(pub String);
+
+impl<'de> Deserialize<'de> for DiskItem {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = DiskItem;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a disk such as \"path=data.img\" or \"path=data-{i}.img,ro\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<DiskItem, E> {
+                Ok(DiskItem(s.to_string()))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 /// A duration, as a string such as `"250ms"`.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Period(pub Duration);
@@ -169,6 +195,10 @@ pub(super) trait Listed {
 
 impl Listed for Spanned<String> {
     const LIST: &'static str = "a list of VM names";
+}
+
+impl Listed for Spanned<DiskItem> {
+    const LIST: &'static str = "a list of disks such as [\"path=data.img\"]";
 }
 
 impl Listed for Spanned<RawVm> {

@@ -132,6 +132,7 @@ fn boot(
             _ => None,
         },
         net: spec.net.clone(),
+        disks: spec.disks.clone(),
         ..VmConfig::default()
     };
     match source {
