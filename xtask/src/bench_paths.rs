@@ -1,6 +1,10 @@
 //! `cargo xtask bench boot-paths`: the same app booted N times on every
 //! path (Tandem PV; QEMU microvm + PVH; QEMU q35 + SeaBIOS + PVH; QEMU q35 +
 //! SeaBIOS + GRUB + Multiboot2), under KVM and TCG, with where the time goes.
+//! Next to them, Tandem's ways back from a snapshot of the counter app at
+//! 64 MiB and 1 GiB: its cold boot, `tandem restore --prefetch data`,
+//! `--prefetch auto` with the working set `examples/snapbench` recorded,
+//! and (in process, from snapbench) a warm pool's take to exit.
 //!
 //! Every run is one whole process, timed from spawn to exit. The guest's own
 //! stamps (first instruction, `main`, exit) come from its `tandem-trace:`
@@ -11,7 +15,7 @@
 //! lands in "after guest".
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -42,11 +46,34 @@ impl Default for Options {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Kind {
     Tandem,
+    /// `tandem run` of the counter app to its exit just after `ready()`,
+    /// with this much memory (`--mem`).
+    TandemCounter(&'static str),
+    /// `tandem restore` of a counter snapshot with this `--prefetch`, at
+    /// one of [`SIZES`].
+    Restore(PathBuf, &'static str, Size),
     Pvh(Machine),
     Grub,
+}
+
+/// The counter app's command line for the paths that restore it: at
+/// `ready()` it is snapshotted, and right after it exits.
+const COUNTER_CMDLINE: &str = "ready exit-at=1";
+
+/// The guest memory sizes the restore paths run at.
+const SIZES: [Size; 2] = [("64M", "64 MiB"), ("1G", "1 GiB")];
+
+/// A guest memory size: `--mem` and label.
+type Size = (&'static str, &'static str);
+
+/// What the paths boot.
+struct Inputs {
+    hello: PathBuf,
+    iso: PathBuf,
+    counter: PathBuf,
 }
 
 struct PathSpec {
@@ -108,13 +135,17 @@ fn qemu_sample(out: &str, spawn_tsc: u64, end_tsc: u64, wall_ms: f64) -> Result<
     })
 }
 
-fn tandem_sample(stderr: &str, wall_ms: f64) -> Result<Sample> {
+fn tandem_report(stderr: &str) -> Result<Value> {
     let line = stderr
         .lines()
         .rev()
         .find(|l| l.starts_with('{'))
         .context("tandem printed no JSON report")?;
-    let v: Value = serde_json::from_str(line).context("tandem's JSON report")?;
+    serde_json::from_str(line).context("tandem's JSON report")
+}
+
+fn tandem_sample(stderr: &str, wall_ms: f64) -> Result<Sample> {
+    let v = tandem_report(stderr)?;
     let p = &v["phases_us"];
     let us = |k: &str| p[k].as_f64().with_context(|| format!("no {k} in {p}"));
     let (first, main, exit) = (us("first_instruction")?, us("app_main")?, us("exit")?);
@@ -130,15 +161,54 @@ fn tandem_sample(stderr: &str, wall_ms: f64) -> Result<Sample> {
     })
 }
 
-fn run_once(spec: &PathSpec, project: &Project, image: &Path, iso: &Path) -> Result<Sample> {
-    let mut cmd = match spec.kind {
+/// A restored guest does not boot: "before guest" is the VMM's start and
+/// the restore up to the vCPU's first entry, "app" from there to the exit.
+fn restore_sample(stderr: &str, wall_ms: f64) -> Result<Sample> {
+    let v = tandem_report(stderr)?;
+    let ready = v["restore_us"]
+        .as_f64()
+        .with_context(|| format!("no restore_us in {v}"))?;
+    let exit = v["phases_us"]["exit"].as_f64().unwrap_or(ready).max(ready);
+    Ok(Sample {
+        before_guest: ready / 1000.0,
+        guest_boot: 0.0,
+        app: (exit - ready) / 1000.0,
+        after_guest: (wall_ms - exit / 1000.0).max(0.0),
+        total: wall_ms,
+    })
+}
+
+fn run_once(spec: &PathSpec, project: &Project, inputs: &Inputs) -> Result<Sample> {
+    let image = inputs.hello.as_path();
+    let tandem = || Command::new(project.host_bin(Profile::Release));
+    let mut cmd = match &spec.kind {
         Kind::Tandem => {
-            let mut c = Command::new(project.host_bin(Profile::Release));
+            let mut c = tandem();
             c.arg("run").arg(image).arg("--json");
             c
         }
-        Kind::Pvh(machine) => qemu::command(machine, spec.accel, &Boot::Pvh { image, cmdline: "" }),
-        Kind::Grub => qemu::command(Machine::Q35, spec.accel, &Boot::Iso(iso)),
+        Kind::TandemCounter(mem) => {
+            let mut c = tandem();
+            c.arg("run").arg(&inputs.counter).args([
+                "--mem",
+                mem,
+                "--cmdline",
+                COUNTER_CMDLINE,
+                "--json",
+            ]);
+            c
+        }
+        Kind::Restore(dir, prefetch, _) => {
+            let mut c = tandem();
+            c.arg("restore")
+                .arg(dir)
+                .args(["--prefetch", prefetch, "--json"]);
+            c
+        }
+        Kind::Pvh(machine) => {
+            qemu::command(*machine, spec.accel, &Boot::Pvh { image, cmdline: "" })
+        }
+        Kind::Grub => qemu::command(Machine::Q35, spec.accel, &Boot::Iso(&inputs.iso)),
     };
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -153,8 +223,8 @@ fn run_once(spec: &PathSpec, project: &Project, image: &Path, iso: &Path) -> Res
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let ok = match spec.kind {
-        Kind::Tandem => out.status.success(),
-        _ => out.status.code().and_then(qemu::guest_code) == Some(0),
+        Kind::Tandem | Kind::TandemCounter(_) | Kind::Restore(..) => out.status.success(),
+        Kind::Pvh(_) | Kind::Grub => out.status.code().and_then(qemu::guest_code) == Some(0),
     };
     if !ok {
         bail!(
@@ -164,8 +234,9 @@ fn run_once(spec: &PathSpec, project: &Project, image: &Path, iso: &Path) -> Res
         );
     }
     match spec.kind {
-        Kind::Tandem => tandem_sample(&stderr, wall_ms),
-        _ => qemu_sample(&stdout, spawn_tsc, end_tsc, wall_ms),
+        Kind::Tandem | Kind::TandemCounter(_) => tandem_sample(&stderr, wall_ms),
+        Kind::Restore(..) => restore_sample(&stderr, wall_ms),
+        Kind::Pvh(_) | Kind::Grub => qemu_sample(&stdout, spawn_tsc, end_tsc, wall_ms),
     }
 }
 
@@ -177,15 +248,52 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
     project::require_kvm()?;
     qemu::ensure_tools(qemu::QEMU_TOOLS)?;
     guest::build(project)?;
-    host::build(project, Profile::Release, false)?;
+    host::build(project, Profile::Release, true)?;
     let image = guest::image(project, "hello")?;
     let iso = qemu::make_iso(project, "hello", &image, "", None)?;
+    let inputs = Inputs {
+        iso,
+        counter: guest::image(project, "counter")?,
+        hello: image,
+    };
+    // The counter app's snapshots at ready(), each with its recorded
+    // working set, and the in-process pooled takes: what `cargo xtask
+    // bench snapshot` measures, at a few runs.
+    let scratch = project.target_dir().join("bench/boot-paths-scratch");
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch)
+        .with_context(|| format!("cannot create {}", scratch.display()))?;
+    eprintln!("xtask: examples/snapbench (snapshots, working sets, pooled takes)");
+    let inproc = crate::bench_snapshot::snapbench(
+        project,
+        &inputs.counter,
+        &scratch,
+        opts.runs.min(opts.slow_runs.max(3)),
+    )?;
 
     let mut specs = vec![PathSpec {
         name: "tandem PV".into(),
         kind: Kind::Tandem,
         accel: Accel::Kvm,
     }];
+    for (mem, size) in SIZES {
+        let snap = scratch.join(format!("ready-{mem}"));
+        specs.push(PathSpec {
+            name: format!("tandem PV, counter, {size}"),
+            kind: Kind::TandemCounter(mem),
+            accel: Accel::Kvm,
+        });
+        specs.push(PathSpec {
+            name: format!("tandem restore, {size}"),
+            kind: Kind::Restore(snap.clone(), "data", (mem, size)),
+            accel: Accel::Kvm,
+        });
+        specs.push(PathSpec {
+            name: format!("tandem restore + working set, {size}"),
+            kind: Kind::Restore(snap, "auto", (mem, size)),
+            accel: Accel::Kvm,
+        });
+    }
     for accel in [Accel::Kvm, Accel::Tcg] {
         let a = accel.name();
         specs.push(PathSpec {
@@ -207,7 +315,7 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
 
     let mut results: Vec<(String, Vec<Sample>)> = Vec::new();
     for spec in &specs {
-        let first = run_once(spec, project, &image, &iso)?;
+        let first = run_once(spec, project, &inputs)?;
         let runs = if first.total > 1000.0 {
             opts.runs.min(opts.slow_runs)
         } else {
@@ -219,10 +327,15 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
         );
         let mut samples = Vec::with_capacity(runs);
         for _ in 0..runs {
-            samples.push(run_once(spec, project, &image, &iso)?);
+            samples.push(run_once(spec, project, &inputs)?);
         }
         results.push((spec.name.clone(), samples));
+        if let Kind::Restore(_, "auto", size) = spec.kind {
+            // After the whole-process restores of a size, its pooled take.
+            results.push(pooled(&inproc, size)?);
+        }
     }
+    let _ = std::fs::remove_dir_all(&scratch);
 
     let mut t = table::Table::new([
         "path (medians, ms)",
@@ -259,10 +372,11 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
             },
         }));
     }
-    println!("\nBoot paths: `hello`, whole process (spawn to exit)\n");
+    println!("\nBoot paths: `hello` (counter: to just past ready()), whole process (spawn to exit) but the pooled takes\n");
     print!("{}", t.render());
     println!(
         "\nbefore guest: VMM, firmware and boot loader up to the guest's first instruction (under TCG, from machine reset);\n\
+         on a restore, the VMM's start and the restore to the vCPU's first entry; on a pooled take, the take (in process);\n\
          guest boot: first instruction to main (the PVH/Multiboot2 trampolines run at CPL0);\n\
          after guest: teardown (under TCG also QEMU's start-up before reset)."
     );
@@ -291,6 +405,32 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
     Ok(())
 }
 
+/// The in-process pooled take to exit at one size, from snapbench's
+/// medians: "before guest" the take, "app" the run to exit.
+fn pooled(inproc: &Value, (mem, size): Size) -> Result<(String, Vec<Sample>)> {
+    let at = |k: &str| {
+        inproc["by_memory"][mem][k]["median"]
+            .as_f64()
+            .with_context(|| format!("snapbench printed no {mem} {k}"))
+    };
+    let (take, to_exit) = (at("pool_take_us")?, at("pool_take_to_exit_us")?);
+    let runs = inproc["by_memory"][mem]["pool_take_us"]["n"]
+        .as_u64()
+        .unwrap_or(1);
+    let s = Sample {
+        before_guest: take / 1000.0,
+        guest_boot: 0.0,
+        app: (to_exit - take).max(0.0) / 1000.0,
+        after_guest: 0.0,
+        total: to_exit / 1000.0,
+    };
+    let n = usize::try_from(runs).unwrap_or(1);
+    Ok((
+        format!("tandem pooled take (in process), {size}"),
+        vec![s; n],
+    ))
+}
+
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -303,17 +443,17 @@ fn escape(s: &str) -> String {
 fn svg(results: &[(String, Vec<Sample>)]) -> String {
     const COLORS: [&str; 4] = ["#8c8c8c", "#e6862e", "#3a7bd5", "#c9c9c9"];
     let (left, bar_w, row_h, top) = (300.0, 560.0, 30.0, 60.0);
-    let (lo, hi) = (0.5f64, 60_000.0f64);
+    let (lo, hi) = (0.05f64, 60_000.0f64);
     let scale = |ms: f64| ((ms.clamp(lo, hi) / lo).log10() / (hi / lo).log10()) * bar_w;
     let height = top + row_h * results.len() as f64 + 70.0;
     let width = left + bar_w + 120.0;
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"10\" y=\"22\" font-size=\"15\" font-weight=\"bold\">Tandem boot paths: hello, whole process, medians</text>\n\
-         <text x=\"10\" y=\"42\" fill=\"#555\">bar length: total time (log scale); colours: each phase's share of it</text>\n"
+         <text x=\"10\" y=\"22\" font-size=\"15\" font-weight=\"bold\">Tandem boot paths: whole process, medians (pooled takes: in process)</text>\n\
+         <text x=\"10\" y=\"42\" fill=\"#555\">hello, or the counter app to just past ready(); bar length: total time (log scale); colours: each phase's share of it</text>\n"
     );
-    for tick in [1.0, 10.0, 100.0, 1000.0, 10_000.0] {
+    for tick in [0.1, 1.0, 10.0, 100.0, 1000.0, 10_000.0] {
         let x = left + scale(tick);
         s += &format!(
             "<line x1=\"{x:.1}\" y1=\"{:.1}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/>\n<text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#777\">{} ms</text>\n",

@@ -13,7 +13,7 @@
 //! both alike. Prints a table and writes JSON (default
 //! `target/bench/snapshot.json`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -61,6 +61,23 @@ fn get(v: &Value, path: &[&str]) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Runs `examples/snapbench` (built by `host::build(.., true)`): its JSON,
+/// and under `scratch` the `ready-64M` and `ready-1G` snapshots of the
+/// counter app at `ready()`, each with its recorded working set.
+pub fn snapbench(project: &Project, counter: &Path, scratch: &Path, runs: usize) -> Result<Value> {
+    let out = Command::new(project.host_example(Profile::Release, "snapbench"))
+        .arg("--counter")
+        .arg(counter)
+        .arg("--dir")
+        .arg(scratch)
+        .arg("--runs")
+        .arg(runs.to_string())
+        .output()
+        .context("cannot run examples/snapbench")?;
+    project::check(out.status, "examples/snapbench")?;
+    serde_json::from_slice(&out.stdout).context("examples/snapbench did not print JSON")
+}
+
 /// Runs the benchmark.
 pub fn bench(project: &Project, opts: &Options) -> Result<()> {
     project::require_kvm()?;
@@ -72,18 +89,7 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch)?;
 
-    let out = Command::new(project.host_example(Profile::Release, "snapbench"))
-        .arg("--counter")
-        .arg(&counter)
-        .arg("--dir")
-        .arg(&scratch)
-        .arg("--runs")
-        .arg(opts.runs.to_string())
-        .output()
-        .context("cannot run examples/snapbench")?;
-    project::check(out.status, "examples/snapbench")?;
-    let inproc: Value =
-        serde_json::from_slice(&out.stdout).context("examples/snapbench did not print JSON")?;
+    let inproc = snapbench(project, &counter, &scratch, opts.runs)?;
 
     // Whole process: restore the ready snapshot vs boot to the same point.
     let mut whole = serde_json::Map::new();

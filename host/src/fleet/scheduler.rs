@@ -37,6 +37,8 @@ pub enum StartSource {
     Snapshot(PathBuf),
     /// The checkpoint the VM wrote at an earlier `ready()`.
     Checkpoint(PathBuf),
+    /// A VM its `[[vm]]` entry's warm pool restored ahead from this snapshot.
+    Pool(PathBuf),
 }
 
 impl StartSource {
@@ -46,6 +48,7 @@ impl StartSource {
             Self::Cold => "cold",
             Self::Snapshot(_) => "snapshot",
             Self::Checkpoint(_) => "checkpoint",
+            Self::Pool(_) => "pool",
         }
     }
 }
@@ -84,7 +87,7 @@ pub enum Outcome {
 /// One boot of a VM. Times are since the fleet started.
 #[derive(Debug, Clone, Default)]
 pub struct Attempt {
-    /// Where it booted from (`cold`, `snapshot`, `checkpoint`).
+    /// Where it booted from (`cold`, `snapshot`, `checkpoint`, `pool`).
     pub source: &'static str,
     /// When it became eligible (dependencies ready, backoff over).
     pub eligible_at: Option<Duration>,
@@ -189,6 +192,8 @@ struct Node {
     backoff_max: Duration,
     boot_timeout: Option<Duration>,
     snapshot: Option<PathBuf>,
+    /// Its snapshot starts come from a warm pool (`warm` > 0).
+    warm: bool,
     checkpoint: Option<PathBuf>,
 }
 
@@ -260,6 +265,7 @@ impl Scheduler {
                 backoff_max: v.backoff_max,
                 boot_timeout: v.boot_timeout,
                 snapshot: v.snapshot.clone(),
+                warm: v.warm > 0,
                 checkpoint: v.checkpoint.clone(),
             })
             .collect();
@@ -662,7 +668,11 @@ impl Scheduler {
                     .clone()
                     .map_or(StartSource::Cold, StartSource::Checkpoint)
             } else if let Some(s) = &self.nodes[vm].snapshot {
-                StartSource::Snapshot(s.clone())
+                if self.nodes[vm].warm {
+                    StartSource::Pool(s.clone())
+                } else {
+                    StartSource::Snapshot(s.clone())
+                }
             } else {
                 StartSource::Cold
             };
@@ -803,6 +813,37 @@ mod tests {
             s.samples().iter().all(|x| x.memory >= 8 << 20),
             "the pool is counted"
         );
+    }
+
+    #[test]
+    fn a_warm_vm_starts_from_its_pool_and_a_cold_one_from_its_snapshot() {
+        let mut spec = spec(&[("warm", 0, &[]), ("plain", 0, &[])], 8, 1024);
+        spec.vms[0].snapshot = Some("/snap".into());
+        spec.vms[0].warm = 1;
+        spec.vms[1].snapshot = Some("/snap".into());
+        let mut s = Scheduler::new(&spec);
+        let sources: Vec<(usize, StartSource)> = s
+            .poll(ms(0))
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Start { vm, source, .. } => Some((vm, source)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            sources,
+            [
+                (0, StartSource::Pool("/snap".into())),
+                (1, StartSource::Snapshot("/snap".into()))
+            ]
+        );
+        // The report says so, for every attempt.
+        s.on_ended(0, ms(1), Outcome::Crashed("boom".into()), false);
+        s.poll(ms(20));
+        let records = s.records();
+        assert!(records[0].attempts.len() >= 2);
+        assert!(records[0].attempts.iter().all(|a| a.source == "pool"));
+        assert_eq!(records[1].attempts[0].source, "snapshot");
     }
 
     #[test]

@@ -146,13 +146,15 @@ fn boot(
             crate::seccomp::lock_down().map_err(|e| e.to_string())?;
             vm.run().map_err(|e| e.to_string())
         }
-        StartSource::Snapshot(_) if pool.is_some() => {
+        StartSource::Pool(_) if pool.is_some() => {
             let pool = pool.ok_or("no pool")?;
             let vm = pool.take(Some(config)).map_err(|e| e.to_string())?;
             crate::seccomp::lock_down().map_err(|e| e.to_string())?;
             vm.run().map_err(|e| e.to_string())
         }
-        StartSource::Snapshot(dir) | StartSource::Checkpoint(dir) => {
+        // A pool start without a pool (the runner makes one per `warm`
+        // entry, so not expected) restores from the snapshot itself.
+        StartSource::Snapshot(dir) | StartSource::Checkpoint(dir) | StartSource::Pool(dir) => {
             let snap =
                 Snapshot::load(dir).map_err(|e| format!("snapshot {}: {e}", dir.display()))?;
             let vm = Vm::restore_at(hv, &snap, config, start).map_err(|e| e.to_string())?;
