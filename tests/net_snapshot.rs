@@ -607,7 +607,21 @@ fn a_chain_held_by_a_rate_limit_goes_back_to_the_ring_in_a_snapshot() {
     let mem =
         GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), usize::try_from(MEM).unwrap())])
             .unwrap();
-    let mut dev = NetDevice::new(Tap::open(&tap.name).unwrap(), [2, 0, 0, 0, 0, 7], MEM);
+    // A tap takes one descriptor at a time, and a child another test forks
+    // holds a copy of ours until it execs: a busy tap is tried again.
+    let open = |name: &str| {
+        let start = std::time::Instant::now();
+        loop {
+            match Tap::open(name) {
+                Ok(t) => break t,
+                Err(e) if start.elapsed() > Duration::from_secs(5) => {
+                    panic!("cannot attach {name}: {e}")
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    };
+    let mut dev = NetDevice::new(open(&tap.name), [2, 0, 0, 0, 0, 7], MEM);
     dev.set_rate_limit(RateLimit {
         bytes: None,
         ops: Some(Bucket::new(1, 1).unwrap()),
@@ -655,7 +669,7 @@ fn a_chain_held_by_a_rate_limit_goes_back_to_the_ring_in_a_snapshot() {
     assert_eq!(state.check(MEM), Ok(()));
     // The state restores on another device, which sends the rest.
     drop(dev);
-    let mut back = NetDevice::restore(Tap::open(&tap.name).unwrap(), &state, state.mac, &mem, MEM)
+    let mut back = NetDevice::restore(open(&tap.name), &state, state.mac, &mem, MEM)
         .expect("the state restores");
     back.write(&mem, 0x50, &1u32.to_le_bytes()).unwrap();
     let used_idx: u16 = mem.read_obj(GuestAddress(used + 2)).unwrap();
