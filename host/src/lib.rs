@@ -24,7 +24,7 @@
 //! and errors) and a few modules: [`snapshot`], [`backup`] and [`coredump`]
 //! (files a VM leaves behind), [`fleet`] (many VMs), [`seccomp`] and
 //! [`privileges`] (what the VMM gives up before a guest runs), [`trace`],
-//! [`units`], [`devices`] (the virtio devices, `--net`'s parser) and
+//! [`units`], [`metrics`] (Prometheus text for a `/metrics` page), [`devices`] (the virtio devices, `--net`'s parser) and
 //! [`exit_code`]; with the `fuzzing` feature, `fuzzing` (the fuzz targets'
 //! bodies). Everything else is the crate's own.
 //!
@@ -50,6 +50,7 @@ mod hypercall;
 mod image;
 mod kvm;
 mod memory;
+pub mod metrics;
 pub mod pool;
 pub mod privileges;
 pub mod seccomp;

@@ -58,6 +58,9 @@ pub struct RunStats {
     pub cpl0_entries_before_main: u64,
     /// Console bytes the guest wrote.
     pub console_bytes: u64,
+    /// Console bytes the guest wrote that were dropped (over the console's
+    /// rate or past its limit), in this run.
+    pub console_dropped: u64,
 }
 
 /// The result of a run.

@@ -164,6 +164,7 @@ impl Vm {
         drop(kicker);
         drop(attached);
         stats.console_bytes = session.console.written() + self.console_before;
+        stats.console_dropped = session.console.dropped();
         self.collect_guest_trace(&mut stats);
         let report = RunReport {
             status,
