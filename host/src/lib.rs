@@ -22,7 +22,7 @@
 //!
 //! The public surface is the crate root (the VM, its configuration, report
 //! and errors) and a few modules: [`snapshot`], [`backup`] and [`coredump`]
-//! (files a VM leaves behind), [`fleet`] (many VMs), [`seccomp`] and
+//! (files a VM leaves behind), [`cgroup`] (limits for VMM processes), [`fleet`] (many VMs), [`seccomp`] and
 //! [`privileges`] (what the VMM gives up before a guest runs), [`trace`],
 //! [`units`], [`metrics`] (Prometheus text for a `/metrics` page), [`devices`] (the virtio devices, `--net`'s parser) and
 //! [`exit_code`]; with the `fuzzing` feature, `fuzzing` (the fuzz targets'
@@ -37,6 +37,7 @@
 pub mod api;
 mod arch;
 pub mod backup;
+pub mod cgroup;
 mod console;
 mod control;
 pub mod coredump;
