@@ -12,9 +12,9 @@ use kvm_ioctls::VcpuExit;
 use super::clock::unix_nanos;
 use super::error::ioctl;
 use super::{Vm, VmError};
-use crate::backup::{BackupConfig, BackupRecord, BackupWriter};
+use crate::backup::{self, BackupConfig, BackupRecord, BackupWriter, DiskSource};
 use crate::console::Console;
-use crate::devices::blk::copy;
+use crate::devices::blk::{copy, BlkDevice};
 use crate::devices::NetDevice;
 use crate::snapshot::{self, LiveState, MachineState, SnapshotState, WriteStats};
 
@@ -132,17 +132,47 @@ impl Vm {
         Ok(record)
     }
 
-    /// Writes the next backup point with `state` (the vCPU stopped).
+    /// Writes the next backup point with `state` (the vCPU stopped): its
+    /// memory and, harvested at the same stop, the blocks each disk's
+    /// bitmap holds, so memory and disks are of one instant.
     fn write_backup_point(&mut self, state: &SnapshotState) -> Result<BackupRecord, VmError> {
-        // What the network device wrote (the dirty log does not see it).
+        // What the devices wrote (the dirty log does not see it).
         if let Some(net) = self.net.as_mut() {
             let written = net.take_written();
             self.note_host_writes(&written);
         }
+        let mut blocks = Vec::with_capacity(self.disks.len());
+        for i in 0..self.disks.len() {
+            let written = self.disks[i].take_written();
+            self.note_host_writes(&written);
+            blocks.push(self.disks[i].take_dirty_blocks());
+        }
+        // The point's state names its disks' devices; their blocks are beside it.
+        let mut state = state.clone();
+        state.disks = (self.disks.iter().enumerate())
+            .map(|(i, d)| d.state(backup::disk::placeholder_name(i)))
+            .collect();
+        let sources: Vec<DiskSource<'_>> = (self.disks.iter().zip(blocks))
+            .map(|(d, b)| DiskSource {
+                disk: d.disk(),
+                blocks: Some(b),
+            })
+            .collect();
         let Some(writer) = self.backup.as_mut() else {
             return Err(VmError::Config("backup writer missing".into()));
         };
-        Ok(writer.write_next(&self.vm, &self.ram, state)?)
+        Ok(writer.write_next(&self.vm, &self.ram, &state, &sources)?)
+    }
+
+    /// Gives the VM its disks; with backups on, each keeps account of the
+    /// blocks the guest writes and of what it writes into guest memory.
+    pub(super) fn attach_disks(&mut self, disks: Vec<BlkDevice>) {
+        self.disks = disks;
+        if self.config.backup.is_some() {
+            for d in &mut self.disks {
+                d.track_for_backup();
+            }
+        }
     }
 
     /// Gives the VM its network device; with backups on, the device keeps

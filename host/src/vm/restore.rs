@@ -173,7 +173,7 @@ impl Vm {
         };
         let mut vm = machine.into_vm(config, start);
         vm.attach_net(net);
-        vm.disks = disks;
+        vm.attach_disks(disks);
         if prefetch == Prefetch::Record {
             vm.record_working_set = Some(snapshot.clone());
         }

@@ -480,7 +480,7 @@ fn report_json(report: &RunReport) -> serde_json::Value {
         .map(|b| {
             serde_json::json!({
                 "point": b.point, "pages": b.pages, "dirty_pages": b.dirty_pages,
-                "ms": b.elapsed.as_secs_f64() * 1e3,
+                "blocks": b.blocks, "ms": b.elapsed.as_secs_f64() * 1e3,
             })
         })
         .collect();
@@ -752,16 +752,20 @@ fn backup_cmd(cmd: BackupCommand) -> Result<u8> {
     match cmd {
         BackupCommand::List { dir } => {
             let chain = Chain::open(&dir)?;
-            println!("point  kind   pages      MiB  taken (unix s)");
+            println!("point  kind   pages   blocks      MiB  taken (unix s)");
             for (n, meta) in chain.points() {
                 match meta {
-                    Ok(m) => println!(
-                        "{n:>5}  {:<5} {:>6} {:>8.2}  {}",
-                        if m.base { "base" } else { "delta" },
-                        m.pages.len(),
-                        m.pages.len() as f64 * 4096.0 / (1 << 20) as f64,
-                        m.state.live.unix_nanos / 1_000_000_000
-                    ),
+                    Ok(m) => {
+                        let blocks: usize = m.disks.iter().map(|d| d.blocks.len()).sum();
+                        println!(
+                            "{n:>5}  {:<5} {:>6} {:>8} {:>8.2}  {}",
+                            if m.base { "base" } else { "delta" },
+                            m.pages.len(),
+                            blocks,
+                            (m.pages.len() + blocks) as f64 * 4096.0 / (1 << 20) as f64,
+                            m.state.live.unix_nanos / 1_000_000_000
+                        )
+                    }
                     Err(e) => println!("{n:>5}  DAMAGED: {e}"),
                 }
             }
@@ -801,8 +805,12 @@ fn backup_cmd(cmd: BackupCommand) -> Result<u8> {
             let stats = chain
                 .restore(point, &out)
                 .with_context(|| format!("cannot restore point {point} of {}", dir.display()))?;
+            let disks = Snapshot::load(&out).map_or(0, |s| s.state.disks.len());
+            let with_disks: String = (0..disks)
+                .map(|i| format!(" --disk path=NEWFILE{i}"))
+                .collect();
             println!(
-                "point {point} written to {} ({} pages); resume it with `tandem restore {}`",
+                "point {point} written to {} ({} pages, {disks} disk(s)); resume it with `tandem restore {}{with_disks}`",
                 out.display(),
                 stats.pages_written,
                 out.display()
