@@ -48,6 +48,7 @@ pub mod gdb;
 mod hypercall;
 mod image;
 mod kvm;
+mod lazy_verify;
 mod memory;
 pub mod pool;
 pub mod privileges;
@@ -87,6 +88,7 @@ impl ExitStatus {
             ExitStatus::ProtocolViolation(_) => exit_code::PROTOCOL,
             ExitStatus::DeviceViolation(_) => exit_code::PROTOCOL,
             ExitStatus::Crashed(_) => exit_code::CRASHED,
+            ExitStatus::CorruptMemory(_) => exit_code::CORRUPT_MEMORY,
             ExitStatus::TimedOut(_) => exit_code::TIMEOUT,
             ExitStatus::Snapshotted(_) => 0,
             ExitStatus::Stopped => 0,
