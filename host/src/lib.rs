@@ -50,6 +50,7 @@ pub mod gdb;
 mod hypercall;
 mod image;
 mod kvm;
+mod lazy_verify;
 mod memory;
 pub mod metrics;
 pub mod pool;
@@ -90,6 +91,7 @@ impl ExitStatus {
             ExitStatus::ProtocolViolation(_) => exit_code::PROTOCOL,
             ExitStatus::DeviceViolation(_) => exit_code::PROTOCOL,
             ExitStatus::Crashed(_) => exit_code::CRASHED,
+            ExitStatus::CorruptMemory(_) => exit_code::CORRUPT_MEMORY,
             ExitStatus::TimedOut(_) => exit_code::TIMEOUT,
             ExitStatus::Snapshotted(_) => 0,
             ExitStatus::Stopped => 0,
