@@ -102,6 +102,7 @@ pub fn outcome(status: &ExitStatus) -> &'static str {
         ExitStatus::TimedOut(_) => "timed_out",
         ExitStatus::Snapshotted(_) => "snapshotted",
         ExitStatus::Stopped => "stopped",
+        ExitStatus::CorruptMemory(_) => "corrupt_memory",
     }
 }
 
