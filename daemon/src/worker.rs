@@ -247,6 +247,21 @@ fn handle(req: Request, runs: &Runs, hv: &Arc<Hypervisor>) -> Result<Answer, Str
             }
             Ok(Answer::Ok)
         }
+        Request::Snapshot { run, dir } => {
+            let rx = {
+                let table = lock(runs)?;
+                let r = table.get(&run).ok_or_else(|| no_run(&run))?;
+                r.handle.request_snapshot(dir.clone())
+            };
+            match rx.recv_timeout(crate::proto::SNAPSHOT_TIMEOUT) {
+                Ok(Ok(())) => Ok(Answer::Ok),
+                Ok(Err(e)) => Err(format!("snapshot {}: {e}", dir.display())),
+                Err(_) => Err(format!(
+                    "snapshot {}: the run ended (or was asked again) before it was taken",
+                    dir.display()
+                )),
+            }
+        }
         Request::Status => {
             let table = lock(runs)?;
             let mut list = Vec::with_capacity(table.len());

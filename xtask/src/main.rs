@@ -5,6 +5,7 @@
 //! through `$CARGO`, the one that runs this program.
 
 mod bench;
+mod bench_api;
 mod bench_args;
 mod bench_containerd;
 mod bench_disk;
@@ -119,6 +120,12 @@ COMMANDS:
         Snapshot, restore, clone and backup costs of the counter app next to
         its cold boot, in process and as whole processes (64 MiB and 1 GiB).
         Writes JSON to target/bench/snapshot.json unless --json.
+
+    bench api [--runs N] [--vms-per-worker N] [--json FILE]
+        tandemd (release) on a private socket: N VMs (service, default 100)
+        created and started through the API, p50/p99 latency of create,
+        start and list, and resident memory per idle VM in the workers
+        (target/bench/api.json).
 
     bench containerd [--runs N] [--json FILE]
         `ctr run --rm` of hello under the Tandem shim against runc running a
@@ -536,6 +543,10 @@ fn bench_cmd(project: &Project, args: Vec<String>) -> Result<ExitCode> {
     }
     if args.first().map(String::as_str) == Some("fleet") {
         bench_fleet::bench(project, &bench_fleet::parse(&args[1..])?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.first().map(String::as_str) == Some("api") {
+        bench_api::bench(project, &bench_api::parse(&args[1..])?)?;
         return Ok(ExitCode::SUCCESS);
     }
     if args.first().map(String::as_str) == Some("containerd") {

@@ -42,6 +42,31 @@ impl Vm {
         Ok(())
     }
 
+    /// Takes the snapshot asked through the VM's handle, if any, and tells
+    /// the asker how it went.
+    pub(super) fn carry_out_asked(
+        &mut self,
+        handle: &VmHandle,
+        session: &mut Session,
+    ) -> ControlFlow<ExitStatus> {
+        let Some((dir, tx)) = handle.take_snapshot_request() else {
+            return Continue(());
+        };
+        violation(self.drain_console(&mut session.console))?;
+        let written = self.snapshot_now(&dir, SnapshotTrigger::Request, session)?;
+        let answer = if written {
+            Ok(())
+        } else {
+            Err(session
+                .snapshots
+                .last()
+                .and_then(|s| s.result.as_ref().err().cloned())
+                .unwrap_or_else(|| "the snapshot was not written".into()))
+        };
+        let _ = tx.send(answer);
+        Continue(())
+    }
+
     /// Carries out what the control thread says is due: the snapshot
     /// `SIGUSR1` asked for, the next backup point.
     pub(super) fn carry_out_due(
@@ -155,8 +180,11 @@ impl Vm {
                 // A frame may end the wait early anyway: the guest's network
                 // loop asks again, so a Ctrl-C just ends it too.
                 let asked = || handle.is_some_and(VmHandle::stop_asked);
+                let snapshot = || handle.is_some_and(VmHandle::snapshot_pending);
                 let limit = wait.until.saturating_duration_since(Instant::now());
-                if let Err(e) = net.idle(&self.ram.mem, limit, &|| asked() || broken_in()) {
+                if let Err(e) = net.idle(&self.ram.mem, limit, &|| {
+                    asked() || broken_in() || snapshot()
+                }) {
                     return Break(ExitStatus::DeviceViolation(e));
                 }
                 asked()
@@ -168,7 +196,10 @@ impl Vm {
                     None => wait.until,
                 };
                 let stop = idle(handle, end.saturating_duration_since(now));
-                if stop || Instant::now() >= wait.until {
+                // A snapshot asked ends the wait early (as a capped wait),
+                // so the run loop takes it before the guest goes on.
+                let snapshot = handle.is_some_and(VmHandle::snapshot_pending);
+                if stop || snapshot || Instant::now() >= wait.until {
                     break stop;
                 }
                 if broken_in() {
