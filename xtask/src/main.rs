@@ -14,6 +14,7 @@ mod bench_net;
 mod bench_net_http;
 mod bench_paths;
 mod bench_snapshot;
+mod dist;
 mod elf;
 mod fuzz;
 mod gdb;
@@ -84,6 +85,20 @@ COMMANDS:
         entrypoint) as an OCI image-layout tarball, by default
         target/oci/APP.tar named docker.io/tandem/APP:latest, for
         `ctr images import` and the containerd shim (containerd-shim-tandem-v1).
+
+    dist [--debug] [--out DIR]
+        Build the host (release unless --debug) and write the man pages and
+        shell completions (bash, zsh, fish) of `tandem`, generated from its
+        clap definition (clap_mangen, clap_complete), into DIR (default
+        target/dist): man/*.1, completions/{bash,zsh,fish}/.
+
+    deb [--out DIR]
+        Build the Debian package of `tandem` with cargo-deb (installed with
+        `cargo install cargo-deb --locked` when missing): release builds of
+        tandem and the containerd shim, their man pages and completions
+        (dist), the tandemd unit and the `tandem` group (sysusers.d), as
+        described by [package.metadata.deb] in host/Cargo.toml. The package
+        goes to DIR (default target/debian); `dpkg -i` it.
 
     test [-- TEST-ARGS...]
         Check the toolchain and /dev/kvm; lint both workspaces (cargo fmt
@@ -199,6 +214,8 @@ fn try_main() -> Result<ExitCode> {
         "bench" => bench_cmd(&project, args),
         "fuzz" => fuzz_cmd(&project, args),
         "codegen" => codegen(&project, args),
+        "dist" => dist_cmd(&project, args, false),
+        "deb" => dist_cmd(&project, args, true),
         "help" | "-h" | "--help" => {
             print!("{HELP}");
             Ok(ExitCode::SUCCESS)
@@ -261,6 +278,32 @@ fn gdb_cmd(project: &Project, args: Vec<String>) -> Result<ExitCode> {
     }
     let app = app.context("`cargo xtask gdb` needs an APP (e.g. debugme)")?;
     gdb::gdb(project, &app, &args.trailing.join(" "))
+}
+
+/// `cargo xtask dist` and `cargo xtask deb`.
+fn dist_cmd(project: &Project, args: Vec<String>, deb: bool) -> Result<ExitCode> {
+    let name = if deb { "deb" } else { "dist" };
+    let mut args = Args::new(args);
+    let mut profile = Profile::Release;
+    let mut out = None;
+    while let Some(word) = args.next() {
+        if let Some(v) = args.value(&word, "--out")? {
+            out = Some(PathBuf::from(v));
+        } else if word == "--debug" && !deb {
+            profile = Profile::Debug;
+        } else {
+            return Err(unexpected(name, &word));
+        }
+    }
+    if let Some(word) = args.trailing.first() {
+        return Err(unexpected(name, word));
+    }
+    if deb {
+        dist::deb(project, out)?;
+    } else {
+        dist::dist(project, profile, out)?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn unexpected(command: &str, word: &str) -> anyhow::Error {

@@ -4,6 +4,7 @@
 //! indicatif and the logger are the `cli` feature's, so a user of the
 //! library alone (the containerd shim) links none of them.
 
+mod docs;
 mod fleet;
 mod logger;
 
@@ -277,6 +278,9 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let start = tandem::trace::rdtsc();
+    if let Some(dir) = docs::requested() {
+        return docs::run(<Cli as clap::CommandFactory>::command(), &dir);
+    }
     let cli = Cli::parse();
     // A JSON report on stderr is read by programs: the VMM's notes stay out
     // of its way, as with --quiet.
