@@ -50,6 +50,7 @@ pub mod fuzzing;
 pub mod gdb;
 mod hypercall;
 mod image;
+pub mod jail;
 mod kvm;
 mod lazy_verify;
 mod memory;
