@@ -405,6 +405,13 @@ impl Cgroup {
         Ok(())
     }
 
+    /// The `cgroup.procs` files to write a pid into (one under v2, one per
+    /// hierarchy under v1), for a child that joins the group itself before
+    /// it execs (writing `0` moves the writer).
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs().map(|d| d.join("cgroup.procs")).collect()
+    }
+
     /// The processes in the group (under v1, in its memory hierarchy).
     pub fn pids(&self) -> Result<Vec<u32>> {
         let procs = self.dir().join("cgroup.procs");
