@@ -357,6 +357,12 @@ impl Cgroup {
         })
     }
 
+    /// The directory holding `controller`'s files (v2: the group's only
+    /// one; v1: the group in that controller's hierarchy, if mounted).
+    pub fn controller_dir(&self, controller: &str) -> Option<&Path> {
+        self.dir_for(controller).map(PathBuf::as_path)
+    }
+
     fn dir_for(&self, controller: &str) -> Option<&PathBuf> {
         match self.version {
             Version::V2 => self.dirs.first().map(|(_, d)| d),
