@@ -22,9 +22,9 @@
 //!
 //! The public surface is the crate root (the VM, its configuration, report
 //! and errors) and a few modules: [`snapshot`], [`backup`] and [`coredump`]
-//! (files a VM leaves behind), [`fleet`] (many VMs), [`seccomp`] and
+//! (files a VM leaves behind), [`cgroup`] (limits for VMM processes), [`fleet`] (many VMs), [`seccomp`] and
 //! [`privileges`] (what the VMM gives up before a guest runs), [`trace`],
-//! [`units`], [`devices`] (the virtio devices, `--net`'s parser) and
+//! [`units`], [`metrics`] (Prometheus text for a `/metrics` page), [`devices`] (the virtio devices, `--net`'s parser) and
 //! [`exit_code`]; with the `fuzzing` feature, `fuzzing` (the fuzz targets'
 //! bodies). Everything else is the crate's own.
 //!
@@ -34,8 +34,10 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod api;
 mod arch;
 pub mod backup;
+pub mod cgroup;
 mod console;
 mod control;
 pub mod coredump;
@@ -48,7 +50,9 @@ pub mod gdb;
 mod hypercall;
 mod image;
 mod kvm;
+mod lazy_verify;
 mod memory;
+pub mod metrics;
 pub mod pool;
 pub mod privileges;
 pub mod seccomp;
@@ -87,6 +91,7 @@ impl ExitStatus {
             ExitStatus::ProtocolViolation(_) => exit_code::PROTOCOL,
             ExitStatus::DeviceViolation(_) => exit_code::PROTOCOL,
             ExitStatus::Crashed(_) => exit_code::CRASHED,
+            ExitStatus::CorruptMemory(_) => exit_code::CORRUPT_MEMORY,
             ExitStatus::TimedOut(_) => exit_code::TIMEOUT,
             ExitStatus::Snapshotted(_) => 0,
             ExitStatus::Stopped => 0,

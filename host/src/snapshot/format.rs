@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use tandem_abi::trace::Phase;
 use tandem_abi::{layout, le};
 
+use super::chunks::ChunkDigests;
 use super::vcpu::VcpuState;
 use super::SnapshotError;
 use crate::devices::blk::BlkState;
@@ -35,8 +36,10 @@ pub const MAGIC: [u8; 8] = *b"TNDMSNAP";
 /// device's [`NetState`]), so that VMs with a network device can be
 /// snapshotted, restored, cloned and backed up. 3, [`SnapshotState::disks`]
 /// appended (each virtio-blk device's [`BlkState`], naming the disk's copy
-/// in the snapshot directory).
-pub const FORMAT_VERSION: u32 = 3;
+/// in the snapshot directory). 4, [`SnapshotState::chunks`] appended (a
+/// digest per 64 KiB chunk of the memory file that holds data, for
+/// `--verify lazy`).
+pub const FORMAT_VERSION: u32 = 4;
 /// ELF machine number of x86_64, the only architecture Tandem snapshots.
 pub const ARCH_X86_64: u32 = 62;
 /// Size of the fixed header.
@@ -128,6 +131,9 @@ pub struct SnapshotState {
     pub net: Option<NetState>,
     /// The disks, in order (format version 3).
     pub disks: Vec<BlkState>,
+    /// The memory file's chunk digests (format version 4; empty in a
+    /// backup point's state, whose pages are checked by its own digests).
+    pub chunks: ChunkDigests,
 }
 
 /// Whether `name` is a memory file name this format writes: `memory-` and
@@ -204,6 +210,7 @@ impl SnapshotState {
         for d in &self.disks {
             d.check(m)?;
         }
+        self.chunks.check(m, self.memory.data_pages)?;
         self.vcpu.check()
     }
 

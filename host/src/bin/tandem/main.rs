@@ -108,9 +108,13 @@ struct RestoreArgs {
     #[arg(long, value_name = "N", default_value_t = 0, conflicts_with = "backup_dir",
           value_parser = clap::value_parser!(u32).range(0..=1024))]
     pool: u32,
-    /// Check the memory file against its digest first (reads it all).
-    #[arg(long)]
-    verify: bool,
+    /// Check the memory file against its digests: `--verify` (or
+    /// `--verify full`) reads it all first; `--verify lazy` checks each
+    /// 64 KiB chunk when the guest first touches it (the prefetched ones
+    /// before it runs), ending the VM with exit code 121 naming a chunk
+    /// that does not match.
+    #[arg(long, value_name = "MODE", num_args = 0..=1, default_missing_value = "full")]
+    verify: Option<VerifyMode>,
     /// What to fault in before the guest runs: auto (the snapshot's working
     /// set if it has a valid one, else its data), data, lazy (nothing), or
     /// record (nothing, then write the pages the guest touched as the
@@ -498,6 +502,15 @@ fn report_json(report: &RunReport) -> serde_json::Value {
     })
 }
 
+/// How `tandem restore --verify` checks the memory file.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum VerifyMode {
+    /// All of it, before the restore.
+    Full,
+    /// Each chunk on first touch.
+    Lazy,
+}
+
 fn load_snapshot(dir: &Path, verify: bool) -> Result<Snapshot> {
     let snap =
         Snapshot::load(dir).with_context(|| format!("refusing snapshot {}", dir.display()))?;
@@ -514,11 +527,12 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
         anyhow::bail!("--gdb debugs one VM: not with --clones");
     }
     let hv = Hypervisor::open()?;
-    let snap = load_snapshot(&args.dir, args.verify)?;
+    let snap = load_snapshot(&args.dir, args.verify == Some(VerifyMode::Full))?;
     let mut base = VmConfig {
         timeout: args.timeout,
         console: ConsoleSink::Stdout,
         prefetch: args.prefetch,
+        verify_lazily: args.verify == Some(VerifyMode::Lazy),
         ..VmConfig::default()
     };
     let clones = args.clones;
