@@ -23,15 +23,46 @@ impl Vm {
     /// advancing RIP, only on the next `KVM_RUN`): a `KVM_RUN` with
     /// `immediate_exit` set does that and returns at once, so the saved RIP
     /// is past the hypercall and a restored guest does not repeat it.
+    /// Completing a device register access can run the guest on to its
+    /// next one (seen here: the virtio status write after a status read);
+    /// that access is carried out, not lost (a lost `DRIVER_OK` or notify
+    /// leaves the guest waiting on its device for ever), and it tries again.
     fn complete_pending_io(&mut self) -> Result<(), VmError> {
+        const TRIES: usize = 16;
         self.vcpu.set_kvm_immediate_exit(1);
-        let outcome = match self.vcpu.run() {
-            Err(e) if e.errno() == libc::EINTR => Ok(()),
-            Err(e) => Err(ioctl("KVM_RUN (immediate exit)")(e)),
-            Ok(VcpuExit::IoOut(..)) | Ok(VcpuExit::IoIn(..)) | Ok(_) => Err(VmError::Config(
-                "the vCPU exited instead of stopping for a snapshot".into(),
-            )),
-        };
+        let mut outcome = Err(VmError::Config(
+            "the vCPU kept exiting instead of stopping for a snapshot".into(),
+        ));
+        for _ in 0..TRIES {
+            let mut result = self.vcpu.run();
+            if let Ok(VcpuExit::MmioRead(addr, data)) = &mut result {
+                super::run::mmio_read(self.net.as_ref(), &self.disks, *addr, data);
+                continue;
+            }
+            let write = match result {
+                Err(e) if e.errno() == libc::EINTR => {
+                    outcome = Ok(());
+                    break;
+                }
+                Err(e) => {
+                    outcome = Err(ioctl("KVM_RUN (immediate exit)")(e));
+                    break;
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => (addr, data.to_vec()),
+                Ok(_) => {
+                    outcome = Err(VmError::Config(
+                        "the vCPU exited instead of stopping for a snapshot".into(),
+                    ));
+                    break;
+                }
+            };
+            if let Err(e) = self.mmio_write(write.0, &write.1) {
+                outcome = Err(VmError::Config(format!(
+                    "a device register write while stopping for a snapshot: {e}"
+                )));
+                break;
+            }
+        }
         self.vcpu.set_kvm_immediate_exit(0);
         outcome
     }
