@@ -101,7 +101,9 @@ pub fn outcome(status: &ExitStatus) -> &'static str {
         ExitStatus::Crashed(_) => "crashed",
         ExitStatus::TimedOut(_) => "timed_out",
         ExitStatus::Snapshotted(_) => "snapshotted",
+        ExitStatus::CorruptMemory(_) => "corrupt_memory",
         ExitStatus::Stopped => "stopped",
+        ExitStatus::CorruptMemory(_) => "corrupt_memory",
     }
 }
 
