@@ -109,9 +109,13 @@ struct RestoreArgs {
     #[arg(long, value_name = "N", default_value_t = 0, conflicts_with = "backup_dir",
           value_parser = clap::value_parser!(u32).range(0..=1024))]
     pool: u32,
-    /// Check the memory file against its digest first (reads it all).
-    #[arg(long)]
-    verify: bool,
+    /// Check the memory file against its digests: `--verify` (or
+    /// `--verify full`) reads it all first; `--verify lazy` checks each
+    /// 64 KiB chunk when the guest first touches it (the prefetched ones
+    /// before it runs), ending the VM with exit code 121 naming a chunk
+    /// that does not match.
+    #[arg(long, value_name = "MODE", num_args = 0..=1, default_missing_value = "full")]
+    verify: Option<VerifyMode>,
     /// What to fault in before the guest runs: auto (the snapshot's working
     /// set if it has a valid one, else its data), data, lazy (nothing), or
     /// record (nothing, then write the pages the guest touched as the
@@ -548,7 +552,7 @@ fn report_json(report: &RunReport) -> serde_json::Value {
         .map(|b| {
             serde_json::json!({
                 "point": b.point, "pages": b.pages, "dirty_pages": b.dirty_pages,
-                "ms": b.elapsed.as_secs_f64() * 1e3,
+                "blocks": b.blocks, "ms": b.elapsed.as_secs_f64() * 1e3,
             })
         })
         .collect();
@@ -564,6 +568,15 @@ fn report_json(report: &RunReport) -> serde_json::Value {
         "snapshots": snapshots,
         "backups": backups,
     })
+}
+
+/// How `tandem restore --verify` checks the memory file.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum VerifyMode {
+    /// All of it, before the restore.
+    Full,
+    /// Each chunk on first touch.
+    Lazy,
 }
 
 fn load_snapshot(dir: &Path, verify: bool) -> Result<Snapshot> {
@@ -596,11 +609,12 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
         .collect();
     let mut lockdown = Lockdown::new(&args.hardening, paths);
     let hv = Hypervisor::open()?;
-    let snap = load_snapshot(&args.dir, args.verify)?;
+    let snap = load_snapshot(&args.dir, args.verify == Some(VerifyMode::Full))?;
     let mut base = VmConfig {
         timeout: args.timeout,
         console: ConsoleSink::Stdout,
         prefetch: args.prefetch,
+        verify_lazily: args.verify == Some(VerifyMode::Lazy),
         ..VmConfig::default()
     };
     let clones = args.clones;
@@ -839,16 +853,20 @@ fn backup_cmd(cmd: BackupCommand) -> Result<u8> {
     match cmd {
         BackupCommand::List { dir } => {
             let chain = Chain::open(&dir)?;
-            println!("point  kind   pages      MiB  taken (unix s)");
+            println!("point  kind   pages   blocks      MiB  taken (unix s)");
             for (n, meta) in chain.points() {
                 match meta {
-                    Ok(m) => println!(
-                        "{n:>5}  {:<5} {:>6} {:>8.2}  {}",
-                        if m.base { "base" } else { "delta" },
-                        m.pages.len(),
-                        m.pages.len() as f64 * 4096.0 / (1 << 20) as f64,
-                        m.state.live.unix_nanos / 1_000_000_000
-                    ),
+                    Ok(m) => {
+                        let blocks: usize = m.disks.iter().map(|d| d.blocks.len()).sum();
+                        println!(
+                            "{n:>5}  {:<5} {:>6} {:>8} {:>8.2}  {}",
+                            if m.base { "base" } else { "delta" },
+                            m.pages.len(),
+                            blocks,
+                            (m.pages.len() + blocks) as f64 * 4096.0 / (1 << 20) as f64,
+                            m.state.live.unix_nanos / 1_000_000_000
+                        )
+                    }
                     Err(e) => println!("{n:>5}  DAMAGED: {e}"),
                 }
             }
@@ -888,8 +906,12 @@ fn backup_cmd(cmd: BackupCommand) -> Result<u8> {
             let stats = chain
                 .restore(point, &out)
                 .with_context(|| format!("cannot restore point {point} of {}", dir.display()))?;
+            let disks = Snapshot::load(&out).map_or(0, |s| s.state.disks.len());
+            let with_disks: String = (0..disks)
+                .map(|i| format!(" --disk path=NEWFILE{i}"))
+                .collect();
             println!(
-                "point {point} written to {} ({} pages); resume it with `tandem restore {}`",
+                "point {point} written to {} ({} pages, {disks} disk(s)); resume it with `tandem restore {}{with_disks}`",
                 out.display(),
                 stats.pages_written,
                 out.display()
