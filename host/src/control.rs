@@ -91,8 +91,9 @@ impl Kicker {
         let flags = Arc::new(Flags::default());
         let (stop, rx) = mpsc::channel::<()>();
         let f = flags.clone();
-        let thread = std::thread::spawn(move || {
-            // Narrower than the vCPU filter it inherits (see tandem::seccomp).
+        // Started by the I/O thread: the vCPU thread's filter has no clone.
+        let thread = crate::io_thread::spawn("tandem-control", move || {
+            // Narrower than the I/O filter it inherits (see tandem::seccomp).
             crate::seccomp::narrow_to_control();
             let start = Instant::now();
             let deadline = watch.timeout.map(|t| start + t);
@@ -149,10 +150,17 @@ impl Kicker {
                 }
             }
         });
+        let thread = match thread {
+            Ok(t) => Some(t),
+            Err(e) => {
+                log::error!("no control thread (timeouts, backup points, SIGUSR1 snapshots): {e}");
+                None
+            }
+        };
         Self {
             flags,
             stop: Some(stop),
-            thread: Some(thread),
+            thread,
         }
     }
 

@@ -50,6 +50,7 @@ pub mod fuzzing;
 pub mod gdb;
 mod hypercall;
 mod image;
+pub mod io_thread;
 pub mod jail;
 mod kvm;
 mod lazy_verify;

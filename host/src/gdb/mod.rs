@@ -245,7 +245,8 @@ impl Watcher {
         let target = unsafe { libc::pthread_self() };
         let state = Arc::new(WatchState::default());
         let s = state.clone();
-        let thread = std::thread::spawn(move || loop {
+        // Started by the I/O thread: the vCPU thread's filter has no clone.
+        let thread = crate::io_thread::spawn("tandem-gdb-watch", move || loop {
             {
                 let mut armed = s.armed.lock().unwrap_or_else(|p| p.into_inner());
                 while !*armed && !s.stop.load(Ordering::SeqCst) {
@@ -276,10 +277,14 @@ impl Watcher {
                 std::thread::sleep(WATCH_INTERVAL);
             }
         });
-        Self {
-            state,
-            thread: Some(thread),
-        }
+        let thread = match thread {
+            Ok(t) => Some(t),
+            Err(e) => {
+                log::error!("no Ctrl-C watcher for gdb: {e}");
+                None
+            }
+        };
+        Self { state, thread }
     }
 
     /// The guest is about to run: watch.

@@ -107,9 +107,14 @@ impl Vm {
         console_written: u64,
     ) -> Result<WriteStats, VmError> {
         let mut state = self.capture_state(console_written)?;
-        let result = self
-            .copy_disks(dir, &mut state)
-            .and_then(|()| Ok(snapshot::write(dir, &mut state, &self.ram)?));
+        // The files are the I/O thread's (the vCPU thread opens none).
+        let (disks, ram) = (&self.disks, &self.ram);
+        let result = crate::io_thread::call(|| {
+            copy_disks(disks, dir, &mut state)
+                .and_then(|()| Ok(snapshot::write(dir, &mut state, ram)?))
+        })
+        .map_err(io_thread)
+        .and_then(|r| r);
         // With backups on, every snapshot is also a backup point, taken at
         // the same stop (before the clock below changes the live area), so
         // the chain can be restored to exactly the snapshot's moment.
@@ -123,29 +128,6 @@ impl Vm {
         result
     }
 
-    /// Puts each disk's state at this instant into `dir` (a reflink where
-    /// the file system offers one, else a copy of its data) and into
-    /// `state`, before the state file that names them is written.
-    fn copy_disks(&self, dir: &Path, state: &mut SnapshotState) -> Result<(), VmError> {
-        if self.disks.is_empty() {
-            return Ok(());
-        }
-        std::fs::create_dir_all(dir)
-            .map_err(|e| VmError::Config(format!("{}: {e}", dir.display())))?;
-        for (i, d) in self.disks.iter().enumerate() {
-            let name = format!("disk-{i}-{:016x}", snapshot::files::nonce());
-            let disk = d.disk();
-            let len = disk.sectors() * crate::devices::blk::request::SECTOR_SIZE;
-            let kind = copy::clone_file(disk.file(), disk.path(), len, &dir.join(&name))?;
-            log::debug!(
-                "disk {} copied into the snapshot as {name} ({kind:?})",
-                disk.path().display()
-            );
-            state.disks.push(d.state(name));
-        }
-        Ok(())
-    }
-
     /// Writes the next backup point of this (stopped) VM: the base on the
     /// first call, then the pages dirtied since the previous point.
     pub(super) fn backup_point(
@@ -154,7 +136,9 @@ impl Vm {
         console: &Console,
     ) -> Result<BackupRecord, VmError> {
         if self.backup.is_none() {
-            self.backup = Some(BackupWriter::create(&cfg.dir)?);
+            let dir = &cfg.dir;
+            let writer = crate::io_thread::call(|| BackupWriter::create(dir)).map_err(io_thread)?;
+            self.backup = Some(writer?);
         }
         let total = console.written() + self.console_before;
         let state = self.capture_state(total)?;
@@ -192,7 +176,10 @@ impl Vm {
         let Some(writer) = self.backup.as_mut() else {
             return Err(VmError::Config("backup writer missing".into()));
         };
-        Ok(writer.write_next(&self.vm, &self.ram, &state, &sources)?)
+        // The files are the I/O thread's (the vCPU thread opens none).
+        let (vm, ram) = (&self.vm, &self.ram);
+        let written = crate::io_thread::call(|| writer.write_next(vm, ram, &state, &sources));
+        Ok(written.map_err(io_thread)??)
     }
 
     /// Gives the VM its disks; with backups on, each keeps account of the
@@ -221,4 +208,31 @@ impl Vm {
             b.note_host_writes(ranges);
         }
     }
+}
+
+/// Puts each disk's state at this instant into `dir` (a reflink where
+/// the file system offers one, else a copy of its data) and into
+/// `state`, before the state file that names them is written.
+fn copy_disks(disks: &[BlkDevice], dir: &Path, state: &mut SnapshotState) -> Result<(), VmError> {
+    if disks.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| VmError::Config(format!("{}: {e}", dir.display())))?;
+    for (i, d) in disks.iter().enumerate() {
+        let name = format!("disk-{i}-{:016x}", snapshot::files::nonce());
+        let disk = d.disk();
+        let len = disk.sectors() * crate::devices::blk::request::SECTOR_SIZE;
+        let kind = copy::clone_file(disk.file(), disk.path(), len, &dir.join(&name))?;
+        log::debug!(
+            "disk {} copied into the snapshot as {name} ({kind:?})",
+            disk.path().display()
+        );
+        state.disks.push(d.state(name));
+    }
+    Ok(())
+}
+
+/// The I/O thread lost a job: the VM cannot go on safely.
+fn io_thread(e: crate::io_thread::IoThreadError) -> VmError {
+    VmError::Config(e.to_string())
 }
