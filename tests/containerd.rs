@@ -914,11 +914,14 @@ fn long_running_app_is_listed_killed_and_deleted() {
 fn killed_shim_leaves_nothing_running_or_mounted() {
     let mut c = Containerd::start("deadshim");
     let service = c.import("service");
-    c.ok(&["run", "-d", "--runtime", RUNTIME, &service, "svc-2"]);
-    eventually(Duration::from_secs(20), "svc-2 running", || {
-        c.task_status("svc-2").as_deref() == Some("RUNNING")
+    // Its own id: the cgroup (`default/ID`) is the host's, not this containerd's.
+    let id = format!("svc-dead-{}", std::process::id());
+    let svc2 = id.as_str();
+    c.ok(&["run", "-d", "--runtime", RUNTIME, &service, svc2]);
+    eventually(Duration::from_secs(20), "the service running", || {
+        c.task_status(svc2).as_deref() == Some("RUNNING")
     });
-    let vmm = c.task_pid("svc-2");
+    let vmm = c.task_pid(svc2);
     let shim = parent_pid(vmm);
     assert_eq!(
         exe_name(shim).as_deref(),
@@ -934,12 +937,17 @@ fn killed_shim_leaves_nothing_running_or_mounted() {
     );
     // containerd notices the dead shim and cleans up after it (`delete`).
     eventually(Duration::from_secs(20), "the task is gone", || {
-        c.task_status("svc-2").as_deref() != Some("RUNNING")
+        c.task_status(svc2).as_deref() != Some("RUNNING")
     });
-    let _ = c.ctr(&["task", "rm", "svc-2"]);
-    c.ok(&["containers", "rm", "svc-2"]);
+    let _ = c.ctr(&["task", "rm", svc2]);
+    c.ok(&["containers", "rm", svc2]);
     assert_eq!(c.ok(&["containers", "ls", "-q"]).stdout.trim(), "");
     assert_eq!(mounts_under(&c.dir), Vec::<String>::new());
+    // The cleanup after the dead shim removed the VM's cgroup too.
+    let cgroups = tandem::cgroup::Cgroups::detect().unwrap();
+    eventually(Duration::from_secs(10), "the cgroup removed", || {
+        cgroups.open(&format!("default/{id}")).is_err()
+    });
 }
 
 #[test]
