@@ -12,9 +12,9 @@ use kvm_ioctls::VcpuExit;
 use super::clock::unix_nanos;
 use super::error::ioctl;
 use super::{Vm, VmError};
-use crate::backup::{BackupConfig, BackupRecord, BackupWriter};
+use crate::backup::{self, BackupConfig, BackupRecord, BackupWriter, DiskSource};
 use crate::console::Console;
-use crate::devices::blk::copy;
+use crate::devices::blk::{copy, BlkDevice};
 use crate::devices::NetDevice;
 use crate::snapshot::{self, LiveState, MachineState, SnapshotState, WriteStats};
 
@@ -23,15 +23,46 @@ impl Vm {
     /// advancing RIP, only on the next `KVM_RUN`): a `KVM_RUN` with
     /// `immediate_exit` set does that and returns at once, so the saved RIP
     /// is past the hypercall and a restored guest does not repeat it.
+    /// Completing a device register access can run the guest on to its
+    /// next one (seen here: the virtio status write after a status read);
+    /// that access is carried out, not lost (a lost `DRIVER_OK` or notify
+    /// leaves the guest waiting on its device for ever), and it tries again.
     fn complete_pending_io(&mut self) -> Result<(), VmError> {
+        const TRIES: usize = 16;
         self.vcpu.set_kvm_immediate_exit(1);
-        let outcome = match self.vcpu.run() {
-            Err(e) if e.errno() == libc::EINTR => Ok(()),
-            Err(e) => Err(ioctl("KVM_RUN (immediate exit)")(e)),
-            Ok(VcpuExit::IoOut(..)) | Ok(VcpuExit::IoIn(..)) | Ok(_) => Err(VmError::Config(
-                "the vCPU exited instead of stopping for a snapshot".into(),
-            )),
-        };
+        let mut outcome = Err(VmError::Config(
+            "the vCPU kept exiting instead of stopping for a snapshot".into(),
+        ));
+        for _ in 0..TRIES {
+            let mut result = self.vcpu.run();
+            if let Ok(VcpuExit::MmioRead(addr, data)) = &mut result {
+                super::run::mmio_read(self.net.as_ref(), &self.disks, *addr, data);
+                continue;
+            }
+            let write = match result {
+                Err(e) if e.errno() == libc::EINTR => {
+                    outcome = Ok(());
+                    break;
+                }
+                Err(e) => {
+                    outcome = Err(ioctl("KVM_RUN (immediate exit)")(e));
+                    break;
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => (addr, data.to_vec()),
+                Ok(_) => {
+                    outcome = Err(VmError::Config(
+                        "the vCPU exited instead of stopping for a snapshot".into(),
+                    ));
+                    break;
+                }
+            };
+            if let Err(e) = self.mmio_write(write.0, &write.1) {
+                outcome = Err(VmError::Config(format!(
+                    "a device register write while stopping for a snapshot: {e}"
+                )));
+                break;
+            }
+        }
         self.vcpu.set_kvm_immediate_exit(0);
         outcome
     }
@@ -132,17 +163,47 @@ impl Vm {
         Ok(record)
     }
 
-    /// Writes the next backup point with `state` (the vCPU stopped).
+    /// Writes the next backup point with `state` (the vCPU stopped): its
+    /// memory and, harvested at the same stop, the blocks each disk's
+    /// bitmap holds, so memory and disks are of one instant.
     fn write_backup_point(&mut self, state: &SnapshotState) -> Result<BackupRecord, VmError> {
-        // What the network device wrote (the dirty log does not see it).
+        // What the devices wrote (the dirty log does not see it).
         if let Some(net) = self.net.as_mut() {
             let written = net.take_written();
             self.note_host_writes(&written);
         }
+        let mut blocks = Vec::with_capacity(self.disks.len());
+        for i in 0..self.disks.len() {
+            let written = self.disks[i].take_written();
+            self.note_host_writes(&written);
+            blocks.push(self.disks[i].take_dirty_blocks());
+        }
+        // The point's state names its disks' devices; their blocks are beside it.
+        let mut state = state.clone();
+        state.disks = (self.disks.iter().enumerate())
+            .map(|(i, d)| d.state(backup::disk::placeholder_name(i)))
+            .collect();
+        let sources: Vec<DiskSource<'_>> = (self.disks.iter().zip(blocks))
+            .map(|(d, b)| DiskSource {
+                disk: d.disk(),
+                blocks: Some(b),
+            })
+            .collect();
         let Some(writer) = self.backup.as_mut() else {
             return Err(VmError::Config("backup writer missing".into()));
         };
-        Ok(writer.write_next(&self.vm, &self.ram, state)?)
+        Ok(writer.write_next(&self.vm, &self.ram, &state, &sources)?)
+    }
+
+    /// Gives the VM its disks; with backups on, each keeps account of the
+    /// blocks the guest writes and of what it writes into guest memory.
+    pub(super) fn attach_disks(&mut self, disks: Vec<BlkDevice>) {
+        self.disks = disks;
+        if self.config.backup.is_some() {
+            for d in &mut self.disks {
+                d.track_for_backup();
+            }
+        }
     }
 
     /// Gives the VM its network device; with backups on, the device keeps
