@@ -624,6 +624,176 @@ fn memory_annotation_sets_guest_memory() {
     }
 }
 
+/// `--memory-limit` sizes the guest: the limit less the shim's 16 MiB VMM
+/// reserve; the `tandem.dev/memory` annotation still wins when it fits; a
+/// limit too small for any guest fails `create` naming the limit.
+#[test]
+fn memory_limit_sizes_the_guest() {
+    let mut c = Containerd::start("memlimit");
+    let sysinfo = c.import("sysinfo");
+    let limit = (64u64 << 20).to_string();
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--memory-limit",
+        &limit,
+        &sysinfo,
+        "lim-1",
+    ]);
+    assert_eq!(out.code, Some(0), "{out}");
+    // 64 MiB - 16 MiB = 48 MiB.
+    assert!(
+        out.stdout.contains("highest usable address 0x3000000"),
+        "{out}"
+    );
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--memory-limit",
+        &limit,
+        "--annotation",
+        "tandem.dev/memory=32M",
+        &sysinfo,
+        "lim-2",
+    ]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(
+        out.stdout.contains("highest usable address 0x2000000"),
+        "{out}"
+    );
+    // An annotation larger than the limit allows is refused.
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--memory-limit",
+        &limit,
+        "--annotation",
+        "tandem.dev/memory=64M",
+        &sysinfo,
+        "lim-3",
+    ]);
+    assert_ne!(out.code, Some(0), "{out}");
+    assert!(out.stderr.contains("does not fit"), "{out}");
+    let small = (18u64 << 20).to_string();
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--memory-limit",
+        &small,
+        &sysinfo,
+        "lim-4",
+    ]);
+    assert_ne!(out.code, Some(0), "{out}");
+    assert!(out.stderr.contains("linux.resources.memory.limit"), "{out}");
+    assert!(!out.stdout.contains("highest usable address"), "{out}");
+}
+
+/// The memory usage `ctr task metrics --format json` reports: containerd
+/// prints the cgroup v1 message as `memory.usage.usage`, the v2 one as
+/// `memory.usage`.
+fn metrics_memory_usage(json: &str) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    let usage = &v["memory"]["usage"];
+    usage["usage"].as_u64().or_else(|| usage.as_u64())
+}
+
+/// A container with limits runs its VMM in the cgroup its spec names
+/// (ctr's default `/<namespace>/<id>`), with `memory.max` and `cpu.max` (or
+/// their v1 files) as the spec says; `ctr task metrics` reads real usage;
+/// `delete` removes the group.
+#[test]
+fn limits_put_the_vm_in_its_cgroup_and_metrics_read_it() {
+    use tandem::cgroup::{Cgroups, Version};
+    let mut c = Containerd::start("cgroup");
+    let service = c.import("service");
+    let id = format!("lim-{}", std::process::id());
+    let limit = 96u64 << 20;
+    c.ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--memory-limit",
+        &limit.to_string(),
+        "--cpu-quota",
+        "50000",
+        "--cpu-period",
+        "100000",
+        &service,
+        &id,
+    ]);
+    eventually(Duration::from_secs(20), "the task running", || {
+        c.task_status(&id).as_deref() == Some("RUNNING")
+    });
+    let pid = c.task_pid(&id);
+    assert_eq!(exe_name(pid).as_deref(), Some("tandem"), "pid {pid}");
+    let path = format!("default/{id}");
+    // What the kernel says about the VMM's groups.
+    let own = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let cgroups = Cgroups::detect().unwrap();
+    let group = cgroups
+        .open(&path)
+        .unwrap_or_else(|e| panic!("no cgroup {path}: {e}\n/proc/{pid}/cgroup:\n{own}"));
+    assert!(
+        group.pids().unwrap().contains(&pid.unsigned_abs()),
+        "the VMM {pid} is not in {path}:\n{own}"
+    );
+    let read = |controller: &str, file: &str| {
+        let dir = group.controller_dir(controller).unwrap();
+        fs::read_to_string(dir.join(file))
+            .unwrap_or_else(|e| panic!("{}/{file}: {e}", dir.display()))
+            .trim()
+            .to_string()
+    };
+    match cgroups.version() {
+        Version::V2 => {
+            assert!(own.contains(&format!("0::/{path}")), "{own}");
+            assert_eq!(read("memory", "memory.max"), limit.to_string());
+            assert_eq!(read("cpu", "cpu.max"), "50000 100000");
+        }
+        Version::V1 => {
+            assert!(own.contains(&format!(":memory:/{path}")), "{own}");
+            assert!(
+                own.contains(&format!(":cpu:/{path}"))
+                    || own.contains(&format!("cpu,cpuacct:/{path}")),
+                "{own}"
+            );
+            assert_eq!(read("memory", "memory.limit_in_bytes"), limit.to_string());
+            assert_eq!(read("cpu", "cpu.cfs_quota_us"), "50000");
+            assert_eq!(read("cpu", "cpu.cfs_period_us"), "100000");
+        }
+    }
+    // The VMM's memory (guest pages it touched, its own) is charged there.
+    let out = c.ok(&["task", "metrics", "--format", "json", &id]);
+    let usage = metrics_memory_usage(&out.stdout)
+        .unwrap_or_else(|| panic!("no memory usage in the metrics: {out}"));
+    assert!(usage > 1 << 20, "memory usage {usage} bytes: {out}");
+    assert!(
+        usage <= limit,
+        "memory usage {usage} above the limit: {out}"
+    );
+    let table = c.ok(&["task", "metrics", &id]);
+    assert!(table.stdout.contains("memory"), "{table}");
+    c.ok(&["task", "kill", "-s", "SIGKILL", &id]);
+    eventually(Duration::from_secs(20), "the task stopped", || {
+        c.task_status(&id).as_deref() == Some("STOPPED")
+    });
+    c.ok(&["task", "rm", &id]);
+    assert!(
+        cgroups.open(&path).is_err(),
+        "the cgroup {path} outlived the task"
+    );
+    c.ok(&["containers", "rm", &id]);
+}
+
 /// A Kubernetes pod as CRI lays it out: a placeholder (pause) container
 /// whose annotations say `sandbox`, and app containers naming its id. They
 /// share one shim; the placeholder boots no VM.

@@ -37,6 +37,9 @@ pub enum ErrorKind {
     /// The operation is not offered (yet).
     #[error("not implemented")]
     NotImplemented,
+    /// The daemon is too busy (too many connections at once).
+    #[error("unavailable")]
+    Unavailable,
 }
 
 impl ErrorKind {
@@ -53,6 +56,7 @@ impl ErrorKind {
             ErrorKind::HeadTooLarge => 431,
             ErrorKind::Internal => 500,
             ErrorKind::NotImplemented => 501,
+            ErrorKind::Unavailable => 503,
         }
     }
 }

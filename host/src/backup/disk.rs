@@ -120,12 +120,7 @@ struct BlocksOut {
 }
 
 impl BlocksOut {
-    fn create(
-        dir: &Path,
-        parent: [u8; 32],
-        point: u64,
-        disk: usize,
-    ) -> Result<Self, BackupError> {
+    fn create(dir: &Path, parent: [u8; 32], point: u64, disk: usize) -> Result<Self, BackupError> {
         let name = blocks_name(point, disk);
         let tmp = files::temp_path(dir, &name);
         let file = OpenOptions::new()
@@ -276,8 +271,7 @@ fn copy_blocks(
             .into());
         }
         let mut n = 1;
-        while i + n < blocks.len() && blocks[i + n] == first + n as u64 && (n as u64) < RUN_BLOCKS
-        {
+        while i + n < blocks.len() && blocks[i + n] == first + n as u64 && (n as u64) < RUN_BLOCKS {
             n += 1;
         }
         let start = first * BLOCK_SIZE;
@@ -316,10 +310,7 @@ pub(crate) fn check_part(dir: &Path, meta: &PointMeta, i: usize) -> Result<(), S
             format!("disk {i}: cannot read {}: {e}", path.display())
         }
     })?;
-    let len = file
-        .metadata()
-        .map_err(|e| format!("disk {i}: {e}"))?
-        .len();
+    let len = file.metadata().map_err(|e| format!("disk {i}: {e}"))?.len();
     let mut buf = vec![0u8; CHUNK_BLOCKS * BLOCK];
     for (c, blocks) in part.blocks.chunks(CHUNK_BLOCKS).enumerate() {
         let at = (c * CHUNK_BLOCKS) as u64 * BLOCK_SIZE;
@@ -514,7 +505,10 @@ pub(crate) fn check_meta(meta: &PointMeta) -> Result<(), SnapshotError> {
     }
     for (i, (part, state)) in meta.disks.iter().zip(&meta.state.disks).enumerate() {
         if !valid_blocks_name(&part.file, meta.point, i) {
-            return bad(format!("disk {i}: blocks file name {:?} is not valid", part.file));
+            return bad(format!(
+                "disk {i}: blocks file name {:?} is not valid",
+                part.file
+            ));
         }
         if part.sectors != state.sectors {
             return bad(format!(
@@ -527,7 +521,9 @@ pub(crate) fn check_meta(meta: &PointMeta) -> Result<(), SnapshotError> {
             return bad(format!("disk {i}: block list is not strictly ascending"));
         }
         if part.blocks.last().is_some_and(|&b| b >= max) {
-            return bad(format!("disk {i}: block list runs past the end of the disk"));
+            return bad(format!(
+                "disk {i}: block list runs past the end of the disk"
+            ));
         }
         if part.chunks.len() != part.blocks.len().div_ceil(CHUNK_BLOCKS) {
             return bad(format!(
@@ -555,10 +551,26 @@ mod tests {
 
     #[test]
     fn names() {
-        assert!(valid_blocks_name("point-000003-d0-0123456789abcdef.blocks", 3, 0));
-        assert!(!valid_blocks_name("point-000003-d1-0123456789abcdef.blocks", 3, 0));
-        assert!(!valid_blocks_name("point-000004-d0-0123456789abcdef.blocks", 3, 0));
-        assert!(!valid_blocks_name("point-000003-d0-../../etc/passwd.blocks", 3, 0));
+        assert!(valid_blocks_name(
+            "point-000003-d0-0123456789abcdef.blocks",
+            3,
+            0
+        ));
+        assert!(!valid_blocks_name(
+            "point-000003-d1-0123456789abcdef.blocks",
+            3,
+            0
+        ));
+        assert!(!valid_blocks_name(
+            "point-000004-d0-0123456789abcdef.blocks",
+            3,
+            0
+        ));
+        assert!(!valid_blocks_name(
+            "point-000003-d0-../../etc/passwd.blocks",
+            3,
+            0
+        ));
         let n = blocks_name(7, 2);
         assert!(valid_blocks_name(&n, 7, 2), "{n}");
     }

@@ -168,6 +168,7 @@ impl Vm {
         }
         for (d, spec) in disks.iter_mut().zip(&config.disks) {
             d.set_rate_limit(spec.limit);
+            d.set_shared_limit(config.io_share.clone());
         }
 
         let mut live = LiveArea {
