@@ -288,6 +288,26 @@ fn backup_points_restore_memory_and_disk_of_their_instant_byte_for_byte() {
     // The tail the guest never touched is in every point's disk.
     let last = read(&snapshot_disk(&sc.path("p4")));
     assert_eq!(last[(12 << 20) + 1], 1 | 1, "the base's pattern survives");
+
+    // Merged into one base, the last point keeps its disk, byte for byte.
+    let merged = tandem(&["backup", "merge", s(&chain)]);
+    assert_eq!(merged.code, Some(0), "{}{}", merged.stdout, merged.stderr);
+    let ok = tandem(&["backup", "verify", s(&chain)]);
+    assert!(ok.stdout.contains("1 points, chain intact"), "{}", ok.stdout);
+    let out = sc.path("merged");
+    restore_point(&chain, 4, &out);
+    let (want, got) = (read(&refs[4].0), read(&snapshot_disk(&out)));
+    assert!(
+        want == got,
+        "the merged point's disk differs: {}",
+        first_difference(&want, &got)
+    );
+    let leftovers: Vec<String> = std::fs::read_dir(&chain)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".blocks"))
+        .collect();
+    assert_eq!(leftovers.len(), 1, "blocks files after the merge: {leftovers:?}");
 }
 
 #[test]

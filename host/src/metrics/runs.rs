@@ -300,6 +300,7 @@ mod tests {
                 point: 0,
                 pages: 64,
                 dirty_pages: 0,
+                blocks: 0,
                 elapsed: Duration::from_millis(3),
             }],
         }

@@ -162,8 +162,11 @@ impl Vm {
             self.note_host_writes(&written);
             blocks.push(self.disks[i].take_dirty_blocks());
         }
-        // The point's state names its disks' devices; their blocks are beside it.
+        // The point's state names its disks' devices; their blocks are
+        // beside it. A snapshot at the same stop gave it its memory file's
+        // chunk digests, which are not the point's.
         let mut state = state.clone();
+        state.chunks = Default::default();
         state.disks = (self.disks.iter().enumerate())
             .map(|(i, d)| d.state(backup::disk::placeholder_name(i)))
             .collect();
