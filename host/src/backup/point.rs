@@ -169,6 +169,7 @@ impl PointMeta {
         state.memory.file = "memory-0000000000000000".into();
         state.memory.size = state.machine.mem_size;
         state.memory.data_pages = 0;
+        state.chunks = Default::default();
         state.check()
     }
 }
