@@ -127,20 +127,27 @@ fn a_corrupted_chunk_is_caught_on_first_touch_naming_it() {
         chunk * CHUNK_SIZE,
         (chunk + 1) * CHUNK_SIZE
     );
-    // Nothing prefetched (the fault checks it), and the default prefetch
+    // Nothing prefetched (the fault checks it), the default prefetch
     // (which checks the dense table regions at restore and leaves the bad
-    // chunk to fail when touched).
-    for prefetch in ["lazy", "auto"] {
-        let run = restore(&bad, &["--verify", "lazy", "--prefetch", prefetch]);
+    // chunk to fail when touched), and a VM taken from a warm pool.
+    for extra in [
+        &["--prefetch", "lazy"][..],
+        &["--prefetch", "auto"],
+        &["--pool", "1"],
+    ] {
+        let prefetch = extra.join(" ");
+        let mut args = vec!["--verify", "lazy"];
+        args.extend_from_slice(extra);
+        let run = restore(&bad, &args);
         assert_eq!(
             run.code,
             Some(i32::from(exit_code::CORRUPT_MEMORY)),
-            "--prefetch {prefetch}: {}",
+            "{prefetch}: {}",
             run.stderr
         );
         assert!(
             run.stderr.contains(&names) && run.stderr.contains("does not match its digest"),
-            "--prefetch {prefetch}: expected a message naming {names}: {}",
+            "{prefetch}: expected a message naming {names}: {}",
             run.stderr
         );
         // The guest never saw the byte, and never got to its check.
