@@ -119,6 +119,9 @@ impl Vm {
         // the same stop (before the clock below changes the live area), so
         // the chain can be restored to exactly the snapshot's moment.
         if result.is_ok() && self.backup.as_ref().is_some_and(|b| !b.needs_base()) {
+            // A point's pages have their own digests: the snapshot's
+            // chunk digests stay out of its metadata.
+            state.chunks = Default::default();
             match self.write_backup_point(&state) {
                 Ok(record) => self.backup_records.push(record),
                 Err(e) => log::warn!("backup point failed: {e}"),
