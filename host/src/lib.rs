@@ -24,8 +24,9 @@
 //! and errors) and a few modules: [`snapshot`], [`backup`] and [`coredump`]
 //! (files a VM leaves behind), [`cgroup`] (limits for VMM processes), [`fleet`] (many VMs), [`seccomp`] and
 //! [`privileges`] (what the VMM gives up before a guest runs), [`trace`],
-//! [`units`], [`metrics`] (Prometheus text for a `/metrics` page), [`devices`] (the virtio devices, `--net`'s parser) and
-//! [`exit_code`]; with the `fuzzing` feature, `fuzzing` (the fuzz targets'
+//! [`units`], [`metrics`] (Prometheus text for a `/metrics` page),
+//! [`sd_notify`] (systemd's readiness protocol), [`devices`] (the virtio
+//! devices, `--net`'s parser) and [`exit_code`]; with the `fuzzing` feature, `fuzzing` (the fuzz targets'
 //! bodies). Everything else is the crate's own.
 //!
 //! The library reports through the [`log`](https://docs.rs/log) facade
@@ -49,12 +50,15 @@ pub mod fuzzing;
 pub mod gdb;
 mod hypercall;
 mod image;
+pub mod io_thread;
+pub mod jail;
 mod kvm;
 mod lazy_verify;
 mod memory;
 pub mod metrics;
 pub mod pool;
 pub mod privileges;
+pub mod sd_notify;
 pub mod seccomp;
 pub mod snapshot;
 pub mod trace;

@@ -357,6 +357,12 @@ impl Cgroup {
         })
     }
 
+    /// The directory holding `controller`'s files (v2: the group's only
+    /// one; v1: the group in that controller's hierarchy, if mounted).
+    pub fn controller_dir(&self, controller: &str) -> Option<&Path> {
+        self.dir_for(controller).map(PathBuf::as_path)
+    }
+
     fn dir_for(&self, controller: &str) -> Option<&PathBuf> {
         match self.version {
             Version::V2 => self.dirs.first().map(|(_, d)| d),
@@ -403,6 +409,13 @@ impl Cgroup {
             fs::write(&procs, pid.to_string()).map_err(io_err("adding a process to", &procs))?;
         }
         Ok(())
+    }
+
+    /// The `cgroup.procs` files to write a pid into (one under v2, one per
+    /// hierarchy under v1), for a child that joins the group itself before
+    /// it execs (writing `0` moves the writer).
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs().map(|d| d.join("cgroup.procs")).collect()
     }
 
     /// The processes in the group (under v1, in its memory hierarchy).

@@ -54,6 +54,8 @@ pub struct VmConfig {
     pub net: Option<NetSpec>,
     /// Disks (virtio-blk), in order: the guest sees them in this order.
     pub disks: Vec<DiskSpec>,
+    /// A limit every disk of the VM also draws from (a fleet's I/O budget).
+    pub io_share: Option<std::sync::Arc<dyn crate::devices::rate_limiter::SharedLimit>>,
     /// Write a core file here if the guest crashes (panic, CPU exception,
     /// triple fault).
     pub core: Option<CoreFile>,
@@ -85,6 +87,7 @@ impl Default for VmConfig {
             stdin: false,
             net: None,
             disks: Vec::new(),
+            io_share: None,
             core: None,
             prefetch: super::Prefetch::Auto,
             verify_lazily: false,

@@ -23,15 +23,46 @@ impl Vm {
     /// advancing RIP, only on the next `KVM_RUN`): a `KVM_RUN` with
     /// `immediate_exit` set does that and returns at once, so the saved RIP
     /// is past the hypercall and a restored guest does not repeat it.
+    /// Completing a device register access can run the guest on to its
+    /// next one (seen here: the virtio status write after a status read);
+    /// that access is carried out, not lost (a lost `DRIVER_OK` or notify
+    /// leaves the guest waiting on its device for ever), and it tries again.
     fn complete_pending_io(&mut self) -> Result<(), VmError> {
+        const TRIES: usize = 16;
         self.vcpu.set_kvm_immediate_exit(1);
-        let outcome = match self.vcpu.run() {
-            Err(e) if e.errno() == libc::EINTR => Ok(()),
-            Err(e) => Err(ioctl("KVM_RUN (immediate exit)")(e)),
-            Ok(VcpuExit::IoOut(..)) | Ok(VcpuExit::IoIn(..)) | Ok(_) => Err(VmError::Config(
-                "the vCPU exited instead of stopping for a snapshot".into(),
-            )),
-        };
+        let mut outcome = Err(VmError::Config(
+            "the vCPU kept exiting instead of stopping for a snapshot".into(),
+        ));
+        for _ in 0..TRIES {
+            let mut result = self.vcpu.run();
+            if let Ok(VcpuExit::MmioRead(addr, data)) = &mut result {
+                super::run::mmio_read(self.net.as_ref(), &self.disks, *addr, data);
+                continue;
+            }
+            let write = match result {
+                Err(e) if e.errno() == libc::EINTR => {
+                    outcome = Ok(());
+                    break;
+                }
+                Err(e) => {
+                    outcome = Err(ioctl("KVM_RUN (immediate exit)")(e));
+                    break;
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => (addr, data.to_vec()),
+                Ok(_) => {
+                    outcome = Err(VmError::Config(
+                        "the vCPU exited instead of stopping for a snapshot".into(),
+                    ));
+                    break;
+                }
+            };
+            if let Err(e) = self.mmio_write(write.0, &write.1) {
+                outcome = Err(VmError::Config(format!(
+                    "a device register write while stopping for a snapshot: {e}"
+                )));
+                break;
+            }
+        }
         self.vcpu.set_kvm_immediate_exit(0);
         outcome
     }
@@ -76,13 +107,21 @@ impl Vm {
         console_written: u64,
     ) -> Result<WriteStats, VmError> {
         let mut state = self.capture_state(console_written)?;
-        let result = self
-            .copy_disks(dir, &mut state)
-            .and_then(|()| Ok(snapshot::write(dir, &mut state, &self.ram)?));
+        // The files are the I/O thread's (the vCPU thread opens none).
+        let (disks, ram) = (&self.disks, &self.ram);
+        let result = crate::io_thread::call(|| {
+            copy_disks(disks, dir, &mut state)
+                .and_then(|()| Ok(snapshot::write(dir, &mut state, ram)?))
+        })
+        .map_err(io_thread)
+        .and_then(|r| r);
         // With backups on, every snapshot is also a backup point, taken at
         // the same stop (before the clock below changes the live area), so
         // the chain can be restored to exactly the snapshot's moment.
         if result.is_ok() && self.backup.as_ref().is_some_and(|b| !b.needs_base()) {
+            // A point's pages have their own digests: the snapshot's
+            // chunk digests stay out of its metadata.
+            state.chunks = Default::default();
             match self.write_backup_point(&state) {
                 Ok(record) => self.backup_records.push(record),
                 Err(e) => log::warn!("backup point failed: {e}"),
@@ -90,29 +129,6 @@ impl Vm {
         }
         self.set_guest_clock(state.live.guest_clock)?;
         result
-    }
-
-    /// Puts each disk's state at this instant into `dir` (a reflink where
-    /// the file system offers one, else a copy of its data) and into
-    /// `state`, before the state file that names them is written.
-    fn copy_disks(&self, dir: &Path, state: &mut SnapshotState) -> Result<(), VmError> {
-        if self.disks.is_empty() {
-            return Ok(());
-        }
-        std::fs::create_dir_all(dir)
-            .map_err(|e| VmError::Config(format!("{}: {e}", dir.display())))?;
-        for (i, d) in self.disks.iter().enumerate() {
-            let name = format!("disk-{i}-{:016x}", snapshot::files::nonce());
-            let disk = d.disk();
-            let len = disk.sectors() * crate::devices::blk::request::SECTOR_SIZE;
-            let kind = copy::clone_file(disk.file(), disk.path(), len, &dir.join(&name))?;
-            log::debug!(
-                "disk {} copied into the snapshot as {name} ({kind:?})",
-                disk.path().display()
-            );
-            state.disks.push(d.state(name));
-        }
-        Ok(())
     }
 
     /// Writes the next backup point of this (stopped) VM: the base on the
@@ -123,7 +139,9 @@ impl Vm {
         console: &Console,
     ) -> Result<BackupRecord, VmError> {
         if self.backup.is_none() {
-            self.backup = Some(BackupWriter::create(&cfg.dir)?);
+            let dir = &cfg.dir;
+            let writer = crate::io_thread::call(|| BackupWriter::create(dir)).map_err(io_thread)?;
+            self.backup = Some(writer?);
         }
         let total = console.written() + self.console_before;
         let state = self.capture_state(total)?;
@@ -147,8 +165,11 @@ impl Vm {
             self.note_host_writes(&written);
             blocks.push(self.disks[i].take_dirty_blocks());
         }
-        // The point's state names its disks' devices; their blocks are beside it.
+        // The point's state names its disks' devices; their blocks are
+        // beside it. A snapshot at the same stop gave it its memory file's
+        // chunk digests, which are not the point's.
         let mut state = state.clone();
+        state.chunks = Default::default();
         state.disks = (self.disks.iter().enumerate())
             .map(|(i, d)| d.state(backup::disk::placeholder_name(i)))
             .collect();
@@ -161,7 +182,10 @@ impl Vm {
         let Some(writer) = self.backup.as_mut() else {
             return Err(VmError::Config("backup writer missing".into()));
         };
-        Ok(writer.write_next(&self.vm, &self.ram, &state, &sources)?)
+        // The files are the I/O thread's (the vCPU thread opens none).
+        let (vm, ram) = (&self.vm, &self.ram);
+        let written = crate::io_thread::call(|| writer.write_next(vm, ram, &state, &sources));
+        Ok(written.map_err(io_thread)??)
     }
 
     /// Gives the VM its disks; with backups on, each keeps account of the
@@ -190,4 +214,31 @@ impl Vm {
             b.note_host_writes(ranges);
         }
     }
+}
+
+/// Puts each disk's state at this instant into `dir` (a reflink where
+/// the file system offers one, else a copy of its data) and into
+/// `state`, before the state file that names them is written.
+fn copy_disks(disks: &[BlkDevice], dir: &Path, state: &mut SnapshotState) -> Result<(), VmError> {
+    if disks.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| VmError::Config(format!("{}: {e}", dir.display())))?;
+    for (i, d) in disks.iter().enumerate() {
+        let name = format!("disk-{i}-{:016x}", snapshot::files::nonce());
+        let disk = d.disk();
+        let len = disk.sectors() * crate::devices::blk::request::SECTOR_SIZE;
+        let kind = copy::clone_file(disk.file(), disk.path(), len, &dir.join(&name))?;
+        log::debug!(
+            "disk {} copied into the snapshot as {name} ({kind:?})",
+            disk.path().display()
+        );
+        state.disks.push(d.state(name));
+    }
+    Ok(())
+}
+
+/// The I/O thread lost a job: the VM cannot go on safely.
+fn io_thread(e: crate::io_thread::IoThreadError) -> VmError {
+    VmError::Config(e.to_string())
 }

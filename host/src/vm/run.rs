@@ -300,7 +300,7 @@ impl Vm {
 
     /// Hands a register write at `addr` to the device whose window holds
     /// it; `Ok(false)` if none does.
-    fn mmio_write(&mut self, addr: u64, data: &[u8]) -> Result<bool, DeviceError> {
+    pub(super) fn mmio_write(&mut self, addr: u64, data: &[u8]) -> Result<bool, DeviceError> {
         let mem = &self.ram.mem;
         if let Some(net) = self.net.as_mut() {
             if let Some(offset) = net.offset(addr) {
@@ -326,7 +326,7 @@ impl Vm {
 }
 
 /// Answers a register read at `addr` from the device whose window holds it.
-fn mmio_read(net: Option<&NetDevice>, disks: &[BlkDevice], addr: u64, data: &mut [u8]) {
+pub(super) fn mmio_read(net: Option<&NetDevice>, disks: &[BlkDevice], addr: u64, data: &mut [u8]) {
     if let Some((net, offset)) = net.and_then(|n| Some((n, n.offset(addr)?))) {
         net.read(offset, data);
     }

@@ -17,6 +17,7 @@
 
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tandem_abi::layout;
@@ -38,7 +39,7 @@ use super::state::{BlkState, BlkStateError};
 use super::BlkError;
 use crate::devices::mmio::{low32, Effect, QueueRegs, Transport};
 use crate::devices::net_state::QueuePosition;
-use crate::devices::rate_limiter::{Admit, RateLimit, RateLimiter};
+use crate::devices::rate_limiter::{Admit, RateLimit, RateLimiter, SharedLimit};
 
 /// The request queue.
 pub const REQUEST_QUEUE: u16 = 0;
@@ -78,6 +79,9 @@ pub struct BlkDevice {
     scratch: Vec<u8>,
     stats: BlkStats,
     limiter: Option<RateLimiter>,
+    /// A limit shared with other VMs' disks (a fleet's I/O budget), asked
+    /// after `limiter`.
+    shared: Option<Arc<dyn SharedLimit>>,
     /// When the request a rate limit holds back may go.
     held: Option<Instant>,
     /// With backups on ([`BlkDevice::track_for_backup`]): the blocks the
@@ -114,6 +118,7 @@ impl BlkDevice {
             scratch: Vec::new(),
             stats: BlkStats::default(),
             limiter: None,
+            shared: None,
             held: None,
             tracking: None,
         }
@@ -160,6 +165,12 @@ impl BlkDevice {
         self.limiter = limit
             .is_limited()
             .then(|| RateLimiter::from_limit(limit, Instant::now()));
+    }
+
+    /// Also draws from `shared` (a fleet's I/O budget; none: only its own
+    /// limits).
+    pub fn set_shared_limit(&mut self, shared: Option<Arc<dyn SharedLimit>>) {
+        self.shared = shared;
     }
 
     /// Its rate limits.
@@ -325,18 +336,12 @@ impl BlkDevice {
         for _ in 0..self.available(mem)? {
             let (head, descs) = self.pop_chain(mem)?;
             let (shape, action) = self.decide(mem, head, &descs)?;
-            if let Some(limiter) = &mut self.limiter {
-                let bytes = match action {
-                    Action::Read { len, .. } | Action::Write { len, .. } => len,
-                    _ => 0,
-                };
-                if let Admit::At(at) = limiter.admit(bytes, Instant::now()) {
-                    // It stays available: taken (and checked again) later.
-                    self.queue.go_to_previous_position();
-                    self.held = Some(at);
-                    self.stats.held += 1;
-                    return Ok(());
-                }
+            if let Some(at) = self.hold(&action) {
+                // It stays available: taken (and checked again) later.
+                self.queue.go_to_previous_position();
+                self.held = Some(at);
+                self.stats.held += 1;
+                return Ok(());
             }
             let written = self.carry_out(mem, &descs, shape, action)?;
             if let Some(t) = self.tracking.as_mut() {
@@ -354,6 +359,34 @@ impl BlkDevice {
                 .map_err(|_| ring_error(q, "used ring", self.queue.used_ring()))?;
         }
         Ok(())
+    }
+
+    /// Until when the limits hold `action` back, if they do; otherwise its
+    /// cost is taken from them. The device's own limiter is asked first
+    /// without taking, so a refusal of the shared limit costs it nothing.
+    fn hold(&mut self, action: &Action) -> Option<Instant> {
+        if self.limiter.is_none() && self.shared.is_none() {
+            return None;
+        }
+        let bytes = match *action {
+            Action::Read { len, .. } | Action::Write { len, .. } => len,
+            _ => 0,
+        };
+        let now = Instant::now();
+        if let Some(limiter) = &mut self.limiter {
+            let at = limiter.ready_at(bytes, now);
+            if at > now {
+                return Some(at);
+            }
+        }
+        if let Some(Admit::At(at)) = self.shared.as_ref().map(|s| s.admit(bytes, now)) {
+            return Some(at);
+        }
+        if let Some(limiter) = &mut self.limiter {
+            // Ready at `now` (asked above): this passes and takes.
+            let _ = limiter.admit(bytes, now);
+        }
+        None
     }
 
     /// How many chains the driver has made available and the device not
