@@ -97,8 +97,9 @@ COMMANDS:
     deb [--out DIR]
         Build the Debian package of `tandem` with cargo-deb (installed with
         `cargo install cargo-deb --locked` when missing): release builds of
-        tandem and the containerd shim, their man pages and completions
-        (dist), the tandemd unit and the `tandem` group (sysusers.d), as
+        tandem, tandemd and the containerd shim, tandem's man pages and
+        completions (dist), the tandemd unit and the `tandem` group
+        (sysusers.d), as
         described by [package.metadata.deb] in host/Cargo.toml. The package
         goes to DIR (default target/debian); `dpkg -i` it.
 
