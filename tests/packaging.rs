@@ -155,3 +155,87 @@ fn the_unit_is_what_the_daemon_needs() {
         [("WantedBy".to_string(), "multi-user.target".to_string())]
     );
 }
+
+/// `tandem __generate-docs DIR` into a fresh directory.
+fn generate_docs(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tandem-docs-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = Command::new(tandem_bin())
+        .arg("__generate-docs")
+        .arg(&dir)
+        .output()
+        .expect("tandem runs");
+    assert!(
+        out.status.success(),
+        "tandem __generate-docs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+#[test]
+fn man_pages_and_completions_come_from_the_cli() {
+    let dir = generate_docs("cli");
+    let man = dir.join("man");
+    for page in [
+        "tandem.1",
+        "tandem-run.1",
+        "tandem-restore.1",
+        "tandem-fleet.1",
+        "tandem-snapshot.1",
+        "tandem-snapshot-info.1",
+        "tandem-backup-verify.1",
+    ] {
+        let text = std::fs::read_to_string(man.join(page))
+            .unwrap_or_else(|e| panic!("man page {page}: {e}"));
+        assert!(
+            text.starts_with(".ie") || text.contains("\n.TH "),
+            "{page} is not roff"
+        );
+        assert!(text.contains(".SH NAME"), "{page} has no NAME section");
+    }
+    let run = std::fs::read_to_string(man.join("tandem-run.1")).unwrap();
+    assert!(
+        run.contains("snapshot\\-at\\-ready"),
+        "tandem-run.1 lacks --snapshot-at-ready"
+    );
+    // clap's `help` subcommand and the hidden generator get no page.
+    let names: Vec<String> = std::fs::read_dir(&man)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| !n.contains("help") && !n.contains("generate")),
+        "{names:?}"
+    );
+    let bash = dir.join("completions/bash/tandem.bash");
+    let zsh = dir.join("completions/zsh/_tandem");
+    let fish = dir.join("completions/fish/tandem.fish");
+    for (file, words) in [
+        (&bash, ["run", "restore", "fleet", "--snapshot-at-ready"]),
+        (&zsh, ["run", "restore", "fleet", "--snapshot-at-ready"]),
+        (&fish, ["run", "restore", "fleet", "snapshot-at-ready"]),
+    ] {
+        let text =
+            std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        for w in words {
+            assert!(text.contains(w), "{} lacks {w}", file.display());
+        }
+        assert!(
+            !text.contains("__generate-docs"),
+            "{} offers the hidden generator",
+            file.display()
+        );
+    }
+    // The bash script is valid bash.
+    let check = Command::new("bash").arg("-n").arg(&bash).output().unwrap();
+    assert!(
+        check.status.success(),
+        "bash -n {}: {}",
+        bash.display(),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

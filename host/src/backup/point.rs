@@ -26,11 +26,11 @@ use crate::snapshot::SnapshotError;
 /// Magic of a point metadata file.
 pub const MAGIC: [u8; 8] = *b"TNDMBKUP";
 /// Version of the point metadata format, in its sealed header. History: 1
-/// to 3, the state file's versions (points were sealed with them). 4,
+/// to 4, the state file's versions (points were sealed with them). 5,
 /// [`PointMeta::disks`] appended and the disks in the chain digest: a
 /// point holds its disks' changed blocks. Points of another version are
 /// refused by name (a chain is read by the tandem that wrote it).
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 /// Pages per digest chunk (1 MiB).
 pub const CHUNK_PAGES: usize = 256;
 /// Largest metadata body: the page list of a full 4 GiB base, and more.
@@ -141,7 +141,7 @@ impl PointMeta {
         let body = format::unseal_version(&MAGIC, FORMAT_VERSION, bytes, MAX_BODY, what)
             .map_err(|e| match e {
                 SnapshotError::VersionMismatch { found, expected } => SnapshotError::Invalid(format!(
-                    "backup point format version {found}; this tandem reads version {expected} (4 added disks to points; restore a chain with the tandem that wrote it)"
+                    "backup point format version {found}; this tandem reads version {expected} (5 added disks to points; restore a chain with the tandem that wrote it)"
                 )),
                 e => e,
             })?;
@@ -194,6 +194,7 @@ impl PointMeta {
         state.memory.file = "memory-0000000000000000".into();
         state.memory.size = state.machine.mem_size;
         state.memory.data_pages = 0;
+        state.chunks = Default::default();
         state.check()
     }
 }
@@ -211,6 +212,18 @@ mod tests {
         assert!(valid_pages_name("point-000003-0123456789abcdef.pages", 3));
         assert!(!valid_pages_name("point-000004-0123456789abcdef.pages", 3));
         assert!(!valid_pages_name("point-000003-../../etc/pass.pages", 3));
+    }
+
+    #[test]
+    fn a_point_of_another_format_version_is_refused_by_name() {
+        let old = format::seal_version(&MAGIC, 4, b"a point from before disks");
+        let e = PointMeta::decode(&old).unwrap_err().to_string();
+        assert!(
+            e.contains("backup point format version 4; this tandem reads version 5"),
+            "{e}"
+        );
+        let e = PointMeta::decode(&format::seal(&MAGIC, b"x")).unwrap_err();
+        assert!(e.to_string().contains("format version"), "{e}");
     }
 
     #[test]

@@ -241,8 +241,7 @@ impl Watcher {
     pub(crate) fn start(conn: &GdbConnection) -> Self {
         crate::control::register_kick_handler();
         let fd = conn.raw_fd();
-        // SAFETY: pthread_self has no preconditions.
-        let target = unsafe { libc::pthread_self() };
+        let target = crate::control::VcpuThread::current();
         let state = Arc::new(WatchState::default());
         let s = state.clone();
         // Started by the I/O thread: the vCPU thread's filter has no clone.
@@ -273,7 +272,7 @@ impl Watcher {
             if s.data.load(Ordering::SeqCst) && *s.armed.lock().unwrap_or_else(|p| p.into_inner()) {
                 // SAFETY: `target` is the vCPU thread, which joins this
                 // thread (dropping the Watcher) before it ends.
-                unsafe { libc::pthread_kill(target, crate::control::kick_signal()) };
+                unsafe { target.kick() };
                 std::thread::sleep(WATCH_INTERVAL);
             }
         });

@@ -100,7 +100,7 @@ struct Shared {
     /// The run loop has seen the failure and will not enter the guest again.
     seen: AtomicBool,
     /// The vCPU thread while a run is attached.
-    vcpu: Mutex<Option<libc::pthread_t>>,
+    vcpu: Mutex<Option<crate::control::VcpuThread>>,
     /// Chunks served after a fault.
     served: AtomicU64,
 }
@@ -215,7 +215,7 @@ impl Handler {
             let Some(thread) = *guard else { return };
             // SAFETY: `thread` is attached, and the run detaches it (under
             // this lock) before the thread can end.
-            unsafe { libc::pthread_kill(thread, crate::control::kick_signal()) };
+            unsafe { thread.kick() };
             drop(guard);
             std::thread::sleep(KICK_INTERVAL);
         }
@@ -473,8 +473,7 @@ impl LazyVerifier {
     /// guard drops.
     pub(crate) fn attach(&self) -> Attached {
         crate::control::register_kick_handler();
-        // SAFETY: pthread_self has no preconditions.
-        let me = unsafe { libc::pthread_self() };
+        let me = crate::control::VcpuThread::current();
         *self.shared.vcpu.lock().unwrap_or_else(|p| p.into_inner()) = Some(me);
         Attached(self.shared.clone())
     }

@@ -103,7 +103,6 @@ pub fn outcome(status: &ExitStatus) -> &'static str {
         ExitStatus::Snapshotted(_) => "snapshotted",
         ExitStatus::CorruptMemory(_) => "corrupt_memory",
         ExitStatus::Stopped => "stopped",
-        ExitStatus::CorruptMemory(_) => "corrupt_memory",
     }
 }
 
@@ -301,6 +300,7 @@ mod tests {
                 point: 0,
                 pages: 64,
                 dirty_pages: 0,
+                blocks: 0,
                 elapsed: Duration::from_millis(3),
             }],
         }
@@ -426,6 +426,7 @@ mod tests {
             stopped_at: None,
             running_at_stop: vec![],
             rss_when_settled: None,
+            io: None,
         };
         let mut reg = Registry::new();
         record_fleet(&mut reg, "f", &run).unwrap();

@@ -30,8 +30,9 @@ use crate::devices::NetState;
 
 /// The state file's magic.
 pub const MAGIC: [u8; 8] = *b"TNDMSNAP";
-/// Version of the state file format (and, up to 3, of backup points'
-/// metadata, which has its own since: `backup::point::FORMAT_VERSION`); bumped on any change of the body. History: 1, the
+/// Version of the state file format (and, up to 4, of backup points'
+/// metadata, which has its own since: `backup::point::FORMAT_VERSION`);
+/// bumped on any change of the body. History: 1, the
 /// foundation. 2, [`SnapshotState::net`] appended (the virtio-net
 /// device's [`NetState`]), so that VMs with a network device can be
 /// snapshotted, restored, cloned and backed up. 3, [`SnapshotState::disks`]

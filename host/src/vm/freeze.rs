@@ -119,6 +119,9 @@ impl Vm {
         // the same stop (before the clock below changes the live area), so
         // the chain can be restored to exactly the snapshot's moment.
         if result.is_ok() && self.backup.as_ref().is_some_and(|b| !b.needs_base()) {
+            // A point's pages have their own digests: the snapshot's
+            // chunk digests stay out of its metadata.
+            state.chunks = Default::default();
             match self.write_backup_point(&state) {
                 Ok(record) => self.backup_records.push(record),
                 Err(e) => log::warn!("backup point failed: {e}"),
@@ -162,8 +165,11 @@ impl Vm {
             self.note_host_writes(&written);
             blocks.push(self.disks[i].take_dirty_blocks());
         }
-        // The point's state names its disks' devices; their blocks are beside it.
+        // The point's state names its disks' devices; their blocks are
+        // beside it. A snapshot at the same stop gave it its memory file's
+        // chunk digests, which are not the point's.
         let mut state = state.clone();
+        state.chunks = Default::default();
         state.disks = (self.disks.iter().enumerate())
             .map(|(i, d)| d.state(backup::disk::placeholder_name(i)))
             .collect();

@@ -4,6 +4,8 @@
 //! indicatif and the logger are the `cli` feature's, so a user of the
 //! library alone (the containerd shim) links none of them.
 
+mod ctl;
+mod docs;
 mod fleet;
 mod jail;
 mod logger;
@@ -71,6 +73,8 @@ enum Command {
     /// Boot the VMs of FLEET.toml: priorities, `after` ordering gated on
     /// ready(), admission limits, restarts; exits 1 if any VM failed.
     Fleet(fleet::FleetArgs),
+    /// Drive a running tandemd through its API socket: VMs, fleets, health.
+    Ctl(ctl::CtlArgs),
 }
 
 /// Snapshot, backup and stop options shared by `run` and `restore`.
@@ -284,6 +288,9 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let start = tandem::trace::rdtsc();
+    if let Some(dir) = docs::requested() {
+        return docs::run(<Cli as clap::CommandFactory>::command(), &dir);
+    }
     let cli = Cli::parse();
     // A JSON report on stderr is read by programs: the VMM's notes stay out
     // of its way, as with --quiet.
@@ -296,6 +303,7 @@ fn main() -> ExitCode {
         Command::Restore(args) => restore(args, quiet, start),
         Command::Snapshot(cmd) => snapshot_cmd(cmd),
         Command::Backup(cmd) => backup_cmd(cmd),
+        Command::Ctl(args) => ctl::run(args),
         Command::Fleet(args) => {
             match tandem::privileges::check_ids(args.user.as_deref(), args.group.as_deref()) {
                 Err(e) => Err(e.into()),
