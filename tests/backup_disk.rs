@@ -23,10 +23,8 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "tandem-backup-disk-{name}-{}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("tandem-backup-disk-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("scratch dir");
         Self(dir)
@@ -250,7 +248,11 @@ fn backup_points_restore_memory_and_disk_of_their_instant_byte_for_byte() {
     let (chain, refs) = chain_with_snapshots(&sc, &img, 4);
     let ok = tandem(&["backup", "verify", s(&chain)]);
     assert_eq!(ok.code, Some(0), "{}{}", ok.stdout, ok.stderr);
-    assert!(ok.stdout.contains("5 points, chain intact"), "{}", ok.stdout);
+    assert!(
+        ok.stdout.contains("5 points, chain intact"),
+        "{}",
+        ok.stdout
+    );
     // The base holds the whole disk, sparse: the 20 MiB of pattern, not
     // the hole, and none of the zeros.
     let c = Chain::open(&chain).unwrap();
@@ -291,7 +293,11 @@ fn backup_points_restore_memory_and_disk_of_their_instant_byte_for_byte() {
     let merged = tandem(&["backup", "merge", s(&chain)]);
     assert_eq!(merged.code, Some(0), "{}{}", merged.stdout, merged.stderr);
     let ok = tandem(&["backup", "verify", s(&chain)]);
-    assert!(ok.stdout.contains("1 points, chain intact"), "{}", ok.stdout);
+    assert!(
+        ok.stdout.contains("1 points, chain intact"),
+        "{}",
+        ok.stdout
+    );
     let out = sc.path("merged");
     restore_point(&chain, 4, &out);
     let (want, got) = (read(&refs[4].0), read(&snapshot_disk(&out)));
@@ -305,7 +311,11 @@ fn backup_points_restore_memory_and_disk_of_their_instant_byte_for_byte() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".blocks"))
         .collect();
-    assert_eq!(leftovers.len(), 1, "blocks files after the merge: {leftovers:?}");
+    assert_eq!(
+        leftovers.len(),
+        1,
+        "blocks files after the merge: {leftovers:?}"
+    );
 }
 
 #[test]
@@ -328,7 +338,11 @@ fn kvstore_has_the_keys_written_before_a_point_and_not_those_after() {
         assert_eq!(vm.answer(), "restored", "point {point}");
         assert_eq!(vm.ask("get k0"), value(0), "point {point}");
         let last = keys - 1;
-        assert_eq!(vm.ask(&format!("get k{last}")), value(last), "point {point}");
+        assert_eq!(
+            vm.ask(&format!("get k{last}")),
+            value(last),
+            "point {point}"
+        );
         assert_eq!(vm.ask(&format!("get k{keys}")), "missing", "point {point}");
         assert_eq!(vm.ask("get late"), "missing", "point {point}");
         assert_eq!(vm.ask("put mine 1"), "ok");
@@ -408,7 +422,8 @@ fn a_damaged_disk_chunk_is_named_and_earlier_points_still_restore() {
     );
     assert!(bad.stdout.contains("point 1: ok"), "{}", bad.stdout);
     assert!(
-        bad.stdout.contains("point 3: DAMAGED: it builds on point 2"),
+        bad.stdout
+            .contains("point 3: DAMAGED: it builds on point 2"),
         "{}",
         bad.stdout
     );

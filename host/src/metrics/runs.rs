@@ -103,7 +103,6 @@ pub fn outcome(status: &ExitStatus) -> &'static str {
         ExitStatus::Snapshotted(_) => "snapshotted",
         ExitStatus::CorruptMemory(_) => "corrupt_memory",
         ExitStatus::Stopped => "stopped",
-        ExitStatus::CorruptMemory(_) => "corrupt_memory",
     }
 }
 

@@ -321,12 +321,7 @@ impl Vm {
 }
 
 /// Answers a register read at `addr` from the device whose window holds it.
-pub(super) fn mmio_read(
-    net: Option<&NetDevice>,
-    disks: &[BlkDevice],
-    addr: u64,
-    data: &mut [u8],
-) {
+pub(super) fn mmio_read(net: Option<&NetDevice>, disks: &[BlkDevice], addr: u64, data: &mut [u8]) {
     if let Some((net, offset)) = net.and_then(|n| Some((n, n.offset(addr)?))) {
         net.read(offset, data);
     }
