@@ -28,7 +28,7 @@ pub const CHUNK_BLOCKS: usize = 256;
 #[allow(clippy::cast_possible_truncation)]
 const BLOCK: usize = BLOCK_SIZE as usize;
 /// Longest run of blocks read or written at once (1 MiB).
-const RUN_BLOCKS: u64 = 256;
+const RUN_BLOCKS: usize = 256;
 
 /// One disk's part of a backup point.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -259,7 +259,7 @@ fn copy_blocks(
     out: &mut BlocksOut,
 ) -> Result<(), BackupError> {
     let max = blocks_in(len);
-    let mut buf = vec![0u8; BLOCK * RUN_BLOCKS as usize];
+    let mut buf = vec![0u8; BLOCK * RUN_BLOCKS];
     let mut i = 0;
     while i < blocks.len() {
         let first = blocks[i];
@@ -271,7 +271,7 @@ fn copy_blocks(
             .into());
         }
         let mut n = 1;
-        while i + n < blocks.len() && blocks[i + n] == first + n as u64 && (n as u64) < RUN_BLOCKS {
+        while i + n < blocks.len() && blocks[i + n] == first + n as u64 && n < RUN_BLOCKS {
             n += 1;
         }
         let start = first * BLOCK_SIZE;
@@ -468,13 +468,14 @@ pub(crate) fn fold_disk(
                 continue;
             };
             let path = dir.join(&part.file);
-            if !open.contains_key(&p) {
-                open.insert(p, File::open(&path).map_err(io(&path))?);
-            }
-            if let Some(f) = open.get(&p) {
-                f.read_exact_at(&mut buf, slot * BLOCK_SIZE)
-                    .map_err(io(&path))?;
-            }
+            let f = match open.entry(p) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(File::open(&path).map_err(io(&path))?)
+                }
+            };
+            f.read_exact_at(&mut buf, slot * BLOCK_SIZE)
+                .map_err(io(&path))?;
             if !files::is_zero(&buf) {
                 out.push(block, &buf)?;
             }

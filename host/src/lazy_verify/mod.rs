@@ -300,6 +300,12 @@ pub(crate) struct Prefetched {
     pub corrupt: u64,
 }
 
+/// An offset into the mapping: below its length, a `usize`, so it fits.
+#[allow(clippy::cast_possible_truncation)]
+fn in_mapping(offset: u64) -> usize {
+    offset as usize
+}
+
 impl LazyVerifier {
     /// Brings in the prefetched chunks (each checked first), registers the
     /// regions with data and starts the handler thread.
@@ -321,7 +327,7 @@ impl LazyVerifier {
             // SAFETY: advice on a range of the caller's fresh mapping.
             unsafe {
                 libc::madvise(
-                    s.base.byte_add(start as usize),
+                    s.base.byte_add(in_mapping(start)),
                     n_usize,
                     libc::MADV_HUGEPAGE,
                 )
@@ -331,7 +337,7 @@ impl LazyVerifier {
             // slice lives only for the read and the checks below.
             let region = unsafe {
                 std::slice::from_raw_parts_mut(
-                    s.base.byte_add(start as usize).cast::<u8>(),
+                    s.base.byte_add(in_mapping(start)).cast::<u8>(),
                     n_usize,
                 )
             };
@@ -348,7 +354,7 @@ impl LazyVerifier {
                     // SAFETY: drops one chunk of the range just filled.
                     unsafe {
                         libc::madvise(
-                            s.base.byte_add(start as usize + i * CHUNK),
+                            s.base.byte_add(in_mapping(start) + i * CHUNK),
                             CHUNK,
                             libc::MADV_DONTNEED,
                         )
@@ -384,7 +390,7 @@ impl LazyVerifier {
                     // SAFETY: advice on one chunk of the caller's mapping.
                     unsafe {
                         libc::madvise(
-                            s.base.byte_add(at as usize),
+                            s.base.byte_add(in_mapping(at)),
                             CHUNK,
                             libc::MADV_POPULATE_WRITE,
                         )
@@ -508,7 +514,7 @@ mod tests {
         let d = |v: &[u32]| ChunkDigests {
             digests: v.iter().map(|&c| (c, [0; 32])).collect(),
         };
-        let per_region = (LARGE_PAGE_SIZE / CHUNK_SIZE) as u32;
+        let per_region = u32::try_from(LARGE_PAGE_SIZE / CHUNK_SIZE).unwrap();
         let mem = 64 << 20;
         assert!(data_regions(&d(&[]), mem).is_empty());
         // Chunks 0 and 1 share region 0; region 1 is next to it; region 5 is apart.
