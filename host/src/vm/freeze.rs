@@ -3,15 +3,19 @@
 //! account of itself, its clock skipping the write). What is captured is
 //! the snapshot module's ([`SnapshotState::capture`]); which pages a point
 //! holds and how it is written, the backup module's
-//! ([`BackupWriter::write_next`]).
+//! ([`BackupWriter::write_next`] with the guest stopped, or
+//! [`LiveBackup`]'s thread with pre-copy: here only its stop).
 
 use std::path::Path;
+use std::time::Instant;
 
 use kvm_ioctls::VcpuExit;
 
 use super::clock::unix_nanos;
 use super::error::ioctl;
 use super::{Vm, VmError};
+use crate::backup::live::LiveBackup;
+use crate::backup::staging::Harvester;
 use crate::backup::{BackupConfig, BackupRecord, BackupWriter};
 use crate::console::Console;
 use crate::devices::blk::copy;
@@ -82,9 +86,12 @@ impl Vm {
         // With backups on, every snapshot is also a backup point, taken at
         // the same stop (before the clock below changes the live area), so
         // the chain can be restored to exactly the snapshot's moment.
-        if result.is_ok() && self.backup.as_ref().is_some_and(|b| !b.needs_base()) {
+        let chain_started =
+            self.live_backup.is_some() || self.backup.as_ref().is_some_and(|b| !b.needs_base());
+        if result.is_ok() && chain_started {
             match self.write_backup_point(&state) {
-                Ok(record) => self.backup_records.push(record),
+                Ok(Some(record)) => self.backup_records.push(record),
+                Ok(None) => {}
                 Err(e) => log::warn!("backup point failed: {e}"),
             }
         }
@@ -115,8 +122,9 @@ impl Vm {
         Ok(())
     }
 
-    /// Writes the next backup point of this (stopped) VM: the base on the
-    /// first call, then the pages dirtied since the previous point.
+    /// Writes the next backup point of this (stopped) VM with the guest
+    /// stopped for all of it: the base on the first call, then the pages
+    /// dirtied since the previous point.
     pub(super) fn backup_point(
         &mut self,
         cfg: &BackupConfig,
@@ -126,23 +134,102 @@ impl Vm {
             self.backup = Some(BackupWriter::create(&cfg.dir)?);
         }
         let total = console.written() + self.console_before;
+        let stopped_tsc = self.guest_tsc();
         let state = self.capture_state(total)?;
         let record = self.write_backup_point(&state)?;
         self.set_guest_clock(state.live.guest_clock)?;
+        let mut record =
+            record.ok_or_else(|| VmError::Config("backup point handed over".into()))?;
+        record.stopped_tsc = stopped_tsc;
         Ok(record)
     }
 
-    /// Writes the next backup point with `state` (the vCPU stopped).
-    fn write_backup_point(&mut self, state: &SnapshotState) -> Result<BackupRecord, VmError> {
-        // What the network device wrote (the dirty log does not see it).
+    /// The guest's TSC now.
+    fn guest_tsc(&self) -> u64 {
+        crate::trace::rdtsc().wrapping_add_signed(self.tsc_offset)
+    }
+
+    /// With the base point written, hands the chain to a backup thread
+    /// that takes the next points while the guest runs (pre-copy).
+    pub(super) fn start_live_backup(&mut self, cfg: &BackupConfig) {
+        if let Some(writer) = self.backup.take() {
+            let harvester = Harvester::new(self.vm.clone(), self.ram.shared(), self.ram.size());
+            self.live_backup = Some(LiveBackup::start(writer, harvester, cfg.every));
+        }
+    }
+
+    /// The backup thread's stop: the vCPU stopped (`stopped`, host clock)
+    /// with `console`'s bytes counted; captures the state and hands the
+    /// last set over. The guest clock skips the pause, as it skips a
+    /// stopped point's write.
+    pub(super) fn live_backup_stop(
+        &mut self,
+        console: &Console,
+        stopped: Instant,
+    ) -> Result<usize, VmError> {
+        let total = console.written() + self.console_before;
+        let tsc = self.guest_tsc();
+        let state = match self.capture_state(total) {
+            Ok(state) => state,
+            Err(e) => {
+                if let Some(live) = self.live_backup.as_mut() {
+                    live.abandon();
+                }
+                return Err(e);
+            }
+        };
+        let clock = state.live.guest_clock;
+        let n = self.freeze_live(state, (stopped, tsc))?;
+        self.set_guest_clock(clock)?;
+        Ok(n)
+    }
+
+    /// Hands the last set and `state` to the backup thread.
+    fn freeze_live(
+        &mut self,
+        state: SnapshotState,
+        stopped: (Instant, u64),
+    ) -> Result<usize, VmError> {
+        self.note_net_writes();
+        let Some(live) = self.live_backup.as_mut() else {
+            return Err(VmError::Config("backup thread missing".into()));
+        };
+        Ok(live.freeze(state, stopped)?)
+    }
+
+    /// Notes what the network device wrote (the dirty log does not see it).
+    fn note_net_writes(&mut self) {
         if let Some(net) = self.net.as_mut() {
             let written = net.take_written();
             self.note_host_writes(&written);
         }
+    }
+
+    /// Writes the next backup point with `state` (the vCPU stopped), or
+    /// with pre-copy hands it to the backup thread (`None`: the thread
+    /// reports it).
+    fn write_backup_point(
+        &mut self,
+        state: &SnapshotState,
+    ) -> Result<Option<BackupRecord>, VmError> {
+        if self.live_backup.is_some() {
+            let stopped = (Instant::now(), self.guest_tsc());
+            self.freeze_live(state.clone(), stopped)?;
+            return Ok(None);
+        }
+        self.note_net_writes();
         let Some(writer) = self.backup.as_mut() else {
             return Err(VmError::Config("backup writer missing".into()));
         };
-        Ok(writer.write_next(&self.vm, &self.ram, state)?)
+        Ok(Some(writer.write_next(&self.vm, &self.ram, state)?))
+    }
+
+    /// Ends the backup thread (after the point it is writing) and adds
+    /// its points to the run's.
+    pub(super) fn finish_live_backup(&mut self) {
+        if let Some(mut live) = self.live_backup.take() {
+            self.backup_records.extend(live.finish());
+        }
     }
 
     /// Gives the VM its network device; with backups on, the device keeps
@@ -156,7 +243,9 @@ impl Vm {
 
     /// Notes guest ranges the VMM wrote, for the next backup point.
     pub(super) fn note_host_writes(&mut self, ranges: &[(u64, u64)]) {
-        if let Some(b) = self.backup.as_mut() {
+        if let Some(live) = self.live_backup.as_mut() {
+            live.note_host_writes(ranges);
+        } else if let Some(b) = self.backup.as_mut() {
             b.note_host_writes(ranges);
         }
     }
