@@ -261,6 +261,11 @@ fn worker(
                     break;
                 }
             };
+            log::trace!(
+                "backup pre-copy round: {} pages in {:.3} ms",
+                round.pages,
+                round.took.as_secs_f64() * 1e3
+            );
             if let Decision::StopNow(why) = planner.decide(round) {
                 log::debug!(
                     "backup pre-copy: {} rounds, stopping ({why:?}) with {} pages staged",

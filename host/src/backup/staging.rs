@@ -149,6 +149,7 @@ impl Harvester {
     pub fn round(&mut self) -> Result<u64, BackupError> {
         let size =
             usize::try_from(self.size).map_err(|_| SnapshotError::Invalid("memory size".into()))?;
+        let t = std::time::Instant::now();
         let bitmap = self
             .vm
             .get_dirty_log(0, size)
@@ -156,6 +157,7 @@ impl Harvester {
                 what: "KVM_GET_DIRTY_LOG",
                 source,
             })?;
+        let got = t.elapsed();
         let mut n = 0;
         for page in bitmap_pages(&bitmap, self.size / PAGE_SIZE) {
             if self.staging.copy_in(&self.ram.mem, page)? {
@@ -163,6 +165,11 @@ impl Harvester {
             }
             n += 1;
         }
+        log::trace!(
+            "dirty log: {n} pages, harvest {:.3} ms, copies {:.3} ms",
+            got.as_secs_f64() * 1e3,
+            (t.elapsed() - got).as_secs_f64() * 1e3
+        );
         Ok(n)
     }
 
