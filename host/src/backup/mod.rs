@@ -149,6 +149,10 @@ pub struct BackupRecord {
     /// How long the guest was stopped for it: from the vCPU's stop to its
     /// resumption, as the host saw it.
     pub pause: Duration,
+    /// Time to write its files from the copied pages, fsyncs included:
+    /// what a stopped point of the same pages holds the guest for, on top
+    /// of the copies.
+    pub write: Duration,
     /// Pre-copy rounds before the stop (0 in stop mode).
     pub rounds: u32,
     /// The guest's TSC when its vCPU stopped for the point (lets a guest
@@ -367,6 +371,7 @@ impl BackupWriter {
             dirty_pages,
             elapsed,
             pause: elapsed,
+            write: elapsed,
             rounds: 0,
             stopped_tsc: 0,
         })

@@ -7,7 +7,7 @@
 //! is stopped for the last set, so the planner stops once that set is
 //! cheap to copy (it fits [`Policy::copy_budget`] at the copy rate the rounds
 //! showed), or when more rounds would not help: the set stopped shrinking
-//! for two rounds in a row (the guest dirties as fast as the rounds copy,
+//! for three rounds in a row (the guest dirties as fast as the rounds copy,
 //! so the last set is its working set whatever is done), or the rounds or
 //! their time ran out.
 
@@ -40,8 +40,8 @@ pub const POLICY: Policy = Policy {
 /// smallest set so far (in percent).
 const SHRINK_PERCENT: u64 = 90;
 /// Rounds in a row that may fail to shrink the set before the rounds stop
-/// (one alone may be a round the host was slow in, or a burst).
-const STALLS: u32 = 2;
+/// (one or two may be rounds the host was slow in, or a burst).
+const STALLS: u32 = 3;
 /// Copy cost per page assumed before any round has measured one.
 const ASSUMED_NANOS_PER_PAGE: u64 = 1_000;
 
@@ -207,8 +207,9 @@ mod tests {
         let mut p = Planner::new(POLICY);
         assert_eq!(p.decide(round(4000, 4000)), Decision::AnotherRound);
         assert_eq!(p.decide(round(2000, 2000)), Decision::AnotherRound);
-        // One round that does not shrink may be a slow one: another try.
+        // A round that does not shrink may be a slow one: another try.
         assert_eq!(p.decide(round(1900, 1900)), Decision::AnotherRound);
+        assert_eq!(p.decide(round(2100, 2100)), Decision::AnotherRound);
         assert_eq!(
             p.decide(round(2500, 2500)),
             Decision::StopNow(StopReason::NotShrinking)

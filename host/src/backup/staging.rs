@@ -15,7 +15,10 @@ use std::sync::Arc;
 
 use kvm_ioctls::VmFd;
 use tandem_abi::layout::PAGE_SIZE;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::volatile_memory::VolatileSlice;
+use vm_memory::{
+    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
+};
 
 use super::{BackupError, PAGE};
 use crate::memory::SharedRam;
@@ -53,17 +56,18 @@ impl Staging {
         &mut self.slabs[slab][at * PAGE..(at + 1) * PAGE]
     }
 
-    /// Copies guest page `page` from `mem` into the buffer (over an older
-    /// copy of it).
-    /// Says whether the page is new to the buffer.
-    pub fn copy_in(&mut self, mem: &GuestMemoryMmap, page: u64) -> Result<bool, BackupError> {
+    /// Copies guest page `page` from `mem` (all of guest memory, see
+    /// [`whole`]) into the buffer (over an older copy of it). Says whether
+    /// the page is new to the buffer.
+    pub fn copy_in(&mut self, mem: &VolatileSlice<'_>, page: u64) -> Result<bool, BackupError> {
         let known = self.slots.get(&page).copied();
         let slot = known.unwrap_or(self.slots.len());
-        let addr = page
-            .checked_mul(PAGE_SIZE)
-            .ok_or_else(|| SnapshotError::Invalid(format!("guest page {page}")))?;
-        mem.read_slice(self.slot_bytes(slot), GuestAddress(addr))
-            .map_err(|e| SnapshotError::Invalid(format!("cannot read guest page {page}: {e}")))?;
+        let src = usize::try_from(page)
+            .ok()
+            .and_then(|p| p.checked_mul(PAGE))
+            .and_then(|at| mem.subslice(at, PAGE).ok())
+            .ok_or_else(|| SnapshotError::Invalid(format!("cannot read guest page {page}")))?;
+        src.copy_to(self.slot_bytes(slot));
         if known.is_none() {
             self.slots.insert(page, slot);
         }
@@ -91,6 +95,19 @@ impl Staging {
     pub fn clear(&mut self) {
         self.slots.clear();
     }
+}
+
+/// All of guest memory as one slice (its one region), so a round's copies
+/// are plain offsets into it.
+pub(crate) fn whole(mem: &GuestMemoryMmap) -> Result<VolatileSlice<'_>, BackupError> {
+    let region = mem
+        .find_region(GuestAddress(0))
+        .ok_or_else(|| SnapshotError::Invalid("guest memory has no region at 0".into()))?;
+    let len =
+        usize::try_from(region.len()).map_err(|_| SnapshotError::Invalid("memory size".into()))?;
+    region
+        .get_slice(MemoryRegionAddress(0), len)
+        .map_err(|e| SnapshotError::Invalid(format!("guest memory: {e}")).into())
 }
 
 /// The page numbers set in a dirty-log `bitmap` (bit `b` of word `w` is
@@ -158,9 +175,10 @@ impl Harvester {
                 source,
             })?;
         let got = t.elapsed();
+        let mem = whole(&self.ram.mem)?;
         let mut n = 0;
         for page in bitmap_pages(&bitmap, self.size / PAGE_SIZE) {
-            if self.staging.copy_in(&self.ram.mem, page)? {
+            if self.staging.copy_in(&mem, page)? {
                 self.logged += 1;
             }
             n += 1;
@@ -176,8 +194,9 @@ impl Harvester {
     /// Copies `pages` (the VMM's own writes, which the log cannot see) now.
     pub fn copy_pages(&mut self, pages: impl IntoIterator<Item = u64>) -> Result<(), BackupError> {
         let max = self.size / PAGE_SIZE;
+        let mem = whole(&self.ram.mem)?;
         for page in pages.into_iter().filter(|&p| p < max) {
-            self.staging.copy_in(&self.ram.mem, page)?;
+            self.staging.copy_in(&mem, page)?;
         }
         Ok(())
     }
@@ -226,14 +245,19 @@ mod tests {
         assert_eq!(pages, (0..70).collect::<Vec<_>>());
     }
 
+    use vm_memory::Bytes;
+
     #[test]
     fn the_newest_copy_of_a_page_wins_and_buffers_are_reused() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 21)]).unwrap();
+        let guest = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 21)]).unwrap();
+        let mem = whole(&guest).unwrap();
         let mut s = Staging::default();
-        mem.write_slice(&[1; 8], GuestAddress(3 * PAGE_SIZE))
+        guest
+            .write_slice(&[1; 8], GuestAddress(3 * PAGE_SIZE))
             .unwrap();
         assert!(s.copy_in(&mem, 3).unwrap());
-        mem.write_slice(&[2; 8], GuestAddress(3 * PAGE_SIZE))
+        guest
+            .write_slice(&[2; 8], GuestAddress(3 * PAGE_SIZE))
             .unwrap();
         assert!(s.copy_in(&mem, 300).unwrap());
         assert!(!s.copy_in(&mem, 3).unwrap());
@@ -252,13 +276,14 @@ mod tests {
 
     #[test]
     fn a_failed_point_gives_its_pages_back_without_hiding_newer_copies() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 21)]).unwrap();
+        let guest = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 21)]).unwrap();
+        let mem = whole(&guest).unwrap();
         let mut failed = Staging::default();
-        mem.write_slice(&[1; 8], GuestAddress(0)).unwrap();
+        guest.write_slice(&[1; 8], GuestAddress(0)).unwrap();
         failed.copy_in(&mem, 0).unwrap();
         failed.copy_in(&mem, 1).unwrap();
         let mut current = Staging::default();
-        mem.write_slice(&[2; 8], GuestAddress(0)).unwrap();
+        guest.write_slice(&[2; 8], GuestAddress(0)).unwrap();
         current.copy_in(&mem, 0).unwrap();
         for (page, bytes) in failed
             .pages()

@@ -134,6 +134,7 @@ impl Vm {
             self.backup = Some(BackupWriter::create(&cfg.dir)?);
         }
         let total = console.written() + self.console_before;
+        let stopped = Instant::now();
         let stopped_tsc = self.guest_tsc();
         let state = self.capture_state(total)?;
         let record = self.write_backup_point(&state)?;
@@ -141,6 +142,7 @@ impl Vm {
         let mut record =
             record.ok_or_else(|| VmError::Config("backup point handed over".into()))?;
         record.stopped_tsc = stopped_tsc;
+        record.pause = stopped.elapsed();
         Ok(record)
     }
 
