@@ -10,8 +10,9 @@
 //! - `run-ms=N`: exit 0 after N ms (default 2000);
 //! - `gap-us=N`: record gaps longer than N µs (default 200).
 //!
-//! At exit it prints `dirtier: bursts B gaps G max-gap-us M`, then one
-//! `gap START LEN` line per recorded gap (TSC ticks), then `dirtier: done`.
+//! At exit it prints `dirtier: bursts B gaps G max-gap-us M`, then
+//! `dirtier: tsc-khz K`, one `gap START LEN` line per recorded gap (TSC
+//! ticks), then `dirtier: done`.
 #![no_std]
 #![no_main]
 
@@ -119,6 +120,7 @@ fn main(env: &Env) -> Result<(), String> {
         w.gaps.len(),
         w.max.saturating_mul(1000) / khz
     );
+    println!("dirtier: tsc-khz {khz}");
     for (at, len) in &w.gaps {
         println!("gap {at} {len}");
     }
