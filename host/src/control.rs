@@ -31,6 +31,35 @@ extern "C" fn snapshot_signal_handler(
     SNAPSHOT_SIGNALS.fetch_add(1, Ordering::SeqCst);
 }
 
+/// A thread to kick out of `KVM_RUN`: its `pthread_t` (an integer under
+/// glibc, a pointer under musl, so it is wrapped to cross threads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct VcpuThread(libc::pthread_t);
+
+// SAFETY: a pthread_t is an opaque thread name; it is only passed to
+// pthread_kill, which may be called from any thread.
+unsafe impl Send for VcpuThread {}
+// SAFETY: as above; nothing is read through it.
+unsafe impl Sync for VcpuThread {}
+
+impl VcpuThread {
+    /// The calling thread.
+    pub(crate) fn current() -> Self {
+        // SAFETY: pthread_self has no preconditions.
+        Self(unsafe { libc::pthread_self() })
+    }
+
+    /// Sends it the kick signal.
+    ///
+    /// # Safety
+    /// The thread must still be alive (callers keep it attached, or join
+    /// the kicking thread before it ends).
+    pub(crate) unsafe fn kick(self) {
+        // SAFETY: the caller guarantees the thread is alive.
+        unsafe { libc::pthread_kill(self.0, kick_signal()) };
+    }
+}
+
 pub(crate) fn kick_signal() -> libc::c_int {
     vmm_sys_util::signal::SIGRTMIN()
 }
@@ -86,13 +115,13 @@ impl Kicker {
     /// Starts watching for the calling thread, which must be the vCPU thread.
     pub fn start(watch: Watch) -> Self {
         register_kick_handler();
-        // SAFETY: pthread_self has no preconditions.
-        let target = unsafe { libc::pthread_self() };
+        let target = VcpuThread::current();
         let flags = Arc::new(Flags::default());
         let (stop, rx) = mpsc::channel::<()>();
         let f = flags.clone();
-        let thread = std::thread::spawn(move || {
-            // Narrower than the vCPU filter it inherits (see tandem::seccomp).
+        // Started by the I/O thread: the vCPU thread's filter has no clone.
+        let thread = crate::io_thread::spawn("tandem-control", move || {
+            // Narrower than the I/O filter it inherits (see tandem::seccomp).
             crate::seccomp::narrow_to_control();
             let start = Instant::now();
             let deadline = watch.timeout.map(|t| start + t);
@@ -145,14 +174,21 @@ impl Kicker {
                     // SAFETY: `target` is the vCPU thread, alive until it
                     // drops this Kicker, which closes the channel and ends
                     // this loop first.
-                    unsafe { libc::pthread_kill(target, kick_signal()) };
+                    unsafe { target.kick() };
                 }
             }
         });
+        let thread = match thread {
+            Ok(t) => Some(t),
+            Err(e) => {
+                log::error!("no control thread (timeouts, backup points, SIGUSR1 snapshots): {e}");
+                None
+            }
+        };
         Self {
             flags,
             stop: Some(stop),
-            thread: Some(thread),
+            thread,
         }
     }
 
@@ -199,7 +235,7 @@ struct HandleInner {
     /// The VM must end now (status `Stopped`), whatever the guest does.
     killed: AtomicBool,
     /// The vCPU thread while a run is attached.
-    vcpu: std::sync::Mutex<Option<libc::pthread_t>>,
+    vcpu: std::sync::Mutex<Option<VcpuThread>>,
     wake: std::sync::Condvar,
     on_event: std::sync::OnceLock<EventFn>,
 }
@@ -287,7 +323,7 @@ impl VmHandle {
             Some(thread) => {
                 // SAFETY: `thread` is attached, and the run detaches it
                 // (under this lock) before the thread can end.
-                unsafe { libc::pthread_kill(thread, kick_signal()) };
+                unsafe { thread.kick() };
                 true
             }
             None => false,
@@ -303,8 +339,7 @@ impl VmHandle {
     /// Records the calling thread as the vCPU thread until the guard drops.
     pub(crate) fn attach(&self) -> Attached<'_> {
         register_kick_handler();
-        // SAFETY: pthread_self has no preconditions.
-        let me = unsafe { libc::pthread_self() };
+        let me = VcpuThread::current();
         *self.inner.vcpu.lock().unwrap_or_else(|p| p.into_inner()) = Some(me);
         Attached(self)
     }

@@ -41,6 +41,9 @@ pub enum MemoryError {
     /// The file behind guest memory could not be inspected.
     #[error("cannot inspect guest memory: {0}")]
     Io(#[source] std::io::Error),
+    /// Lazy verification could not be set up.
+    #[error(transparent)]
+    LazyVerify(#[from] crate::lazy_verify::LazyVerifyError),
 }
 
 /// An owned anonymous mapping; unmapped on drop, after every user is gone.
@@ -70,8 +73,11 @@ impl Drop for Mapping {
 pub struct GuestRam {
     /// Bounds-checked access to guest memory.
     pub mem: GuestMemoryMmap,
-    /// The memory file mapped copy-on-write, for a restored VM.
+    /// The memory file mapped copy-on-write, for a restored VM (for a
+    /// lazily verified one: the file its chunks are read from).
     source: Option<File>,
+    /// For `--verify lazy`: the handler that checks each chunk on first touch.
+    verifier: Option<crate::lazy_verify::LazyVerifier>,
     // Declared last: dropped after `mem`.
     mapping: Arc<Mapping>,
 }
@@ -218,6 +224,7 @@ impl GuestRam {
         Ok(Self {
             mem,
             source: None,
+            verifier: None,
             mapping,
         })
     }
@@ -288,8 +295,51 @@ impl GuestRam {
         Ok(Self {
             mem,
             source: Some(file),
+            verifier: None,
             mapping,
         })
+    }
+
+    /// Private anonymous memory for a snapshot whose memory file `file`
+    /// (exactly `size` bytes, a multiple of 2 MiB) is checked chunk by
+    /// chunk against `digests` as the guest first touches it (see
+    /// [`crate::lazy_verify`]). The plan's `copy` regions and `populate`
+    /// pages are brought in now, each chunk checked first.
+    pub(crate) fn from_file_verified(
+        file: File,
+        path: std::path::PathBuf,
+        size: u64,
+        digests: Arc<crate::snapshot::ChunkDigests>,
+        copy: &[(u64, u64)],
+        populate: &[(u64, u64)],
+    ) -> Result<(Self, crate::lazy_verify::Prefetched), MemoryError> {
+        let found = file.metadata().map_err(MemoryError::Io)?.len();
+        if found != size {
+            return Err(MemoryError::FileSize {
+                found,
+                expected: size,
+            });
+        }
+        let mut ram = Self::new(size, true)?;
+        let handler_file = file.try_clone().map_err(MemoryError::Io)?;
+        let (verifier, prefetched) =
+            crate::lazy_verify::LazyVerifier::start(crate::lazy_verify::Setup {
+                base: ram.mapping.addr,
+                len: size,
+                file: handler_file,
+                path,
+                digests,
+                copy,
+                populate,
+            })?;
+        ram.source = Some(file);
+        ram.verifier = Some(verifier);
+        Ok((ram, prefetched))
+    }
+
+    /// The lazy verifier of this memory, if it has one.
+    pub(crate) fn verifier(&self) -> Option<&crate::lazy_verify::LazyVerifier> {
+        self.verifier.as_ref()
     }
 
     /// The guest pages present in this process's page tables: those the
@@ -359,6 +409,28 @@ impl GuestRam {
             mem: self.mem.clone(),
             _mapping: self.mapping.clone(),
         }
+    }
+
+    /// Makes guest pages `[first, end)` present and writable in the host
+    /// (`MADV_POPULATE_WRITE`), their content unchanged. Unlike touching
+    /// them (a read, then a write), an untouched page is never mapped to
+    /// the shared zero page first, so there is no copy-on-write fault: in
+    /// a process with many VMs each such fault calls every VM's MMU
+    /// notifier (docs/fleet-scaling.md).
+    pub fn populate_write(&self, first: u64, end: u64) {
+        let Some((start, n)) = byte_range(first, end, self.mapping.len, false) else {
+            return;
+        };
+        // SAFETY: advice on a range inside our own live mapping (clipped by
+        // `byte_range`); it changes no byte, and failure only loses the
+        // prefault (the pages then fault in on first touch).
+        unsafe {
+            libc::madvise(
+                self.mapping.addr.byte_add(start),
+                n,
+                libc::MADV_POPULATE_WRITE,
+            )
+        };
     }
 
     /// Host address of guest address 0, for the KVM memory slot only.

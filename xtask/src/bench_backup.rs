@@ -1,4 +1,5 @@
-//! `cargo xtask bench backup`: what a backup point costs the guest, by
+//! `cargo xtask bench backup-pause` (also run by `bench backup`, after
+//! the disk figures): what a backup point costs the guest, by
 //! dirty pages (16, 1024 and 16,384 dirtied over and over by the
 //! `dirtier` app in a 256 MiB guest), with pre-copy (`--backup-mode
 //! precopy`) and the old stop-the-world path (`stop`) side by side, runs
@@ -32,7 +33,7 @@ const SIZES: [u64; 3] = [16, 1024, 16_384];
 const GAP_US: u64 = 50;
 const PAGE_BYTES: f64 = 4096.0;
 
-/// Options of `cargo xtask bench backup`.
+/// Options of `cargo xtask bench backup-pause`.
 pub struct Options {
     /// Runs (processes) per size and mode.
     pub runs: usize,
@@ -45,7 +46,7 @@ pub struct Options {
 /// Parses `--runs N`, `--json FILE`, `--backup-mode stop|precopy|both`.
 pub fn parse(args: &[String]) -> Result<Options> {
     let mut modes = vec!["precopy", "stop"];
-    let c = crate::bench_args::parse(args, "backup", 3, 1, |flag, it| {
+    let c = crate::bench_args::parse(args, "backup-pause", 3, 1, |flag, it| {
         if flag != "--backup-mode" {
             return Ok(false);
         }

@@ -91,8 +91,15 @@ impl std::fmt::Debug for LiveBackup {
 
 impl LiveBackup {
     /// Starts the backup thread with `writer` (its base written), a point
-    /// every `every`. Call on the vCPU thread: it is the one kicked.
-    pub fn start(writer: BackupWriter, harvester: Harvester, every: Duration) -> Self {
+    /// every `every`. Call on the vCPU thread: it is the one kicked. The
+    /// thread is started by the I/O thread (the vCPU thread may start
+    /// none) and runs under its filter: files, the dirty log, the kick.
+    /// Gives the writer back if the thread cannot start.
+    pub fn start(
+        writer: BackupWriter,
+        harvester: Harvester,
+        every: Duration,
+    ) -> Result<Self, Option<BackupWriter>> {
         crate::control::register_kick_handler();
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() };
@@ -102,22 +109,30 @@ impl LiveBackup {
         });
         let harvester = Arc::new(Mutex::new(harvester));
         let (tx, rx) = mpsc::channel();
+        // The writer comes back through this slot if the thread never runs.
+        let slot = Arc::new(Mutex::new(Some(writer)));
         let worker = {
-            let (harvester, shared) = (harvester.clone(), shared.clone());
-            std::thread::Builder::new()
-                .name("backup".into())
-                .spawn(move || worker(writer, &harvester, &shared, &rx, every))
-                .ok()
+            let (harvester, shared, slot) = (harvester.clone(), shared.clone(), slot.clone());
+            crate::io_thread::spawn("tandem-backup", move || {
+                let writer = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                match writer {
+                    Some(w) => worker(w, &harvester, &shared, &rx, every),
+                    None => Vec::new(),
+                }
+            })
         };
-        if worker.is_none() {
-            log::warn!("cannot start the backup thread: no backup points after the base");
-        }
-        Self {
-            harvester,
-            shared,
-            tx: Some(tx),
-            worker,
-            host_written: BTreeSet::new(),
+        match worker {
+            Ok(worker) => Ok(Self {
+                harvester,
+                shared,
+                tx: Some(tx),
+                worker: Some(worker),
+                host_written: BTreeSet::new(),
+            }),
+            Err(e) => {
+                log::warn!("{e}");
+                Err(slot.lock().unwrap_or_else(|p| p.into_inner()).take())
+            }
         }
     }
 
@@ -320,7 +335,8 @@ fn write(
         stopped_tsc,
     } = *frozen;
     let pages = staging.pages();
-    match writer.write_point(&staging, &state, &pages, logged) {
+    // No disks: a VM with disks takes its points stopped.
+    match writer.write_point(&staging, &state, &pages, logged, &[]) {
         Ok(mut record) => {
             record.elapsed = started.elapsed();
             record.pause = pause;

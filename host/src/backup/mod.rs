@@ -21,6 +21,7 @@
 //! small set and the vCPU state, then writes and fsyncs on that thread.
 
 pub(crate) mod chain;
+pub(crate) mod disk;
 pub(crate) mod live;
 mod pages;
 pub(crate) mod point;
@@ -38,6 +39,8 @@ use tandem_abi::layout::PAGE_SIZE;
 use vm_memory::{Bytes, GuestAddress};
 
 pub use chain::{Chain, PointReport};
+pub use disk::DiskPart;
+pub(crate) use disk::DiskSource;
 pub use point::PointMeta;
 use point::CHUNK_PAGES;
 
@@ -143,6 +146,8 @@ pub struct BackupRecord {
     pub pages: u64,
     /// Pages the dirty log reported (0 for a base).
     pub dirty_pages: u64,
+    /// Disk blocks it holds, over all disks.
+    pub blocks: u64,
     /// Wall time to write it, fsyncs included (with pre-copy, from its
     /// first round to its commit).
     pub elapsed: Duration,
@@ -253,12 +258,14 @@ impl BackupWriter {
     /// Writes the next point of a stopped VM with `state`: the base (every
     /// page that may hold data) first, then the pages changed since the
     /// previous point. Gets and clears `vm`'s dirty log, so the next point
-    /// starts from here.
+    /// starts from here; `disks` are the blocks each disk's bitmap gave up
+    /// at the same stop (ignored for a base, which holds whole disks).
     pub fn write_next(
         &mut self,
         vm: &VmFd,
         ram: &GuestRam,
         state: &SnapshotState,
+        disks: &[DiskSource<'_>],
     ) -> Result<BackupRecord, BackupError> {
         let size = usize::try_from(ram.size())
             .map_err(|_| SnapshotError::Invalid("memory size".into()))?;
@@ -275,19 +282,34 @@ impl BackupWriter {
         } else {
             pages::delta_pages(&bitmap, host_written, ram.size() / PAGE_SIZE)
         };
-        self.write_point(ram, state, &pages, dirty)
+        let base_disks: Vec<DiskSource<'_>>;
+        let disks = if self.needs_base() {
+            base_disks = disks
+                .iter()
+                .map(|d| DiskSource {
+                    disk: d.disk,
+                    blocks: None,
+                })
+                .collect();
+            &base_disks
+        } else {
+            disks
+        };
+        self.write_point(ram, state, &pages, dirty, disks)
     }
 
     /// Writes the next point: `pages` (ascending, deduplicated) read from
     /// `ram` now, with `state`. Zero pages are left out of a base (restore
     /// starts from zeros) but kept in a delta (the page may have been
-    /// non-zero before).
-    pub fn write_point(
+    /// non-zero before). Each disk's blocks go into a blocks file of
+    /// their own ([`disk::write_parts`]), durable before the metadata.
+    pub(crate) fn write_point(
         &mut self,
         ram: &dyn PageSource,
         state: &SnapshotState,
         pages: &[u64],
         dirty_pages: u64,
+        disks: &[DiskSource<'_>],
     ) -> Result<BackupRecord, BackupError> {
         let t = Instant::now();
         let point = self.next;
@@ -341,21 +363,30 @@ impl BackupWriter {
             let file = out.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
             file.sync_all().map_err(io(&tmp))?;
             files::commit(&tmp, &self.dir.join(&pages_name), &self.dir)?;
-            let chain = point::chain_digest(&self.parent, point, state, &chunks)?;
-            let meta = PointMeta {
-                point,
-                base,
-                parent: self.parent,
-                pages_file: pages_name.clone(),
-                pages: kept,
-                chunks,
-                state: state.clone(),
-                chain,
-            };
-            files::write_atomic(&self.dir, &point::meta_name(point), &meta.encode()?)?;
-            Ok((meta.pages.len() as u64, chain))
+            let parts = disk::write_parts(&self.dir, self.parent, point, disks)?;
+            let blocks = parts.iter().map(|p| p.blocks.len() as u64).sum();
+            let committed = (|| {
+                let chain = point::chain_digest(&self.parent, point, state, &chunks, &parts)?;
+                let meta = PointMeta {
+                    point,
+                    base,
+                    parent: self.parent,
+                    pages_file: pages_name.clone(),
+                    pages: kept,
+                    chunks,
+                    state: state.clone(),
+                    chain,
+                    disks: parts.clone(),
+                };
+                files::write_atomic(&self.dir, &point::meta_name(point), &meta.encode()?)?;
+                Ok::<_, BackupError>((meta.pages.len() as u64, chain))
+            })();
+            if committed.is_err() {
+                disk::remove_parts(&self.dir, &parts);
+            }
+            committed.map(|(count, chain)| (count, chain, blocks))
         })();
-        let (count, chain) = match result {
+        let (count, chain, blocks) = match result {
             Ok(v) => v,
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
@@ -369,6 +400,7 @@ impl BackupWriter {
             point,
             pages: count,
             dirty_pages,
+            blocks,
             elapsed,
             pause: elapsed,
             write: elapsed,

@@ -240,6 +240,15 @@ impl RateLimiter {
     }
 }
 
+/// A limit shared with other devices (a fleet's I/O budget): asked after
+/// a device's own limiter, with the same answer. Its owner decides how the
+/// share is made; the device only asks.
+pub trait SharedLimit: Send + Sync + std::fmt::Debug {
+    /// Lets one operation of `bytes` bytes pass now (taking its cost), or
+    /// says when to ask again (taking nothing).
+    fn admit(&self, bytes: u64, now: Instant) -> Admit;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,9 @@
 //! # device gets a tap on it (tandem0-0, ...), the next address, a MAC made
 //! # from it; rate limits as `--net` takes them (optional).
 //! network = { bridge = "tandem0", subnet = "10.77.0.0/24", rate = "10M", pps = "10k" }
+//! # Bytes and disk requests a second for all the VMs' disks together,
+//! # shared by `io_class` (critical first, then standard 4 : batch 1).
+//! io_budget = { rate = "200M", iops = 20000 }
 //!
 //! [defaults]                    # optional; any VM key except name, after and count
 //! memory = "8M"
@@ -36,6 +39,8 @@
 //! after = ["db"]                # boots once db has called ready()
 //! cmdline = "db=${db.ip}"       # another VM's address: it must be in `after`
 //! net = { rate = "1M" }         # its own limits over the fleet network's
+//! # disk = ["path=web-{i}.img"]  # its disks; io_rate = "50M", iops = 2000 limit each
+//! # io_class = "batch"          # critical | standard (default) | batch
 //! ```
 
 use std::fmt;
@@ -225,6 +230,8 @@ pub struct VmSpec {
     /// Its disks (`disk = [...]`, `{i}` replaced by its replica index),
     /// with `io_rate` and `iops` under each disk's own limits.
     pub disks: Vec<crate::devices::DiskSpec>,
+    /// Its class in the share of `[fleet] io_budget`.
+    pub io_class: crate::fleet::io::IoClass,
 }
 
 /// Admission limits.
@@ -254,6 +261,9 @@ pub struct FleetSpec {
     pub limits: Limits,
     /// The bridge and address pool of `[fleet] network`.
     pub network: Option<FleetNetwork>,
+    /// `[fleet] io_budget`: bytes and requests a second shared by every
+    /// VM's disks, by I/O class.
+    pub io_budget: Option<crate::fleet::io::IoBudget>,
 }
 
 /// Most VMs one `[[vm]]` entry keeps warm.

@@ -21,6 +21,7 @@
 //! ```
 
 pub mod config;
+pub mod io;
 pub mod report;
 pub mod runner;
 mod scheduler;

@@ -125,8 +125,12 @@ pub fn to_json(run: &FleetRun) -> Value {
     let vms: Vec<Value> = run
         .vms
         .iter()
-        .map(|r| {
+        .enumerate()
+        .map(|(i, r)| {
             let first = r.attempts.first();
+            let io = run.io.as_ref().and_then(|io| io.get(i)).map(|u| {
+                json!({"bytes": u.bytes, "requests": u.ops, "held": u.held})
+            });
             let first_ready = r.attempts.iter().find(|a| a.ready_at.is_some());
             json!({
                 "name": r.name,
@@ -142,6 +146,7 @@ pub fn to_json(run: &FleetRun) -> Value {
                 "time_to_ready_ms": first_ready.and_then(|a| a.ready_at.map(|t| ms(t.saturating_sub(a.admitted_at)))),
                 "recoveries_ms": r.recoveries.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
                 "exit_codes": r.attempts.iter().filter_map(|a| a.exit_code).collect::<Vec<_>>(),
+                "io": io,
                 "attempts": r.attempts.iter().map(|a| json!({
                     "source": a.source,
                     "eligible_ms": opt_ms(a.eligible_at),

@@ -27,9 +27,11 @@ use crate::snapshot::Snapshot;
 use crate::vm::{RunReport, VmConfig};
 
 mod attempt;
+mod io_share;
 pub mod network;
 
 use attempt::{Launch, Msg};
+use io_share::FleetIo;
 
 /// Stack of each vCPU thread: the run loop needs a few pages of buffers.
 const VCPU_STACK: usize = 512 << 10;
@@ -147,6 +149,9 @@ pub struct FleetRun {
     pub running_at_stop: Vec<String>,
     /// Resident memory of this process when every VM was ready or done (bytes).
     pub rss_when_settled: Option<u64>,
+    /// Under `[fleet] io_budget`: per VM, in file order, what its disks
+    /// moved and how often the budget held them back.
+    pub io: Option<Vec<crate::fleet::io::IoUse>>,
 }
 
 /// Resident set size of this process, from `/proc/self/status`.
@@ -202,8 +207,10 @@ pub fn run(
     // Ids change for every thread that exists: do it before VM threads start.
     crate::privileges::drop_to(opts.user.as_deref(), opts.group.as_deref())?;
     let pools = warm_pools(spec)?;
+    let io = FleetIo::new(spec);
     let (tx, rx) = mpsc::channel::<Msg>();
     let mut fleet = Fleet::new(spec, opts, &hv, &pools, tx, observe);
+    fleet.io = io;
     std::thread::scope(|scope| {
         // The first round decides at once; later ones wait for news.
         let mut wait = Duration::ZERO;
@@ -247,6 +254,8 @@ struct Fleet<'env, F> {
     stopped_at: Option<Duration>,
     running_at_stop: Vec<String>,
     rss_when_settled: Option<u64>,
+    /// The fleet's I/O budget, when it has one.
+    io: Option<Arc<FleetIo>>,
     observe: F,
 }
 
@@ -276,6 +285,7 @@ impl<'env, F: FnMut(&Scheduler, Update)> Fleet<'env, F> {
             stopped_at: None,
             running_at_stop: Vec::new(),
             rss_when_settled: None,
+            io: None,
             observe,
         }
     }
@@ -428,6 +438,11 @@ impl<'env, F: FnMut(&Scheduler, Update)> Fleet<'env, F> {
             handle,
             tx: self.tx.clone(),
             start: self.start,
+            io_share: self
+                .io
+                .as_ref()
+                .filter(|_| !spec.disks.is_empty())
+                .map(|io| io.share(vm)),
         };
         let spawned = std::thread::Builder::new()
             .name(format!("vcpu-{}", spec.name))
@@ -457,6 +472,10 @@ impl<'env, F: FnMut(&Scheduler, Update)> Fleet<'env, F> {
             stopped_at: self.stopped_at,
             running_at_stop: self.running_at_stop,
             rss_when_settled: self.rss_when_settled,
+            io: self
+                .io
+                .as_ref()
+                .map(|io| (0..self.spec.vms.len()).map(|vm| io.usage(vm)).collect()),
         }
     }
 }

@@ -738,6 +738,7 @@ mod tests {
                     warm: 0,
                     net: None,
                     disks: Vec::new(),
+                    io_class: Default::default(),
                 })
                 .collect(),
             limits: Limits {
@@ -745,6 +746,7 @@ mod tests {
                 memory_budget: budget_mib << 20,
             },
             network: None,
+            io_budget: None,
         }
     }
 

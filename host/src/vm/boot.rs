@@ -52,6 +52,7 @@ impl Vm {
         let mut disks = blk_devices(disk_files, config.mem_size);
         for (d, spec) in disks.iter_mut().zip(&config.disks) {
             d.set_rate_limit(spec.limit);
+            d.set_shared_limit(config.io_share.clone());
         }
         let mmio: Vec<MmioWindow> = net
             .iter()
@@ -79,7 +80,7 @@ impl Vm {
             &disks,
         );
         write_boot_info(mem, &info)?;
-        prefault(mem, image)?;
+        prefault(&machine.ram, image)?;
         machine.trace.stamp(Phase::ImageLoaded);
 
         let vcpu = &machine.vcpu;
@@ -91,7 +92,7 @@ impl Vm {
             .map_err(ioctl("KVM_SET_REGS"))?;
         let mut vm = machine.into_vm(config, Start::Boot);
         vm.attach_net(net);
-        vm.disks = disks;
+        vm.attach_disks(disks);
         Ok(vm)
     }
 }

@@ -54,11 +54,17 @@ pub struct VmConfig {
     pub net: Option<NetSpec>,
     /// Disks (virtio-blk), in order: the guest sees them in this order.
     pub disks: Vec<DiskSpec>,
+    /// A limit every disk of the VM also draws from (a fleet's I/O budget).
+    pub io_share: Option<std::sync::Arc<dyn crate::devices::rate_limiter::SharedLimit>>,
     /// Write a core file here if the guest crashes (panic, CPU exception,
     /// triple fault).
     pub core: Option<CoreFile>,
     /// What a restore faults in before the guest runs (ignored by a boot).
     pub prefetch: super::Prefetch,
+    /// For a restore: check each chunk of the snapshot's memory file
+    /// against its digest when the guest first touches it
+    /// (`--verify lazy`; ignored by a boot).
+    pub verify_lazily: bool,
 }
 
 impl Default for VmConfig {
@@ -81,8 +87,10 @@ impl Default for VmConfig {
             stdin: false,
             net: None,
             disks: Vec::new(),
+            io_share: None,
             core: None,
             prefetch: super::Prefetch::Auto,
+            verify_lazily: false,
         }
     }
 }

@@ -16,9 +16,9 @@ use super::error::ioctl;
 use super::{Vm, VmError};
 use crate::backup::live::LiveBackup;
 use crate::backup::staging::Harvester;
-use crate::backup::{BackupConfig, BackupRecord, BackupWriter};
+use crate::backup::{self, BackupConfig, BackupRecord, BackupWriter, DiskSource};
 use crate::console::Console;
-use crate::devices::blk::copy;
+use crate::devices::blk::{copy, BlkDevice};
 use crate::devices::NetDevice;
 use crate::snapshot::{self, LiveState, MachineState, SnapshotState, WriteStats};
 
@@ -27,15 +27,46 @@ impl Vm {
     /// advancing RIP, only on the next `KVM_RUN`): a `KVM_RUN` with
     /// `immediate_exit` set does that and returns at once, so the saved RIP
     /// is past the hypercall and a restored guest does not repeat it.
+    /// Completing a device register access can run the guest on to its
+    /// next one (seen here: the virtio status write after a status read);
+    /// that access is carried out, not lost (a lost `DRIVER_OK` or notify
+    /// leaves the guest waiting on its device for ever), and it tries again.
     fn complete_pending_io(&mut self) -> Result<(), VmError> {
+        const TRIES: usize = 16;
         self.vcpu.set_kvm_immediate_exit(1);
-        let outcome = match self.vcpu.run() {
-            Err(e) if e.errno() == libc::EINTR => Ok(()),
-            Err(e) => Err(ioctl("KVM_RUN (immediate exit)")(e)),
-            Ok(VcpuExit::IoOut(..)) | Ok(VcpuExit::IoIn(..)) | Ok(_) => Err(VmError::Config(
-                "the vCPU exited instead of stopping for a snapshot".into(),
-            )),
-        };
+        let mut outcome = Err(VmError::Config(
+            "the vCPU kept exiting instead of stopping for a snapshot".into(),
+        ));
+        for _ in 0..TRIES {
+            let mut result = self.vcpu.run();
+            if let Ok(VcpuExit::MmioRead(addr, data)) = &mut result {
+                super::run::mmio_read(self.net.as_ref(), &self.disks, *addr, data);
+                continue;
+            }
+            let write = match result {
+                Err(e) if e.errno() == libc::EINTR => {
+                    outcome = Ok(());
+                    break;
+                }
+                Err(e) => {
+                    outcome = Err(ioctl("KVM_RUN (immediate exit)")(e));
+                    break;
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => (addr, data.to_vec()),
+                Ok(_) => {
+                    outcome = Err(VmError::Config(
+                        "the vCPU exited instead of stopping for a snapshot".into(),
+                    ));
+                    break;
+                }
+            };
+            if let Err(e) = self.mmio_write(write.0, &write.1) {
+                outcome = Err(VmError::Config(format!(
+                    "a device register write while stopping for a snapshot: {e}"
+                )));
+                break;
+            }
+        }
         self.vcpu.set_kvm_immediate_exit(0);
         outcome
     }
@@ -80,15 +111,23 @@ impl Vm {
         console_written: u64,
     ) -> Result<WriteStats, VmError> {
         let mut state = self.capture_state(console_written)?;
-        let result = self
-            .copy_disks(dir, &mut state)
-            .and_then(|()| Ok(snapshot::write(dir, &mut state, &self.ram)?));
+        // The files are the I/O thread's (the vCPU thread opens none).
+        let (disks, ram) = (&self.disks, &self.ram);
+        let result = crate::io_thread::call(|| {
+            copy_disks(disks, dir, &mut state)
+                .and_then(|()| Ok(snapshot::write(dir, &mut state, ram)?))
+        })
+        .map_err(io_thread)
+        .and_then(|r| r);
         // With backups on, every snapshot is also a backup point, taken at
         // the same stop (before the clock below changes the live area), so
         // the chain can be restored to exactly the snapshot's moment.
         let chain_started =
             self.live_backup.is_some() || self.backup.as_ref().is_some_and(|b| !b.needs_base());
         if result.is_ok() && chain_started {
+            // A point's pages have their own digests: the snapshot's
+            // chunk digests stay out of its metadata.
+            state.chunks = Default::default();
             match self.write_backup_point(&state) {
                 Ok(Some(record)) => self.backup_records.push(record),
                 Ok(None) => {}
@@ -97,29 +136,6 @@ impl Vm {
         }
         self.set_guest_clock(state.live.guest_clock)?;
         result
-    }
-
-    /// Puts each disk's state at this instant into `dir` (a reflink where
-    /// the file system offers one, else a copy of its data) and into
-    /// `state`, before the state file that names them is written.
-    fn copy_disks(&self, dir: &Path, state: &mut SnapshotState) -> Result<(), VmError> {
-        if self.disks.is_empty() {
-            return Ok(());
-        }
-        std::fs::create_dir_all(dir)
-            .map_err(|e| VmError::Config(format!("{}: {e}", dir.display())))?;
-        for (i, d) in self.disks.iter().enumerate() {
-            let name = format!("disk-{i}-{:016x}", snapshot::files::nonce());
-            let disk = d.disk();
-            let len = disk.sectors() * crate::devices::blk::request::SECTOR_SIZE;
-            let kind = copy::clone_file(disk.file(), disk.path(), len, &dir.join(&name))?;
-            log::debug!(
-                "disk {} copied into the snapshot as {name} ({kind:?})",
-                disk.path().display()
-            );
-            state.disks.push(d.state(name));
-        }
-        Ok(())
     }
 
     /// Writes the next backup point of this (stopped) VM with the guest
@@ -131,7 +147,9 @@ impl Vm {
         console: &Console,
     ) -> Result<BackupRecord, VmError> {
         if self.backup.is_none() {
-            self.backup = Some(BackupWriter::create(&cfg.dir)?);
+            let dir = &cfg.dir;
+            let writer = crate::io_thread::call(|| BackupWriter::create(dir)).map_err(io_thread)?;
+            self.backup = Some(writer?);
         }
         let total = console.written() + self.console_before;
         let stopped = Instant::now();
@@ -152,12 +170,30 @@ impl Vm {
     }
 
     /// With the base point written, hands the chain to a backup thread
-    /// that takes the next points while the guest runs (pre-copy).
+    /// that takes the next points while the guest runs (pre-copy). A VM
+    /// with disks keeps stopping for its points: their blocks are read
+    /// when the point is written, so they must not change meanwhile.
     pub(super) fn start_live_backup(&mut self, cfg: &BackupConfig) {
+        if !self.disks.is_empty() {
+            log::info!("backup points of a VM with disks stop the guest (no pre-copy yet)");
+            return;
+        }
         if let Some(writer) = self.backup.take() {
             let harvester = Harvester::new(self.vm.clone(), self.ram.shared(), self.ram.size());
-            self.live_backup = Some(LiveBackup::start(writer, harvester, cfg.every));
+            match LiveBackup::start(writer, harvester, cfg.every) {
+                Ok(live) => self.live_backup = Some(live),
+                Err(writer) => {
+                    log::warn!("cannot start the backup thread: points stop the guest");
+                    self.backup = writer;
+                }
+            }
         }
+    }
+
+    /// Whether points are timed by the backup thread (pre-copy) rather
+    /// than by the control thread.
+    pub(super) fn backups_live(&self) -> bool {
+        self.live_backup.is_some()
     }
 
     /// The backup thread's stop: the vCPU stopped (`stopped`, host clock)
@@ -189,26 +225,32 @@ impl Vm {
     /// Hands the last set and `state` to the backup thread.
     fn freeze_live(
         &mut self,
-        state: SnapshotState,
+        mut state: SnapshotState,
         stopped: (Instant, u64),
     ) -> Result<usize, VmError> {
-        self.note_net_writes();
+        if let Some(net) = self.net.as_mut() {
+            let written = net.take_written();
+            self.note_host_writes(&written);
+        }
+        state.chunks = Default::default();
         let Some(live) = self.live_backup.as_mut() else {
             return Err(VmError::Config("backup thread missing".into()));
         };
         Ok(live.freeze(state, stopped)?)
     }
 
-    /// Notes what the network device wrote (the dirty log does not see it).
-    fn note_net_writes(&mut self) {
-        if let Some(net) = self.net.as_mut() {
-            let written = net.take_written();
-            self.note_host_writes(&written);
+    /// Ends the backup thread (after the point it is writing) and adds
+    /// its points to the run's.
+    pub(super) fn finish_live_backup(&mut self) {
+        if let Some(mut live) = self.live_backup.take() {
+            self.backup_records.extend(live.finish());
         }
     }
 
-    /// Writes the next backup point with `state` (the vCPU stopped), or
-    /// with pre-copy hands it to the backup thread (`None`: the thread
+    /// Writes the next backup point with `state` (the vCPU stopped): its
+    /// memory and, harvested at the same stop, the blocks each disk's
+    /// bitmap holds, so memory and disks are of one instant.
+    /// With pre-copy it is handed to the backup thread (`None`: the thread
     /// reports it).
     fn write_backup_point(
         &mut self,
@@ -219,18 +261,48 @@ impl Vm {
             self.freeze_live(state.clone(), stopped)?;
             return Ok(None);
         }
-        self.note_net_writes();
+        // What the devices wrote (the dirty log does not see it).
+        if let Some(net) = self.net.as_mut() {
+            let written = net.take_written();
+            self.note_host_writes(&written);
+        }
+        let mut blocks = Vec::with_capacity(self.disks.len());
+        for i in 0..self.disks.len() {
+            let written = self.disks[i].take_written();
+            self.note_host_writes(&written);
+            blocks.push(self.disks[i].take_dirty_blocks());
+        }
+        // The point's state names its disks' devices; their blocks are
+        // beside it. A snapshot at the same stop gave it its memory file's
+        // chunk digests, which are not the point's.
+        let mut state = state.clone();
+        state.chunks = Default::default();
+        state.disks = (self.disks.iter().enumerate())
+            .map(|(i, d)| d.state(backup::disk::placeholder_name(i)))
+            .collect();
+        let sources: Vec<DiskSource<'_>> = (self.disks.iter().zip(blocks))
+            .map(|(d, b)| DiskSource {
+                disk: d.disk(),
+                blocks: Some(b),
+            })
+            .collect();
         let Some(writer) = self.backup.as_mut() else {
             return Err(VmError::Config("backup writer missing".into()));
         };
-        Ok(Some(writer.write_next(&self.vm, &self.ram, state)?))
+        // The files are the I/O thread's (the vCPU thread opens none).
+        let (vm, ram) = (&self.vm, &self.ram);
+        let written = crate::io_thread::call(|| writer.write_next(vm, ram, &state, &sources));
+        Ok(Some(written.map_err(io_thread)??))
     }
 
-    /// Ends the backup thread (after the point it is writing) and adds
-    /// its points to the run's.
-    pub(super) fn finish_live_backup(&mut self) {
-        if let Some(mut live) = self.live_backup.take() {
-            self.backup_records.extend(live.finish());
+    /// Gives the VM its disks; with backups on, each keeps account of the
+    /// blocks the guest writes and of what it writes into guest memory.
+    pub(super) fn attach_disks(&mut self, disks: Vec<BlkDevice>) {
+        self.disks = disks;
+        if self.config.backup.is_some() {
+            for d in &mut self.disks {
+                d.track_for_backup();
+            }
         }
     }
 
@@ -251,4 +323,31 @@ impl Vm {
             b.note_host_writes(ranges);
         }
     }
+}
+
+/// Puts each disk's state at this instant into `dir` (a reflink where
+/// the file system offers one, else a copy of its data) and into
+/// `state`, before the state file that names them is written.
+fn copy_disks(disks: &[BlkDevice], dir: &Path, state: &mut SnapshotState) -> Result<(), VmError> {
+    if disks.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| VmError::Config(format!("{}: {e}", dir.display())))?;
+    for (i, d) in disks.iter().enumerate() {
+        let name = format!("disk-{i}-{:016x}", snapshot::files::nonce());
+        let disk = d.disk();
+        let len = disk.sectors() * crate::devices::blk::request::SECTOR_SIZE;
+        let kind = copy::clone_file(disk.file(), disk.path(), len, &dir.join(&name))?;
+        log::debug!(
+            "disk {} copied into the snapshot as {name} ({kind:?})",
+            disk.path().display()
+        );
+        state.disks.push(d.state(name));
+    }
+    Ok(())
+}
+
+/// The I/O thread lost a job: the VM cannot go on safely.
+fn io_thread(e: crate::io_thread::IoThreadError) -> VmError {
+    VmError::Config(e.to_string())
 }

@@ -122,6 +122,7 @@ impl Vm {
             net: None,
             disks: Vec::new(),
             prefetch: old.prefetch,
+            verify_lazily: old.verify_lazily,
             ..config
         };
     }

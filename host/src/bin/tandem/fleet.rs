@@ -128,6 +128,18 @@ pub fn run(args: FleetArgs, quiet: bool) -> Result<u8, CliError> {
                 n.bridge, n.gateway, n.prefix_len
             );
         }
+        if let Some(b) = &spec.io_budget {
+            use tandem::fleet::io::{BATCH_WEIGHT, STANDARD_WEIGHT};
+            let rate = b
+                .bytes
+                .map_or_else(|| "no byte limit".to_string(), |r| format!("{r} B/s"));
+            let iops = b
+                .ops
+                .map_or_else(|| "no request limit".to_string(), |r| format!("{r} IOPS"));
+            println!(
+                "  io budget: {rate}, {iops}; critical first, then standard {STANDARD_WEIGHT} : batch {BATCH_WEIGHT}"
+            );
+        }
         for v in &spec.vms {
             let after: Vec<&str> = v.after.iter().map(|&d| spec.vms[d].name.as_str()).collect();
             let net = v.net.as_ref().map_or_else(String::new, |n| {
@@ -167,8 +179,11 @@ pub fn run(args: FleetArgs, quiet: bool) -> Result<u8, CliError> {
                     .ops
                     .map_or_else(String::new, |b| format!(", {} IOPS", b.rate()));
                 let mode = if d.read_only { "ro" } else { "rw" };
+                let class = spec
+                    .io_budget
+                    .map_or_else(String::new, |_| format!(", {}", v.io_class.name()));
                 println!(
-                    "  {:<20} disk {} ({mode}{rate}{iops})",
+                    "  {:<20} disk {} ({mode}{rate}{iops}{class})",
                     "",
                     d.path.display()
                 );

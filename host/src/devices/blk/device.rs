@@ -17,6 +17,7 @@
 
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tandem_abi::layout;
@@ -28,6 +29,7 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::dirty::DirtyBlocks;
 use super::disk::DiskFile;
 use super::request::{
     self, Action, Desc, DeviceId, Geometry, Header, Shape, HEADER_LEN, MAX_CHAIN,
@@ -37,7 +39,7 @@ use super::state::{BlkState, BlkStateError};
 use super::BlkError;
 use crate::devices::mmio::{low32, Effect, QueueRegs, Transport};
 use crate::devices::net_state::QueuePosition;
-use crate::devices::rate_limiter::{Admit, RateLimit, RateLimiter};
+use crate::devices::rate_limiter::{Admit, RateLimit, RateLimiter, SharedLimit};
 
 /// The request queue.
 pub const REQUEST_QUEUE: u16 = 0;
@@ -77,8 +79,24 @@ pub struct BlkDevice {
     scratch: Vec<u8>,
     stats: BlkStats,
     limiter: Option<RateLimiter>,
+    /// A limit shared with other VMs' disks (a fleet's I/O budget), asked
+    /// after `limiter`.
+    shared: Option<Arc<dyn SharedLimit>>,
     /// When the request a rate limit holds back may go.
     held: Option<Instant>,
+    /// With backups on ([`BlkDevice::track_for_backup`]): the blocks the
+    /// guest wrote since the last point, and the guest memory the device
+    /// wrote (read data, status bytes, the used ring), which KVM's dirty
+    /// log does not see.
+    tracking: Option<Tracking>,
+}
+
+/// What a backup point harvests from the device.
+#[derive(Debug)]
+struct Tracking {
+    dirty: DirtyBlocks,
+    written: Vec<(u64, u64)>,
+    used: bool,
 }
 
 impl BlkDevice {
@@ -100,8 +118,46 @@ impl BlkDevice {
             scratch: Vec::new(),
             stats: BlkStats::default(),
             limiter: None,
+            shared: None,
             held: None,
+            tracking: None,
         }
+    }
+
+    /// Keeps account, for backup points, of the blocks the guest writes
+    /// and of the guest memory the device writes.
+    pub fn track_for_backup(&mut self) {
+        let bytes = self.disk.sectors() * SECTOR_SIZE;
+        self.tracking.get_or_insert_with(|| Tracking {
+            dirty: DirtyBlocks::new(bytes),
+            written: Vec::new(),
+            used: false,
+        });
+    }
+
+    /// The blocks written since the last call, ascending (none without
+    /// [`track_for_backup`](Self::track_for_backup)). Taken with the VM
+    /// stopped, between two runs of the vCPU that serves every request, so
+    /// they are the writes the guest had completed at that instant.
+    pub fn take_dirty_blocks(&mut self) -> Vec<u64> {
+        self.tracking
+            .as_mut()
+            .map(|t| t.dirty.take())
+            .unwrap_or_default()
+    }
+
+    /// The guest ranges the device wrote since the last call.
+    pub fn take_written(&mut self) -> Vec<(u64, u64)> {
+        let Some(t) = self.tracking.as_mut() else {
+            return Vec::new();
+        };
+        let mut out = std::mem::take(&mut t.written);
+        if std::mem::take(&mut t.used) {
+            if let Some(regs) = self.transport.queue(REQUEST_QUEUE) {
+                out.push((regs.used, 6 + 8 * u64::from(regs.size)));
+            }
+        }
+        out
     }
 
     /// Limits the bytes and requests a second it serves (none: unlimited).
@@ -109,6 +165,12 @@ impl BlkDevice {
         self.limiter = limit
             .is_limited()
             .then(|| RateLimiter::from_limit(limit, Instant::now()));
+    }
+
+    /// Also draws from `shared` (a fleet's I/O budget; none: only its own
+    /// limits).
+    pub fn set_shared_limit(&mut self, shared: Option<Arc<dyn SharedLimit>>) {
+        self.shared = shared;
     }
 
     /// Its rate limits.
@@ -274,26 +336,57 @@ impl BlkDevice {
         for _ in 0..self.available(mem)? {
             let (head, descs) = self.pop_chain(mem)?;
             let (shape, action) = self.decide(mem, head, &descs)?;
-            if let Some(limiter) = &mut self.limiter {
-                let bytes = match action {
-                    Action::Read { len, .. } | Action::Write { len, .. } => len,
-                    _ => 0,
-                };
-                if let Admit::At(at) = limiter.admit(bytes, Instant::now()) {
-                    // It stays available: taken (and checked again) later.
-                    self.queue.go_to_previous_position();
-                    self.held = Some(at);
-                    self.stats.held += 1;
-                    return Ok(());
-                }
+            if let Some(at) = self.hold(&action) {
+                // It stays available: taken (and checked again) later.
+                self.queue.go_to_previous_position();
+                self.held = Some(at);
+                self.stats.held += 1;
+                return Ok(());
             }
             let written = self.carry_out(mem, &descs, shape, action)?;
+            if let Some(t) = self.tracking.as_mut() {
+                if let Action::Write { sector, len } = action {
+                    t.dirty.mark(sector * SECTOR_SIZE, len);
+                }
+                let into_guest = descs.iter().filter(|d| d.write_only);
+                t.written
+                    .extend(into_guest.map(|d| (d.addr, u64::from(d.len))));
+                t.used = true;
+            }
             let q = REQUEST_QUEUE;
             self.queue
                 .add_used(mem, head, written)
                 .map_err(|_| ring_error(q, "used ring", self.queue.used_ring()))?;
         }
         Ok(())
+    }
+
+    /// Until when the limits hold `action` back, if they do; otherwise its
+    /// cost is taken from them. The device's own limiter is asked first
+    /// without taking, so a refusal of the shared limit costs it nothing.
+    fn hold(&mut self, action: &Action) -> Option<Instant> {
+        if self.limiter.is_none() && self.shared.is_none() {
+            return None;
+        }
+        let bytes = match *action {
+            Action::Read { len, .. } | Action::Write { len, .. } => len,
+            _ => 0,
+        };
+        let now = Instant::now();
+        if let Some(limiter) = &mut self.limiter {
+            let at = limiter.ready_at(bytes, now);
+            if at > now {
+                return Some(at);
+            }
+        }
+        if let Some(Admit::At(at)) = self.shared.as_ref().map(|s| s.admit(bytes, now)) {
+            return Some(at);
+        }
+        if let Some(limiter) = &mut self.limiter {
+            // Ready at `now` (asked above): this passes and takes.
+            let _ = limiter.admit(bytes, now);
+        }
+        None
     }
 
     /// How many chains the driver has made available and the device not

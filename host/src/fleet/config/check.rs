@@ -23,6 +23,7 @@ use super::{
 use crate::devices::manifest;
 use crate::devices::spec::{LimitItems, NetSpec};
 use crate::devices::DiskSpec;
+use crate::fleet::io::IoClass;
 use crate::image::{Image, ImageError};
 use crate::snapshot::Snapshot;
 use tandem_abi::note::DeviceKind;
@@ -37,6 +38,11 @@ pub(super) fn fleet(
 ) -> Option<FleetSpec> {
     let file = &decoded.file;
     let limits = limits(file.fleet.as_ref(), overrides, p);
+    let io_budget = file
+        .fleet
+        .as_ref()
+        .and_then(|f| f.io_budget.as_ref())
+        .and_then(|b| disk::io_budget(b, p));
     let net = file
         .fleet
         .as_ref()
@@ -94,6 +100,7 @@ pub(super) fn fleet(
         vms: expand(&entries, &afters, &images, &nets, &disks, &cmdlines),
         limits,
         network: net.map(|n| n.net),
+        io_budget,
     })
 }
 
@@ -125,6 +132,8 @@ struct Entry {
     warm_at: Option<Range<usize>>,
     /// Its disks, and where `disk` is.
     disks: disk::EntryDisks,
+    /// Its share of the fleet's I/O budget.
+    io_class: IoClass,
 }
 
 impl Entry {
@@ -297,6 +306,10 @@ fn entry(
         .unwrap_or(1);
     Entry {
         disks: disk::entry_disks(&vm, raw.get_ref(), count, paths.base, &what, p),
+        io_class: vm
+            .io_class
+            .as_ref()
+            .map_or_else(IoClass::default, |c| *c.get_ref()),
         // Without a snapshot (refused above) there is no pool to count.
         warm: if vm.snapshot.is_some() { warm } else { 0 },
         warm_at: vm.warm.as_ref().map(|w| w.span()),
@@ -702,6 +715,7 @@ fn expand(
                 backoff_max: e.backoff_max,
                 boot_timeout: e.boot_timeout,
                 warm: e.warm,
+                io_class: e.io_class,
             });
         }
     }

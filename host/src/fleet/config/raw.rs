@@ -21,6 +21,7 @@ use toml::de::{DeArray, DeTable, DeValue};
 use toml::Spanned;
 
 use super::{parse_duration, parse_size, vm_label, Problems, RestartPolicy};
+use crate::fleet::io::IoClass;
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
@@ -38,6 +39,18 @@ pub(super) struct RawFleet {
     pub max_concurrent_boots: Option<Spanned<Integer>>,
     pub memory_budget: Option<Spanned<Size>>,
     pub network: Option<Spanned<RawNetwork>>,
+    pub io_budget: Option<Spanned<RawIoBudget>>,
+}
+
+/// `[fleet] io_budget = { rate = "200M", iops = 20000 }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table such as { rate = \"200M\", iops = 20000 }"
+)]
+pub(super) struct RawIoBudget {
+    pub rate: Option<Spanned<Text>>,
+    pub iops: Option<Spanned<Text>>,
 }
 
 /// `[fleet] network = { bridge = "...", subnet = "...", rate = "10M", ... }`.
@@ -79,6 +92,7 @@ pub(super) struct RawVm {
     pub disk: Option<Spanned<List<Spanned<DiskItem>>>>,
     pub io_rate: Option<Spanned<Text>>,
     pub iops: Option<Spanned<Text>>,
+    pub io_class: Option<Spanned<IoClass>>,
 }
 
 impl RawVm {
@@ -108,6 +122,7 @@ impl RawVm {
             disk: or(&self.disk, &defaults.disk),
             io_rate: or(&self.io_rate, &defaults.io_rate),
             iops: or(&self.iops, &defaults.iops),
+            io_class: or(&self.io_class, &defaults.io_class),
         }
     }
 }
@@ -287,6 +302,26 @@ impl<'de> Deserialize<'de> for RestartPolicy {
                         "\"{other}\" is not a policy: expected \"never\", \"on-failure\" or \"always\""
                     ))),
                 }
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for IoClass {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = IoClass;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"critical\", \"standard\" or \"batch\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<IoClass, E> {
+                IoClass::from_name(s).ok_or_else(|| {
+                    E::custom(format!(
+                        "\"{s}\" is not an I/O class: expected \"critical\", \"standard\" or \"batch\""
+                    ))
+                })
             }
         }
         d.deserialize_str(V)

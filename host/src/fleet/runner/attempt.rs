@@ -12,6 +12,7 @@ use tandem_abi::trace::Phase;
 use super::super::config::VmSpec;
 use super::super::scheduler::{Attempt, Outcome, StartSource};
 use crate::control::{VmEvent, VmHandle};
+use crate::devices::rate_limiter::SharedLimit;
 use crate::kvm::Hypervisor;
 use crate::pool::Pool;
 use crate::snapshot::Snapshot;
@@ -74,6 +75,8 @@ pub(super) struct Launch<'a> {
     pub tx: Sender<Msg>,
     /// The fleet's start.
     pub start: Instant,
+    /// Its disks' draw on the fleet's I/O budget.
+    pub io_share: Option<Arc<dyn SharedLimit>>,
 }
 
 impl Launch<'_> {
@@ -90,7 +93,7 @@ impl Launch<'_> {
             self.pool,
             self.spec,
             &self.source,
-            self.handle,
+            (self.handle, self.io_share),
             console,
             vm_id,
         );
@@ -116,7 +119,7 @@ fn boot(
     pool: Option<&Pool>,
     spec: &VmSpec,
     source: &StartSource,
-    handle: VmHandle,
+    (handle, io_share): (VmHandle, Option<Arc<dyn SharedLimit>>),
     console: ConsoleSink,
     vm_id: u64,
 ) -> Result<RunReport, String> {
@@ -133,6 +136,7 @@ fn boot(
         },
         net: spec.net.clone(),
         disks: spec.disks.clone(),
+        io_share,
         ..VmConfig::default()
     };
     match source {
@@ -185,6 +189,9 @@ pub(super) fn outcome(result: &Result<RunReport, String>) -> Outcome {
                 Outcome::Crashed(format!("broke the virtio protocol: {e}"))
             }
             ExitStatus::TimedOut(d) => Outcome::Crashed(format!("timed out after {d:?}")),
+            ExitStatus::CorruptMemory(why) => {
+                Outcome::Crashed(format!("snapshot memory refused: {why}"))
+            }
         },
         Err(e) => Outcome::Error(e.clone()),
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tandem_abi::note::DeviceKind;
 use toml::Spanned;
 
-use super::super::raw::{RawVm, Text};
+use super::super::raw::{RawIoBudget, RawVm, Text};
 use super::super::Problems;
 use super::Entry;
 use crate::devices::blk::spec::rate_limit;
@@ -19,6 +19,7 @@ use crate::devices::blk::{DiskFile, DiskSpecError};
 use crate::devices::manifest::{self, DeviceMismatch};
 use crate::devices::rate_limiter::RateLimit;
 use crate::devices::DiskSpec;
+use crate::fleet::io::IoBudget;
 use crate::image::Image;
 
 /// What replicas' disk paths put their index in place of.
@@ -54,6 +55,36 @@ fn limit(
     parse(&v.get_ref().0).unwrap_or_else(|e| {
         p.at(&v.span(), format!("{what}: `{key}`: {}", reason(&e)));
         RateLimit::default()
+    })
+}
+
+/// `[fleet] io_budget = { rate = "200M", iops = 20000 }`: each bad value
+/// a problem at it; `None` when refused.
+pub(super) fn io_budget(raw: &Spanned<RawIoBudget>, p: &mut Problems) -> Option<IoBudget> {
+    let what = "[fleet] io_budget";
+    let b = raw.get_ref();
+    if b.rate.is_none() && b.iops.is_none() {
+        p.at(
+            &raw.span(),
+            format!("{what}: needs `rate` (bytes a second), `iops` (requests a second) or both, like {{ rate = \"200M\", iops = 20000 }}"),
+        );
+        return None;
+    }
+    let mut ok = true;
+    let mut check = |v: &Option<Spanned<Text>>,
+                     key: &str,
+                     parse: &dyn Fn(&str) -> Result<RateLimit, DiskSpecError>| {
+        let limit = limit(v, parse, what, key, p);
+        if v.is_some() && !limit.is_limited() {
+            ok = false;
+        }
+        limit
+    };
+    let rate = check(&b.rate, "rate", &|v| rate_limit(Some(v), None));
+    let iops = check(&b.iops, "iops", &|v| rate_limit(None, Some(v)));
+    ok.then(|| IoBudget {
+        bytes: rate.bytes.map(|b| b.rate()),
+        ops: iops.ops.map(|b| b.rate()),
     })
 }
 

@@ -137,3 +137,91 @@ fn disk_rules_are_checked_at_their_place() {
     ];
     assert_eq!(p, expected, "{p:#?}");
 }
+
+#[test]
+fn the_io_budget_and_classes_are_read() {
+    use crate::fleet::io::{IoBudget, IoClass};
+    let dir = Dir::new("budget", &["c.img", "b0.img", "b1.img"]);
+    let spec = dir
+        .parse(
+            "[fleet]\nio_budget = { rate = \"200M\", iops = 20000 }\n\
+             [defaults]\nio_class = \"batch\"\n\
+             [[vm]]\nname = \"c\"\nimage = \"blk.img\"\nio_class = \"critical\"\ndisk = [\"path=c.img\"]\n\
+             [[vm]]\nname = \"b\"\nimage = \"blk.img\"\ncount = 2\ndisk = [\"path=b{i}.img\"]\n\
+             [[vm]]\nname = \"plain\"\nimage = \"plain.img\"\nio_class = \"standard\"\n",
+        )
+        .unwrap();
+    assert_eq!(
+        spec.io_budget,
+        Some(IoBudget {
+            bytes: Some(200 << 20),
+            ops: Some(20_000)
+        })
+    );
+    let classes: Vec<IoClass> = spec.vms.iter().map(|v| v.io_class).collect();
+    assert_eq!(
+        classes,
+        [
+            IoClass::Critical,
+            IoClass::Batch,
+            IoClass::Batch,
+            IoClass::Standard
+        ]
+    );
+    let only_rate = dir
+        .parse(
+            "[fleet]\nio_budget = { rate = 1000 }\n[[vm]]\nname = \"p\"\nimage = \"plain.img\"\n",
+        )
+        .unwrap();
+    assert_eq!(
+        only_rate.io_budget,
+        Some(IoBudget {
+            bytes: Some(1000),
+            ops: None
+        })
+    );
+    assert_eq!(only_rate.vms[0].io_class, IoClass::Standard);
+}
+
+#[test]
+fn io_budget_errors_are_reported_at_their_place() {
+    let dir = Dir::new("badbudget", &[]);
+    let vm = "[[vm]]\nname = \"p\"\nimage = \"plain.img\"\n";
+    let cases = [
+        (
+            "[fleet]\nio_budget = { rate = \"fast\", iops = 0 }\n",
+            vec![
+                "2:22: [fleet] io_budget: `rate`: rate=\"fast\": ",
+                "2:37: [fleet] io_budget: `iops`: iops=\"0\": 0 would stop all I/O (leave the limit out for none)",
+            ],
+        ),
+        (
+            "[fleet]\nio_budget = {}\n",
+            vec!["2:13: [fleet] io_budget: needs `rate` (bytes a second), `iops` (requests a second) or both"],
+        ),
+        (
+            "[fleet]\nio_budget = { rate = \"1M\", burst = 5 }\n",
+            vec!["2:28: [fleet]: `io_budget`: unknown field `burst`, expected `rate` or `iops`"],
+        ),
+        (
+            "[fleet]\nio_budget = \"200M\"\n",
+            vec!["2:13: [fleet]: `io_budget`: invalid type: string \"200M\", expected a table such as { rate = \"200M\", iops = 20000 }"],
+        ),
+    ];
+    for (fleet, expected) in cases {
+        let p = dir.problems(&format!("{fleet}{vm}"));
+        assert_eq!(p.len(), expected.len(), "{fleet}: {p:#?}");
+        for (got, want) in p.iter().zip(&expected) {
+            assert!(
+                got.starts_with(want),
+                "{fleet}: got {got:?}, expected {want:?}"
+            );
+        }
+    }
+    let p = dir.problems(&format!("{vm}io_class = \"urgent\"\n"));
+    assert_eq!(
+        p,
+        ["4:12: vm `p`: `io_class`: \"urgent\" is not an I/O class: expected \"critical\", \"standard\" or \"batch\""],
+        "{p:#?}"
+    );
+}
