@@ -82,6 +82,17 @@ pub struct GuestRam {
     mapping: Arc<Mapping>,
 }
 
+/// Another handle to guest memory, for a thread other than the vCPU's
+/// (the backup thread's pre-copy): it keeps the mapping alive as long as
+/// it lives, whatever becomes of the VM.
+#[derive(Debug, Clone)]
+pub struct SharedRam {
+    /// Bounds-checked access to guest memory.
+    pub mem: GuestMemoryMmap,
+    // Declared last: dropped after `mem`.
+    _mapping: Arc<Mapping>,
+}
+
 /// Reserves `len + 2 MiB` of address space and returns the 2 MiB-aligned
 /// `len` bytes inside it, the rest unmapped again.
 fn reserve_aligned(len: usize, size: u64) -> Result<*mut libc::c_void, MemoryError> {
@@ -390,6 +401,14 @@ impl GuestRam {
             *b &= 1;
         }
         Ok(vec)
+    }
+
+    /// A handle to this memory for another thread.
+    pub fn shared(&self) -> SharedRam {
+        SharedRam {
+            mem: self.mem.clone(),
+            _mapping: self.mapping.clone(),
+        }
     }
 
     /// Makes guest pages `[first, end)` present and writable in the host

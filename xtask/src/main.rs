@@ -7,6 +7,7 @@
 mod bench;
 mod bench_api;
 mod bench_args;
+mod bench_backup;
 mod bench_backup_disk;
 mod bench_containerd;
 mod bench_disk;
@@ -162,6 +163,14 @@ COMMANDS:
         the previous point (16 to 4096 puts of one 4 KiB block each): the
         point's dirty blocks and pages, write time (median, max) and bytes
         (N rounds, default 3; target/bench/backup-disk.json).
+        Then the pause figures of `bench backup-pause` (default options).
+
+    bench backup-pause [--runs N] [--backup-mode precopy|stop|both] [--json FILE]
+        Guest pause per backup point (host side: vCPU stopped to resumed;
+        guest side: the gap in its own TSC-stamped loop), p50 and p99, at
+        16, 1024 and 16,384 dirtied pages of a 256 MiB guest (dirtier),
+        pre-copy and stop-the-world side by side (N runs each, default 3,
+        interleaved); pages per point, write MiB/s (target/bench/backup.json).
 
     bench net [--runs N] [--requests N] [--json FILE]
         httpd on the Tandem VMM (a tap the bench makes; root) and under QEMU
@@ -606,6 +615,11 @@ fn bench_cmd(project: &Project, args: Vec<String>) -> Result<ExitCode> {
     }
     if args.first().map(String::as_str) == Some("backup") {
         bench_backup_disk::bench(project, &bench_backup_disk::parse(&args[1..])?)?;
+        bench_backup::bench(project, &bench_backup::parse(&[])?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.first().map(String::as_str) == Some("backup-pause") {
+        bench_backup::bench(project, &bench_backup::parse(&args[1..])?)?;
         return Ok(ExitCode::SUCCESS);
     }
     if args.first().map(String::as_str) == Some("disk") {

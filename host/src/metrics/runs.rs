@@ -310,6 +310,10 @@ mod tests {
                 dirty_pages: 0,
                 blocks: 5,
                 elapsed: Duration::from_millis(3),
+                pause: Duration::from_millis(3),
+                write: Duration::from_millis(3),
+                rounds: 0,
+                stopped_tsc: 0,
             }],
         }
     }
@@ -427,6 +431,7 @@ mod tests {
                 vm("c", "failed", vec![attempt("cold", 2, 2)], 0),
             ],
             samples: vec![],
+            io: None,
             limits: crate::fleet::config::Limits {
                 max_concurrent_boots: 4,
                 memory_budget: 1 << 30,

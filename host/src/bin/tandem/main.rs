@@ -92,6 +92,16 @@ struct PersistArgs {
     /// Time between backup points (e.g. 500ms, 10s).
     #[arg(long, value_parser = parse_duration, requires = "backup_dir")]
     backup_every: Option<Duration>,
+    /// How backup points are taken: precopy (copy while the guest runs,
+    /// stop it only for the last small set) or stop (the guest waits for
+    /// the whole write, fsyncs included).
+    #[arg(
+        long,
+        default_value = "precopy",
+        value_name = "MODE",
+        requires = "backup_dir"
+    )]
+    backup_mode: tandem::backup::BackupMode,
     /// If the guest crashes (panic, CPU exception, triple fault), write an
     /// ELF core file of it to FILE, for `gdb IMAGE FILE` (with --clones,
     /// FILE.N for clone N).
@@ -364,7 +374,11 @@ fn persist(config: &mut VmConfig, p: PersistArgs, program: String) -> Result<()>
         if every.is_zero() {
             anyhow::bail!("--backup-every must be more than zero");
         }
-        config.backup = Some(BackupConfig { dir, every });
+        config.backup = Some(BackupConfig {
+            dir,
+            every,
+            mode: p.backup_mode,
+        });
     }
     Ok(())
 }
@@ -560,7 +574,11 @@ fn report_json(report: &RunReport) -> serde_json::Value {
         .map(|b| {
             serde_json::json!({
                 "point": b.point, "pages": b.pages, "dirty_pages": b.dirty_pages,
-                "blocks": b.blocks, "ms": b.elapsed.as_secs_f64() * 1e3,
+                "blocks": b.blocks,
+                "ms": b.elapsed.as_secs_f64() * 1e3,
+                "pause_us": b.pause.as_secs_f64() * 1e6, "rounds": b.rounds,
+                "write_ms": b.write.as_secs_f64() * 1e3,
+                "stopped_tsc": b.stopped_tsc,
             })
         })
         .collect();
@@ -697,6 +715,7 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
                     .unwrap_or(b.dir)
                     .join(format!("clone-{i}")),
                 every: b.every,
+                mode: b.mode,
             });
             let (hv, snap) = (&hv, &snap);
             // From the pool, the clone is taken here, in start order.
