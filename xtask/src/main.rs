@@ -12,6 +12,7 @@ mod bench_backup_disk;
 mod bench_containerd;
 mod bench_disk;
 mod bench_fleet;
+mod bench_fleet_io;
 mod bench_floor;
 mod bench_net;
 mod bench_net_http;
@@ -128,11 +129,13 @@ COMMANDS:
         under KVM and TCG. Prints medians per phase and writes JSON and an SVG
         chart (target/bench/boot-paths.{json,svg}).
 
-    bench fleet [--sizes 100,1000] [--runs N] [--json FILE]
+    bench fleet [--sizes 100,1000] [--runs N] [--json FILE] [--no-io] [--io-only]
         Fleets of small VMs (service app, one in ten high priority) booted
         until all are ready, with the scheduler (cap = CPUs) and all at once,
         side by side: time to all ready, VMs/s, p50/p99 per priority class,
-        host memory per VM (target/bench/fleet.json).
+        host memory per VM; then the I/O case: 4 batch VMs writing flat out
+        while 20 high-priority VMs boot, with and without [fleet] io_budget
+        (high p50/p99 time to ready, batch MiB/s) (target/bench/fleet.json).
 
     bench snapshot [--runs N] [--json FILE]
         Snapshot, restore, clone and backup costs of the counter app next to
