@@ -54,6 +54,7 @@ pub use error::VmError;
 pub use memory_plan::Prefetch;
 pub use report::{ExitStatus, RunReport, RunStats, SnapshotRecord, SnapshotTrigger};
 pub(crate) use restore::RestoreInputs;
+pub use teardown::tear_down_in_place;
 
 use crate::backup::{BackupRecord, BackupWriter};
 use crate::devices::{BlkDevice, NetDevice};
