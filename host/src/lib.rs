@@ -76,8 +76,8 @@ pub use memory::MemoryError;
 pub use snapshot::{Snapshot, SnapshotError, WriteStats};
 pub use trace::BootTrace;
 pub use vm::{
-    check_mem_size, CoreFile, ExitStatus, Prefetch, RunReport, RunStats, SnapshotRecord,
-    SnapshotTrigger, Vm, VmBuilder, VmConfig, VmError,
+    check_mem_size, tear_down_in_place, CoreFile, ExitStatus, Prefetch, RunReport, RunStats,
+    SnapshotRecord, SnapshotTrigger, Vm, VmBuilder, VmConfig, VmError,
 };
 
 /// Process exit codes of the `tandem` binary beyond the guest's own (0–255

@@ -446,6 +446,8 @@ impl Hardening {
 
 fn run(args: RunArgs, quiet: bool, start: u64) -> Result<u8> {
     args.hardening.check()?;
+    // One VM, then the process exits: no teardown thread to start.
+    tandem::tear_down_in_place();
     let image = Image::from_file(&args.image).map_err(|e| match e {
         // It names the file already.
         ImageError::Read { .. } => anyhow::Error::new(e),
@@ -677,6 +679,9 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
         ),
     };
     if clones == 1 {
+        if pool.is_none() {
+            tandem::tear_down_in_place();
+        }
         base.net = nets.into_iter().next().flatten();
         base.disks = disks.into_iter().next().unwrap_or_default();
         // One restored VM reads tandem's standard input, as `tandem run` does.
