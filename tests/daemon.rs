@@ -36,22 +36,33 @@ fn daemon_bin() -> PathBuf {
 struct Daemon {
     dir: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, PathBuf)>,
     child: Option<Child>,
 }
 
 impl Daemon {
     fn start(test: &str, args: &[&str]) -> Self {
+        let d = Self::prepare(test, args);
+        d.spawned()
+    }
+
+    /// The daemon's directory made, the daemon not yet started.
+    fn prepare(test: &str, args: &[&str]) -> Self {
         require_kvm();
         let dir = std::env::temp_dir().join(format!("tandemd-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut d = Daemon {
+        Daemon {
             dir,
             args: args.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
             child: None,
-        };
-        d.spawn();
-        d
+        }
+    }
+
+    fn spawned(mut self) -> Self {
+        self.spawn();
+        self
     }
 
     fn socket(&self) -> PathBuf {
@@ -75,6 +86,7 @@ impl Daemon {
             .arg("--state-dir")
             .arg(self.dir.join("state"))
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -816,4 +828,22 @@ fn a_running_vm_is_snapshotted_on_request_and_runs_on() {
         ),
         Some(1.0)
     );
+}
+
+#[test]
+fn the_daemon_tells_systemd_it_is_ready_once_the_api_answers() {
+    let mut d = Daemon::prepare("notify", &[]);
+    let path = d.dir.join("notify.sock");
+    let systemd = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    systemd.set_read_timeout(Some(WAIT)).unwrap();
+    d.env.push(("NOTIFY_SOCKET".into(), path));
+    let d = d.spawned();
+    let mut buf = [0u8; 512];
+    let n = systemd
+        .recv(&mut buf)
+        .expect("no notification from tandemd");
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.lines().any(|l| l == "READY=1"), "{msg}");
+    // Sent once the API answers: it does.
+    assert_eq!(d.client().health().unwrap().status, "ok");
 }

@@ -355,4 +355,23 @@ mod tests {
         assert!(!idle(Some(&VmHandle::new()), Duration::from_micros(1)));
         assert!(t.elapsed() < Duration::from_secs(5));
     }
+
+    #[test]
+    fn a_snapshot_asked_ends_an_idle_wait_without_a_stop() {
+        let h = VmHandle::new();
+        let answer = h.request_snapshot("/snap".into());
+        let t = Instant::now();
+        assert!(!idle(Some(&h), MAX_IDLE), "not a stop");
+        assert!(t.elapsed() < Duration::from_secs(5));
+        let (dir, tx) = h.take_snapshot_request().unwrap();
+        assert_eq!(dir, std::path::Path::new("/snap"));
+        tx.send(Ok(())).unwrap();
+        assert_eq!(answer.recv().unwrap(), Ok(()));
+        assert!(!h.snapshot_pending());
+        // A newer request replaces an unanswered one, whose asker hears the end.
+        let first = h.request_snapshot("/a".into());
+        let _second = h.request_snapshot("/b".into());
+        assert!(first.recv().is_err());
+        assert_eq!(h.take_snapshot_request().map(|(d, _)| d), Some("/b".into()));
+    }
 }
