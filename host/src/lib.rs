@@ -43,6 +43,8 @@ mod console;
 mod control;
 pub mod coredump;
 pub mod devices;
+#[cfg(feature = "docs")]
+pub mod docs;
 mod entropy;
 pub mod fleet;
 #[cfg(feature = "fuzzing")]

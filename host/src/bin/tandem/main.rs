@@ -5,7 +5,6 @@
 //! library alone (the containerd shim) links none of them.
 
 mod ctl;
-mod docs;
 mod fleet;
 mod jail;
 mod logger;
@@ -298,8 +297,10 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let start = tandem::trace::rdtsc();
-    if let Some(dir) = docs::requested() {
-        return docs::run(<Cli as clap::CommandFactory>::command(), &dir);
+    // `tandem __generate-docs DIR` (man pages, completions), before clap.
+    if let Some(dir) = tandem::docs::requested() {
+        let code = tandem::docs::run(<Cli as clap::CommandFactory>::command(), "1", &dir);
+        return ExitCode::from(u8::try_from(code).unwrap_or(exit_code::VMM_ERROR));
     }
     let cli = Cli::parse();
     // A JSON report on stderr is read by programs: the VMM's notes stay out
