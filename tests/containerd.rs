@@ -1036,7 +1036,8 @@ fn cri_pod_with_runtime_handler_tandem_runs_its_apps() {
 /// What kubelet does for a pod with `resources.limits`: the container's
 /// VMM runs in `<cgroup_parent>/<id>` with the memory and CPU limits, and
 /// CRI's ContainerStats (what `crictl stats` and kubelet read) reports its
-/// real memory and CPU use. Then the same with a systemd slice as the
+/// real memory and CPU use; UpdateContainerResources changes the limits
+/// of the running VM's group. Then the same with a systemd slice as the
 /// parent, which CRI passes as `slice:cri-containerd:<id>`: the group is
 /// `<slice>/cri-containerd-<id>.scope`.
 #[test]
@@ -1182,7 +1183,7 @@ async fn cri_limited_pod(
             .trim()
             .to_string()
     };
-    let (mem, cpu) = match cgroups.version() {
+    let limits_now = || match cgroups.version() {
         Version::V2 => (read("memory", "memory.max"), read("cpu", "cpu.max")),
         Version::V1 => (
             read("memory", "memory.limit_in_bytes"),
@@ -1193,6 +1194,7 @@ async fn cri_limited_pod(
             ),
         ),
     };
+    let (mem, cpu) = limits_now();
     if mem != limit.to_string() || cpu != "50000 100000" {
         return Err(format!(
             "{path} (VMM {vmm}): memory limit {mem:?}, cpu {cpu:?}; expected {limit}, \"50000 100000\""
@@ -1229,6 +1231,28 @@ async fn cri_limited_pod(
             ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A resize in place (UpdateContainerResources) reaches the group.
+    let bigger: u64 = 128 << 20;
+    client
+        .update_container_resources(UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(LinuxContainerResources {
+                memory_limit_in_bytes: bigger as i64,
+                cpu_quota: 25_000,
+                cpu_period: 100_000,
+                cpu_shares: 512,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("UpdateContainerResources: {e}"))?;
+    let (mem, cpu) = limits_now();
+    if mem != bigger.to_string() || cpu != "25000 100000" {
+        return Err(format!(
+            "after the update {path}: memory limit {mem:?}, cpu {cpu:?}; expected {bigger}, \"25000 100000\""
+        ));
     }
     client
         .stop_container(StopContainerRequest {
