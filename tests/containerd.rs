@@ -1056,7 +1056,7 @@ fn cri_container_limits_hold_and_stats_are_real() {
     let pid = std::process::id();
     let plain = format!("tandem-cri-{pid}");
     let slice = format!("tandemcri{pid}.slice");
-    let cases: [(&str, fn(&str, &str) -> String); 2] = [
+    let cases: [(&str, GroupOf); 2] = [
         (&plain, |parent, id| format!("{parent}/{id}")),
         (&slice, |slice, id| {
             format!("{slice}/cri-containerd-{id}.scope")
@@ -1086,11 +1086,14 @@ fn cri_container_limits_hold_and_stats_are_real() {
     }
 }
 
+/// The container's cgroup path from the pod's cgroup parent and its id.
+type GroupOf = fn(&str, &str) -> String;
+
 async fn cri_limited_pod(
     sock: PathBuf,
     logs: PathBuf,
     parent: &str,
-    group_of: fn(&str, &str) -> String,
+    group_of: GroupOf,
 ) -> Result<(), String> {
     use cri::v1::*;
     use tandem::cgroup::{Cgroups, Version};
