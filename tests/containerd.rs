@@ -1036,7 +1036,8 @@ fn cri_pod_with_runtime_handler_tandem_runs_its_apps() {
 /// What kubelet does for a pod with `resources.limits`: the container's
 /// VMM runs in `<cgroup_parent>/<id>` with the memory and CPU limits, and
 /// CRI's ContainerStats (what `crictl stats` and kubelet read) reports its
-/// real memory and CPU use. Then the same with a systemd slice as the
+/// real memory and CPU use; UpdateContainerResources changes the limits
+/// of the running VM's group. Then the same with a systemd slice as the
 /// parent, which CRI passes as `slice:cri-containerd:<id>`: the group is
 /// `<slice>/cri-containerd-<id>.scope`.
 #[test]
@@ -1055,7 +1056,7 @@ fn cri_container_limits_hold_and_stats_are_real() {
     let pid = std::process::id();
     let plain = format!("tandem-cri-{pid}");
     let slice = format!("tandemcri{pid}.slice");
-    let cases: [(&str, fn(&str, &str) -> String); 2] = [
+    let cases: [(&str, GroupOf); 2] = [
         (&plain, |parent, id| format!("{parent}/{id}")),
         (&slice, |slice, id| {
             format!("{slice}/cri-containerd-{id}.scope")
@@ -1085,11 +1086,14 @@ fn cri_container_limits_hold_and_stats_are_real() {
     }
 }
 
+/// The container's cgroup path from the pod's cgroup parent and its id.
+type GroupOf = fn(&str, &str) -> String;
+
 async fn cri_limited_pod(
     sock: PathBuf,
     logs: PathBuf,
     parent: &str,
-    group_of: fn(&str, &str) -> String,
+    group_of: GroupOf,
 ) -> Result<(), String> {
     use cri::v1::*;
     use tandem::cgroup::{Cgroups, Version};
@@ -1182,7 +1186,7 @@ async fn cri_limited_pod(
             .trim()
             .to_string()
     };
-    let (mem, cpu) = match cgroups.version() {
+    let limits_now = || match cgroups.version() {
         Version::V2 => (read("memory", "memory.max"), read("cpu", "cpu.max")),
         Version::V1 => (
             read("memory", "memory.limit_in_bytes"),
@@ -1193,6 +1197,7 @@ async fn cri_limited_pod(
             ),
         ),
     };
+    let (mem, cpu) = limits_now();
     if mem != limit.to_string() || cpu != "50000 100000" {
         return Err(format!(
             "{path} (VMM {vmm}): memory limit {mem:?}, cpu {cpu:?}; expected {limit}, \"50000 100000\""
@@ -1229,6 +1234,28 @@ async fn cri_limited_pod(
             ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A resize in place (UpdateContainerResources) reaches the group.
+    let bigger: u64 = 128 << 20;
+    client
+        .update_container_resources(UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(LinuxContainerResources {
+                memory_limit_in_bytes: bigger as i64,
+                cpu_quota: 25_000,
+                cpu_period: 100_000,
+                cpu_shares: 512,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("UpdateContainerResources: {e}"))?;
+    let (mem, cpu) = limits_now();
+    if mem != bigger.to_string() || cpu != "25000 100000" {
+        return Err(format!(
+            "after the update {path}: memory limit {mem:?}, cpu {cpu:?}; expected {bigger}, \"25000 100000\""
+        ));
     }
     client
         .stop_container(StopContainerRequest {
