@@ -615,7 +615,7 @@ mod round_trip {
             pages: vec![],
             chunks: vec![],
             state,
-            chain: [n as u8; 32],
+            chain: [u8::try_from(n).unwrap(); 32],
             disks: parts,
         }
     }
