@@ -624,6 +624,176 @@ fn memory_annotation_sets_guest_memory() {
     }
 }
 
+/// `--memory-limit` sizes the guest: the limit less the shim's 16 MiB VMM
+/// reserve; the `tandem.dev/memory` annotation still wins when it fits; a
+/// limit too small for any guest fails `create` naming the limit.
+#[test]
+fn memory_limit_sizes_the_guest() {
+    let mut c = Containerd::start("memlimit");
+    let sysinfo = c.import("sysinfo");
+    let limit = (64u64 << 20).to_string();
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--memory-limit",
+        &limit,
+        &sysinfo,
+        "lim-1",
+    ]);
+    assert_eq!(out.code, Some(0), "{out}");
+    // 64 MiB - 16 MiB = 48 MiB.
+    assert!(
+        out.stdout.contains("highest usable address 0x3000000"),
+        "{out}"
+    );
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--memory-limit",
+        &limit,
+        "--annotation",
+        "tandem.dev/memory=32M",
+        &sysinfo,
+        "lim-2",
+    ]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(
+        out.stdout.contains("highest usable address 0x2000000"),
+        "{out}"
+    );
+    // An annotation larger than the limit allows is refused.
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--memory-limit",
+        &limit,
+        "--annotation",
+        "tandem.dev/memory=64M",
+        &sysinfo,
+        "lim-3",
+    ]);
+    assert_ne!(out.code, Some(0), "{out}");
+    assert!(out.stderr.contains("does not fit"), "{out}");
+    let small = (18u64 << 20).to_string();
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--memory-limit",
+        &small,
+        &sysinfo,
+        "lim-4",
+    ]);
+    assert_ne!(out.code, Some(0), "{out}");
+    assert!(out.stderr.contains("linux.resources.memory.limit"), "{out}");
+    assert!(!out.stdout.contains("highest usable address"), "{out}");
+}
+
+/// The memory usage `ctr task metrics --format json` reports: containerd
+/// prints the cgroup v1 message as `memory.usage.usage`, the v2 one as
+/// `memory.usage`.
+fn metrics_memory_usage(json: &str) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    let usage = &v["memory"]["usage"];
+    usage["usage"].as_u64().or_else(|| usage.as_u64())
+}
+
+/// A container with limits runs its VMM in the cgroup its spec names
+/// (ctr's default `/<namespace>/<id>`), with `memory.max` and `cpu.max` (or
+/// their v1 files) as the spec says; `ctr task metrics` reads real usage;
+/// `delete` removes the group.
+#[test]
+fn limits_put_the_vm_in_its_cgroup_and_metrics_read_it() {
+    use tandem::cgroup::{Cgroups, Version};
+    let mut c = Containerd::start("cgroup");
+    let service = c.import("service");
+    let id = format!("lim-{}", std::process::id());
+    let limit = 96u64 << 20;
+    c.ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--memory-limit",
+        &limit.to_string(),
+        "--cpu-quota",
+        "50000",
+        "--cpu-period",
+        "100000",
+        &service,
+        &id,
+    ]);
+    eventually(Duration::from_secs(20), "the task running", || {
+        c.task_status(&id).as_deref() == Some("RUNNING")
+    });
+    let pid = c.task_pid(&id);
+    assert_eq!(exe_name(pid).as_deref(), Some("tandem"), "pid {pid}");
+    let path = format!("default/{id}");
+    // What the kernel says about the VMM's groups.
+    let own = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let cgroups = Cgroups::detect().unwrap();
+    let group = cgroups
+        .open(&path)
+        .unwrap_or_else(|e| panic!("no cgroup {path}: {e}\n/proc/{pid}/cgroup:\n{own}"));
+    assert!(
+        group.pids().unwrap().contains(&pid.unsigned_abs()),
+        "the VMM {pid} is not in {path}:\n{own}"
+    );
+    let read = |controller: &str, file: &str| {
+        let dir = group.controller_dir(controller).unwrap();
+        fs::read_to_string(dir.join(file))
+            .unwrap_or_else(|e| panic!("{}/{file}: {e}", dir.display()))
+            .trim()
+            .to_string()
+    };
+    match cgroups.version() {
+        Version::V2 => {
+            assert!(own.contains(&format!("0::/{path}")), "{own}");
+            assert_eq!(read("memory", "memory.max"), limit.to_string());
+            assert_eq!(read("cpu", "cpu.max"), "50000 100000");
+        }
+        Version::V1 => {
+            assert!(own.contains(&format!(":memory:/{path}")), "{own}");
+            assert!(
+                own.contains(&format!(":cpu:/{path}"))
+                    || own.contains(&format!("cpu,cpuacct:/{path}")),
+                "{own}"
+            );
+            assert_eq!(read("memory", "memory.limit_in_bytes"), limit.to_string());
+            assert_eq!(read("cpu", "cpu.cfs_quota_us"), "50000");
+            assert_eq!(read("cpu", "cpu.cfs_period_us"), "100000");
+        }
+    }
+    // The VMM's memory (guest pages it touched, its own) is charged there.
+    let out = c.ok(&["task", "metrics", "--format", "json", &id]);
+    let usage = metrics_memory_usage(&out.stdout)
+        .unwrap_or_else(|| panic!("no memory usage in the metrics: {out}"));
+    assert!(usage > 1 << 20, "memory usage {usage} bytes: {out}");
+    assert!(
+        usage <= limit,
+        "memory usage {usage} above the limit: {out}"
+    );
+    let table = c.ok(&["task", "metrics", &id]);
+    assert!(table.stdout.contains("memory"), "{table}");
+    c.ok(&["task", "kill", "-s", "SIGKILL", &id]);
+    eventually(Duration::from_secs(20), "the task stopped", || {
+        c.task_status(&id).as_deref() == Some("STOPPED")
+    });
+    c.ok(&["task", "rm", &id]);
+    assert!(
+        cgroups.open(&path).is_err(),
+        "the cgroup {path} outlived the task"
+    );
+    c.ok(&["containers", "rm", &id]);
+}
+
 /// A Kubernetes pod as CRI lays it out: a placeholder (pause) container
 /// whose annotations say `sandbox`, and app containers naming its id. They
 /// share one shim; the placeholder boots no VM.
@@ -744,11 +914,14 @@ fn long_running_app_is_listed_killed_and_deleted() {
 fn killed_shim_leaves_nothing_running_or_mounted() {
     let mut c = Containerd::start("deadshim");
     let service = c.import("service");
-    c.ok(&["run", "-d", "--runtime", RUNTIME, &service, "svc-2"]);
-    eventually(Duration::from_secs(20), "svc-2 running", || {
-        c.task_status("svc-2").as_deref() == Some("RUNNING")
+    // Its own id: the cgroup (`default/ID`) is the host's, not this containerd's.
+    let id = format!("svc-dead-{}", std::process::id());
+    let svc2 = id.as_str();
+    c.ok(&["run", "-d", "--runtime", RUNTIME, &service, svc2]);
+    eventually(Duration::from_secs(20), "the service running", || {
+        c.task_status(svc2).as_deref() == Some("RUNNING")
     });
-    let vmm = c.task_pid("svc-2");
+    let vmm = c.task_pid(svc2);
     let shim = parent_pid(vmm);
     assert_eq!(
         exe_name(shim).as_deref(),
@@ -764,12 +937,17 @@ fn killed_shim_leaves_nothing_running_or_mounted() {
     );
     // containerd notices the dead shim and cleans up after it (`delete`).
     eventually(Duration::from_secs(20), "the task is gone", || {
-        c.task_status("svc-2").as_deref() != Some("RUNNING")
+        c.task_status(svc2).as_deref() != Some("RUNNING")
     });
-    let _ = c.ctr(&["task", "rm", "svc-2"]);
-    c.ok(&["containers", "rm", "svc-2"]);
+    let _ = c.ctr(&["task", "rm", svc2]);
+    c.ok(&["containers", "rm", svc2]);
     assert_eq!(c.ok(&["containers", "ls", "-q"]).stdout.trim(), "");
     assert_eq!(mounts_under(&c.dir), Vec::<String>::new());
+    // The cleanup after the dead shim removed the VM's cgroup too.
+    let cgroups = tandem::cgroup::Cgroups::detect().unwrap();
+    eventually(Duration::from_secs(10), "the cgroup removed", || {
+        cgroups.open(&format!("default/{id}")).is_err()
+    });
 }
 
 #[test]
@@ -853,6 +1031,228 @@ fn cri_pod_with_runtime_handler_tandem_runs_its_apps() {
         c.ok(&["-n", "k8s.io", "tasks", "ls", "-q"]).stdout.trim(),
         ""
     );
+}
+
+/// What kubelet does for a pod with `resources.limits`: the container's
+/// VMM runs in `<cgroup_parent>/<id>` with the memory and CPU limits, and
+/// CRI's ContainerStats (what `crictl stats` and kubelet read) reports its
+/// real memory and CPU use. Then the same with a systemd slice as the
+/// parent, which CRI passes as `slice:cri-containerd:<id>`: the group is
+/// `<slice>/cri-containerd-<id>.scope`.
+#[test]
+fn cri_container_limits_hold_and_stats_are_real() {
+    let mut c = Containerd::start_with("cri-limits", true);
+    for name in ["pause", "service"] {
+        let tar = oci_image(name);
+        c.ok(&["-n", "k8s.io", "images", "import", tar.to_str().unwrap()]);
+    }
+    let logs = c.dir.join("pod-logs");
+    fs::create_dir_all(&logs).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pid = std::process::id();
+    let plain = format!("tandem-cri-{pid}");
+    let slice = format!("tandemcri{pid}.slice");
+    let cases: [(&str, fn(&str, &str) -> String); 2] = [
+        (&plain, |parent, id| format!("{parent}/{id}")),
+        (&slice, |slice, id| {
+            format!("{slice}/cri-containerd-{id}.scope")
+        }),
+    ];
+    for (parent, group_of) in cases {
+        let sock = c.dir.join("c.sock");
+        let result = rt.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(120),
+                cri_limited_pod(sock, logs.clone(), parent, group_of),
+            )
+            .await
+        });
+        // The pod's parent group is kubelet's to make and remove; here, ours.
+        if let Ok(g) = tandem::cgroup::Cgroups::detect().and_then(|c| c.open(parent)) {
+            let _ = g.remove();
+        }
+        match result {
+            Err(_) => panic!(
+                "the CRI pod in {parent} did not finish within 120 s:\n{}",
+                c.log()
+            ),
+            Ok(Err(e)) => panic!("pod in {parent}: {e}\n--- containerd log\n{}", c.log()),
+            Ok(Ok(())) => {}
+        }
+    }
+}
+
+async fn cri_limited_pod(
+    sock: PathBuf,
+    logs: PathBuf,
+    parent: &str,
+    group_of: fn(&str, &str) -> String,
+) -> Result<(), String> {
+    use cri::v1::*;
+    use tandem::cgroup::{Cgroups, Version};
+    let mut client = cri::connect(sock).await?;
+    let limit: u64 = 96 << 20;
+    let pod_config = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: format!("limits-{}", parent.replace('.', "-")),
+            uid: format!("uid-{parent}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        log_directory: logs.to_string_lossy().into_owned(),
+        linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent: parent.into(),
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Node as i32,
+                    pid: NamespaceMode::Pod as i32,
+                    ipc: NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let pod = client
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod_config.clone()),
+            runtime_handler: "tandem".into(),
+        })
+        .await
+        .map_err(|e| format!("RunPodSandbox: {e}"))?
+        .into_inner()
+        .pod_sandbox_id;
+    let id = client
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(ContainerConfig {
+                metadata: Some(ContainerMetadata {
+                    name: "svc".into(),
+                    attempt: 0,
+                }),
+                image: Some(ImageSpec {
+                    image: "docker.io/tandem/service:latest".into(),
+                    ..Default::default()
+                }),
+                log_path: "svc.log".into(),
+                linux: Some(LinuxContainerConfig {
+                    resources: Some(LinuxContainerResources {
+                        memory_limit_in_bytes: limit as i64,
+                        cpu_quota: 50_000,
+                        cpu_period: 100_000,
+                        cpu_shares: 512,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            sandbox_config: Some(pod_config.clone()),
+        })
+        .await
+        .map_err(|e| format!("CreateContainer: {e}"))?
+        .into_inner()
+        .container_id;
+    client
+        .start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .map_err(|e| format!("StartContainer: {e}"))?;
+    let cgroups = Cgroups::detect().map_err(|e| e.to_string())?;
+    let path = group_of(parent, &id);
+    let group = cgroups
+        .open(&path)
+        .map_err(|e| format!("the container's cgroup {path}: {e}"))?;
+    let pids = group.pids().map_err(|e| e.to_string())?;
+    let vmm = pids
+        .iter()
+        .find(|p| exe_name(**p as i32).as_deref() == Some("tandem"))
+        .ok_or_else(|| format!("no tandem VMM in {path}: {pids:?}"))?;
+    let read = |controller: &str, file: &str| {
+        group
+            .controller_dir(controller)
+            .and_then(|d| fs::read_to_string(d.join(file)).ok())
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let (mem, cpu) = match cgroups.version() {
+        Version::V2 => (read("memory", "memory.max"), read("cpu", "cpu.max")),
+        Version::V1 => (
+            read("memory", "memory.limit_in_bytes"),
+            format!(
+                "{} {}",
+                read("cpu", "cpu.cfs_quota_us"),
+                read("cpu", "cpu.cfs_period_us")
+            ),
+        ),
+    };
+    if mem != limit.to_string() || cpu != "50000 100000" {
+        return Err(format!(
+            "{path} (VMM {vmm}): memory limit {mem:?}, cpu {cpu:?}; expected {limit}, \"50000 100000\""
+        ));
+    }
+    // Kubelet's view: ContainerStats, from the shim's Stats.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = client
+            .container_stats(ContainerStatsRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .map_err(|e| format!("ContainerStats: {e}"))?
+            .into_inner()
+            .stats
+            .ok_or("ContainerStats without stats")?;
+        let working_set = stats
+            .memory
+            .as_ref()
+            .and_then(|m| m.working_set_bytes.as_ref())
+            .map_or(0, |v| v.value);
+        let cpu = stats
+            .cpu
+            .as_ref()
+            .and_then(|c| c.usage_core_nano_seconds.as_ref())
+            .map_or(0, |v| v.value);
+        if working_set > 1 << 20 && working_set <= limit && cpu > 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "ContainerStats: working set {working_set} bytes, cpu {cpu} ns: {stats:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    client
+        .stop_container(StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 10,
+        })
+        .await
+        .map_err(|e| format!("StopContainer: {e}"))?;
+    client
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .map_err(|e| format!("StopPodSandbox: {e}"))?;
+    client
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .map_err(|e| format!("RemovePodSandbox: {e}"))?;
+    if cgroups.open(&path).is_ok() {
+        return Err(format!("the cgroup {path} outlived its container"));
+    }
+    Ok(())
 }
 
 async fn cri_pod(sock: PathBuf, logs: PathBuf) -> Result<(), String> {

@@ -29,6 +29,8 @@ pub struct Console {
     written: u64,
     limit: u64,
     cut_off: bool,
+    /// Bytes past the limit, dropped.
+    dropped_for_limit: u64,
     /// Bytes per second passed on (0: no rate limit).
     rate: u64,
     /// Bytes the token bucket holds now.
@@ -45,6 +47,7 @@ impl Console {
             written: 0,
             limit,
             cut_off: false,
+            dropped_for_limit: 0,
             rate: 0,
             tokens: 0.0,
             refilled: None,
@@ -91,6 +94,12 @@ impl Console {
         self.written
     }
 
+    /// Bytes the guest wrote that were dropped: over the rate, or past the
+    /// limit.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_for_rate + self.dropped_for_limit
+    }
+
     /// Whether output was cut off at the limit.
     #[cfg(test)]
     pub fn cut_off(&self) -> bool {
@@ -111,6 +120,7 @@ impl Console {
                 self.limit
             );
         }
+        self.dropped_for_limit += (bytes.len() - take) as u64;
         let bytes = &bytes[..take];
         self.written += take as u64;
         match &self.sink {
@@ -167,5 +177,15 @@ mod tests {
         assert!(c.cut_off());
         c.write(b"x");
         assert_eq!(c.written(), 5);
+        assert_eq!(c.dropped(), 3, "\"fg\" and \"x\" went past the limit");
+    }
+
+    #[test]
+    fn counts_what_the_rate_drops() {
+        let mut c = Console::new(ConsoleSink::Discard, 1 << 20).with_rate(4);
+        c.write(b"abcdefgh");
+        // A burst of one second's worth (4 bytes) passes at once.
+        assert_eq!(c.written(), 4);
+        assert_eq!(c.dropped(), 4);
     }
 }

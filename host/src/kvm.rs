@@ -53,6 +53,7 @@ impl Hypervisor {
                 what: "KVM_GET_SUPPORTED_CPUID",
                 source,
             })?;
+        crate::snapshot::vcpu::learn_msr_index_list(&kvm);
         log::debug!(
             "/dev/kvm open: API version 12, {} supported CPUID leaves",
             cpuid.as_slice().len()

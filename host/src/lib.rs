@@ -22,10 +22,11 @@
 //!
 //! The public surface is the crate root (the VM, its configuration, report
 //! and errors) and a few modules: [`snapshot`], [`backup`] and [`coredump`]
-//! (files a VM leaves behind), [`fleet`] (many VMs), [`seccomp`] and
+//! (files a VM leaves behind), [`cgroup`] (limits for VMM processes), [`fleet`] (many VMs), [`seccomp`] and
 //! [`privileges`] (what the VMM gives up before a guest runs), [`trace`],
-//! [`units`], [`devices`] (the virtio devices, `--net`'s parser) and
-//! [`exit_code`]; with the `fuzzing` feature, `fuzzing` (the fuzz targets'
+//! [`units`], [`metrics`] (Prometheus text for a `/metrics` page),
+//! [`sd_notify`] (systemd's readiness protocol), [`devices`] (the virtio
+//! devices, `--net`'s parser) and [`exit_code`]; with the `fuzzing` feature, `fuzzing` (the fuzz targets'
 //! bodies). Everything else is the crate's own.
 //!
 //! The library reports through the [`log`](https://docs.rs/log) facade
@@ -34,8 +35,10 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod api;
 mod arch;
 pub mod backup;
+pub mod cgroup;
 mod console;
 mod control;
 pub mod coredump;
@@ -47,10 +50,15 @@ pub mod fuzzing;
 pub mod gdb;
 mod hypercall;
 mod image;
+pub mod io_thread;
+pub mod jail;
 mod kvm;
+mod lazy_verify;
 mod memory;
+pub mod metrics;
 pub mod pool;
 pub mod privileges;
+pub mod sd_notify;
 pub mod seccomp;
 pub mod snapshot;
 pub mod trace;
@@ -68,8 +76,8 @@ pub use memory::MemoryError;
 pub use snapshot::{Snapshot, SnapshotError, WriteStats};
 pub use trace::BootTrace;
 pub use vm::{
-    check_mem_size, CoreFile, ExitStatus, Prefetch, RunReport, RunStats, SnapshotRecord,
-    SnapshotTrigger, Vm, VmBuilder, VmConfig, VmError,
+    check_mem_size, tear_down_in_place, CoreFile, ExitStatus, Prefetch, RunReport, RunStats,
+    SnapshotRecord, SnapshotTrigger, Vm, VmBuilder, VmConfig, VmError,
 };
 
 /// Process exit codes of the `tandem` binary beyond the guest's own (0–255
@@ -87,6 +95,7 @@ impl ExitStatus {
             ExitStatus::ProtocolViolation(_) => exit_code::PROTOCOL,
             ExitStatus::DeviceViolation(_) => exit_code::PROTOCOL,
             ExitStatus::Crashed(_) => exit_code::CRASHED,
+            ExitStatus::CorruptMemory(_) => exit_code::CORRUPT_MEMORY,
             ExitStatus::TimedOut(_) => exit_code::TIMEOUT,
             ExitStatus::Snapshotted(_) => 0,
             ExitStatus::Stopped => 0,

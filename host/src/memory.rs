@@ -41,6 +41,9 @@ pub enum MemoryError {
     /// The file behind guest memory could not be inspected.
     #[error("cannot inspect guest memory: {0}")]
     Io(#[source] std::io::Error),
+    /// Lazy verification could not be set up.
+    #[error(transparent)]
+    LazyVerify(#[from] crate::lazy_verify::LazyVerifyError),
 }
 
 /// An owned anonymous mapping; unmapped on drop, after every user is gone.
@@ -76,10 +79,24 @@ impl Drop for Mapping {
 pub struct GuestRam {
     /// Bounds-checked access to guest memory.
     pub mem: GuestMemoryMmap,
-    /// The memory file mapped copy-on-write, for a restored VM.
+    /// The memory file mapped copy-on-write, for a restored VM (for a
+    /// lazily verified one: the file its chunks are read from).
     source: Option<File>,
+    /// For `--verify lazy`: the handler that checks each chunk on first touch.
+    verifier: Option<crate::lazy_verify::LazyVerifier>,
     // Declared last: dropped after `mem`.
     mapping: Arc<Mapping>,
+}
+
+/// Another handle to guest memory, for a thread other than the vCPU's
+/// (the backup thread's pre-copy): it keeps the mapping alive as long as
+/// it lives, whatever becomes of the VM.
+#[derive(Debug, Clone)]
+pub struct SharedRam {
+    /// Bounds-checked access to guest memory.
+    pub mem: GuestMemoryMmap,
+    // Declared last: dropped after `mem`.
+    _mapping: Arc<Mapping>,
 }
 
 /// Reserves `len + 2 MiB` of address space and returns it with the
@@ -215,6 +232,7 @@ impl GuestRam {
         Ok(Self {
             mem,
             source: None,
+            verifier: None,
             mapping,
         })
     }
@@ -285,8 +303,51 @@ impl GuestRam {
         Ok(Self {
             mem,
             source: Some(file),
+            verifier: None,
             mapping,
         })
+    }
+
+    /// Private anonymous memory for a snapshot whose memory file `file`
+    /// (exactly `size` bytes, a multiple of 2 MiB) is checked chunk by
+    /// chunk against `digests` as the guest first touches it (see
+    /// [`crate::lazy_verify`]). The plan's `copy` regions and `populate`
+    /// pages are brought in now, each chunk checked first.
+    pub(crate) fn from_file_verified(
+        file: File,
+        path: std::path::PathBuf,
+        size: u64,
+        digests: Arc<crate::snapshot::ChunkDigests>,
+        copy: &[(u64, u64)],
+        populate: &[(u64, u64)],
+    ) -> Result<(Self, crate::lazy_verify::Prefetched), MemoryError> {
+        let found = file.metadata().map_err(MemoryError::Io)?.len();
+        if found != size {
+            return Err(MemoryError::FileSize {
+                found,
+                expected: size,
+            });
+        }
+        let mut ram = Self::new(size, true)?;
+        let handler_file = file.try_clone().map_err(MemoryError::Io)?;
+        let (verifier, prefetched) =
+            crate::lazy_verify::LazyVerifier::start(crate::lazy_verify::Setup {
+                base: ram.mapping.addr,
+                len: size,
+                file: handler_file,
+                path,
+                digests,
+                copy,
+                populate,
+            })?;
+        ram.source = Some(file);
+        ram.verifier = Some(verifier);
+        Ok((ram, prefetched))
+    }
+
+    /// The lazy verifier of this memory, if it has one.
+    pub(crate) fn verifier(&self) -> Option<&crate::lazy_verify::LazyVerifier> {
+        self.verifier.as_ref()
     }
 
     /// The guest pages present in this process's page tables: those the
@@ -348,6 +409,14 @@ impl GuestRam {
             *b &= 1;
         }
         Ok(vec)
+    }
+
+    /// A handle to this memory for another thread.
+    pub fn shared(&self) -> SharedRam {
+        SharedRam {
+            mem: self.mem.clone(),
+            _mapping: self.mapping.clone(),
+        }
     }
 
     /// Makes guest pages `[first, end)` present and writable in the host

@@ -172,6 +172,17 @@ pub fn check_ids(user: Option<&str>, group: Option<&str>) -> Result<(), Privileg
 /// thread is started: the C library applies the ids to every thread, but
 /// only to those that exist.
 pub fn drop_to(user: Option<&str>, group: Option<&str>) -> Result<(), PrivilegeError> {
+    let (uid, gid) = resolve_ids(user, group)?;
+    become_ids(uid, gid)
+}
+
+/// The uid and gid `--user`/`--group` name (the user's primary group when
+/// no group is given), looked up without changing anything; a group
+/// without a user is refused ([`check_ids`]).
+pub fn resolve_ids(
+    user: Option<&str>,
+    group: Option<&str>,
+) -> Result<(Option<u32>, Option<u32>), PrivilegeError> {
     check_ids(user, group)?;
     let (uid, user_gid) = match user {
         Some(u) => {
@@ -184,6 +195,16 @@ pub fn drop_to(user: Option<&str>, group: Option<&str>) -> Result<(), PrivilegeE
         Some(g) => Some(lookup_group(g)?),
         None => user_gid,
     };
+    Ok((uid, gid))
+}
+
+/// Becomes `uid` and `gid` for good (each left as it is when `None`):
+/// supplementary groups cleared and the gid set first, then the uid, so
+/// nothing of root is kept. Shared by [`drop_to`] and the jail
+/// (`tandem::jail`), which picks its uid from a pool. Call it before any
+/// thread is started: the C library applies the ids to every thread, but
+/// only to those that exist.
+pub fn become_ids(uid: Option<u32>, gid: Option<u32>) -> Result<(), PrivilegeError> {
     if let Some(gid) = gid {
         // SAFETY: setgroups with a zero count reads no memory.
         if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {

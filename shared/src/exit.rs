@@ -4,7 +4,7 @@
 //! A guest's exit code is the app's own (0–255: the value `main` returned,
 //! or `exit(code)`), and `tandem run` exits with it. A few codes are taken:
 //! the guest library's (101–103, for a run that ends before or outside the
-//! app's control), the VMM's (122–125, for a run the guest did not end
+//! app's control), the VMM's (121–125, for a run the guest did not end
 //! itself; chosen at the top of the range, like `timeout(1)` and container
 //! runtimes) and the command line's (2, clap's usage error).
 //!
@@ -62,6 +62,8 @@ exit_codes! {
     EXCEPTION = 102, Guest, "the guest took a CPU exception it could not handle";
     BAD_BOOT_INFO = 103, Guest,
         "the guest refused its boot-info block (bad magic, version or checksum)";
+    CORRUPT_MEMORY = 121, Vmm,
+        "a snapshot's memory chunk did not match its digest when the guest first touched it (`--verify lazy`)";
     CRASHED = 122, Vmm, "the guest crashed (triple fault or an unexpected VM exit)";
     PROTOCOL = 123, Vmm, "the guest broke the hypercall protocol";
     TIMEOUT = 124, Vmm, "timeout (`--timeout`)";
@@ -93,7 +95,7 @@ mod tests {
         for e in TABLE {
             let range = match e.source {
                 Source::Guest => 101..=103,
-                Source::Vmm => 122..=125,
+                Source::Vmm => 121..=125,
                 Source::CommandLine => 2..=2,
             };
             assert!(range.contains(&e.code), "{} = {}", e.name, e.code);

@@ -81,6 +81,9 @@ pub enum BundleError {
     /// The spec's network namespace path is not absolute.
     #[error("linux.namespaces: network namespace path {0:?} is not absolute")]
     Netns(String),
+    /// `linux.resources` or `linux.cgroupsPath` cannot be applied.
+    #[error("{0}")]
+    Resources(String),
     /// An annotation has a bad value.
     #[error("annotation {key}={value:?}: {why}")]
     Annotation {
@@ -300,6 +303,15 @@ fn snapshot_name(v: &str) -> Result<String, BundleError> {
 }
 
 fn read_spec(path: &Path) -> Result<Spec, BundleError> {
+    let bytes = read_config(path)?;
+    serde_json::from_slice(&bytes).map_err(|source| BundleError::Config {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// The bytes of `config.json`, at most [`MAX_CONFIG`].
+pub(crate) fn read_config(path: &Path) -> Result<Vec<u8>, BundleError> {
     let read = |source| BundleError::Read {
         path: path.display().to_string(),
         source,
@@ -312,10 +324,7 @@ fn read_spec(path: &Path) -> Result<Spec, BundleError> {
     if bytes.len() as u64 > MAX_CONFIG {
         return Err(BundleError::ConfigTooLarge(path.display().to_string()));
     }
-    serde_json::from_slice(&bytes).map_err(|source| BundleError::Config {
-        path: path.display().to_string(),
-        source,
-    })
+    Ok(bytes)
 }
 
 /// `args[0]` as a relative path of normal components.
@@ -445,7 +454,7 @@ fn cmdline(args: &[String], env: &[String]) -> Result<String, BundleError> {
 /// --mem` reads and checks it ([`tandem::units::parse_size`], then
 /// [`tandem::check_mem_size`]), so a value `create` accepts is one
 /// `start` can boot.
-fn memory(v: &str) -> Result<u64, BundleError> {
+pub(crate) fn memory(v: &str) -> Result<u64, BundleError> {
     let bad = |why| BundleError::Annotation {
         key: MEMORY_ANNOTATION.into(),
         value: v.into(),

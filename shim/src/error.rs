@@ -66,6 +66,15 @@ pub enum ShimError {
     /// The VM cannot be put on its pod's network.
     #[error("tandem: {0}")]
     PodNet(#[from] PodNetError),
+    /// The VM's cgroup cannot be made, limited or read.
+    #[error("tandem: {0}")]
+    Cgroup(#[from] tandem::cgroup::CgroupError),
+    /// `Stats` of a task without a cgroup (its spec names none, or the VM
+    /// has not started).
+    #[error(
+        "task {0} has no cgroup to report statistics of (no linux.cgroupsPath, or not started)"
+    )]
+    NoCgroup(String),
 }
 
 /// The shim's result.
@@ -95,7 +104,8 @@ impl ShimError {
             ShimError::AlreadyStarted(_) | ShimError::Running(_) => Code::FAILED_PRECONDITION,
             ShimError::NoNetwork(_) | ShimError::SnapshotNetwork(_) => Code::INVALID_ARGUMENT,
             ShimError::PodNet(PodNetError::Taken { .. }) => Code::FAILED_PRECONDITION,
-            ShimError::Vmm(_) | ShimError::PodNet(_) => Code::INTERNAL,
+            ShimError::NoCgroup(_) => Code::NOT_FOUND,
+            ShimError::Vmm(_) | ShimError::PodNet(_) | ShimError::Cgroup(_) => Code::INTERNAL,
         }
     }
 }

@@ -9,12 +9,16 @@
 //! Modules: `shim` (the process's lifecycle), `service` (the ttrpc task
 //! service), `task` (a task's states, pure), `vmm` (the `tandem` child),
 //! `stdio` (the task's FIFOs), `socket` (stale shim sockets), `bundle`
-//! (reading the OCI bundle), `podnet` (the VM on its pod's network),
+//! (reading the OCI bundle), `resources` (its cgroup and limits), `vmcgroup`
+//! (the VM's cgroup), `metrics` (the `Stats` answer), `podnet` (the VM on
+//! its pod's network),
 //! `error` (what containerd is told).
 
 mod bundle;
 mod error;
+mod metrics;
 mod podnet;
+mod resources;
 mod service;
 mod shim;
 mod socket;
@@ -22,6 +26,7 @@ mod stdio;
 mod task;
 #[cfg(test)]
 mod testing;
+mod vmcgroup;
 mod vmm;
 
 fn main() {

@@ -20,9 +20,12 @@ use containerd_shim::{ExitSignal, TtrpcContext};
 use crate::bundle::{self, Payload, Pod, RootMount};
 use crate::error::{Result, ShimError};
 use crate::podnet::{self, Holders, Netns};
+use crate::resources::{self, CgroupPlan};
 use crate::stdio::TaskIo;
 use crate::task::{Kill, Kind, Start, TaskState};
 use crate::vmm::{self, Signal, VmmError};
+use crate::{metrics, vmcgroup};
+use tandem::cgroup::Cgroup;
 
 type TtrpcResult<T> = ttrpc::Result<T>;
 /// How the service finds the `tandem` binary (a stand-in in tests).
@@ -62,6 +65,11 @@ struct Task {
     /// The pod network namespace the task's VM joins ([`podnet::plan::task_netns`]);
     /// a placeholder keeps its pod's for the pod's app containers.
     netns: Option<PathBuf>,
+    /// The cgroup the VM runs in, from the spec; `None` without a
+    /// `linux.cgroupsPath` (and for a placeholder).
+    cgroup_plan: Option<CgroupPlan>,
+    /// The group, once made at `start`; removed at `delete`.
+    cgroup: Mutex<Option<Cgroup>>,
     state: Mutex<TaskState>,
     exited: Condvar,
     /// Held from `start` until its start event is out, and taken to publish
@@ -78,6 +86,7 @@ impl Task {
         io: TaskIo,
         payload: Option<Payload>,
         netns: Option<PathBuf>,
+        cgroup_plan: Option<CgroupPlan>,
     ) -> Self {
         let kind = if payload.is_some() {
             Kind::Vm
@@ -90,6 +99,8 @@ impl Task {
             io,
             payload,
             netns,
+            cgroup_plan,
+            cgroup: Mutex::new(None),
             state: Mutex::new(TaskState::new(kind)),
             exited: Condvar::new(),
             event_order: Mutex::new(()),
@@ -254,7 +265,16 @@ impl Service {
         }
         let bundle = Path::new(&req.bundle);
         let pod = bundle::pod(bundle)?;
-        let payload = load_payload(&req.id, &pod, bundle, &root_mounts(&req.rootfs))?;
+        let mut payload = load_payload(&req.id, &pod, bundle, &root_mounts(&req.rootfs))?;
+        // The VM's cgroup and its memory: only a VM has them.
+        let mut cgroup_plan = None;
+        if let Some(p) = &mut payload {
+            let (plan, memory) = resources::read(bundle)?;
+            if memory.is_some() {
+                p.memory = memory;
+            }
+            cgroup_plan = plan;
+        }
         let netns = match self.task_netns(&pod) {
             Ok(n) => n,
             // Only a VM that declares a network device needs the namespace
@@ -289,6 +309,7 @@ impl Service {
             io,
             payload,
             netns,
+            cgroup_plan,
         ));
         self.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
@@ -393,6 +414,11 @@ impl Service {
         );
         if let Some(net) = &net {
             net.netns().enter_with_sysfs(&mut cmd);
+        }
+        if let Some(plan) = &task.cgroup_plan {
+            let (group, procs) = vmcgroup::prepare(plan)?;
+            vmm::join_cgroup(&mut cmd, procs);
+            *task.cgroup.lock().unwrap_or_else(|e| e.into_inner()) = Some(group);
         }
         let on_start = {
             let (task, bundle) = (task.clone(), bundle.clone());
@@ -508,6 +534,9 @@ impl Service {
         };
         self.tasks().remove(&req.id);
         vmm::remove_pid_file(Path::new(&task.bundle));
+        if let Some(group) = task.cgroup.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            vmcgroup::remove(&group);
+        }
         self.publish(
             topics::TASK_DELETE_EVENT_TOPIC,
             Box::new(TaskDelete {
@@ -523,6 +552,23 @@ impl Service {
             pid,
             exit_status,
             exited_at,
+            ..Default::default()
+        })
+    }
+
+    /// The VM's cgroup statistics as containerd's metrics message.
+    fn stats_of(&self, req: &api::StatsRequest) -> Result<api::StatsResponse> {
+        let task = self.task(&req.id, "")?;
+        let group = task
+            .cgroup
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| ShimError::NoCgroup(req.id.clone()))?;
+        let stats = group.stats()?;
+        let pids_limit = task.cgroup_plan.as_ref().and_then(|p| p.limits.pids_max);
+        Ok(api::StatsResponse {
+            stats: MessageField::some(metrics::to_any(&stats, pids_limit, group.version())),
             ..Default::default()
         })
     }
@@ -591,6 +637,14 @@ impl containerd_shim::Task for Service {
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
         Ok(self.delete_task(&req)?)
+    }
+
+    fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        Ok(self.stats_of(&req)?)
     }
 
     fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
@@ -684,7 +738,14 @@ mod tests {
             ..TaskIo::default()
         };
         let bundle_str = bundle.to_str().unwrap().to_string();
-        service.insert(Task::new(id.into(), bundle_str, io, Some(payload), None));
+        service.insert(Task::new(
+            id.into(),
+            bundle_str,
+            io,
+            Some(payload),
+            None,
+            None,
+        ));
         bundle
     }
 

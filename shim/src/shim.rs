@@ -13,6 +13,7 @@ use containerd_shim::{Config, DeleteResponse, ExitSignal, Flags, StartOpts};
 use crate::bundle::{self, BundleError, Pod};
 use crate::service::{ContainerdEvents, Service};
 use crate::socket;
+use crate::vmcgroup;
 use crate::vmm::{self, Signal};
 
 /// The runtime name containerd knows this shim by.
@@ -54,6 +55,7 @@ impl containerd_shim::Shim for Shim {
     fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
         let bundle = self.bundle_dir();
         let pid = vmm::kill_leftover(&bundle);
+        vmcgroup::remove_leftover(&bundle);
         // The dead shim's socket (containerd also calls this when one
         // container's connection to a pod's live shim closes).
         socket::remove_stale_socket(&containerd_shim::socket_address(

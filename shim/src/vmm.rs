@@ -193,6 +193,27 @@ pub fn command(tandem: &Path, args: &[OsString], bundle: &Path, streams: Streams
     cmd
 }
 
+/// Makes the child join a cgroup before it execs: it writes `0` (itself)
+/// into each of `procs`, the group's `cgroup.procs` files opened by the
+/// parent, so the VMM's every page is charged to the group from its first.
+pub fn join_cgroup(cmd: &mut Command, procs: Vec<fs::File>) {
+    let fds: Vec<i32> = procs.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+    // SAFETY: the closure runs in the forked child before exec and calls
+    // only write(2) on descriptors the closure keeps open (it owns `procs`,
+    // opened close-on-exec), allocating nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            let _keep = &procs;
+            for &fd in &fds {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Starts `cmd` from a thread that lives as long as the child does (its
 /// `PR_SET_PDEATHSIG` fires when the thread that forked it ends) and waits
 /// for it there. `on_start(pid)` runs once the child exists, before it can

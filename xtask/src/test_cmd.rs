@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 
 use crate::project::{self, Profile, Project};
 use crate::test_report::{self, StepFailure, TestReport};
-use crate::{guest, host, oci, qemu, toolchain};
+use crate::{dist, guest, host, oci, qemu, toolchain};
 
 /// The failed steps so far.
 #[derive(Default)]
@@ -51,7 +51,13 @@ pub fn test(project: &Project, harness_args: &[String]) -> Result<ExitCode> {
         qemu::ensure_tools(qemu::GRUB_TOOLS)?;
         qemu::ensure_tools(qemu::GDB_TOOLS)?;
         qemu::ensure_tools(qemu::NET_TOOLS)?;
-        qemu::ensure_tools(oci::CONTAINERD_TOOLS)
+        qemu::ensure_tools(host::DAEMON_TOOLS)?;
+        qemu::ensure_tools(oci::CONTAINERD_TOOLS)?;
+        // The unit's `systemd-analyze verify` and the package's `dpkg-deb`.
+        qemu::ensure_tools(dist::PACKAGING_TOOLS)
+    });
+    steps.run("cargo-deb (the package test)", || {
+        dist::ensure_cargo_deb(project)
     });
 
     // The guest is no_std for x86_64-unknown-none: no test targets to lint.
@@ -74,6 +80,9 @@ pub fn test(project: &Project, harness_args: &[String]) -> Result<ExitCode> {
     steps.run("guest build", || guest::build(project));
     steps.run("host build", || host::build(project, Profile::Debug, false));
     steps.run("shim build", || oci::build_shim(project).map(drop));
+    steps.run("daemon build", || {
+        host::build_daemon(project, Profile::Debug).map(drop)
+    });
     steps.run("OCI images of the test apps", || {
         oci::test_images(project).map(drop)
     });
@@ -87,6 +96,7 @@ pub fn test(project: &Project, harness_args: &[String]) -> Result<ExitCode> {
         .env("TANDEM_GUEST_DIR", &guest_dir)
         .env("TANDEM_BIN", &bin)
         .env("TANDEM_SHIM", oci::shim_bin(project))
+        .env("TANDEM_DAEMON", host::daemon_bin(project, Profile::Debug))
         .env("TANDEM_OCI_DIR", oci::test_image_dir(project));
     if !harness_args.is_empty() {
         cmd.arg("--").args(harness_args);

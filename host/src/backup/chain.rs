@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use tandem_abi::layout::PAGE_SIZE;
 
+use super::disk;
 use super::point::{self, PointMeta, CHUNK_PAGES};
 use super::{io, BackupError, PAGE};
 use crate::snapshot::{self, files, SnapshotError, WriteStats};
@@ -147,8 +148,17 @@ impl Chain {
                 ));
             }
         }
-        let chain = point::chain_digest(&meta.parent, meta.point, &meta.state, &meta.chunks)
-            .map_err(|e| e.to_string())?;
+        for i in 0..meta.disks.len() {
+            disk::check_part(&self.dir, meta, i)?;
+        }
+        let chain = point::chain_digest(
+            &meta.parent,
+            meta.point,
+            &meta.state,
+            &meta.chunks,
+            &meta.disks,
+        )
+        .map_err(|e| e.to_string())?;
         if chain != meta.chain {
             return Err("its chain digest does not match its content".into());
         }
@@ -198,6 +208,7 @@ impl Chain {
             return Err(damaged(r.point, String::new()));
         }
         out.reverse();
+        disk::check_lineage(&out).map_err(|why| damaged(point, why))?;
         Ok(out)
     }
 
@@ -228,6 +239,16 @@ impl Chain {
         let last = lineage.last().ok_or(BackupError::NoSuchPoint(point))?;
         let mut state = last.state.clone();
         let size = state.machine.mem_size;
+        // Each disk as it was at the point, durable before the state file
+        // that names it.
+        if !state.disks.is_empty() {
+            std::fs::create_dir_all(out).map_err(io(out))?;
+        }
+        for (i, d) in state.disks.iter_mut().enumerate() {
+            let name = format!("disk-{i}-{:016x}", files::nonce());
+            disk::restore_disk(&self.dir, &lineage, i, &out.join(&name), out)?;
+            d.file = name;
+        }
         let stats = snapshot::write_with(out, &mut state, size, |dest, dest_path| {
             let mut digest = files::PageDigest::new();
             let mut stats = files::MemoryWriteStats::default();
@@ -265,6 +286,7 @@ impl Chain {
                 File::open(&p).map(|f| (p.clone(), f)).map_err(io(&p))
             })
             .collect::<Result<_, _>>()?;
+        let mut new_parts: Vec<disk::DiskPart> = Vec::new();
         let result = (|| {
             let out = std::fs::OpenOptions::new()
                 .write(true)
@@ -312,8 +334,20 @@ impl Chain {
             }
             out.sync_all().map_err(io(&tmp))?;
             files::commit(&tmp, &self.dir.join(&pages_name), &self.dir)?;
-            let chain = point::chain_digest(&parent, last, &old.state, &chunks)?;
+            let mut parts = Vec::with_capacity(old.disks.len());
+            for i in 0..old.disks.len() {
+                match disk::fold_disk(&self.dir, &lineage, i, last) {
+                    Ok(p) => parts.push(p),
+                    Err(e) => {
+                        disk::remove_parts(&self.dir, &parts);
+                        return Err(e);
+                    }
+                }
+            }
+            let chain = point::chain_digest(&parent, last, &old.state, &chunks, &parts)?;
+            new_parts = parts.clone();
             let meta = PointMeta {
+                disks: parts,
                 point: last,
                 base: true,
                 parent,
@@ -339,6 +373,11 @@ impl Chain {
             if let Ok(m) = meta {
                 if *n < last || m.pages_file != pages_name {
                     let _ = std::fs::remove_file(self.dir.join(&m.pages_file));
+                }
+                for d in &m.disks {
+                    if !new_parts.iter().any(|p| p.file == d.file) {
+                        let _ = std::fs::remove_file(self.dir.join(&d.file));
+                    }
                 }
             }
         }

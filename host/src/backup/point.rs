@@ -4,21 +4,33 @@
 //! (`point-NNNNNN-<16 hex>.pages`): raw 4 KiB pages, in the order of
 //! [`PointMeta::pages`].
 //!
+//! Each disk's blocks live in a blocks file of their own
+//! ([`disk`](super::disk)), under chunk digests made the same way.
+//!
 //! Digests chain: chunk `i` of point `n` is
 //! `BLAKE3(parent chain ‖ n ‖ i ‖ its page numbers ‖ its page bytes)`, and
 //! the point's chain digest is
-//! `BLAKE3(parent chain ‖ n ‖ BLAKE3(state) ‖ every chunk digest)`; a
+//! `BLAKE3(parent chain ‖ n ‖ BLAKE3(state) ‖ every chunk digest ‖ disks)`
+//! where `disks` is their count, then for each its index, sectors, chunk
+//! count and chunk digests; a
 //! delta's parent chain is its predecessor's chain digest, a base point's
 //! is all zeros. A chain is thus verified end to end, and a damaged chunk
 //! is named with its pages.
 
 use serde::{Deserialize, Serialize};
 
+use super::disk::DiskPart;
 use crate::snapshot::format::{self, SnapshotState};
 use crate::snapshot::SnapshotError;
 
 /// Magic of a point metadata file.
 pub const MAGIC: [u8; 8] = *b"TNDMBKUP";
+/// Version of the point metadata format, in its sealed header. History: 1
+/// to 4, the state file's versions (points were sealed with them). 5,
+/// [`PointMeta::disks`] appended and the disks in the chain digest: a
+/// point holds its disks' changed blocks. Points of another version are
+/// refused by name (a chain is read by the tandem that wrote it).
+pub const FORMAT_VERSION: u32 = 5;
 /// Pages per digest chunk (1 MiB).
 pub const CHUNK_PAGES: usize = 256;
 /// Largest metadata body: the page list of a full 4 GiB base, and more.
@@ -43,6 +55,9 @@ pub struct PointMeta {
     pub state: SnapshotState,
     /// This point's chain digest.
     pub chain: [u8; 32],
+    /// Each disk's changed blocks (a base: every block with data), in the
+    /// order of `state.disks` (format version 4).
+    pub disks: Vec<DiskPart>,
 }
 
 /// Digest of chunk `index` of point `point`.
@@ -70,6 +85,7 @@ pub fn chain_digest(
     point: u64,
     state: &SnapshotState,
     chunks: &[[u8; 32]],
+    disks: &[DiskPart],
 ) -> Result<[u8; 32], SnapshotError> {
     let state = postcard::to_allocvec(state)
         .map_err(|e| SnapshotError::Invalid(format!("state does not encode: {e}")))?;
@@ -80,6 +96,7 @@ pub fn chain_digest(
     for c in chunks {
         h.update(c);
     }
+    super::disk::chain_update(&mut h, disks);
     Ok(*h.finalize().as_bytes())
 }
 
@@ -115,12 +132,19 @@ impl PointMeta {
     pub fn encode(&self) -> Result<Vec<u8>, SnapshotError> {
         let body = postcard::to_allocvec(self)
             .map_err(|e| SnapshotError::Invalid(format!("point does not encode: {e}")))?;
-        Ok(format::seal(&MAGIC, &body))
+        Ok(format::seal_version(&MAGIC, FORMAT_VERSION, &body))
     }
 
     /// Checks and decodes a sealed metadata file.
     pub fn decode(bytes: &[u8]) -> Result<Self, SnapshotError> {
-        let body = format::unseal(&MAGIC, bytes, MAX_BODY, "backup point metadata")?;
+        let what = "backup point metadata";
+        let body = format::unseal_version(&MAGIC, FORMAT_VERSION, bytes, MAX_BODY, what)
+            .map_err(|e| match e {
+                SnapshotError::VersionMismatch { found, expected } => SnapshotError::Invalid(format!(
+                    "backup point format version {found}; this tandem reads version {expected} (5 added disks to points; restore a chain with the tandem that wrote it)"
+                )),
+                e => e,
+            })?;
         let meta = match postcard::take_from_bytes::<PointMeta>(body) {
             Ok((meta, [])) => meta,
             Ok((_, rest)) => {
@@ -164,11 +188,13 @@ impl PointMeta {
         if self.base && self.parent != [0; 32] {
             return bad("a base point names a parent".into());
         }
+        super::disk::check_meta(self)?;
         // The state's memory reference is unused in a point; its machine must still be sane.
         let mut state = self.state.clone();
         state.memory.file = "memory-0000000000000000".into();
         state.memory.size = state.machine.mem_size;
         state.memory.data_pages = 0;
+        state.chunks = Default::default();
         state.check()
     }
 }
@@ -186,6 +212,18 @@ mod tests {
         assert!(valid_pages_name("point-000003-0123456789abcdef.pages", 3));
         assert!(!valid_pages_name("point-000004-0123456789abcdef.pages", 3));
         assert!(!valid_pages_name("point-000003-../../etc/pass.pages", 3));
+    }
+
+    #[test]
+    fn a_point_of_another_format_version_is_refused_by_name() {
+        let old = format::seal_version(&MAGIC, 4, b"a point from before disks");
+        let e = PointMeta::decode(&old).unwrap_err().to_string();
+        assert!(
+            e.contains("backup point format version 4; this tandem reads version 5"),
+            "{e}"
+        );
+        let e = PointMeta::decode(&format::seal(&MAGIC, b"x")).unwrap_err();
+        assert!(e.to_string().contains("format version"), "{e}");
     }
 
     #[test]

@@ -51,6 +51,7 @@ impl SnapshotState {
             machine,
             net,
             disks: Vec::new(),
+            chunks: Default::default(),
         })
     }
 }

@@ -84,6 +84,7 @@ pub(crate) fn commit(tmp: &Path, dest: &Path, dir: &Path) -> Result<(), Snapshot
 pub struct PageDigest {
     hasher: blake3::Hasher,
     pages: u64,
+    chunks: super::chunks::ChunkHasher,
 }
 
 impl Default for PageDigest {
@@ -98,6 +99,7 @@ impl PageDigest {
         Self {
             hasher: blake3::Hasher::new(),
             pages: 0,
+            chunks: Default::default(),
         }
     }
     /// Adds page number `page` with content `bytes`.
@@ -105,6 +107,11 @@ impl PageDigest {
         self.hasher.update(&page.to_le_bytes());
         self.hasher.update(bytes);
         self.pages += 1;
+        self.chunks.add(page, bytes);
+    }
+    /// The digest of each chunk holding data, as added so far.
+    pub fn chunks(&self) -> super::chunks::ChunkDigests {
+        self.chunks.finish()
     }
     /// Pages added.
     pub fn pages(&self) -> u64 {

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use tandem_abi::trace::Phase;
 use tandem_abi::{layout, le};
 
+use super::chunks::ChunkDigests;
 use super::vcpu::VcpuState;
 use super::SnapshotError;
 use crate::devices::blk::BlkState;
@@ -29,14 +30,17 @@ use crate::devices::NetState;
 
 /// The state file's magic.
 pub const MAGIC: [u8; 8] = *b"TNDMSNAP";
-/// Version of the state file format (and of backup points' metadata, sealed
-/// the same way); bumped on any change of the body. History: 1, the
+/// Version of the state file format (and, up to 4, of backup points'
+/// metadata, which has its own since: `backup::point::FORMAT_VERSION`);
+/// bumped on any change of the body. History: 1, the
 /// foundation. 2, [`SnapshotState::net`] appended (the virtio-net
 /// device's [`NetState`]), so that VMs with a network device can be
 /// snapshotted, restored, cloned and backed up. 3, [`SnapshotState::disks`]
 /// appended (each virtio-blk device's [`BlkState`], naming the disk's copy
-/// in the snapshot directory).
-pub const FORMAT_VERSION: u32 = 3;
+/// in the snapshot directory). 4, [`SnapshotState::chunks`] appended (a
+/// digest per 64 KiB chunk of the memory file that holds data, for
+/// `--verify lazy`).
+pub const FORMAT_VERSION: u32 = 4;
 /// ELF machine number of x86_64, the only architecture Tandem snapshots.
 pub const ARCH_X86_64: u32 = 62;
 /// Size of the fixed header.
@@ -128,6 +132,9 @@ pub struct SnapshotState {
     pub net: Option<NetState>,
     /// The disks, in order (format version 3).
     pub disks: Vec<BlkState>,
+    /// The memory file's chunk digests (format version 4; empty in a
+    /// backup point's state, whose pages are checked by its own digests).
+    pub chunks: ChunkDigests,
 }
 
 /// Whether `name` is a memory file name this format writes: `memory-` and
@@ -204,6 +211,7 @@ impl SnapshotState {
         for d in &self.disks {
             d.check(m)?;
         }
+        self.chunks.check(m, self.memory.data_pages)?;
         self.vcpu.check()
     }
 
@@ -235,9 +243,14 @@ impl SnapshotState {
 /// A header (`magic`, format version, architecture, body length, BLAKE3
 /// of the body) in front of `body`.
 pub fn seal(magic: &[u8; 8], body: &[u8]) -> Vec<u8> {
+    seal_version(magic, FORMAT_VERSION, body)
+}
+
+/// [`seal`] with another format's `version` (backup points have their own).
+pub fn seal_version(magic: &[u8; 8], version: u32, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_SIZE + body.len());
     out.extend_from_slice(magic);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&ARCH_X86_64.to_le_bytes());
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
     out.extend_from_slice(blake3::hash(body).as_bytes());
@@ -250,6 +263,17 @@ pub fn seal(magic: &[u8; 8], body: &[u8]) -> Vec<u8> {
 /// Checks a sealed file's header and digest; returns its body.
 pub fn unseal<'a>(
     magic: &[u8; 8],
+    bytes: &'a [u8],
+    max_body: u64,
+    what: &'static str,
+) -> Result<&'a [u8], SnapshotError> {
+    unseal_version(magic, FORMAT_VERSION, bytes, max_body, what)
+}
+
+/// [`unseal`] of a file of another format, at `expected` version.
+pub fn unseal_version<'a>(
+    magic: &[u8; 8],
+    expected: u32,
     bytes: &'a [u8],
     max_body: u64,
     what: &'static str,
@@ -268,10 +292,10 @@ pub fn unseal<'a>(
     }
     // Offsets inside the fixed-size header: every read succeeds.
     let version = le::u32_at(rest, 0).unwrap_or(0);
-    if version != FORMAT_VERSION {
+    if version != expected {
         return Err(SnapshotError::VersionMismatch {
             found: version,
-            expected: FORMAT_VERSION,
+            expected,
         });
     }
     let arch = le::u32_at(rest, 4).unwrap_or(0);

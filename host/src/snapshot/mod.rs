@@ -20,6 +20,7 @@
 //! memory file against the digest the state file records.
 
 mod capture;
+pub mod chunks;
 pub(crate) mod files;
 pub(crate) mod format;
 pub(crate) mod vcpu;
@@ -29,6 +30,7 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub use chunks::{ChunkDigests, CHUNK_SIZE};
 pub use format::{
     ConsoleState, LiveState, MachineState, MemoryRef, SnapshotState, TraceState, FORMAT_VERSION,
 };
@@ -329,6 +331,7 @@ pub(crate) fn write_with(
             data_pages: digest.pages(),
             digest: digest.finish(),
         };
+        state.chunks = digest.chunks();
         files::write_atomic(dir, STATE_FILE, &state.encode()?)?;
         Ok(stats)
     })();

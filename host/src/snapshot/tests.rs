@@ -34,6 +34,7 @@ fn sample() -> SnapshotState {
         },
         net: None,
         disks: Vec::new(),
+        chunks: Default::default(),
     }
 }
 
@@ -172,7 +173,7 @@ fn refuses_a_version_1_state_file_naming_both_versions() {
     // A state file of format 1 (before the network device's state was
     // appended): its body would decode as something else, so the header
     // refuses it first.
-    assert_eq!(FORMAT_VERSION, 3);
+    assert_eq!(FORMAT_VERSION, 4);
     let mut old = sample().encode().unwrap();
     old[8..12].copy_from_slice(&1u32.to_le_bytes());
     let e = SnapshotState::decode(&old).unwrap_err();
@@ -180,12 +181,12 @@ fn refuses_a_version_1_state_file_naming_both_versions() {
         e,
         SnapshotError::VersionMismatch {
             found: 1,
-            expected: 3
+            expected: 4
         }
     ));
     assert_eq!(
         e.to_string(),
-        "snapshot format version 1; this tandem reads version 3"
+        "snapshot format version 1; this tandem reads version 4"
     );
 }
 

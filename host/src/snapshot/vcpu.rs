@@ -83,6 +83,19 @@ fn xsave_size(vm: &VmFd) -> usize {
         .max(legacy)
 }
 
+/// The MSRs `KVM_GET_MSR_INDEX_LIST` lists, asked when `/dev/kvm` is opened.
+static KVM_MSR_LIST: OnceLock<Vec<u32>> = OnceLock::new();
+
+/// Asks `kvm` for its MSR list once per process, so a snapshot need not
+/// open `/dev/kvm` again (a failure leaves it to the snapshot).
+pub(crate) fn learn_msr_index_list(kvm: &Kvm) {
+    if KVM_MSR_LIST.get().is_none() {
+        if let Ok(list) = kvm.get_msr_index_list() {
+            let _ = KVM_MSR_LIST.set(list.as_slice().to_vec());
+        }
+    }
+}
+
 /// The MSRs KVM lists that a vCPU here accepts in KVM_GET_MSRS, learnt
 /// once per process.
 fn msr_indices(vcpu: &VcpuFd) -> Result<&'static [u32], SnapshotError> {
@@ -90,13 +103,20 @@ fn msr_indices(vcpu: &VcpuFd) -> Result<&'static [u32], SnapshotError> {
     if let Some(list) = LIST.get() {
         return Ok(list);
     }
-    // A system ioctl, asked once per process: opening /dev/kvm again here
-    // keeps the KVM handle out of every VM.
-    let kvm = Kvm::new().map_err(ioctl("open /dev/kvm"))?;
-    let all = kvm
-        .get_msr_index_list()
-        .map_err(ioctl("KVM_GET_MSR_INDEX_LIST"))?;
-    let ok = read_msrs(vcpu, all.as_slice())?
+    // A system ioctl, asked once per process, when /dev/kvm is opened
+    // (`learn_msr_index_list`); else here, opening /dev/kvm again (which a
+    // jailed VMM, no longer root, may not), so the KVM handle stays out of
+    // every VM.
+    let all = match KVM_MSR_LIST.get() {
+        Some(list) => list.clone(),
+        None => Kvm::new()
+            .map_err(ioctl("open /dev/kvm"))?
+            .get_msr_index_list()
+            .map_err(ioctl("KVM_GET_MSR_INDEX_LIST"))?
+            .as_slice()
+            .to_vec(),
+    };
+    let ok = read_msrs(vcpu, &all)?
         .into_iter()
         .map(|m| m.index)
         .collect();

@@ -92,7 +92,7 @@ impl Vm {
             .map_err(ioctl("KVM_SET_REGS"))?;
         let mut vm = machine.into_vm(config, Start::Boot);
         vm.attach_net(net);
-        vm.disks = disks;
+        vm.attach_disks(disks);
         Ok(vm)
     }
 }

@@ -62,11 +62,6 @@ pub(super) fn check_config(config: &VmConfig) -> Result<(), VmError> {
             layout::VIRTIO_MMIO_BASE
         )));
     }
-    if !config.disks.is_empty() && config.backup.is_some() {
-        return Err(VmError::Config(
-            "backups of a VM with a disk are not supported yet (snapshots are)".into(),
-        ));
-    }
     if config.net.is_some() && config.mem_size > layout::VIRTIO_MMIO_BASE {
         return Err(VmError::Config(format!(
             "a VM with a network device has at most {} MiB of memory (its device window is at {:#x})",

@@ -61,6 +61,10 @@ pub struct VmConfig {
     pub core: Option<CoreFile>,
     /// What a restore faults in before the guest runs (ignored by a boot).
     pub prefetch: super::Prefetch,
+    /// For a restore: check each chunk of the snapshot's memory file
+    /// against its digest when the guest first touches it
+    /// (`--verify lazy`; ignored by a boot).
+    pub verify_lazily: bool,
 }
 
 impl Default for VmConfig {
@@ -86,6 +90,7 @@ impl Default for VmConfig {
             io_share: None,
             core: None,
             prefetch: super::Prefetch::Auto,
+            verify_lazily: false,
         }
     }
 }

@@ -25,6 +25,10 @@ pub enum ExitStatus {
     TimedOut(Duration),
     /// The VM was stopped after writing a snapshot (`exit_after_snapshot`).
     Snapshotted(PathBuf),
+    /// A chunk of the snapshot's memory file did not match its digest when
+    /// the guest first touched it (`--verify lazy`): the message names the
+    /// chunk. The guest never saw its bytes.
+    CorruptMemory(String),
     /// The VM was stopped from outside ([`VmHandle::kill`](crate::control::VmHandle::kill)).
     Stopped,
 }
@@ -40,6 +44,7 @@ impl std::fmt::Display for ExitStatus {
             Self::Snapshotted(dir) => {
                 write!(f, "VM stopped after its snapshot to {}", dir.display())
             }
+            Self::CorruptMemory(why) => write!(f, "snapshot memory refused: {why}"),
             Self::Stopped => write!(f, "VM stopped on request"),
         }
     }
@@ -58,6 +63,9 @@ pub struct RunStats {
     pub cpl0_entries_before_main: u64,
     /// Console bytes the guest wrote.
     pub console_bytes: u64,
+    /// Console bytes the guest wrote that were dropped (over the console's
+    /// rate or past its limit), in this run.
+    pub console_dropped: u64,
 }
 
 /// The result of a run.
@@ -84,6 +92,8 @@ pub enum SnapshotTrigger {
     Guest,
     /// The process got `SIGUSR1`.
     Signal,
+    /// Asked through the VM's handle ([`VmHandle::request_snapshot`](crate::VmHandle::request_snapshot)).
+    Request,
 }
 
 /// One snapshot taken (or attempted) during a run.

@@ -25,6 +25,8 @@ use crate::trace::rdtsc;
 pub(crate) struct RestoreInputs {
     /// The checked working set, if the snapshot has a valid one.
     pub working_set: Option<WorkingSet>,
+    /// The snapshot's chunk digests, shared by the VMs restored from it.
+    pub chunks: std::sync::Arc<snapshot::ChunkDigests>,
 }
 
 impl RestoreInputs {
@@ -33,15 +35,23 @@ impl RestoreInputs {
     /// speeds restores up, so it is ignored with a warning that names what
     /// is wrong, and the restore falls back to the memory file's data.
     pub(crate) fn read(snapshot: &Snapshot, prefetch: Prefetch) -> Self {
+        let chunks = std::sync::Arc::new(snapshot.state.chunks.clone());
         if prefetch != Prefetch::Auto {
-            return Self::default();
+            return Self {
+                working_set: None,
+                chunks,
+            };
         }
-        match snapshot.working_set() {
-            Ok(ws) => Self { working_set: ws },
+        let working_set = match snapshot.working_set() {
+            Ok(ws) => ws,
             Err(e) => {
                 log::warn!("ignoring the working set: {e}");
-                Self::default()
+                None
             }
+        };
+        Self {
+            working_set,
+            chunks,
         }
     }
 }
@@ -100,6 +110,7 @@ impl Vm {
             .map(|n| Tap::setup(&n.tap_setup()))
             .transpose()?;
         let prefetch = config.prefetch;
+        let verify_lazily = config.verify_lazily;
         let machine = Machine::new(hv, &config, start_tsc, || {
             let file = snapshot.open_memory()?;
             let plan = restore_plan(&file, st.machine.mem_size, inputs, prefetch);
@@ -108,6 +119,22 @@ impl Vm {
                 plan.copied_pages(),
                 plan.populated_pages()
             );
+            if verify_lazily {
+                let (ram, done) = GuestRam::from_file_verified(
+                    file,
+                    snapshot.memory_path(),
+                    st.machine.mem_size,
+                    inputs.chunks.clone(),
+                    &plan.copy,
+                    &plan.populate,
+                )?;
+                log::debug!(
+                    "restore: {} chunks checked and brought in, {} did not match (left to fail on first touch)",
+                    done.chunks,
+                    done.corrupt
+                );
+                return Ok(ram);
+            }
             Ok(GuestRam::from_file(
                 file,
                 st.machine.mem_size,
@@ -174,7 +201,7 @@ impl Vm {
         };
         let mut vm = machine.into_vm(config, start);
         vm.attach_net(net);
-        vm.disks = disks;
+        vm.attach_disks(disks);
         if prefetch == Prefetch::Record {
             vm.record_working_set = Some(snapshot.clone());
         }
@@ -187,16 +214,20 @@ impl Vm {
         let Some(snapshot) = self.record_working_set.take() else {
             return;
         };
-        let result = self
-            .ram
-            .present_pages()
-            .map_err(|e| e.to_string())
-            .and_then(|pages| {
-                snapshot
-                    .write_working_set(&pages)
-                    .map(|()| pages.len())
-                    .map_err(|e| e.to_string())
-            });
+        let ram = &self.ram;
+        // On the I/O thread: the vCPU thread opens no file.
+        let result = crate::io_thread::call(|| {
+            ram.present_pages()
+                .map_err(|e| e.to_string())
+                .and_then(|pages| {
+                    snapshot
+                        .write_working_set(&pages)
+                        .map(|()| pages.len())
+                        .map_err(|e| e.to_string())
+                })
+        })
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
         match result {
             Ok(n) => log::info!(
                 "working set of {n} pages recorded in {}",

@@ -82,12 +82,22 @@ impl Vm {
         self.first_backup_point(&console)?;
         let watch = Watch {
             timeout: self.config.timeout,
-            backup_every: self.config.backup.as_ref().map(|b| b.every),
+            // Pre-copy points are timed by the backup thread.
+            backup_every: self
+                .config
+                .backup
+                .as_ref()
+                .filter(|_| !self.backups_live())
+                .map(|b| b.every),
             snapshot_signal: self.config.snapshot_on_signal && self.config.snapshot_dir.is_some(),
         };
         let kicker = watch.any().then(|| Kicker::start(watch));
         let follower = self.config.handle.clone();
         let attached = follower.as_ref().map(VmHandle::attach);
+        let verifying = self
+            .ram
+            .verifier()
+            .map(crate::lazy_verify::LazyVerifier::attach);
         let mut session = Session {
             console,
             snapshots: Vec::new(),
@@ -123,6 +133,8 @@ impl Vm {
             },
         };
         self.trace.stamp(Phase::Exit);
+        // On this thread, before the VM goes: the thread kicks this one.
+        self.finish_live_backup();
         self.record_working_set();
         if let Some(net) = &self.net {
             let s = net.stats();
@@ -163,7 +175,15 @@ impl Vm {
         }
         drop(kicker);
         drop(attached);
+        drop(verifying);
+        if let Some(v) = self.ram.verifier() {
+            log::debug!(
+                "lazy verification: {} chunks served on first touch",
+                v.served()
+            );
+        }
         stats.console_bytes = session.console.written() + self.console_before;
+        stats.console_dropped = session.console.dropped();
         self.collect_guest_trace(&mut stats);
         let report = RunReport {
             status,
@@ -186,6 +206,9 @@ impl Vm {
         stats: &mut RunStats,
         watchers: &Watchers<'_>,
     ) -> Step {
+        if let Some(why) = self.ram.verifier().and_then(|v| v.failure()) {
+            return Step::End(ExitStatus::CorruptMemory(why));
+        }
         if watchers.follower.is_some_and(VmHandle::killed) {
             return Step::End(ExitStatus::Stopped);
         }
@@ -204,12 +227,25 @@ impl Vm {
                 return Step::Again;
             }
         }
+        if let ControlFlow::Break(status) = self.carry_out_live_backup(session) {
+            return Step::End(status);
+        }
         if let Some(k) = watchers.kicker {
             if let ControlFlow::Break(status) = self.carry_out_due(k, session) {
                 return Step::End(status);
             }
         }
+        if let Some(h) = watchers.follower {
+            if let ControlFlow::Break(status) = self.carry_out_asked(h, session) {
+                return Step::End(status);
+            }
+        }
         let mut result = self.vcpu.run();
+        // A chunk that failed its check ends the VM before anything its
+        // exit says is acted on (the guest never saw the chunk's bytes).
+        if let Some(why) = self.ram.verifier().and_then(|v| v.failure()) {
+            return Step::End(ExitStatus::CorruptMemory(why));
+        }
         // A device register read is answered in the run area, which the
         // next KVM_RUN hands the guest (the decision below copies out).
         if let Ok(VcpuExit::MmioRead(addr, data)) = &mut result {
@@ -275,7 +311,7 @@ impl Vm {
 
     /// Hands a register write at `addr` to the device whose window holds
     /// it; `Ok(false)` if none does.
-    fn mmio_write(&mut self, addr: u64, data: &[u8]) -> Result<bool, DeviceError> {
+    pub(super) fn mmio_write(&mut self, addr: u64, data: &[u8]) -> Result<bool, DeviceError> {
         let mem = &self.ram.mem;
         if let Some(net) = self.net.as_mut() {
             if let Some(offset) = net.offset(addr) {
@@ -301,7 +337,7 @@ impl Vm {
 }
 
 /// Answers a register read at `addr` from the device whose window holds it.
-fn mmio_read(net: Option<&NetDevice>, disks: &[BlkDevice], addr: u64, data: &mut [u8]) {
+pub(super) fn mmio_read(net: Option<&NetDevice>, disks: &[BlkDevice], addr: u64, data: &mut [u8]) {
     if let Some((net, offset)) = net.and_then(|n| Some((n, n.offset(addr)?))) {
         net.read(offset, data);
     }

@@ -4,7 +4,10 @@
 //! indicatif and the logger are the `cli` feature's, so a user of the
 //! library alone (the containerd shim) links none of them.
 
+mod ctl;
+mod docs;
 mod fleet;
+mod jail;
 mod logger;
 
 use std::path::{Path, PathBuf};
@@ -70,6 +73,8 @@ enum Command {
     /// Boot the VMs of FLEET.toml: priorities, `after` ordering gated on
     /// ready(), admission limits, restarts; exits 1 if any VM failed.
     Fleet(fleet::FleetArgs),
+    /// Drive a running tandemd through its API socket: VMs, fleets, health.
+    Ctl(ctl::CtlArgs),
 }
 
 /// Snapshot, backup and stop options shared by `run` and `restore`.
@@ -87,6 +92,16 @@ struct PersistArgs {
     /// Time between backup points (e.g. 500ms, 10s).
     #[arg(long, value_parser = parse_duration, requires = "backup_dir")]
     backup_every: Option<Duration>,
+    /// How backup points are taken: precopy (copy while the guest runs,
+    /// stop it only for the last small set) or stop (the guest waits for
+    /// the whole write, fsyncs included).
+    #[arg(
+        long,
+        default_value = "precopy",
+        value_name = "MODE",
+        requires = "backup_dir"
+    )]
+    backup_mode: tandem::backup::BackupMode,
     /// If the guest crashes (panic, CPU exception, triple fault), write an
     /// ELF core file of it to FILE, for `gdb IMAGE FILE` (with --clones,
     /// FILE.N for clone N).
@@ -108,9 +123,13 @@ struct RestoreArgs {
     #[arg(long, value_name = "N", default_value_t = 0, conflicts_with = "backup_dir",
           value_parser = clap::value_parser!(u32).range(0..=1024))]
     pool: u32,
-    /// Check the memory file against its digest first (reads it all).
-    #[arg(long)]
-    verify: bool,
+    /// Check the memory file against its digests: `--verify` (or
+    /// `--verify full`) reads it all first; `--verify lazy` checks each
+    /// 64 KiB chunk when the guest first touches it (the prefetched ones
+    /// before it runs), ending the VM with exit code 121 naming a chunk
+    /// that does not match.
+    #[arg(long, value_name = "MODE", num_args = 0..=1, default_missing_value = "full")]
+    verify: Option<VerifyMode>,
     /// What to fault in before the guest runs: auto (the snapshot's working
     /// set if it has a valid one, else its data), data, lazy (nothing), or
     /// record (nothing, then write the pages the guest touched as the
@@ -214,6 +233,8 @@ struct Hardening {
     /// Most files the VMM may have open once the guest runs.
     #[arg(long, value_name = "N", default_value_t = 256)]
     max_open_files: u64,
+    #[command(flatten)]
+    jail: jail::JailArgs,
 }
 
 #[derive(clap::Args)]
@@ -277,6 +298,9 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let start = tandem::trace::rdtsc();
+    if let Some(dir) = docs::requested() {
+        return docs::run(<Cli as clap::CommandFactory>::command(), &dir);
+    }
     let cli = Cli::parse();
     // A JSON report on stderr is read by programs: the VMM's notes stay out
     // of its way, as with --quiet.
@@ -289,6 +313,7 @@ fn main() -> ExitCode {
         Command::Restore(args) => restore(args, quiet, start),
         Command::Snapshot(cmd) => snapshot_cmd(cmd),
         Command::Backup(cmd) => backup_cmd(cmd),
+        Command::Ctl(args) => ctl::run(args),
         Command::Fleet(args) => {
             match tandem::privileges::check_ids(args.user.as_deref(), args.group.as_deref()) {
                 Err(e) => Err(e.into()),
@@ -349,17 +374,66 @@ fn persist(config: &mut VmConfig, p: PersistArgs, program: String) -> Result<()>
         if every.is_zero() {
             anyhow::bail!("--backup-every must be more than zero");
         }
-        config.backup = Some(BackupConfig { dir, every });
+        config.backup = Some(BackupConfig {
+            dir,
+            every,
+            mode: p.backup_mode,
+        });
     }
     Ok(())
 }
 
-/// Installs the vCPU thread's seccomp filter (see `tandem::seccomp`): from
-/// here on this thread, and the threads it starts, may only run the VM.
-fn lock_down(h: &Hardening) -> Result<()> {
-    give_up(h)?;
-    tandem::seccomp::lock_down()?;
-    Ok(())
+/// What the VMM gives up, and when: the jail (or `--user`) and limits
+/// once, for the whole process, then each vCPU thread's filter.
+struct Lockdown {
+    hardening: Hardening,
+    /// The jail `--jail` asks for.
+    jail: Option<tandem::jail::JailSpec>,
+    /// The jail the process is in: held (with its pool uid) to the end.
+    held: Option<tandem::jail::Jail>,
+    given_up: bool,
+}
+
+impl Lockdown {
+    fn new(hardening: &Hardening, paths: jail::RunPaths) -> Self {
+        let h = hardening.clone();
+        let jail = h.jail.spec(paths, h.user.as_deref(), h.group.as_deref());
+        Self {
+            hardening: h,
+            jail,
+            held: None,
+            given_up: false,
+        }
+    }
+
+    /// The process-wide part, done once: jail or user and group, limits.
+    fn give_up(&mut self) -> Result<()> {
+        if self.given_up {
+            return Ok(());
+        }
+        self.given_up = true;
+        let h = &self.hardening;
+        match &self.jail {
+            Some(spec) => {
+                self.held = Some(tandem::jail::Jail::apply(spec).context("cannot jail the VMM")?)
+            }
+            None => tandem::privileges::drop_to(h.user.as_deref(), h.group.as_deref())?,
+        }
+        tandem::privileges::limit_open_files(h.max_open_files)?;
+        if h.no_seccomp {
+            tandem::seccomp::disable();
+        }
+        Ok(())
+    }
+
+    /// Gives up what is left and installs the vCPU thread's seccomp filter
+    /// (see `tandem::seccomp`): from here on this thread, and the threads
+    /// it starts, may only run the VM.
+    fn lock_down(&mut self) -> Result<()> {
+        self.give_up()?;
+        tandem::seccomp::lock_down()?;
+        Ok(())
+    }
 }
 
 impl Hardening {
@@ -370,18 +444,10 @@ impl Hardening {
     }
 }
 
-/// The process-wide part of [`lock_down`], done once: user, group, limits.
-fn give_up(h: &Hardening) -> Result<()> {
-    tandem::privileges::drop_to(h.user.as_deref(), h.group.as_deref())?;
-    tandem::privileges::limit_open_files(h.max_open_files)?;
-    if h.no_seccomp {
-        tandem::seccomp::disable();
-    }
-    Ok(())
-}
-
 fn run(args: RunArgs, quiet: bool, start: u64) -> Result<u8> {
     args.hardening.check()?;
+    // One VM, then the process exits: no teardown thread to start.
+    tandem::tear_down_in_place();
     let image = Image::from_file(&args.image).map_err(|e| match e {
         // It names the file already.
         ImageError::Read { .. } => anyhow::Error::new(e),
@@ -394,6 +460,26 @@ fn run(args: RunArgs, quiet: bool, start: u64) -> Result<u8> {
         image.devices,
         tandem::devices::manifest::offered_with(args.net.is_some(), !args.disks.is_empty()),
     )?;
+    let mut paths = jail::RunPaths {
+        read: vec![args.image.clone()],
+        disks: args
+            .disks
+            .iter()
+            .map(|d| (d.path.clone(), d.read_only))
+            .collect(),
+        ..jail::RunPaths::default()
+    };
+    paths.write.extend(args.snapshot_at_ready.iter().cloned());
+    persist_paths(&args.persist, &mut paths);
+    let mut lockdown = Lockdown::new(&args.hardening, paths);
+    // Opened now: once the VMM is jailed and filtered it opens nothing.
+    let trace_file = match &args.trace {
+        Some(path) => Some(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot write trace file {}", path.display()))?,
+        ),
+        None => None,
+    };
     let hv = Hypervisor::open()?;
     let config = VmConfig {
         mem_size: args.mem,
@@ -415,11 +501,12 @@ fn run(args: RunArgs, quiet: bool, start: u64) -> Result<u8> {
         .config(config)
         .started_at(start)
         .build()?;
-    let report = run_vm(vm, args.gdb.as_ref(), &args.hardening)?;
+    let report = run_vm(vm, args.gdb.as_ref(), &mut lockdown)?;
 
-    if let Some(path) = &args.trace {
+    if let (Some(path), Some(mut file)) = (&args.trace, trace_file) {
+        use std::io::Write;
         let json = serde_json::to_string_pretty(&report.trace.to_chrome_json())?;
-        std::fs::write(path, json)
+        file.write_all(json.as_bytes())
             .with_context(|| format!("cannot write trace file {}", path.display()))?;
     }
     let code = report.status.code();
@@ -444,19 +531,28 @@ fn run(args: RunArgs, quiet: bool, start: u64) -> Result<u8> {
 
 /// Gives up what `h` says and runs `vm` to its end, under gdb if asked
 /// (waiting for it first: the listener binds and accepts before the filter).
-fn run_vm(vm: Vm, gdb: Option<&GdbListen>, h: &Hardening) -> Result<RunReport> {
+fn run_vm(vm: Vm, gdb: Option<&GdbListen>, lockdown: &mut Lockdown) -> Result<RunReport> {
     Ok(match gdb {
         Some(listen) => {
             let conn = tandem::gdb::wait_for_gdb(listen)?;
-            give_up(h)?;
+            lockdown.give_up()?;
             tandem::seccomp::lock_down_as(tandem::seccomp::ThreadKind::DebuggedVcpu)?;
             vm.run_with_gdb(conn)?
         }
         None => {
-            lock_down(h)?;
+            lockdown.lock_down()?;
             vm.run()?
         }
     })
+}
+
+/// The directories the snapshot, backup and core options write.
+fn persist_paths(p: &PersistArgs, paths: &mut jail::RunPaths) {
+    paths.write.extend(p.snapshot_dir.iter().cloned());
+    paths.write.extend(p.backup_dir.iter().cloned());
+    if let Some(core) = &p.core {
+        paths.write_parent_of(core);
+    }
 }
 
 fn report_json(report: &RunReport) -> serde_json::Value {
@@ -480,7 +576,11 @@ fn report_json(report: &RunReport) -> serde_json::Value {
         .map(|b| {
             serde_json::json!({
                 "point": b.point, "pages": b.pages, "dirty_pages": b.dirty_pages,
+                "blocks": b.blocks,
                 "ms": b.elapsed.as_secs_f64() * 1e3,
+                "pause_us": b.pause.as_secs_f64() * 1e6, "rounds": b.rounds,
+                "write_ms": b.write.as_secs_f64() * 1e3,
+                "stopped_tsc": b.stopped_tsc,
             })
         })
         .collect();
@@ -498,6 +598,15 @@ fn report_json(report: &RunReport) -> serde_json::Value {
     })
 }
 
+/// How `tandem restore --verify` checks the memory file.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum VerifyMode {
+    /// All of it, before the restore.
+    Full,
+    /// Each chunk on first touch.
+    Lazy,
+}
+
 fn load_snapshot(dir: &Path, verify: bool) -> Result<Snapshot> {
     let snap =
         Snapshot::load(dir).with_context(|| format!("refusing snapshot {}", dir.display()))?;
@@ -513,12 +622,27 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
     if args.gdb.is_some() && args.clones != 1 {
         anyhow::bail!("--gdb debugs one VM: not with --clones");
     }
+    let mut paths = jail::RunPaths::default();
+    // Recording writes the working set into the snapshot.
+    if args.prefetch == tandem::Prefetch::Record {
+        paths.write.push(args.dir.clone());
+    } else {
+        paths.read.push(args.dir.clone());
+    }
+    persist_paths(&args.persist, &mut paths);
+    paths.disks = (0..args.clones)
+        .flat_map(|i| args.disks.iter().map(move |d| (i, d)))
+        .filter_map(|(i, d)| d.for_clone(i, args.clones).ok())
+        .map(|d| (d.path, d.read_only))
+        .collect();
+    let mut lockdown = Lockdown::new(&args.hardening, paths);
     let hv = Hypervisor::open()?;
-    let snap = load_snapshot(&args.dir, args.verify)?;
+    let snap = load_snapshot(&args.dir, args.verify == Some(VerifyMode::Full))?;
     let mut base = VmConfig {
         timeout: args.timeout,
         console: ConsoleSink::Stdout,
         prefetch: args.prefetch,
+        verify_lazily: args.verify == Some(VerifyMode::Lazy),
         ..VmConfig::default()
     };
     let clones = args.clones;
@@ -542,6 +666,11 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
     if args.pool > 0 && (!args.net.is_empty() || !args.disks.is_empty()) {
         anyhow::bail!("--pool keeps VMs without devices ready: not with --net or --disk");
     }
+    if args.pool > 0 {
+        // The pool's refill thread must start inside the jail (Landlock
+        // binds the threads started after it).
+        lockdown.give_up()?;
+    }
     let pool = match args.pool {
         0 => None,
         n => Some(
@@ -550,6 +679,9 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
         ),
     };
     if clones == 1 {
+        if pool.is_none() {
+            tandem::tear_down_in_place();
+        }
         base.net = nets.into_iter().next().flatten();
         base.disks = disks.into_iter().next().unwrap_or_default();
         // One restored VM reads tandem's standard input, as `tandem run` does.
@@ -560,13 +692,13 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
                 .with_context(|| format!("cannot restore {}", args.dir.display()))?,
         };
         let generation = vm.generation();
-        let report = run_vm(vm, args.gdb.as_ref(), &args.hardening)?;
+        let report = run_vm(vm, args.gdb.as_ref(), &mut lockdown)?;
         return Ok(finish_restore(&report, generation, args.json, quiet, None));
     }
     // Clones run side by side, one thread each; their console lines are
     // streamed with a `[clone i]` prefix. Ids and limits change once, for
     // the whole process, before the clone threads start.
-    give_up(&args.hardening)?;
+    lockdown.give_up()?;
     std::thread::scope(|scope| -> Result<u8> {
         let mut handles = Vec::new();
         let mut buffers = Vec::new();
@@ -588,6 +720,7 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
                     .unwrap_or(b.dir)
                     .join(format!("clone-{i}")),
                 every: b.every,
+                mode: b.mode,
             });
             let (hv, snap) = (&hv, &snap);
             // From the pool, the clone is taken here, in start order.
@@ -752,16 +885,20 @@ fn backup_cmd(cmd: BackupCommand) -> Result<u8> {
     match cmd {
         BackupCommand::List { dir } => {
             let chain = Chain::open(&dir)?;
-            println!("point  kind   pages      MiB  taken (unix s)");
+            println!("point  kind   pages   blocks      MiB  taken (unix s)");
             for (n, meta) in chain.points() {
                 match meta {
-                    Ok(m) => println!(
-                        "{n:>5}  {:<5} {:>6} {:>8.2}  {}",
-                        if m.base { "base" } else { "delta" },
-                        m.pages.len(),
-                        m.pages.len() as f64 * 4096.0 / (1 << 20) as f64,
-                        m.state.live.unix_nanos / 1_000_000_000
-                    ),
+                    Ok(m) => {
+                        let blocks: usize = m.disks.iter().map(|d| d.blocks.len()).sum();
+                        println!(
+                            "{n:>5}  {:<5} {:>6} {:>8} {:>8.2}  {}",
+                            if m.base { "base" } else { "delta" },
+                            m.pages.len(),
+                            blocks,
+                            (m.pages.len() + blocks) as f64 * 4096.0 / (1 << 20) as f64,
+                            m.state.live.unix_nanos / 1_000_000_000
+                        )
+                    }
                     Err(e) => println!("{n:>5}  DAMAGED: {e}"),
                 }
             }
@@ -801,8 +938,12 @@ fn backup_cmd(cmd: BackupCommand) -> Result<u8> {
             let stats = chain
                 .restore(point, &out)
                 .with_context(|| format!("cannot restore point {point} of {}", dir.display()))?;
+            let disks = Snapshot::load(&out).map_or(0, |s| s.state.disks.len());
+            let with_disks: String = (0..disks)
+                .map(|i| format!(" --disk path=NEWFILE{i}"))
+                .collect();
             println!(
-                "point {point} written to {} ({} pages); resume it with `tandem restore {}`",
+                "point {point} written to {} ({} pages, {disks} disk(s)); resume it with `tandem restore {}{with_disks}`",
                 out.display(),
                 stats.pages_written,
                 out.display()

@@ -29,6 +29,7 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::dirty::DirtyBlocks;
 use super::disk::DiskFile;
 use super::request::{
     self, Action, Desc, DeviceId, Geometry, Header, Shape, HEADER_LEN, MAX_CHAIN,
@@ -83,6 +84,19 @@ pub struct BlkDevice {
     shared: Option<Arc<dyn SharedLimit>>,
     /// When the request a rate limit holds back may go.
     held: Option<Instant>,
+    /// With backups on ([`BlkDevice::track_for_backup`]): the blocks the
+    /// guest wrote since the last point, and the guest memory the device
+    /// wrote (read data, status bytes, the used ring), which KVM's dirty
+    /// log does not see.
+    tracking: Option<Tracking>,
+}
+
+/// What a backup point harvests from the device.
+#[derive(Debug)]
+struct Tracking {
+    dirty: DirtyBlocks,
+    written: Vec<(u64, u64)>,
+    used: bool,
 }
 
 impl BlkDevice {
@@ -106,7 +120,44 @@ impl BlkDevice {
             limiter: None,
             shared: None,
             held: None,
+            tracking: None,
         }
+    }
+
+    /// Keeps account, for backup points, of the blocks the guest writes
+    /// and of the guest memory the device writes.
+    pub fn track_for_backup(&mut self) {
+        let bytes = self.disk.sectors() * SECTOR_SIZE;
+        self.tracking.get_or_insert_with(|| Tracking {
+            dirty: DirtyBlocks::new(bytes),
+            written: Vec::new(),
+            used: false,
+        });
+    }
+
+    /// The blocks written since the last call, ascending (none without
+    /// [`track_for_backup`](Self::track_for_backup)). Taken with the VM
+    /// stopped, between two runs of the vCPU that serves every request, so
+    /// they are the writes the guest had completed at that instant.
+    pub fn take_dirty_blocks(&mut self) -> Vec<u64> {
+        self.tracking
+            .as_mut()
+            .map(|t| t.dirty.take())
+            .unwrap_or_default()
+    }
+
+    /// The guest ranges the device wrote since the last call.
+    pub fn take_written(&mut self) -> Vec<(u64, u64)> {
+        let Some(t) = self.tracking.as_mut() else {
+            return Vec::new();
+        };
+        let mut out = std::mem::take(&mut t.written);
+        if std::mem::take(&mut t.used) {
+            if let Some(regs) = self.transport.queue(REQUEST_QUEUE) {
+                out.push((regs.used, 6 + 8 * u64::from(regs.size)));
+            }
+        }
+        out
     }
 
     /// Limits the bytes and requests a second it serves (none: unlimited).
@@ -293,6 +344,15 @@ impl BlkDevice {
                 return Ok(());
             }
             let written = self.carry_out(mem, &descs, shape, action)?;
+            if let Some(t) = self.tracking.as_mut() {
+                if let Action::Write { sector, len } = action {
+                    t.dirty.mark(sector * SECTOR_SIZE, len);
+                }
+                let into_guest = descs.iter().filter(|d| d.write_only);
+                t.written
+                    .extend(into_guest.map(|d| (d.addr, u64::from(d.len))));
+                t.used = true;
+            }
             let q = REQUEST_QUEUE;
             self.queue
                 .add_used(mem, head, written)

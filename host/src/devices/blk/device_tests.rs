@@ -173,3 +173,27 @@ fn a_rate_limit_holds_a_request_in_the_ring_until_its_tokens_return() {
     assert_eq!(g.dev.held_until(), None);
     assert_eq!(g.dev.stats().held, 1);
 }
+
+#[test]
+fn with_backups_on_the_device_keeps_account_of_blocks_and_guest_memory_it_wrote() {
+    let (d, _) = disk("dirty.img", false);
+    let mut g = Guest::new(d);
+    // Off: nothing is kept.
+    g.request(1, 0);
+    assert!(g.dev.take_dirty_blocks().is_empty());
+    assert!(g.dev.take_written().is_empty());
+    g.dev.track_for_backup();
+    // Sectors 9 and 8 + 16 are in 4 KiB blocks 1 and 3.
+    g.request(1, 9);
+    g.request(1, 24);
+    g.request(0, 100);
+    assert_eq!(g.dev.take_dirty_blocks(), [1, 3], "the blocks written");
+    assert!(g.dev.take_dirty_blocks().is_empty(), "harvested once");
+    let written = g.dev.take_written();
+    // The read's data and every status byte, and the used ring.
+    assert!(written.contains(&(DATA, 512)), "{written:?}");
+    assert!(written.contains(&(STATUS, 1)), "{written:?}");
+    assert!(written.contains(&(USED, 6 + 8 * 8)), "{written:?}");
+    assert!(!written.iter().any(|&(a, _)| a == HDR), "{written:?}");
+    assert!(g.dev.take_written().is_empty());
+}

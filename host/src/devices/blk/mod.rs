@@ -2,12 +2,14 @@
 //! asks (pure, fuzzed), `device` does it against the rings and the disk,
 //! `disk` is the image file (checked, locked, flushed with fdatasync),
 //! `spec` what an operator asks for (`--disk path=FILE[,ro][,rate=..]`),
-//! `state` the device's part of a snapshot, `copy` the disk's copy for a
+//! `state` the device's part of a snapshot, `dirty` the blocks the guest
+//! wrote since the last backup point, `copy` the disk's copy for a
 //! snapshot or a restore (reflink, else its data), `error` every way a
 //! guest can break the rules.
 
 pub mod copy;
 pub mod device;
+pub mod dirty;
 pub mod disk;
 pub mod error;
 pub mod request;
@@ -15,6 +17,7 @@ pub mod spec;
 pub mod state;
 
 pub use device::{BlkDevice, BlkStats};
+pub use dirty::{DirtyBlocks, BLOCK_SIZE};
 pub use disk::{DiskError, DiskFile};
 pub use error::BlkError;
 pub use spec::{DiskSpec, DiskSpecError};

@@ -189,6 +189,9 @@ pub(super) fn outcome(result: &Result<RunReport, String>) -> Outcome {
                 Outcome::Crashed(format!("broke the virtio protocol: {e}"))
             }
             ExitStatus::TimedOut(d) => Outcome::Crashed(format!("timed out after {d:?}")),
+            ExitStatus::CorruptMemory(why) => {
+                Outcome::Crashed(format!("snapshot memory refused: {why}"))
+            }
         },
         Err(e) => Outcome::Error(e.clone()),
     }

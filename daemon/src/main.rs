@@ -1,0 +1,155 @@
+//! `tandemd`: the Tandem VMM as a host service. A JSON REST API on a Unix
+//! socket (docs/openapi.yaml; types in `tandem::api`), desired state in an
+//! embedded database written before acting, VMs in worker processes that
+//! outlive the daemon, re-adopted after its restart.
+//!
+//! ```text
+//! tandemd --socket /run/tandemd.sock --state-dir /var/lib/tandemd [--group tandem] [--vms-per-worker 64]
+//! ```
+
+mod api;
+mod daemon;
+mod decide;
+mod events;
+mod fleets;
+mod http;
+mod metrics;
+mod peer;
+mod proto;
+mod routes;
+mod server;
+mod store;
+mod worker;
+mod workers;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// How often the daemon follows its workers.
+const TICK: Duration = Duration::from_millis(50);
+
+#[derive(Parser)]
+#[command(name = "tandemd", version, about = "The Tandem VMM as a host service")]
+struct Cli {
+    /// The API's Unix socket.
+    #[arg(long, required = false)]
+    socket: Option<PathBuf>,
+    /// Where the state database, worker sockets and console logs live.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Members of this group may use the API (besides root and the daemon's uid);
+    /// the socket is given to it with mode 0660.
+    #[arg(long)]
+    group: Option<String>,
+    /// Most VM runs one worker process holds.
+    #[arg(long, default_value_t = 64)]
+    vms_per_worker: usize,
+    #[command(subcommand)]
+    mode: Option<Mode>,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// A worker process (started by the daemon).
+    #[command(hide = true)]
+    Worker {
+        #[arg(long)]
+        socket: PathBuf,
+    },
+    /// A fleet runner (started by the daemon).
+    #[command(hide = true)]
+    FleetRun {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let result = match cli.mode {
+        Some(Mode::Worker { ref socket }) => worker::main(socket),
+        Some(Mode::FleetRun { ref file, ref out }) => fleets::run(file, out),
+        None => serve(cli),
+    };
+    if let Err(e) = result {
+        log::error!("{e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn serve(cli: Cli) -> anyhow::Result<()> {
+    let socket = cli.socket.context("--socket is required")?;
+    let state_dir = cli.state_dir.context("--state-dir is required")?;
+    if cli.vms_per_worker == 0 {
+        anyhow::bail!("--vms-per-worker must be at least 1");
+    }
+    let group = cli
+        .group
+        .as_deref()
+        .map(peer::group_id)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let d = Arc::new(daemon::Daemon::open(daemon::Options {
+        state_dir: state_dir.clone(),
+        vms_per_worker: cli.vms_per_worker,
+    })?);
+    let fleets = Arc::new(fleets::Fleets::open(d.clone())?);
+    let _ = std::fs::remove_file(&socket);
+    let listener =
+        UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(&socket, None, Some(gid))?;
+    }
+    {
+        let d = d.clone();
+        std::thread::Builder::new()
+            .name("supervise".into())
+            .spawn(move || loop {
+                d.tick();
+                std::thread::sleep(TICK);
+            })?;
+    }
+    log::info!(
+        "tandemd {} listening on {} (state in {})",
+        env!("CARGO_PKG_VERSION"),
+        socket.display(),
+        state_dir.display()
+    );
+    notify_ready();
+    // SAFETY: getuid has no preconditions.
+    let own_uid = unsafe { libc::getuid() };
+    server::serve(listener, d, fleets, peer::Access { own_uid, group });
+    Ok(())
+}
+
+/// Tells systemd (`Type=notify`) the API answers: `READY=1` to
+/// `$NOTIFY_SOCKET`. A local helper until the library has one.
+fn notify_ready() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let path = path.to_string_lossy().into_owned();
+    let addr = match path.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+        None => SocketAddr::from_pathname(&path),
+    };
+    let sent = addr.and_then(|a| {
+        let s = UnixDatagram::unbound()?;
+        s.send_to_addr(b"READY=1\n", &a)
+    });
+    if let Err(e) = sent {
+        log::warn!("sd_notify READY=1 to {path}: {e}");
+    }
+}

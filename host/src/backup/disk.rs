@@ -1,0 +1,586 @@
+//! The disks' part of a backup point: the blocks each disk's dirty-block
+//! bitmap reported since the previous point (a base: every block holding
+//! data), in one blocks file per disk (`point-NNNNNN-dI-<16 hex>.blocks`,
+//! raw 4 KiB blocks in the order of [`DiskPart::blocks`], a short last
+//! block of the disk padded with zeros), under digests chained as the
+//! pages' are (see [`point`](super::point)). Written, checked, restored
+//! and folded here; which blocks a point holds is the device's account
+//! ([`BlkDevice::take_dirty_blocks`](crate::devices::blk::BlkDevice::take_dirty_blocks)).
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::point::{self, PointMeta};
+use super::{io, BackupError};
+use crate::devices::blk::dirty::{blocks_in, BLOCK_SIZE};
+use crate::devices::blk::request::SECTOR_SIZE;
+use crate::devices::blk::DiskFile;
+use crate::snapshot::{files, SnapshotError};
+
+/// Blocks per digest chunk (1 MiB), as pages per chunk.
+pub const CHUNK_BLOCKS: usize = 256;
+// BLOCK_SIZE is 4 KiB, which fits any usize.
+#[allow(clippy::cast_possible_truncation)]
+const BLOCK: usize = BLOCK_SIZE as usize;
+/// Longest run of blocks read or written at once (1 MiB).
+const RUN_BLOCKS: usize = 256;
+
+/// One disk's part of a backup point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskPart {
+    /// Its blocks file.
+    pub file: String,
+    /// The disk's size in sectors.
+    pub sectors: u64,
+    /// Block numbers, ascending, in the order of the blocks file.
+    pub blocks: Vec<u64>,
+    /// One digest per chunk of [`CHUNK_BLOCKS`] blocks.
+    pub chunks: Vec<[u8; 32]>,
+}
+
+/// What a point takes from one disk: the disk, and the blocks to store
+/// (`None`: a base, every block with data).
+pub(crate) struct DiskSource<'a> {
+    /// The live disk.
+    pub disk: &'a DiskFile,
+    /// The blocks its bitmap reported, ascending.
+    pub blocks: Option<Vec<u64>>,
+}
+
+/// Name of disk `disk`'s blocks file in point `point`.
+fn blocks_name(point: u64, disk: usize) -> String {
+    format!("point-{point:06}-d{disk}-{:016x}.blocks", files::nonce())
+}
+
+/// Whether `name` is a blocks file name this format writes for `point`'s disk `disk`.
+pub fn valid_blocks_name(name: &str, point: u64, disk: usize) -> bool {
+    let prefix = format!("point-{point:06}-d{disk}-");
+    name.strip_prefix(&prefix)
+        .and_then(|rest| rest.strip_suffix(".blocks"))
+        .is_some_and(|hex| {
+            hex.len() == 16
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+}
+
+/// Digest of chunk `index` of disk `disk` in point `point`.
+pub fn chunk_digest(
+    parent: &[u8; 32],
+    point: u64,
+    disk: u64,
+    index: u64,
+    blocks: &[u64],
+    bytes: &[u8],
+) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"disk");
+    h.update(parent);
+    h.update(&point.to_le_bytes());
+    h.update(&disk.to_le_bytes());
+    h.update(&index.to_le_bytes());
+    for b in blocks {
+        h.update(&b.to_le_bytes());
+    }
+    h.update(bytes);
+    *h.finalize().as_bytes()
+}
+
+/// Feeds a point's disks into its chain digest.
+pub(crate) fn chain_update(h: &mut blake3::Hasher, disks: &[DiskPart]) {
+    h.update(&(disks.len() as u64).to_le_bytes());
+    for (i, d) in disks.iter().enumerate() {
+        h.update(&(i as u64).to_le_bytes());
+        h.update(&d.sectors.to_le_bytes());
+        h.update(&(d.chunks.len() as u64).to_le_bytes());
+        for c in &d.chunks {
+            h.update(c);
+        }
+    }
+}
+
+/// A blocks file being written: blocks appended, chunk digests made as
+/// they fill.
+struct BlocksOut {
+    out: std::io::BufWriter<File>,
+    tmp: PathBuf,
+    name: String,
+    parent: [u8; 32],
+    point: u64,
+    disk: u64,
+    blocks: Vec<u64>,
+    chunks: Vec<[u8; 32]>,
+    chunk_bytes: Vec<u8>,
+}
+
+impl BlocksOut {
+    fn create(dir: &Path, parent: [u8; 32], point: u64, disk: usize) -> Result<Self, BackupError> {
+        let name = blocks_name(point, disk);
+        let tmp = files::temp_path(dir, &name);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        Ok(Self {
+            out: std::io::BufWriter::with_capacity(1 << 20, file),
+            tmp,
+            name,
+            parent,
+            point,
+            disk: disk as u64,
+            blocks: Vec::new(),
+            chunks: Vec::new(),
+            chunk_bytes: Vec::with_capacity(CHUNK_BLOCKS * BLOCK),
+        })
+    }
+
+    /// Appends block `block` (`bytes`: [`BLOCK_SIZE`] of them).
+    fn push(&mut self, block: u64, bytes: &[u8]) -> Result<(), BackupError> {
+        self.out.write_all(bytes).map_err(io(&self.tmp))?;
+        self.blocks.push(block);
+        self.chunk_bytes.extend_from_slice(bytes);
+        if self.chunk_bytes.len() == CHUNK_BLOCKS * BLOCK {
+            self.seal_chunk();
+        }
+        Ok(())
+    }
+
+    fn seal_chunk(&mut self) {
+        let index = self.chunks.len();
+        let first = index * CHUNK_BLOCKS;
+        let blocks = &self.blocks[first..];
+        self.chunks.push(chunk_digest(
+            &self.parent,
+            self.point,
+            self.disk,
+            index as u64,
+            blocks,
+            &self.chunk_bytes,
+        ));
+        self.chunk_bytes.clear();
+    }
+
+    /// Makes the file durable under its name; its part of the point.
+    fn finish(mut self, dir: &Path, sectors: u64) -> Result<DiskPart, BackupError> {
+        if !self.chunk_bytes.is_empty() {
+            self.seal_chunk();
+        }
+        let tmp = self.tmp.clone();
+        let file = self
+            .out
+            .into_inner()
+            .map_err(|e| io(&tmp)(e.into_error()))?;
+        file.sync_all().map_err(io(&tmp))?;
+        files::commit(&tmp, &dir.join(&self.name), dir)?;
+        Ok(DiskPart {
+            file: self.name,
+            sectors,
+            blocks: self.blocks,
+            chunks: self.chunks,
+        })
+    }
+}
+
+/// Writes each disk's part of point `point` into `dir`: the blocks its
+/// source names, read from the live disk now (the vCPU stopped, so they
+/// are the disk at the point's instant); a base leaves out holes and zero
+/// blocks (a restore starts from zeros), a delta keeps zero blocks (the
+/// block may have held data before). Every file is durable before this
+/// returns; on an error none is left under a final name it would count.
+pub(crate) fn write_parts(
+    dir: &Path,
+    parent: [u8; 32],
+    point: u64,
+    sources: &[DiskSource<'_>],
+) -> Result<Vec<DiskPart>, BackupError> {
+    let mut parts = Vec::with_capacity(sources.len());
+    for (i, src) in sources.iter().enumerate() {
+        let part = (|| {
+            let sectors = src.disk.sectors();
+            let len = sectors * SECTOR_SIZE;
+            let (blocks, base) = match &src.blocks {
+                Some(b) => (b.clone(), false),
+                None => (data_blocks(src.disk.file(), len), true),
+            };
+            let mut out = BlocksOut::create(dir, parent, point, i)?;
+            let result = copy_blocks(src.disk, len, &blocks, base, &mut out);
+            if let Err(e) = result {
+                let _ = std::fs::remove_file(&out.tmp);
+                return Err(e);
+            }
+            let tmp = out.tmp.clone();
+            out.finish(dir, sectors).inspect_err(|_| {
+                let _ = std::fs::remove_file(&tmp);
+            })
+        })();
+        match part {
+            Ok(p) => parts.push(p),
+            Err(e) => {
+                remove_parts(dir, &parts);
+                return Err(e);
+            }
+        }
+    }
+    Ok(parts)
+}
+
+/// Removes the blocks files of `parts` (a point that was not committed).
+pub(crate) fn remove_parts(dir: &Path, parts: &[DiskPart]) {
+    for p in parts {
+        let _ = std::fs::remove_file(dir.join(&p.file));
+    }
+}
+
+/// The blocks of a disk of `len` bytes that hold data, by `SEEK_DATA`.
+fn data_blocks(file: &File, len: u64) -> Vec<u64> {
+    let max = blocks_in(len);
+    let mut out = Vec::new();
+    // BLOCK_SIZE is PAGE_SIZE: the extents come in blocks.
+    for (first, end) in files::data_pages(file, len) {
+        out.extend(first..end.min(max));
+    }
+    out
+}
+
+/// Reads `blocks` from `disk` in runs of consecutive blocks and appends
+/// them to `out` (`skip_zero`: leaving out zero blocks).
+fn copy_blocks(
+    disk: &DiskFile,
+    len: u64,
+    blocks: &[u64],
+    skip_zero: bool,
+    out: &mut BlocksOut,
+) -> Result<(), BackupError> {
+    let max = blocks_in(len);
+    let mut buf = vec![0u8; BLOCK * RUN_BLOCKS];
+    let mut i = 0;
+    while i < blocks.len() {
+        let first = blocks[i];
+        if first >= max {
+            return Err(SnapshotError::Invalid(format!(
+                "block {first} is past the end of disk {}",
+                disk.path().display()
+            ))
+            .into());
+        }
+        let mut n = 1;
+        while i + n < blocks.len() && blocks[i + n] == first + n as u64 && n < RUN_BLOCKS {
+            n += 1;
+        }
+        let start = first * BLOCK_SIZE;
+        let want = (n as u64 * BLOCK_SIZE).min(len - start);
+        // At most RUN_BLOCKS blocks.
+        let want = usize::try_from(want).unwrap_or(0);
+        let run = &mut buf[..n * BLOCK];
+        run.fill(0);
+        disk.read_at(&mut run[..want], start).map_err(|source| {
+            BackupError::Snapshot(SnapshotError::Io {
+                path: disk.path().to_path_buf(),
+                source,
+            })
+        })?;
+        for (k, bytes) in run.chunks(BLOCK).enumerate() {
+            if skip_zero && files::is_zero(bytes) {
+                continue;
+            }
+            out.push(first + k as u64, bytes)?;
+        }
+        i += n;
+    }
+    Ok(())
+}
+
+/// Checks disk `i`'s part of `meta` against its blocks file.
+pub(crate) fn check_part(dir: &Path, meta: &PointMeta, i: usize) -> Result<(), String> {
+    let Some(part) = meta.disks.get(i) else {
+        return Err(format!("disk {i}: no such disk in the point"));
+    };
+    let path = dir.join(&part.file);
+    let file = File::open(&path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            format!("disk {i}: its blocks file {} is missing", part.file)
+        } else {
+            format!("disk {i}: cannot read {}: {e}", path.display())
+        }
+    })?;
+    let len = file.metadata().map_err(|e| format!("disk {i}: {e}"))?.len();
+    let mut buf = vec![0u8; CHUNK_BLOCKS * BLOCK];
+    for (c, blocks) in part.blocks.chunks(CHUNK_BLOCKS).enumerate() {
+        let at = (c * CHUNK_BLOCKS) as u64 * BLOCK_SIZE;
+        let bytes = &mut buf[..blocks.len() * BLOCK];
+        let span = || {
+            format!(
+                "disk blocks {}..={}",
+                blocks.first().copied().unwrap_or(0),
+                blocks.last().copied().unwrap_or(0)
+            )
+        };
+        if at + bytes.len() as u64 > len {
+            return Err(format!(
+                "disk {i}, chunk {c}: truncated ({} ends at byte {len}, the chunk at {}; {})",
+                part.file,
+                at + bytes.len() as u64,
+                span()
+            ));
+        }
+        file.read_exact_at(bytes, at)
+            .map_err(|e| format!("disk {i}, chunk {c}: cannot read {}: {e}", path.display()))?;
+        let digest = chunk_digest(&meta.parent, meta.point, i as u64, c as u64, blocks, bytes);
+        if part.chunks.get(c) != Some(&digest) {
+            return Err(format!(
+                "disk {i}, chunk {c}: digest mismatch ({} of {})",
+                span(),
+                part.file
+            ));
+        }
+    }
+    let expected = part.blocks.len() as u64 * BLOCK_SIZE;
+    if len != expected {
+        return Err(format!(
+            "disk {i}: its blocks file {} is {len} bytes, expected {expected} (extended)",
+            part.file
+        ));
+    }
+    Ok(())
+}
+
+/// For every block of disk `i` the points of `lineage` (a base first)
+/// hold: which point's blocks file has its latest content, and where in it.
+fn block_map(lineage: &[&PointMeta], i: usize) -> BTreeMap<u64, (usize, u64)> {
+    let mut map = BTreeMap::new();
+    for (p, meta) in lineage.iter().enumerate() {
+        if let Some(part) = meta.disks.get(i) {
+            for (slot, &b) in part.blocks.iter().enumerate() {
+                map.insert(b, (p, slot as u64));
+            }
+        }
+    }
+    map
+}
+
+/// Checks that every point of `lineage` has the disks its last point has.
+pub(crate) fn check_lineage(lineage: &[&PointMeta]) -> Result<(), String> {
+    let Some(last) = lineage.last() else {
+        return Ok(());
+    };
+    for m in lineage {
+        let same = m.disks.len() == last.disks.len()
+            && m.disks
+                .iter()
+                .zip(&last.disks)
+                .all(|(a, b)| a.sectors == b.sectors);
+        if !same {
+            return Err(format!(
+                "point {} has other disks than point {}",
+                m.point, last.point
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Builds disk `i` as it was at the last point of `lineage` into a new
+/// file `to` (temporary name, fsync, rename): zeros, then each block's
+/// latest content, holes where it is zero. Returns the blocks written.
+pub(crate) fn restore_disk(
+    dir: &Path,
+    lineage: &[&PointMeta],
+    i: usize,
+    to: &Path,
+    to_dir: &Path,
+) -> Result<u64, BackupError> {
+    let last = lineage.last().ok_or(BackupError::NoSuchPoint(0))?;
+    let part = last
+        .disks
+        .get(i)
+        .ok_or_else(|| SnapshotError::Invalid(format!("point {} has no disk {i}", last.point)))?;
+    let len = part.sectors * SECTOR_SIZE;
+    let sources: Vec<(PathBuf, Option<File>)> = lineage
+        .iter()
+        .map(|m| {
+            let Some(p) = m.disks.get(i) else {
+                return Ok((PathBuf::new(), None));
+            };
+            let path = dir.join(&p.file);
+            File::open(&path)
+                .map(|f| (path.clone(), Some(f)))
+                .map_err(io(&path))
+        })
+        .collect::<Result<_, BackupError>>()?;
+    let name = to.file_name().and_then(|n| n.to_str()).unwrap_or("disk");
+    let tmp = files::temp_path(to_dir, name);
+    let result = (|| {
+        let out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        out.set_len(len).map_err(io(&tmp))?;
+        let mut buf = vec![0u8; BLOCK];
+        let mut written = 0;
+        for (&block, &(p, slot)) in &block_map(lineage, i) {
+            let (path, Some(f)) = &sources[p] else {
+                continue;
+            };
+            f.read_exact_at(&mut buf, slot * BLOCK_SIZE)
+                .map_err(io(path))?;
+            if files::is_zero(&buf) {
+                continue;
+            }
+            let at = block * BLOCK_SIZE;
+            let n = usize::try_from((len.saturating_sub(at)).min(BLOCK_SIZE)).unwrap_or(0);
+            out.write_all_at(&buf[..n], at).map_err(io(&tmp))?;
+            written += 1;
+        }
+        out.sync_all().map_err(io(&tmp))?;
+        files::commit(&tmp, to, to_dir)?;
+        Ok(written)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Disk `i` of the last point of `lineage` folded into one base part of
+/// point `point` (no parent) in `dir`: every non-zero block's latest content.
+pub(crate) fn fold_disk(
+    dir: &Path,
+    lineage: &[&PointMeta],
+    i: usize,
+    point: u64,
+) -> Result<DiskPart, BackupError> {
+    let last = lineage.last().ok_or(BackupError::NoSuchPoint(point))?;
+    let sectors = last.disks.get(i).map_or(0, |d| d.sectors);
+    let mut out = BlocksOut::create(dir, [0; 32], point, i)?;
+    let result = (|| {
+        let mut buf = vec![0u8; BLOCK];
+        let mut open: BTreeMap<usize, File> = BTreeMap::new();
+        for (&block, &(p, slot)) in &block_map(lineage, i) {
+            let Some(part) = lineage[p].disks.get(i) else {
+                continue;
+            };
+            let path = dir.join(&part.file);
+            let f = match open.entry(p) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(File::open(&path).map_err(io(&path))?)
+                }
+            };
+            f.read_exact_at(&mut buf, slot * BLOCK_SIZE)
+                .map_err(io(&path))?;
+            if !files::is_zero(&buf) {
+                out.push(block, &buf)?;
+            }
+        }
+        Ok::<(), BackupError>(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&out.tmp);
+        return Err(e);
+    }
+    let tmp = out.tmp.clone();
+    out.finish(dir, sectors).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// Checks a decoded point's disk parts against its state: one per disk of
+/// the state, of its size, names this format writes, blocks ascending and
+/// on the disk, a digest per chunk.
+pub(crate) fn check_meta(meta: &PointMeta) -> Result<(), SnapshotError> {
+    let bad = |what: String| Err(SnapshotError::Invalid(what));
+    if meta.disks.len() != meta.state.disks.len() {
+        return bad(format!(
+            "{} disk parts for {} disks",
+            meta.disks.len(),
+            meta.state.disks.len()
+        ));
+    }
+    for (i, (part, state)) in meta.disks.iter().zip(&meta.state.disks).enumerate() {
+        if !valid_blocks_name(&part.file, meta.point, i) {
+            return bad(format!(
+                "disk {i}: blocks file name {:?} is not valid",
+                part.file
+            ));
+        }
+        if part.sectors != state.sectors {
+            return bad(format!(
+                "disk {i}: {} sectors, its device state says {}",
+                part.sectors, state.sectors
+            ));
+        }
+        let max = blocks_in(part.sectors.saturating_mul(SECTOR_SIZE));
+        if !part.blocks.windows(2).all(|w| w[0] < w[1]) {
+            return bad(format!("disk {i}: block list is not strictly ascending"));
+        }
+        if part.blocks.last().is_some_and(|&b| b >= max) {
+            return bad(format!(
+                "disk {i}: block list runs past the end of the disk"
+            ));
+        }
+        if part.chunks.len() != part.blocks.len().div_ceil(CHUNK_BLOCKS) {
+            return bad(format!(
+                "disk {i}: {} chunk digests for {} blocks",
+                part.chunks.len(),
+                part.blocks.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The name a point's state gives disk `i` (the blocks live beside it; a
+/// restore names the disk file it writes).
+pub(crate) fn placeholder_name(i: usize) -> String {
+    format!("disk-{i}-{:016x}", 0)
+}
+
+const _: () = assert!(BLOCK_SIZE == tandem_abi::layout::PAGE_SIZE);
+const _: () = assert!(CHUNK_BLOCKS == point::CHUNK_PAGES);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(valid_blocks_name(
+            "point-000003-d0-0123456789abcdef.blocks",
+            3,
+            0
+        ));
+        assert!(!valid_blocks_name(
+            "point-000003-d1-0123456789abcdef.blocks",
+            3,
+            0
+        ));
+        assert!(!valid_blocks_name(
+            "point-000004-d0-0123456789abcdef.blocks",
+            3,
+            0
+        ));
+        assert!(!valid_blocks_name(
+            "point-000003-d0-../../etc/passwd.blocks",
+            3,
+            0
+        ));
+        let n = blocks_name(7, 2);
+        assert!(valid_blocks_name(&n, 7, 2), "{n}");
+    }
+
+    #[test]
+    fn disk_chunks_are_their_own_digests() {
+        let a = chunk_digest(&[0; 32], 1, 0, 0, &[5], &[1; 4096]);
+        assert_ne!(a, chunk_digest(&[0; 32], 1, 1, 0, &[5], &[1; 4096]));
+        assert_ne!(a, chunk_digest(&[0; 32], 1, 0, 0, &[6], &[1; 4096]));
+        assert_ne!(a, point::chunk_digest(&[0; 32], 1, 0, &[5], &[1; 4096]));
+    }
+}
