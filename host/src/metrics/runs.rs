@@ -440,7 +440,6 @@ mod tests {
             stopped_at: None,
             running_at_stop: vec![],
             rss_when_settled: None,
-            io: None,
         };
         let mut reg = Registry::new();
         record_fleet(&mut reg, "f", &run).unwrap();
