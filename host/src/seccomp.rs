@@ -84,7 +84,7 @@ const fn iowr<T>(nr: u32) -> u64 {
 /// The ioctls a running VM needs: running, reading its state for snapshots,
 /// and `TCGETS` (is a terminal?). Not `KVM_CREATE_VM`, `KVM_CREATE_VCPU`,
 /// no `KVM_SET_*` of vCPU state (a restore sets it before the filter goes
-/// on), no device ioctl; the dirty log and a disk's reflink are the I/O
+/// on), no device ioctl; a stopped point's last dirty-log round; other dirty-log harvests and a disk's reflink are the I/O
 /// thread's ([`IO_IOCTLS`]), and the MSR list is learnt when `/dev/kvm` is
 /// opened. Every entry costs filter length (ioctl's requests are compared
 /// one after another, but only for `ioctl`: see [`tree`]).
@@ -92,6 +92,10 @@ pub(crate) const IOCTLS: &[(&str, u64)] = {
     use kvm_bindings::*;
     &[
         ("KVM_CHECK_EXTENSION", io(0x03)),
+        // The last round of a pre-copy backup point, with the vCPU stopped
+        // (handing it to the I/O thread would add a thread's wake-up to the
+        // guest's pause); the rounds before are the backup thread's.
+        ("KVM_GET_DIRTY_LOG", iow::<kvm_dirty_log>(0x42)),
         (
             "KVM_SET_USER_MEMORY_REGION",
             iow::<kvm_userspace_memory_region>(0x46),
@@ -553,6 +557,7 @@ mod tests {
             [
                 "KVM_CHECK_EXTENSION",
                 "KVM_GET_DEBUGREGS",
+                "KVM_GET_DIRTY_LOG",
                 "KVM_GET_MSRS",
                 "KVM_GET_REGS",
                 "KVM_GET_SREGS",

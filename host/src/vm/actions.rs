@@ -14,7 +14,8 @@ use super::clock::wall_clock;
 use super::run::Session;
 use super::stdin::read_stdin;
 use super::{ExitStatus, SnapshotRecord, SnapshotTrigger, Vm, VmError};
-use crate::backup::BackupRecord;
+use crate::backup::live::LiveBackup;
+use crate::backup::{BackupMode, BackupRecord};
 use crate::console::Console;
 use crate::control::{Kicker, VmEvent, VmHandle};
 use crate::gdb::Interrupt;
@@ -38,6 +39,9 @@ impl Vm {
             let record = self.backup_point(&cfg, console)?;
             self.log_backup(&record);
             self.backup_records.push(record);
+            if cfg.mode == BackupMode::Precopy {
+                self.start_live_backup(&cfg);
+            }
         }
         Ok(())
     }
@@ -64,6 +68,28 @@ impl Vm {
                 .unwrap_or_else(|| "the snapshot was not written".into()))
         };
         let _ = tx.send(answer);
+        Continue(())
+    }
+
+    /// Stops for the backup thread's point if it asks (pre-copy): the
+    /// vCPU is out of `KVM_RUN` here, and runs on once the last set and
+    /// its state are handed over.
+    pub(super) fn carry_out_live_backup(
+        &mut self,
+        session: &mut Session,
+    ) -> ControlFlow<ExitStatus> {
+        if !self
+            .live_backup
+            .as_ref()
+            .is_some_and(LiveBackup::stop_wanted)
+        {
+            return Continue(());
+        }
+        let stopped = Instant::now();
+        violation(self.drain_console(&mut session.console))?;
+        if let Err(e) = self.live_backup_stop(&session.console, stopped) {
+            log::warn!("backup point failed: {e}");
+        }
         Continue(())
     }
 
