@@ -269,13 +269,15 @@ fn lifecycle_create_list_start_console_stop_delete() {
     );
     assert!(svc.worker.is_none());
 
-    // Its events, in order.
+    // Its events, in order (`running` only when the daemon looked between
+    // the vCPU's start and the app's ready(), which is quick).
     let kinds: Vec<EventKind> = c
         .events(Some("svc"), 0)
         .unwrap()
         .events
         .into_iter()
         .map(|e| e.kind)
+        .filter(|k| *k != EventKind::Running)
         .collect();
     assert_eq!(
         kinds,
@@ -716,6 +718,18 @@ fn a_fleet_applied_through_the_api_runs_to_its_report() {
     assert_eq!(done.state, FleetState::Done, "{done:?}");
     let report = done.report.unwrap();
     assert_eq!(report["vms"].as_array().map(Vec::len), Some(3), "{report}");
+    // Its VMs, by name, as the runner left them.
+    let vms: Vec<(String, String)> = done
+        .vms
+        .iter()
+        .map(|v| (v.name.clone(), v.state.clone()))
+        .collect();
+    assert_eq!(vms.len(), 3, "{vms:?}");
+    assert!(
+        vms.iter()
+            .all(|(n, s)| n.starts_with("job") && s == "finished"),
+        "{vms:?}"
+    );
     assert_eq!(c.fleets().unwrap().fleets.len(), 1);
 }
 
