@@ -914,11 +914,14 @@ fn long_running_app_is_listed_killed_and_deleted() {
 fn killed_shim_leaves_nothing_running_or_mounted() {
     let mut c = Containerd::start("deadshim");
     let service = c.import("service");
-    c.ok(&["run", "-d", "--runtime", RUNTIME, &service, "svc-2"]);
-    eventually(Duration::from_secs(20), "svc-2 running", || {
-        c.task_status("svc-2").as_deref() == Some("RUNNING")
+    // Its own id: the cgroup (`default/ID`) is the host's, not this containerd's.
+    let id = format!("svc-dead-{}", std::process::id());
+    let svc2 = id.as_str();
+    c.ok(&["run", "-d", "--runtime", RUNTIME, &service, svc2]);
+    eventually(Duration::from_secs(20), "the service running", || {
+        c.task_status(svc2).as_deref() == Some("RUNNING")
     });
-    let vmm = c.task_pid("svc-2");
+    let vmm = c.task_pid(svc2);
     let shim = parent_pid(vmm);
     assert_eq!(
         exe_name(shim).as_deref(),
@@ -934,12 +937,17 @@ fn killed_shim_leaves_nothing_running_or_mounted() {
     );
     // containerd notices the dead shim and cleans up after it (`delete`).
     eventually(Duration::from_secs(20), "the task is gone", || {
-        c.task_status("svc-2").as_deref() != Some("RUNNING")
+        c.task_status(svc2).as_deref() != Some("RUNNING")
     });
-    let _ = c.ctr(&["task", "rm", "svc-2"]);
-    c.ok(&["containers", "rm", "svc-2"]);
+    let _ = c.ctr(&["task", "rm", svc2]);
+    c.ok(&["containers", "rm", svc2]);
     assert_eq!(c.ok(&["containers", "ls", "-q"]).stdout.trim(), "");
     assert_eq!(mounts_under(&c.dir), Vec::<String>::new());
+    // The cleanup after the dead shim removed the VM's cgroup too.
+    let cgroups = tandem::cgroup::Cgroups::detect().unwrap();
+    eventually(Duration::from_secs(10), "the cgroup removed", || {
+        cgroups.open(&format!("default/{id}")).is_err()
+    });
 }
 
 #[test]
@@ -1023,6 +1031,255 @@ fn cri_pod_with_runtime_handler_tandem_runs_its_apps() {
         c.ok(&["-n", "k8s.io", "tasks", "ls", "-q"]).stdout.trim(),
         ""
     );
+}
+
+/// What kubelet does for a pod with `resources.limits`: the container's
+/// VMM runs in `<cgroup_parent>/<id>` with the memory and CPU limits, and
+/// CRI's ContainerStats (what `crictl stats` and kubelet read) reports its
+/// real memory and CPU use; UpdateContainerResources changes the limits
+/// of the running VM's group. Then the same with a systemd slice as the
+/// parent, which CRI passes as `slice:cri-containerd:<id>`: the group is
+/// `<slice>/cri-containerd-<id>.scope`.
+#[test]
+fn cri_container_limits_hold_and_stats_are_real() {
+    let mut c = Containerd::start_with("cri-limits", true);
+    for name in ["pause", "service"] {
+        let tar = oci_image(name);
+        c.ok(&["-n", "k8s.io", "images", "import", tar.to_str().unwrap()]);
+    }
+    let logs = c.dir.join("pod-logs");
+    fs::create_dir_all(&logs).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pid = std::process::id();
+    let plain = format!("tandem-cri-{pid}");
+    let slice = format!("tandemcri{pid}.slice");
+    let cases: [(&str, GroupOf); 2] = [
+        (&plain, |parent, id| format!("{parent}/{id}")),
+        (&slice, |slice, id| {
+            format!("{slice}/cri-containerd-{id}.scope")
+        }),
+    ];
+    for (parent, group_of) in cases {
+        let sock = c.dir.join("c.sock");
+        let result = rt.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(120),
+                cri_limited_pod(sock, logs.clone(), parent, group_of),
+            )
+            .await
+        });
+        // The pod's parent group is kubelet's to make and remove; here, ours.
+        if let Ok(g) = tandem::cgroup::Cgroups::detect().and_then(|c| c.open(parent)) {
+            let _ = g.remove();
+        }
+        match result {
+            Err(_) => panic!(
+                "the CRI pod in {parent} did not finish within 120 s:\n{}",
+                c.log()
+            ),
+            Ok(Err(e)) => panic!("pod in {parent}: {e}\n--- containerd log\n{}", c.log()),
+            Ok(Ok(())) => {}
+        }
+    }
+}
+
+/// The container's cgroup path from the pod's cgroup parent and its id.
+type GroupOf = fn(&str, &str) -> String;
+
+async fn cri_limited_pod(
+    sock: PathBuf,
+    logs: PathBuf,
+    parent: &str,
+    group_of: GroupOf,
+) -> Result<(), String> {
+    use cri::v1::*;
+    use tandem::cgroup::{Cgroups, Version};
+    let mut client = cri::connect(sock).await?;
+    let limit: u64 = 96 << 20;
+    let pod_config = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: format!("limits-{}", parent.replace('.', "-")),
+            uid: format!("uid-{parent}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        log_directory: logs.to_string_lossy().into_owned(),
+        linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent: parent.into(),
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Node as i32,
+                    pid: NamespaceMode::Pod as i32,
+                    ipc: NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let pod = client
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod_config.clone()),
+            runtime_handler: "tandem".into(),
+        })
+        .await
+        .map_err(|e| format!("RunPodSandbox: {e}"))?
+        .into_inner()
+        .pod_sandbox_id;
+    let id = client
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(ContainerConfig {
+                metadata: Some(ContainerMetadata {
+                    name: "svc".into(),
+                    attempt: 0,
+                }),
+                image: Some(ImageSpec {
+                    image: "docker.io/tandem/service:latest".into(),
+                    ..Default::default()
+                }),
+                log_path: "svc.log".into(),
+                linux: Some(LinuxContainerConfig {
+                    resources: Some(LinuxContainerResources {
+                        memory_limit_in_bytes: limit as i64,
+                        cpu_quota: 50_000,
+                        cpu_period: 100_000,
+                        cpu_shares: 512,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            sandbox_config: Some(pod_config.clone()),
+        })
+        .await
+        .map_err(|e| format!("CreateContainer: {e}"))?
+        .into_inner()
+        .container_id;
+    client
+        .start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .map_err(|e| format!("StartContainer: {e}"))?;
+    let cgroups = Cgroups::detect().map_err(|e| e.to_string())?;
+    let path = group_of(parent, &id);
+    let group = cgroups
+        .open(&path)
+        .map_err(|e| format!("the container's cgroup {path}: {e}"))?;
+    let pids = group.pids().map_err(|e| e.to_string())?;
+    let vmm = pids
+        .iter()
+        .find(|p| exe_name(**p as i32).as_deref() == Some("tandem"))
+        .ok_or_else(|| format!("no tandem VMM in {path}: {pids:?}"))?;
+    let read = |controller: &str, file: &str| {
+        group
+            .controller_dir(controller)
+            .and_then(|d| fs::read_to_string(d.join(file)).ok())
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let limits_now = || match cgroups.version() {
+        Version::V2 => (read("memory", "memory.max"), read("cpu", "cpu.max")),
+        Version::V1 => (
+            read("memory", "memory.limit_in_bytes"),
+            format!(
+                "{} {}",
+                read("cpu", "cpu.cfs_quota_us"),
+                read("cpu", "cpu.cfs_period_us")
+            ),
+        ),
+    };
+    let (mem, cpu) = limits_now();
+    if mem != limit.to_string() || cpu != "50000 100000" {
+        return Err(format!(
+            "{path} (VMM {vmm}): memory limit {mem:?}, cpu {cpu:?}; expected {limit}, \"50000 100000\""
+        ));
+    }
+    // Kubelet's view: ContainerStats, from the shim's Stats.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = client
+            .container_stats(ContainerStatsRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .map_err(|e| format!("ContainerStats: {e}"))?
+            .into_inner()
+            .stats
+            .ok_or("ContainerStats without stats")?;
+        let working_set = stats
+            .memory
+            .as_ref()
+            .and_then(|m| m.working_set_bytes.as_ref())
+            .map_or(0, |v| v.value);
+        let cpu = stats
+            .cpu
+            .as_ref()
+            .and_then(|c| c.usage_core_nano_seconds.as_ref())
+            .map_or(0, |v| v.value);
+        if working_set > 1 << 20 && working_set <= limit && cpu > 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "ContainerStats: working set {working_set} bytes, cpu {cpu} ns: {stats:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A resize in place (UpdateContainerResources) reaches the group.
+    let bigger: u64 = 128 << 20;
+    client
+        .update_container_resources(UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(LinuxContainerResources {
+                memory_limit_in_bytes: bigger as i64,
+                cpu_quota: 25_000,
+                cpu_period: 100_000,
+                cpu_shares: 512,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("UpdateContainerResources: {e}"))?;
+    let (mem, cpu) = limits_now();
+    if mem != bigger.to_string() || cpu != "25000 100000" {
+        return Err(format!(
+            "after the update {path}: memory limit {mem:?}, cpu {cpu:?}; expected {bigger}, \"25000 100000\""
+        ));
+    }
+    client
+        .stop_container(StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 10,
+        })
+        .await
+        .map_err(|e| format!("StopContainer: {e}"))?;
+    client
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .map_err(|e| format!("StopPodSandbox: {e}"))?;
+    client
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .map_err(|e| format!("RemovePodSandbox: {e}"))?;
+    if cgroups.open(&path).is_ok() {
+        return Err(format!("the cgroup {path} outlived its container"));
+    }
+    Ok(())
 }
 
 async fn cri_pod(sock: PathBuf, logs: PathBuf) -> Result<(), String> {

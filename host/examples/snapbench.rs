@@ -91,8 +91,34 @@ fn restore_once(
     mem: u64,
     prefetch: Prefetch,
 ) -> (f64, f64, BootTrace) {
+    restore_checked(hv, snap, with_prefetch(mem, prefetch), Check::None)
+}
+
+/// How a restore checks the memory file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Check {
+    None,
+    /// `--verify`: the whole file first (counted in the setup).
+    Full,
+    /// `--verify lazy`: each chunk on first touch.
+    Lazy,
+}
+
+fn restore_checked(
+    hv: &Hypervisor,
+    snap: &Snapshot,
+    config: VmConfig,
+    check: Check,
+) -> (f64, f64, BootTrace) {
     let t = Instant::now();
-    let vm = Vm::restore(hv, snap, with_prefetch(mem, prefetch)).expect("restore");
+    if check == Check::Full {
+        snap.verify_memory().expect("memory file matches");
+    }
+    let config = VmConfig {
+        verify_lazily: check == Check::Lazy,
+        ..config
+    };
+    let vm = Vm::restore(hv, snap, config).expect("restore");
     let setup = us(t);
     let r = vm.run().expect("run");
     assert_eq!(r.status, ExitStatus::Exited(0));
@@ -195,6 +221,8 @@ fn main() {
         let mut data = Series::default();
         let mut lazy = Series::default();
         let mut ws = Series::default();
+        let (mut full, mut checked, mut checked_lazy) =
+            (Series::default(), Series::default(), Series::default());
         let (mut take, mut pooled_exit) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             let t = Instant::now();
@@ -207,6 +235,15 @@ fn main() {
             data.add(restore_once(&hv, &snap, mem, Prefetch::Data));
             lazy.add(restore_once(&hv, &snap, mem, Prefetch::Lazy));
             ws.add(restore_once(&hv, &snap, mem, Prefetch::Auto));
+            let auto = || with_prefetch(mem, Prefetch::Auto);
+            full.add(restore_checked(&hv, &snap, auto(), Check::Full));
+            checked.add(restore_checked(&hv, &snap, auto(), Check::Lazy));
+            checked_lazy.add(restore_checked(
+                &hv,
+                &snap,
+                with_prefetch(mem, Prefetch::Lazy),
+                Check::Lazy,
+            ));
             assert!(pool.wait_full(Duration::from_secs(30)), "pool refills");
             let t = Instant::now();
             let vm = pool.take(None).expect("take");
@@ -232,6 +269,13 @@ fn main() {
                 "prefetch_restore_setup_us": summary(ws.setup),
                 "prefetch_restore_to_exit_us": summary(ws.to_exit),
                 "prefetch_restore_phases_us": ws.phases.json(),
+                "verify_full_restore_setup_us": summary(full.setup),
+                "verify_full_restore_to_exit_us": summary(full.to_exit),
+                "verify_lazy_restore_setup_us": summary(checked.setup),
+                "verify_lazy_restore_to_exit_us": summary(checked.to_exit),
+                "verify_lazy_restore_phases_us": checked.phases.json(),
+                "verify_lazy_nothing_prefetched_setup_us": summary(checked_lazy.setup),
+                "verify_lazy_nothing_prefetched_to_exit_us": summary(checked_lazy.to_exit),
                 "pool_take_us": summary(take),
                 "pool_take_to_exit_us": summary(pooled_exit),
                 "heap_16m": heap,
@@ -277,6 +321,8 @@ fn main() {
         c.backup = Some(BackupConfig {
             dir: chain,
             every: Duration::from_secs(3600),
+            // The stop-the-world cost, as before pre-copy.
+            mode: tandem::backup::BackupMode::Stop,
         });
         let report = VmBuilder::new(&hv, &image).config(c).run().expect("run");
         assert_eq!(report.status, ExitStatus::Exited(0));

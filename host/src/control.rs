@@ -31,6 +31,35 @@ extern "C" fn snapshot_signal_handler(
     SNAPSHOT_SIGNALS.fetch_add(1, Ordering::SeqCst);
 }
 
+/// A thread to kick out of `KVM_RUN`: its `pthread_t` (an integer under
+/// glibc, a pointer under musl, so it is wrapped to cross threads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct VcpuThread(libc::pthread_t);
+
+// SAFETY: a pthread_t is an opaque thread name; it is only passed to
+// pthread_kill, which may be called from any thread.
+unsafe impl Send for VcpuThread {}
+// SAFETY: as above; nothing is read through it.
+unsafe impl Sync for VcpuThread {}
+
+impl VcpuThread {
+    /// The calling thread.
+    pub(crate) fn current() -> Self {
+        // SAFETY: pthread_self has no preconditions.
+        Self(unsafe { libc::pthread_self() })
+    }
+
+    /// Sends it the kick signal.
+    ///
+    /// # Safety
+    /// The thread must still be alive (callers keep it attached, or join
+    /// the kicking thread before it ends).
+    pub(crate) unsafe fn kick(self) {
+        // SAFETY: the caller guarantees the thread is alive.
+        unsafe { libc::pthread_kill(self.0, kick_signal()) };
+    }
+}
+
 pub(crate) fn kick_signal() -> libc::c_int {
     vmm_sys_util::signal::SIGRTMIN()
 }
@@ -86,13 +115,13 @@ impl Kicker {
     /// Starts watching for the calling thread, which must be the vCPU thread.
     pub fn start(watch: Watch) -> Self {
         register_kick_handler();
-        // SAFETY: pthread_self has no preconditions.
-        let target = unsafe { libc::pthread_self() };
+        let target = VcpuThread::current();
         let flags = Arc::new(Flags::default());
         let (stop, rx) = mpsc::channel::<()>();
         let f = flags.clone();
-        let thread = std::thread::spawn(move || {
-            // Narrower than the vCPU filter it inherits (see tandem::seccomp).
+        // Started by the I/O thread: the vCPU thread's filter has no clone.
+        let thread = crate::io_thread::spawn("tandem-control", move || {
+            // Narrower than the I/O filter it inherits (see tandem::seccomp).
             crate::seccomp::narrow_to_control();
             let start = Instant::now();
             let deadline = watch.timeout.map(|t| start + t);
@@ -145,14 +174,21 @@ impl Kicker {
                     // SAFETY: `target` is the vCPU thread, alive until it
                     // drops this Kicker, which closes the channel and ends
                     // this loop first.
-                    unsafe { libc::pthread_kill(target, kick_signal()) };
+                    unsafe { target.kick() };
                 }
             }
         });
+        let thread = match thread {
+            Ok(t) => Some(t),
+            Err(e) => {
+                log::error!("no control thread (timeouts, backup points, SIGUSR1 snapshots): {e}");
+                None
+            }
+        };
         Self {
             flags,
             stop: Some(stop),
-            thread: Some(thread),
+            thread,
         }
     }
 
@@ -192,14 +228,20 @@ pub enum VmEvent {
 
 type EventFn = Box<dyn Fn(VmEvent) + Send + Sync>;
 
+/// A snapshot asked through [`VmHandle::request_snapshot`]: where, and who
+/// hears how it went.
+pub(crate) type SnapshotAsk = (std::path::PathBuf, mpsc::Sender<Result<(), String>>);
+
 #[derive(Default)]
 struct HandleInner {
     /// The app was asked to stop: `Request::Idle` returns `stop: true`.
     stop_asked: AtomicBool,
     /// The VM must end now (status `Stopped`), whatever the guest does.
     killed: AtomicBool,
+    /// A snapshot asked and not yet taken.
+    snapshot: std::sync::Mutex<Option<SnapshotAsk>>,
     /// The vCPU thread while a run is attached.
-    vcpu: std::sync::Mutex<Option<libc::pthread_t>>,
+    vcpu: std::sync::Mutex<Option<VcpuThread>>,
     wake: std::sync::Condvar,
     on_event: std::sync::OnceLock<EventFn>,
 }
@@ -212,7 +254,10 @@ struct HandleInner {
 /// - [`VmHandle::request_stop`]: a polite request, seen by an app waiting in
 ///   `Request::Idle` (which returns at once with `stop: true`);
 /// - [`VmHandle::kill`]: ends the run at the next VM exit, kicking the
-///   vCPU out of `KVM_RUN` if it must (status [`ExitStatus::Stopped`](crate::ExitStatus::Stopped)).
+///   vCPU out of `KVM_RUN` if it must (status [`ExitStatus::Stopped`](crate::ExitStatus::Stopped));
+/// - [`VmHandle::request_snapshot`]: a snapshot into a directory between two
+///   guest instructions, the VM running on after it (an app in an `Idle`
+///   wait is woken for it, as a capped wait: `Elapsed`, not `Stop`).
 #[derive(Clone, Default)]
 pub struct VmHandle {
     inner: Arc<HandleInner>,
@@ -265,6 +310,49 @@ impl VmHandle {
         }
     }
 
+    /// Asks for a snapshot into `dir`, taken at the vCPU's next stop between
+    /// two guest instructions (it is kicked out of `KVM_RUN`, or woken from an
+    /// `Idle` wait); the VM runs on. The receiver hears how it went; it sees
+    /// the channel closed if the run ends first, or if a newer request
+    /// replaced this one.
+    pub fn request_snapshot(&self, dir: std::path::PathBuf) -> mpsc::Receiver<Result<(), String>> {
+        let (tx, rx) = mpsc::channel();
+        *self
+            .inner
+            .snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some((dir, tx));
+        self.notify();
+        register_kick_handler();
+        if self.kick() {
+            let h = self.clone();
+            std::thread::spawn(move || {
+                while h.snapshot_pending() && h.kick() {
+                    std::thread::sleep(KICK_INTERVAL);
+                }
+            });
+        }
+        rx
+    }
+
+    /// Whether a snapshot is asked and not yet taken.
+    pub(crate) fn snapshot_pending(&self) -> bool {
+        self.inner
+            .snapshot
+            .lock()
+            .map(|s| s.is_some())
+            .unwrap_or(false)
+    }
+
+    /// Takes the snapshot request, if any.
+    pub(crate) fn take_snapshot_request(&self) -> Option<SnapshotAsk> {
+        self.inner
+            .snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
     /// Whether the app was asked to stop.
     pub fn stop_asked(&self) -> bool {
         self.inner.stop_asked.load(Ordering::SeqCst)
@@ -287,7 +375,7 @@ impl VmHandle {
             Some(thread) => {
                 // SAFETY: `thread` is attached, and the run detaches it
                 // (under this lock) before the thread can end.
-                unsafe { libc::pthread_kill(thread, kick_signal()) };
+                unsafe { thread.kick() };
                 true
             }
             None => false,
@@ -303,19 +391,22 @@ impl VmHandle {
     /// Records the calling thread as the vCPU thread until the guard drops.
     pub(crate) fn attach(&self) -> Attached<'_> {
         register_kick_handler();
-        // SAFETY: pthread_self has no preconditions.
-        let me = unsafe { libc::pthread_self() };
+        let me = VcpuThread::current();
         *self.inner.vcpu.lock().unwrap_or_else(|p| p.into_inner()) = Some(me);
         Attached(self)
     }
 
-    /// Blocks up to `limit`, or until a stop is asked; returns whether it was.
+    /// Blocks up to `limit`, or until a stop (or a snapshot) is asked;
+    /// returns whether a stop was.
     pub(crate) fn idle(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         let mut guard = self.inner.vcpu.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if self.stop_asked() {
                 return true;
+            }
+            if self.snapshot_pending() {
+                return false;
             }
             let now = Instant::now();
             if now >= deadline {

@@ -32,6 +32,8 @@ use alloc::vec::Vec;
 
 use tandem_abi::checksum::crc32;
 
+pub mod protocol;
+
 /// Bytes of a sector.
 pub const SECTOR: usize = 512;
 /// Bytes of a record header.

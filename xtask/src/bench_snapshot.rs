@@ -140,7 +140,7 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
         let [a, b] = cells;
         t.row([label.to_string(), a, b]);
     };
-    let inproc_rows: [(&str, &[&str]); 16] = [
+    let inproc_rows: [(&str, &[&str]); 22] = [
         ("in process: cold boot to exit", &["cold_boot_to_exit_us"]),
         ("in process: restore setup (data)", &["restore_setup_us"]),
         (
@@ -170,6 +170,30 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
         (
             "in process: restore to exit (working set)",
             &["prefetch_restore_to_exit_us"],
+        ),
+        (
+            "in process: restore setup (--verify full, working set)",
+            &["verify_full_restore_setup_us"],
+        ),
+        (
+            "in process: restore to exit (--verify full, working set)",
+            &["verify_full_restore_to_exit_us"],
+        ),
+        (
+            "in process: restore setup (--verify lazy, working set)",
+            &["verify_lazy_restore_setup_us"],
+        ),
+        (
+            "in process: restore to exit (--verify lazy, working set)",
+            &["verify_lazy_restore_to_exit_us"],
+        ),
+        (
+            "in process: restore setup (--verify lazy, nothing prefetched)",
+            &["verify_lazy_nothing_prefetched_setup_us"],
+        ),
+        (
+            "in process: restore to exit (--verify lazy, nothing prefetched)",
+            &["verify_lazy_nothing_prefetched_to_exit_us"],
         ),
         ("in process: pooled take", &["pool_take_us"]),
         ("in process: pooled take to exit", &["pool_take_to_exit_us"]),

@@ -5,16 +5,20 @@
 //! through `$CARGO`, the one that runs this program.
 
 mod bench;
+mod bench_api;
 mod bench_args;
+mod bench_backup;
 mod bench_backup_disk;
 mod bench_containerd;
 mod bench_disk;
 mod bench_fleet;
+mod bench_fleet_io;
 mod bench_floor;
 mod bench_net;
 mod bench_net_http;
 mod bench_paths;
 mod bench_snapshot;
+mod dist;
 mod elf;
 mod fuzz;
 mod gdb;
@@ -86,6 +90,21 @@ COMMANDS:
         target/oci/APP.tar named docker.io/tandem/APP:latest, for
         `ctr images import` and the containerd shim (containerd-shim-tandem-v1).
 
+    dist [--debug] [--out DIR]
+        Build the host (release unless --debug) and write the man pages and
+        shell completions (bash, zsh, fish) of `tandem`, generated from its
+        clap definition (clap_mangen, clap_complete), into DIR (default
+        target/dist): man/*.1, completions/{bash,zsh,fish}/.
+
+    deb [--out DIR]
+        Build the Debian package of `tandem` with cargo-deb (installed with
+        `cargo install cargo-deb --locked` when missing): release builds of
+        tandem, tandemd and the containerd shim, tandem's man pages and
+        completions (dist), the tandemd unit and the `tandem` group
+        (sysusers.d), as
+        described by [package.metadata.deb] in host/Cargo.toml. The package
+        goes to DIR (default target/debian); `dpkg -i` it.
+
     test [-- TEST-ARGS...]
         Check the toolchain and /dev/kvm; lint both workspaces (cargo fmt
         --check, cargo clippy -D warnings); build the guest apps, the `tandem`
@@ -110,16 +129,24 @@ COMMANDS:
         under KVM and TCG. Prints medians per phase and writes JSON and an SVG
         chart (target/bench/boot-paths.{json,svg}).
 
-    bench fleet [--sizes 100,1000] [--runs N] [--json FILE]
+    bench fleet [--sizes 100,1000] [--runs N] [--json FILE] [--no-io] [--io-only]
         Fleets of small VMs (service app, one in ten high priority) booted
         until all are ready, with the scheduler (cap = CPUs) and all at once,
         side by side: time to all ready, VMs/s, p50/p99 per priority class,
-        host memory per VM (target/bench/fleet.json).
+        host memory per VM; then the I/O case: 4 batch VMs writing flat out
+        while 20 high-priority VMs boot, with and without [fleet] io_budget
+        (high p50/p99 time to ready, batch MiB/s) (target/bench/fleet.json).
 
     bench snapshot [--runs N] [--json FILE]
         Snapshot, restore, clone and backup costs of the counter app next to
         its cold boot, in process and as whole processes (64 MiB and 1 GiB).
         Writes JSON to target/bench/snapshot.json unless --json.
+
+    bench api [--runs N] [--vms-per-worker N] [--json FILE]
+        tandemd (release) on a private socket: N VMs (service, default 100)
+        created and started through the API, p50/p99 latency of create,
+        start and list, and resident memory per idle VM in the workers
+        (target/bench/api.json).
 
     bench containerd [--runs N] [--json FILE]
         `ctr run --rm` of hello under the Tandem shim against runc running a
@@ -139,6 +166,14 @@ COMMANDS:
         the previous point (16 to 4096 puts of one 4 KiB block each): the
         point's dirty blocks and pages, write time (median, max) and bytes
         (N rounds, default 3; target/bench/backup-disk.json).
+        Then the pause figures of `bench backup-pause` (default options).
+
+    bench backup-pause [--runs N] [--backup-mode precopy|stop|both] [--json FILE]
+        Guest pause per backup point (host side: vCPU stopped to resumed;
+        guest side: the gap in its own TSC-stamped loop), p50 and p99, at
+        16, 1024 and 16,384 dirtied pages of a 256 MiB guest (dirtier),
+        pre-copy and stop-the-world side by side (N runs each, default 3,
+        interleaved); pages per point, write MiB/s (target/bench/backup.json).
 
     bench net [--runs N] [--requests N] [--json FILE]
         httpd on the Tandem VMM (a tap the bench makes; root) and under QEMU
@@ -206,6 +241,8 @@ fn try_main() -> Result<ExitCode> {
         "bench" => bench_cmd(&project, args),
         "fuzz" => fuzz_cmd(&project, args),
         "codegen" => codegen(&project, args),
+        "dist" => dist_cmd(&project, args, false),
+        "deb" => dist_cmd(&project, args, true),
         "help" | "-h" | "--help" => {
             print!("{HELP}");
             Ok(ExitCode::SUCCESS)
@@ -268,6 +305,32 @@ fn gdb_cmd(project: &Project, args: Vec<String>) -> Result<ExitCode> {
     }
     let app = app.context("`cargo xtask gdb` needs an APP (e.g. debugme)")?;
     gdb::gdb(project, &app, &args.trailing.join(" "))
+}
+
+/// `cargo xtask dist` and `cargo xtask deb`.
+fn dist_cmd(project: &Project, args: Vec<String>, deb: bool) -> Result<ExitCode> {
+    let name = if deb { "deb" } else { "dist" };
+    let mut args = Args::new(args);
+    let mut profile = Profile::Release;
+    let mut out = None;
+    while let Some(word) = args.next() {
+        if let Some(v) = args.value(&word, "--out")? {
+            out = Some(PathBuf::from(v));
+        } else if word == "--debug" && !deb {
+            profile = Profile::Debug;
+        } else {
+            return Err(unexpected(name, &word));
+        }
+    }
+    if let Some(word) = args.trailing.first() {
+        return Err(unexpected(name, word));
+    }
+    if deb {
+        dist::deb(project, out)?;
+    } else {
+        dist::dist(project, profile, out)?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn unexpected(command: &str, word: &str) -> anyhow::Error {
@@ -545,12 +608,21 @@ fn bench_cmd(project: &Project, args: Vec<String>) -> Result<ExitCode> {
         bench_fleet::bench(project, &bench_fleet::parse(&args[1..])?)?;
         return Ok(ExitCode::SUCCESS);
     }
+    if args.first().map(String::as_str) == Some("api") {
+        bench_api::bench(project, &bench_api::parse(&args[1..])?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.first().map(String::as_str) == Some("containerd") {
         bench_containerd::bench(project, &bench_containerd::parse(&args[1..])?)?;
         return Ok(ExitCode::SUCCESS);
     }
     if args.first().map(String::as_str) == Some("backup") {
         bench_backup_disk::bench(project, &bench_backup_disk::parse(&args[1..])?)?;
+        bench_backup::bench(project, &bench_backup::parse(&[])?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.first().map(String::as_str) == Some("backup-pause") {
+        bench_backup::bench(project, &bench_backup::parse(&args[1..])?)?;
         return Ok(ExitCode::SUCCESS);
     }
     if args.first().map(String::as_str) == Some("disk") {

@@ -126,7 +126,13 @@ impl Control {
     ) -> Result<(), NetifError> {
         // SAFETY: `req` is a valid, initialised 40-byte ifreq that outlives
         // the call; every request used here reads and writes at most that.
-        let rc = unsafe { libc::ioctl(self.0.as_raw_fd(), request, req as *mut IfReq) };
+        let rc = unsafe {
+            libc::ioctl(
+                self.0.as_raw_fd(),
+                request as libc::Ioctl,
+                req as *mut IfReq,
+            )
+        };
         if rc < 0 {
             return Err(NetifError::Ioctl {
                 what,
@@ -148,7 +154,13 @@ impl Control {
         // SAFETY: `req.name` is a NUL-terminated name (IfReq::new keeps a
         // zero byte at the end) that outlives the call; the kernel reads at
         // most IFNAMSIZ bytes of it.
-        let rc = unsafe { libc::ioctl(self.0.as_raw_fd(), request, req.name.as_ptr()) };
+        let rc = unsafe {
+            libc::ioctl(
+                self.0.as_raw_fd(),
+                request as libc::Ioctl,
+                req.name.as_ptr(),
+            )
+        };
         if rc < 0 {
             return Err(NetifError::Ioctl {
                 what,
@@ -312,12 +324,21 @@ unsafe fn reap(read_end: libc::c_int, write_end: libc::c_int, mut req: IfReq) ->
         let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
         if sock >= 0 {
             let name = req.name;
-            if libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req as *mut IfReq) == 0 {
+            if libc::ioctl(
+                sock,
+                libc::SIOCGIFFLAGS as libc::Ioctl,
+                &mut req as *mut IfReq,
+            ) == 0
+            {
                 let flags = req.flags() & !IFF_UP;
                 req.data[..2].copy_from_slice(&flags.to_ne_bytes());
-                libc::ioctl(sock, libc::SIOCSIFFLAGS, &mut req as *mut IfReq);
+                libc::ioctl(
+                    sock,
+                    libc::SIOCSIFFLAGS as libc::Ioctl,
+                    &mut req as *mut IfReq,
+                );
             }
-            libc::ioctl(sock, SIOCBRDELBR, name.as_ptr());
+            libc::ioctl(sock, SIOCBRDELBR as libc::Ioctl, name.as_ptr());
         }
         libc::_exit(0)
     }

@@ -189,7 +189,7 @@ impl Tap {
         // SAFETY: `file` is an open tun descriptor and `req` a valid,
         // initialised ifreq-sized buffer that outlives the call; TUNSETIFF
         // reads the name and flags and writes back the name.
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) };
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as libc::Ioctl, &mut req) };
         if rc < 0 {
             return Err(TapError::Attach {
                 name: name.into(),

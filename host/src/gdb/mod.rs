@@ -241,11 +241,11 @@ impl Watcher {
     pub(crate) fn start(conn: &GdbConnection) -> Self {
         crate::control::register_kick_handler();
         let fd = conn.raw_fd();
-        // SAFETY: pthread_self has no preconditions.
-        let target = unsafe { libc::pthread_self() };
+        let target = crate::control::VcpuThread::current();
         let state = Arc::new(WatchState::default());
         let s = state.clone();
-        let thread = std::thread::spawn(move || loop {
+        // Started by the I/O thread: the vCPU thread's filter has no clone.
+        let thread = crate::io_thread::spawn("tandem-gdb-watch", move || loop {
             {
                 let mut armed = s.armed.lock().unwrap_or_else(|p| p.into_inner());
                 while !*armed && !s.stop.load(Ordering::SeqCst) {
@@ -272,14 +272,18 @@ impl Watcher {
             if s.data.load(Ordering::SeqCst) && *s.armed.lock().unwrap_or_else(|p| p.into_inner()) {
                 // SAFETY: `target` is the vCPU thread, which joins this
                 // thread (dropping the Watcher) before it ends.
-                unsafe { libc::pthread_kill(target, crate::control::kick_signal()) };
+                unsafe { target.kick() };
                 std::thread::sleep(WATCH_INTERVAL);
             }
         });
-        Self {
-            state,
-            thread: Some(thread),
-        }
+        let thread = match thread {
+            Ok(t) => Some(t),
+            Err(e) => {
+                log::error!("no Ctrl-C watcher for gdb: {e}");
+                None
+            }
+        };
+        Self { state, thread }
     }
 
     /// The guest is about to run: watch.

@@ -91,6 +91,11 @@ pub(crate) fn data_regions(digests: &ChunkDigests, mem_size: u64) -> Vec<(u64, u
     out
 }
 
+/// An offset inside guest memory (whose size fits `usize`) as `usize`.
+fn to_usize(x: u64) -> Result<usize, LazyVerifyError> {
+    usize::try_from(x).map_err(|_| LazyVerifyError::Io(std::io::Error::other("offset")))
+}
+
 /// What the handler and the vCPU thread share.
 struct Shared {
     /// The first chunk that did not match, named.
@@ -100,7 +105,7 @@ struct Shared {
     /// The run loop has seen the failure and will not enter the guest again.
     seen: AtomicBool,
     /// The vCPU thread while a run is attached.
-    vcpu: Mutex<Option<libc::pthread_t>>,
+    vcpu: Mutex<Option<crate::control::VcpuThread>>,
     /// Chunks served after a fault.
     served: AtomicU64,
 }
@@ -215,7 +220,7 @@ impl Handler {
             let Some(thread) = *guard else { return };
             // SAFETY: `thread` is attached, and the run detaches it (under
             // this lock) before the thread can end.
-            unsafe { libc::pthread_kill(thread, crate::control::kick_signal()) };
+            unsafe { thread.kick() };
             drop(guard);
             std::thread::sleep(KICK_INTERVAL);
         }
@@ -300,12 +305,6 @@ pub(crate) struct Prefetched {
     pub corrupt: u64,
 }
 
-/// An offset into the mapping: below its length, a `usize`, so it fits.
-#[allow(clippy::cast_possible_truncation)]
-fn in_mapping(offset: u64) -> usize {
-    offset as usize
-}
-
 impl LazyVerifier {
     /// Brings in the prefetched chunks (each checked first), registers the
     /// regions with data and starts the handler thread.
@@ -322,24 +321,14 @@ impl LazyVerifier {
             if start.checked_add(n).is_none_or(|e| e > s.len) {
                 continue;
             }
-            let n_usize = usize::try_from(n)
-                .map_err(|_| LazyVerifyError::Io(std::io::Error::other("range")))?;
+            let (start_usize, n_usize) = (to_usize(start)?, to_usize(n)?);
             // SAFETY: advice on a range of the caller's fresh mapping.
-            unsafe {
-                libc::madvise(
-                    s.base.byte_add(in_mapping(start)),
-                    n_usize,
-                    libc::MADV_HUGEPAGE,
-                )
-            };
+            unsafe { libc::madvise(s.base.byte_add(start_usize), n_usize, libc::MADV_HUGEPAGE) };
             // SAFETY: the range lies inside the caller's mapping, which no
             // Rust reference points into and nothing else uses yet; the
             // slice lives only for the read and the checks below.
             let region = unsafe {
-                std::slice::from_raw_parts_mut(
-                    s.base.byte_add(in_mapping(start)).cast::<u8>(),
-                    n_usize,
-                )
+                std::slice::from_raw_parts_mut(s.base.byte_add(start_usize).cast::<u8>(), n_usize)
             };
             s.file
                 .read_exact_at(region, start)
@@ -354,7 +343,7 @@ impl LazyVerifier {
                     // SAFETY: drops one chunk of the range just filled.
                     unsafe {
                         libc::madvise(
-                            s.base.byte_add(in_mapping(start) + i * CHUNK),
+                            s.base.byte_add(start_usize + i * CHUNK),
                             CHUNK,
                             libc::MADV_DONTNEED,
                         )
@@ -390,7 +379,7 @@ impl LazyVerifier {
                     // SAFETY: advice on one chunk of the caller's mapping.
                     unsafe {
                         libc::madvise(
-                            s.base.byte_add(in_mapping(at)),
+                            s.base.byte_add(to_usize(at)?),
                             CHUNK,
                             libc::MADV_POPULATE_WRITE,
                         )
@@ -479,8 +468,7 @@ impl LazyVerifier {
     /// guard drops.
     pub(crate) fn attach(&self) -> Attached {
         crate::control::register_kick_handler();
-        // SAFETY: pthread_self has no preconditions.
-        let me = unsafe { libc::pthread_self() };
+        let me = crate::control::VcpuThread::current();
         *self.shared.vcpu.lock().unwrap_or_else(|p| p.into_inner()) = Some(me);
         Attached(self.shared.clone())
     }

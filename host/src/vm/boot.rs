@@ -80,7 +80,7 @@ impl Vm {
             &disks,
         );
         write_boot_info(mem, &info)?;
-        prefault(mem, image)?;
+        prefault(&machine.ram, image)?;
         machine.trace.stamp(Phase::ImageLoaded);
 
         let vcpu = &machine.vcpu;

@@ -65,7 +65,9 @@ impl Vm {
             name: core.program.clone(),
             args: coredump::psargs(&core.program, &self.config.cmdline),
         };
-        let stats = coredump::write(&core.path, &notes, &self.ram)?;
+        let (path, ram) = (&core.path, &self.ram);
+        let stats = crate::io_thread::call(|| coredump::write(path, &notes, ram))
+            .map_err(|e| VmError::Config(e.to_string()))??;
         Ok(Some((core.path.clone(), stats)))
     }
 }

@@ -2,10 +2,10 @@
 //! page faults are few and cheap.
 
 use tandem_abi::layout;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::VmError;
 use crate::image::Image;
+use crate::memory::GuestRam;
 
 /// Ranges of which the guest touches several pages on its way to `main` and
 /// at exit: the boot-info block, trace stamps, hypercall and console buffers
@@ -29,7 +29,8 @@ const HOT: &[(u64, u64)] = &[
 /// writable: one guest fault then maps the whole group.
 const PREFETCH_GROUP: u64 = 8 * layout::PAGE_SIZE;
 
-pub(super) fn prefault(mem: &GuestMemoryMmap, image: &Image) -> Result<(), VmError> {
+pub(super) fn prefault(ram: &GuestRam, image: &Image) -> Result<(), VmError> {
+    let page_size = layout::PAGE_SIZE;
     let mapped = |page: u64| {
         layout::LOW_REGIONS
             .iter()
@@ -37,27 +38,33 @@ pub(super) fn prefault(mem: &GuestMemoryMmap, image: &Image) -> Result<(), VmErr
             || image
                 .segments
                 .iter()
-                .any(|s| page >= s.addr & !(layout::PAGE_SIZE - 1) && page < s.addr + s.mem_size)
+                .any(|s| page >= s.addr & !(page_size - 1) && page < s.addr + s.mem_size)
     };
-    let touch_groups = |start: u64, end: u64| -> Result<(), VmError> {
+    // Each run of mapped pages in the groups is made present and writable
+    // in one call, without reading it first (see `GuestRam::populate_write`).
+    let touch_groups = |start: u64, end: u64| {
         let mut page = start & !(PREFETCH_GROUP - 1);
+        let mut run: Option<u64> = None;
         while page < end {
-            if mapped(page) {
-                // Rewrite what is there: the page becomes present and
-                // writable on the host, its content unchanged (the guest
-                // has not started).
-                let v: u64 = mem.read_obj(GuestAddress(page))?;
-                mem.write_obj(v, GuestAddress(page))?;
+            match (mapped(page), run) {
+                (true, None) => run = Some(page),
+                (false, Some(from)) => {
+                    ram.populate_write(from / page_size, page / page_size);
+                    run = None;
+                }
+                _ => {}
             }
-            page += layout::PAGE_SIZE;
+            page += page_size;
         }
-        Ok(())
+        if let Some(from) = run {
+            ram.populate_write(from / page_size, page / page_size);
+        }
     };
     for &(start, end) in HOT {
-        touch_groups(start, end)?;
+        touch_groups(start, end);
     }
     for seg in &image.segments {
-        touch_groups(seg.addr, seg.addr + seg.mem_size)?;
+        touch_groups(seg.addr, seg.addr + seg.mem_size);
     }
     Ok(())
 }

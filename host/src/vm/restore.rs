@@ -214,16 +214,20 @@ impl Vm {
         let Some(snapshot) = self.record_working_set.take() else {
             return;
         };
-        let result = self
-            .ram
-            .present_pages()
-            .map_err(|e| e.to_string())
-            .and_then(|pages| {
-                snapshot
-                    .write_working_set(&pages)
-                    .map(|()| pages.len())
-                    .map_err(|e| e.to_string())
-            });
+        let ram = &self.ram;
+        // On the I/O thread: the vCPU thread opens no file.
+        let result = crate::io_thread::call(|| {
+            ram.present_pages()
+                .map_err(|e| e.to_string())
+                .and_then(|pages| {
+                    snapshot
+                        .write_working_set(&pages)
+                        .map(|()| pages.len())
+                        .map_err(|e| e.to_string())
+                })
+        })
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
         match result {
             Ok(n) => log::info!(
                 "working set of {n} pages recorded in {}",

@@ -10,7 +10,9 @@
 //! - `every=N`: print only every Nth step (default 1);
 //! - `pause-us=N`: busy-wait N microseconds between steps (default 0);
 //! - `fill`: fill every table page with a pattern before `ready()` and check
-//!   every byte of it at exit (so a restore that loses a page shows).
+//!   every byte of it at exit (so a restore that loses a page shows);
+//! - `spare=N`: fill N more heap pages with another pattern before `ready()`
+//!   and never read them again (memory a restored guest never touches).
 #![no_std]
 #![no_main]
 
@@ -29,6 +31,7 @@ struct Options {
     every: u64,
     pause_us: u64,
     fill: bool,
+    spare: usize,
 }
 
 fn options(env: &Env) -> Result<Options, String> {
@@ -40,6 +43,7 @@ fn options(env: &Env) -> Result<Options, String> {
         every: 1,
         pause_us: 0,
         fill: false,
+        spare: 0,
     };
     for word in env.args() {
         let (key, value) = word.split_once('=').unwrap_or((word, ""));
@@ -56,6 +60,7 @@ fn options(env: &Env) -> Result<Options, String> {
             "every" => o.every = num()?.max(1),
             "pause-us" => o.pause_us = num()?,
             "fill" => o.fill = true,
+            "spare" => o.spare = usize::try_from(num()?.min(1 << 16)).unwrap_or(0),
             _ => return Err(format!("unknown option `{word}`")),
         }
     }
@@ -93,6 +98,11 @@ fn main(env: &Env) -> Result<(), String> {
             *b = pattern(i);
         }
     }
+    // Written once, kept, never read again.
+    let spare: Vec<u8> = (0..o.spare * PAGE)
+        .map(|i| u8::try_from(i % 251).unwrap_or(0) ^ 0xA5)
+        .collect();
+    let spare = core::hint::black_box(spare);
     if o.ready {
         ready();
     }
@@ -144,6 +154,7 @@ fn main(env: &Env) -> Result<(), String> {
                 "final count {count} hash {hash:016x} table {sum:016x} generation {}",
                 env.generation()
             );
+            core::mem::forget(spare);
             return Ok(());
         }
         if o.pause_us > 0 {
