@@ -101,6 +101,8 @@ impl LiveBackup {
         every: Duration,
     ) -> Result<Self, Option<BackupWriter>> {
         crate::control::register_kick_handler();
+        // Before this thread frees any of the backup thread's memory.
+        let _ = crate::io_thread::call(settle_allocator);
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() };
         let shared = Arc::new(Shared {
@@ -220,6 +222,19 @@ impl Drop for LiveBackup {
     }
 }
 
+/// Makes glibc's allocator learn, on the thread that runs this (the I/O
+/// thread, which may open files), what it otherwise reads from
+/// `/proc/sys/vm/overcommit_memory` the first time a thread's heap
+/// shrinks: memory the backup thread allocated and the vCPU thread frees
+/// can shrink a heap there, whose filter allows no `openat`. glibc keeps
+/// the answer for the process, so one shrink here is enough: chunks of
+/// 64 KiB (below the mmap threshold, at the consolidation threshold)
+/// freed together leave a top chunk past the trim threshold.
+fn settle_allocator() {
+    let chunks: Vec<Vec<u8>> = (0..32).map(|_| vec![1u8; 64 << 10]).collect();
+    drop(std::hint::black_box(chunks));
+}
+
 /// What a wait for the next message came to.
 enum Wait {
     Due,
@@ -243,6 +258,20 @@ fn worker(
     rx: &mpsc::Receiver<ToWorker>,
     every: Duration,
 ) -> Vec<BackupRecord> {
+    let records = run_points(&mut writer, harvester, shared, rx, every);
+    // The buffers are this thread's: freed here, not by the vCPU thread.
+    lock(harvester).release();
+    records
+}
+
+/// The points, until the vCPU side hangs up.
+fn run_points(
+    writer: &mut BackupWriter,
+    harvester: &Mutex<Harvester>,
+    shared: &Shared,
+    rx: &mpsc::Receiver<ToWorker>,
+    every: Duration,
+) -> Vec<BackupRecord> {
     let mut records = Vec::new();
     let mut next = Instant::now() + every;
     loop {
@@ -250,7 +279,7 @@ fn worker(
         match wait(rx, next.saturating_duration_since(Instant::now())) {
             Wait::Quit => return records,
             Wait::Message(m) => {
-                write(&mut writer, harvester, m, Instant::now(), 0, &mut records);
+                write(writer, harvester, m, Instant::now(), 0, &mut records);
                 continue;
             }
             Wait::Due => {}
@@ -305,7 +334,7 @@ fn worker(
             }
         };
         write(
-            &mut writer,
+            writer,
             harvester,
             message,
             started,

@@ -226,6 +226,12 @@ impl Harvester {
         }
     }
 
+    /// Frees the buffers (on the thread that calls it).
+    pub fn release(&mut self) {
+        self.staging = Staging::default();
+        self.spare = None;
+    }
+
     /// Hands back a written buffer for reuse.
     pub fn recycle(&mut self, mut staging: Staging) {
         staging.clear();
