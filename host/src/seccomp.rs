@@ -50,6 +50,10 @@ pub enum ThreadKind {
     DebuggedVcpu,
     /// The control thread: timeouts, backup ticks, signal relays.
     Control,
+    /// The lazy verification handler (`--verify lazy`): reads chunks of
+    /// the memory file and copies them into guest memory through its
+    /// userfaultfd, kicks the vCPU thread.
+    Verifier,
 }
 
 const KVMIO: u32 = 0xAE;
@@ -211,11 +215,48 @@ pub(crate) const CONTROL_SYSCALLS: &[(&str, i64)] = &[
     ("exit_group", libc::SYS_exit_group),
 ];
 
+/// What the lazy verification handler may do: wait on its userfaultfd
+/// and stop eventfd, read them and the memory file, copy and wake
+/// (ioctls below), kick the vCPU thread, sleep between kicks, log, close
+/// its descriptors and end.
+pub(crate) const VERIFIER_SYSCALLS: &[(&str, i64)] = &[
+    ("poll", libc::SYS_poll),
+    ("ppoll", libc::SYS_ppoll),
+    ("read", libc::SYS_read),
+    ("pread64", libc::SYS_pread64),
+    ("write", libc::SYS_write),
+    ("brk", libc::SYS_brk),
+    ("mmap", libc::SYS_mmap),
+    ("mprotect", libc::SYS_mprotect),
+    ("munmap", libc::SYS_munmap),
+    ("madvise", libc::SYS_madvise),
+    ("futex", libc::SYS_futex),
+    ("clock_gettime", libc::SYS_clock_gettime),
+    ("clock_nanosleep", libc::SYS_clock_nanosleep),
+    ("nanosleep", libc::SYS_nanosleep),
+    ("sched_yield", libc::SYS_sched_yield),
+    ("tgkill", libc::SYS_tgkill),
+    ("getpid", libc::SYS_getpid),
+    ("gettid", libc::SYS_gettid),
+    ("rt_sigreturn", libc::SYS_rt_sigreturn),
+    ("rt_sigprocmask", libc::SYS_rt_sigprocmask),
+    ("sigaltstack", libc::SYS_sigaltstack),
+    ("close", libc::SYS_close),
+    // Debug builds check a descriptor is open before closing it.
+    ("fcntl", libc::SYS_fcntl),
+    // glibc's malloc reads /proc/sys/vm/overcommit_memory the first time
+    // it shrinks a thread's arena (the vCPU filter allows it too).
+    ("openat", libc::SYS_openat),
+    ("exit", libc::SYS_exit),
+    ("exit_group", libc::SYS_exit_group),
+];
+
 /// The syscalls a thread kind may make.
 pub(crate) fn syscalls(kind: ThreadKind) -> &'static [(&'static str, i64)] {
     match kind {
         ThreadKind::Vcpu | ThreadKind::DebuggedVcpu => VCPU_SYSCALLS,
         ThreadKind::Control => CONTROL_SYSCALLS,
+        ThreadKind::Verifier => VERIFIER_SYSCALLS,
     }
 }
 
@@ -225,6 +266,7 @@ fn ioctls(kind: ThreadKind) -> Vec<(&'static str, u64)> {
         ThreadKind::Vcpu => IOCTLS.to_vec(),
         ThreadKind::DebuggedVcpu => [IOCTLS, DEBUG_IOCTLS].concat(),
         ThreadKind::Control => Vec::new(),
+        ThreadKind::Verifier => crate::lazy_verify::HANDLER_IOCTLS.to_vec(),
     }
 }
 
@@ -304,6 +346,16 @@ pub(crate) fn narrow_to_control() {
     let _ = install(ThreadKind::Control);
 }
 
+/// Installs `kind`'s filter on the calling thread unless seccomp was
+/// turned off (`--no-seccomp`), for threads started before the vCPU
+/// thread locks down.
+pub(crate) fn install_unless_disabled(kind: ThreadKind) -> Result<(), SeccompError> {
+    if DISABLED.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(());
+    }
+    install(kind)
+}
+
 /// Whether the calling thread runs under a seccomp filter.
 fn filtered() -> bool {
     // SAFETY: PR_GET_SECCOMP takes no pointer arguments and only reads.
@@ -332,6 +384,8 @@ mod tests {
         // only together with the list, and say why in the commit.
         assert_eq!(VCPU_SYSCALLS.len(), 54, "vCPU syscalls changed");
         assert_eq!(CONTROL_SYSCALLS.len(), 20, "control syscalls changed");
+        // Issue 15: the lazy verification handler.
+        assert_eq!(VERIFIER_SYSCALLS.len(), 26, "verifier syscalls changed");
         // 17th: FICLONE, a snapshot's reflink of a disk (issue 13).
         assert_eq!(IOCTLS.len(), 17, "ioctls changed");
         // Under gdb only (issue 16): KVM_SET_REGS, for gdb's register
@@ -342,6 +396,7 @@ mod tests {
             ThreadKind::Vcpu,
             ThreadKind::DebuggedVcpu,
             ThreadKind::Control,
+            ThreadKind::Verifier,
         ] {
             let mut names: Vec<_> = syscalls(kind).iter().map(|(n, _)| n).collect();
             names.sort();
@@ -359,6 +414,7 @@ mod tests {
             ThreadKind::Vcpu,
             ThreadKind::DebuggedVcpu,
             ThreadKind::Control,
+            ThreadKind::Verifier,
         ] {
             let (ours, theirs) = (filter(kind).unwrap(), chain(kind).unwrap());
             let mut requests: Vec<u64> = ioctls(kind).iter().map(|&(_, r)| r).collect();
