@@ -4,7 +4,7 @@
 //! in Rust (the example's `--baseline-process`) and the minimal C VMM of
 //! `tools/minvmm` (static). Each whole process's peak RSS too. `tandem` is
 //! measured twice: the default build (glibc, dynamically linked) and the
-//! lean one (`host::build_lean`: musl, static-pie, `[profile.lean]`).
+//! lean one (`host::build_lean`: musl, static, not PIE, `[profile.lean]`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -357,7 +357,7 @@ fn print_report(
             whole.rss[0],
         ),
         (
-            format!("tandem run -q {APP} (lean: musl static-pie, LTO)"),
+            format!("tandem run -q {APP} (lean: musl, static, no PIE)"),
             whole.lean,
             whole.rss[3],
         ),

@@ -41,10 +41,12 @@ pub fn daemon_bin(project: &Project, profile: Profile) -> std::path::PathBuf {
     project.target_dir().join(profile.dir()).join("tandemd")
 }
 
-/// The lean build of the VMM binary: `--profile lean` (LTO, one codegen
-/// unit, size-optimised) for `x86_64-unknown-linux-musl`, a static-pie with
-/// no dynamic loader, no shared libraries and no NSS (musl reads
-/// `/etc/passwd` itself). Adds the target with rustup when it is missing.
+/// The lean build of the VMM binary: `--profile lean` for
+/// `x86_64-unknown-linux-musl`, static and not position-independent: no
+/// dynamic loader, no shared libraries, no start-up relocations and no NSS
+/// (musl reads `/etc/passwd` itself). Adds the target with rustup when it
+/// is missing. The flags reach only the target's crates (with `--target`,
+/// build scripts and proc macros are built without them).
 pub fn build_lean(project: &Project) -> Result<PathBuf> {
     toolchain::ensure_target(project, LEAN_TARGET)?;
     let mut cmd = project.cargo();
@@ -58,6 +60,10 @@ pub fn build_lean(project: &Project) -> Result<PathBuf> {
         "--target",
         LEAN_TARGET,
     ]);
+    cmd.env(
+        "RUSTFLAGS",
+        "-C relocation-model=static -C target-feature=+crt-static",
+    );
     project::run(&mut cmd, "lean host build")?;
     Ok(project.host_bin_lean())
 }

@@ -38,6 +38,7 @@ use tandem_abi::layout::LARGE_PAGE_SIZE;
 use crate::snapshot::chunks::{chunk_matches, ChunkDigests, CHUNK_SIZE};
 pub use uffd::UffdError;
 use uffd::Userfaultfd;
+pub(crate) use uffd::HANDLER_IOCTLS;
 
 // CHUNK_SIZE is 64 KiB, which fits any usize.
 #[allow(clippy::cast_possible_truncation)]
@@ -210,7 +211,8 @@ impl Handler {
             }
         }
         self.shared.failed.store(true, Ordering::SeqCst);
-        crate::control::register_kick_handler();
+        // The kick's handler is in place: `attach` registered it before
+        // any vCPU thread could be kicked.
         let tries = KICK_FOR.as_millis() / KICK_INTERVAL.as_millis();
         for _ in 0..tries {
             if self.shared.seen.load(Ordering::SeqCst) {
@@ -227,6 +229,13 @@ impl Handler {
     }
 
     fn run(self, stop: i32) {
+        // This thread starts before the vCPU thread locks itself down:
+        // it takes a filter of its own (unless seccomp is off).
+        if let Err(e) =
+            crate::seccomp::install_unless_disabled(crate::seccomp::ThreadKind::Verifier)
+        {
+            log::warn!("lazy verification thread runs without its seccomp filter: {e}");
+        }
         let zeros = vec![0u8; CHUNK];
         let mut buf = vec![0u8; CHUNK];
         let mut faults = Vec::new();
