@@ -325,3 +325,21 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
     eprintln!("bench fleet: JSON written to {}", project.show(&json_path));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn daemon_case_flags() {
+        let o = parse(&words("--sizes 10 --vms-per-worker 32,64")).unwrap();
+        assert_eq!((o.sizes, o.per_worker), (vec![10], vec![32, 64]));
+        assert_eq!(parse(&[]).unwrap().per_worker, vec![64, 128]);
+        assert!(parse(&words("--no-daemon")).unwrap().per_worker.is_empty());
+        assert!(parse(&words("--vms-per-worker x")).is_err());
+    }
+}
