@@ -293,7 +293,11 @@ fn backup_points_restore_memory_and_disk_of_their_instant_byte_for_byte() {
     let merged = tandem(&["backup", "merge", s(&chain)]);
     assert_eq!(merged.code, Some(0), "{}{}", merged.stdout, merged.stderr);
     let ok = tandem(&["backup", "verify", s(&chain)]);
-    assert!(ok.stdout.contains("1 points, chain intact"), "{}", ok.stdout);
+    assert!(
+        ok.stdout.contains("1 points, chain intact"),
+        "{}",
+        ok.stdout
+    );
     let out = sc.path("merged");
     restore_point(&chain, 4, &out);
     let (want, got) = (read(&refs[4].0), read(&snapshot_disk(&out)));
@@ -307,7 +311,11 @@ fn backup_points_restore_memory_and_disk_of_their_instant_byte_for_byte() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".blocks"))
         .collect();
-    assert_eq!(leftovers.len(), 1, "blocks files after the merge: {leftovers:?}");
+    assert_eq!(
+        leftovers.len(),
+        1,
+        "blocks files after the merge: {leftovers:?}"
+    );
 }
 
 #[test]

@@ -155,6 +155,7 @@ fn a_pool_refuses_what_it_cannot_give_by_name() {
         backup: Some(BackupConfig {
             dir: dir.join("chain"),
             every: Duration::from_secs(1),
+            mode: tandem::backup::BackupMode::Stop,
         }),
         ..quiet()
     };

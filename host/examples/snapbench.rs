@@ -321,6 +321,8 @@ fn main() {
         c.backup = Some(BackupConfig {
             dir: chain,
             every: Duration::from_secs(3600),
+            // The stop-the-world cost, as before pre-copy.
+            mode: tandem::backup::BackupMode::Stop,
         });
         let report = VmBuilder::new(&hv, &image).config(c).run().expect("run");
         assert_eq!(report.status, ExitStatus::Exited(0));

@@ -13,11 +13,20 @@
 //! fsynced and renamed, then its metadata file the same way; a point exists
 //! once its metadata file does. Killed at any moment, the chain holds every
 //! earlier point intact.
+//!
+//! How a point is taken is its [`BackupMode`]: `stop` writes it with the
+//! guest stopped; `precopy` (the default) copies what changed while the
+//! guest runs, in rounds on a backup thread (`live`, `staging`), decided
+//! by the pure planner in `precopy`, and stops the guest only for the last
+//! small set and the vCPU state, then writes and fsyncs on that thread.
 
 pub(crate) mod chain;
 pub(crate) mod disk;
+pub(crate) mod live;
 mod pages;
 pub(crate) mod point;
+pub mod precopy;
+pub(crate) mod staging;
 
 use std::collections::BTreeSet;
 use std::fs::OpenOptions;
@@ -84,6 +93,39 @@ pub enum BackupError {
     },
 }
 
+/// How backup points are taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackupMode {
+    /// The guest is stopped for the whole point: copy, write, fsyncs.
+    Stop,
+    /// Pre-copy: changed pages are copied while the guest runs; it stops
+    /// only for the last small set and its vCPU state; the write and the
+    /// fsyncs happen on the backup thread while it runs on.
+    #[default]
+    Precopy,
+}
+
+impl std::str::FromStr for BackupMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "stop" => Ok(Self::Stop),
+            "precopy" => Ok(Self::Precopy),
+            _ => Err(format!("backup mode `{s}`: expected `stop` or `precopy`")),
+        }
+    }
+}
+
+impl std::fmt::Display for BackupMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Stop => "stop",
+            Self::Precopy => "precopy",
+        })
+    }
+}
+
 /// Where and how often to take backup points.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupConfig {
@@ -91,6 +133,8 @@ pub struct BackupConfig {
     pub dir: PathBuf,
     /// Time between points.
     pub every: Duration,
+    /// How points are taken.
+    pub mode: BackupMode,
 }
 
 /// One backup point written during a run.
@@ -104,8 +148,58 @@ pub struct BackupRecord {
     pub dirty_pages: u64,
     /// Disk blocks it holds, over all disks.
     pub blocks: u64,
-    /// Wall time to write it, fsyncs included.
+    /// Wall time to write it, fsyncs included (with pre-copy, from its
+    /// first round to its commit).
     pub elapsed: Duration,
+    /// How long the guest was stopped for it: from the vCPU's stop to its
+    /// resumption, as the host saw it.
+    pub pause: Duration,
+    /// Time to write its files from the copied pages, fsyncs included:
+    /// what a stopped point of the same pages holds the guest for, on top
+    /// of the copies.
+    pub write: Duration,
+    /// Pre-copy rounds before the stop (0 in stop mode).
+    pub rounds: u32,
+    /// The guest's TSC when its vCPU stopped for the point (lets a guest
+    /// match its own view of the pause to this point).
+    pub stopped_tsc: u64,
+}
+
+/// Where a point's pages are read from when it is written.
+pub(crate) trait PageSource {
+    /// Reads page `page` into `buf` (one page long).
+    fn read_page(&self, page: u64, buf: &mut [u8]) -> Result<(), BackupError>;
+}
+
+impl PageSource for GuestRam {
+    fn read_page(&self, page: u64, buf: &mut [u8]) -> Result<(), BackupError> {
+        self.mem
+            .read_slice(buf, GuestAddress(page * PAGE_SIZE))
+            .map_err(|e| SnapshotError::Invalid(format!("cannot read guest page {page}: {e}")))?;
+        Ok(())
+    }
+}
+
+impl PageSource for staging::Staging {
+    fn read_page(&self, page: u64, buf: &mut [u8]) -> Result<(), BackupError> {
+        let bytes = self
+            .page(page)
+            .ok_or_else(|| SnapshotError::Invalid(format!("page {page} was not staged")))?;
+        buf.copy_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// Adds the pages of guest ranges `(address, length)` to `set`.
+pub(crate) fn note_pages(set: &mut BTreeSet<u64>, ranges: &[(u64, u64)]) {
+    for &(addr, len) in ranges {
+        let end = addr.saturating_add(len.max(1));
+        let mut page = addr / PAGE_SIZE;
+        while page * PAGE_SIZE < end {
+            set.insert(page);
+            page += 1;
+        }
+    }
 }
 
 /// Writes the points of one chain.
@@ -153,14 +247,7 @@ impl BackupWriter {
 
     /// Notes guest ranges the VMM wrote since the last point.
     pub fn note_host_writes(&mut self, ranges: &[(u64, u64)]) {
-        for &(addr, len) in ranges {
-            let end = addr.saturating_add(len.max(1));
-            let mut page = addr / PAGE_SIZE;
-            while page * PAGE_SIZE < end {
-                self.host_written.insert(page);
-                page += 1;
-            }
-        }
+        note_pages(&mut self.host_written, ranges);
     }
 
     /// Takes the host-written pages noted since the last point.
@@ -218,7 +305,7 @@ impl BackupWriter {
     /// their own ([`disk::write_parts`]), durable before the metadata.
     pub(crate) fn write_point(
         &mut self,
-        ram: &GuestRam,
+        ram: &dyn PageSource,
         state: &SnapshotState,
         pages: &[u64],
         dirty_pages: u64,
@@ -244,11 +331,7 @@ impl BackupWriter {
             let mut chunk_bytes = Vec::with_capacity(CHUNK_PAGES * PAGE);
             let mut buf = vec![0u8; PAGE];
             for &page in pages {
-                ram.mem
-                    .read_slice(&mut buf, GuestAddress(page * PAGE_SIZE))
-                    .map_err(|e| {
-                        SnapshotError::Invalid(format!("cannot read guest page {page}: {e}"))
-                    })?;
+                ram.read_page(page, &mut buf)?;
                 if base && files::is_zero(&buf) {
                     continue;
                 }
@@ -312,12 +395,17 @@ impl BackupWriter {
         };
         self.parent = chain;
         self.next += 1;
+        let elapsed = t.elapsed();
         Ok(BackupRecord {
             point,
             pages: count,
             dirty_pages,
             blocks,
-            elapsed: t.elapsed(),
+            elapsed,
+            pause: elapsed,
+            write: elapsed,
+            rounds: 0,
+            stopped_tsc: 0,
         })
     }
 }

@@ -14,7 +14,8 @@ use super::clock::wall_clock;
 use super::run::Session;
 use super::stdin::read_stdin;
 use super::{ExitStatus, SnapshotRecord, SnapshotTrigger, Vm, VmError};
-use crate::backup::BackupRecord;
+use crate::backup::live::LiveBackup;
+use crate::backup::{BackupMode, BackupRecord};
 use crate::console::Console;
 use crate::control::{Kicker, VmEvent, VmHandle};
 use crate::gdb::Interrupt;
@@ -38,8 +39,58 @@ impl Vm {
             let record = self.backup_point(&cfg, console)?;
             self.log_backup(&record);
             self.backup_records.push(record);
+            if cfg.mode == BackupMode::Precopy {
+                self.start_live_backup(&cfg);
+            }
         }
         Ok(())
+    }
+
+    /// Takes the snapshot asked through the VM's handle, if any, and tells
+    /// the asker how it went.
+    pub(super) fn carry_out_asked(
+        &mut self,
+        handle: &VmHandle,
+        session: &mut Session,
+    ) -> ControlFlow<ExitStatus> {
+        let Some((dir, tx)) = handle.take_snapshot_request() else {
+            return Continue(());
+        };
+        violation(self.drain_console(&mut session.console))?;
+        let written = self.snapshot_now(&dir, SnapshotTrigger::Request, session)?;
+        let answer = if written {
+            Ok(())
+        } else {
+            Err(session
+                .snapshots
+                .last()
+                .and_then(|s| s.result.as_ref().err().cloned())
+                .unwrap_or_else(|| "the snapshot was not written".into()))
+        };
+        let _ = tx.send(answer);
+        Continue(())
+    }
+
+    /// Stops for the backup thread's point if it asks (pre-copy): the
+    /// vCPU is out of `KVM_RUN` here, and runs on once the last set and
+    /// its state are handed over.
+    pub(super) fn carry_out_live_backup(
+        &mut self,
+        session: &mut Session,
+    ) -> ControlFlow<ExitStatus> {
+        if !self
+            .live_backup
+            .as_ref()
+            .is_some_and(LiveBackup::stop_wanted)
+        {
+            return Continue(());
+        }
+        let stopped = Instant::now();
+        violation(self.drain_console(&mut session.console))?;
+        if let Err(e) = self.live_backup_stop(&session.console, stopped) {
+            log::warn!("backup point failed: {e}");
+        }
+        Continue(())
     }
 
     /// Carries out what the control thread says is due: the snapshot
@@ -155,8 +206,11 @@ impl Vm {
                 // A frame may end the wait early anyway: the guest's network
                 // loop asks again, so a Ctrl-C just ends it too.
                 let asked = || handle.is_some_and(VmHandle::stop_asked);
+                let snapshot = || handle.is_some_and(VmHandle::snapshot_pending);
                 let limit = wait.until.saturating_duration_since(Instant::now());
-                if let Err(e) = net.idle(&self.ram.mem, limit, &|| asked() || broken_in()) {
+                if let Err(e) = net.idle(&self.ram.mem, limit, &|| {
+                    asked() || broken_in() || snapshot()
+                }) {
                     return Break(ExitStatus::DeviceViolation(e));
                 }
                 asked()
@@ -168,7 +222,10 @@ impl Vm {
                     None => wait.until,
                 };
                 let stop = idle(handle, end.saturating_duration_since(now));
-                if stop || Instant::now() >= wait.until {
+                // A snapshot asked ends the wait early (as a capped wait),
+                // so the run loop takes it before the guest goes on.
+                let snapshot = handle.is_some_and(VmHandle::snapshot_pending);
+                if stop || snapshot || Instant::now() >= wait.until {
                     break stop;
                 }
                 if broken_in() {
@@ -297,5 +354,24 @@ mod tests {
         assert!(!idle(None, idle_limit(u64::MAX, Some(t))));
         assert!(!idle(Some(&VmHandle::new()), Duration::from_micros(1)));
         assert!(t.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_snapshot_asked_ends_an_idle_wait_without_a_stop() {
+        let h = VmHandle::new();
+        let answer = h.request_snapshot("/snap".into());
+        let t = Instant::now();
+        assert!(!idle(Some(&h), MAX_IDLE), "not a stop");
+        assert!(t.elapsed() < Duration::from_secs(5));
+        let (dir, tx) = h.take_snapshot_request().unwrap();
+        assert_eq!(dir, std::path::Path::new("/snap"));
+        tx.send(Ok(())).unwrap();
+        assert_eq!(answer.recv().unwrap(), Ok(()));
+        assert!(!h.snapshot_pending());
+        // A newer request replaces an unanswered one, whose asker hears the end.
+        let first = h.request_snapshot("/a".into());
+        let _second = h.request_snapshot("/b".into());
+        assert!(first.recv().is_err());
+        assert_eq!(h.take_snapshot_request().map(|(d, _)| d), Some("/b".into()));
     }
 }

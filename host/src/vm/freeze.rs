@@ -3,15 +3,19 @@
 //! account of itself, its clock skipping the write). What is captured is
 //! the snapshot module's ([`SnapshotState::capture`]); which pages a point
 //! holds and how it is written, the backup module's
-//! ([`BackupWriter::write_next`]).
+//! ([`BackupWriter::write_next`] with the guest stopped, or
+//! [`LiveBackup`]'s thread with pre-copy: here only its stop).
 
 use std::path::Path;
+use std::time::Instant;
 
 use kvm_ioctls::VcpuExit;
 
 use super::clock::unix_nanos;
 use super::error::ioctl;
 use super::{Vm, VmError};
+use crate::backup::live::LiveBackup;
+use crate::backup::staging::Harvester;
 use crate::backup::{self, BackupConfig, BackupRecord, BackupWriter, DiskSource};
 use crate::console::Console;
 use crate::devices::blk::{copy, BlkDevice};
@@ -118,12 +122,15 @@ impl Vm {
         // With backups on, every snapshot is also a backup point, taken at
         // the same stop (before the clock below changes the live area), so
         // the chain can be restored to exactly the snapshot's moment.
-        if result.is_ok() && self.backup.as_ref().is_some_and(|b| !b.needs_base()) {
+        let chain_started =
+            self.live_backup.is_some() || self.backup.as_ref().is_some_and(|b| !b.needs_base());
+        if result.is_ok() && chain_started {
             // A point's pages have their own digests: the snapshot's
             // chunk digests stay out of its metadata.
             state.chunks = Default::default();
             match self.write_backup_point(&state) {
-                Ok(record) => self.backup_records.push(record),
+                Ok(Some(record)) => self.backup_records.push(record),
+                Ok(None) => {}
                 Err(e) => log::warn!("backup point failed: {e}"),
             }
         }
@@ -131,8 +138,9 @@ impl Vm {
         result
     }
 
-    /// Writes the next backup point of this (stopped) VM: the base on the
-    /// first call, then the pages dirtied since the previous point.
+    /// Writes the next backup point of this (stopped) VM with the guest
+    /// stopped for all of it: the base on the first call, then the pages
+    /// dirtied since the previous point.
     pub(super) fn backup_point(
         &mut self,
         cfg: &BackupConfig,
@@ -144,16 +152,115 @@ impl Vm {
             self.backup = Some(writer?);
         }
         let total = console.written() + self.console_before;
+        let stopped = Instant::now();
+        let stopped_tsc = self.guest_tsc();
         let state = self.capture_state(total)?;
         let record = self.write_backup_point(&state)?;
         self.set_guest_clock(state.live.guest_clock)?;
+        let mut record =
+            record.ok_or_else(|| VmError::Config("backup point handed over".into()))?;
+        record.stopped_tsc = stopped_tsc;
+        record.pause = stopped.elapsed();
         Ok(record)
+    }
+
+    /// The guest's TSC now.
+    fn guest_tsc(&self) -> u64 {
+        crate::trace::rdtsc().wrapping_add_signed(self.tsc_offset)
+    }
+
+    /// With the base point written, hands the chain to a backup thread
+    /// that takes the next points while the guest runs (pre-copy). A VM
+    /// with disks keeps stopping for its points: their blocks are read
+    /// when the point is written, so they must not change meanwhile.
+    pub(super) fn start_live_backup(&mut self, cfg: &BackupConfig) {
+        if !self.disks.is_empty() {
+            log::info!("backup points of a VM with disks stop the guest (no pre-copy yet)");
+            return;
+        }
+        if let Some(writer) = self.backup.take() {
+            let harvester = Harvester::new(self.vm.clone(), self.ram.shared(), self.ram.size());
+            match LiveBackup::start(writer, harvester, cfg.every) {
+                Ok(live) => self.live_backup = Some(live),
+                Err(writer) => {
+                    log::warn!("cannot start the backup thread: points stop the guest");
+                    self.backup = writer;
+                }
+            }
+        }
+    }
+
+    /// Whether points are timed by the backup thread (pre-copy) rather
+    /// than by the control thread.
+    pub(super) fn backups_live(&self) -> bool {
+        self.live_backup.is_some()
+    }
+
+    /// The backup thread's stop: the vCPU stopped (`stopped`, host clock)
+    /// with `console`'s bytes counted; captures the state and hands the
+    /// last set over. The guest clock skips the pause, as it skips a
+    /// stopped point's write.
+    pub(super) fn live_backup_stop(
+        &mut self,
+        console: &Console,
+        stopped: Instant,
+    ) -> Result<usize, VmError> {
+        let total = console.written() + self.console_before;
+        let tsc = self.guest_tsc();
+        let state = match self.capture_state(total) {
+            Ok(state) => state,
+            Err(e) => {
+                if let Some(live) = self.live_backup.as_mut() {
+                    live.abandon();
+                }
+                return Err(e);
+            }
+        };
+        let clock = state.live.guest_clock;
+        let n = self.freeze_live(state, (stopped, tsc))?;
+        self.set_guest_clock(clock)?;
+        Ok(n)
+    }
+
+    /// Hands the last set and `state` to the backup thread.
+    fn freeze_live(
+        &mut self,
+        mut state: SnapshotState,
+        stopped: (Instant, u64),
+    ) -> Result<usize, VmError> {
+        if let Some(net) = self.net.as_mut() {
+            let written = net.take_written();
+            self.note_host_writes(&written);
+        }
+        state.chunks = Default::default();
+        let Some(live) = self.live_backup.as_mut() else {
+            return Err(VmError::Config("backup thread missing".into()));
+        };
+        Ok(live.freeze(state, stopped)?)
+    }
+
+    /// Ends the backup thread (after the point it is writing) and adds
+    /// its points to the run's.
+    pub(super) fn finish_live_backup(&mut self) {
+        if let Some(mut live) = self.live_backup.take() {
+            self.backup_records.extend(live.finish());
+        }
     }
 
     /// Writes the next backup point with `state` (the vCPU stopped): its
     /// memory and, harvested at the same stop, the blocks each disk's
     /// bitmap holds, so memory and disks are of one instant.
-    fn write_backup_point(&mut self, state: &SnapshotState) -> Result<BackupRecord, VmError> {
+    /// With pre-copy it is handed to the backup thread (`None`: the thread
+    /// reports it).
+    fn write_backup_point(
+        &mut self,
+        state: &SnapshotState,
+    ) -> Result<Option<BackupRecord>, VmError> {
+        if self.live_backup.is_some() {
+            let stopped = (Instant::now(), self.guest_tsc());
+            self.freeze_live(state.clone(), stopped)?;
+            return Ok(None);
+        }
         // What the devices wrote (the dirty log does not see it).
         if let Some(net) = self.net.as_mut() {
             let written = net.take_written();
@@ -185,7 +292,7 @@ impl Vm {
         // The files are the I/O thread's (the vCPU thread opens none).
         let (vm, ram) = (&self.vm, &self.ram);
         let written = crate::io_thread::call(|| writer.write_next(vm, ram, &state, &sources));
-        Ok(written.map_err(io_thread)??)
+        Ok(Some(written.map_err(io_thread)??))
     }
 
     /// Gives the VM its disks; with backups on, each keeps account of the
@@ -210,7 +317,9 @@ impl Vm {
 
     /// Notes guest ranges the VMM wrote, for the next backup point.
     pub(super) fn note_host_writes(&mut self, ranges: &[(u64, u64)]) {
-        if let Some(b) = self.backup.as_mut() {
+        if let Some(live) = self.live_backup.as_mut() {
+            live.note_host_writes(ranges);
+        } else if let Some(b) = self.backup.as_mut() {
             b.note_host_writes(ranges);
         }
     }

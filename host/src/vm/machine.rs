@@ -112,8 +112,9 @@ impl Machine {
         };
         self.trace.stamp(Phase::VcpuReady);
         Vm {
+            live_backup: None,
             vcpu: self.vcpu,
-            vm: self.vm,
+            vm: std::sync::Arc::new(self.vm),
             ram: self.ram,
             config,
             trace: self.trace,

@@ -43,6 +43,8 @@ mod run;
 mod stdin;
 mod teardown;
 
+use std::sync::Arc;
+
 use kvm_ioctls::{VcpuFd, VmFd};
 use tandem_abi::layout::LiveArea;
 
@@ -54,7 +56,9 @@ pub use error::VmError;
 pub use memory_plan::Prefetch;
 pub use report::{ExitStatus, RunReport, RunStats, SnapshotRecord, SnapshotTrigger};
 pub(crate) use restore::RestoreInputs;
+pub use teardown::tear_down_in_place;
 
+use crate::backup::live::LiveBackup;
 use crate::backup::{BackupRecord, BackupWriter};
 use crate::devices::{BlkDevice, NetDevice};
 use crate::memory::GuestRam;
@@ -63,9 +67,13 @@ use crate::trace::BootTrace;
 /// A VM with one vCPU, ready to run: made by [`VmBuilder`] or
 /// [`Vm::restore`], consumed by [`Vm::run`].
 pub struct Vm {
-    // Field order is drop order: vCPU, VM, then guest memory.
+    // Field order is drop order: the backup thread (joined), vCPU, VM,
+    // then guest memory.
+    /// Backup points taken while the guest runs (`BackupMode::Precopy`).
+    live_backup: Option<LiveBackup>,
     vcpu: VcpuFd,
-    vm: VmFd,
+    /// Shared with the backup thread, which harvests its dirty log.
+    vm: Arc<VmFd>,
     ram: GuestRam,
     config: VmConfig,
     trace: BootTrace,

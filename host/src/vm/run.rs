@@ -82,7 +82,13 @@ impl Vm {
         self.first_backup_point(&console)?;
         let watch = Watch {
             timeout: self.config.timeout,
-            backup_every: self.config.backup.as_ref().map(|b| b.every),
+            // Pre-copy points are timed by the backup thread.
+            backup_every: self
+                .config
+                .backup
+                .as_ref()
+                .filter(|_| !self.backups_live())
+                .map(|b| b.every),
             snapshot_signal: self.config.snapshot_on_signal && self.config.snapshot_dir.is_some(),
         };
         let kicker = watch.any().then(|| Kicker::start(watch));
@@ -127,6 +133,8 @@ impl Vm {
             },
         };
         self.trace.stamp(Phase::Exit);
+        // On this thread, before the VM goes: the thread kicks this one.
+        self.finish_live_backup();
         self.record_working_set();
         if let Some(net) = &self.net {
             let s = net.stats();
@@ -219,8 +227,16 @@ impl Vm {
                 return Step::Again;
             }
         }
+        if let ControlFlow::Break(status) = self.carry_out_live_backup(session) {
+            return Step::End(status);
+        }
         if let Some(k) = watchers.kicker {
             if let ControlFlow::Break(status) = self.carry_out_due(k, session) {
+                return Step::End(status);
+            }
+        }
+        if let Some(h) = watchers.follower {
+            if let ControlFlow::Break(status) = self.carry_out_asked(h, session) {
                 return Step::End(status);
             }
         }

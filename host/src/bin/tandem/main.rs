@@ -5,7 +5,6 @@
 //! library alone (the containerd shim) links none of them.
 
 mod ctl;
-mod docs;
 mod fleet;
 mod jail;
 mod logger;
@@ -92,6 +91,16 @@ struct PersistArgs {
     /// Time between backup points (e.g. 500ms, 10s).
     #[arg(long, value_parser = parse_duration, requires = "backup_dir")]
     backup_every: Option<Duration>,
+    /// How backup points are taken: precopy (copy while the guest runs,
+    /// stop it only for the last small set) or stop (the guest waits for
+    /// the whole write, fsyncs included).
+    #[arg(
+        long,
+        default_value = "precopy",
+        value_name = "MODE",
+        requires = "backup_dir"
+    )]
+    backup_mode: tandem::backup::BackupMode,
     /// If the guest crashes (panic, CPU exception, triple fault), write an
     /// ELF core file of it to FILE, for `gdb IMAGE FILE` (with --clones,
     /// FILE.N for clone N).
@@ -288,8 +297,10 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let start = tandem::trace::rdtsc();
-    if let Some(dir) = docs::requested() {
-        return docs::run(<Cli as clap::CommandFactory>::command(), &dir);
+    // `tandem __generate-docs DIR` (man pages, completions), before clap.
+    if let Some(dir) = tandem::docs::requested() {
+        let code = tandem::docs::run(<Cli as clap::CommandFactory>::command(), "1", &dir);
+        return ExitCode::from(u8::try_from(code).unwrap_or(exit_code::VMM_ERROR));
     }
     let cli = Cli::parse();
     // A JSON report on stderr is read by programs: the VMM's notes stay out
@@ -364,7 +375,11 @@ fn persist(config: &mut VmConfig, p: PersistArgs, program: String) -> Result<()>
         if every.is_zero() {
             anyhow::bail!("--backup-every must be more than zero");
         }
-        config.backup = Some(BackupConfig { dir, every });
+        config.backup = Some(BackupConfig {
+            dir,
+            every,
+            mode: p.backup_mode,
+        });
     }
     Ok(())
 }
@@ -432,6 +447,8 @@ impl Hardening {
 
 fn run(args: RunArgs, quiet: bool, start: u64) -> Result<u8> {
     args.hardening.check()?;
+    // One VM, then the process exits: no teardown thread to start.
+    tandem::tear_down_in_place();
     let image = Image::from_file(&args.image).map_err(|e| match e {
         // It names the file already.
         ImageError::Read { .. } => anyhow::Error::new(e),
@@ -560,7 +577,11 @@ fn report_json(report: &RunReport) -> serde_json::Value {
         .map(|b| {
             serde_json::json!({
                 "point": b.point, "pages": b.pages, "dirty_pages": b.dirty_pages,
-                "blocks": b.blocks, "ms": b.elapsed.as_secs_f64() * 1e3,
+                "blocks": b.blocks,
+                "ms": b.elapsed.as_secs_f64() * 1e3,
+                "pause_us": b.pause.as_secs_f64() * 1e6, "rounds": b.rounds,
+                "write_ms": b.write.as_secs_f64() * 1e3,
+                "stopped_tsc": b.stopped_tsc,
             })
         })
         .collect();
@@ -664,6 +685,9 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
         ),
     };
     if clones == 1 {
+        if pool.is_none() {
+            tandem::tear_down_in_place();
+        }
         base.net = nets.into_iter().next().flatten();
         base.disks = disks.into_iter().next().unwrap_or_default();
         // One restored VM reads tandem's standard input, as `tandem run` does.
@@ -702,6 +726,7 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
                     .unwrap_or(b.dir)
                     .join(format!("clone-{i}")),
                 every: b.every,
+                mode: b.mode,
             });
             let (hv, snap) = (&hv, &snap);
             // From the pool, the clone is taken here, in start order.
