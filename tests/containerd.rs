@@ -1036,7 +1036,10 @@ fn cri_pod_with_runtime_handler_tandem_runs_its_apps() {
 /// What kubelet does for a pod with `resources.limits`: the container's
 /// VMM runs in `<cgroup_parent>/<id>` with the memory and CPU limits, and
 /// CRI's ContainerStats (what `crictl stats` and kubelet read) reports its
-/// real memory and CPU use.
+/// real memory and CPU use; UpdateContainerResources changes the limits
+/// of the running VM's group. Then the same with a systemd slice as the
+/// parent, which CRI passes as `slice:cri-containerd:<id>`: the group is
+/// `<slice>/cri-containerd-<id>.scope`.
 #[test]
 fn cri_container_limits_hold_and_stats_are_real() {
     let mut c = Containerd::start_with("cri-limits", true);
@@ -1046,39 +1049,60 @@ fn cri_container_limits_hold_and_stats_are_real() {
     }
     let logs = c.dir.join("pod-logs");
     fs::create_dir_all(&logs).unwrap();
-    let parent = format!("tandem-cri-{}", std::process::id());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let sock = c.dir.join("c.sock");
-    let result = rt.block_on(async {
-        tokio::time::timeout(
-            Duration::from_secs(120),
-            cri_limited_pod(sock, logs.clone(), &parent),
-        )
-        .await
-    });
-    // The pod's parent group is kubelet's to make and remove; here, ours.
-    if let Ok(g) = tandem::cgroup::Cgroups::detect().and_then(|c| c.open(&parent)) {
-        let _ = g.remove();
-    }
-    match result {
-        Err(_) => panic!("the CRI pod did not finish within 120 s:\n{}", c.log()),
-        Ok(Err(e)) => panic!("{e}\n--- containerd log\n{}", c.log()),
-        Ok(Ok(())) => {}
+    let pid = std::process::id();
+    let plain = format!("tandem-cri-{pid}");
+    let slice = format!("tandemcri{pid}.slice");
+    let cases: [(&str, GroupOf); 2] = [
+        (&plain, |parent, id| format!("{parent}/{id}")),
+        (&slice, |slice, id| {
+            format!("{slice}/cri-containerd-{id}.scope")
+        }),
+    ];
+    for (parent, group_of) in cases {
+        let sock = c.dir.join("c.sock");
+        let result = rt.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(120),
+                cri_limited_pod(sock, logs.clone(), parent, group_of),
+            )
+            .await
+        });
+        // The pod's parent group is kubelet's to make and remove; here, ours.
+        if let Ok(g) = tandem::cgroup::Cgroups::detect().and_then(|c| c.open(parent)) {
+            let _ = g.remove();
+        }
+        match result {
+            Err(_) => panic!(
+                "the CRI pod in {parent} did not finish within 120 s:\n{}",
+                c.log()
+            ),
+            Ok(Err(e)) => panic!("pod in {parent}: {e}\n--- containerd log\n{}", c.log()),
+            Ok(Ok(())) => {}
+        }
     }
 }
 
-async fn cri_limited_pod(sock: PathBuf, logs: PathBuf, parent: &str) -> Result<(), String> {
+/// The container's cgroup path from the pod's cgroup parent and its id.
+type GroupOf = fn(&str, &str) -> String;
+
+async fn cri_limited_pod(
+    sock: PathBuf,
+    logs: PathBuf,
+    parent: &str,
+    group_of: GroupOf,
+) -> Result<(), String> {
     use cri::v1::*;
     use tandem::cgroup::{Cgroups, Version};
     let mut client = cri::connect(sock).await?;
     let limit: u64 = 96 << 20;
     let pod_config = PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
-            name: "tandem-limits".into(),
-            uid: "uid-tandem-limits".into(),
+            name: format!("limits-{}", parent.replace('.', "-")),
+            uid: format!("uid-{parent}"),
             namespace: "default".into(),
             attempt: 0,
         }),
@@ -1145,7 +1169,7 @@ async fn cri_limited_pod(sock: PathBuf, logs: PathBuf, parent: &str) -> Result<(
         .await
         .map_err(|e| format!("StartContainer: {e}"))?;
     let cgroups = Cgroups::detect().map_err(|e| e.to_string())?;
-    let path = format!("{parent}/{id}");
+    let path = group_of(parent, &id);
     let group = cgroups
         .open(&path)
         .map_err(|e| format!("the container's cgroup {path}: {e}"))?;
@@ -1162,7 +1186,7 @@ async fn cri_limited_pod(sock: PathBuf, logs: PathBuf, parent: &str) -> Result<(
             .trim()
             .to_string()
     };
-    let (mem, cpu) = match cgroups.version() {
+    let limits_now = || match cgroups.version() {
         Version::V2 => (read("memory", "memory.max"), read("cpu", "cpu.max")),
         Version::V1 => (
             read("memory", "memory.limit_in_bytes"),
@@ -1173,6 +1197,7 @@ async fn cri_limited_pod(sock: PathBuf, logs: PathBuf, parent: &str) -> Result<(
             ),
         ),
     };
+    let (mem, cpu) = limits_now();
     if mem != limit.to_string() || cpu != "50000 100000" {
         return Err(format!(
             "{path} (VMM {vmm}): memory limit {mem:?}, cpu {cpu:?}; expected {limit}, \"50000 100000\""
@@ -1209,6 +1234,28 @@ async fn cri_limited_pod(sock: PathBuf, logs: PathBuf, parent: &str) -> Result<(
             ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A resize in place (UpdateContainerResources) reaches the group.
+    let bigger: u64 = 128 << 20;
+    client
+        .update_container_resources(UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(LinuxContainerResources {
+                memory_limit_in_bytes: bigger as i64,
+                cpu_quota: 25_000,
+                cpu_period: 100_000,
+                cpu_shares: 512,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("UpdateContainerResources: {e}"))?;
+    let (mem, cpu) = limits_now();
+    if mem != bigger.to_string() || cpu != "25000 100000" {
+        return Err(format!(
+            "after the update {path}: memory limit {mem:?}, cpu {cpu:?}; expected {bigger}, \"25000 100000\""
+        ));
     }
     client
         .stop_container(StopContainerRequest {

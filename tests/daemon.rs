@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tandem::api::{
     ApplyFleet, Client, ClientError, CreateVm, EventKind, FleetState, RestartPolicy, RestoreVm,
-    Size, StopVm, VmInfo, VmState,
+    Size, SnapshotVm, StopVm, VmInfo, VmState,
 };
 use tandem_tests::{image_path, require_kvm, require_tool};
 
@@ -36,22 +36,33 @@ fn daemon_bin() -> PathBuf {
 struct Daemon {
     dir: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, PathBuf)>,
     child: Option<Child>,
 }
 
 impl Daemon {
     fn start(test: &str, args: &[&str]) -> Self {
+        let d = Self::prepare(test, args);
+        d.spawned()
+    }
+
+    /// The daemon's directory made, the daemon not yet started.
+    fn prepare(test: &str, args: &[&str]) -> Self {
         require_kvm();
         let dir = std::env::temp_dir().join(format!("tandemd-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut d = Daemon {
+        Daemon {
             dir,
             args: args.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
             child: None,
-        };
-        d.spawn();
-        d
+        }
+    }
+
+    fn spawned(mut self) -> Self {
+        self.spawn();
+        self
     }
 
     fn socket(&self) -> PathBuf {
@@ -75,6 +86,7 @@ impl Daemon {
             .arg("--state-dir")
             .arg(self.dir.join("state"))
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -257,13 +269,15 @@ fn lifecycle_create_list_start_console_stop_delete() {
     );
     assert!(svc.worker.is_none());
 
-    // Its events, in order.
+    // Its events, in order (`running` only when the daemon looked between
+    // the vCPU's start and the app's ready(), which is quick).
     let kinds: Vec<EventKind> = c
         .events(Some("svc"), 0)
         .unwrap()
         .events
         .into_iter()
         .map(|e| e.kind)
+        .filter(|k| *k != EventKind::Running)
         .collect();
     assert_eq!(
         kinds,
@@ -704,6 +718,18 @@ fn a_fleet_applied_through_the_api_runs_to_its_report() {
     assert_eq!(done.state, FleetState::Done, "{done:?}");
     let report = done.report.unwrap();
     assert_eq!(report["vms"].as_array().map(Vec::len), Some(3), "{report}");
+    // Its VMs, by name, as the runner left them.
+    let vms: Vec<(String, String)> = done
+        .vms
+        .iter()
+        .map(|v| (v.name.clone(), v.state.clone()))
+        .collect();
+    assert_eq!(vms.len(), 3, "{vms:?}");
+    assert!(
+        vms.iter()
+            .all(|(n, s)| n.starts_with("job") && s == "finished"),
+        "{vms:?}"
+    );
     assert_eq!(c.fleets().unwrap().fleets.len(), 1);
 }
 
@@ -747,4 +773,91 @@ fn the_metrics_page_parses_as_prometheus_text() {
         ) == Some(1.0),
         "{text}"
     );
+}
+
+#[test]
+fn a_running_vm_is_snapshotted_on_request_and_runs_on() {
+    let d = Daemon::start("live-snapshot", &[]);
+    let c = d.client();
+    d.create("live", "service", "", RestartPolicy::Never);
+    d.wait_vm("live", "became ready", up);
+    let snap = d.dir.join("live-snap");
+    // The app waits in the host (Idle): the request wakes it for the snapshot.
+    let info = c
+        .snapshot(
+            "live",
+            &SnapshotVm {
+                dir: snap.display().to_string(),
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    assert_eq!(info.dir, snap.display().to_string());
+    assert!(
+        snap.join("state").is_file(),
+        "no snapshot in {}",
+        snap.display()
+    );
+    // It runs on, in the same run.
+    let live = c.get("live").unwrap();
+    assert_eq!((live.state, live.generation), (VmState::Ready, 1));
+    let events = c.events(Some("live"), 0).unwrap().events;
+    assert!(
+        events.iter().any(|e| e.kind == EventKind::Snapshot),
+        "{events:#?}"
+    );
+    // A clone of it runs, and stops when asked.
+    c.create(&CreateVm {
+        name: "copy".into(),
+        snapshot: Some(snap.display().to_string()),
+        start: true,
+        ..CreateVm::default()
+    })
+    .unwrap();
+    d.wait_state("copy", VmState::Running);
+    for name in ["live", "copy"] {
+        c.stop(name, &StopVm::default()).unwrap();
+        let vm = d.wait_state(name, VmState::Exited);
+        assert_eq!(vm.last_exit.and_then(|e| e.code), Some(0), "{name}");
+    }
+    // Not running: a conflict; a relative directory: a bad request.
+    match c.snapshot(
+        "live",
+        &SnapshotVm {
+            dir: snap.display().to_string(),
+        },
+    ) {
+        Err(ClientError::Api { status: 409, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    match c.snapshot("live", &SnapshotVm { dir: "rel".into() }) {
+        Err(ClientError::Api { status: 400, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    let page = c.raw("GET", "/metrics", None).unwrap();
+    let page = tandem::metrics::parse::parse(&String::from_utf8_lossy(&page.body)).unwrap();
+    assert_eq!(
+        page.value(
+            "tandem_vm_snapshots_total",
+            &[("vm", "live"), ("result", "ok")]
+        ),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn the_daemon_tells_systemd_it_is_ready_once_the_api_answers() {
+    let mut d = Daemon::prepare("notify", &[]);
+    let path = d.dir.join("notify.sock");
+    let systemd = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    systemd.set_read_timeout(Some(WAIT)).unwrap();
+    d.env.push(("NOTIFY_SOCKET".into(), path));
+    let d = d.spawned();
+    let mut buf = [0u8; 512];
+    let n = systemd
+        .recv(&mut buf)
+        .expect("no notification from tandemd");
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.lines().any(|l| l == "READY=1"), "{msg}");
+    // Sent once the API answers: it does.
+    assert_eq!(d.client().health().unwrap().status, "ok");
 }

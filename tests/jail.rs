@@ -287,3 +287,62 @@ fn a_jail_uid_that_cannot_reach_its_directory_is_refused_up_front() {
     assert!(run.stdout.is_empty(), "{}", run.stdout);
     let _ = std::fs::remove_dir_all(Path::new(&t));
 }
+
+/// The first line of a cgroup control file.
+fn read_control(dir: &Path, file: &str) -> String {
+    std::fs::read_to_string(dir.join(file))
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.join(file).display()))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn the_jails_cgroup_limits_are_in_the_cgroup_files_and_the_vmm_is_in_it() {
+    use tandem::cgroup::{Cgroups, Version};
+    assert_root();
+    let name = format!("tandem-test/jail-{}", std::process::id());
+    let spec = format!("{name},cpu=50%,memory=128M,pids=64");
+    let mut vmm = start_jailed_spin(&["--uid-pool", "60400-60409", "--cgroup", &spec]);
+    let pid = vmm.id();
+    let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    let cgroups = Cgroups::detect().expect("a cgroup hierarchy");
+    let group = cgroups.open(&name).expect("the jail's group exists");
+    let procs = group.pids().expect("cgroup.procs");
+    let files = match cgroups.version() {
+        Version::V2 => {
+            let d = group.controller_dir("cpu").expect("v2 dir");
+            vec![
+                (read_control(d, "cpu.max"), "50000 100000"),
+                (read_control(d, "memory.max"), "134217728"),
+                (read_control(d, "pids.max"), "64"),
+            ]
+        }
+        Version::V1 => {
+            let cpu = group.controller_dir("cpu").expect("v1 cpu");
+            let mem = group.controller_dir("memory").expect("v1 memory");
+            let pids = group.controller_dir("pids").expect("v1 pids");
+            vec![
+                (read_control(cpu, "cpu.cfs_quota_us"), "50000"),
+                (read_control(cpu, "cpu.cfs_period_us"), "100000"),
+                (read_control(mem, "memory.limit_in_bytes"), "134217728"),
+                (read_control(pids, "pids.max"), "64"),
+            ]
+        }
+    };
+    let _ = vmm.kill();
+    let _ = vmm.wait();
+    // Emptied once the VMM has gone; then it can be removed.
+    let removed = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        group.remove().is_ok()
+    });
+    for (found, wanted) in files {
+        assert_eq!(found, wanted, "{membership}");
+    }
+    assert!(procs.contains(&pid), "{pid} not in {procs:?}");
+    assert!(
+        membership.contains(&format!("/{name}")),
+        "the VMM is in its group: {membership}"
+    );
+    assert!(removed, "the group {name} could not be removed");
+}

@@ -36,10 +36,30 @@ fn settings(text: &str, section: &str) -> Vec<(String, String)> {
     out
 }
 
-/// The binary the unit's `ExecStart` is pointed at in the verified copy:
+/// The built `tandemd`, which the verified copy's `ExecStart` names:
 /// systemd checks that it exists and is executable.
 fn daemon_bin() -> PathBuf {
-    tandem_bin()
+    let path = std::env::var_os("TANDEM_DAEMON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/debug/tandemd"));
+    assert!(
+        path.is_file(),
+        "the tandemd binary {} is missing: run the tests with `cargo xtask test` (or `cargo build -p tandem-daemon`)",
+        path.display()
+    );
+    path
+}
+
+fn shim_bin() -> PathBuf {
+    let path = std::env::var_os("TANDEM_SHIM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/debug/containerd-shim-tandem-v1"));
+    assert!(
+        path.is_file(),
+        "the shim {} is missing: run the tests with `cargo xtask test` (or `cargo build -p tandem-shim`)",
+        path.display()
+    );
+    path
 }
 
 /// `systemd-analyze verify` on a copy of `text` (its `/usr/bin/tandemd`
@@ -129,7 +149,7 @@ fn the_unit_is_what_the_daemon_needs() {
     );
     assert_eq!(
         get("ExecStart"),
-        ["/usr/bin/tandemd --socket /run/tandem/tandemd.sock --state-dir /var/lib/tandem"]
+        ["/usr/bin/tandemd --socket /run/tandem/tandemd.sock --state-dir /var/lib/tandem --group tandem"]
     );
     assert_eq!(get("RuntimeDirectory"), ["tandem"]);
     assert_eq!(get("RuntimeDirectoryPreserve"), ["yes"]);
@@ -238,4 +258,157 @@ fn man_pages_and_completions_come_from_the_cli() {
         String::from_utf8_lossy(&check.stderr)
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Runs `cmd`, failing the test with its output unless it succeeds; its
+/// stdout.
+fn run(cmd: &mut Command, what: &str) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn cargo() -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace());
+    cmd
+}
+
+/// The package `cargo xtask deb` makes, but of the debug binaries the tests
+/// run (cargo-deb `--profile dev --fast`: about 30 s here instead of the
+/// release builds' minutes), with the documents generated where
+/// `[package.metadata.deb]` looks for them.
+#[test]
+fn the_deb_holds_the_binaries_unit_man_pages_and_completions() {
+    require_tool("dpkg-deb", "dpkg");
+    let has_cargo_deb = cargo()
+        .args(["deb", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        has_cargo_deb,
+        "cargo-deb is missing: `cargo xtask test` installs it (`cargo install cargo-deb --locked`)"
+    );
+    // The binaries the package takes, from the debug build of the tests.
+    for bin in [tandem_bin(), daemon_bin(), shim_bin()] {
+        assert_eq!(
+            bin.parent(),
+            Some(workspace().join("target/debug").as_path()),
+            "cargo deb packs target/debug's binaries, not {}",
+            bin.display()
+        );
+    }
+    let dist = workspace().join("target/dist");
+    let _ = std::fs::remove_dir_all(&dist);
+    run(
+        Command::new(tandem_bin()).arg("__generate-docs").arg(&dist),
+        "tandem __generate-docs",
+    );
+    let out = std::env::temp_dir().join(format!("tandem-deb-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    let said = run(
+        cargo()
+            .args([
+                "deb",
+                "-p",
+                "tandem",
+                "--no-build",
+                "--profile",
+                "dev",
+                "--fast",
+            ])
+            .arg("--output")
+            .arg(&out),
+        "cargo deb",
+    );
+    let deb = PathBuf::from(said.lines().last().unwrap_or_default().trim());
+    assert!(deb.is_file(), "cargo deb said {said:?}");
+
+    let listing = run(Command::new("dpkg-deb").arg("-c").arg(&deb), "dpkg-deb -c");
+    let files: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .collect();
+    for want in [
+        "./usr/bin/tandem",
+        "./usr/bin/tandemd",
+        "./usr/bin/containerd-shim-tandem-v1",
+        "./usr/lib/systemd/system/tandemd.service",
+        "./usr/lib/sysusers.d/tandem.conf",
+        "./usr/share/man/man1/tandem.1.gz",
+        "./usr/share/man/man1/tandem-run.1.gz",
+        "./usr/share/man/man1/tandem-fleet.1.gz",
+        "./usr/share/bash-completion/completions/tandem",
+        "./usr/share/zsh/vendor-completions/_tandem",
+        "./usr/share/fish/vendor_completions.d/tandem.fish",
+    ] {
+        assert!(
+            files.contains(&want),
+            "{want} is not in the package:\n{listing}"
+        );
+    }
+    let executables = listing
+        .lines()
+        .filter(|l| l.starts_with("-rwxr-xr-x") && l.contains("./usr/bin/"))
+        .count();
+    assert_eq!(executables, 3, "{listing}");
+
+    let info = run(Command::new("dpkg-deb").arg("-I").arg(&deb), "dpkg-deb -I");
+    for want in [
+        "Package: tandem",
+        "Architecture: amd64",
+        "Depends: libc6",
+        "postinst",
+    ] {
+        assert!(info.contains(want), "no {want:?} in dpkg-deb -I:\n{info}");
+    }
+    let postinst = run(
+        Command::new("dpkg-deb").arg("-I").arg(&deb).arg("postinst"),
+        "dpkg-deb -I postinst",
+    );
+    for want in [
+        "systemd-sysusers",
+        "tandem.conf",
+        "deb-systemd-helper",
+        "tandemd.service",
+    ] {
+        assert!(
+            postinst.contains(want),
+            "postinst lacks {want}:\n{postinst}"
+        );
+    }
+
+    // What is inside is what the repository holds, and it runs.
+    let root = out.join("root");
+    run(
+        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root),
+        "dpkg-deb -x",
+    );
+    let unit =
+        std::fs::read_to_string(root.join("usr/lib/systemd/system/tandemd.service")).unwrap();
+    assert_eq!(
+        unit,
+        unit_text(),
+        "the packaged unit differs from packaging/tandemd.service"
+    );
+    let groups = std::fs::read_to_string(root.join("usr/lib/sysusers.d/tandem.conf")).unwrap();
+    assert!(groups.lines().any(|l| l.trim() == "g tandem -"), "{groups}");
+    for bin in ["tandem", "tandemd"] {
+        let version = run(
+            Command::new(root.join("usr/bin").join(bin)).arg("--version"),
+            &format!("the packaged {bin} --version"),
+        );
+        assert!(version.starts_with(bin), "{version}");
+    }
+    std::fs::remove_dir_all(&out).unwrap();
 }

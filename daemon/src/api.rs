@@ -65,10 +65,7 @@ fn serve(d: &Daemon, fleets: &Fleets, req: &Request, r: Route) -> Result<Answer,
             Answer::json(200, &d.stop(&n, Some(how))?)
         }
         Route::Kill(n) => Answer::json(200, &d.stop(&n, None)?),
-        Route::Snapshot(n) => {
-            let _req: tandem::api::SnapshotVm = body(req)?;
-            Answer::json(200, &d.snapshot(&n)?)
-        }
+        Route::Snapshot(n) => Answer::json(200, &d.snapshot(&n, body(req)?)?),
         Route::Restore(n) => Answer::json(200, &d.restore(&n, body(req)?)?),
         Route::Console(n) => Answer::text(200, d.console(&n)?, "text/plain; charset=utf-8"),
         Route::VmEvents(n) => Answer::json(

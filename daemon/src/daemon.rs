@@ -10,8 +10,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tandem::api::{
-    ApiError, CreateVm, Desired, ErrorKind, EventKind, ExitInfo, Health, RestoreVm, StopVm, VmInfo,
-    VmState, WorkerRef, MAX_CONSOLE_ANSWER,
+    ApiError, CreateVm, Desired, EventKind, ExitInfo, Health, RestoreVm, SnapshotInfo, SnapshotVm,
+    StopVm, VmInfo, VmState, WorkerRef, MAX_CONSOLE_ANSWER,
 };
 
 use crate::decide::{decide, Action, Seen};
@@ -449,16 +449,58 @@ impl Daemon {
             .since(since, vm))
     }
 
-    /// `POST /v1/vms/NAME/snapshot`.
-    pub fn snapshot(&self, name: &str) -> Result<tandem::api::SnapshotInfo, ApiError> {
-        if !self.lock().vms.contains_key(name) {
-            return Err(ApiError::no_vm(name));
+    /// `POST /v1/vms/NAME/snapshot`: the running VM's snapshot into
+    /// `dir` (it runs on). The lock is not held while the worker writes.
+    pub fn snapshot(&self, name: &str, req: SnapshotVm) -> Result<SnapshotInfo, ApiError> {
+        if !req.dir.starts_with('/') || req.dir.contains('\0') {
+            return Err(ApiError::bad_request(format!(
+                "dir '{}': must be an absolute path",
+                req.dir
+            )));
         }
-        Err(ApiError::new(
-            ErrorKind::NotImplemented,
-            "a snapshot of a running VM on request is not offered yet: create the VM with \
-             `checkpoint` (a snapshot when the app calls ready()), then restore or clone from it",
-        ))
+        let (socket, run) = {
+            let inner = self.lock();
+            let vm = inner.vms.get(name).ok_or_else(|| ApiError::no_vm(name))?;
+            if !matches!(vm.state, VmState::Running | VmState::Ready) {
+                return Err(ApiError::conflict(format!(
+                    "'{name}' is not running (a snapshot is of a running VM)"
+                )));
+            }
+            let w = vm
+                .worker
+                .and_then(|w| inner.workers.get(&w))
+                .ok_or_else(|| ApiError::conflict(format!("'{name}' has no worker")))?;
+            let run = RunId {
+                name: name.to_string(),
+                generation: vm.generation,
+            };
+            (w.socket.clone(), run)
+        };
+        let dir = PathBuf::from(&req.dir);
+        let t = Instant::now();
+        match proto::call_within(
+            &socket,
+            &Request::Snapshot { run, dir },
+            proto::SNAPSHOT_TIMEOUT,
+        ) {
+            Ok(_) => {
+                self.counters().snapshot(name, true);
+                self.event(
+                    name,
+                    EventKind::Snapshot,
+                    format!("{} in {:.1} ms", req.dir, t.elapsed().as_secs_f64() * 1e3),
+                );
+                Ok(SnapshotInfo {
+                    name: name.to_string(),
+                    dir: req.dir,
+                })
+            }
+            Err(ProtoError::Refused(why)) => {
+                self.counters().snapshot(name, false);
+                Err(ApiError::conflict(why))
+            }
+            Err(e) => Err(ApiError::internal(e.to_string())),
+        }
     }
 
     /// Asks every worker how its runs are: by worker, its runs, or the

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use tandem::api::{ApiError, ApplyFleet, ErrorKind, EventKind, FleetInfo, FleetList, FleetState};
+use tandem::api::{
+    ApiError, ApplyFleet, ErrorKind, EventKind, FleetInfo, FleetList, FleetState, FleetVm,
+};
 use tandem::fleet::config::{FleetSpec, LimitOverrides};
 
 use crate::daemon::Daemon;
@@ -19,6 +21,10 @@ use crate::store::FleetRecord;
 pub const REPORT: &str = "report.json";
 /// What a failed fleet runner leaves.
 pub const ERROR: &str = "error.txt";
+/// Its VMs' states, rewritten while it runs.
+pub const STATUS: &str = "vms.json";
+/// How often the runner rewrites [`STATUS`] (at most).
+const STATUS_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The fleets.
 pub struct Fleets {
@@ -51,6 +57,10 @@ impl Fleets {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
         let error = std::fs::read_to_string(dir.join(ERROR)).ok();
+        let vms = std::fs::read(dir.join(STATUS))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
         let alive = match child {
             Some(c) => matches!(c.try_wait(), Ok(None)),
             None => Path::new(&format!("/proc/{}", rec.pid)).exists(),
@@ -71,6 +81,7 @@ impl Fleets {
             pid: Some(rec.pid),
             error,
             report,
+            vms,
         }
     }
 
@@ -152,7 +163,15 @@ pub fn run(file: &Path, out: &Path) -> anyhow::Result<()> {
                 console_dir: Some(out.join("console")),
                 ..Default::default()
             };
-            Ok(tandem::fleet::runner::run(&spec, &opts, |_, _| {})?)
+            let mut last: Option<std::time::Instant> = None;
+            let run = tandem::fleet::runner::run(&spec, &opts, |sched, _| {
+                if last.is_none_or(|t| t.elapsed() >= STATUS_EVERY) {
+                    last = Some(std::time::Instant::now());
+                    write_status(out, sched.records());
+                }
+            })?;
+            write_status(out, &run.vms);
+            Ok(run)
         });
     match result {
         Ok(run) => {
@@ -166,5 +185,26 @@ pub fn run(file: &Path, out: &Path) -> anyhow::Result<()> {
             std::fs::write(out.join(ERROR), format!("{e:#}\n"))?;
             Err(e)
         }
+    }
+}
+
+/// Writes the fleet's VMs' states to [`STATUS`] (temp file, rename).
+fn write_status(out: &Path, records: &[tandem::fleet::VmRecord]) {
+    let vms: Vec<FleetVm> = records
+        .iter()
+        .map(|r| FleetVm {
+            name: r.name.clone(),
+            state: r.state.clone(),
+            restarts: r.restarts,
+            reason: r.reason.clone(),
+        })
+        .collect();
+    let tmp = out.join("vms.json.tmp");
+    let written = serde_json::to_vec(&vms)
+        .map_err(std::io::Error::other)
+        .and_then(|b| std::fs::write(&tmp, b))
+        .and_then(|()| std::fs::rename(&tmp, out.join(STATUS)));
+    if let Err(e) = written {
+        log::warn!("{}: {e}", out.join(STATUS).display());
     }
 }

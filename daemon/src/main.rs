@@ -125,31 +125,19 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
         socket.display(),
         state_dir.display()
     );
-    notify_ready();
+    notify_ready(&socket);
     // SAFETY: getuid has no preconditions.
     let own_uid = unsafe { libc::getuid() };
     server::serve(listener, d, fleets, peer::Access { own_uid, group });
     Ok(())
 }
 
-/// Tells systemd (`Type=notify`) the API answers: `READY=1` to
-/// `$NOTIFY_SOCKET`. A local helper until the library has one.
-fn notify_ready() {
-    use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::net::{SocketAddr, UnixDatagram};
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let path = path.to_string_lossy().into_owned();
-    let addr = match path.strip_prefix('@') {
-        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
-        None => SocketAddr::from_pathname(&path),
-    };
-    let sent = addr.and_then(|a| {
-        let s = UnixDatagram::unbound()?;
-        s.send_to_addr(b"READY=1\n", &a)
-    });
-    if let Err(e) = sent {
-        log::warn!("sd_notify READY=1 to {path}: {e}");
+/// Tells systemd (`Type=notify`) the API answers: `READY=1` (and a
+/// status line) to `$NOTIFY_SOCKET`, when it is set.
+fn notify_ready(socket: &std::path::Path) {
+    use tandem::sd_notify::{notify, State};
+    let status = format!("API on {}", socket.display());
+    if let Err(e) = notify(&[State::Ready, State::Status(&status)]) {
+        log::warn!("sd_notify READY=1: {e}");
     }
 }

@@ -6,7 +6,7 @@
 use tandem::api::ExitInfo;
 use tandem::metrics::runs::{
     BOOT_PHASE, CONSOLE_BYTES, CONSOLE_DROPPED, EXITS, EXITS_BEFORE_MAIN, RESTORES, RUNS,
-    SECONDS_BUCKETS,
+    SECONDS_BUCKETS, SNAPSHOTS,
 };
 use tandem::metrics::Registry;
 
@@ -37,6 +37,17 @@ impl Counters {
             "Runs started from a snapshot.",
             &l,
             f64::from(u8::from(restore)),
+        );
+    }
+
+    /// A snapshot of `vm` asked through the API was written (or not).
+    pub fn snapshot(&mut self, vm: &str, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        let _ = self.reg.counter_add(
+            SNAPSHOTS,
+            "Snapshots taken during runs, by result.",
+            &[("vm", vm), ("result", result)],
+            1.0,
         );
     }
 

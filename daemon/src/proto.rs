@@ -15,6 +15,8 @@ use tandem::api::{ExitInfo, VmSpec};
 pub const MAX_LINE: u64 = 16 << 20;
 /// How long the daemon waits for a worker's answer.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a snapshot may take (its memory written and fsynced).
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What the daemon asks a worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,6 +52,13 @@ pub enum Request {
     },
     /// Every run the worker holds.
     Status,
+    /// Snapshot the run into `dir` (it runs on).
+    Snapshot {
+        /// The run.
+        run: RunId,
+        /// The snapshot directory.
+        dir: PathBuf,
+    },
 }
 
 /// A VM's run: the daemon counts a VM's runs (its generation), so an answer
@@ -173,6 +182,11 @@ pub fn write_message(mut w: impl Write, m: &impl Serialize) -> Result<(), std::i
 
 /// Sends `req` to the worker at `socket` and reads its answer.
 pub fn call(socket: &Path, req: &Request) -> Result<Answer, ProtoError> {
+    call_within(socket, req, ANSWER_TIMEOUT)
+}
+
+/// [`call`], waiting up to `timeout` for the answer.
+pub fn call_within(socket: &Path, req: &Request, timeout: Duration) -> Result<Answer, ProtoError> {
     let io = |source| ProtoError::Io {
         path: socket.to_path_buf(),
         source,
@@ -184,7 +198,7 @@ pub fn call(socket: &Path, req: &Request) -> Result<Answer, ProtoError> {
         },
         _ => io(source),
     })?;
-    s.set_read_timeout(Some(ANSWER_TIMEOUT)).map_err(io)?;
+    s.set_read_timeout(Some(timeout)).map_err(io)?;
     s.set_write_timeout(Some(ANSWER_TIMEOUT)).map_err(io)?;
     write_message(&s, req).map_err(io)?;
     let answer: Answer = read_message(&s).map_err(io)?;

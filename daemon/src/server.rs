@@ -1,6 +1,7 @@
 //! The API's accept loop on its Unix socket: the peer's credentials are
-//! checked per connection (403 before anything is read), then requests
-//! are read and answered on a thread per connection, at most
+//! taken per connection (SO_PEERCRED) and checked before any request is
+//! served (a refused peer's one request is read and answered 403), then
+//! requests are read and answered on a thread per connection, at most
 //! [`MAX_CONNECTIONS`] at once.
 
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -13,7 +14,7 @@ use tandem::api::{ApiError, ErrorKind};
 use crate::daemon::Daemon;
 use crate::fleets::Fleets;
 use crate::http::{read_request, write_answer, Answer, ReadError};
-use crate::peer::{allowed, peer_of, Access};
+use crate::peer::{allowed, peer_of, Access, Peer};
 
 /// Connections served at once; more are answered 503.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -38,19 +39,6 @@ pub fn serve(listener: UnixListener, d: Arc<Daemon>, fleets: Arc<Fleets>, access
                 continue;
             }
         };
-        if !allowed(&peer, access) {
-            log::warn!("refused uid {} (pid {}): not allowed", peer.uid, peer.pid);
-            let e = ApiError::new(
-                ErrorKind::Forbidden,
-                format!(
-                    "uid {} may not use this daemon (allowed: root, the daemon's uid, the --group)",
-                    peer.uid
-                ),
-            );
-            let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
-            let _ = write_answer(&mut conn, &Answer::error(&e), false);
-            continue;
-        }
         if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
             open.fetch_sub(1, Ordering::SeqCst);
             let e = ApiError::new(ErrorKind::Unavailable, "too many connections; try again");
@@ -63,13 +51,34 @@ pub fn serve(listener: UnixListener, d: Arc<Daemon>, fleets: Arc<Fleets>, access
         let spawned = std::thread::Builder::new()
             .name("api".into())
             .spawn(move || {
-                connection(conn, &d, &fleets);
+                if allowed(&peer, access) {
+                    connection(conn, &d, &fleets);
+                } else {
+                    refuse(conn, &peer);
+                }
                 open.fetch_sub(1, Ordering::SeqCst);
             });
         if let Err(e) = spawned {
             log::error!("cannot start a connection thread: {e}");
         }
     }
+}
+
+/// Answers a peer that may not talk 403, after reading its request (a
+/// close with the request unread would reset the connection instead).
+fn refuse(mut conn: UnixStream, peer: &Peer) {
+    log::warn!("refused uid {} (pid {}): not allowed", peer.uid, peer.pid);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+    let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
+    let _ = read_request(&mut conn, &mut Vec::new());
+    let e = ApiError::new(
+        ErrorKind::Forbidden,
+        format!(
+            "uid {} may not use this daemon (allowed: root, the daemon's uid, the --group)",
+            peer.uid
+        ),
+    );
+    let _ = write_answer(&mut conn, &Answer::error(&e), false);
 }
 
 fn connection(mut conn: UnixStream, d: &Daemon, fleets: &Fleets) {

@@ -26,8 +26,8 @@ use crate::proto::{
     read_message, write_message, Answer, Phase, Request, RunId, RunStatus, RunSummary,
 };
 
-/// How often console output is appended to its file, and how often the
-/// worker looks whether its socket is still there.
+/// How often console output is appended to its file, ended runs are
+/// marked so, and the worker looks whether its socket is still there.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 /// One run the worker holds.
@@ -45,6 +45,10 @@ struct Shared {
     pending: Arc<Mutex<Vec<u8>>>,
     console_bytes: u64,
     forgotten: bool,
+    /// How the run ended, set by its vCPU thread (whose seccomp filter
+    /// allows no file I/O); the housekeeping thread appends the rest of the
+    /// console, then makes it the run's end, in that order.
+    finished: Option<(ExitInfo, Option<RunSummary>)>,
 }
 
 impl Shared {
@@ -58,11 +62,17 @@ impl Shared {
             return;
         }
         self.console_bytes += bytes.len() as u64;
-        let written = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.console)
-            .and_then(|mut f| f.write_all(&bytes));
+        // On the VMM's I/O thread: a filtered vCPU thread opens no file
+        // (tandem::seccomp), and a run's last flush is made on it.
+        let console = &self.console;
+        let written = tandem::io_thread::call(|| {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(console)
+                .and_then(|mut f| f.write_all(&bytes))
+        })
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
         if let Err(e) = written {
             log::warn!("console {}: {e}", self.console.display());
         }
@@ -104,11 +114,23 @@ pub fn main(socket: &Path) -> anyhow::Result<()> {
 fn housekeeping(runs: &Runs, socket: &Path) {
     loop {
         std::thread::sleep(FLUSH_EVERY);
-        if let Ok(runs) = runs.lock() {
-            for r in runs.values() {
+        if let Ok(mut runs) = runs.lock() {
+            let mut gone = Vec::new();
+            for (id, r) in runs.iter() {
                 if let Ok(mut s) = r.shared.lock() {
                     s.flush();
+                    if let Some((exit, summary)) = s.finished.take() {
+                        s.exit = Some(exit);
+                        s.summary = summary;
+                        s.phase = Phase::Ended;
+                    }
+                    if s.forgotten && s.phase == Phase::Ended {
+                        gone.push(id.clone());
+                    }
                 }
+            }
+            for id in gone {
+                runs.remove(&id);
             }
         }
         if !socket.exists() {
@@ -169,6 +191,7 @@ fn handle(req: Request, runs: &Runs, hv: &Arc<Hypervisor>) -> Result<Answer, Str
                 pending: pending.clone(),
                 console_bytes: 0,
                 forgotten: false,
+                finished: None,
             }));
             let events = shared.clone();
             let handle = VmHandle::with_events(move |e| {
@@ -184,7 +207,6 @@ fn handle(req: Request, runs: &Runs, hv: &Arc<Hypervisor>) -> Result<Answer, Str
                 let handle = handle.clone();
                 let hv = hv.clone();
                 let shared = shared.clone();
-                let runs = runs.clone();
                 let run = run.clone();
                 let name = format!("vm-{}", run.name);
                 std::thread::Builder::new().name(name).spawn(move || {
@@ -192,20 +214,8 @@ fn handle(req: Request, runs: &Runs, hv: &Arc<Hypervisor>) -> Result<Answer, Str
                     let exit = exit_info(&result);
                     let summary = result.as_ref().ok().map(summary);
                     log::info!("{} (run {}): {}", run.name, run.generation, exit.reason);
-                    let forget = match shared.lock() {
-                        Ok(mut s) => {
-                            s.flush();
-                            s.exit = Some(exit);
-                            s.summary = summary;
-                            s.phase = Phase::Ended;
-                            s.forgotten
-                        }
-                        Err(_) => false,
-                    };
-                    if forget {
-                        if let Ok(mut t) = runs.lock() {
-                            t.remove(&run);
-                        }
+                    if let Ok(mut s) = shared.lock() {
+                        s.finished = Some((exit, summary));
                     }
                 })
             };
@@ -246,6 +256,21 @@ fn handle(req: Request, runs: &Runs, hv: &Arc<Hypervisor>) -> Result<Answer, Str
                 r.handle.kill();
             }
             Ok(Answer::Ok)
+        }
+        Request::Snapshot { run, dir } => {
+            let rx = {
+                let table = lock(runs)?;
+                let r = table.get(&run).ok_or_else(|| no_run(&run))?;
+                r.handle.request_snapshot(dir.clone())
+            };
+            match rx.recv_timeout(crate::proto::SNAPSHOT_TIMEOUT) {
+                Ok(Ok(())) => Ok(Answer::Ok),
+                Ok(Err(e)) => Err(format!("snapshot {}: {e}", dir.display())),
+                Err(_) => Err(format!(
+                    "snapshot {}: the run ended (or was asked again) before it was taken",
+                    dir.display()
+                )),
+            }
         }
         Request::Status => {
             let table = lock(runs)?;

@@ -228,12 +228,18 @@ pub enum VmEvent {
 
 type EventFn = Box<dyn Fn(VmEvent) + Send + Sync>;
 
+/// A snapshot asked through [`VmHandle::request_snapshot`]: where, and who
+/// hears how it went.
+pub(crate) type SnapshotAsk = (std::path::PathBuf, mpsc::Sender<Result<(), String>>);
+
 #[derive(Default)]
 struct HandleInner {
     /// The app was asked to stop: `Request::Idle` returns `stop: true`.
     stop_asked: AtomicBool,
     /// The VM must end now (status `Stopped`), whatever the guest does.
     killed: AtomicBool,
+    /// A snapshot asked and not yet taken.
+    snapshot: std::sync::Mutex<Option<SnapshotAsk>>,
     /// The vCPU thread while a run is attached.
     vcpu: std::sync::Mutex<Option<VcpuThread>>,
     wake: std::sync::Condvar,
@@ -248,7 +254,10 @@ struct HandleInner {
 /// - [`VmHandle::request_stop`]: a polite request, seen by an app waiting in
 ///   `Request::Idle` (which returns at once with `stop: true`);
 /// - [`VmHandle::kill`]: ends the run at the next VM exit, kicking the
-///   vCPU out of `KVM_RUN` if it must (status [`ExitStatus::Stopped`](crate::ExitStatus::Stopped)).
+///   vCPU out of `KVM_RUN` if it must (status [`ExitStatus::Stopped`](crate::ExitStatus::Stopped));
+/// - [`VmHandle::request_snapshot`]: a snapshot into a directory between two
+///   guest instructions, the VM running on after it (an app in an `Idle`
+///   wait is woken for it, as a capped wait: `Elapsed`, not `Stop`).
 #[derive(Clone, Default)]
 pub struct VmHandle {
     inner: Arc<HandleInner>,
@@ -301,6 +310,49 @@ impl VmHandle {
         }
     }
 
+    /// Asks for a snapshot into `dir`, taken at the vCPU's next stop between
+    /// two guest instructions (it is kicked out of `KVM_RUN`, or woken from an
+    /// `Idle` wait); the VM runs on. The receiver hears how it went; it sees
+    /// the channel closed if the run ends first, or if a newer request
+    /// replaced this one.
+    pub fn request_snapshot(&self, dir: std::path::PathBuf) -> mpsc::Receiver<Result<(), String>> {
+        let (tx, rx) = mpsc::channel();
+        *self
+            .inner
+            .snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some((dir, tx));
+        self.notify();
+        register_kick_handler();
+        if self.kick() {
+            let h = self.clone();
+            std::thread::spawn(move || {
+                while h.snapshot_pending() && h.kick() {
+                    std::thread::sleep(KICK_INTERVAL);
+                }
+            });
+        }
+        rx
+    }
+
+    /// Whether a snapshot is asked and not yet taken.
+    pub(crate) fn snapshot_pending(&self) -> bool {
+        self.inner
+            .snapshot
+            .lock()
+            .map(|s| s.is_some())
+            .unwrap_or(false)
+    }
+
+    /// Takes the snapshot request, if any.
+    pub(crate) fn take_snapshot_request(&self) -> Option<SnapshotAsk> {
+        self.inner
+            .snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
     /// Whether the app was asked to stop.
     pub fn stop_asked(&self) -> bool {
         self.inner.stop_asked.load(Ordering::SeqCst)
@@ -344,13 +396,17 @@ impl VmHandle {
         Attached(self)
     }
 
-    /// Blocks up to `limit`, or until a stop is asked; returns whether it was.
+    /// Blocks up to `limit`, or until a stop (or a snapshot) is asked;
+    /// returns whether a stop was.
     pub(crate) fn idle(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         let mut guard = self.inner.vcpu.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if self.stop_asked() {
                 return true;
+            }
+            if self.snapshot_pending() {
+                return false;
             }
             let now = Instant::now();
             if now >= deadline {

@@ -275,9 +275,10 @@ pub fn working_set(data: &[u8]) {
 
 /// Backup point metadata, as found and re-sealed.
 pub fn backup_point(data: &[u8]) {
-    use crate::backup::point::{PointMeta, MAGIC};
+    use crate::backup::point::{PointMeta, FORMAT_VERSION, MAGIC};
     let _ = PointMeta::decode(data);
-    let _ = PointMeta::decode(&crate::snapshot::format::seal(&MAGIC, data));
+    let sealed = crate::snapshot::format::seal_version(&MAGIC, FORMAT_VERSION, data);
+    let _ = PointMeta::decode(&sealed);
 }
 
 /// Fleet files (TOML, then every check), with paths under a folder that

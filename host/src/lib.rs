@@ -43,6 +43,8 @@ mod console;
 mod control;
 pub mod coredump;
 pub mod devices;
+#[cfg(feature = "docs")]
+pub mod docs;
 mod entropy;
 pub mod fleet;
 #[cfg(feature = "fuzzing")]
@@ -76,8 +78,8 @@ pub use memory::MemoryError;
 pub use snapshot::{Snapshot, SnapshotError, WriteStats};
 pub use trace::BootTrace;
 pub use vm::{
-    check_mem_size, CoreFile, ExitStatus, Prefetch, RunReport, RunStats, SnapshotRecord,
-    SnapshotTrigger, Vm, VmBuilder, VmConfig, VmError,
+    check_mem_size, tear_down_in_place, CoreFile, ExitStatus, Prefetch, RunReport, RunStats,
+    SnapshotRecord, SnapshotTrigger, Vm, VmBuilder, VmConfig, VmError,
 };
 
 /// Process exit codes of the `tandem` binary beyond the guest's own (0–255

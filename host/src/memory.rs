@@ -47,10 +47,15 @@ pub enum MemoryError {
 }
 
 /// An owned anonymous mapping; unmapped on drop, after every user is gone.
+/// `addr..addr+len` is the guest memory, inside the reservation
+/// `base..base+reserved` it was aligned in (kept whole: see
+/// [`reserve_aligned`]).
 #[derive(Debug)]
 struct Mapping {
     addr: *mut libc::c_void,
     len: usize,
+    base: *mut libc::c_void,
+    reserved: usize,
 }
 
 // SAFETY: the mapping is plain memory; all access goes through vm-memory's
@@ -61,10 +66,11 @@ unsafe impl Sync for Mapping {}
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: `addr..addr+len` is a mapping this struct created and owns;
-        // the guest memory and KVM slot using it are dropped before it (field
-        // order in `GuestRam`).
-        unsafe { libc::munmap(self.addr, self.len) };
+        // SAFETY: `base..base+reserved` is a reservation this struct created
+        // and owns (the guest memory inside it included); the guest memory
+        // and KVM slot using it are dropped before it (field order in
+        // `GuestRam`).
+        unsafe { libc::munmap(self.base, self.reserved) };
     }
 }
 
@@ -93,9 +99,12 @@ pub struct SharedRam {
     _mapping: Arc<Mapping>,
 }
 
-/// Reserves `len + 2 MiB` of address space and returns the 2 MiB-aligned
-/// `len` bytes inside it, the rest unmapped again.
-fn reserve_aligned(len: usize, size: u64) -> Result<*mut libc::c_void, MemoryError> {
+/// Reserves `len + 2 MiB` of address space and returns it with the
+/// 2 MiB-aligned `len` bytes inside it. The slack before and after is left
+/// mapped (untouched, it costs address space only): unmapping it would
+/// call every MMU notifier of the process, one per VM in a fleet
+/// (docs/fleet-scaling.md).
+fn reserve_aligned(len: usize, size: u64) -> Result<Mapping, MemoryError> {
     // LARGE_PAGE_SIZE is 2 MiB, which fits any usize.
     #[allow(clippy::cast_possible_truncation)]
     let align = LARGE_PAGE_SIZE as usize;
@@ -112,18 +121,12 @@ fn reserve_aligned(len: usize, size: u64) -> Result<*mut libc::c_void, MemoryErr
     }
     let start = raw as usize;
     let aligned = (start + align - 1) & !(align - 1);
-    let head = aligned - start;
-    let tail = reserve - head - len;
-    // SAFETY: both ranges lie inside the mapping just made and are not used.
-    unsafe {
-        if head > 0 {
-            libc::munmap(raw, head);
-        }
-        if tail > 0 {
-            libc::munmap((aligned + len) as *mut libc::c_void, tail);
-        }
-    }
-    Ok(aligned as *mut libc::c_void)
+    Ok(Mapping {
+        addr: aligned as *mut libc::c_void,
+        len,
+        base: raw,
+        reserved: reserve,
+    })
 }
 
 /// Page range `[first, end)` as a byte range `(start, len)` inside a
@@ -204,19 +207,24 @@ impl GuestRam {
     /// With `huge_pages`, asks for transparent huge pages.
     pub fn new(size: u64, huge_pages: bool) -> Result<Self, MemoryError> {
         let len = usize::try_from(size).map_err(|_| MemoryError::Region("size".into()))?;
-        let aligned = reserve_aligned(len, size)?;
-        let mapping = Arc::new(Mapping { addr: aligned, len });
+        let mapping = Arc::new(reserve_aligned(len, size)?);
         // The fixed layout and the image (below HEAP_ADDR) are touched a few
         // pages at a time: 4 KiB pages there, so a boot does not zero whole
         // 2 MiB pages it barely uses. The heap gets huge pages when asked.
         // HEAP_ADDR is 4 MiB, which fits any usize.
         #[allow(clippy::cast_possible_truncation)]
         let low = (tandem_abi::layout::HEAP_ADDR as usize).min(len);
-        // SAFETY: advice on ranges of our own mapping; failure only loses the hint.
+        // The slack of the reservation takes the advice of its neighbour,
+        // so the whole reservation is two VMAs (fewer VMAs: a cheaper
+        // KVM_CREATE_VM, which walks them all).
+        let head = mapping.addr as usize - mapping.base as usize;
+        let rest = mapping.reserved - head - low;
+        // SAFETY: advice on ranges of our own reservation; failure only
+        // loses the hint.
         unsafe {
-            libc::madvise(mapping.addr, low, libc::MADV_NOHUGEPAGE);
+            libc::madvise(mapping.base, head + low, libc::MADV_NOHUGEPAGE);
             if huge_pages && len > low {
-                libc::madvise(mapping.addr.byte_add(low), len - low, libc::MADV_HUGEPAGE);
+                libc::madvise(mapping.addr.byte_add(low), rest, libc::MADV_HUGEPAGE);
             }
         }
         let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
@@ -251,8 +259,8 @@ impl GuestRam {
             });
         }
         let len = usize::try_from(size).map_err(|_| MemoryError::Region("size".into()))?;
-        let aligned = reserve_aligned(len, size)?;
-        let mapping = Arc::new(Mapping { addr: aligned, len });
+        let mapping = Arc::new(reserve_aligned(len, size)?);
+        let aligned = mapping.addr;
         let prot = libc::PROT_READ | libc::PROT_WRITE;
         let flags = libc::MAP_PRIVATE | libc::MAP_NORESERVE;
         // SAFETY: replaces our own reservation (owned by `mapping`) with a

@@ -58,6 +58,10 @@ pub enum ThreadKind {
     Io,
     /// The control thread: timeouts, backup ticks, signal relays.
     Control,
+    /// The lazy verification handler (`--verify lazy`): reads chunks of
+    /// the memory file and copies them into guest memory through its
+    /// userfaultfd, kicks the vCPU thread.
+    Verifier,
 }
 
 const KVMIO: u32 = 0xAE;
@@ -277,12 +281,49 @@ pub(crate) const CONTROL_SYSCALLS: &[(&str, i64)] = &[
     ("exit_group", libc::SYS_exit_group),
 ];
 
+/// What the lazy verification handler may do: wait on its userfaultfd
+/// and stop eventfd, read them and the memory file, copy and wake
+/// (ioctls below), kick the vCPU thread, sleep between kicks, log, close
+/// its descriptors and end.
+pub(crate) const VERIFIER_SYSCALLS: &[(&str, i64)] = &[
+    ("poll", libc::SYS_poll),
+    ("ppoll", libc::SYS_ppoll),
+    ("read", libc::SYS_read),
+    ("pread64", libc::SYS_pread64),
+    ("write", libc::SYS_write),
+    ("brk", libc::SYS_brk),
+    ("mmap", libc::SYS_mmap),
+    ("mprotect", libc::SYS_mprotect),
+    ("munmap", libc::SYS_munmap),
+    ("madvise", libc::SYS_madvise),
+    ("futex", libc::SYS_futex),
+    ("clock_gettime", libc::SYS_clock_gettime),
+    ("clock_nanosleep", libc::SYS_clock_nanosleep),
+    ("nanosleep", libc::SYS_nanosleep),
+    ("sched_yield", libc::SYS_sched_yield),
+    ("tgkill", libc::SYS_tgkill),
+    ("getpid", libc::SYS_getpid),
+    ("gettid", libc::SYS_gettid),
+    ("rt_sigreturn", libc::SYS_rt_sigreturn),
+    ("rt_sigprocmask", libc::SYS_rt_sigprocmask),
+    ("sigaltstack", libc::SYS_sigaltstack),
+    ("close", libc::SYS_close),
+    // Debug builds check a descriptor is open before closing it.
+    ("fcntl", libc::SYS_fcntl),
+    // glibc's malloc reads /proc/sys/vm/overcommit_memory the first time
+    // it shrinks a thread's arena (the vCPU filter allows it too).
+    ("openat", libc::SYS_openat),
+    ("exit", libc::SYS_exit),
+    ("exit_group", libc::SYS_exit_group),
+];
+
 /// The syscalls a thread kind may make.
 pub(crate) fn syscalls(kind: ThreadKind) -> &'static [(&'static str, i64)] {
     match kind {
         ThreadKind::Vcpu | ThreadKind::DebuggedVcpu => VCPU_SYSCALLS,
         ThreadKind::Io => IO_SYSCALLS,
         ThreadKind::Control => CONTROL_SYSCALLS,
+        ThreadKind::Verifier => VERIFIER_SYSCALLS,
     }
 }
 
@@ -293,6 +334,7 @@ fn ioctls(kind: ThreadKind) -> Vec<(&'static str, u64)> {
         ThreadKind::DebuggedVcpu => [IOCTLS, DEBUG_IOCTLS].concat(),
         ThreadKind::Io => IO_IOCTLS.to_vec(),
         ThreadKind::Control => Vec::new(),
+        ThreadKind::Verifier => crate::lazy_verify::HANDLER_IOCTLS.to_vec(),
     }
 }
 
@@ -389,6 +431,16 @@ pub(crate) fn narrow_to_control() {
         return;
     }
     let _ = install(ThreadKind::Control);
+}
+
+/// Installs `kind`'s filter on the calling thread unless seccomp was
+/// turned off (`--no-seccomp`), for threads started before the vCPU
+/// thread locks down.
+pub(crate) fn install_unless_disabled(kind: ThreadKind) -> Result<(), SeccompError> {
+    if DISABLED.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(());
+    }
+    install(kind)
 }
 
 /// Whether the calling thread runs under a seccomp filter.
@@ -584,6 +636,8 @@ mod tests {
             ],
             "I/O thread ioctls changed"
         );
+        // Issue 15: the lazy verification handler.
+        assert_eq!(VERIFIER_SYSCALLS.len(), 26, "verifier syscalls changed");
         // Under gdb only (issue 16): KVM_SET_REGS, for gdb's register
         // writes and a single step's trap flag, and KVM_SET_XSAVE for its
         // SSE register writes; nothing for the socket.
@@ -593,6 +647,7 @@ mod tests {
             ThreadKind::DebuggedVcpu,
             ThreadKind::Io,
             ThreadKind::Control,
+            ThreadKind::Verifier,
         ] {
             let mut n = names(syscalls(kind));
             n.dedup();
@@ -624,6 +679,7 @@ mod tests {
             ThreadKind::DebuggedVcpu,
             ThreadKind::Io,
             ThreadKind::Control,
+            ThreadKind::Verifier,
         ] {
             let (ours, theirs) = (filter(kind).unwrap(), chain(kind).unwrap());
             let mut requests: Vec<u64> = ioctls(kind).iter().map(|&(_, r)| r).collect();

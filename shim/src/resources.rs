@@ -85,6 +85,27 @@ fn bad(what: &str, value: impl std::fmt::Display, why: &str) -> BundleError {
     BundleError::Resources(format!("{what} {value}: {why}"))
 }
 
+/// The limits of an `Update` request: containerd sends the new
+/// `LinuxResources` as JSON in an `Any` (typeurl's encoding of a Go type
+/// that is not a protobuf message).
+pub fn update_limits(type_url: &str, value: &[u8]) -> Result<Limits, BundleError> {
+    if !type_url.ends_with("/LinuxResources") {
+        return Err(bad(
+            "update",
+            format!("{type_url:?}"),
+            "not LinuxResources (the only update a Tandem task takes)",
+        ));
+    }
+    let resources: LinuxResources = serde_json::from_slice(value).map_err(|e| {
+        bad(
+            "update",
+            "resources",
+            &format!("not OCI LinuxResources JSON: {e}"),
+        )
+    })?;
+    limits(Some(&resources))
+}
+
 /// `linux.resources` as cgroup v2 limits.
 fn limits(resources: Option<&LinuxResources>) -> Result<Limits, BundleError> {
     let mut limits = Limits::default();
@@ -349,6 +370,26 @@ mod tests {
         // No limit: the annotation or the VMM's default.
         assert_eq!(guest_memory(None, None).unwrap(), None);
         assert_eq!(guest_memory(None, Some("16M")).unwrap(), Some(16 << 20));
+    }
+
+    #[test]
+    fn updates_read_containerds_json() {
+        let url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
+        let limits = update_limits(
+            url,
+            br#"{"memory":{"limit":134217728},"cpu":{"quota":25000,"period":100000}}"#,
+        )
+        .unwrap();
+        assert_eq!(limits.memory_max, Some(128 << 20));
+        assert_eq!(
+            limits.cpu_max,
+            Some(CpuMax {
+                quota_us: Some(25_000),
+                period_us: 100_000
+            })
+        );
+        assert!(update_limits("io.containerd.cgroups.v1.Metrics", b"{}").is_err());
+        assert!(update_limits(url, b"not json").is_err());
     }
 
     #[test]

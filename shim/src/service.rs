@@ -573,6 +573,26 @@ impl Service {
         })
     }
 
+    /// New limits for a running task's cgroup (CRI's
+    /// UpdateContainerResources). The guest's memory stays what it was at
+    /// boot; only the group's limits change.
+    fn update_task(&self, req: &api::UpdateTaskRequest) -> Result<api::Empty> {
+        let task = self.task(&req.id, "")?;
+        let group = task
+            .cgroup
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| ShimError::NoCgroup(req.id.clone()))?;
+        let Some(any) = req.resources.as_ref() else {
+            return Ok(api::Empty::default());
+        };
+        let limits = resources::update_limits(&any.type_url, &any.value)?;
+        group.set_limits(&limits)?;
+        log::info!("update {}: {limits:?}", req.id);
+        Ok(api::Empty::default())
+    }
+
     fn shutdown_if_idle(&self) {
         if self.tasks().is_empty() {
             self.inner.exit.signal();
@@ -645,6 +665,10 @@ impl containerd_shim::Task for Service {
         req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
         Ok(self.stats_of(&req)?)
+    }
+
+    fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
+        Ok(self.update_task(&req)?)
     }
 
     fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {

@@ -2,7 +2,9 @@
 //! the `bench` example of the host crate) and as whole processes, side by side
 //! with two floors that only create a VM and run one instruction: the same
 //! in Rust (the example's `--baseline-process`) and the minimal C VMM of
-//! `tools/minvmm` (static). Each whole process's peak RSS too.
+//! `tools/minvmm` (static). Each whole process's peak RSS too. `tandem` is
+//! measured twice: the default build (glibc, dynamically linked) and the
+//! lean one (`host::build_lean`: musl, static, not PIE, `[profile.lean]`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -42,6 +44,7 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
     project::require_kvm()?;
     guest::build(project)?;
     host::build(project, Profile::Release, true)?;
+    let lean = host::build_lean(project)?;
 
     let image = guest::image(project, APP)?;
     let tandem = project.host_bin(Profile::Release);
@@ -53,7 +56,7 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
     let floor = bench_floor::build(project)?;
     let size = image_size(&image)?;
     let in_process = in_process(&example, &image, opts.runs)?;
-    let whole = whole_process(&tandem, &example, &floor, &image, opts)?;
+    let whole = whole_process(&tandem, &lean, &example, &floor, &image, opts)?;
 
     let report = json!({
         "app": APP,
@@ -66,7 +69,7 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
             "load_file_bytes": size.load.file_bytes,
             "load_mem_bytes": size.load.mem_bytes,
         },
-        "whole_process_ms": whole.to_json(project, &tandem, &example, &floor.minvmm, &image),
+        "whole_process_ms": whole.to_json(project, &tandem, &lean, &example, &floor.minvmm, &image),
         "peak_rss_kib": whole.rss_json(),
         "in_process": in_process,
     });
@@ -131,8 +134,11 @@ struct WholeProcess {
     tandem: Summary,
     baseline: Summary,
     minvmm: Summary,
-    /// Median peak RSS (KiB) of tandem, the Rust baseline and the C VMM.
-    rss: [u64; 3],
+    /// The lean build of tandem.
+    lean: Summary,
+    /// Median peak RSS (KiB) of tandem, the Rust baseline, the C VMM and
+    /// the lean tandem.
+    rss: [u64; 4],
     warmup: usize,
 }
 
@@ -145,10 +151,15 @@ impl WholeProcess {
         self.tandem.median / self.minvmm.median
     }
 
+    fn ratio_lean_c(&self) -> f64 {
+        self.lean.median / self.minvmm.median
+    }
+
     fn to_json(
         &self,
         project: &Project,
         tandem: &Path,
+        lean: &Path,
         example: &Path,
         minvmm: &Path,
         image: &Path,
@@ -156,6 +167,9 @@ impl WholeProcess {
         json!({
             "warmup": self.warmup,
             "tandem": self.tandem.to_json(),
+            "tandem_lean": self.lean.to_json(),
+            "ratio_median_lean_c_vmm": round3(self.ratio_lean_c()),
+            "tandem_lean_command": format!("{} run -q {}", project.show(lean), project.show(image)),
             "baseline_process": self.baseline.to_json(),
             "c_vmm": self.minvmm.to_json(),
             "ratio_median": round3(self.ratio()),
@@ -172,6 +186,7 @@ impl WholeProcess {
             "tandem": self.rss[0],
             "baseline_process": self.rss[1],
             "c_vmm": self.rss[2],
+            "tandem_lean": self.rss[3],
         })
     }
 }
@@ -181,6 +196,7 @@ impl WholeProcess {
 /// then their peak RSS.
 fn whole_process(
     tandem: &Path,
+    lean: &Path,
     example: &Path,
     floor: &bench_floor::Floor,
     image: &Path,
@@ -188,6 +204,12 @@ fn whole_process(
 ) -> Result<WholeProcess> {
     let tandem_args = [
         tandem.as_os_str(),
+        "run".as_ref(),
+        "-q".as_ref(),
+        image.as_os_str(),
+    ];
+    let lean_args = [
+        lean.as_os_str(),
         "run".as_ref(),
         "-q".as_ref(),
         image.as_os_str(),
@@ -205,8 +227,9 @@ fn whole_process(
     let mut run_tandem = command(&tandem_args);
     let mut run_baseline = command(&baseline_args);
     let mut run_minvmm = command(&minvmm_args);
+    let mut run_lean = command(&lean_args);
     eprintln!(
-        "timing {} whole-process runs each of `tandem run -q {APP}`, the baseline \
+        "timing {} whole-process runs each of `tandem run -q {APP}` (default and lean builds), the baseline \
          and the C VMM (after {} warm-up runs)",
         opts.runs, opts.warmup
     );
@@ -215,7 +238,9 @@ fn whole_process(
         time(&mut run_tandem, "tandem run")?;
         time(&mut run_baseline, "the baseline process")?;
         time(&mut run_minvmm, "the C VMM")?;
+        time(&mut run_lean, "lean tandem run")?;
     }
+    let mut d = Vec::with_capacity(opts.runs);
     let mut a = Vec::with_capacity(opts.runs);
     let mut b = Vec::with_capacity(opts.runs);
     let mut c = Vec::with_capacity(opts.runs);
@@ -223,10 +248,11 @@ fn whole_process(
         a.push(time(&mut run_tandem, "tandem run")?);
         b.push(time(&mut run_baseline, "the baseline process")?);
         c.push(time(&mut run_minvmm, "the C VMM")?);
+        d.push(time(&mut run_lean, "lean tandem run")?);
     }
-    let mut rss = [const { Vec::new() }; 3];
+    let mut rss = [const { Vec::new() }; 4];
     for _ in 0..RSS_RUNS {
-        for (i, args) in [&tandem_args[..], &baseline_args, &minvmm_args]
+        for (i, args) in [&tandem_args[..], &baseline_args, &minvmm_args, &lean_args]
             .into_iter()
             .enumerate()
         {
@@ -241,10 +267,12 @@ fn whole_process(
         tandem: Summary::of(&a).context("no samples")?,
         baseline: Summary::of(&b).context("no samples")?,
         minvmm: Summary::of(&c).context("no samples")?,
+        lean: Summary::of(&d).context("no samples")?,
         rss: [
             median(&mut rss[0]),
             median(&mut rss[1]),
             median(&mut rss[2]),
+            median(&mut rss[3]),
         ],
         warmup: opts.warmup,
     })
@@ -323,7 +351,16 @@ fn print_report(
         "peak RSS (KiB)",
     ]);
     for (name, s, rss) in [
-        (format!("tandem run -q {APP}"), whole.tandem, whole.rss[0]),
+        (
+            format!("tandem run -q {APP} (glibc, dynamic)"),
+            whole.tandem,
+            whole.rss[0],
+        ),
+        (
+            format!("tandem run -q {APP} (lean: musl, static, no PIE)"),
+            whole.lean,
+            whole.rss[3],
+        ),
         (
             "baseline, Rust (VM + 1 instruction)".to_owned(),
             whole.baseline,
@@ -346,9 +383,10 @@ fn print_report(
     }
     t.print();
     println!(
-        "ratio of medians, tandem / Rust baseline: {:.2}; tandem / C VMM: {:.2}",
+        "ratio of medians, tandem / Rust baseline: {:.2}; tandem / C VMM: {:.2}; lean tandem / C VMM: {:.2}",
         whole.ratio(),
-        whole.ratio_c()
+        whole.ratio_c(),
+        whole.ratio_lean_c()
     );
     println!();
 

@@ -6,7 +6,9 @@
 //! median and p99 time to ready per priority class, and host memory per VM
 //! (resident set of the VMM once all are ready, less that of a one-VM
 //! fleet, divided by the VMs). Prints a table and writes JSON (default
-//! `target/bench/fleet.json`).
+//! `target/bench/fleet.json`). Then the I/O case (`bench_fleet_io`):
+//! batch VMs writing flat out while high-priority VMs boot, with and
+//! without the fleet's I/O scheduler.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,14 +28,29 @@ pub struct Options {
     pub runs: usize,
     /// Where the JSON goes.
     pub json: Option<PathBuf>,
+    /// Run the fleet sizes (`--io-only`: no).
+    pub sizes_case: bool,
+    /// Run the I/O case (`--no-io`: no).
+    pub io_case: bool,
 }
 
-/// Parses `--sizes 100,1000`, `--runs N` and `--json FILE`.
+/// Parses `--sizes 100,1000`, `--runs N`, `--json FILE`, `--no-io` and
+/// `--io-only`.
 pub fn parse(args: &[String]) -> Result<Options> {
     let mut sizes = vec![100, 1000];
+    let (mut sizes_case, mut io_case) = (true, true);
     let c = crate::bench_args::parse(args, "fleet", 3, 1, |flag, it| {
-        if flag != "--sizes" {
-            return Ok(false);
+        match flag {
+            "--no-io" => {
+                io_case = false;
+                return Ok(true);
+            }
+            "--io-only" => {
+                sizes_case = false;
+                return Ok(true);
+            }
+            "--sizes" => {}
+            _ => return Ok(false),
         }
         let v = crate::bench_args::value(flag, it)?;
         sizes = v
@@ -44,9 +61,11 @@ pub fn parse(args: &[String]) -> Result<Options> {
         Ok(true)
     })?;
     Ok(Options {
-        sizes,
+        sizes: if sizes_case { sizes } else { Vec::new() },
         runs: c.runs,
         json: c.json,
+        sizes_case,
+        io_case,
     })
 }
 
@@ -68,7 +87,7 @@ fn write_fleet(dir: &Path, n: usize, image: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn run_fleet(tandem: &Path, config: &Path, cap: usize, out: &Path) -> Result<Value> {
+pub(crate) fn run_fleet(tandem: &Path, config: &Path, cap: usize, out: &Path) -> Result<Value> {
     let status = Command::new(tandem)
         .arg("fleet")
         .arg(config)
@@ -85,14 +104,14 @@ fn run_fleet(tandem: &Path, config: &Path, cap: usize, out: &Path) -> Result<Val
     Ok(serde_json::from_str(&text)?)
 }
 
-fn class(report: &Value, priority: i64) -> Option<&Value> {
+pub(crate) fn class(report: &Value, priority: i64) -> Option<&Value> {
     report["summary"]["classes"]
         .as_array()?
         .iter()
         .find(|c| c["priority"].as_i64() == Some(priority))
 }
 
-fn num(v: &Value) -> String {
+pub(crate) fn num(v: &Value) -> String {
     v.as_f64().map_or("-".into(), |x| format!("{x:.1}"))
 }
 
@@ -171,7 +190,17 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
             }));
         }
     }
-    table.print();
+    if opts.sizes_case {
+        table.print();
+    }
+    let io = if opts.io_case {
+        let diskbench = guest::image(project, "diskbench")?;
+        Some(crate::bench_fleet_io::bench(
+            &tandem, &diskbench, &scratch, opts.runs,
+        )?)
+    } else {
+        None
+    };
     let json_path = opts
         .json
         .clone()
@@ -179,7 +208,7 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
     if let Some(dir) = json_path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let doc = json!({ "cpus": cpus, "base_rss_bytes": base_rss, "results": results });
+    let doc = json!({ "cpus": cpus, "base_rss_bytes": base_rss, "results": results, "io": io });
     std::fs::write(&json_path, serde_json::to_string_pretty(&doc)?)?;
     eprintln!("bench fleet: JSON written to {}", project.show(&json_path));
     Ok(())

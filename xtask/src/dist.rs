@@ -80,7 +80,11 @@ pub fn ensure_cargo_deb(project: &Project) -> Result<()> {
     )
 }
 
-/// `cargo xtask deb`: release builds of `tandem` and the shim, their
+/// What the packaging tests check with (tests/packaging.rs).
+pub const PACKAGING_TOOLS: &[(&str, &str)] =
+    &[("systemd-analyze", "systemd"), ("dpkg-deb", "dpkg")];
+
+/// `cargo xtask deb`: release builds of `tandem`, `tandemd` and the shim, their
 /// documents, then `cargo deb -p tandem --no-build`; the package's path.
 pub fn deb(project: &Project, out: Option<PathBuf>) -> Result<PathBuf> {
     ensure_cargo_deb(project)?;
@@ -90,6 +94,8 @@ pub fn deb(project: &Project, out: Option<PathBuf>) -> Result<PathBuf> {
         "--release",
         "-p",
         "tandem",
+        "-p",
+        "tandem-daemon",
         "-p",
         "tandem-shim",
         "--bins",

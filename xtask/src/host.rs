@@ -1,8 +1,11 @@
 //! Building the host crate (`tandem`: the VMM binary and its examples).
 
+use std::path::PathBuf;
+
 use anyhow::Result;
 
-use crate::project::{self, Profile, Project};
+use crate::project::{self, Profile, Project, LEAN_PROFILE, LEAN_TARGET};
+use crate::toolchain;
 
 /// `cargo build -p tandem --bins [--examples]` in the given profile.
 pub fn build(project: &Project, profile: Profile, examples: bool) -> Result<()> {
@@ -36,4 +39,31 @@ pub fn build_daemon(project: &Project, profile: Profile) -> Result<std::path::Pa
 /// Where [`build_daemon`] puts `tandemd`.
 pub fn daemon_bin(project: &Project, profile: Profile) -> std::path::PathBuf {
     project.target_dir().join(profile.dir()).join("tandemd")
+}
+
+/// The lean build of the VMM binary: `--profile lean` for
+/// `x86_64-unknown-linux-musl`, static and not position-independent: no
+/// dynamic loader, no shared libraries, no start-up relocations and no NSS
+/// (musl reads `/etc/passwd` itself). Adds the target with rustup when it
+/// is missing. The flags reach only the target's crates (with `--target`,
+/// build scripts and proc macros are built without them).
+pub fn build_lean(project: &Project) -> Result<PathBuf> {
+    toolchain::ensure_target(project, LEAN_TARGET)?;
+    let mut cmd = project.cargo();
+    cmd.args([
+        "build",
+        "-p",
+        "tandem",
+        "--bins",
+        "--profile",
+        LEAN_PROFILE,
+        "--target",
+        LEAN_TARGET,
+    ]);
+    cmd.env(
+        "RUSTFLAGS",
+        "-C relocation-model=static -C target-feature=+crt-static",
+    );
+    project::run(&mut cmd, "lean host build")?;
+    Ok(project.host_bin_lean())
 }

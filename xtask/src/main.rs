@@ -5,12 +5,14 @@
 //! through `$CARGO`, the one that runs this program.
 
 mod bench;
+mod bench_api;
 mod bench_args;
 mod bench_backup;
 mod bench_backup_disk;
 mod bench_containerd;
 mod bench_disk;
 mod bench_fleet;
+mod bench_fleet_io;
 mod bench_floor;
 mod bench_net;
 mod bench_net_http;
@@ -97,8 +99,9 @@ COMMANDS:
     deb [--out DIR]
         Build the Debian package of `tandem` with cargo-deb (installed with
         `cargo install cargo-deb --locked` when missing): release builds of
-        tandem and the containerd shim, their man pages and completions
-        (dist), the tandemd unit and the `tandem` group (sysusers.d), as
+        tandem, tandemd and the containerd shim, tandem's man pages and
+        completions (dist), the tandemd unit and the `tandem` group
+        (sysusers.d), as
         described by [package.metadata.deb] in host/Cargo.toml. The package
         goes to DIR (default target/debian); `dpkg -i` it.
 
@@ -126,16 +129,24 @@ COMMANDS:
         under KVM and TCG. Prints medians per phase and writes JSON and an SVG
         chart (target/bench/boot-paths.{json,svg}).
 
-    bench fleet [--sizes 100,1000] [--runs N] [--json FILE]
+    bench fleet [--sizes 100,1000] [--runs N] [--json FILE] [--no-io] [--io-only]
         Fleets of small VMs (service app, one in ten high priority) booted
         until all are ready, with the scheduler (cap = CPUs) and all at once,
         side by side: time to all ready, VMs/s, p50/p99 per priority class,
-        host memory per VM (target/bench/fleet.json).
+        host memory per VM; then the I/O case: 4 batch VMs writing flat out
+        while 20 high-priority VMs boot, with and without [fleet] io_budget
+        (high p50/p99 time to ready, batch MiB/s) (target/bench/fleet.json).
 
     bench snapshot [--runs N] [--json FILE]
         Snapshot, restore, clone and backup costs of the counter app next to
         its cold boot, in process and as whole processes (64 MiB and 1 GiB).
         Writes JSON to target/bench/snapshot.json unless --json.
+
+    bench api [--runs N] [--vms-per-worker N] [--json FILE]
+        tandemd (release) on a private socket: N VMs (service, default 100)
+        created and started through the API, p50/p99 latency of create,
+        start and list, and resident memory per idle VM in the workers
+        (target/bench/api.json).
 
     bench containerd [--runs N] [--json FILE]
         `ctr run --rm` of hello under the Tandem shim against runc running a
@@ -595,6 +606,10 @@ fn bench_cmd(project: &Project, args: Vec<String>) -> Result<ExitCode> {
     }
     if args.first().map(String::as_str) == Some("fleet") {
         bench_fleet::bench(project, &bench_fleet::parse(&args[1..])?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.first().map(String::as_str) == Some("api") {
+        bench_api::bench(project, &bench_api::parse(&args[1..])?)?;
         return Ok(ExitCode::SUCCESS);
     }
     if args.first().map(String::as_str) == Some("containerd") {

@@ -10,6 +10,11 @@ use anyhow::{bail, Context, Result};
 
 /// The target the guest is built for; `guest/.cargo/config.toml` selects it.
 pub const GUEST_TARGET: &str = "x86_64-unknown-none";
+/// Target of the lean (static, musl) build of the VMM that `cargo xtask
+/// bench` measures next to the default one.
+pub const LEAN_TARGET: &str = "x86_64-unknown-linux-musl";
+/// Cargo profile of the lean build (`[profile.lean]` in Cargo.toml).
+pub const LEAN_PROFILE: &str = "lean";
 
 /// Cargo profile of the host build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +73,14 @@ impl Project {
     /// The `tandem` VMM binary of a host build.
     pub fn host_bin(&self, profile: Profile) -> PathBuf {
         self.target.join(profile.dir()).join("tandem")
+    }
+
+    /// The `tandem` binary of the lean build (`host::build_lean`).
+    pub fn host_bin_lean(&self) -> PathBuf {
+        self.target
+            .join(LEAN_TARGET)
+            .join(LEAN_PROFILE)
+            .join("tandem")
     }
 
     /// An example binary of the `tandem` crate (release or debug).

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 
 use crate::project::{self, Profile, Project};
 use crate::test_report::{self, StepFailure, TestReport};
-use crate::{guest, host, oci, qemu, toolchain};
+use crate::{dist, guest, host, oci, qemu, toolchain};
 
 /// The failed steps so far.
 #[derive(Default)]
@@ -52,7 +52,12 @@ pub fn test(project: &Project, harness_args: &[String]) -> Result<ExitCode> {
         qemu::ensure_tools(qemu::GDB_TOOLS)?;
         qemu::ensure_tools(qemu::NET_TOOLS)?;
         qemu::ensure_tools(host::DAEMON_TOOLS)?;
-        qemu::ensure_tools(oci::CONTAINERD_TOOLS)
+        qemu::ensure_tools(oci::CONTAINERD_TOOLS)?;
+        // The unit's `systemd-analyze verify` and the package's `dpkg-deb`.
+        qemu::ensure_tools(dist::PACKAGING_TOOLS)
+    });
+    steps.run("cargo-deb (the package test)", || {
+        dist::ensure_cargo_deb(project)
     });
 
     // The guest is no_std for x86_64-unknown-none: no test targets to lint.

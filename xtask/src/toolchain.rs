@@ -208,14 +208,20 @@ fn toolchain_file(dir: &Path) -> Option<PathBuf> {
 
 /// Makes sure the toolchain that builds the guest has its target.
 pub fn ensure_guest_target(project: &Project) -> Result<()> {
+    ensure_target(project, GUEST_TARGET)
+}
+
+/// Makes sure the toolchain (the workspace's one `rust-toolchain.toml`)
+/// has the standard library of `target`, adding it with rustup if not.
+pub fn ensure_target(project: &Project, target: &'static str) -> Result<()> {
     let probe = Probe::read(project)?;
-    if has_target(&probe.sysroot, GUEST_TARGET) {
+    if has_target(&probe.sysroot, target) {
         return Ok(());
     }
-    apply(&probe, &Missing::Target(GUEST_TARGET))?;
-    if !has_target(&Probe::read(project)?.sysroot, GUEST_TARGET) {
+    apply(&probe, &Missing::Target(target))?;
+    if !has_target(&Probe::read(project)?.sysroot, target) {
         bail!(
-            "{GUEST_TARGET} is still missing from {} after rustup added it",
+            "{target} is still missing from {} after rustup added it",
             probe.sysroot.display()
         );
     }

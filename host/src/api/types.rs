@@ -451,6 +451,26 @@ pub struct FleetInfo {
     /// The fleet's report (as `tandem fleet --json`) once it is done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<serde_json::Value>,
+    /// Its VMs as its runner last wrote them (every few hundred ms while
+    /// it runs, and at its end).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vms: Vec<FleetVm>,
+}
+
+/// One VM of a fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetVm {
+    /// Its name in the fleet.
+    pub name: String,
+    /// The scheduler's word for it: `pending`, `booting`, `ready`,
+    /// `stopping`, `restarting`, `finished`, `failed`, `blocked`, `not-started`.
+    pub state: String,
+    /// Restarts done.
+    #[serde(default)]
+    pub restarts: u32,
+    /// Why it failed or was blocked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// `GET /v1/fleets`.

@@ -28,7 +28,7 @@ pub const CHUNK_BLOCKS: usize = 256;
 #[allow(clippy::cast_possible_truncation)]
 const BLOCK: usize = BLOCK_SIZE as usize;
 /// Longest run of blocks read or written at once (1 MiB).
-const RUN_BLOCKS: u64 = 256;
+const RUN_BLOCKS: usize = 256;
 
 /// One disk's part of a backup point.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -259,7 +259,7 @@ fn copy_blocks(
     out: &mut BlocksOut,
 ) -> Result<(), BackupError> {
     let max = blocks_in(len);
-    let mut buf = vec![0u8; BLOCK * RUN_BLOCKS as usize];
+    let mut buf = vec![0u8; BLOCK * RUN_BLOCKS];
     let mut i = 0;
     while i < blocks.len() {
         let first = blocks[i];
@@ -271,7 +271,7 @@ fn copy_blocks(
             .into());
         }
         let mut n = 1;
-        while i + n < blocks.len() && blocks[i + n] == first + n as u64 && (n as u64) < RUN_BLOCKS {
+        while i + n < blocks.len() && blocks[i + n] == first + n as u64 && n < RUN_BLOCKS {
             n += 1;
         }
         let start = first * BLOCK_SIZE;
@@ -468,13 +468,14 @@ pub(crate) fn fold_disk(
                 continue;
             };
             let path = dir.join(&part.file);
-            if !open.contains_key(&p) {
-                open.insert(p, File::open(&path).map_err(io(&path))?);
-            }
-            if let Some(f) = open.get(&p) {
-                f.read_exact_at(&mut buf, slot * BLOCK_SIZE)
-                    .map_err(io(&path))?;
-            }
+            let f = match open.entry(p) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(File::open(&path).map_err(io(&path))?)
+                }
+            };
+            f.read_exact_at(&mut buf, slot * BLOCK_SIZE)
+                .map_err(io(&path))?;
             if !files::is_zero(&buf) {
                 out.push(block, &buf)?;
             }
@@ -581,5 +582,122 @@ mod tests {
         assert_ne!(a, chunk_digest(&[0; 32], 1, 1, 0, &[5], &[1; 4096]));
         assert_ne!(a, chunk_digest(&[0; 32], 1, 0, 0, &[6], &[1; 4096]));
         assert_ne!(a, point::chunk_digest(&[0; 32], 1, 0, &[5], &[1; 4096]));
+    }
+}
+
+#[cfg(test)]
+mod round_trip {
+    use super::*;
+    use crate::devices::blk::state::BlkState;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("tandem-bkdisk-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// A point `n` of `parts` on a sample state with one disk of `sectors`.
+    fn meta(n: u64, parent: [u8; 32], sectors: u64, parts: Vec<DiskPart>) -> PointMeta {
+        let mut state = crate::snapshot::tests::sample();
+        state.disks = vec![BlkState {
+            transport: crate::devices::mmio::Transport::new(2, 0, 1, 256, vec![]).state(),
+            position: Default::default(),
+            file: placeholder_name(0),
+            sectors,
+            read_only: false,
+        }];
+        PointMeta {
+            point: n,
+            base: n == 0,
+            parent,
+            pages_file: format!("point-{n:06}-0000000000000000.pages"),
+            pages: vec![],
+            chunks: vec![],
+            state,
+            chain: [u8::try_from(n).unwrap(); 32],
+            disks: parts,
+        }
+    }
+
+    #[test]
+    fn a_base_and_a_delta_restore_the_disk_and_damage_is_named() {
+        let d = dir("rt");
+        // 3 MiB + one sector: a short last block; data in MiB 1 and at the end.
+        let len = (3 << 20) + 512;
+        let img = d.join("disk.img");
+        std::fs::File::create(&img).unwrap().set_len(len).unwrap();
+        let disk = DiskFile::open(&img, false).unwrap();
+        disk.write_at(&[7u8; 8192], 1 << 20).unwrap();
+        disk.write_at(&[9u8; 512], 3 << 20).unwrap();
+        let chain = d.join("chain");
+        std::fs::create_dir_all(&chain).unwrap();
+        let base = write_parts(
+            &chain,
+            [0; 32],
+            0,
+            &[DiskSource {
+                disk: &disk,
+                blocks: None,
+            }],
+        )
+        .unwrap();
+        // Sparse: the two data blocks of MiB 1 and the short last one.
+        assert_eq!(base[0].blocks, [256, 257, 768]);
+        // A delta: block 256 zeroed, block 3 written.
+        disk.write_at(&[0u8; 4096], 1 << 20).unwrap();
+        disk.write_at(&[5u8; 4096], 3 * 4096).unwrap();
+        let parent = [1u8; 32];
+        let delta = write_parts(
+            &chain,
+            parent,
+            1,
+            &[DiskSource {
+                disk: &disk,
+                blocks: Some(vec![3, 256]),
+            }],
+        )
+        .unwrap();
+        let sectors = len / SECTOR_SIZE;
+        let (m0, m1) = (
+            meta(0, [0; 32], sectors, base),
+            meta(1, parent, sectors, delta),
+        );
+        check_meta(&m0).unwrap();
+        check_meta(&m1).unwrap();
+        check_part(&chain, &m0, 0).unwrap();
+        check_part(&chain, &m1, 0).unwrap();
+        // Restored at each point: the disk as it was.
+        let at0 = d.join("at0");
+        restore_disk(&chain, &[&m0], 0, &at0, &d).unwrap();
+        let got = std::fs::read(&at0).unwrap();
+        assert_eq!(got.len() as u64, len);
+        assert!(got[(1 << 20)..(1 << 20) + 8192].iter().all(|&b| b == 7));
+        assert!(got[(3 << 20)..].iter().all(|&b| b == 9));
+        assert!(got[3 * 4096..4 * 4096].iter().all(|&b| b == 0));
+        let at1 = d.join("at1");
+        restore_disk(&chain, &[&m0, &m1], 0, &at1, &d).unwrap();
+        assert_eq!(std::fs::read(&at1).unwrap(), std::fs::read(&img).unwrap());
+        // Folded into one base: the same disk.
+        let folded = fold_disk(&chain, &[&m0, &m1], 0, 1).unwrap();
+        assert_eq!(folded.blocks, [3, 257, 768]);
+        // A flipped byte is named by its chunk.
+        let f = OpenOptions::new()
+            .write(true)
+            .open(chain.join(&m1.disks[0].file))
+            .unwrap();
+        f.write_all_at(&[0xAA], 10).unwrap();
+        let e = check_part(&chain, &m1, 0).unwrap_err();
+        assert!(e.starts_with("disk 0, chunk 0: digest mismatch"), "{e}");
+        // A wrong block list is refused before any file is read.
+        let mut bad = m1.clone();
+        bad.disks[0].blocks = vec![256, 3];
+        assert!(check_meta(&bad).is_err());
+        bad.disks[0].blocks = vec![3, 769];
+        assert!(check_meta(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("past the end"));
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

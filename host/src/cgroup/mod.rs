@@ -383,23 +383,49 @@ impl Cgroup {
 
     /// Writes `limits` (only the fields that are `Some`).
     pub fn set_limits(&self, limits: &Limits) -> Result<()> {
-        let writes = match self.version {
+        let mut writes = match self.version {
             Version::V2 => plan::v2_writes(limits),
             Version::V1 => plan::v1_writes(limits)?,
         };
-        for (controller, file, value) in writes {
-            let dir = self
-                .dir_for(controller)
-                .ok_or_else(|| self.missing(controller))?;
-            let path = dir.join(file);
-            // cgroupfs refuses to create a file (EACCES): a control file
-            // that is not there means the controller is not enabled here.
-            if !path.exists() {
-                return Err(self.missing(controller));
+        // v1 keeps memory <= memory+swap at every step: raising both
+        // needs memsw first, lowering both the memory limit first (the
+        // plan's order). Which one it is shows as EINVAL on the first.
+        if let Some(i) = writes
+            .iter()
+            .position(|w| w.1 == "memory.limit_in_bytes")
+            .filter(|&i| {
+                writes
+                    .get(i + 1)
+                    .is_some_and(|w| w.1 == "memory.memsw.limit_in_bytes")
+            })
+        {
+            let (_, file, value) = &writes[i];
+            match self.write("memory", file, value) {
+                Err(CgroupError::Io { source, .. })
+                    if source.raw_os_error() == Some(libc::EINVAL) =>
+                {
+                    writes.swap(i, i + 1);
+                }
+                other => other?,
             }
-            fs::write(&path, &value).map_err(io_err("writing", &path))?;
+        }
+        for (controller, file, value) in writes {
+            self.write(controller, file, &value)?;
         }
         Ok(())
+    }
+
+    fn write(&self, controller: &str, file: &str, value: &str) -> Result<()> {
+        let dir = self
+            .dir_for(controller)
+            .ok_or_else(|| self.missing(controller))?;
+        let path = dir.join(file);
+        // cgroupfs refuses to create a file (EACCES): a control file that
+        // is not there means the controller is not enabled here.
+        if !path.exists() {
+            return Err(self.missing(controller));
+        }
+        fs::write(&path, value).map_err(io_err("writing", &path))
     }
 
     /// Moves process `pid` (all its threads) into the group.

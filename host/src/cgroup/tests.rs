@@ -89,6 +89,30 @@ fn limits_land_in_the_groups_files() {
     }
 }
 
+/// Memory and swap limits can be raised and lowered together (v1's memsw
+/// must stay at or above the memory limit at every step).
+#[test]
+fn memory_and_swap_limits_move_both_ways() {
+    let cgroups = detect();
+    let (group, _cleanup) = groups(&cgroups, "swap");
+    let both = |mem: u64| Limits {
+        memory_max: Some(mem),
+        swap_max: Some(0),
+        ..Limits::default()
+    };
+    for mem in [64u64 << 20, 128 << 20, 32 << 20, 96 << 20] {
+        match group.set_limits(&both(mem)) {
+            Ok(()) => assert_eq!(group.stats().unwrap().memory_max, Some(mem)),
+            // A host without swap accounting has no memsw (v1) or
+            // memory.swap.max (v2) file: refused by name.
+            Err(CgroupError::ControllerMissing { controller, .. }) => {
+                assert_eq!(controller, "memory")
+            }
+            Err(e) => panic!("{} MiB: {e}", mem >> 20),
+        }
+    }
+}
+
 #[test]
 fn a_process_in_the_group_is_counted_and_keeps_it_busy() {
     let cgroups = detect();

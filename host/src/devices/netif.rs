@@ -324,10 +324,19 @@ unsafe fn reap(read_end: libc::c_int, write_end: libc::c_int, mut req: IfReq) ->
         let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
         if sock >= 0 {
             let name = req.name;
-            if libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req as *mut IfReq) == 0 {
+            if libc::ioctl(
+                sock,
+                libc::SIOCGIFFLAGS as libc::Ioctl,
+                &mut req as *mut IfReq,
+            ) == 0
+            {
                 let flags = req.flags() & !IFF_UP;
                 req.data[..2].copy_from_slice(&flags.to_ne_bytes());
-                libc::ioctl(sock, libc::SIOCSIFFLAGS, &mut req as *mut IfReq);
+                libc::ioctl(
+                    sock,
+                    libc::SIOCSIFFLAGS as libc::Ioctl,
+                    &mut req as *mut IfReq,
+                );
             }
             libc::ioctl(sock, SIOCBRDELBR as libc::Ioctl, name.as_ptr());
         }

@@ -27,6 +27,27 @@
 //! larger than [`EPOCH`]'s budget divided by [`DEBT_DIVISOR`] (such a
 //! request passes when its VM holds that much, and leaves the VM in debt
 //! until its later grants pay it back).
+//!
+//! ```
+//! use std::time::Instant;
+//! use tandem::devices::rate_limiter::Admit;
+//! use tandem::fleet::io::{IoBudget, IoClass, IoScheduler, EPOCH};
+//!
+//! let t0 = Instant::now();
+//! let budget = IoBudget { bytes: Some(10 << 20), ops: None };
+//! // VM 0 is critical, VM 1 batch; both write 4 KiB requests flat out.
+//! let mut s = IoScheduler::new(budget, &[IoClass::Critical, IoClass::Batch], t0);
+//! let mut now = t0;
+//! for _ in 0..500 {
+//!     for vm in [0, 1] {
+//!         while s.admit(vm, 4096, now) == Admit::Now {}
+//!     }
+//!     now += EPOCH;
+//! }
+//! // One second: the critical VM had nearly all of the 10 MiB.
+//! assert!(s.usage(0).bytes > 9 << 20);
+//! assert!(s.usage(0).bytes + s.usage(1).bytes <= (10 << 20) + (10 << 20) / 500 + 8192);
+//! ```
 
 use std::time::{Duration, Instant};
 

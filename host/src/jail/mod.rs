@@ -7,9 +7,12 @@
 //!    `--uid-pool`, locked for the life of the process: [`uid_pool`]),
 //!    while `/etc/passwd` and the lock directory are still reachable;
 //! 2. its writable directories are made and given to that uid;
-//! 3. Landlock ([`landlock`]): only the paths of the [`JailSpec`] and the
+//! 3. its control group (`--cgroup NAME,cpu=50%,memory=128M`: [`limits`],
+//!    carried out with [`crate::cgroup`]) is made, limited, and the whole
+//!    process moved in, while the cgroup files are still reachable;
+//! 4. Landlock ([`landlock`]): only the paths of the [`JailSpec`] and the
 //!    system paths KVM and taps need stay reachable;
-//! 4. the uid and gid change, supplementary groups dropped
+//! 5. the uid and gid change, supplementary groups dropped
 //!    ([`crate::privileges::become_ids`]).
 //!
 //! The seccomp filter of the thread comes after (`tandem::seccomp`), as
@@ -18,12 +21,15 @@
 //! starting any thread that touches files.
 
 pub mod landlock;
+pub mod limits;
 pub mod uid_pool;
 
 use std::path::PathBuf;
 
 pub use self::landlock::{Enforcement, PathAccess, PathRule};
+pub use self::limits::CgroupSpec;
 pub use self::uid_pool::{PoolUid, UidPool};
+use crate::cgroup::{Cgroup, CgroupError, Cgroups};
 use crate::privileges::PrivilegeError;
 
 /// Why a jail could not be set up. The process must not go on unjailed.
@@ -73,6 +79,12 @@ pub enum JailError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A `--cgroup` that is not a group and limits.
+    #[error("bad --cgroup {0}")]
+    BadCgroup(String),
+    /// The control group could not be made, limited or joined.
+    #[error("cgroup: {0}")]
+    Cgroup(#[from] CgroupError),
     /// Looking up or changing ids failed.
     #[error(transparent)]
     Privileges(#[from] PrivilegeError),
@@ -104,6 +116,8 @@ pub struct JailSpec {
     pub paths: Vec<PathRule>,
     /// The ids it runs as.
     pub ids: JailIds,
+    /// The control group it runs in, with its limits.
+    pub cgroup: Option<CgroupSpec>,
     /// Go on without Landlock when the kernel has none (warned), instead
     /// of failing.
     pub best_effort: bool,
@@ -156,6 +170,9 @@ pub struct Jail {
     pub gid: Option<u32>,
     /// The Landlock ABI enforced.
     pub landlock: Enforcement,
+    /// The control group the process is in (it stays when the process
+    /// ends: whoever made the jail removes it).
+    pub cgroup: Option<Cgroup>,
     _pool_uid: Option<PoolUid>,
 }
 
@@ -191,6 +208,15 @@ impl Jail {
                 })?;
             }
         }
+        let cgroup = match &spec.cgroup {
+            Some(c) => {
+                let group = Cgroups::detect()?.create(&c.path)?;
+                group.set_limits(&c.limits)?;
+                group.add_pid(std::process::id())?;
+                Some(group)
+            }
+            None => None,
+        };
         let mut rules = landlock::system_rules();
         rules.extend(spec.paths.iter().cloned());
         let landlock = landlock::restrict(&rules, spec.best_effort)?;
@@ -201,19 +227,23 @@ impl Jail {
             }
         }
         log::info!(
-            "jailed: uid {}, gid {}, Landlock {}, {} paths",
+            "jailed: uid {}, gid {}, Landlock {}, {} paths{}",
             uid.map_or("unchanged".into(), |u| u.to_string()),
             gid.map_or("unchanged".into(), |g| g.to_string()),
             match landlock {
                 Enforcement::At(abi) => format!("ABI {abi}"),
                 Enforcement::None => "off (best effort)".into(),
             },
-            spec.paths.len()
+            spec.paths.len(),
+            cgroup
+                .as_ref()
+                .map_or(String::new(), |g| format!(", cgroup {}", g.path()))
         );
         Ok(Self {
             uid,
             gid,
             landlock,
+            cgroup,
             _pool_uid: pool_uid,
         })
     }

@@ -38,6 +38,7 @@ use tandem_abi::layout::LARGE_PAGE_SIZE;
 use crate::snapshot::chunks::{chunk_matches, ChunkDigests, CHUNK_SIZE};
 pub use uffd::UffdError;
 use uffd::Userfaultfd;
+pub(crate) use uffd::HANDLER_IOCTLS;
 
 // CHUNK_SIZE is 64 KiB, which fits any usize.
 #[allow(clippy::cast_possible_truncation)]
@@ -89,6 +90,11 @@ pub(crate) fn data_regions(digests: &ChunkDigests, mem_size: u64) -> Vec<(u64, u
         }
     }
     out
+}
+
+/// An offset inside guest memory (whose size fits `usize`) as `usize`.
+fn to_usize(x: u64) -> Result<usize, LazyVerifyError> {
+    usize::try_from(x).map_err(|_| LazyVerifyError::Io(std::io::Error::other("offset")))
 }
 
 /// What the handler and the vCPU thread share.
@@ -205,7 +211,8 @@ impl Handler {
             }
         }
         self.shared.failed.store(true, Ordering::SeqCst);
-        crate::control::register_kick_handler();
+        // The kick's handler is in place: `attach` registered it before
+        // any vCPU thread could be kicked.
         let tries = KICK_FOR.as_millis() / KICK_INTERVAL.as_millis();
         for _ in 0..tries {
             if self.shared.seen.load(Ordering::SeqCst) {
@@ -222,6 +229,13 @@ impl Handler {
     }
 
     fn run(self, stop: i32) {
+        // This thread starts before the vCPU thread locks itself down:
+        // it takes a filter of its own (unless seccomp is off).
+        if let Err(e) =
+            crate::seccomp::install_unless_disabled(crate::seccomp::ThreadKind::Verifier)
+        {
+            log::warn!("lazy verification thread runs without its seccomp filter: {e}");
+        }
         let zeros = vec![0u8; CHUNK];
         let mut buf = vec![0u8; CHUNK];
         let mut faults = Vec::new();
@@ -316,24 +330,14 @@ impl LazyVerifier {
             if start.checked_add(n).is_none_or(|e| e > s.len) {
                 continue;
             }
-            let n_usize = usize::try_from(n)
-                .map_err(|_| LazyVerifyError::Io(std::io::Error::other("range")))?;
+            let (start_usize, n_usize) = (to_usize(start)?, to_usize(n)?);
             // SAFETY: advice on a range of the caller's fresh mapping.
-            unsafe {
-                libc::madvise(
-                    s.base.byte_add(start as usize),
-                    n_usize,
-                    libc::MADV_HUGEPAGE,
-                )
-            };
+            unsafe { libc::madvise(s.base.byte_add(start_usize), n_usize, libc::MADV_HUGEPAGE) };
             // SAFETY: the range lies inside the caller's mapping, which no
             // Rust reference points into and nothing else uses yet; the
             // slice lives only for the read and the checks below.
             let region = unsafe {
-                std::slice::from_raw_parts_mut(
-                    s.base.byte_add(start as usize).cast::<u8>(),
-                    n_usize,
-                )
+                std::slice::from_raw_parts_mut(s.base.byte_add(start_usize).cast::<u8>(), n_usize)
             };
             s.file
                 .read_exact_at(region, start)
@@ -348,7 +352,7 @@ impl LazyVerifier {
                     // SAFETY: drops one chunk of the range just filled.
                     unsafe {
                         libc::madvise(
-                            s.base.byte_add(start as usize + i * CHUNK),
+                            s.base.byte_add(start_usize + i * CHUNK),
                             CHUNK,
                             libc::MADV_DONTNEED,
                         )
@@ -384,7 +388,7 @@ impl LazyVerifier {
                     // SAFETY: advice on one chunk of the caller's mapping.
                     unsafe {
                         libc::madvise(
-                            s.base.byte_add(at as usize),
+                            s.base.byte_add(to_usize(at)?),
                             CHUNK,
                             libc::MADV_POPULATE_WRITE,
                         )
@@ -508,7 +512,7 @@ mod tests {
         let d = |v: &[u32]| ChunkDigests {
             digests: v.iter().map(|&c| (c, [0; 32])).collect(),
         };
-        let per_region = (LARGE_PAGE_SIZE / CHUNK_SIZE) as u32;
+        let per_region = u32::try_from(LARGE_PAGE_SIZE / CHUNK_SIZE).unwrap();
         let mem = 64 << 20;
         assert!(data_regions(&d(&[]), mem).is_empty());
         // Chunks 0 and 1 share region 0; region 1 is next to it; region 5 is apart.

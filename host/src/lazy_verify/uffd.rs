@@ -6,6 +6,10 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+/// The requests the handler thread makes after setup (its seccomp filter).
+pub(crate) const HANDLER_IOCTLS: &[(&str, u64)] =
+    &[("UFFDIO_COPY", UFFDIO_COPY), ("UFFDIO_WAKE", UFFDIO_WAKE)];
+
 const UFFD_API: u64 = 0xAA;
 const UFFDIO_API: u64 = 0xC018_AA3F;
 const UFFDIO_REGISTER: u64 = 0xC020_AA00;

@@ -39,6 +39,8 @@ pub const SNAPSHOTS: &str = "tandem_vm_snapshots_total";
 pub const BACKUP_POINTS: &str = "tandem_vm_backup_points_total";
 /// Pages written into backup points.
 pub const BACKUP_PAGES: &str = "tandem_vm_backup_pages_total";
+/// Disk blocks written into backup points.
+pub const BACKUP_BLOCKS: &str = "tandem_vm_backup_blocks_total";
 /// Time to write one backup point.
 pub const BACKUP_WRITE: &str = "tandem_vm_backup_write_seconds";
 /// Console bytes passed on.
@@ -170,6 +172,12 @@ pub fn record_run(
             &vm,
             b.pages as f64,
         )?;
+        reg.counter_add(
+            BACKUP_BLOCKS,
+            "Disk blocks written into backup points.",
+            &vm,
+            b.blocks as f64,
+        )?;
         reg.histogram_observe(
             BACKUP_WRITE,
             "Time to write one backup point, fsyncs included.",
@@ -300,7 +308,7 @@ mod tests {
                 point: 0,
                 pages: 64,
                 dirty_pages: 0,
-                blocks: 0,
+                blocks: 5,
                 elapsed: Duration::from_millis(3),
                 pause: Duration::from_millis(3),
                 write: Duration::from_millis(3),
@@ -339,6 +347,7 @@ mod tests {
         assert_eq!(page.value(RESTORES, &vm), Some(1.0));
         assert_eq!(page.value(BACKUP_POINTS, &vm), Some(2.0));
         assert_eq!(page.value(BACKUP_PAGES, &vm), Some(128.0));
+        assert_eq!(page.value(BACKUP_BLOCKS, &vm), Some(10.0));
         assert_eq!(page.value(CONSOLE_DROPPED, &vm), Some(60.0));
         assert_eq!(page.value(CONSOLE_BYTES, &vm), Some(240.0));
         assert_eq!(page.value(RUNS, &[("outcome", "exited_ok")]), Some(1.0));

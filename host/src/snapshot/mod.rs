@@ -390,4 +390,4 @@ fn temp_in_use(name: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

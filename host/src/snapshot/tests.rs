@@ -3,7 +3,7 @@
 use super::*;
 use tandem_abi::trace::Phase;
 
-fn sample() -> SnapshotState {
+pub(crate) fn sample() -> SnapshotState {
     SnapshotState {
         abi_version: tandem_abi::ABI_VERSION,
         machine: MachineState {

@@ -46,6 +46,31 @@ impl Vm {
         Ok(())
     }
 
+    /// Takes the snapshot asked through the VM's handle, if any, and tells
+    /// the asker how it went.
+    pub(super) fn carry_out_asked(
+        &mut self,
+        handle: &VmHandle,
+        session: &mut Session,
+    ) -> ControlFlow<ExitStatus> {
+        let Some((dir, tx)) = handle.take_snapshot_request() else {
+            return Continue(());
+        };
+        violation(self.drain_console(&mut session.console))?;
+        let written = self.snapshot_now(&dir, SnapshotTrigger::Request, session)?;
+        let answer = if written {
+            Ok(())
+        } else {
+            Err(session
+                .snapshots
+                .last()
+                .and_then(|s| s.result.as_ref().err().cloned())
+                .unwrap_or_else(|| "the snapshot was not written".into()))
+        };
+        let _ = tx.send(answer);
+        Continue(())
+    }
+
     /// Stops for the backup thread's point if it asks (pre-copy): the
     /// vCPU is out of `KVM_RUN` here, and runs on once the last set and
     /// its state are handed over.
@@ -181,8 +206,11 @@ impl Vm {
                 // A frame may end the wait early anyway: the guest's network
                 // loop asks again, so a Ctrl-C just ends it too.
                 let asked = || handle.is_some_and(VmHandle::stop_asked);
+                let snapshot = || handle.is_some_and(VmHandle::snapshot_pending);
                 let limit = wait.until.saturating_duration_since(Instant::now());
-                if let Err(e) = net.idle(&self.ram.mem, limit, &|| asked() || broken_in()) {
+                if let Err(e) = net.idle(&self.ram.mem, limit, &|| {
+                    asked() || broken_in() || snapshot()
+                }) {
                     return Break(ExitStatus::DeviceViolation(e));
                 }
                 asked()
@@ -194,7 +222,10 @@ impl Vm {
                     None => wait.until,
                 };
                 let stop = idle(handle, end.saturating_duration_since(now));
-                if stop || Instant::now() >= wait.until {
+                // A snapshot asked ends the wait early (as a capped wait),
+                // so the run loop takes it before the guest goes on.
+                let snapshot = handle.is_some_and(VmHandle::snapshot_pending);
+                if stop || snapshot || Instant::now() >= wait.until {
                     break stop;
                 }
                 if broken_in() {
@@ -323,5 +354,24 @@ mod tests {
         assert!(!idle(None, idle_limit(u64::MAX, Some(t))));
         assert!(!idle(Some(&VmHandle::new()), Duration::from_micros(1)));
         assert!(t.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_snapshot_asked_ends_an_idle_wait_without_a_stop() {
+        let h = VmHandle::new();
+        let answer = h.request_snapshot("/snap".into());
+        let t = Instant::now();
+        assert!(!idle(Some(&h), MAX_IDLE), "not a stop");
+        assert!(t.elapsed() < Duration::from_secs(5));
+        let (dir, tx) = h.take_snapshot_request().unwrap();
+        assert_eq!(dir, std::path::Path::new("/snap"));
+        tx.send(Ok(())).unwrap();
+        assert_eq!(answer.recv().unwrap(), Ok(()));
+        assert!(!h.snapshot_pending());
+        // A newer request replaces an unanswered one, whose asker hears the end.
+        let first = h.request_snapshot("/a".into());
+        let _second = h.request_snapshot("/b".into());
+        assert!(first.recv().is_err());
+        assert_eq!(h.take_snapshot_request().map(|(d, _)| d), Some("/b".into()));
     }
 }

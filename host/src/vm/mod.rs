@@ -56,6 +56,7 @@ pub use error::VmError;
 pub use memory_plan::Prefetch;
 pub use report::{ExitStatus, RunReport, RunStats, SnapshotRecord, SnapshotTrigger};
 pub(crate) use restore::RestoreInputs;
+pub use teardown::tear_down_in_place;
 
 use crate::backup::live::LiveBackup;
 use crate::backup::{BackupRecord, BackupWriter};

@@ -92,6 +92,8 @@ pub enum SnapshotTrigger {
     Guest,
     /// The process got `SIGUSR1`.
     Signal,
+    /// Asked through the VM's handle ([`VmHandle::request_snapshot`](crate::VmHandle::request_snapshot)).
+    Request,
 }
 
 /// One snapshot taken (or attempted) during a run.

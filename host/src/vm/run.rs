@@ -235,6 +235,11 @@ impl Vm {
                 return Step::End(status);
             }
         }
+        if let Some(h) = watchers.follower {
+            if let ControlFlow::Break(status) = self.carry_out_asked(h, session) {
+                return Step::End(status);
+            }
+        }
         let mut result = self.vcpu.run();
         // A chunk that failed its check ends the VM before anything its
         // exit says is acted on (the guest never saw the chunk's bytes).

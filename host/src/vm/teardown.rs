@@ -9,6 +9,7 @@
 //! ending faster than they can be torn down wait for room instead of
 //! piling up; without the thread a VM is torn down in place, as before.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::OnceLock;
 
@@ -18,9 +19,21 @@ use super::Vm;
 const QUEUE: usize = 4;
 
 static TEARDOWN: OnceLock<Option<SyncSender<Vm>>> = OnceLock::new();
+static IN_PLACE: AtomicBool = AtomicBool::new(false);
+
+/// Tears every VM down where its run ends, with no teardown thread: for a
+/// process that runs one VM and exits (`tandem run`), whose exit pays for
+/// the teardown either way; it saves starting a thread before the VM.
+/// Call it before the first VM is built.
+pub fn tear_down_in_place() {
+    IN_PLACE.store(true, Ordering::SeqCst);
+}
 
 /// Starts the teardown thread, once per process.
 pub(super) fn start() {
+    if IN_PLACE.load(Ordering::SeqCst) {
+        return;
+    }
     TEARDOWN.get_or_init(|| {
         let (tx, rx) = sync_channel::<Vm>(QUEUE);
         std::thread::Builder::new()

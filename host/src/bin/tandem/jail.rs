@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tandem::jail::{JailIds, JailSpec, PathAccess, UidPool};
+use tandem::jail::{CgroupSpec, JailIds, JailSpec, PathAccess, UidPool};
 
 /// The jail of `tandem run` and `tandem restore`.
 #[derive(clap::Args, Clone, Default)]
@@ -33,6 +33,16 @@ pub struct JailArgs {
         conflicts_with = "user"
     )]
     pub uid_pool: Option<UidPool>,
+    /// With --jail: run in control group NAME (made if missing, under
+    /// the cgroup v2 hierarchy, or each v1 one), with these limits:
+    /// cpu=50% (cpu.max: half of one CPU), memory=128M (memory.max),
+    /// pids=N (pids.max).
+    #[arg(
+        long,
+        value_name = "NAME[,cpu=P%][,memory=SIZE][,pids=N]",
+        requires = "jail"
+    )]
+    pub cgroup: Option<CgroupSpec>,
     /// With --jail: on a kernel without Landlock, go on without the path
     /// rules (with a warning) instead of refusing to run.
     #[arg(long, requires = "jail")]
@@ -73,6 +83,7 @@ impl JailArgs {
         }
         let mut spec = JailSpec {
             best_effort: self.jail_best_effort,
+            cgroup: self.cgroup.clone(),
             ..JailSpec::default()
         };
         spec.ids = match (&self.uid_pool, user) {

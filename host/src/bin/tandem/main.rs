@@ -5,7 +5,6 @@
 //! library alone (the containerd shim) links none of them.
 
 mod ctl;
-mod docs;
 mod fleet;
 mod jail;
 mod logger;
@@ -298,8 +297,10 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let start = tandem::trace::rdtsc();
-    if let Some(dir) = docs::requested() {
-        return docs::run(<Cli as clap::CommandFactory>::command(), &dir);
+    // `tandem __generate-docs DIR` (man pages, completions), before clap.
+    if let Some(dir) = tandem::docs::requested() {
+        let code = tandem::docs::run(<Cli as clap::CommandFactory>::command(), "1", &dir);
+        return ExitCode::from(u8::try_from(code).unwrap_or(exit_code::VMM_ERROR));
     }
     let cli = Cli::parse();
     // A JSON report on stderr is read by programs: the VMM's notes stay out
@@ -446,6 +447,8 @@ impl Hardening {
 
 fn run(args: RunArgs, quiet: bool, start: u64) -> Result<u8> {
     args.hardening.check()?;
+    // One VM, then the process exits: no teardown thread to start.
+    tandem::tear_down_in_place();
     let image = Image::from_file(&args.image).map_err(|e| match e {
         // It names the file already.
         ImageError::Read { .. } => anyhow::Error::new(e),
@@ -677,6 +680,9 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
         ),
     };
     if clones == 1 {
+        if pool.is_none() {
+            tandem::tear_down_in_place();
+        }
         base.net = nets.into_iter().next().flatten();
         base.disks = disks.into_iter().next().unwrap_or_default();
         // One restored VM reads tandem's standard input, as `tandem run` does.
