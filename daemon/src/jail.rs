@@ -221,8 +221,12 @@ impl JailOptions {
         self.share_dir(state_dir, false)?;
         self.share_dir(&state_dir.join("vms"), false)?;
         self.share_dir(&state_dir.join("workers"), false)?;
+        // The state directory (the database's) is never made writable.
+        let state = state_dir
+            .canonicalize()
+            .unwrap_or_else(|_| state_dir.to_path_buf());
         for p in &self.allowed {
-            if !p.starts_with(state_dir) && p != state_dir {
+            if !p.starts_with(&state) {
                 self.share_dir(p, true)?;
             }
         }
@@ -358,7 +362,7 @@ mod tests {
         assert_eq!(resolve(&p), p);
         // `..` in the part that does not exist is never inside.
         let sneaky = tmp.join("no-such-dir-x/../../etc");
-        assert!(!inside(&[tmp.clone()], &resolve(&sneaky)));
+        assert!(!inside(std::slice::from_ref(&tmp), &resolve(&sneaky)));
     }
 
     #[test]
