@@ -6,7 +6,10 @@
 //! median and p99 time to ready per priority class, and host memory per VM
 //! (resident set of the VMM once all are ready, less that of a one-VM
 //! fleet, divided by the VMs). Prints a table and writes JSON (default
-//! `target/bench/fleet.json`). Then the I/O case (`bench_fleet_io`):
+//! `target/bench/fleet.json`). Each size also runs through a release
+//! `tandemd` (`bench_fleet_daemon`), once per `--vms-per-worker` value,
+//! beside the one-process figures (with the load average of each). Then
+//! the I/O case (`bench_fleet_io`):
 //! batch VMs writing flat out while high-priority VMs boot, with and
 //! without the fleet's I/O scheduler.
 
@@ -32,15 +35,33 @@ pub struct Options {
     pub sizes_case: bool,
     /// Run the I/O case (`--no-io`: no).
     pub io_case: bool,
+    /// `--vms-per-worker` values of the daemon case (`--no-daemon`: none).
+    pub per_worker: Vec<usize>,
 }
 
-/// Parses `--sizes 100,1000`, `--runs N`, `--json FILE`, `--no-io` and
-/// `--io-only`.
+fn numbers(flag: &str, v: &str) -> Result<Vec<usize>> {
+    v.split(',')
+        .map(|s| s.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{flag} takes numbers like 100,1000, not `{v}`"))
+}
+
+/// Parses `--sizes 100,1000`, `--runs N`, `--json FILE`, `--no-io`,
+/// `--io-only`, `--vms-per-worker 64,128` and `--no-daemon`.
 pub fn parse(args: &[String]) -> Result<Options> {
     let mut sizes = vec![100, 1000];
+    let mut per_worker = vec![64, 128];
     let (mut sizes_case, mut io_case) = (true, true);
     let c = crate::bench_args::parse(args, "fleet", 3, 1, |flag, it| {
         match flag {
+            "--no-daemon" => {
+                per_worker.clear();
+                return Ok(true);
+            }
+            "--vms-per-worker" => {
+                per_worker = numbers(flag, crate::bench_args::value(flag, it)?)?;
+                return Ok(true);
+            }
             "--no-io" => {
                 io_case = false;
                 return Ok(true);
@@ -52,12 +73,7 @@ pub fn parse(args: &[String]) -> Result<Options> {
             "--sizes" => {}
             _ => return Ok(false),
         }
-        let v = crate::bench_args::value(flag, it)?;
-        sizes = v
-            .split(',')
-            .map(|s| s.trim().parse::<usize>())
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("--sizes takes numbers like 100,1000, not `{v}`"))?;
+        sizes = numbers(flag, crate::bench_args::value(flag, it)?)?;
         Ok(true)
     })?;
     Ok(Options {
@@ -66,6 +82,7 @@ pub fn parse(args: &[String]) -> Result<Options> {
         json: c.json,
         sizes_case,
         io_case,
+        per_worker,
     })
 }
 
@@ -111,6 +128,22 @@ pub(crate) fn class(report: &Value, priority: i64) -> Option<&Value> {
         .find(|c| c["priority"].as_i64() == Some(priority))
 }
 
+/// p50 and p99 time to ready (ms from the fleet's start) over every VM of
+/// a `tandem fleet` report.
+fn overall(report: &Value) -> (Option<f64>, Option<f64>) {
+    let mut t: Vec<f64> = report["vms"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["ready_ms"].as_f64())
+        .collect();
+    t.sort_by(f64::total_cmp);
+    (
+        tandem_abi::stats::quantile(&t, 0.5),
+        tandem_abi::stats::quantile(&t, 0.99),
+    )
+}
+
 pub(crate) fn num(v: &Value) -> String {
     v.as_f64().map_or("-".into(), |x| format!("{x:.1}"))
 }
@@ -142,16 +175,36 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
         "peak booting",
         "RSS/VM (MiB)",
     ]);
+    let daemon = if opts.per_worker.is_empty() || opts.sizes.is_empty() {
+        None
+    } else {
+        Some(host::build_daemon(project, Profile::Release)?)
+    };
+    let mut side = Table::new([
+        "fleet",
+        "how",
+        "all ready (ms)",
+        "VMs ready/s",
+        "p50 (ms)",
+        "p99 (ms)",
+        "vs all at once",
+        "load (1m)",
+    ]);
     let mut results = Vec::new();
+    let mut daemon_results = Vec::new();
     for &n in &opts.sizes {
+        let mut at_once_rate = None;
         let config = write_fleet(&scratch, n, &image)?;
         for (mode, cap) in [("scheduler", cpus), ("all at once", n)] {
             let mut runs = Vec::new();
+            let mut runs_load = Vec::new();
             for r in 0..opts.runs {
                 let out = scratch.join(format!("fleet-{n}-{}-{r}.json", cap));
                 eprintln!("bench fleet: {n} VMs, {mode} (cap {cap}), run {}", r + 1);
                 runs.push(run_fleet(&tandem, &config, cap, &out)?);
+                runs_load.extend(crate::bench_fleet_daemon::loadavg());
             }
+            runs_load.sort_by(f64::total_cmp);
             runs.sort_by(|a, b| {
                 let t = |v: &Value| v["summary"]["last_ready_ms"].as_f64().unwrap_or(f64::MAX);
                 t(a).total_cmp(&t(b))
@@ -160,6 +213,21 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
             let s = &median["summary"];
             let rss = s["rss_when_settled"].as_f64().unwrap_or(0.0);
             let rss_per_vm = (rss - base_rss).max(0.0) / (n.max(2) - 1) as f64 / 1048576.0;
+            let load = runs_load.get(runs_load.len() / 2).copied();
+            let (p50, p99) = overall(&median);
+            side.row([
+                format!("{n} VMs"),
+                format!("one process, {mode}"),
+                num(&s["all_ready_ms"]),
+                num(&s["ready_per_sec"]),
+                num(&json!(p50)),
+                num(&json!(p99)),
+                "1.00".into(),
+                num(&json!(load)),
+            ]);
+            if cap == n {
+                at_once_rate = s["ready_per_sec"].as_f64();
+            }
             let hi = class(&median, 10).cloned().unwrap_or(Value::Null);
             let lo = class(&median, 0).cloned().unwrap_or(Value::Null);
             table.row([
@@ -187,11 +255,49 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
                 "peak_booting": s["peak_booting"],
                 "rss_bytes": rss,
                 "rss_per_vm_mib": rss_per_vm,
+                "ready_p50_ms": p50,
+                "ready_p99_ms": p99,
+                "loadavg_1m": load,
             }));
+        }
+        for &per in daemon.iter().flat_map(|_| &opts.per_worker) {
+            let Some(bin) = &daemon else { break };
+            let mut runs = Vec::new();
+            for r in 0..opts.runs {
+                eprintln!(
+                    "bench fleet: {n} VMs, tandemd ({per} a worker), run {}",
+                    r + 1
+                );
+                runs.push(crate::bench_fleet_daemon::run(bin, &image, n, per)?);
+            }
+            runs.sort_by(|a, b| {
+                let t = |v: &Value| v["all_ready_ms"].as_f64().unwrap_or(f64::MAX);
+                t(a).total_cmp(&t(b))
+            });
+            let mut m = runs.swap_remove(runs.len() / 2);
+            m["runs"] = json!(opts.runs);
+            let ratio = m["ready_per_sec"]
+                .as_f64()
+                .zip(at_once_rate)
+                .map(|(d, s)| d / s);
+            m["vs_one_process_all_at_once"] = json!(ratio);
+            side.row([
+                format!("{n} VMs"),
+                format!("tandemd, {per} a worker ({} workers)", m["workers"]),
+                num(&m["all_ready_ms"]),
+                num(&m["ready_per_sec"]),
+                num(&m["ready_p50_ms"]),
+                num(&m["ready_p99_ms"]),
+                ratio.map_or("-".into(), |r| format!("{r:.2}")),
+                num(&m["loadavg_1m"]),
+            ]);
+            daemon_results.push(m);
         }
     }
     if opts.sizes_case {
         table.print();
+        println!();
+        side.print();
     }
     let io = if opts.io_case {
         let diskbench = guest::image(project, "diskbench")?;
@@ -208,7 +314,13 @@ pub fn bench(project: &Project, opts: &Options) -> Result<()> {
     if let Some(dir) = json_path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let doc = json!({ "cpus": cpus, "base_rss_bytes": base_rss, "results": results, "io": io });
+    let doc = json!({
+        "cpus": cpus,
+        "base_rss_bytes": base_rss,
+        "results": results,
+        "daemon": daemon_results,
+        "io": io,
+    });
     std::fs::write(&json_path, serde_json::to_string_pretty(&doc)?)?;
     eprintln!("bench fleet: JSON written to {}", project.show(&json_path));
     Ok(())

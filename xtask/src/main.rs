@@ -12,6 +12,7 @@ mod bench_backup_disk;
 mod bench_containerd;
 mod bench_disk;
 mod bench_fleet;
+mod bench_fleet_daemon;
 mod bench_fleet_io;
 mod bench_floor;
 mod bench_net;
@@ -130,10 +131,13 @@ COMMANDS:
         chart (target/bench/boot-paths.{json,svg}).
 
     bench fleet [--sizes 100,1000] [--runs N] [--json FILE] [--no-io] [--io-only]
+                [--vms-per-worker 64,128] [--no-daemon]
         Fleets of small VMs (service app, one in ten high priority) booted
         until all are ready, with the scheduler (cap = CPUs) and all at once,
         side by side: time to all ready, VMs/s, p50/p99 per priority class,
-        host memory per VM; then the I/O case: 4 batch VMs writing flat out
+        host memory per VM; the same fleets through a release tandemd (VMs
+        in worker processes of --vms-per-worker each), all started at once,
+        next to the one-process figures with the load average; then the I/O case: 4 batch VMs writing flat out
         while 20 high-priority VMs boot, with and without [fleet] io_budget
         (high p50/p99 time to ready, batch MiB/s) (target/bench/fleet.json).
 
