@@ -205,11 +205,10 @@ impl Daemon {
                 spec.name
             )));
         }
-        let number = self.store.next_vm_number().map_err(store_err)?;
         let name = spec.name.clone();
-        let vm = VmRecord {
+        let mut vm = VmRecord {
             spec,
-            number,
+            number: 0,
             desired: Desired::Stopped,
             state: VmState::Created,
             generation: 0,
@@ -217,7 +216,7 @@ impl Daemon {
             worker: None,
             last_exit: None,
         };
-        self.store.put_vm(&vm).map_err(store_err)?;
+        self.store.add_vm(&mut vm).map_err(store_err)?;
         let _ = std::fs::create_dir_all(self.opts.state_dir.join("vms").join(&name));
         inner.vms.insert(name.clone(), vm);
         self.event(&name, EventKind::Created, "");
@@ -600,6 +599,9 @@ impl Daemon {
         }
         let names: Vec<String> = inner.vms.keys().cloned().collect();
         let mut forget: Vec<(u32, RunId)> = Vec::new();
+        // What the runs did is recorded in one commit for the tick, before
+        // anything (a restart) is done about it.
+        let mut changed: Vec<String> = Vec::new();
         for name in names {
             let Some(vm) = inner.vms.get(&name).cloned() else {
                 continue;
@@ -647,11 +649,19 @@ impl Daemon {
             };
             let action = decide(vm.state, vm.desired, vm.spec.restart, vm.restarts, seen);
             let ended = !matches!(action, Action::None | Action::State(_));
-            self.carry_out(&mut inner, &name, action, summary);
+            if self.carry_out(&mut inner, &name, action, summary) {
+                changed.push(name.clone());
+            }
             if ended {
                 if let Some(w) = vm.worker {
                     forget.push((w, run));
                 }
+            }
+        }
+        if !changed.is_empty() {
+            let records = changed.iter().filter_map(|n| inner.vms.get(n));
+            if let Err(e) = self.store.put_vms(records) {
+                log::error!("{e}");
             }
         }
         // Runs no record claims (deleted VMs, older generations).
@@ -699,18 +709,20 @@ impl Daemon {
         self.limit_workers(&mut inner);
     }
 
+    /// Carries out `action` on `name`'s record in memory; `true` when the
+    /// record changed (the caller commits it).
     fn carry_out(
         &self,
         inner: &mut Inner,
         name: &str,
         action: Action,
         summary: Option<RunSummary>,
-    ) {
+    ) -> bool {
         let Some(vm) = inner.vms.get_mut(name) else {
-            return;
+            return false;
         };
         let (state, exit, restart) = match action {
-            Action::None => return,
+            Action::None => return false,
             Action::State(s) => {
                 vm.state = s;
                 let kind = match s {
@@ -718,13 +730,10 @@ impl Daemon {
                     VmState::Ready => Some(EventKind::Ready),
                     _ => None,
                 };
-                if let Err(e) = self.store.put_vm(vm) {
-                    log::error!("{e}");
-                }
                 if let Some(k) = kind {
                     self.event(name, k, format!("run {}", vm.generation));
                 }
-                return;
+                return true;
             }
             Action::Rest(s, e) => (s, e, None),
             Action::Restart(s, e, after) => (s, e, Some(after)),
@@ -732,9 +741,6 @@ impl Daemon {
         vm.state = state;
         vm.last_exit = Some(exit.clone());
         vm.worker = None;
-        if let Err(e) = self.store.put_vm(vm) {
-            log::error!("{e}");
-        }
         self.counters().ended(name, &exit, summary.as_ref());
         let kind = if state == VmState::Failed {
             EventKind::Failed
@@ -751,6 +757,7 @@ impl Daemon {
                 .restart_at
                 .insert(name.to_string(), Instant::now() + d);
         }
+        true
     }
 
     /// The state directory.

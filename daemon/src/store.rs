@@ -126,6 +126,46 @@ impl Store {
         w.commit().map_err(dberr)
     }
 
+    /// Writes (or replaces) several VM records in one transaction (one
+    /// commit, one fsync, however many).
+    pub fn put_vms<'a>(
+        &self,
+        vms: impl IntoIterator<Item = &'a VmRecord>,
+    ) -> Result<(), StoreError> {
+        let w = self.db.begin_write().map_err(dberr)?;
+        {
+            let mut t = w.open_table(VMS).map_err(dberr)?;
+            for vm in vms {
+                let bytes = serde_json::to_vec(vm).map_err(dberr)?;
+                t.insert(vm.spec.name.as_str(), bytes.as_slice())
+                    .map_err(dberr)?;
+            }
+        }
+        w.commit().map_err(dberr)
+    }
+
+    /// Writes a new VM record with the next VM number (which it sets in
+    /// `vm`), in one transaction.
+    pub fn add_vm(&self, vm: &mut VmRecord) -> Result<(), StoreError> {
+        let w = self.db.begin_write().map_err(dberr)?;
+        {
+            let mut meta = w.open_table(META).map_err(dberr)?;
+            let n = meta
+                .get(NEXT_VM)
+                .map_err(dberr)?
+                .map(|v| v.value())
+                .unwrap_or(1);
+            meta.insert(NEXT_VM, n + 1).map_err(dberr)?;
+            vm.number = n;
+            let bytes = serde_json::to_vec(&*vm).map_err(dberr)?;
+            w.open_table(VMS)
+                .map_err(dberr)?
+                .insert(vm.spec.name.as_str(), bytes.as_slice())
+                .map_err(dberr)?;
+        }
+        w.commit().map_err(dberr)
+    }
+
     /// Removes a VM record.
     pub fn delete_vm(&self, name: &str) -> Result<(), StoreError> {
         let w = self.db.begin_write().map_err(dberr)?;
@@ -134,23 +174,6 @@ impl Store {
             .remove(name)
             .map_err(dberr)?;
         w.commit().map_err(dberr)
-    }
-
-    /// A new VM number.
-    pub fn next_vm_number(&self) -> Result<u64, StoreError> {
-        let w = self.db.begin_write().map_err(dberr)?;
-        let n = {
-            let mut t = w.open_table(META).map_err(dberr)?;
-            let n = t
-                .get(NEXT_VM)
-                .map_err(dberr)?
-                .map(|v| v.value())
-                .unwrap_or(1);
-            t.insert(NEXT_VM, n + 1).map_err(dberr)?;
-            n
-        };
-        w.commit().map_err(dberr)?;
-        Ok(n)
     }
 
     /// Every worker record.
@@ -260,13 +283,26 @@ mod tests {
             s.put_vm(&record("b")).unwrap();
             s.delete_vm("a").unwrap();
             s.put_worker(&WorkerRecord { id: 2, pid: 99 }).unwrap();
-            assert_eq!(s.next_vm_number().unwrap(), 1);
-            assert_eq!(s.next_vm_number().unwrap(), 2);
+            let mut c = record("c");
+            s.add_vm(&mut c).unwrap();
+            assert_eq!(c.number, 1);
+            let (mut d, mut e) = (record("d"), record("e"));
+            d.state = VmState::Ready;
+            e.generation = 9;
+            s.put_vms([&d, &e]).unwrap();
         }
         let s = Store::open(&path).unwrap();
-        assert_eq!(s.vms().unwrap(), vec![record("b")]);
+        let mut c = record("c");
+        c.number = 1;
+        let mut d = record("d");
+        d.state = VmState::Ready;
+        let mut e = record("e");
+        e.generation = 9;
+        assert_eq!(s.vms().unwrap(), vec![record("b"), c, d, e]);
         assert_eq!(s.workers().unwrap(), vec![WorkerRecord { id: 2, pid: 99 }]);
-        assert_eq!(s.next_vm_number().unwrap(), 3);
+        let mut f = record("f");
+        s.add_vm(&mut f).unwrap();
+        assert_eq!(f.number, 2, "the VM numbers go on after a reopen");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
