@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// How often the daemon follows its workers.
 const TICK: Duration = Duration::from_millis(50);
@@ -100,6 +100,10 @@ enum Mode {
 }
 
 fn main() {
+    // Read before clap parses, so the generator is in no help or page.
+    if let Some(dir) = tandem::docs::requested() {
+        std::process::exit(tandem::docs::run(Cli::command(), "8", &dir));
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.mode {
