@@ -861,3 +861,252 @@ fn the_daemon_tells_systemd_it_is_ready_once_the_api_answers() {
     // Sent once the API answers: it does.
     assert_eq!(d.client().health().unwrap().status, "ok");
 }
+
+// The workers' jail: --allow-path, --uid-pool, --cgroup-parent.
+
+/// A daemon with `args` whose `images` directory (allowed with
+/// `--allow-path`) holds copies of the `service` and `hello` apps.
+fn jailed_daemon(test: &str, args: &[&str]) -> (Daemon, PathBuf) {
+    let mut d = Daemon::prepare(test, &[]);
+    let images = d.dir.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for app in ["service", "hello"] {
+        std::fs::copy(image_path(app), images.join(app)).unwrap();
+    }
+    d.args = vec!["--allow-path".into(), images.display().to_string()];
+    d.args.extend(args.iter().map(|s| s.to_string()));
+    (d.spawned(), images)
+}
+
+fn create_from(d: &Daemon, name: &str, image: &Path) -> Result<VmInfo, ClientError> {
+    d.client().create(&CreateVm {
+        name: name.into(),
+        image: Some(image.display().to_string()),
+        memory: Some(Size::Text("8M".into())),
+        start: true,
+        ..CreateVm::default()
+    })
+}
+
+#[test]
+fn a_jailed_daemon_runs_images_inside_its_allowed_paths_and_refuses_others() {
+    let (d, images) = jailed_daemon("jail-paths", &[]);
+    create_from(&d, "inside", &images.join("service"))
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    d.wait_vm("inside", "became ready", up);
+    // Outside the allowed paths: refused before any worker sees it.
+    let outside = image_path("service");
+    match create_from(&d, "outside", &outside) {
+        Err(ClientError::Api { status: 400, error }) => assert!(
+            error.error.contains(&outside.display().to_string()),
+            "the refusal names the image: {}",
+            error.error
+        ),
+        other => panic!("an image outside the allowed paths: {other:?}"),
+    }
+    // `..` does not lead out either.
+    let mut sneaky = images.clone();
+    for _ in 1..images.components().count() {
+        sneaky.push("..");
+    }
+    let sneaky = sneaky.join(outside.strip_prefix("/").unwrap());
+    assert!(sneaky.is_file(), "{} leads to the image", sneaky.display());
+    match create_from(&d, "sneaky", &sneaky) {
+        Err(ClientError::Api { status: 400, .. }) => {}
+        other => panic!("an image reached through ..: {other:?}"),
+    }
+    assert!(d.client().get("outside").is_err() && d.client().get("sneaky").is_err());
+    // The VM inside stops cleanly.
+    d.client().stop("inside", &StopVm::default()).unwrap();
+    let vm = d.wait_state("inside", VmState::Exited);
+    assert_eq!(vm.last_exit.and_then(|e| e.code), Some(0));
+}
+
+#[test]
+fn landlock_refuses_a_snapshot_into_a_forbidden_directory_and_the_vm_runs_on() {
+    let (d, images) = jailed_daemon("jail-landlock", &[]);
+    let c = d.client();
+    create_from(&d, "live", &images.join("service")).unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    d.wait_vm("live", "became ready", up);
+    // The daemon's own directory, but neither the state directory nor an
+    // allowed one: the worker's Landlock refuses it.
+    let forbidden = d.dir.join("forbidden");
+    std::fs::create_dir_all(&forbidden).unwrap();
+    let snap = forbidden.join("snap");
+    match c.snapshot(
+        "live",
+        &SnapshotVm {
+            dir: snap.display().to_string(),
+        },
+    ) {
+        Err(ClientError::Api { status, error }) => {
+            assert!((400..600).contains(&status), "{status}");
+            assert!(
+                error.error.contains(&snap.display().to_string()),
+                "the error names the directory: {}",
+                error.error
+            );
+        }
+        other => panic!(
+            "a snapshot into a forbidden directory: {other:?}\n{}",
+            d.log()
+        ),
+    }
+    assert!(!snap.join("state").exists(), "nothing was written there");
+    // The VM runs on, in the same run, and a snapshot where it may works.
+    let live = c.get("live").unwrap();
+    assert_eq!(
+        (live.state, live.generation),
+        (VmState::Ready, 1),
+        "{live:#?}"
+    );
+    let allowed = images.join("snap");
+    c.snapshot(
+        "live",
+        &SnapshotVm {
+            dir: allowed.display().to_string(),
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    assert!(allowed.join("state").is_file());
+    c.stop("live", &StopVm::default()).unwrap();
+    let vm = d.wait_state("live", VmState::Exited);
+    assert_eq!(vm.last_exit.and_then(|e| e.code), Some(0));
+}
+
+/// The uid a process runs as (its real uid, from /proc/PID/status).
+fn uid_of(pid: u32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
+        .unwrap_or_else(|| panic!("no Uid in {status}"))
+}
+
+#[test]
+fn a_worker_of_a_uid_pool_runs_as_a_pool_uid_and_its_vms_boot() {
+    let (d, images) = jailed_daemon("jail-uid", &["--uid-pool", "60500-60509"]);
+    let c = d.client();
+    create_from(&d, "pooled", &images.join("service"))
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    let vm = d.wait_vm("pooled", "became ready", up);
+    let uid = uid_of(worker_pid(&vm));
+    assert!(
+        (60500..=60509).contains(&uid),
+        "the worker runs as uid {uid}"
+    );
+    // It snapshots into an allowed directory (given to the workers' group).
+    let snap = images.join("pooled-snap");
+    c.snapshot(
+        "pooled",
+        &SnapshotVm {
+            dir: snap.display().to_string(),
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    assert!(snap.join("state").is_file());
+    c.stop("pooled", &StopVm::default()).unwrap();
+    let vm = d.wait_state("pooled", VmState::Exited);
+    assert_eq!(
+        vm.last_exit.clone().and_then(|e| e.code),
+        Some(0),
+        "{vm:#?}"
+    );
+    // The console, written by the pool uid through the workers' group.
+    create_from(&d, "hello", &images.join("hello")).unwrap();
+    d.wait_state("hello", VmState::Exited);
+    let console = String::from_utf8_lossy(&c.console("hello").unwrap()).to_string();
+    assert!(
+        console.contains("Hello from Tandem!"),
+        "console {console:?}\n{}",
+        d.log()
+    );
+}
+
+/// A limit of `pid`'s cgroup: `v1` of the controller's v1 group, else `v2`
+/// of its v2 group.
+fn cgroup_limit(pid: u32, controller: &str, v1: &str, v2: &str) -> String {
+    use tandem::cgroup::{Cgroups, Version};
+    let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let cgroups = Cgroups::detect().expect("a cgroup hierarchy");
+    let (file, path) = match cgroups.version() {
+        Version::V1 => (
+            v1,
+            membership.lines().find_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, ctl, path) = (f.next()?, f.next()?, f.next()?);
+                ctl.split(',').any(|c| c == controller).then_some(path)
+            }),
+        ),
+        Version::V2 => (v2, membership.lines().find_map(|l| l.strip_prefix("0::"))),
+    };
+    let path = path.unwrap_or_else(|| panic!("no {controller} group in {membership}"));
+    let group = cgroups
+        .open(path.trim_start_matches('/'))
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    let dir = group.controller_dir(controller).expect("controller dir");
+    std::fs::read_to_string(dir.join(file))
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.join(file).display()))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn each_worker_s_cgroup_limits_its_memory_to_its_vms_plus_its_overhead() {
+    let parent = format!("tandem-test/workers-{}", std::process::id());
+    let (d, images) = jailed_daemon(
+        "jail-cgroup",
+        &[
+            "--cgroup-parent",
+            &parent,
+            "--worker-cpu",
+            "50%",
+            "--worker-memory-overhead",
+            "32M",
+            "--vms-per-worker",
+            "2",
+        ],
+    );
+    let c = d.client();
+    let image = images.join("service");
+    let a = create_from(&d, "a", &image).unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    let pid = worker_pid(&a);
+    let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(
+        membership.contains(&format!("/{parent}/worker-1")),
+        "the worker is in its group: {membership}"
+    );
+    let memory = || cgroup_limit(pid, "memory", "memory.limit_in_bytes", "memory.max");
+    assert_eq!(memory(), ((32u64 + 8) << 20).to_string());
+    assert!(
+        ["50000", "50000 100000"]
+            .contains(&cgroup_limit(pid, "cpu", "cpu.cfs_quota_us", "cpu.max").as_str()),
+        "cpu.max of 50%"
+    );
+    let b = create_from(&d, "b", &image).unwrap();
+    assert_eq!(worker_pid(&b), pid, "both VMs in one worker");
+    assert_eq!(memory(), ((32u64 + 16) << 20).to_string());
+    d.wait_vm("a", "became ready", up);
+    d.wait_vm("b", "became ready", up);
+    // A VM gone: the limit comes down to the other's.
+    c.kill("b").unwrap();
+    d.wait_state("b", VmState::Exited);
+    let deadline = Instant::now() + WAIT;
+    while memory() != ((32u64 + 8) << 20).to_string() {
+        assert!(Instant::now() < deadline, "memory.max stays {}", memory());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(d);
+    // The test's groups, emptied by the workers' end, are removed.
+    let cgroups = tandem::cgroup::Cgroups::detect().unwrap();
+    for path in [format!("{parent}/worker-1"), parent] {
+        if let Ok(g) = cgroups.open(&path) {
+            let _ = (0..100).any(|_| {
+                std::thread::sleep(Duration::from_millis(20));
+                g.remove().is_ok()
+            });
+        }
+    }
+}

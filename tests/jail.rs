@@ -128,6 +128,29 @@ fn a_snapshot_outside_the_jail_is_refused_cleanly_and_one_inside_works() {
         "{}",
         run.stdout
     );
+    // Clones from a warm pool, whose refill thread starts inside the jail
+    // (with its /dev/kvm handle opened before the uid changes).
+    let run = tandem(&[
+        "restore",
+        a,
+        "--jail",
+        "--uid-pool",
+        "60100-60199",
+        "--pool",
+        "2",
+        "--clones",
+        "2",
+        "--timeout",
+        "60s",
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    for i in 0..2 {
+        assert!(
+            run.stdout.contains(&format!("[clone {i}] final count 3")),
+            "{}",
+            run.stdout
+        );
+    }
     let _ = std::fs::remove_dir_all(t);
 }
 

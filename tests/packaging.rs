@@ -313,6 +313,10 @@ fn the_deb_holds_the_binaries_unit_man_pages_and_completions() {
         Command::new(tandem_bin()).arg("__generate-docs").arg(&dist),
         "tandem __generate-docs",
     );
+    run(
+        Command::new(daemon_bin()).arg("__generate-docs").arg(&dist),
+        "tandemd __generate-docs",
+    );
     let out = std::env::temp_dir().join(format!("tandem-deb-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).unwrap();
@@ -351,6 +355,10 @@ fn the_deb_holds_the_binaries_unit_man_pages_and_completions() {
         "./usr/share/bash-completion/completions/tandem",
         "./usr/share/zsh/vendor-completions/_tandem",
         "./usr/share/fish/vendor_completions.d/tandem.fish",
+        "./usr/share/man/man8/tandemd.8.gz",
+        "./usr/share/bash-completion/completions/tandemd",
+        "./usr/share/zsh/vendor-completions/_tandemd",
+        "./usr/share/fish/vendor_completions.d/tandemd.fish",
     ] {
         assert!(
             files.contains(&want),

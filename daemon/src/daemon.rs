@@ -31,6 +31,8 @@ pub struct Options {
     pub state_dir: PathBuf,
     /// Most VM runs one worker holds.
     pub vms_per_worker: usize,
+    /// The workers' jail.
+    pub jail: crate::jail::JailOptions,
 }
 
 /// What the lock guards.
@@ -62,6 +64,7 @@ impl Daemon {
     pub fn open(opts: Options) -> anyhow::Result<Self> {
         std::fs::create_dir_all(opts.state_dir.join("vms"))?;
         std::fs::create_dir_all(opts.state_dir.join("workers"))?;
+        opts.jail.prepare_dirs(&opts.state_dir)?;
         let store = Store::open(&opts.state_dir.join("state.redb"))?;
         let mut inner = Inner::default();
         for vm in store.vms()? {
@@ -70,7 +73,7 @@ impl Daemon {
         for w in store.workers()? {
             inner
                 .workers
-                .insert(w.id, Worker::adopt(&opts.state_dir, w));
+                .insert(w.id, Worker::adopt(&opts.state_dir, w, &opts.jail));
         }
         let d = Self {
             opts,
@@ -177,6 +180,10 @@ impl Daemon {
     /// `POST /v1/vms`.
     pub fn create(&self, req: CreateVm) -> Result<VmInfo, ApiError> {
         let spec = req.check()?;
+        self.opts
+            .jail
+            .check_spec(&spec)
+            .map_err(ApiError::bad_request)?;
         if let Some(image) = &spec.image {
             if !Path::new(image).is_file() {
                 return Err(ApiError::bad_request(format!(
@@ -246,7 +253,7 @@ impl Daemon {
             return Ok(id);
         }
         let id = inner.workers.keys().next_back().map_or(1, |k| k + 1);
-        let w = Worker::spawn(&self.opts.state_dir, id)
+        let w = Worker::spawn(&self.opts.state_dir, id, &self.opts.jail)
             .map_err(|e| ApiError::internal(format!("starting a worker: {e:#}")))?;
         self.store.put_worker(&w.record).map_err(store_err)?;
         inner.workers.insert(id, w);
@@ -280,13 +287,39 @@ impl Daemon {
             },
             format!("run {} in worker {worker}", vm.generation),
         );
+        self.limit_workers(inner);
         self.send_start(inner, &vm)
+    }
+
+    /// Gives each worker's cgroup the memory of its active VMs plus the
+    /// overhead (raised before a run is handed over, lowered once runs end).
+    fn limit_workers(&self, inner: &mut Inner) {
+        if self.opts.jail.cgroup_parent.is_none() {
+            return;
+        }
+        let mut sums: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        for vm in inner.vms.values().filter(|v| v.state.is_active()) {
+            if let Some(w) = vm.worker {
+                sums.entry(w).or_default().push(vm.spec.memory);
+            }
+        }
+        for (id, w) in inner.workers.iter_mut() {
+            let vms = sums.remove(id).unwrap_or_default();
+            w.limit_memory(crate::jail::memory_max(vms, self.opts.jail.overhead));
+        }
     }
 
     fn send_start(&self, inner: &mut Inner, vm: &VmRecord) -> Result<(), ApiError> {
         let Some(w) = vm.worker.and_then(|w| inner.workers.get(&w)) else {
             return Err(ApiError::internal("the VM's worker is gone"));
         };
+        // A pool uid writes the console through the workers' group.
+        let vm_dir = self.opts.state_dir.join("vms").join(&vm.spec.name);
+        let _ = std::fs::create_dir_all(&vm_dir);
+        self.opts
+            .jail
+            .share_dir(&vm_dir, true)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
         let req = Request::Start {
             run: RunId {
                 name: vm.spec.name.clone(),
@@ -393,6 +426,10 @@ impl Daemon {
                 req.snapshot
             )));
         }
+        self.opts
+            .jail
+            .check_path("snapshot", Path::new(&req.snapshot))
+            .map_err(ApiError::bad_request)?;
         let mut inner = self.lock();
         let vm = inner
             .vms
@@ -669,6 +706,7 @@ impl Daemon {
                 }
             }
         }
+        self.limit_workers(&mut inner);
     }
 
     /// Carries out `action` on `name`'s record in memory; `true` when the

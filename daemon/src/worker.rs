@@ -82,10 +82,17 @@ impl Shared {
 type Runs = Arc<Mutex<HashMap<RunId, Run>>>;
 
 /// The worker's main loop: serves its socket until the socket is removed.
-pub fn main(socket: &Path) -> anyhow::Result<()> {
+pub fn main(
+    socket: &Path,
+    allowed: &[PathBuf],
+    uid_pool: Option<&tandem::jail::UidPool>,
+) -> anyhow::Result<()> {
     let hv = Arc::new(Hypervisor::open()?);
     let _ = std::fs::remove_file(socket);
     let listener = UnixListener::bind(socket)?;
+    // The jail, before any thread is started (Landlock binds this thread
+    // and those it starts; the uid change is for every thread there is).
+    let _jail = crate::jail::apply_in_worker(allowed, uid_pool)?;
     log::info!(
         "worker {} listening on {}",
         std::process::id(),

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::jail::JailOptions;
 use crate::proto::{self, Answer, Request};
 use crate::store::WorkerRecord;
 
@@ -21,6 +22,10 @@ pub struct Worker {
     pub socket: PathBuf,
     /// The process, when this daemon started it (to reap it).
     pub child: Option<Child>,
+    /// Its cgroup (with `--cgroup-parent`).
+    pub cgroup: Option<tandem::cgroup::Cgroup>,
+    /// The `memory.max` last written to it.
+    pub memory_max: Option<u64>,
 }
 
 /// The socket of worker `id`.
@@ -29,8 +34,8 @@ pub fn socket_of(state_dir: &Path, id: u32) -> PathBuf {
 }
 
 impl Worker {
-    /// Starts worker `id` and waits until it answers.
-    pub fn spawn(state_dir: &Path, id: u32) -> anyhow::Result<Self> {
+    /// Starts worker `id` in its jail and waits until it answers.
+    pub fn spawn(state_dir: &Path, id: u32, jail: &JailOptions) -> anyhow::Result<Self> {
         use std::os::unix::process::CommandExt;
         let socket = socket_of(state_dir, id);
         if let Some(dir) = socket.parent() {
@@ -43,6 +48,7 @@ impl Worker {
             .arg("worker")
             .arg("--socket")
             .arg(&socket)
+            .args(jail.worker_args())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             // Its own process group: a signal to the daemon's group (a
@@ -54,7 +60,20 @@ impl Worker {
             record: WorkerRecord { id, pid },
             socket,
             child: Some(child),
+            cgroup: None,
+            memory_max: None,
         };
+        // Into its cgroup at once, before it holds any VM's memory.
+        match jail.enter_cgroup(id, pid) {
+            Ok(group) => {
+                w.memory_max = group.as_ref().map(|_| jail.overhead);
+                w.cgroup = group;
+            }
+            Err(e) => {
+                w.end();
+                anyhow::bail!("worker {id}: {e}");
+            }
+        }
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             match proto::call(&w.socket, &Request::Status) {
@@ -73,11 +92,31 @@ impl Worker {
     }
 
     /// A worker of an earlier daemon, from its record.
-    pub fn adopt(state_dir: &Path, record: WorkerRecord) -> Self {
+    pub fn adopt(state_dir: &Path, record: WorkerRecord, jail: &JailOptions) -> Self {
         Worker {
             socket: socket_of(state_dir, record.id),
+            cgroup: jail.open_cgroup(record.id),
             record,
             child: None,
+            memory_max: None,
+        }
+    }
+
+    /// Gives its cgroup `memory.max` = `bytes` (when it has one and the
+    /// value changed). A lower limit the kernel cannot reach yet is tried
+    /// again at the next call.
+    pub fn limit_memory(&mut self, bytes: u64) {
+        let Some(group) = &self.cgroup else { return };
+        if self.memory_max == Some(bytes) {
+            return;
+        }
+        let limits = tandem::cgroup::Limits {
+            memory_max: Some(bytes),
+            ..tandem::cgroup::Limits::default()
+        };
+        match group.set_limits(&limits) {
+            Ok(()) => self.memory_max = Some(bytes),
+            Err(e) => log::warn!("worker {}: memory.max {bytes}: {e}", self.record.id),
         }
     }
 
@@ -104,6 +143,11 @@ impl Worker {
             let _ = c.wait();
         }
         let _ = std::fs::remove_file(&self.socket);
+        if let Some(group) = self.cgroup.take() {
+            if let Err(e) = group.remove() {
+                log::warn!("worker {} cgroup {}: {e}", self.record.id, group.path());
+            }
+        }
     }
 }
 

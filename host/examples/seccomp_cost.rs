@@ -23,15 +23,26 @@ fn main() {
         tiny.len(),
         t.elapsed()
     );
+    for kind in [
+        tandem::seccomp::ThreadKind::Vcpu,
+        tandem::seccomp::ThreadKind::Io,
+        tandem::seccomp::ThreadKind::Control,
+    ] {
+        let len = tandem::seccomp::filter(kind).unwrap().len();
+        println!("{kind:?} filter: {len} BPF instructions");
+    }
+    // The vCPU filter has no clone: threads are started by the I/O thread.
+    tandem::io_thread::start().unwrap();
     let t = std::time::Instant::now();
     seccompiler::apply_filter(&p).unwrap();
     let applied = t.elapsed();
     let t = std::time::Instant::now();
-    let handle = std::thread::spawn(move || {
+    let handle = tandem::io_thread::spawn("control", move || {
         let t = std::time::Instant::now();
         tandem::seccomp::install(tandem::seccomp::ThreadKind::Control).unwrap();
         t.elapsed()
-    });
+    })
+    .unwrap();
     let second = handle.join().unwrap();
     let spawn = t.elapsed();
     println!(

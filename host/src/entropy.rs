@@ -5,9 +5,18 @@
 /// Fills `buf` from `getrandom`, or from the TSC if that fails: entropy is
 /// a seed, not a key, and a boot must not fail for want of it.
 pub(crate) fn fill_random(buf: &mut [u8]) {
+    // The system call itself, not libc's wrapper: a static musl build with
+    // fat LTO resolved the wrapper (a weak symbol) to address 0.
     // SAFETY: getrandom writes at most `buf.len()` bytes into `buf`.
-    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), libc::GRND_NONBLOCK) };
-    if n != buf.len() as isize {
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_getrandom,
+            buf.as_mut_ptr(),
+            buf.len(),
+            libc::GRND_NONBLOCK,
+        )
+    };
+    if usize::try_from(n).ok() != Some(buf.len()) {
         for (i, b) in buf.iter_mut().enumerate() {
             // Keeping only the low byte is the point.
             #[allow(clippy::cast_possible_truncation)]

@@ -67,12 +67,30 @@ pub fn start() -> Result<(), IoThreadError> {
         }
     });
     match (started, error) {
-        (Some(_), _) => Ok(()),
+        (Some(_), _) => {
+            static SETTLED: std::sync::Once = std::sync::Once::new();
+            SETTLED.call_once(|| {
+                let _ = call(settle_allocator);
+            });
+            Ok(())
+        }
         (None, Some(e)) => Err(IoThreadError::Start(e)),
         (None, None) => Err(IoThreadError::Start(std::io::Error::other(
             "an earlier start failed",
         ))),
     }
+}
+
+/// Makes glibc's allocator read `/proc/sys/vm/overcommit_memory` now, on
+/// the I/O thread (which may open files), instead of the first time a
+/// thread's heap shrinks, which could be on a filtered vCPU thread (no
+/// `openat`: the process would be killed). glibc keeps the answer for the
+/// process. Chunks of 64 KiB (below the mmap threshold) freed together
+/// leave a top chunk past the trim threshold, so the I/O thread's heap
+/// shrinks; they are never touched, so no page is faulted in.
+fn settle_allocator() {
+    let chunks: Vec<Vec<u8>> = (0..32).map(|_| Vec::with_capacity(64 << 10)).collect();
+    drop(std::hint::black_box(chunks));
 }
 
 /// A job and where its outcome goes. Field order matters: a task dropped

@@ -101,10 +101,21 @@ impl Pool {
     /// dirty log is part of the memory slot), no network device and no
     /// working-set recording.
     pub fn new(snapshot: Snapshot, size: usize, template: VmConfig) -> Result<Self, PoolError> {
+        Self::with_hypervisor(Hypervisor::open()?, snapshot, size, template)
+    }
+
+    /// [`Pool::new`] with a `/dev/kvm` handle opened before (a jailed
+    /// process, no longer root, may not open it again).
+    pub fn with_hypervisor(
+        hv: Hypervisor,
+        snapshot: Snapshot,
+        size: usize,
+        template: VmConfig,
+    ) -> Result<Self, PoolError> {
         check_template(&template)?;
         let inputs = RestoreInputs::read(&snapshot, template.prefetch);
         let shared = Arc::new(Shared {
-            hv: Hypervisor::open()?,
+            hv,
             snapshot,
             inputs,
             template,

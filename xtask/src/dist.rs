@@ -14,7 +14,7 @@ use crate::project::{self, Profile, Project};
 pub const GENERATE_DOCS: &str = "__generate-docs";
 
 /// The binaries whose documents go in the package.
-pub const DOCUMENTED: &[&str] = &["tandem"];
+pub const DOCUMENTED: &[&str] = &["tandem", "tandemd"];
 
 /// The cargo-deb version `cargo xtask deb` installs when it is missing.
 pub const CARGO_DEB_VERSION: &str = "3.8.0";
@@ -41,6 +41,7 @@ pub fn generate(project: &Project, profile: Profile, dir: &Path) -> Result<()> {
 /// `cargo xtask dist`: build the binaries, then write their documents.
 pub fn dist(project: &Project, profile: Profile, out: Option<PathBuf>) -> Result<PathBuf> {
     crate::host::build(project, profile, false)?;
+    crate::host::build_daemon(project, profile)?;
     let dir = out.unwrap_or_else(|| dist_dir(project));
     generate(project, profile, &dir)?;
     println!("man pages and completions in {}", project.show(&dir));

@@ -101,8 +101,7 @@ impl LiveBackup {
         every: Duration,
     ) -> Result<Self, Option<BackupWriter>> {
         crate::control::register_kick_handler();
-        // Before this thread frees any of the backup thread's memory.
-        let _ = crate::io_thread::call(settle_allocator);
+        no_heap_trim();
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() };
         let shared = Arc::new(Shared {
@@ -222,17 +221,15 @@ impl Drop for LiveBackup {
     }
 }
 
-/// Makes glibc's allocator learn, on the thread that runs this (the I/O
-/// thread, which may open files), what it otherwise reads from
-/// `/proc/sys/vm/overcommit_memory` the first time a thread's heap
-/// shrinks: memory the backup thread allocated and the vCPU thread frees
-/// can shrink a heap there, whose filter allows no `openat`. glibc keeps
-/// the answer for the process, so one shrink here is enough: chunks of
-/// 64 KiB (below the mmap threshold, at the consolidation threshold)
-/// freed together leave a top chunk past the trim threshold.
-fn settle_allocator() {
-    let chunks: Vec<Vec<u8>> = (0..32).map(|_| vec![1u8; 64 << 10]).collect();
-    drop(std::hint::black_box(chunks));
+/// Keeps glibc's allocator from ever shrinking a thread's heap: the
+/// first shrink reads `/proc/sys/vm/overcommit_memory`, and memory the
+/// backup thread allocated (in its heap) that the vCPU thread frees would
+/// shrink that heap there, where the filter allows no `openat` (the
+/// process would die of SIGSYS). Freed memory stays with the process for
+/// reuse instead of going back to the system. No system call.
+fn no_heap_trim() {
+    // SAFETY: mallopt only sets a tunable of the allocator.
+    unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX) };
 }
 
 /// What a wait for the next message came to.

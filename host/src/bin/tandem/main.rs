@@ -667,15 +667,20 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
     if args.pool > 0 && (!args.net.is_empty() || !args.disks.is_empty()) {
         anyhow::bail!("--pool keeps VMs without devices ready: not with --net or --disk");
     }
+    // The pool's own /dev/kvm handle, opened before the jail drops root.
+    let pool_hv = match args.pool {
+        0 => None,
+        _ => Some(Hypervisor::open()?),
+    };
     if args.pool > 0 {
         // The pool's refill thread must start inside the jail (Landlock
         // binds the threads started after it).
         lockdown.give_up()?;
     }
-    let pool = match args.pool {
-        0 => None,
-        n => Some(
-            Pool::new(snap.clone(), n as usize, base.clone())
+    let pool = match (args.pool, pool_hv) {
+        (0, _) | (_, None) => None,
+        (n, Some(pool_hv)) => Some(
+            Pool::with_hypervisor(pool_hv, snap.clone(), n as usize, base.clone())
                 .with_context(|| format!("cannot fill a pool from {}", args.dir.display()))?,
         ),
     };
