@@ -210,6 +210,7 @@ fn chain_with_snapshots(
         s(&chain),
         "--backup-every",
         "1h",
+        "--json",
         s(&image),
     ]);
     let mut keys = 0;
@@ -234,7 +235,110 @@ fn chain_with_snapshots(
     assert_eq!(vm.ask("put late 1"), "ok");
     let (code, err) = vm.finish();
     assert_eq!(code, Some(0), "{err}");
+    // Pre-copy (the default) covers a VM with a disk: every point after
+    // the base was written while the guest ran on.
+    let points = report_points(&err);
+    assert_eq!(points.len(), rounds + 1, "points in the report: {err}");
+    for p in points.iter().filter(|p| p["point"].as_u64() != Some(0)) {
+        assert_eq!(
+            p["live"], true,
+            "a point of a disk VM stopped the guest: {p}"
+        );
+    }
     (chain, refs)
+}
+
+/// The per-point entries of the run report `--json` prints as the last
+/// line of stderr.
+fn report_points(stderr: &str) -> Vec<serde_json::Value> {
+    let line = stderr.lines().last().unwrap_or_default();
+    let report: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON report ({e}): {line}"));
+    report["backups"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no backups in the report: {line}"))
+        .clone()
+}
+
+#[test]
+fn timed_points_of_a_disk_vm_are_pre_copied_and_restore_the_keys_before_them() {
+    let sc = Scratch::new("timed");
+    let img = sc.image("kv.img", 8 << 20);
+    let chain = sc.path("chain");
+    let image = image_path("kvstore");
+    let disk = disk_arg(&img);
+    let mut vm = Session::start(&[
+        "run",
+        "--timeout",
+        "300s",
+        "--disk",
+        &disk,
+        "--backup-dir",
+        s(&chain),
+        "--backup-every",
+        "200ms",
+        "--json",
+        s(&image),
+    ]);
+    assert_eq!(vm.ask("put first 1"), "ok");
+    // Disk writes across several timed points.
+    let start = std::time::Instant::now();
+    let mut k = 0;
+    while start.elapsed() < Duration::from_secs(3) {
+        assert_eq!(vm.ask(&format!("put k{k} {}", value(k % 40))), "ok");
+        k += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Points from here on may hold the end of the input.
+    let closed = unix_nanos();
+    let (code, err) = vm.finish();
+    assert_eq!(code, Some(0), "{err}");
+    let points = report_points(&err);
+    let live: Vec<_> = points
+        .iter()
+        .filter(|p| p["live"] == true && p["rounds"].as_u64().unwrap_or(0) >= 1)
+        .collect();
+    assert!(
+        !live.is_empty(),
+        "no timed point of the disk VM was pre-copied (rounds >= 1, live): {points:?}"
+    );
+    assert!(
+        points
+            .iter()
+            .any(|p| p["point"].as_u64() != Some(0) && p["blocks"].as_u64().unwrap_or(0) > 0),
+        "no point after the base holds disk blocks: {points:?}"
+    );
+    let ok = tandem(&["backup", "verify", s(&chain)]);
+    assert_eq!(ok.code, Some(0), "{}{}", ok.stdout, ok.stderr);
+    // The last point before the input ended restores with its disk and
+    // has the first key.
+    let c = Chain::open(&chain).unwrap();
+    let last = (c.points().iter())
+        .filter(|(_, m)| m.as_ref().is_ok_and(|m| m.state.live.unix_nanos < closed))
+        .map(|(&n, _)| n)
+        .max()
+        .unwrap();
+    assert!(last > 0, "no point after the base before the input ended");
+    let out = sc.path("last");
+    restore_point(&chain, last, &out);
+    let new = sc.path("restored.img");
+    let mut vm = Session::start(&[
+        "restore",
+        "--timeout",
+        "120s",
+        s(&out),
+        "--disk",
+        &disk_arg(&new),
+    ]);
+    writeln!(vm.stdin.as_mut().unwrap(), "\nput probe 1\nget probe").unwrap();
+    while vm.answer() != "1" {}
+    assert_eq!(
+        vm.ask("get first"),
+        "1",
+        "the key put before every timed point"
+    );
+    let (code, err) = vm.finish();
+    assert_eq!(code, Some(0), "{err}");
 }
 
 fn value(k: usize) -> String {

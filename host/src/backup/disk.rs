@@ -50,6 +50,40 @@ pub(crate) struct DiskSource<'a> {
     pub disk: &'a DiskFile,
     /// The blocks its bitmap reported, ascending.
     pub blocks: Option<Vec<u64>>,
+    /// The blocks' bytes, read at the point's stop (pre-copy: the guest
+    /// runs on while they are written); `None`: read from `disk` now.
+    pub captured: Option<&'a CapturedBlocks>,
+}
+
+/// Most bytes of dirty disk blocks read at a pre-copy stop, over all of
+/// a VM's disks (64 MiB); a point with more is written stopped.
+pub const MAX_CAPTURED_BYTES: u64 = 64 << 20;
+
+/// One disk's dirty blocks and their bytes, read with the vCPU stopped.
+#[derive(Debug, Default)]
+pub(crate) struct CapturedBlocks {
+    /// Block numbers, ascending.
+    pub blocks: Vec<u64>,
+    /// [`BLOCK_SIZE`] bytes per block, in the order of `blocks`.
+    pub bytes: Vec<u8>,
+}
+
+impl CapturedBlocks {
+    /// Reads `blocks` (ascending) of `disk` now.
+    pub fn read(disk: &DiskFile, blocks: Vec<u64>) -> Result<Self, BackupError> {
+        let len = disk.sectors() * SECTOR_SIZE;
+        let mut bytes = Vec::with_capacity(blocks.len() * BLOCK);
+        read_blocks(disk, len, &blocks, &mut |_, b| {
+            bytes.extend_from_slice(b);
+            Ok(())
+        })?;
+        Ok(Self { blocks, bytes })
+    }
+
+    /// The bytes `n` blocks take in memory.
+    pub fn bytes_for(n: usize) -> u64 {
+        n as u64 * BLOCK_SIZE
+    }
 }
 
 /// Name of disk `disk`'s blocks file in point `point`.
@@ -205,12 +239,15 @@ pub(crate) fn write_parts(
         let part = (|| {
             let sectors = src.disk.sectors();
             let len = sectors * SECTOR_SIZE;
-            let (blocks, base) = match &src.blocks {
-                Some(b) => (b.clone(), false),
-                None => (data_blocks(src.disk.file(), len), true),
-            };
             let mut out = BlocksOut::create(dir, parent, point, i)?;
-            let result = copy_blocks(src.disk, len, &blocks, base, &mut out);
+            let result = match (src.captured, &src.blocks) {
+                (Some(c), _) => push_captured(c, &mut out),
+                (None, Some(b)) => copy_blocks(src.disk, len, b, false, &mut out),
+                (None, None) => {
+                    let blocks = data_blocks(src.disk.file(), len);
+                    copy_blocks(src.disk, len, &blocks, true, &mut out)
+                }
+            };
             if let Err(e) = result {
                 let _ = std::fs::remove_file(&out.tmp);
                 return Err(e);
@@ -249,6 +286,19 @@ fn data_blocks(file: &File, len: u64) -> Vec<u64> {
     out
 }
 
+/// Appends blocks read at the stop to `out`.
+fn push_captured(c: &CapturedBlocks, out: &mut BlocksOut) -> Result<(), BackupError> {
+    if c.bytes.len() != c.blocks.len() * BLOCK {
+        return Err(
+            SnapshotError::Invalid("captured disk blocks and bytes disagree".into()).into(),
+        );
+    }
+    for (&block, bytes) in c.blocks.iter().zip(c.bytes.chunks(BLOCK)) {
+        out.push(block, bytes)?;
+    }
+    Ok(())
+}
+
 /// Reads `blocks` from `disk` in runs of consecutive blocks and appends
 /// them to `out` (`skip_zero`: leaving out zero blocks).
 fn copy_blocks(
@@ -257,6 +307,26 @@ fn copy_blocks(
     blocks: &[u64],
     skip_zero: bool,
     out: &mut BlocksOut,
+) -> Result<(), BackupError> {
+    read_blocks(disk, len, blocks, &mut |block, bytes| {
+        if skip_zero && files::is_zero(bytes) {
+            return Ok(());
+        }
+        out.push(block, bytes)
+    })
+}
+
+/// Takes each block read: its number and its [`BLOCK_SIZE`] bytes.
+type BlockSink<'a> = dyn FnMut(u64, &[u8]) -> Result<(), BackupError> + 'a;
+
+/// Reads `blocks` (ascending) from `disk` of `len` bytes in runs of
+/// consecutive blocks, handing each block to `sink` (a short last block
+/// padded with zeros).
+fn read_blocks(
+    disk: &DiskFile,
+    len: u64,
+    blocks: &[u64],
+    sink: &mut BlockSink<'_>,
 ) -> Result<(), BackupError> {
     let max = blocks_in(len);
     let mut buf = vec![0u8; BLOCK * RUN_BLOCKS];
@@ -287,10 +357,7 @@ fn copy_blocks(
             })
         })?;
         for (k, bytes) in run.chunks(BLOCK).enumerate() {
-            if skip_zero && files::is_zero(bytes) {
-                continue;
-            }
-            out.push(first + k as u64, bytes)?;
+            sink(first + k as u64, bytes)?;
         }
         i += n;
     }
@@ -639,6 +706,7 @@ mod round_trip {
             &[DiskSource {
                 disk: &disk,
                 blocks: None,
+                captured: None,
             }],
         )
         .unwrap();
@@ -655,6 +723,7 @@ mod round_trip {
             &[DiskSource {
                 disk: &disk,
                 blocks: Some(vec![3, 256]),
+                captured: None,
             }],
         )
         .unwrap();

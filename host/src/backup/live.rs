@@ -24,7 +24,8 @@ use tandem_abi::layout;
 
 use super::precopy::{Decision, Planner, Round, POLICY};
 use super::staging::{Harvester, Staging};
-use super::{note_pages, BackupError, BackupRecord, BackupWriter};
+use super::{note_pages, BackupError, BackupRecord, BackupWriter, CapturedBlocks, DiskSource};
+use crate::devices::blk::DiskFile;
 use crate::snapshot::SnapshotState;
 
 /// How often the backup thread kicks the vCPU while it waits for the stop
@@ -43,6 +44,20 @@ pub(crate) struct Frozen {
     pub pause: Duration,
     /// The guest's TSC at the stop.
     pub stopped_tsc: u64,
+    /// Each disk's part, harvested at the stop.
+    pub disks: Vec<FrozenDisk>,
+    /// Set when the vCPU waits for the write (a disk's blocks are read
+    /// from the disk itself): told when the point is written.
+    pub done: Option<mpsc::Sender<()>>,
+}
+
+/// One disk's part of a point handed to the backup thread.
+pub(crate) enum FrozenDisk {
+    /// Its dirty blocks, read at the stop: the guest runs on.
+    Captured(CapturedBlocks),
+    /// Too many dirty blocks to hold in memory: they are read from the
+    /// disk while the vCPU stays stopped (a stopped point).
+    Stopped(Vec<u64>),
 }
 
 enum ToWorker {
@@ -99,6 +114,7 @@ impl LiveBackup {
         writer: BackupWriter,
         harvester: Harvester,
         every: Duration,
+        disks: Vec<DiskFile>,
     ) -> Result<Self, Option<BackupWriter>> {
         crate::control::register_kick_handler();
         no_heap_trim();
@@ -117,7 +133,7 @@ impl LiveBackup {
             crate::io_thread::spawn("tandem-backup", move || {
                 let writer = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
                 match writer {
-                    Some(w) => worker(w, &harvester, &shared, &rx, every),
+                    Some(w) => worker(w, &harvester, &shared, &rx, every, &disks),
                     None => Vec::new(),
                 }
             })
@@ -152,10 +168,13 @@ impl LiveBackup {
     /// are the VMM's too) go to the staged pages, which are handed to the
     /// backup thread with `state`. `stopped` is when the vCPU stopped, in
     /// the host's and the guest's clocks. Returns the pages handed over.
+    /// `disks` are each disk's part; a [`FrozenDisk::Stopped`] one keeps
+    /// the vCPU stopped (this waits) until the point is written.
     pub fn freeze(
         &mut self,
         state: SnapshotState,
         stopped: (Instant, u64),
+        disks: Vec<FrozenDisk>,
     ) -> Result<usize, BackupError> {
         self.shared.stop_wanted.store(false, Ordering::SeqCst);
         let mut pages = std::mem::take(&mut self.host_written);
@@ -177,14 +196,27 @@ impl LiveBackup {
         match taken {
             Ok((staging, logged)) => {
                 let n = staging.len();
+                let wait = disks.iter().any(|d| matches!(d, FrozenDisk::Stopped(_)));
+                let (done, written) = if wait {
+                    let (done, written) = mpsc::channel();
+                    (Some(done), Some(written))
+                } else {
+                    (None, None)
+                };
                 let frozen = Frozen {
                     staging,
                     logged,
                     state,
                     pause: stopped.0.elapsed(),
                     stopped_tsc: stopped.1,
+                    disks,
+                    done,
                 };
                 let _ = tx.send(ToWorker::Frozen(Box::new(frozen)));
+                if let Some(written) = written {
+                    // A stopped point: the disk must not change until written.
+                    let _ = written.recv();
+                }
                 Ok(n)
             }
             Err(e) => {
@@ -254,8 +286,9 @@ fn worker(
     shared: &Shared,
     rx: &mpsc::Receiver<ToWorker>,
     every: Duration,
+    disks: &[DiskFile],
 ) -> Vec<BackupRecord> {
-    let records = run_points(&mut writer, harvester, shared, rx, every);
+    let records = run_points(&mut writer, harvester, shared, rx, every, disks);
     // The buffers are this thread's: freed here, not by the vCPU thread.
     lock(harvester).release();
     records
@@ -268,6 +301,7 @@ fn run_points(
     shared: &Shared,
     rx: &mpsc::Receiver<ToWorker>,
     every: Duration,
+    disks: &[DiskFile],
 ) -> Vec<BackupRecord> {
     let mut records = Vec::new();
     let mut next = Instant::now() + every;
@@ -276,7 +310,8 @@ fn run_points(
         match wait(rx, next.saturating_duration_since(Instant::now())) {
             Wait::Quit => return records,
             Wait::Message(m) => {
-                write(writer, harvester, m, Instant::now(), 0, &mut records);
+                let out = (&mut *writer, harvester, disks);
+                write(out, m, Instant::now(), 0, &mut records);
                 continue;
             }
             Wait::Due => {}
@@ -330,21 +365,14 @@ fn run_points(
                 }
             }
         };
-        write(
-            writer,
-            harvester,
-            message,
-            started,
-            planner.rounds(),
-            &mut records,
-        );
+        let out = (&mut *writer, harvester, disks);
+        write(out, message, started, planner.rounds(), &mut records);
     }
 }
 
 /// Writes the point `message` brings (if it brings one).
 fn write(
-    writer: &mut BackupWriter,
-    harvester: &Mutex<Harvester>,
+    (writer, harvester, disks): (&mut BackupWriter, &Mutex<Harvester>, &[DiskFile]),
     message: ToWorker,
     started: Instant,
     rounds: u32,
@@ -359,14 +387,45 @@ fn write(
         state,
         pause,
         stopped_tsc,
+        disks: frozen_disks,
+        done,
     } = *frozen;
     let pages = staging.pages();
-    // No disks: a VM with disks takes its points stopped.
-    match writer.write_point(&staging, &state, &pages, logged, &[]) {
+    let t = Instant::now();
+    let sources: Vec<DiskSource<'_>> = (disks.iter().zip(&frozen_disks))
+        .map(|(disk, part)| match part {
+            FrozenDisk::Captured(c) => DiskSource {
+                disk,
+                blocks: Some(c.blocks.clone()),
+                captured: Some(c),
+            },
+            FrozenDisk::Stopped(blocks) => DiskSource {
+                disk,
+                blocks: Some(blocks.clone()),
+                captured: None,
+            },
+        })
+        .collect();
+    let result = if sources.len() == frozen_disks.len() {
+        writer.write_point(&staging, &state, &pages, logged, &sources)
+    } else {
+        Err(crate::snapshot::SnapshotError::Invalid(
+            "a point names more disks than the backup thread has".into(),
+        )
+        .into())
+    };
+    // A stopped point's vCPU waits for this.
+    let stopped_for = done.map(|d| {
+        let _ = d.send(());
+        t.elapsed()
+    });
+    match result {
         Ok(mut record) => {
             record.elapsed = started.elapsed();
-            record.pause = pause;
-            record.rounds = rounds;
+            record.pause = pause + stopped_for.unwrap_or_default();
+            // A stopped point is not a pre-copy one, whatever its rounds.
+            record.rounds = if stopped_for.is_some() { 0 } else { rounds };
+            record.live = stopped_for.is_none();
             record.stopped_tsc = stopped_tsc;
             log::info!(
                 "backup point {} written: {} pages, {} rounds, guest paused {:.3} ms, {:.1} ms in all",

@@ -40,7 +40,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 pub use chain::{Chain, PointReport};
 pub use disk::DiskPart;
-pub(crate) use disk::DiskSource;
+pub(crate) use disk::{CapturedBlocks, DiskSource, MAX_CAPTURED_BYTES};
 pub use point::PointMeta;
 use point::CHUNK_PAGES;
 
@@ -160,6 +160,9 @@ pub struct BackupRecord {
     pub write: Duration,
     /// Pre-copy rounds before the stop (0 in stop mode).
     pub rounds: u32,
+    /// Whether the guest ran on while it was written (pre-copy, disks'
+    /// blocks read at the stop); false for a stopped point.
+    pub live: bool,
     /// The guest's TSC when its vCPU stopped for the point (lets a guest
     /// match its own view of the pause to this point).
     pub stopped_tsc: u64,
@@ -289,6 +292,7 @@ impl BackupWriter {
                 .map(|d| DiskSource {
                     disk: d.disk,
                     blocks: None,
+                    captured: None,
                 })
                 .collect();
             &base_disks
@@ -405,6 +409,7 @@ impl BackupWriter {
             pause: elapsed,
             write: elapsed,
             rounds: 0,
+            live: false,
             stopped_tsc: 0,
         })
     }

@@ -313,6 +313,7 @@ mod tests {
                 pause: Duration::from_millis(3),
                 write: Duration::from_millis(3),
                 rounds: 0,
+                live: false,
                 stopped_tsc: 0,
             }],
         }

@@ -14,9 +14,12 @@ use kvm_ioctls::VcpuExit;
 use super::clock::unix_nanos;
 use super::error::ioctl;
 use super::{Vm, VmError};
+use crate::backup::live::FrozenDisk;
 use crate::backup::live::LiveBackup;
 use crate::backup::staging::Harvester;
-use crate::backup::{self, BackupConfig, BackupRecord, BackupWriter, DiskSource};
+use crate::backup::{
+    self, BackupConfig, BackupRecord, BackupWriter, CapturedBlocks, DiskSource, MAX_CAPTURED_BYTES,
+};
 use crate::console::Console;
 use crate::devices::blk::{copy, BlkDevice};
 use crate::devices::NetDevice;
@@ -170,17 +173,36 @@ impl Vm {
     }
 
     /// With the base point written, hands the chain to a backup thread
-    /// that takes the next points while the guest runs (pre-copy). A VM
-    /// with disks keeps stopping for its points: their blocks are read
-    /// when the point is written, so they must not change meanwhile.
+    /// that takes the next points while the guest runs (pre-copy). A
+    /// disk's dirty blocks are read at each point's stop and handed over
+    /// with the state (see [`Vm::freeze_live`]); the thread has its own
+    /// handles on the disks for a point too big for that.
     pub(super) fn start_live_backup(&mut self, cfg: &BackupConfig) {
-        if !self.disks.is_empty() {
-            log::info!("backup points of a VM with disks stop the guest (no pre-copy yet)");
-            return;
-        }
+        let disks = &self.disks;
+        let handles = crate::io_thread::call(|| {
+            disks
+                .iter()
+                .map(|d| d.disk().try_clone())
+                .collect::<std::io::Result<Vec<_>>>()
+        });
+        let handles = match handles {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                log::warn!(
+                    "cannot share the disks with the backup thread ({e}): points stop the guest"
+                );
+                return;
+            }
+            Err(e) => {
+                log::warn!(
+                    "cannot share the disks with the backup thread ({e:?}): points stop the guest"
+                );
+                return;
+            }
+        };
         if let Some(writer) = self.backup.take() {
             let harvester = Harvester::new(self.vm.clone(), self.ram.shared(), self.ram.size());
-            match LiveBackup::start(writer, harvester, cfg.every) {
+            match LiveBackup::start(writer, harvester, cfg.every, handles) {
                 Ok(live) => self.live_backup = Some(live),
                 Err(writer) => {
                     log::warn!("cannot start the backup thread: points stop the guest");
@@ -222,7 +244,11 @@ impl Vm {
         Ok(n)
     }
 
-    /// Hands the last set and `state` to the backup thread.
+    /// Hands the last set and `state` to the backup thread, with each
+    /// disk's dirty blocks read now (the vCPU stopped), so the point's
+    /// memory and disks are of one instant while the guest runs on. Past
+    /// [`MAX_CAPTURED_BYTES`] of them the point is a stopped one: the
+    /// vCPU waits while the thread reads them from the disks.
     fn freeze_live(
         &mut self,
         mut state: SnapshotState,
@@ -232,11 +258,46 @@ impl Vm {
             let written = net.take_written();
             self.note_host_writes(&written);
         }
+        let mut blocks = Vec::with_capacity(self.disks.len());
+        for i in 0..self.disks.len() {
+            let written = self.disks[i].take_written();
+            self.note_host_writes(&written);
+            blocks.push(self.disks[i].take_dirty_blocks());
+        }
+        let total: usize = blocks.iter().map(Vec::len).sum();
+        let bytes = CapturedBlocks::bytes_for(total);
+        let frozen = if bytes > MAX_CAPTURED_BYTES {
+            log::info!(
+                "backup point: {} MiB of dirty disk blocks (over {} MiB): the guest stays stopped while it is written",
+                bytes >> 20,
+                MAX_CAPTURED_BYTES >> 20
+            );
+            blocks.into_iter().map(FrozenDisk::Stopped).collect()
+        } else {
+            let disks = &self.disks;
+            let read = crate::io_thread::call(|| {
+                (disks.iter().zip(blocks))
+                    .map(|(d, b)| CapturedBlocks::read(d.disk(), b).map(FrozenDisk::Captured))
+                    .collect::<Result<Vec<_>, _>>()
+            });
+            match read.map_err(io_thread)? {
+                Ok(f) => f,
+                Err(e) => {
+                    if let Some(live) = self.live_backup.as_mut() {
+                        live.abandon();
+                    }
+                    return Err(e.into());
+                }
+            }
+        };
         state.chunks = Default::default();
+        state.disks = (self.disks.iter().enumerate())
+            .map(|(i, d)| d.state(backup::disk::placeholder_name(i)))
+            .collect();
         let Some(live) = self.live_backup.as_mut() else {
             return Err(VmError::Config("backup thread missing".into()));
         };
-        Ok(live.freeze(state, stopped)?)
+        Ok(live.freeze(state, stopped, frozen)?)
     }
 
     /// Ends the backup thread (after the point it is writing) and adds
@@ -284,6 +345,7 @@ impl Vm {
             .map(|(d, b)| DiskSource {
                 disk: d.disk(),
                 blocks: Some(b),
+                captured: None,
             })
             .collect();
         let Some(writer) = self.backup.as_mut() else {

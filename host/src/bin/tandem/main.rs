@@ -579,7 +579,7 @@ fn report_json(report: &RunReport) -> serde_json::Value {
                 "point": b.point, "pages": b.pages, "dirty_pages": b.dirty_pages,
                 "blocks": b.blocks,
                 "ms": b.elapsed.as_secs_f64() * 1e3,
-                "pause_us": b.pause.as_secs_f64() * 1e6, "rounds": b.rounds,
+                "pause_us": b.pause.as_secs_f64() * 1e6, "rounds": b.rounds, "live": b.live,
                 "write_ms": b.write.as_secs_f64() * 1e3,
                 "stopped_tsc": b.stopped_tsc,
             })

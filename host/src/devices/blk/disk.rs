@@ -147,6 +147,17 @@ impl DiskFile {
         })
     }
 
+    /// A second handle on the same open image (same lock), for a thread
+    /// that reads it.
+    pub fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(Self {
+            file: self.file.try_clone()?,
+            path: self.path.clone(),
+            sectors: self.sectors,
+            read_only: self.read_only,
+        })
+    }
+
     /// The image's path.
     pub fn path(&self) -> &Path {
         &self.path
