@@ -133,12 +133,8 @@ fn a_corrupted_chunk_is_caught_on_first_touch_naming_it() {
     );
     // Nothing prefetched (the fault checks it), the default prefetch
     // (which checks the dense table regions at restore and leaves the bad
-    // chunk to fail when touched), and a VM taken from a warm pool.
-    for extra in [
-        &["--prefetch", "lazy"][..],
-        &["--prefetch", "auto"],
-        &["--pool", "1"],
-    ] {
+    // chunk to fail when touched).
+    for extra in [&["--prefetch", "lazy"][..], &["--prefetch", "auto"]] {
         let prefetch = extra.join(" ");
         let mut args = vec!["--verify", "lazy"];
         args.extend_from_slice(extra);
@@ -157,6 +153,23 @@ fn a_corrupted_chunk_is_caught_on_first_touch_naming_it() {
         // The guest never saw the byte, and never got to its check.
         assert!(!run.stdout.contains("fill check"), "{}", run.stdout);
     }
+    // A warm pool's VM is not reliably checked on first touch yet: the
+    // combination is refused before any VM starts, never run unchecked.
+    let pooled = restore(&bad, &["--verify", "lazy", "--pool", "1"]);
+    assert_eq!(
+        pooled.code,
+        Some(i32::from(exit_code::VMM_ERROR)),
+        "{}",
+        pooled.stderr
+    );
+    assert!(
+        pooled
+            .stderr
+            .contains("--pool with --verify lazy is not supported"),
+        "{}",
+        pooled.stderr
+    );
+    assert!(!pooled.stdout.contains("WRONG"), "{}", pooled.stdout);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -667,6 +667,14 @@ fn restore(args: RestoreArgs, quiet: bool, start: u64) -> Result<u8> {
     if args.pool > 0 && (!args.net.is_empty() || !args.disks.is_empty()) {
         anyhow::bail!("--pool keeps VMs without devices ready: not with --net or --disk");
     }
+    // A pooled VM taken with --verify lazy was seen, about one run in six,
+    // to run on a corrupted chunk without the check catching it: until
+    // that is found, the two are refused together rather than trusted.
+    if args.pool > 0 && args.verify == Some(VerifyMode::Lazy) {
+        anyhow::bail!(
+            "--pool with --verify lazy is not supported yet (a pooled VM's first touch is not reliably checked): use --verify lazy without --pool, or --pool with --verify"
+        );
+    }
     // The pool's own /dev/kvm handle, opened before the jail drops root.
     let pool_hv = match args.pool {
         0 => None,
