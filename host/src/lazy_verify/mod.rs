@@ -322,6 +322,10 @@ impl LazyVerifier {
         let base = s.base as u64;
         let mut done = Prefetched::default();
         let mut present: Vec<u64> = Vec::new();
+        // Offsets of bad chunks dropped from the dense regions: dropped
+        // again once registered, since khugepaged may refill the hole with
+        // zeros (a huge page collapsed) before the region is registered.
+        let mut dropped: Vec<usize> = Vec::new();
         // Dense regions, copied into huge pages before registering: the
         // guest maps them 2 MiB at a time. A bad chunk among them is
         // dropped again, so its first touch faults and fails.
@@ -357,6 +361,7 @@ impl LazyVerifier {
                             libc::MADV_DONTNEED,
                         )
                     };
+                    dropped.push(start_usize + i * CHUNK);
                 }
             }
         }
@@ -365,6 +370,11 @@ impl LazyVerifier {
         for &(start, len) in &regions {
             uffd.register(base + start, len)
                 .map_err(LazyVerifyError::Unavailable)?;
+        }
+        for &at in &dropped {
+            // SAFETY: drops one chunk of the caller's mapping again, now
+            // registered: its next touch is a missing fault, checked.
+            unsafe { libc::madvise(s.base.byte_add(at), CHUNK, libc::MADV_DONTNEED) };
         }
         let registered = |chunk: u64| {
             let at = chunk * CHUNK_SIZE;
