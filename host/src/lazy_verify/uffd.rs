@@ -105,10 +105,10 @@ impl Userfaultfd {
     /// Opens one, non-blocking, close-on-exec, for faults of any origin
     /// (KVM's accesses to guest memory are the kernel's, not user mode's).
     pub fn open() -> Result<Self, UffdError> {
+        let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
         // SAFETY: a system call with flag arguments only; it returns a new
         // descriptor or -1.
-        let raw =
-            unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
+        let raw = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
         if raw < 0 {
             return Err(last("userfaultfd"));
         }
